@@ -1,0 +1,423 @@
+//! Dotted version vector sets: one key's siblings and their causal context.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use kv_core::NodeId;
+
+use crate::codec::{Reader, ValueCodec, put_varint};
+use crate::error::{DecodeError, Result};
+use crate::prune::PrunePolicy;
+use crate::vclock::VectorClock;
+
+/// One event: the `counter`-th write coordinated by `actor`.
+///
+/// A dot names exactly one value for the lifetime of a key: an actor never
+/// issues the same counter twice, because it always numbers a new write
+/// above every counter it has seen for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dot {
+    /// The coordinator that made the write.
+    pub actor: NodeId,
+    /// Its position in that coordinator's sequence for this key (from 1).
+    pub counter: u64,
+}
+
+impl fmt::Display for Dot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.actor, self.counter)
+    }
+}
+
+/// A value together with the dot that created it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sibling<V> {
+    /// The write that created the value.
+    pub dot: Dot,
+    /// The value (a tombstone, if `V` can express one).
+    pub value: V,
+}
+
+/// The versions of one key that no other version supersedes, with the
+/// causal context that covers them: a dotted version vector set.
+///
+/// The state is a version vector (the *context*: every event this replica
+/// knows of for the key) and a set of dotted values (the *siblings*). Every
+/// sibling's dot is covered by the context; a dot the context covers but no
+/// sibling carries was superseded.
+///
+/// - [`DvvSet::update`]: a coordinator's new write from a client context.
+///   The new dot is numbered above every counter this replica has seen for
+///   its actor, and exactly the siblings the client context covers are
+///   discarded. Two clients writing with the same context through the same
+///   coordinator therefore become two siblings, never one lost write.
+/// - [`DvvSet::sync`]: merging a peer's state; commutative, associative and
+///   idempotent, so replicas converge whatever the order of exchanges.
+/// - [`DvvSet::values`] and [`DvvSet::context`]: what a read returns.
+///
+/// This is the representation of Almeida et al.'s "dotted version vector
+/// sets" as a causal context plus dotted values; it gives the same
+/// guarantees as Riak's `dvvset` module.
+///
+/// ```
+/// use kv_clock::{DvvSet, VectorClock};
+/// use kv_core::NodeId;
+///
+/// let coordinator = NodeId(1);
+/// let mut key: DvvSet<&str> = DvvSet::new();
+///
+/// // Two clients both read the empty key and write through one coordinator.
+/// let empty = VectorClock::new();
+/// key.update(&empty, coordinator, "from alice", 0);
+/// key.update(&empty, coordinator, "from bob", 0);
+/// assert_eq!(key.values().count(), 2); // siblings, nothing lost
+///
+/// // A client that read both siblings resolves them with that context.
+/// let context = key.context().clone();
+/// key.update(&context, coordinator, "merged", 0);
+/// assert_eq!(key.values().collect::<Vec<_>>(), [&"merged"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DvvSet<V> {
+    context: VectorClock,
+    /// Sorted by dot, dots unique, each covered by `context`.
+    siblings: Vec<Sibling<V>>,
+}
+
+impl<V> Default for DvvSet<V> {
+    fn default() -> Self {
+        DvvSet {
+            context: VectorClock::new(),
+            siblings: Vec::new(),
+        }
+    }
+}
+
+/// Encoding format version of a sibling set.
+const DVV_VERSION: u8 = 1;
+
+impl<V> DvvSet<V> {
+    /// A key with no versions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context a client sends back with its next write: every event
+    /// this state covers.
+    pub fn context(&self) -> &VectorClock {
+        &self.context
+    }
+
+    /// The surviving values, in dot order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + '_ {
+        self.siblings.iter().map(|s| &s.value)
+    }
+
+    /// The surviving siblings with their dots, in dot order.
+    pub fn siblings(&self) -> &[Sibling<V>] {
+        &self.siblings
+    }
+
+    /// How many siblings survive.
+    pub fn len(&self) -> usize {
+        self.siblings.len()
+    }
+
+    /// Whether the key has no surviving value (never written, or every
+    /// value superseded by a context without a new value).
+    pub fn is_empty(&self) -> bool {
+        self.siblings.is_empty()
+    }
+
+    /// A coordinator's write: `value` supersedes exactly the siblings that
+    /// `client_context` covers, and gets a fresh dot at `actor`.
+    ///
+    /// `now` (seconds of the caller's clock) stamps the actor's context
+    /// entry for pruning. Returns the new dot.
+    pub fn update(
+        &mut self,
+        client_context: &VectorClock,
+        actor: NodeId,
+        value: V,
+        now: u64,
+    ) -> Dot {
+        let counter = self
+            .context
+            .get(actor)
+            .max(client_context.get(actor))
+            .saturating_add(1);
+        self.siblings
+            .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
+        self.context.merge(client_context);
+        self.context.set(actor, counter, now);
+        let dot = Dot { actor, counter };
+        // The new dot is above every dot of `actor` held, so it sorts after
+        // them; insert keeping the dot order.
+        let at = self.siblings.partition_point(|s| s.dot < dot);
+        self.siblings.insert(at, Sibling { dot, value });
+        dot
+    }
+
+    /// Removes every sibling `client_context` covers without adding a value,
+    /// and folds the context in. This is what a replica does when it learns
+    /// of a context with no new value; deletes in the store write a tombstone
+    /// value through [`DvvSet::update`] instead, so that they replicate.
+    pub fn discard(&mut self, client_context: &VectorClock) {
+        self.siblings
+            .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
+        self.context.merge(client_context);
+    }
+
+    /// Prunes the context by `policy` at time `now` and returns how many
+    /// entries were removed. Actors with a surviving sibling, and `keep`
+    /// (the local coordinator, whose counter must never go backwards), are
+    /// never pruned, so every sibling stays covered and no dot is reissued.
+    pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: NodeId) -> usize {
+        let siblings = &self.siblings;
+        self.context.prune(policy, now, |actor| {
+            actor == keep || siblings.iter().any(|s| s.dot.actor == actor)
+        })
+    }
+
+    /// Drops the oldest siblings (by the dot's position in its actor's
+    /// sequence, then actor) until at most `cap` remain. Returns how many
+    /// were dropped. This loses data and is a last resort against sibling
+    /// explosion; callers count every call that drops something.
+    pub fn truncate_siblings(&mut self, cap: usize) -> usize {
+        if self.siblings.len() <= cap {
+            return 0;
+        }
+        let mut order: Vec<usize> = (0..self.siblings.len()).collect();
+        order.sort_by_key(|&i| (self.siblings[i].dot.counter, self.siblings[i].dot.actor));
+        let excess = self.siblings.len() - cap;
+        let mut drop = vec![false; self.siblings.len()];
+        for &i in &order[..excess] {
+            drop[i] = true;
+        }
+        let mut index = 0;
+        self.siblings.retain(|_| {
+            let keep = !drop[index];
+            index += 1;
+            keep
+        });
+        excess
+    }
+
+    /// Maps each value, keeping dots and context.
+    pub fn map<W>(self, mut f: impl FnMut(V) -> W) -> DvvSet<W> {
+        DvvSet {
+            context: self.context,
+            siblings: self
+                .siblings
+                .into_iter()
+                .map(|s| Sibling {
+                    dot: s.dot,
+                    value: f(s.value),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<V: Clone> DvvSet<V> {
+    /// Merges a peer's state of the same key into this one.
+    ///
+    /// A sibling survives if the other side holds it too, or if the other
+    /// side's context does not cover its dot (the other side has not seen
+    /// it, so it cannot have superseded it). Contexts merge by maximum.
+    /// Commutative, associative and idempotent.
+    pub fn sync(&mut self, other: &DvvSet<V>) {
+        let (a, b) = (&self.siblings, &other.siblings);
+        let mut merged = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.dot.cmp(&y.dot),
+                (Some(_), None) => Ordering::Less,
+                (None, _) => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    let s = &a[i];
+                    if !other.context.covers(s.dot.actor, s.dot.counter) {
+                        merged.push(s.clone());
+                    }
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    let s = &b[j];
+                    if !self.context.covers(s.dot.actor, s.dot.counter) {
+                        merged.push(s.clone());
+                    }
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    merged.push(a[i].clone());
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        self.siblings = merged;
+        self.context.merge(&other.context);
+    }
+
+    /// The merge of `self` and `other` as a new state.
+    pub fn synced(&self, other: &DvvSet<V>) -> DvvSet<V> {
+        let mut out = self.clone();
+        out.sync(other);
+        out
+    }
+}
+
+impl<V: ValueCodec> DvvSet<V> {
+    /// Appends the encoding of this state (context with timestamps, then
+    /// each sibling's dot and value).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(DVV_VERSION);
+        self.context.encode_into(out, true);
+        put_varint(out, self.siblings.len() as u64);
+        for sibling in &self.siblings {
+            put_varint(out, sibling.dot.actor.0);
+            put_varint(out, sibling.dot.counter);
+            sibling.value.encode_value(out);
+        }
+    }
+
+    /// The encoding of this state.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes a state that fills `bytes` exactly, checking every invariant
+    /// (dots ascending and unique, each covered by the context).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut reader = Reader::new(bytes);
+        let offset = reader.position();
+        let version = reader.u8("sibling set version")?;
+        if version != DVV_VERSION {
+            return Err(DecodeError::UnknownVersion { offset, version });
+        }
+        let context = VectorClock::decode_from(&mut reader)?;
+        let count = reader.count("sibling count", 3)?;
+        let mut siblings: Vec<Sibling<V>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = reader.position();
+            let actor = NodeId(reader.varint("sibling actor")?);
+            let counter = reader.varint("sibling counter")?;
+            let dot = Dot { actor, counter };
+            if counter == 0 || !context.covers(actor, counter) {
+                return Err(DecodeError::Invalid {
+                    offset: at,
+                    what: "sibling dot (zero, or not covered by the context)",
+                });
+            }
+            if siblings.last().is_some_and(|last| last.dot >= dot) {
+                return Err(DecodeError::Invalid {
+                    offset: at,
+                    what: "sibling order (dots must ascend)",
+                });
+            }
+            let value = V::decode_value(&mut reader)?;
+            siblings.push(Sibling { dot, value });
+        }
+        reader.finish()?;
+        Ok(DvvSet { context, siblings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+
+    #[test]
+    fn update_without_context_on_existing_key_makes_a_sibling() {
+        let mut key = DvvSet::new();
+        key.update(&VectorClock::new(), A, 1, 0);
+        key.update(&VectorClock::new(), A, 2, 0);
+        assert_eq!(key.values().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(key.context().get(A), 2);
+    }
+
+    #[test]
+    fn context_from_other_coordinator_is_respected() {
+        // Write at A, replicate to B, resolve at B with A's context.
+        let mut at_a = DvvSet::new();
+        at_a.update(&VectorClock::new(), A, "v1", 0);
+        let mut at_b = DvvSet::new();
+        at_b.sync(&at_a);
+        let ctx = at_b.context().clone();
+        at_b.update(&ctx, B, "v2", 0);
+        assert_eq!(at_b.values().copied().collect::<Vec<_>>(), ["v2"]);
+        // A learns of it and drops v1.
+        at_a.sync(&at_b);
+        assert_eq!(at_a, at_b);
+    }
+
+    #[test]
+    fn counter_is_above_what_the_client_saw() {
+        // A client context may carry a counter of this actor that the local
+        // state lost track of; the new dot must still be fresh.
+        let mut key: DvvSet<u8> = DvvSet::new();
+        let ctx = VectorClock::from_counters([(A, 7)]);
+        let dot = key.update(&ctx, A, 1, 0);
+        assert_eq!(dot.counter, 8);
+    }
+
+    #[test]
+    fn truncate_drops_the_oldest() {
+        let mut key = DvvSet::new();
+        for v in 0..5 {
+            key.update(&VectorClock::new(), A, v, 0);
+        }
+        assert_eq!(key.truncate_siblings(3), 2);
+        assert_eq!(key.values().copied().collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(key.truncate_siblings(3), 0);
+    }
+
+    #[test]
+    fn prune_keeps_actors_with_siblings() {
+        let policy = PrunePolicy {
+            small: 1,
+            big: 1,
+            young: std::time::Duration::ZERO,
+            old: std::time::Duration::ZERO,
+        };
+        let mut key = DvvSet::new();
+        // Ten actors each write; a final write at actor 0 resolves them all.
+        for actor in 0..10 {
+            key.update(&VectorClock::new(), NodeId(actor), actor, 0);
+        }
+        let ctx = key.context().clone();
+        key.update(&ctx, NodeId(3), 99, 0);
+        assert_eq!(key.len(), 1);
+        let pruned = key.prune(&policy, 100, NodeId(0));
+        // Actor 3 holds the sibling and actor 0 is kept: the other 8 go.
+        assert_eq!(pruned, 8);
+        assert_eq!(key.context().len(), 2);
+        assert!(key.context().covers(NodeId(3), 2));
+    }
+
+    #[test]
+    fn decode_checks_invariants() {
+        let mut key = DvvSet::new();
+        key.update(&VectorClock::new(), A, b"x".to_vec(), 5);
+        key.update(&VectorClock::new(), B, b"y".to_vec(), 6);
+        let bytes = key.to_bytes();
+        assert_eq!(DvvSet::<Vec<u8>>::from_bytes(&bytes).unwrap(), key);
+        // A sibling whose dot the context does not cover.
+        let mut bad = Vec::new();
+        bad.push(DVV_VERSION);
+        VectorClock::from_counters([(A, 1)]).encode_into(&mut bad, false);
+        bad.extend_from_slice(&[1, 1, 2, 0]); // one sibling, dot (1, 2), empty value
+        assert!(matches!(
+            DvvSet::<Vec<u8>>::from_bytes(&bad),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+}
