@@ -25,3 +25,4 @@
 
 pub use kv_clock as clock;
 pub use kv_core as core;
+pub use kv_ring as ring;

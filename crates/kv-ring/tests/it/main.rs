@@ -1,0 +1,2 @@
+//! Integration tests of kv-ring.
+#![allow(missing_docs)]
