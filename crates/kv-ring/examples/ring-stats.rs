@@ -38,7 +38,9 @@ fn parse() -> Result<Args, String> {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.to_string());
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = |e: std::num::ParseIntError| format!("{flag} {value}: {e}");
         match flag.as_str() {
             "--nodes" => args.nodes = value.parse().map_err(bad)?,
@@ -48,10 +50,14 @@ fn parse() -> Result<Args, String> {
         }
     }
     if args.nodes < 2 {
-        return Err(format!("--nodes must be at least 2 (a join and a leave are measured)\n{USAGE}"));
+        return Err(format!(
+            "--nodes must be at least 2 (a join and a leave are measured)\n{USAGE}"
+        ));
     }
     if args.vnodes == 0 || args.replicas == 0 {
-        return Err(format!("--vnodes and --replicas must be at least 1\n{USAGE}"));
+        return Err(format!(
+            "--vnodes and --replicas must be at least 1\n{USAGE}"
+        ));
     }
     Ok(args)
 }
@@ -79,7 +85,10 @@ fn main() -> ExitCode {
     let ring = build(n, v, TokenStrategy::Balanced);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    println!("balance: nodes={n} vnodes={v} max_over_mean={:.3}", ring.balance());
+    println!(
+        "balance: nodes={n} vnodes={v} max_over_mean={:.3}",
+        ring.balance()
+    );
     println!(
         "replicated_balance: n={r} max_over_mean={:.3}",
         ring.replicated_balance(r).expect("r > 0")
@@ -93,8 +102,15 @@ fn main() -> ExitCode {
         moved / ideal
     );
     let to_new = primary.gained_fraction(NodeId(n + 1));
-    println!("join_movement_to_new_node: fraction={to_new:.4} of_moved={:.3}", to_new / moved);
-    println!("after_join_balance: nodes={} max_over_mean={:.3}", n + 1, joined.balance());
+    println!(
+        "join_movement_to_new_node: fraction={to_new:.4} of_moved={:.3}",
+        to_new / moved
+    );
+    println!(
+        "after_join_balance: nodes={} max_over_mean={:.3}",
+        n + 1,
+        joined.balance()
+    );
 
     let left = ring.without_node(NodeId(1)).expect("member");
     let leave = RingDiff::between(&ring, &left, 1).expect("non-empty rings");
@@ -104,7 +120,11 @@ fn main() -> ExitCode {
         leave.moved_fraction(),
         leave.moved_fraction() / leave_ideal
     );
-    println!("after_leave_balance: nodes={} max_over_mean={:.3}", n - 1, left.balance());
+    println!(
+        "after_leave_balance: nodes={} max_over_mean={:.3}",
+        n - 1,
+        left.balance()
+    );
 
     let hashed = build(n, v, TokenStrategy::Hashed);
     println!(
@@ -112,6 +132,9 @@ fn main() -> ExitCode {
         hashed.balance(),
         hashed.replicated_balance(r).expect("r > 0")
     );
-    println!("build_time: nodes={n} tokens={} ms={build_ms:.1}", ring.token_count());
+    println!(
+        "build_time: nodes={n} tokens={} ms={build_ms:.1}",
+        ring.token_count()
+    );
     ExitCode::SUCCESS
 }

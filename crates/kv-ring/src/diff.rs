@@ -41,29 +41,38 @@ impl RingDiff {
     /// Compares `before` and `after` for replication factor `n`. Both rings
     /// must have at least one node (with no node before, there is no data
     /// to move; with none after, nowhere to move it).
-    pub fn between(before: &ConsistentHashRing, after: &ConsistentHashRing, n: usize) -> Result<Self> {
+    pub fn between(
+        before: &ConsistentHashRing,
+        after: &ConsistentHashRing,
+        n: usize,
+    ) -> Result<Self> {
         if before.tokens.is_empty() || after.tokens.is_empty() {
             return Err(RingError::Empty);
         }
         if n == 0 {
             return Err(RingError::ZeroReplicas);
         }
-        let mut bounds: Vec<u64> = before
-            .tokens
-            .iter()
-            .chain(&after.tokens)
-            .copied()
-            .collect();
+        let mut bounds: Vec<u64> = before.tokens.iter().chain(&after.tokens).copied().collect();
         bounds.sort_unstable();
         bounds.dedup();
         let (mut old, mut new) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut moves: Vec<RangeMove> = Vec::new();
         for (i, &end) in bounds.iter().enumerate() {
-            let start = if i == 0 { bounds[bounds.len() - 1] } else { bounds[i - 1] };
+            let start = if i == 0 {
+                bounds[bounds.len() - 1]
+            } else {
+                bounds[i - 1]
+            };
             before.walk(before.vnode_of(end), n, &mut old);
             after.walk(after.vnode_of(end), n, &mut new);
-            let mut old_set = old.iter().map(|&m| before.members[m as usize].spec.id).collect::<Vec<_>>();
-            let mut new_set = new.iter().map(|&m| after.members[m as usize].spec.id).collect::<Vec<_>>();
+            let mut old_set = old
+                .iter()
+                .map(|&m| before.members[m as usize].spec.id)
+                .collect::<Vec<_>>();
+            let mut new_set = new
+                .iter()
+                .map(|&m| after.members[m as usize].spec.id)
+                .collect::<Vec<_>>();
             let from = old_set.clone();
             let to = new_set.clone();
             old_set.sort_unstable();
@@ -86,7 +95,8 @@ impl RingDiff {
         // The first and last moves may be one range across the top.
         if moves.len() > 1 {
             let (first, last) = (&moves[0], &moves[moves.len() - 1]);
-            if first.range.start == last.range.end && first.from == last.from && first.to == last.to {
+            if first.range.start == last.range.end && first.from == last.from && first.to == last.to
+            {
                 let start = last.range.start;
                 moves[0].range.start = start;
                 moves.pop();

@@ -52,5 +52,8 @@ mod stats;
 pub use diff::{RangeMove, RingDiff};
 pub use error::{Result, RingError};
 pub use hash::token_of;
-pub use ring::{ConsistentHashRing, DEFAULT_BALANCE_REPLICAS, DEFAULT_VNODES, NodeSpec, RingBuilder, TokenStrategy};
+pub use ring::{
+    ConsistentHashRing, DEFAULT_BALANCE_REPLICAS, DEFAULT_VNODES, NodeSpec, RingBuilder,
+    TokenStrategy,
+};
 pub use stats::max_over_mean;

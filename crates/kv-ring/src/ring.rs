@@ -271,15 +271,16 @@ impl ConsistentHashRing {
 
     /// Inserts a member keeping `members` sorted; shifts owner indices.
     fn add_member(&mut self, spec: NodeSpec) -> u32 {
-        let zone = spec.zone.as_ref().map(|z| {
-            match self.zones.iter().position(|known| known == z) {
-                Some(i) => i as u16,
-                None => {
-                    self.zones.push(z.clone());
-                    (self.zones.len() - 1) as u16
-                }
-            }
-        });
+        let zone =
+            spec.zone
+                .as_ref()
+                .map(|z| match self.zones.iter().position(|known| known == z) {
+                    Some(i) => i as u16,
+                    None => {
+                        self.zones.push(z.clone());
+                        (self.zones.len() - 1) as u16
+                    }
+                });
         let at = self.members.partition_point(|m| m.spec.id < spec.id);
         self.members.insert(at, Member { spec, zone });
         for owner in &mut self.owners {

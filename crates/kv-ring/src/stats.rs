@@ -22,7 +22,10 @@ impl ConsistentHashRing {
     /// Max over mean of each node's primary share divided by its weight.
     pub fn balance(&self) -> f64 {
         let shares = self.ownership();
-        max_over_mean(self.node_specs().map(|s| shares[&s.id] / f64::from(s.weight)))
+        max_over_mean(
+            self.node_specs()
+                .map(|s| shares[&s.id] / f64::from(s.weight)),
+        )
     }
 
     /// Max over mean of each node's replicated share (over `n` replicas)
@@ -30,7 +33,8 @@ impl ConsistentHashRing {
     pub fn replicated_balance(&self, n: usize) -> Result<f64> {
         let shares = self.replicated_ownership(n)?;
         Ok(max_over_mean(
-            self.node_specs().map(|s| shares[&s.id] / f64::from(s.weight)),
+            self.node_specs()
+                .map(|s| shares[&s.id] / f64::from(s.weight)),
         ))
     }
 }
