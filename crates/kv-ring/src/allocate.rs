@@ -589,17 +589,18 @@ fn split_own(mut own: Vec<Span>, count: usize) -> Vec<u64> {
 }
 
 /// Reassigns the vnodes of member `leaving` to the other members, largest
-/// range first, each to the member furthest below its target.
-pub(crate) fn hand_over(ring: &mut ConsistentHashRing, leaving: u32) {
+/// first, each to the member furthest below its target.
+///
+/// Vnodes of the leaver that one replica walk of up to `replicas` nodes can
+/// span (fewer than `replicas - 1` other owners between them) go to the same
+/// member as a group: two different recipients there would make the walk
+/// meet one distinct node more and drop a replica that is not leaving. With
+/// that, for every replication factor up to `replicas`, only the leaving
+/// node's ranges change hands.
+pub(crate) fn hand_over(ring: &mut ConsistentHashRing, leaving: u32, replicas: usize) {
     let leaving_weight = ring.members[leaving as usize].spec.weight;
-    // Targets without the leaver.
     let total_weight: f64 = ring.members.iter().map(|m| f64::from(m.spec.weight)).sum();
     let per_weight = RING as f64 / (total_weight - f64::from(leaving_weight));
-    let targets: Vec<f64> = ring
-        .members
-        .iter()
-        .map(|m| f64::from(m.spec.weight) * per_weight)
-        .collect();
     let mut owned = vec![0u128; ring.members.len()];
     for v in 0..ring.tokens.len() {
         owned[ring.owners[v] as usize] += ring.vnode_range(v).width();
@@ -610,20 +611,75 @@ pub(crate) fn hand_over(ring: &mut ConsistentHashRing, leaving: u32) {
         .iter()
         .enumerate()
         .filter(|&(i, _)| i as u32 != leaving)
-        .map(|(i, _)| (targets[i] as i128 - owned[i] as i128, Reverse(i as u32)))
+        .map(|(i, m)| {
+            let target = f64::from(m.spec.weight) * per_weight;
+            (target as i128 - owned[i] as i128, Reverse(i as u32))
+        })
         .collect();
-    let mut vnodes: Vec<usize> = (0..ring.tokens.len())
-        .filter(|&v| ring.owners[v] == leaving)
+
+    let groups = leaver_groups(&ring.owners, leaving, replicas.max(1));
+    let mut sized: Vec<(u128, u64, Vec<usize>)> = groups
+        .into_iter()
+        .map(|g| {
+            let width = g.iter().map(|&v| ring.vnode_range(v).width()).sum();
+            (width, ring.tokens[g[0]], g)
+        })
         .collect();
-    vnodes.sort_by_key(|&v| (Reverse(ring.vnode_range(v).width()), ring.tokens[v]));
-    for v in vnodes {
+    sized.sort_by_key(|&(width, first, _)| (Reverse(width), first));
+    for (width, _, group) in sized {
         let Some((deficit, Reverse(member))) = heap.pop() else {
             return;
         };
-        let width = ring.vnode_range(v).width() as i128;
-        ring.owners[v] = member;
-        heap.push((deficit - width, Reverse(member)));
+        for v in group {
+            ring.owners[v] = member;
+        }
+        heap.push((deficit - width as i128, Reverse(member)));
     }
+}
+
+/// The leaver's vnodes grouped so that vnodes one walk of `replicas`
+/// distinct nodes can span share a group.
+fn leaver_groups(owners: &[u32], leaving: u32, replicas: usize) -> Vec<Vec<usize>> {
+    let len = owners.len();
+    let positions: Vec<usize> = (0..len).filter(|&v| owners[v] == leaving).collect();
+    if positions.is_empty() {
+        return Vec::new();
+    }
+    // Does a walk starting at leaver vnode `a` reach leaver vnode `b`
+    // (the next one clockwise) before meeting `replicas` distinct nodes?
+    let linked = |a: usize, b: usize| {
+        let mut seen: Vec<u32> = Vec::with_capacity(replicas);
+        let mut v = (a + 1) % len;
+        while v != b {
+            let owner = owners[v];
+            if !seen.contains(&owner) {
+                seen.push(owner);
+                if seen.len() + 1 >= replicas {
+                    return false;
+                }
+            }
+            v = (v + 1) % len;
+        }
+        true
+    };
+    let count = positions.len();
+    let links: Vec<bool> = (0..count)
+        .map(|i| replicas > 1 && linked(positions[i], positions[(i + 1) % count]))
+        .collect();
+    // Start after a break in the chain so no group straddles the start.
+    let Some(break_at) = links.iter().position(|&l| !l) else {
+        return vec![positions];
+    };
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    for step in 1..=count {
+        let i = (break_at + step) % count;
+        current.push(positions[i]);
+        if !links[i] {
+            groups.push(std::mem::take(&mut current));
+        }
+    }
+    groups
 }
 
 /// Classic consistent hashing: tokens derived from (node, index) hashes,

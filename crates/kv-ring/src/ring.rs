@@ -354,7 +354,7 @@ impl ConsistentHashRing {
             return Ok(());
         }
         match self.strategy {
-            TokenStrategy::Balanced => allocate::hand_over(self, index),
+            TokenStrategy::Balanced => allocate::hand_over(self, index, self.balance_replicas),
             TokenStrategy::Hashed => {
                 let keep: Vec<bool> = self.owners.iter().map(|&o| o != index).collect();
                 let mut k = keep.iter();
