@@ -14,24 +14,27 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use kv_core::NodeId;
-use kv_ring::{ConsistentHashRing, RingDiff, TokenStrategy};
+use kv_ring::{ConsistentHashRing, NodeSpec, RingDiff, TokenStrategy};
 
 struct Args {
     nodes: u64,
     vnodes: u32,
     replicas: usize,
+    zones: u64,
 }
 
-const USAGE: &str = "usage: ring-stats [--nodes N] [--vnodes V] [--replicas R]\n\
+const USAGE: &str = "usage: ring-stats [--nodes N] [--vnodes V] [--replicas R] [--zones Z]\n\
   --nodes N     physical nodes (default 10, at least 2)\n\
   --vnodes V    virtual nodes per node (default 150)\n\
-  --replicas R  replication factor for the replicated balance (default 3)";
+  --replicas R  replication factor for the replicated balance (default 3)\n\
+  --zones Z     spread nodes round-robin over Z zones (default 0: no zones)";
 
 fn parse() -> Result<Args, String> {
     let mut args = Args {
         nodes: 10,
         vnodes: 150,
         replicas: 3,
+        zones: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +49,7 @@ fn parse() -> Result<Args, String> {
             "--nodes" => args.nodes = value.parse().map_err(bad)?,
             "--vnodes" => args.vnodes = value.parse().map_err(bad)?,
             "--replicas" => args.replicas = value.parse().map_err(bad)?,
+            "--zones" => args.zones = value.parse().map_err(bad)?,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -62,11 +66,21 @@ fn parse() -> Result<Args, String> {
     Ok(args)
 }
 
-fn build(nodes: u64, vnodes: u32, strategy: TokenStrategy) -> ConsistentHashRing {
+fn spec(id: u64, zones: u64) -> NodeSpec {
+    let spec = NodeSpec::new(NodeId(id));
+    if zones == 0 {
+        spec
+    } else {
+        spec.zone(format!("zone{}", id % zones))
+    }
+}
+
+fn build(args: &Args, strategy: TokenStrategy) -> ConsistentHashRing {
     ConsistentHashRing::builder()
-        .vnodes(vnodes)
+        .vnodes(args.vnodes)
         .strategy(strategy)
-        .nodes((1..=nodes).map(NodeId))
+        .balance_replicas(args.replicas)
+        .nodes((1..=args.nodes).map(|id| spec(id, args.zones)))
         .build()
         .expect("nodes are distinct and vnodes non-zero")
 }
@@ -82,7 +96,7 @@ fn main() -> ExitCode {
     let (n, v, r) = (args.nodes, args.vnodes, args.replicas);
 
     let started = Instant::now();
-    let ring = build(n, v, TokenStrategy::Balanced);
+    let ring = build(&args, TokenStrategy::Balanced);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
 
     println!(
@@ -93,7 +107,7 @@ fn main() -> ExitCode {
         "replicated_balance: n={r} max_over_mean={:.3}",
         ring.replicated_balance(r).expect("r > 0")
     );
-    let joined = ring.with_node(NodeId(n + 1).into()).expect("new id");
+    let joined = ring.with_node(spec(n + 1, args.zones)).expect("new id");
     let primary = RingDiff::between(&ring, &joined, 1).expect("non-empty rings");
     let moved = primary.moved_fraction();
     let ideal = 1.0 / (n as f64 + 1.0);
@@ -126,7 +140,7 @@ fn main() -> ExitCode {
         left.balance()
     );
 
-    let hashed = build(n, v, TokenStrategy::Hashed);
+    let hashed = build(&args, TokenStrategy::Hashed);
     println!(
         "hashed_tokens_baseline: balance={:.3} replicated_balance={:.3}",
         hashed.balance(),

@@ -22,6 +22,7 @@ use kv_core::NodeId;
 
 use crate::hash::mix64;
 use crate::ring::ConsistentHashRing;
+use crate::walk::{self, Zones};
 
 /// The ring's size in tokens.
 const RING: u128 = 1 << 64;
@@ -124,27 +125,6 @@ fn apportion(count: usize, weights: &[f64], caps: &[usize]) -> Vec<usize> {
     shares
 }
 
-/// The first `want` distinct owners clockwise from index `start` (every
-/// owner if there are fewer), as indices.
-pub(crate) fn walk_distinct(owners: &[u32], start: usize, want: usize, out: &mut Vec<u32>) {
-    out.clear();
-    let len = owners.len();
-    let mut i = start;
-    for _ in 0..len {
-        if out.len() == want {
-            return;
-        }
-        let owner = owners[i];
-        if !out.contains(&owner) {
-            out.push(owner);
-        }
-        i += 1;
-        if i == len {
-            i = 0;
-        }
-    }
-}
-
 /// A join in progress: the ring as flat vectors, with each member's primary
 /// and replicated load kept exact as tokens are placed.
 struct Join {
@@ -157,13 +137,32 @@ struct Join {
     /// Replicas the replicated balance is measured over; 0 to ignore it.
     replicas: usize,
     joiner: u32,
+    /// Zone index per member, then the joining node's.
+    zone_of: Vec<Option<u16>>,
+    /// Distinct zones with the joining node (0 or 1: zones play no part).
+    zone_slots: usize,
 }
 
 impl Join {
-    fn new(ring: &ConsistentHashRing, weight: u32, replicas: usize) -> Self {
+    fn new(ring: &ConsistentHashRing, weight: u32, zone: Option<&str>, replicas: usize) -> Self {
         let (mut target, need) = targets(ring, weight);
         target.push(need);
         let members = ring.members.len();
+        let mut zone_of = ring.member_zones.clone();
+        zone_of.push(zone.map(|z| {
+            ring.zones
+                .iter()
+                .position(|known| known == z)
+                .unwrap_or(ring.zones.len()) as u16
+        }));
+        let mut named: Vec<u16> = zone_of.iter().flatten().copied().collect();
+        named.sort_unstable();
+        named.dedup();
+        let zone_slots = if named.is_empty() {
+            0
+        } else {
+            named.len() + usize::from(zone_of.iter().any(Option::is_none))
+        };
         let mut join = Join {
             tokens: ring.tokens.clone(),
             owners: ring.owners.clone(),
@@ -172,6 +171,8 @@ impl Join {
             target,
             replicas,
             joiner: members as u32,
+            zone_of,
+            zone_slots,
         };
         for v in 0..join.tokens.len() {
             let len = join.len_at(v);
@@ -198,25 +199,17 @@ impl Join {
         self.owners[(v as isize + offset).rem_euclid(t) as usize]
     }
 
-    /// First index of the ranges whose replica sets can change when the
-    /// range at `v` is split: those whose walk meets fewer than `replicas`
-    /// distinct owners before reaching `v`.
-    fn window_start(&self, v: usize) -> usize {
-        let t = self.tokens.len();
-        let mut seen: Vec<u32> = Vec::with_capacity(self.replicas);
-        let mut start = v;
-        for back in 1..t {
-            let r = (v + t - back) % t;
-            let owner = self.owners[r];
-            if !seen.contains(&owner) {
-                seen.push(owner);
-            }
-            if seen.len() >= self.replicas {
-                break;
-            }
-            start = r;
+    fn zones(&self) -> Zones<'_> {
+        Zones {
+            of: &self.zone_of,
+            slots: self.zone_slots,
         }
-        start
+    }
+
+    /// First index of the ranges whose replica sets can change when the
+    /// range at `v` is split.
+    fn window_start(&self, v: usize) -> usize {
+        walk::reach_start(&self.owners, self.zones(), v, self.replicas)
     }
 
     /// Adds `sign` times the replicated contribution of ranges
@@ -226,7 +219,7 @@ impl Join {
         let count = (last + t - first) % t + 1;
         for step in 0..count {
             let r = (first + step) % t;
-            walk_distinct(&self.owners, r, self.replicas, scratch);
+            walk::walk(&self.owners, self.zones(), r, self.replicas, scratch);
             let len = self.len_at(r);
             for &m in scratch.iter() {
                 self.rep[m as usize] += sign * len;
@@ -308,6 +301,9 @@ impl Join {
     /// distinct and none is the joining node (so exactly the `N - 1` ranges
     /// before `v` have walks that reach it).
     fn model_applies(&self, v: usize) -> bool {
+        if self.zone_slots > 1 {
+            return false;
+        }
         let n = self.replicas as isize;
         let mut seen: [u32; 32] = [u32::MAX; 32];
         let mut used = 0;
@@ -433,11 +429,11 @@ impl Join {
 /// balancing replicated load over `replicas` nodes (0 or 1: primary only).
 pub(crate) fn balanced_tokens(
     ring: &ConsistentHashRing,
-    weight: u32,
-    id: NodeId,
+    node: &crate::NodeSpec,
     count: usize,
     replicas: usize,
 ) -> Vec<Placement> {
+    let (id, weight) = (node.id, node.weight);
     if ring.tokens.is_empty() {
         return evenly_spaced(id, count)
             .into_iter()
@@ -445,14 +441,13 @@ pub(crate) fn balanced_tokens(
             .collect();
     }
     let members = ring.members.len();
-    // Zone-aware walks skip nodes, which the cost model does not follow;
-    // with as many replicas as nodes every node replicates everything.
-    let replicas = if ring.zone_slots > 1 || replicas <= 1 || replicas > members {
+    // With as many replicas as nodes every node replicates everything.
+    let replicas = if replicas <= 1 || replicas > members {
         0
     } else {
         replicas
     };
-    let mut join = Join::new(ring, weight, replicas);
+    let mut join = Join::new(ring, weight, node.zone.as_deref(), replicas);
     let need = join.target[members];
 
     // Donors: members above their new target, most loaded first, at most
@@ -478,7 +473,8 @@ pub(crate) fn balanced_tokens(
     // Per donor: the size of each cut, cuts left, and candidate ranges
     // (its largest, named by end token, which is stable under insertion).
     struct Donor {
-        cut: f64,
+        /// Tokens this donor still owes the joining node.
+        owed: f64,
         left: usize,
         candidates: Vec<u64>,
     }
@@ -491,7 +487,7 @@ pub(crate) fn balanced_tokens(
         own.sort_unstable_by(|a, b| b.cmp(a));
         let keep = (k * CANDIDATES_PER_CUT).max(k + 2).min(own.len());
         plan.push(Donor {
-            cut: quota / k as f64,
+            owed: quota,
             left: k,
             candidates: own[..keep].iter().map(|&(_, end)| end).collect(),
         });
@@ -508,13 +504,16 @@ pub(crate) fn balanced_tokens(
             if donor.left == 0 {
                 continue;
             }
+            // Equal cuts; a cut a small range could not give in full is
+            // made up by the donor's later cuts.
+            let cut = donor.owed / donor.left as f64;
             donor.left -= 1;
             let mut best: Option<(f64, usize, u64, Side)> = None;
             for i in 0..donor.candidates.len() {
                 let end = donor.candidates[i];
                 let v = join.tokens.partition_point(|&x| x < end);
                 let len = join.len_at(v);
-                let c = donor.cut.min(len * MAX_CUT).floor();
+                let c = cut.min(len * MAX_CUT).floor();
                 if c < 1.0 {
                     continue;
                 }
@@ -525,9 +524,9 @@ pub(crate) fn balanced_tokens(
                     } else if replicas > 0 {
                         join.cost_change(v, c, side)
                     } else if side == Side::Head {
-                        // Primary only: the cost is the same anywhere;
-                        // candidates are largest first.
-                        i as f64
+                        // Primary only: any range will do; the largest keeps
+                        // range sizes even.
+                        -len
                     } else {
                         continue;
                     };
@@ -540,6 +539,7 @@ pub(crate) fn balanced_tokens(
                 continue;
             };
             let end = donor.candidates.swap_remove(i);
+            donor.owed -= c as f64;
             let v = join.tokens.partition_point(|&x| x < end);
             let (placement, span) = join.apply(v, c, side, &mut scratch);
             placements.push(placement);
@@ -732,14 +732,14 @@ mod tests {
                 .nodes((1..=30).map(NodeId))
                 .build()
                 .unwrap();
-            let join = Join::new(&ring, 1, replicas);
+            let join = Join::new(&ring, 1, None, replicas);
             let t = join.tokens.len();
             let mut scratch = Vec::new();
             let mut checked = 0;
             for v in (0..t).step_by(13) {
                 let c = (join.len_at(v) / 3.0).floor();
                 for side in [Side::Head, Side::Tail] {
-                    let mut after = Join::new(&ring, 1, replicas);
+                    let mut after = Join::new(&ring, 1, None, replicas);
                     let before = cost(&after);
                     assert!((after.total_cost() - before).abs() <= 1e-9 * before);
                     let measured = after.measured_cost_change(v, c as u64, side, &mut scratch);

@@ -48,6 +48,7 @@ mod error;
 mod hash;
 mod ring;
 mod stats;
+mod walk;
 
 pub use diff::{RangeMove, RingDiff};
 pub use error::{Result, RingError};

@@ -7,6 +7,7 @@ use kv_core::{NodeId, Partitioner, PartitionerError, Token, TokenRange};
 use crate::allocate::{self, Placement};
 use crate::error::{Result, RingError};
 use crate::hash::token_of;
+use crate::walk::{self, Zones};
 
 /// Virtual nodes per unit of weight, by default (Dynamo's and Riak's order
 /// of magnitude; enough for balance within a few percent).
@@ -121,6 +122,8 @@ pub struct ConsistentHashRing {
     /// Distinct zones among members (members without a zone count as one
     /// more zone); 0 or 1 means placement ignores zones.
     pub(crate) zone_slots: usize,
+    /// `members[i].zone`, flat for walks.
+    pub(crate) member_zones: Vec<Option<u16>>,
     /// The replication factor the balanced strategy balances for.
     pub(crate) balance_replicas: usize,
 }
@@ -211,6 +214,7 @@ impl ConsistentHashRing {
             members: Vec::new(),
             zones: Vec::new(),
             zone_slots: 0,
+            member_zones: Vec::new(),
             balance_replicas: DEFAULT_BALANCE_REPLICAS,
         })
     }
@@ -224,6 +228,7 @@ impl ConsistentHashRing {
             .len();
         let unnamed = usize::from(self.members.iter().any(|m| m.zone.is_none()));
         self.zone_slots = if named == 0 { 0 } else { named + unnamed };
+        self.member_zones = self.members.iter().map(|m| m.zone).collect();
     }
 
     /// Rebuilds a ring from known token assignments (for example tokens
@@ -303,7 +308,7 @@ impl ConsistentHashRing {
         let id = node.id;
         let placements = match self.strategy {
             TokenStrategy::Balanced => {
-                allocate::balanced_tokens(self, node.weight, id, count, self.balance_replicas)
+                allocate::balanced_tokens(self, &node, count, self.balance_replicas)
             }
             TokenStrategy::Hashed => allocate::hashed_tokens(self, id, count)
                 .into_iter()
@@ -456,52 +461,14 @@ impl ConsistentHashRing {
     /// nodes clockwise from the virtual node at `start`, zone-aware.
     pub(crate) fn walk(&self, start: usize, n: usize, out: &mut Vec<u32>) {
         let want = n.min(self.members.len());
-        if self.zone_slots <= 1 {
-            allocate::walk_distinct(&self.owners, start, want, out);
-            return;
-        }
-        out.clear();
-        let len = self.tokens.len();
-        let zone_count = self.zone_slots;
-        let mut used_zones: Vec<Option<u16>> = Vec::with_capacity(want);
-        let mut deferred: Vec<u32> = Vec::new();
-        let mut i = start;
-        for _ in 0..len {
-            if out.len() == want || used_zones.len() == zone_count {
-                break;
-            }
-            let owner = self.owners[i];
-            if !out.contains(&owner) && !deferred.contains(&owner) {
-                let zone = self.members[owner as usize].zone;
-                if used_zones.contains(&zone) {
-                    deferred.push(owner);
-                } else {
-                    used_zones.push(zone);
-                    out.push(owner);
-                }
-            }
-            i += 1;
-            if i == len {
-                i = 0;
-            }
-        }
-        for owner in deferred {
-            if out.len() == want {
-                return;
-            }
-            out.push(owner);
-        }
-        let mut steps = 0;
-        while out.len() < want && steps < len {
-            let owner = self.owners[i];
-            if !out.contains(&owner) {
-                out.push(owner);
-            }
-            i += 1;
-            if i == len {
-                i = 0;
-            }
-            steps += 1;
+        walk::walk(&self.owners, self.zones(), start, want, out);
+    }
+
+    /// The members' zones, for walks.
+    pub(crate) fn zones(&self) -> Zones<'_> {
+        Zones {
+            of: &self.member_zones,
+            slots: self.zone_slots,
         }
     }
 

@@ -107,3 +107,36 @@ fn every_node_gets_its_vnodes() {
     }
     assert_eq!(r.token_count(), 3000);
 }
+
+#[test]
+fn zoned_rings_are_balanced_too() {
+    // Zone-aware placement balances primary shares (the replicated share
+    // then depends on how many nodes each zone has).
+    let r = ConsistentHashRing::builder()
+        .nodes((1..=12).map(|i| NodeSpec::new(NodeId(i)).zone(format!("z{}", i % 3))))
+        .build()
+        .unwrap();
+    assert!(
+        r.balance() <= 1.05,
+        "zoned primary max/mean {:.3}",
+        r.balance()
+    );
+    // Equal zones of equal nodes: replicated shares are balanced as well.
+    let replicated = r.replicated_balance(3).unwrap();
+    assert!(
+        replicated <= 1.10,
+        "zoned replicated max/mean {replicated:.3}"
+    );
+    let joined = r.with_node(NodeSpec::new(NodeId(13)).zone("z1")).unwrap();
+    assert!(joined.balance() <= 1.05);
+}
+
+#[test]
+fn small_clusters_are_balanced() {
+    for n in 3..=6 {
+        let r = ring(n, 150);
+        assert!(r.balance() <= 1.05, "{n} nodes: {:.3}", r.balance());
+        let replicated = r.replicated_balance(3).unwrap();
+        assert!(replicated <= 1.10, "{n} nodes: replicated {replicated:.3}");
+    }
+}
