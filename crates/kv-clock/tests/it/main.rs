@@ -1,5 +1,5 @@
 //! Integration tests of kv-clock: algebraic laws, scenarios, encoding.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod codec;
 mod laws;

@@ -1,5 +1,5 @@
 //! Integration tests of kv-ring.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod balance;
 mod errors;
