@@ -5,10 +5,11 @@ use std::fmt;
 
 use kv_core::NodeId;
 
-use crate::codec::{Reader, ValueCodec, put_varint};
+use crate::codec::ValueCodec;
 use crate::error::{DecodeError, Result};
 use crate::prune::PrunePolicy;
 use crate::vclock::VectorClock;
+use kv_core::codec::{Reader, put_varint};
 
 /// One event: the `counter`-th write coordinated by `actor`.
 ///

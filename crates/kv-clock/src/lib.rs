@@ -45,8 +45,9 @@ mod error;
 mod prune;
 mod vclock;
 
-pub use codec::{Reader, ValueCodec};
+pub use codec::ValueCodec;
 pub use dvv::{Dot, DvvSet, Sibling};
 pub use error::{DecodeError, Result};
+pub use kv_core::codec::Reader;
 pub use prune::{PrunePolicy, PrunePolicyError};
 pub use vclock::{Causality, Entry, VectorClock};

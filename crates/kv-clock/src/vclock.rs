@@ -4,9 +4,9 @@ use std::cmp::Ordering;
 
 use kv_core::NodeId;
 
-use crate::codec::{Reader, put_varint};
 use crate::error::{DecodeError, Result};
 use crate::prune::PrunePolicy;
+use kv_core::codec::{Reader, put_varint};
 
 /// How two clocks relate causally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,6 +9,9 @@
 //!   the hash ring a key lands.
 //! - [`Partitioner`]: the port through which the coordinator asks which nodes
 //!   replicate a key (implemented by `kv-ring`).
+//! - [`StorageEngine`]: an ordered, durable byte map with atomic batches and
+//!   consistent scans (implemented by `kv-lsm` and the test kit's
+//!   `MemEngine`).
 //!
 //! ```
 //! use kv_core::{Token, TokenRange};
@@ -24,10 +27,13 @@
 //! assert_eq!(wrapping.width(), 7);
 //! ```
 
+pub mod codec;
 mod ids;
 mod partitioner;
 mod range;
+mod storage;
 
 pub use ids::{NodeId, Token};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
+pub use storage::{BatchOp, KvPair, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};

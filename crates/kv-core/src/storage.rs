@@ -1,0 +1,163 @@
+//! The storage-engine port: an ordered, durable map of bytes to bytes.
+
+use std::ops::Bound;
+
+/// A sequence number: every write applied to an engine gets the next one,
+/// and a read at sequence `s` sees exactly the writes numbered `<= s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SeqNo(pub u64);
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl BatchOp {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+}
+
+/// Writes applied atomically: after a crash either all of them are present
+/// or none, and no reader ever sees some without the others. Later
+/// operations on the same key win.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+    bytes: usize,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len();
+        self.ops.push(BatchOp::Put { key, value });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        let key = key.into();
+        self.bytes += key.len();
+        self.ops.push(BatchOp::Delete { key });
+        self
+    }
+
+    /// The operations, in order.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// How many operations the batch holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The bytes of keys and values the batch carries.
+    pub fn payload_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The request itself is invalid (for example a key over the size
+    /// limit); nothing was written and retrying the same request cannot
+    /// help.
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    /// The engine hit an I/O or durability failure earlier and refuses
+    /// writes until it is reopened.
+    #[error("storage engine is poisoned and refuses writes until reopened: {0}")]
+    Poisoned(String),
+    /// Stored data failed verification.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// An I/O error; the message names the file and operation.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The engine is closed.
+    #[error("storage engine is closed")]
+    Closed,
+}
+
+impl StorageError {
+    /// Whether retrying the same operation later may succeed (a transient
+    /// I/O error may clear; bad input, corruption and poisoning do not).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Io(_))
+    }
+}
+
+/// A key-value pair read from an engine.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// An iterator over a consistent, point-in-time view of a key range.
+pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KvPair, StorageError>> + Send + 'a>;
+
+/// An ordered, durable map from byte keys to byte values.
+///
+/// Implementations: `kv_lsm::LsmEngine` (on disk) and the in-memory
+/// `MemEngine` of the test kit; both pass the same conformance suite.
+/// Every method takes `&self`: engines are shared between threads.
+pub trait StorageEngine: Send + Sync {
+    /// The value of `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Sets `key` to `value`.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    /// Removes `key` (a no-op if absent).
+    fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch)
+    }
+
+    /// Applies `batch` atomically and returns once it is as durable as the
+    /// engine's policy promises.
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
+
+    /// The pairs with keys in `(start, end)`, in ascending key order, as of
+    /// the moment of the call: writes made while iterating are not seen.
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<ScanIter<'_>, StorageError>;
+
+    /// Makes every acknowledged write durable (whatever the policy), and
+    /// moves in-memory state to its durable form where the engine has one.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    /// The sequence number of the latest write visible to readers.
+    fn last_sequence(&self) -> SeqNo;
+}

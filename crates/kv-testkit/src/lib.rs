@@ -1,0 +1,62 @@
+//! In-memory implementations of the kv ports, and the conformance suites
+//! that every implementation of a port must pass.
+//!
+//! Not published and not for production: this crate exists so that each
+//! layer can be tested alone and every implementation of a port is held to
+//! one standard (TiKV's `engine_traits_tests`, raft-rs's `MemStorage`).
+//!
+//! - [`MemEngine`]: a `BTreeMap` storage engine.
+//! - [`engine_conformance!`]: expands to one `#[test]` per case of the
+//!   storage-engine conformance suite ([`conformance`]).
+//!
+//! ```
+//! use kv_core::StorageEngine;
+//! use kv_testkit::MemEngine;
+//!
+//! let engine = MemEngine::new();
+//! engine.put(b"k", b"v").unwrap();
+//! assert_eq!(engine.get(b"k").unwrap(), Some(b"v".to_vec()));
+//! ```
+
+pub mod conformance;
+mod mem_engine;
+
+pub use mem_engine::MemEngine;
+
+/// Expands to a module `conformance` with one `#[test]` per case of the
+/// storage-engine conformance suite. `$make` is a closure returning
+/// `(guard, engine)`: the guard (a temporary directory, say) lives as long
+/// as the test.
+///
+/// ```ignore
+/// kv_testkit::engine_conformance!(|| ((), kv_testkit::MemEngine::new()));
+/// ```
+#[macro_export]
+macro_rules! engine_conformance {
+    ($make:expr) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::engine_conformance!(@cases $make;
+                put_get_delete,
+                empty_values_and_binary_keys,
+                batch_is_atomic_and_last_op_wins,
+                scan_respects_bounds_and_order,
+                scan_is_a_point_in_time_view,
+                sequence_numbers_advance,
+                flush_keeps_everything,
+                matches_a_model_over_many_keys,
+                concurrent_writers_lose_nothing,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let (_guard, engine) = ($make)();
+                $crate::conformance::$case(&engine);
+            }
+        )*
+    };
+}

@@ -1,0 +1,96 @@
+//! A storage engine over a `BTreeMap`.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};
+use parking_lot::RwLock;
+
+/// A [`StorageEngine`] held in memory: a `BTreeMap` behind a lock.
+///
+/// Durable only as long as the process lives. Scans copy the range at the
+/// time of the call, which makes them point-in-time views at the cost of
+/// memory for large ranges.
+#[derive(Debug, Default)]
+pub struct MemEngine {
+    state: RwLock<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    seq: u64,
+}
+
+impl MemEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many keys are stored.
+    pub fn len(&self) -> usize {
+        self.state.read().map.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.state.read().map.is_empty()
+    }
+}
+
+impl StorageEngine for MemEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state.read().map.get(key).cloned())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        for op in batch.ops() {
+            state.seq += 1;
+            match op {
+                BatchOp::Put { key, value } => {
+                    state.map.insert(key.clone(), value.clone());
+                }
+                BatchOp::Delete { key } => {
+                    state.map.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<ScanIter<'_>, StorageError> {
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
+            (start, end)
+        {
+            // BTreeMap::range panics on inverted or empty-exclusive ranges.
+            let empty = s > e
+                || (s == e && !matches!((start, end), (Bound::Included(_), Bound::Included(_))));
+            if empty {
+                return Ok(Box::new(std::iter::empty()));
+            }
+        }
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = self
+            .state
+            .read()
+            .map
+            .range::<[u8], _>((start, end))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Box::new(pairs.into_iter().map(Ok)))
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn last_sequence(&self) -> SeqNo {
+        SeqNo(self.state.read().seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::engine_conformance!(|| ((), crate::MemEngine::new()));
+}
