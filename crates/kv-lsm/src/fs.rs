@@ -1,0 +1,251 @@
+//! The file layer the engine writes through, so tests can inject faults.
+//!
+//! Every write, fsync, rename and delete the engine makes goes through a
+//! [`FileSystem`]. [`StdFs`] is the real one; [`FaultFs`] wraps it and fails
+//! chosen operations, which is how the tests show that a failed fsync
+//! poisons the engine instead of being forgotten. Reads of immutable tables
+//! go straight to memory maps.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A file open for writing.
+pub trait WritableFile: Send + fmt::Debug {
+    /// Appends `buf` at the current position.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes the written data durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Reserves `len` bytes of disk for the file so later writes within it
+    /// change no file-system metadata (best effort: unsupported is fine).
+    fn preallocate(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// The operations the engine performs on its directory.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// Creates (or truncates) `path` for writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing file for writing from its start, keeping its
+    /// contents and size (used to recycle commit-log segments).
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Deletes `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, deletions) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Cuts `path` to `len` bytes and makes that durable.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl WritableFile for StdFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        preallocate(&self.0, len)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Ok(());
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // owned by `file`, which outlives the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(err),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
+    Ok(())
+}
+
+impl FileSystem for StdFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(StdFile(file)))
+    }
+
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        Ok(Box::new(StdFile(file)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+}
+
+/// Which operations a [`FaultFs`] makes fail.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Fail every `sync_data` and `sync_dir` once this many have succeeded.
+    syncs_before_failure: AtomicU64,
+    sync_armed: AtomicBool,
+    /// Fail every write.
+    fail_writes: AtomicBool,
+    /// Syncs that succeeded so far.
+    syncs: AtomicU64,
+}
+
+impl Faults {
+    fn sync(&self) -> io::Result<()> {
+        if self.sync_armed.load(Ordering::SeqCst) {
+            let done = self.syncs.load(Ordering::SeqCst);
+            if done >= self.syncs_before_failure.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+        }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn write(&self) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+}
+
+/// A [`FileSystem`] over [`StdFs`] that fails operations on demand, for
+/// tests of the engine's failure handling.
+#[derive(Debug, Clone, Default)]
+pub struct FaultFs {
+    faults: Arc<Faults>,
+}
+
+impl FaultFs {
+    /// A file system that fails nothing until told to.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every fsync fail after `n` more succeed.
+    pub fn fail_syncs_after(&self, n: u64) {
+        let done = self.faults.syncs.load(Ordering::SeqCst);
+        self.faults
+            .syncs_before_failure
+            .store(done + n, Ordering::SeqCst);
+        self.faults.sync_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes every write fail (or stops doing so).
+    pub fn fail_writes(&self, fail: bool) {
+        self.faults.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Stops injecting faults.
+    pub fn heal(&self) {
+        self.faults.sync_armed.store(false, Ordering::SeqCst);
+        self.faults.fail_writes.store(false, Ordering::SeqCst);
+    }
+
+    /// How many fsyncs have succeeded.
+    pub fn syncs(&self) -> u64 {
+        self.faults.syncs.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    inner: Box<dyn WritableFile>,
+    faults: Arc<Faults>,
+}
+
+impl WritableFile for FaultFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.faults.write()?;
+        self.inner.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.faults.sync()?;
+        self.inner.sync_data()
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.preallocate(len)
+    }
+}
+
+impl FileSystem for FaultFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.faults.write()?;
+        Ok(Box::new(FaultFile {
+            inner: StdFs.create(path)?,
+            faults: self.faults.clone(),
+        }))
+    }
+
+    fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        Ok(Box::new(FaultFile {
+            inner: StdFs.overwrite(path)?,
+            faults: self.faults.clone(),
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults.write()?;
+        StdFs.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.sync()?;
+        StdFs.sync_dir(dir)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.faults.sync()?;
+        StdFs.truncate(path, len)
+    }
+}

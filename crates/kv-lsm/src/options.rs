@@ -1,0 +1,265 @@
+//! Engine options and the builder that validates them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::LsmEngine;
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, StdFs};
+
+/// When a write is acknowledged relative to reaching stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged only after the fsync that covers it. Concurrent writers
+    /// share fsyncs (group commit).
+    Always,
+    /// Acknowledged once in the operating system's cache; a background
+    /// thread fsyncs at this interval. A machine crash loses at most the
+    /// interval; a process crash loses nothing.
+    Interval(Duration),
+    /// Acknowledged once in the operating system's cache; never fsynced
+    /// except when a log segment is closed.
+    Never,
+}
+
+/// What to do with a commit-log record that fails verification before the
+/// end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open, naming segment and offset (the default: nothing is
+    /// ever skipped silently).
+    #[default]
+    Strict,
+    /// Keep everything before the bad record and discard it and everything
+    /// after it (the operator's explicit choice after inspecting the error).
+    TruncateAtCorruption,
+}
+
+/// Every tunable of the engine. Built through [`LsmEngineBuilder`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Size at which the memtable is frozen and flushed (64 MiB).
+    pub memtable_bytes: usize,
+    /// When writes are acknowledged ([`Durability::Always`]).
+    pub durability: Durability,
+    /// Target size of a data block (4 KiB).
+    pub block_bytes: usize,
+    /// Bloom filter bits per key (10, about 1% false positives; 0 disables).
+    pub bloom_bits_per_key: u32,
+    /// Size ratio between adjacent levels (10).
+    pub level_ratio: u32,
+    /// Level-0 tables that trigger a compaction into level 1 (4).
+    pub l0_compaction_trigger: usize,
+    /// Level-0 tables at which writes stall until compaction catches up (20).
+    pub l0_stop_writes_trigger: usize,
+    /// Frozen memtables waiting for flush before writes stall (2).
+    pub max_immutable_memtables: usize,
+    /// Bytes of verified blocks kept in memory (64 MiB; 0 disables).
+    pub block_cache_bytes: usize,
+    /// Largest key accepted (64 KiB).
+    pub max_key_bytes: usize,
+    /// Largest value accepted (16 MiB).
+    pub max_value_bytes: usize,
+    /// Target size of level 1; level n holds `level_ratio` times level n-1
+    /// (256 MiB).
+    pub level1_bytes: u64,
+    /// Target size of a table written by compaction (64 MiB).
+    pub table_target_bytes: u64,
+    /// How recovery treats a bad log record ([`RecoveryMode::Strict`]).
+    pub recovery: RecoveryMode,
+    /// The file layer (the real one unless a test injects faults).
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            memtable_bytes: 64 << 20,
+            durability: Durability::Always,
+            block_bytes: 4 << 10,
+            bloom_bits_per_key: 10,
+            level_ratio: 10,
+            l0_compaction_trigger: 4,
+            l0_stop_writes_trigger: 20,
+            max_immutable_memtables: 2,
+            block_cache_bytes: 64 << 20,
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 16 << 20,
+            level1_bytes: 256 << 20,
+            table_target_bytes: 64 << 20,
+            recovery: RecoveryMode::Strict,
+            fs: Arc::new(StdFs),
+        }
+    }
+}
+
+fn invalid(option: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidOption {
+        option,
+        reason: reason.into(),
+    }
+}
+
+impl Options {
+    /// Checks every option; the engine refuses to open with an invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if !(64 << 10..=4 << 30).contains(&self.memtable_bytes) {
+            return Err(invalid(
+                "memtable_bytes",
+                format!("{} is outside 64 KiB ..= 4 GiB", self.memtable_bytes),
+            ));
+        }
+        if let Durability::Interval(d) = self.durability {
+            if d.is_zero() {
+                return Err(invalid(
+                    "durability",
+                    "an interval of zero; use Durability::Always",
+                ));
+            }
+        }
+        if !(256..=1 << 20).contains(&self.block_bytes) {
+            return Err(invalid(
+                "block_bytes",
+                format!("{} is outside 256 ..= 1 MiB", self.block_bytes),
+            ));
+        }
+        if self.bloom_bits_per_key > 64 {
+            return Err(invalid(
+                "bloom_bits_per_key",
+                format!("{} is above 64", self.bloom_bits_per_key),
+            ));
+        }
+        if self.level_ratio < 2 {
+            return Err(invalid(
+                "level_ratio",
+                format!("{} is below 2", self.level_ratio),
+            ));
+        }
+        if self.l0_compaction_trigger == 0 {
+            return Err(invalid("l0_compaction_trigger", "must be at least 1"));
+        }
+        if self.l0_stop_writes_trigger <= self.l0_compaction_trigger {
+            return Err(invalid(
+                "l0_stop_writes_trigger",
+                format!(
+                    "{} must exceed l0_compaction_trigger ({})",
+                    self.l0_stop_writes_trigger, self.l0_compaction_trigger
+                ),
+            ));
+        }
+        if self.max_immutable_memtables == 0 {
+            return Err(invalid("max_immutable_memtables", "must be at least 1"));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 16 << 20 {
+            return Err(invalid(
+                "max_key_bytes",
+                format!("{} is outside 1 ..= 16 MiB", self.max_key_bytes),
+            ));
+        }
+        if self.max_value_bytes > 1 << 30 {
+            return Err(invalid(
+                "max_value_bytes",
+                format!("{} is above 1 GiB", self.max_value_bytes),
+            ));
+        }
+        if self.level1_bytes < self.memtable_bytes as u64 {
+            return Err(invalid(
+                "level1_bytes",
+                format!(
+                    "{} is below memtable_bytes ({})",
+                    self.level1_bytes, self.memtable_bytes
+                ),
+            ));
+        }
+        if self.table_target_bytes < 64 << 10 {
+            return Err(invalid(
+                "table_target_bytes",
+                format!("{} is below 64 KiB", self.table_target_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configures and opens an [`LsmEngine`] (a consuming builder).
+///
+/// ```
+/// use kv_lsm::{Durability, LsmEngine};
+/// let dir = tempfile::tempdir()?;
+/// let engine = LsmEngine::builder(dir.path())
+///     .memtable_bytes(4 << 20)
+///     .durability(Durability::Never)
+///     .open()?;
+/// # drop(engine);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until open() is called"]
+pub struct LsmEngineBuilder {
+    path: PathBuf,
+    options: Options,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.options.$name = value;
+            self
+        }
+    };
+}
+
+impl LsmEngineBuilder {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
+        LsmEngineBuilder {
+            path: path.into(),
+            options: Options::default(),
+        }
+    }
+
+    /// Replaces every option at once.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    setter!(/// Memtable size before flush.
+        memtable_bytes: usize);
+    setter!(/// When writes are acknowledged.
+        durability: Durability);
+    setter!(/// Target data block size.
+        block_bytes: usize);
+    setter!(/// Bloom filter bits per key.
+        bloom_bits_per_key: u32);
+    setter!(/// Size ratio between levels.
+        level_ratio: u32);
+    setter!(/// Level-0 tables that trigger compaction.
+        l0_compaction_trigger: usize);
+    setter!(/// Level-0 tables at which writes stall.
+        l0_stop_writes_trigger: usize);
+    setter!(/// Frozen memtables before writes stall.
+        max_immutable_memtables: usize);
+    setter!(/// Block cache size.
+        block_cache_bytes: usize);
+    setter!(/// Largest key accepted.
+        max_key_bytes: usize);
+    setter!(/// Largest value accepted.
+        max_value_bytes: usize);
+    setter!(/// Target size of level 1.
+        level1_bytes: u64);
+    setter!(/// Target size of compaction output tables.
+        table_target_bytes: u64);
+    setter!(/// How recovery treats a bad log record.
+        recovery: RecoveryMode);
+    setter!(/// The file layer.
+        fs: Arc<dyn FileSystem>);
+
+    /// Validates the options, recovers the directory (creating it if
+    /// needed) and starts the background threads.
+    pub fn open(self) -> Result<LsmEngine> {
+        self.options.validate()?;
+        LsmEngine::open_with(self.path, self.options)
+    }
+}

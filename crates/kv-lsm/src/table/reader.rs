@@ -1,0 +1,367 @@
+//! Reads a table through a memory map.
+//!
+//! Safety of the map: a table file is written once, fsynced, and never
+//! modified or truncated afterwards by this engine; it is deleted only when
+//! no `Table` refers to it (unlinking keeps the mapping valid). The map is
+//! therefore sound as long as no other program writes into the engine's
+//! directory, which the directory lock and the documentation forbid. Every
+//! block is checksummed before its bytes are parsed, and parsing is bounds-
+//! checked, so even a file damaged on disk yields errors, not wild reads.
+
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kv_core::codec::{DecodeError, DecodeResult, Reader};
+use memmap2::Mmap;
+
+use super::block::BlockCursor;
+use super::bloom::Bloom;
+use super::{FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION, TableMeta};
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::iter::InternalIter;
+
+/// Where one data block lies, and the last version it holds.
+#[derive(Debug, Clone)]
+struct IndexEntry {
+    last_key: Vec<u8>,
+    last_seq: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// An open table.
+#[derive(Debug)]
+pub(crate) struct Table {
+    id: u64,
+    path: PathBuf,
+    bytes: Mmap,
+    index: Vec<IndexEntry>,
+    bloom: Bloom,
+    meta: TableMeta,
+    cache: Arc<BlockCache>,
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+/// The checksummed block at `offset .. offset + len` (crc after it).
+fn checked_block(
+    bytes: &[u8],
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> std::result::Result<Range, String> {
+    let start =
+        usize::try_from(offset).map_err(|_| format!("{what} offset {offset} out of range"))?;
+    let len = usize::try_from(len).map_err(|_| format!("{what} length {len} out of range"))?;
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e.checked_add(4).is_some_and(|c| c <= bytes.len()))
+        .ok_or_else(|| format!("{what} at {offset} (+{len}) runs past the end of the file"))?;
+    let stored = u32_at(bytes, end);
+    if crc32c::crc32c(&bytes[start..end]) != stored {
+        return Err(format!("{what} at byte {offset} failed its checksum"));
+    }
+    Ok(start..end)
+}
+
+type Range = std::ops::Range<usize>;
+
+/// Parsed footer, index, filter and properties of table bytes.
+struct Parsed {
+    index: Vec<IndexEntry>,
+    bloom: Bloom,
+    entries: u64,
+    smallest: (Vec<u8>, u64),
+    largest: (Vec<u8>, u64),
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
+    if bytes.len() < FOOTER_LEN {
+        return Err(format!(
+            "{} bytes is too short for a table footer",
+            bytes.len()
+        ));
+    }
+    let footer = &bytes[bytes.len() - FOOTER_LEN..];
+    if u64_at(footer, 56) != TABLE_MAGIC {
+        return Err("bad magic number in the footer".to_string());
+    }
+    if crc32c::crc32c(&footer[..52]) != u32_at(footer, 52) {
+        return Err("footer failed its checksum".to_string());
+    }
+    let version = u32_at(footer, 48);
+    if version != TABLE_VERSION {
+        return Err(format!("unknown table format version {version}"));
+    }
+    let handle = |i: usize| (u64_at(footer, 16 * i), u64_at(footer, 16 * i + 8));
+    let (filter, index, props) = (handle(0), handle(1), handle(2));
+    let filter = checked_block(bytes, filter.0, filter.1, "filter block")?;
+    let bloom = Bloom::from_bytes(&bytes[filter]).ok_or("filter block is malformed")?;
+    let index_range = checked_block(bytes, index.0, index.1, "index block")?;
+    let index = parse_index(&bytes[index_range]).map_err(|e| format!("index block: {e}"))?;
+    let props_range = checked_block(bytes, props.0, props.1, "properties block")?;
+    let mut reader = Reader::new(&bytes[props_range]);
+    let (entries, smallest, largest) = (|| -> DecodeResult<_> {
+        let entries = reader.varint("entry count")?;
+        let len = reader.count("smallest key length", 1)?;
+        let smallest = (
+            reader.bytes(len, "smallest key")?.to_vec(),
+            reader.varint("smallest sequence")?,
+        );
+        let len = reader.count("largest key length", 1)?;
+        let largest = (
+            reader.bytes(len, "largest key")?.to_vec(),
+            reader.varint("largest sequence")?,
+        );
+        reader.finish()?;
+        Ok((entries, smallest, largest))
+    })()
+    .map_err(|e| format!("properties block: {e}"))?;
+    Ok(Parsed {
+        index,
+        bloom,
+        entries,
+        smallest,
+        largest,
+    })
+}
+
+fn parse_index(data: &[u8]) -> DecodeResult<Vec<IndexEntry>> {
+    let mut cursor = BlockCursor::new(data)?;
+    cursor.seek_first(data)?;
+    let mut index = Vec::new();
+    while cursor.valid {
+        let mut reader = Reader::new(&data[cursor.value.clone()]);
+        let offset = reader.varint("block offset")?;
+        let len = reader.varint("block length")?;
+        reader.finish()?;
+        if let Some(prev) = index.last() {
+            let prev: &IndexEntry = prev;
+            if offset < prev.offset + prev.len {
+                return Err(DecodeError::Invalid {
+                    offset: cursor.value.start,
+                    what: "index entries out of order",
+                });
+            }
+        }
+        index.push(IndexEntry {
+            last_key: cursor.key.clone(),
+            last_seq: cursor.seq,
+            offset,
+            len,
+        });
+        cursor.advance(data)?;
+    }
+    Ok(index)
+}
+
+/// Parses table bytes and walks every entry (the fuzz target's entry point;
+/// returns how many entries were read). Never panics on any input.
+pub fn decode_table_for_fuzzing(bytes: &[u8]) -> std::result::Result<u64, String> {
+    let parsed = parse(bytes)?;
+    let mut count = 0;
+    for entry in &parsed.index {
+        let range = checked_block(bytes, entry.offset, entry.len, "data block")?;
+        let data = &bytes[range];
+        let mut cursor = BlockCursor::new(data).map_err(|e| e.to_string())?;
+        cursor.seek_first(data).map_err(|e| e.to_string())?;
+        while cursor.valid {
+            count += 1;
+            cursor.advance(data).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(count)
+}
+
+impl Table {
+    /// Opens table `number` at `path`, checking footer, index, filter and
+    /// properties.
+    pub(crate) fn open(path: &Path, number: u64, cache: Arc<BlockCache>) -> Result<Table> {
+        let file = File::open(path).map_err(|e| Error::io("open table", path, e))?;
+        // SAFETY: see the module documentation: table files are immutable
+        // once written and are not changed while mapped.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map table", path, e))?;
+        let bytes = map;
+        let parsed = parse(&bytes).map_err(|reason| Error::corrupt(path, reason))?;
+        let meta = TableMeta {
+            number,
+            size: bytes.len() as u64,
+            entries: parsed.entries,
+            smallest: parsed.smallest,
+            largest: parsed.largest,
+        };
+        Ok(Table {
+            id: number,
+            path: path.to_path_buf(),
+            bytes,
+            index: parsed.index,
+            bloom: parsed.bloom,
+            meta,
+            cache,
+        })
+    }
+
+    pub(crate) fn meta(&self) -> &TableMeta {
+        &self.meta
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The verified bytes of data block `i`.
+    fn block(&self, i: usize) -> Result<Arc<[u8]>> {
+        let entry = &self.index[i];
+        if let Some(block) = self.cache.get((self.id, entry.offset)) {
+            return Ok(block);
+        }
+        let range = checked_block(&self.bytes, entry.offset, entry.len, "data block")
+            .map_err(|reason| Error::corrupt(&self.path, reason))?;
+        let block: Arc<[u8]> = Arc::from(&self.bytes[range]);
+        self.cache.insert((self.id, entry.offset), block.clone());
+        Ok(block)
+    }
+
+    /// The first block whose last version is at or after `(key, seq)`.
+    fn block_for(&self, key: &[u8], seq: u64) -> usize {
+        self.index.partition_point(|e| {
+            crate::iter::compare_versions(&e.last_key, e.last_seq, key, seq).is_lt()
+        })
+    }
+
+    /// The newest version of `key` numbered `<= seq`: `Some(None)` for a
+    /// tombstone, `None` if the table holds none.
+    pub(crate) fn get(&self, key: &[u8], seq: u64) -> Result<Option<Option<Vec<u8>>>> {
+        if key < self.meta.smallest.0.as_slice() || key > self.meta.largest.0.as_slice() {
+            return Ok(None);
+        }
+        if !self.bloom.may_contain(key) {
+            return Ok(None);
+        }
+        let i = self.block_for(key, seq);
+        if i == self.index.len() {
+            return Ok(None);
+        }
+        let block = self.block(i)?;
+        let mut cursor = BlockCursor::new(&block).map_err(|e| self.decode_error(e))?;
+        cursor
+            .seek(&block, key, seq)
+            .map_err(|e| self.decode_error(e))?;
+        if !cursor.valid || cursor.key != key {
+            return Ok(None);
+        }
+        Ok(Some(
+            cursor.is_put.then(|| block[cursor.value.clone()].to_vec()),
+        ))
+    }
+
+    fn decode_error(&self, err: DecodeError) -> Error {
+        Error::decode(&self.path, "data block", err)
+    }
+
+    /// A cursor from the first version of the first user key within `start`.
+    pub(crate) fn iter(self: &Arc<Self>, start: Bound<&[u8]>) -> Result<TableIter> {
+        let mut iter = TableIter {
+            table: self.clone(),
+            block_index: 0,
+            block: None,
+            cursor: BlockCursor::default(),
+        };
+        match start {
+            Bound::Unbounded => iter.load(0, None)?,
+            Bound::Included(k) => iter.load(self.block_for(k, u64::MAX), Some((k, u64::MAX)))?,
+            Bound::Excluded(k) => iter.load(self.block_for(k, 0), Some((k, 0)))?,
+        }
+        if let Bound::Excluded(k) = start {
+            while iter.valid() && iter.key() == k {
+                iter.advance()?;
+            }
+        }
+        Ok(iter)
+    }
+}
+
+/// A cursor over one table's versions.
+#[derive(Debug)]
+pub(crate) struct TableIter {
+    table: Arc<Table>,
+    block_index: usize,
+    block: Option<Arc<[u8]>>,
+    cursor: BlockCursor,
+}
+
+impl TableIter {
+    /// Loads block `i` and positions at `seek` (or its first entry); moves
+    /// on to later blocks while positioned past the end of one.
+    fn load(&mut self, mut i: usize, mut seek: Option<(&[u8], u64)>) -> Result<()> {
+        loop {
+            if i >= self.table.index.len() {
+                self.block = None;
+                self.cursor.valid = false;
+                return Ok(());
+            }
+            let block = self.table.block(i)?;
+            let mut cursor = BlockCursor::new(&block).map_err(|e| self.table.decode_error(e))?;
+            match seek.take() {
+                Some((k, s)) => cursor.seek(&block, k, s),
+                None => cursor.seek_first(&block),
+            }
+            .map_err(|e| self.table.decode_error(e))?;
+            self.block_index = i;
+            self.block = Some(block);
+            self.cursor = cursor;
+            if self.cursor.valid {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+}
+
+impl InternalIter for TableIter {
+    fn valid(&self) -> bool {
+        self.block.is_some() && self.cursor.valid
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.cursor.key
+    }
+
+    fn seq(&self) -> u64 {
+        self.cursor.seq
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        let block = self.block.as_ref()?;
+        self.cursor
+            .is_put
+            .then(|| &block[self.cursor.value.clone()])
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        let Some(block) = self.block.clone() else {
+            return Ok(());
+        };
+        self.cursor
+            .advance(&block)
+            .map_err(|e| self.table.decode_error(e))?;
+        if !self.cursor.valid {
+            self.load(self.block_index + 1, None)?;
+        }
+        Ok(())
+    }
+}
