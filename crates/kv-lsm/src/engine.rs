@@ -712,14 +712,24 @@ impl Inner {
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         log.writer = writer;
-        let mut imms = Vec::with_capacity(sv.imms.len() + 1);
-        imms.push(sv.mem.clone());
-        imms.extend(sv.imms.iter().cloned());
-        *self.sv.write() = Arc::new(SuperVersion {
-            mem: Arc::new(Memtable::new(number)),
-            imms,
-            version: sv.version.clone(),
-        });
+        {
+            // Read-modify-write under the lock: a flush or compaction may
+            // have replaced the version since `sv` was read.
+            let mut slot = self.sv.write();
+            let current = slot.clone();
+            debug_assert!(
+                Arc::ptr_eq(&current.mem, &sv.mem),
+                "only the write leader swaps memtables"
+            );
+            let mut imms = Vec::with_capacity(current.imms.len() + 1);
+            imms.push(current.mem.clone());
+            imms.extend(current.imms.iter().cloned());
+            *slot = Arc::new(SuperVersion {
+                mem: Arc::new(Memtable::new(number)),
+                imms,
+                version: current.version.clone(),
+            });
+        }
         let _bg = self.bg.lock();
         self.bg_cond.notify_all();
         Ok(())

@@ -1,0 +1,91 @@
+//! Fault injection at the file layer: a failed fsync poisons the engine.
+
+use std::sync::Arc;
+
+use kv_core::{StorageEngine, StorageError};
+use kv_lsm::{Durability, Error, FaultFs, LsmEngine};
+
+#[test]
+fn failed_log_fsync_poisons_until_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let engine = LsmEngine::builder(dir.path())
+        .durability(Durability::Always)
+        .fs(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    engine.put(b"before", b"1").unwrap();
+    fs.fail_syncs_after(0);
+    let err = engine.put(b"during", b"2").unwrap_err();
+    assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
+    // Healing the disk does not un-poison: what reached it is unknown.
+    fs.heal();
+    let again = engine.put(b"after", b"3").unwrap_err();
+    assert!(matches!(again, StorageError::Poisoned(_)), "{again}");
+    assert!(
+        again.to_string().contains("injected fsync failure"),
+        "{again}"
+    );
+    assert!(!again.is_retryable());
+    // Reads still work.
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+    drop(engine);
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        engine.get(b"after").unwrap(),
+        None,
+        "refused writes left no trace"
+    );
+    engine.put(b"after", b"3").unwrap();
+}
+
+#[test]
+fn failed_table_fsync_during_flush_poisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let engine = LsmEngine::builder(dir.path())
+        .durability(Durability::Never)
+        .fs(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    for i in 0..1000u32 {
+        engine.put(&i.to_be_bytes(), b"value").unwrap();
+    }
+    // The rotation's log fsync succeeds; the table's fails.
+    fs.fail_syncs_after(2);
+    let err = engine.flush_all().unwrap_err();
+    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    assert!(matches!(
+        engine.put(b"x", b"y"),
+        Err(StorageError::Poisoned(_))
+    ));
+    fs.heal();
+    drop(engine);
+    // Nothing was lost: the log still holds what the table did not.
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    for i in 0..1000u32 {
+        assert_eq!(
+            engine.get(&i.to_be_bytes()).unwrap(),
+            Some(b"value".to_vec()),
+            "key {i}"
+        );
+    }
+}
+
+#[test]
+fn failed_write_poisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let engine = LsmEngine::builder(dir.path())
+        .fs(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    fs.fail_writes(true);
+    assert!(engine.put(b"k", b"v").is_err());
+    fs.fail_writes(false);
+    assert!(matches!(
+        engine.put(b"k", b"v"),
+        Err(StorageError::Poisoned(_))
+    ));
+}

@@ -1,0 +1,294 @@
+//! Reopen, torn tails, corruption, limits and options.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use kv_core::StorageEngine;
+use kv_lsm::{Durability, Error, LsmEngine, RecoveryMode};
+
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    out.sort();
+    out
+}
+
+fn write_keys(engine: &LsmEngine, range: std::ops::Range<u32>) {
+    for i in range {
+        engine
+            .put(format!("k{i:06}").as_bytes(), &i.to_le_bytes())
+            .unwrap();
+    }
+}
+
+fn count(engine: &LsmEngine) -> usize {
+    engine
+        .scan(Bound::Unbounded, Bound::Unbounded)
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn writes_survive_reopen_with_and_without_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = crate::small(dir.path()).open().unwrap();
+        write_keys(&engine, 0..3000);
+        engine.flush().unwrap();
+        write_keys(&engine, 3000..3500);
+        engine.delete(b"k000007").unwrap();
+    }
+    let engine = crate::small(dir.path()).open().unwrap();
+    assert_eq!(count(&engine), 3499);
+    assert_eq!(
+        engine.get(b"k003499").unwrap(),
+        Some(3499u32.to_le_bytes().to_vec())
+    );
+    assert_eq!(engine.get(b"k000007").unwrap(), None);
+    // Sequence numbers continue past what was recovered.
+    let before = engine.last_sequence();
+    engine.put(b"later", b"x").unwrap();
+    assert!(engine.last_sequence() > before);
+}
+
+#[test]
+fn a_second_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = LsmEngine::builder(dir.path()).open().unwrap();
+    assert!(matches!(
+        LsmEngine::builder(dir.path()).open(),
+        Err(Error::Locked(_))
+    ));
+}
+
+#[test]
+fn torn_log_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = LsmEngine::builder(dir.path())
+            .durability(Durability::Always)
+            .open()
+            .unwrap();
+        write_keys(&engine, 0..100);
+    }
+    let log = files(dir.path(), ".log").pop().unwrap();
+    let len = fs::metadata(&log).unwrap().len();
+    // Cut the last record in half.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 20)
+        .unwrap();
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    assert_eq!(count(&engine), 99, "the torn record is gone, the rest kept");
+    drop(engine);
+    // Recovered data was flushed; the reopened engine is consistent.
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    assert_eq!(count(&engine), 99);
+}
+
+#[test]
+fn flipped_byte_in_the_log_is_an_error_naming_segment_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = LsmEngine::builder(dir.path()).open().unwrap();
+        write_keys(&engine, 0..100);
+    }
+    let log = files(dir.path(), ".log").pop().unwrap();
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&log)
+        .unwrap();
+    // Inside the tenth record (records are 8-byte aligned, about 48 bytes).
+    file.seek(SeekFrom::Start(480)).unwrap();
+    file.write_all(&[0xAB]).unwrap();
+    drop(file);
+    match LsmEngine::builder(dir.path()).open() {
+        Err(Error::LogCorruption {
+            segment, offset, ..
+        }) => {
+            assert_eq!(segment, log);
+            assert!(offset <= 480 && offset > 400, "offset {offset}");
+        }
+        other => panic!("expected log corruption, got {other:?}"),
+    }
+    // The operator's explicit choice: keep what precedes the damage.
+    let engine = LsmEngine::builder(dir.path())
+        .recovery(RecoveryMode::TruncateAtCorruption)
+        .open()
+        .unwrap();
+    let kept = count(&engine);
+    assert!((5..100).contains(&kept), "kept {kept}");
+    assert!(engine.get(b"k000000").unwrap().is_some());
+    assert!(engine.get(b"k000099").unwrap().is_none());
+}
+
+#[test]
+fn flipped_byte_in_a_table_block_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = LsmEngine::builder(dir.path())
+            .block_cache_bytes(0)
+            .open()
+            .unwrap();
+        write_keys(&engine, 0..2000);
+        engine.flush().unwrap();
+    }
+    let table = files(dir.path(), ".sst").pop().unwrap();
+    let mut bytes = fs::read(&table).unwrap();
+    bytes[100] ^= 0x01; // inside the first data block
+    fs::write(&table, &bytes).unwrap();
+    let engine = LsmEngine::builder(dir.path())
+        .block_cache_bytes(0)
+        .open()
+        .unwrap();
+    let err = engine.get(b"k000001").unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("checksum") && message.contains(".sst"),
+        "{message}"
+    );
+    // Keys in other blocks still read.
+    assert!(engine.get(b"k001999").unwrap().is_some());
+    let scan_err = engine
+        .scan(Bound::Unbounded, Bound::Unbounded)
+        .map(|it| it.filter(Result::is_err).count());
+    assert!(
+        matches!(scan_err, Err(_) | Ok(1)),
+        "a scan reports the damage"
+    );
+}
+
+#[test]
+fn damaged_table_footer_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = LsmEngine::builder(dir.path()).open().unwrap();
+        write_keys(&engine, 0..100);
+        engine.flush().unwrap();
+    }
+    let table = files(dir.path(), ".sst").pop().unwrap();
+    let mut bytes = fs::read(&table).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 0xff;
+    fs::write(&table, &bytes).unwrap();
+    let err = LsmEngine::builder(dir.path()).open().unwrap_err();
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    assert!(err.to_string().contains("footer"), "{err}");
+}
+
+#[test]
+fn flipped_byte_in_the_manifest_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = crate::small(dir.path()).open().unwrap();
+        write_keys(&engine, 0..3000);
+        engine.flush().unwrap();
+    }
+    let manifest = files(dir.path(), "")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("MANIFEST-"))
+        .unwrap();
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes[20] ^= 0x10;
+    fs::write(&manifest, &bytes).unwrap();
+    let err = LsmEngine::builder(dir.path()).open().unwrap_err();
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    assert!(err.to_string().contains("MANIFEST"), "{err}");
+}
+
+#[test]
+fn oversize_writes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = LsmEngine::builder(dir.path())
+        .max_key_bytes(16)
+        .max_value_bytes(64)
+        .open()
+        .unwrap();
+    let seq = engine.last_sequence();
+    let err = engine.write_batch({
+        let mut b = kv_core::WriteBatch::new();
+        b.put(b"ok", b"fine").put(vec![b'k'; 17], b"x");
+        b
+    });
+    assert!(matches!(
+        err,
+        Err(Error::TooLarge {
+            what: "key",
+            len: 17,
+            limit: 16
+        })
+    ));
+    assert!(matches!(
+        engine.put(b"k", &[0; 65]),
+        Err(kv_core::StorageError::InvalidInput(_))
+    ));
+    assert_eq!(
+        engine.get(b"ok").unwrap(),
+        None,
+        "the batch's valid part was not applied"
+    );
+    assert_eq!(engine.last_sequence(), seq);
+}
+
+#[test]
+fn invalid_options_are_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(kv_lsm::LsmEngineBuilder, &str)> = vec![
+        (
+            LsmEngine::builder(dir.path()).memtable_bytes(10),
+            "memtable_bytes",
+        ),
+        (LsmEngine::builder(dir.path()).block_bytes(1), "block_bytes"),
+        (LsmEngine::builder(dir.path()).level_ratio(1), "level_ratio"),
+        (
+            LsmEngine::builder(dir.path()).l0_compaction_trigger(0),
+            "l0_compaction_trigger",
+        ),
+        (
+            LsmEngine::builder(dir.path())
+                .l0_stop_writes_trigger(2)
+                .l0_compaction_trigger(4),
+            "l0_stop_writes_trigger",
+        ),
+        (
+            LsmEngine::builder(dir.path())
+                .durability(Durability::Interval(std::time::Duration::ZERO)),
+            "durability",
+        ),
+        (
+            LsmEngine::builder(dir.path()).bloom_bits_per_key(100),
+            "bloom_bits_per_key",
+        ),
+        (
+            LsmEngine::builder(dir.path()).max_key_bytes(0),
+            "max_key_bytes",
+        ),
+    ];
+    for (builder, option) in cases {
+        match builder.open() {
+            Err(Error::InvalidOption { option: got, .. }) => assert_eq!(got, option),
+            other => panic!("{option}: expected InvalidOption, got {other:?}"),
+        }
+    }
+    assert!(files(dir.path(), "").is_empty(), "nothing was created");
+}
+
+#[test]
+fn log_segments_are_removed_once_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = crate::small(dir.path()).open().unwrap();
+    write_keys(&engine, 0..20_000);
+    engine.flush().unwrap();
+    // The live segment, plus at most two kept for reuse.
+    let logs = files(dir.path(), ".log").len();
+    assert!(logs <= 3, "{logs} segments left");
+    assert!(engine.stats().flushes >= 5);
+}
