@@ -112,10 +112,10 @@ pub(crate) fn compaction_loop(inner: &Inner) {
         }
         let _running = inner.compacting.lock();
         let version = inner.sv.read().version.clone();
-        if let Some(chosen) = pick(inner, &version) {
-            if let Err(err) = run(inner, &version, chosen) {
-                inner.poison(&err);
-            }
+        if let Some(chosen) = pick(inner, &version)
+            && let Err(err) = run(inner, &version, chosen)
+        {
+            inner.poison(&err);
         }
     }
 }
@@ -203,10 +203,9 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
         if builder
             .as_ref()
             .is_some_and(|b| b.estimated_size() >= inner.opts.table_target_bytes)
+            && let Some(done) = builder.take()
         {
-            if let Some(done) = builder.take() {
-                outputs.push(finish(inner, done)?);
-            }
+            outputs.push(finish(inner, done)?);
         }
         let b = match &mut builder {
             Some(b) => b,
@@ -216,10 +215,10 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
         b.add(key, seq, value)?;
         merged.advance()?;
     }
-    if let Some(done) = builder.take() {
-        if !done.is_empty() {
-            outputs.push(finish(inner, done)?);
-        }
+    if let Some(done) = builder.take()
+        && !done.is_empty()
+    {
+        outputs.push(finish(inner, done)?);
     }
     let mut handles = Vec::with_capacity(outputs.len());
     for meta in &outputs {

@@ -178,7 +178,7 @@ impl LsmEngine {
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || f(&inner))
-                .map_err(|e| Error::io("spawn thread", &name.to_string(), e))
+                .map_err(|e| Error::io("spawn thread", name.to_string(), e))
         };
         threads.push(spawn("lsm-flush", Inner::flush_loop)?);
         threads.push(spawn("lsm-compact", compaction::compaction_loop)?);
@@ -517,14 +517,14 @@ impl Inner {
                     limit: self.opts.max_key_bytes,
                 });
             }
-            if let BatchOp::Put { value, .. } = op {
-                if value.len() > self.opts.max_value_bytes {
-                    return Err(Error::TooLarge {
-                        what: "value",
-                        len: value.len(),
-                        limit: self.opts.max_value_bytes,
-                    });
-                }
+            if let BatchOp::Put { value, .. } = op
+                && value.len() > self.opts.max_value_bytes
+            {
+                return Err(Error::TooLarge {
+                    what: "value",
+                    len: value.len(),
+                    limit: self.opts.max_value_bytes,
+                });
             }
         }
         Ok(())
@@ -581,10 +581,10 @@ impl Inner {
             let group: Vec<Arc<Slot>> = queue.pending.drain(..).collect();
             drop(queue);
             let outcome = self.commit_group(&group);
-            if let Err(err) = &outcome {
-                if !matches!(err, Error::Closed | Error::Poisoned(_)) {
-                    self.poison(err);
-                }
+            if let Err(err) = &outcome
+                && !matches!(err, Error::Closed | Error::Poisoned(_))
+            {
+                self.poison(err);
             }
             for member in &group {
                 let result = match &outcome {

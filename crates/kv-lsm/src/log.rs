@@ -338,10 +338,10 @@ fn valid_record_after(bytes: &[u8], from: usize, number: u64) -> Option<usize> {
     let mut at = align8(from);
     while at + HEADER <= bytes.len() {
         let num = &bytes[at + 8..at + 16];
-        if num == number.to_le_bytes() {
-            if let Ok(Some(_)) = record_at(bytes, at, number) {
-                return Some(at);
-            }
+        if num == number.to_le_bytes()
+            && let Ok(Some(_)) = record_at(bytes, at, number)
+        {
+            return Some(at);
         }
         at += 8;
     }

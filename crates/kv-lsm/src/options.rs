@@ -110,13 +110,13 @@ impl Options {
                 format!("{} is outside 64 KiB ..= 4 GiB", self.memtable_bytes),
             ));
         }
-        if let Durability::Interval(d) = self.durability {
-            if d.is_zero() {
-                return Err(invalid(
-                    "durability",
-                    "an interval of zero; use Durability::Always",
-                ));
-            }
+        if let Durability::Interval(d) = self.durability
+            && d.is_zero()
+        {
+            return Err(invalid(
+                "durability",
+                "an interval of zero; use Durability::Always",
+            ));
         }
         if !(256..=1 << 20).contains(&self.block_bytes) {
             return Err(invalid(

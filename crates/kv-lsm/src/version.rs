@@ -67,7 +67,7 @@ impl Version {
 
     /// Sorts each level into its read order.
     pub(crate) fn normalize(&mut self) {
-        self.levels[0].sort_by(|a, b| b.meta().number.cmp(&a.meta().number));
+        self.levels[0].sort_by_key(|t| std::cmp::Reverse(t.meta().number));
         for level in &mut self.levels[1..] {
             level.sort_by(|a, b| a.meta().smallest.0.cmp(&b.meta().smallest.0));
         }
@@ -99,12 +99,11 @@ impl Version {
         }
         for level in &self.levels[1..] {
             let i = level.partition_point(|t| t.meta().largest.0.as_slice() < key);
-            if let Some(table) = level.get(i) {
-                if table.meta().smallest.0.as_slice() <= key {
-                    if let Some(found) = table.table.get(key, seq)? {
-                        return Ok(Some(found));
-                    }
-                }
+            if let Some(table) = level.get(i)
+                && table.meta().smallest.0.as_slice() <= key
+                && let Some(found) = table.table.get(key, seq)?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)

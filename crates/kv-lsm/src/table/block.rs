@@ -32,7 +32,7 @@ pub(crate) struct BlockBuilder {
 
 impl BlockBuilder {
     pub(crate) fn add(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) {
-        let shared = if self.entries % RESTART_INTERVAL == 0 {
+        let shared = if self.entries.is_multiple_of(RESTART_INTERVAL) {
             self.restarts.push(self.buf.len() as u32);
             0
         } else {
@@ -245,7 +245,9 @@ impl BlockCursor {
 mod tests {
     use super::*;
 
-    fn build(entries: &[(Vec<u8>, u64, Option<Vec<u8>>)]) -> Vec<u8> {
+    type Case = (Vec<u8>, u64, Option<Vec<u8>>);
+
+    fn build(entries: &[Case]) -> Vec<u8> {
         let mut b = BlockBuilder::default();
         for (k, s, v) in entries {
             b.add(k, *s, v.as_deref());
@@ -255,7 +257,7 @@ mod tests {
         out
     }
 
-    fn entries(n: u32) -> Vec<(Vec<u8>, u64, Option<Vec<u8>>)> {
+    fn entries(n: u32) -> Vec<Case> {
         (0..n)
             .map(|i| {
                 let value = if i % 7 == 0 {

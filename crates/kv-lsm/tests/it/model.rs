@@ -135,7 +135,7 @@ fn heavy_overwrite_and_delete_through_compactions() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let k = key((state >> 40) as u16 % 3000);
-        if state % 5 == 0 {
+        if state.is_multiple_of(5) {
             engine.delete(&k).unwrap();
             model.remove(&k);
         } else {
