@@ -9,30 +9,77 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
 use crossbeam_skiplist::SkipMap;
 
-use crate::iter::{Entry, InternalIter};
+use crate::iter::{Entry, InternalIter, compare_versions};
 
 /// Bytes of bookkeeping counted per entry on top of key and value.
 const ENTRY_OVERHEAD: usize = 48;
 
-/// A version of a key: (user key ascending, sequence number descending).
+/// A version of a key, with its value in the same allocation: ordered by
+/// user key ascending, then sequence number descending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemKey {
-    pub(crate) user: Box<[u8]>,
+    /// The first 16 bytes of the user key, zero-padded, big-endian: most
+    /// comparisons end here, without touching `data` (a cache miss away).
+    prefix: u128,
+    /// The user key followed by the value.
+    data: Box<[u8]>,
+    key_len: u32,
     pub(crate) seq: u64,
+    tombstone: bool,
+}
+
+impl MemKey {
+    pub(crate) fn user(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    pub(crate) fn value(&self) -> Option<&[u8]> {
+        (!self.tombstone).then(|| &self.data[self.key_len as usize..])
+    }
+}
+
+/// The first 16 bytes of `key`, zero-padded, as a big-endian integer: its
+/// order agrees with the order of keys wherever two prefixes differ.
+fn prefix_of(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = key.len().min(16);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Orders keys by prefix first, then (on a tie) by the whole key.
+#[inline]
+fn compare_with_prefix(
+    a_prefix: u128,
+    a: &[u8],
+    a_seq: u64,
+    b_prefix: u128,
+    b: &[u8],
+    b_seq: u64,
+) -> Ordering {
+    a_prefix
+        .cmp(&b_prefix)
+        .then_with(|| compare_versions(a, a_seq, b, b_seq))
 }
 
 /// A borrowed view of a versioned key, so lookups need not allocate.
 pub(crate) trait KeyView {
     fn user(&self) -> &[u8];
     fn seq(&self) -> u64;
+    fn prefix(&self) -> u128 {
+        prefix_of(self.user())
+    }
 }
 
 impl KeyView for MemKey {
     fn user(&self) -> &[u8] {
-        &self.user
+        MemKey::user(self)
     }
     fn seq(&self) -> u64 {
         self.seq
+    }
+    fn prefix(&self) -> u128 {
+        self.prefix
     }
 }
 
@@ -46,7 +93,7 @@ impl KeyView for (&[u8], u64) {
 }
 
 fn compare(a: &dyn KeyView, b: &dyn KeyView) -> Ordering {
-    a.user().cmp(b.user()).then_with(|| b.seq().cmp(&a.seq()))
+    compare_with_prefix(a.prefix(), a.user(), a.seq(), b.prefix(), b.user(), b.seq())
 }
 
 impl PartialEq for dyn KeyView + '_ {
@@ -72,8 +119,16 @@ impl PartialOrd for MemKey {
     }
 }
 impl Ord for MemKey {
+    // Statically dispatched: this is the comparison inserts make.
     fn cmp(&self, other: &Self) -> Ordering {
-        compare(self, other)
+        compare_with_prefix(
+            self.prefix,
+            self.user(),
+            self.seq,
+            other.prefix,
+            other.user(),
+            other.seq,
+        )
     }
 }
 
@@ -86,7 +141,7 @@ impl<'a> Borrow<dyn KeyView + 'a> for MemKey {
 /// Recent writes, in memory, belonging to one commit-log segment.
 #[derive(Debug)]
 pub(crate) struct Memtable {
-    map: SkipMap<MemKey, Option<Box<[u8]>>>,
+    map: SkipMap<MemKey, ()>,
     bytes: AtomicUsize,
     /// The commit-log segment that holds these writes.
     log_number: u64,
@@ -123,13 +178,20 @@ impl Memtable {
 
     /// Inserts one version (`None` is a tombstone).
     pub(crate) fn insert(&self, key: &[u8], seq: u64, value: Option<&[u8]>) {
-        let size = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
+        let value_bytes = value.unwrap_or_default();
+        let mut data = Vec::with_capacity(key.len() + value_bytes.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value_bytes);
+        let size = data.len() + ENTRY_OVERHEAD;
         self.map.insert(
             MemKey {
-                user: key.into(),
+                prefix: prefix_of(key),
+                data: data.into_boxed_slice(),
+                key_len: key.len() as u32,
                 seq,
+                tombstone: value.is_none(),
             },
-            value.map(Into::into),
+            (),
         );
         self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
         self.max_seq.fetch_max(seq, AtomicOrdering::AcqRel);
@@ -140,16 +202,17 @@ impl Memtable {
     pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<Option<Vec<u8>>> {
         let probe: &dyn KeyView = &(key, seq);
         let entry = self.map.lower_bound(Bound::Included(probe))?;
-        if &*entry.key().user != key {
+        if entry.key().user() != key {
             return None;
         }
-        Some(entry.value().as_ref().map(|v| v.to_vec()))
+        Some(entry.key().value().map(<[u8]>::to_vec))
     }
 
     /// Every entry in order (user key ascending, newest version first).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&[u8], u64, Option<&[u8]>)) {
         for entry in self.map.iter() {
-            f(&entry.key().user, entry.key().seq, entry.value().as_deref());
+            let k = entry.key();
+            f(k.user(), k.seq, k.value());
         }
     }
 }
@@ -202,10 +265,11 @@ impl MemIter {
             .range::<dyn KeyView, _>((lower, Bound::Unbounded))
             .take(CHUNK)
         {
+            let k = entry.key();
             self.chunk.push_back(Entry {
-                key: entry.key().user.to_vec(),
-                seq: entry.key().seq,
-                value: entry.value().as_ref().map(|v| v.to_vec()),
+                key: k.user().to_vec(),
+                seq: k.seq,
+                value: k.value().map(<[u8]>::to_vec),
             });
             last = Some(entry.key().clone());
         }
@@ -260,6 +324,25 @@ mod tests {
         assert_eq!(mem.get(b"k", u64::MAX), Some(None));
         assert_eq!(mem.get(b"l", u64::MAX), None);
         assert_eq!(mem.max_seq(), 9);
+    }
+
+    #[test]
+    fn prefix_order_agrees_with_key_order() {
+        let keys: [&[u8]; 7] = [
+            b"",
+            b"\x00",
+            b"ab",
+            b"ab\x00",
+            b"abcdefghijklmnop",
+            b"abcdefghijklmnop\x00",
+            b"b",
+        ];
+        for a in keys {
+            for b in keys {
+                let fast = compare_with_prefix(prefix_of(a), a, 1, prefix_of(b), b, 1);
+                assert_eq!(fast, a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,393 @@
+//! A db_bench-style load generator for kv-lsm (and, with `--features
+//! peers`, for fjall through the same workloads).
+//!
+//! ```text
+//! cargo run --release -p kv-lsm --example lsm-bench -- --workload fillrandom --num 1000000 --value-size 100
+//! cargo run --release -p kv-lsm --features peers --example lsm-bench -- --workload fillrandom --engine fjall
+//! ```
+//!
+//! Workloads (keys are 16 bytes, `{i:016}`):
+//! - `fillseq`: insert keys in ascending order.
+//! - `fillrandom`: insert every key once, in a random order.
+//! - `overwrite`: fill, then overwrite `num` random existing keys.
+//! - `readrandom`: fill and flush, then read `num` random existing keys.
+//! - `readmissing`: fill and flush, then read `num` random absent keys.
+//! - `scan`: fill and flush, then scan every key (ops are keys).
+//! - `fillsync`: insert with every write fsynced before it is acknowledged
+//!   (kv-lsm `Durability::Always`; fjall `persist(SyncAll)` per write).
+//!
+//! Writes other than `fillsync` are acknowledged once in the operating
+//! system's cache (kv-lsm `Durability::Never`, fjall's default). Work is
+//! split over `--threads`. Each run prints one line:
+//!
+//! ```text
+//! fillrandom engine=kv-lsm ops_per_sec=123456 p50_us=3.1 p99_us=8.0 space_amp=1.12
+//! ```
+//!
+//! `space_amp` is the bytes of the engine's files (tables, live log,
+//! manifest; kv-lsm's reserved log segments kept for reuse are not counted)
+//! divided by the logical bytes (`distinct keys * (16 + value size)`),
+//! measured after the fill has been flushed and compactions have settled.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use kv_core::StorageEngine;
+use kv_lsm::{Durability, LsmEngine};
+
+const USAGE: &str = "usage: lsm-bench --workload <fillseq|fillrandom|overwrite|readrandom|readmissing|scan|fillsync>\n\
+  [--num N (1000000)] [--value-size B (100)] [--threads T (1)] [--engine kv-lsm|fjall] [--dir PATH]";
+
+#[derive(Debug, Clone)]
+struct Args {
+    workload: String,
+    num: u64,
+    value_size: usize,
+    threads: usize,
+    engine: String,
+    dir: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        workload: String::new(),
+        num: 1_000_000,
+        value_size: 100,
+        threads: 1,
+        engine: "kv-lsm".into(),
+        dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.into());
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--workload" => args.workload = value,
+            "--num" => args.num = number(&value)?,
+            "--value-size" => args.value_size = number(&value)? as usize,
+            "--threads" => args.threads = number(&value)? as usize,
+            "--engine" => args.engine = value,
+            "--dir" => args.dir = Some(value.into()),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    let known = [
+        "fillseq",
+        "fillrandom",
+        "overwrite",
+        "readrandom",
+        "readmissing",
+        "scan",
+        "fillsync",
+    ];
+    if !known.contains(&args.workload.as_str()) {
+        return Err(format!(
+            "unknown or missing --workload {:?}\n{USAGE}",
+            args.workload
+        ));
+    }
+    if args.num == 0 || args.threads == 0 {
+        return Err(format!("--num and --threads must be at least 1\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+/// What the workloads need of an engine.
+trait Bench: Sync {
+    fn put(&self, key: &[u8], value: &[u8]);
+    fn put_synced(&self, key: &[u8], value: &[u8]);
+    fn get(&self, key: &[u8]) -> bool;
+    fn scan_all(&self) -> u64;
+    /// Flushes memtables and waits for compactions.
+    fn settle(&self);
+    /// Bytes of the engine's files that count for space amplification.
+    fn disk_bytes(&self, dir: &Path) -> u64;
+}
+
+struct Lsm(LsmEngine);
+
+impl Bench for Lsm {
+    fn put(&self, key: &[u8], value: &[u8]) {
+        self.0.put(key, value).unwrap();
+    }
+    fn put_synced(&self, key: &[u8], value: &[u8]) {
+        self.0.put(key, value).unwrap();
+    }
+    fn get(&self, key: &[u8]) -> bool {
+        self.0.get(key).unwrap().is_some()
+    }
+    fn scan_all(&self) -> u64 {
+        let mut n = 0;
+        for item in self.0.scan(Bound::Unbounded, Bound::Unbounded).unwrap() {
+            item.unwrap();
+            n += 1;
+        }
+        n
+    }
+    fn settle(&self) {
+        self.0.flush_all().unwrap();
+        self.0.wait_for_compactions().unwrap();
+    }
+    fn disk_bytes(&self, dir: &Path) -> u64 {
+        // Tables, the live segment's written bytes and the manifest.
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".sst") || name.starts_with("MANIFEST") {
+                total += entry.metadata().unwrap().len();
+            }
+        }
+        total
+    }
+}
+
+#[cfg(feature = "peers")]
+struct Fjall {
+    db: fjall::Database,
+    ks: fjall::Keyspace,
+}
+
+#[cfg(feature = "peers")]
+impl Bench for Fjall {
+    fn put(&self, key: &[u8], value: &[u8]) {
+        self.ks.insert(key, value).unwrap();
+    }
+    fn put_synced(&self, key: &[u8], value: &[u8]) {
+        self.ks.insert(key, value).unwrap();
+        self.db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    fn get(&self, key: &[u8]) -> bool {
+        self.ks.get(key).unwrap().is_some()
+    }
+    fn scan_all(&self) -> u64 {
+        let mut n = 0;
+        for item in self.ks.iter() {
+            let _ = item.into_inner().unwrap();
+            n += 1;
+        }
+        n
+    }
+    fn settle(&self) {
+        self.db.persist(fjall::PersistMode::SyncAll).unwrap();
+        self.ks.rotate_memtable_and_wait().unwrap();
+    }
+    fn disk_bytes(&self, dir: &Path) -> u64 {
+        dir_bytes(dir)
+    }
+}
+
+#[cfg(feature = "peers")]
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+fn open(args: &Args, dir: &Path, sync: bool) -> Result<Box<dyn Bench>, String> {
+    match args.engine.as_str() {
+        "kv-lsm" => {
+            let durability = if sync {
+                Durability::Always
+            } else {
+                Durability::Never
+            };
+            let engine = LsmEngine::builder(dir)
+                .durability(durability)
+                .open()
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(Lsm(engine)))
+        }
+        #[cfg(feature = "peers")]
+        "fjall" => {
+            let db = fjall::Database::builder(dir)
+                .open()
+                .map_err(|e| e.to_string())?;
+            let ks = db
+                .keyspace("bench", fjall::KeyspaceCreateOptions::default)
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(Fjall { db, ks }))
+        }
+        #[cfg(not(feature = "peers"))]
+        "fjall" => Err("this build has no fjall: run with --features peers".into()),
+        other => Err(format!("unknown engine {other:?} (kv-lsm or fjall)")),
+    }
+}
+
+fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(format!("{i:016}").as_bytes());
+    k
+}
+
+/// A seeded xorshift generator: the same sequence on every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn shuffled(n: u64, seed: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n).collect();
+    let mut rng = Rng(seed);
+    for i in (1..v.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Runs `op` over `ops` split across threads; returns (seconds, sorted
+/// latencies in nanoseconds).
+fn run(threads: usize, ops: &[u64], op: &(dyn Fn(u64) + Sync)) -> (f64, Vec<u64>) {
+    let started = Instant::now();
+    let chunk = ops.len().div_ceil(threads);
+    let mut latencies: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = ops
+            .chunks(chunk.max(1))
+            .map(|part| {
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(part.len());
+                    for &i in part {
+                        let t = Instant::now();
+                        op(i);
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    (secs, latencies)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[at] as f64 / 1000.0
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let sync = args.workload == "fillsync";
+    let engine = match open(&args, &dir, sync) {
+        Ok(e) => e,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let value = vec![b'v'; args.value_size];
+    let n = args.num;
+    let fill_order = |random: bool| {
+        if random {
+            shuffled(n, 42)
+        } else {
+            (0..n).collect()
+        }
+    };
+    let fill = |engine: &dyn Bench| {
+        let order = fill_order(true);
+        run(args.threads, &order, &|i| engine.put(&key(i), &value));
+        engine.settle();
+    };
+    let e: &dyn Bench = engine.as_ref();
+    let (secs, lat, ops) = match args.workload.as_str() {
+        "fillseq" | "fillrandom" => {
+            let order = fill_order(args.workload == "fillrandom");
+            let (s, l) = run(args.threads, &order, &|i| e.put(&key(i), &value));
+            (s, l, n)
+        }
+        "fillsync" => {
+            let order = fill_order(true);
+            let (s, l) = run(args.threads, &order, &|i| e.put_synced(&key(i), &value));
+            (s, l, n)
+        }
+        "overwrite" => {
+            fill(e);
+            let mut rng = Rng(7);
+            let order: Vec<u64> = (0..n).map(|_| rng.next() % n).collect();
+            let (s, l) = run(args.threads, &order, &|i| e.put(&key(i), &value));
+            (s, l, n)
+        }
+        "readrandom" | "readmissing" => {
+            fill(e);
+            let missing = args.workload == "readmissing";
+            let mut rng = Rng(9);
+            let order: Vec<u64> = (0..n)
+                .map(|_| rng.next() % n + if missing { n } else { 0 })
+                .collect();
+            let (s, l) = run(args.threads, &order, &|i| {
+                let found = e.get(&key(i));
+                assert_eq!(found, !missing, "key {i}");
+            });
+            (s, l, n)
+        }
+        "scan" => {
+            fill(e);
+            let started = Instant::now();
+            let count = e.scan_all();
+            assert_eq!(count, n, "scan saw every key");
+            let secs = started.elapsed().as_secs_f64();
+            (secs, vec![(secs * 1e9 / count as f64) as u64], count)
+        }
+        _ => unreachable!("checked in parse"),
+    };
+    e.settle();
+    let logical = n as f64 * (16 + args.value_size) as f64;
+    let space_amp = e.disk_bytes(&dir) as f64 / logical;
+    println!(
+        "{} engine={} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1} space_amp={:.2}",
+        args.workload,
+        args.engine,
+        ops as f64 / secs,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        space_amp
+    );
+    drop(engine);
+    ExitCode::SUCCESS
+}
