@@ -52,10 +52,18 @@ enum SlotOp {
     Rotate,
 }
 
+/// Where a queued request stands.
+enum SlotState {
+    Waiting,
+    /// The previous leader handed leadership to this request's writer.
+    Lead,
+    Done(Result<()>),
+}
+
 /// One request in the write queue.
 struct Slot {
     op: Mutex<Option<SlotOp>>,
-    result: Mutex<Option<Result<()>>>,
+    state: Mutex<SlotState>,
 }
 
 #[derive(Default)]
@@ -116,7 +124,10 @@ pub(crate) struct Inner {
     pub(crate) cache: Arc<BlockCache>,
     _lock: File,
     queue: Mutex<Queue>,
-    queue_cond: Condvar,
+    /// Waiting writers sleep here; a finished group is announced with one
+    /// `notify_all` (one system call, however large the group).
+    done_lock: Mutex<()>,
+    done_cond: Condvar,
     log: Mutex<LogState>,
     visible_seq: AtomicU64,
     pub(crate) sv: RwLock<Arc<SuperVersion>>,
@@ -481,7 +492,8 @@ impl Inner {
             cache,
             _lock: lock,
             queue: Mutex::new(Queue::default()),
-            queue_cond: Condvar::new(),
+            done_lock: Mutex::new(()),
+            done_cond: Condvar::new(),
             log: Mutex::new(LogState { writer, last_seq }),
             visible_seq: AtomicU64::new(last_seq),
             sv: RwLock::new(Arc::new(SuperVersion {
@@ -556,57 +568,74 @@ impl Inner {
         self.bg_cond.notify_all();
     }
 
-    /// Queues `op` and returns its result; the first writer to find no
-    /// leader commits every queued request as one group.
+    /// Queues `op` and returns its result. The first writer to find no
+    /// leader commits every queued request as one group (one log write,
+    /// one fsync), wakes the group's members, and hands leadership to the
+    /// next queued writer.
     fn submit(&self, op: SlotOp) -> Result<()> {
         self.check_open()?;
         let slot = Arc::new(Slot {
             op: Mutex::new(Some(op)),
-            result: Mutex::new(None),
+            state: Mutex::new(SlotState::Waiting),
         });
-        let mut queue = self.queue.lock();
-        queue.pending.push_back(slot.clone());
-        loop {
-            if let Some(result) = slot.result.lock().take() {
-                return result;
-            }
-            if !queue.leader {
+        {
+            let mut queue = self.queue.lock();
+            queue.pending.push_back(slot.clone());
+            if queue.leader {
+                drop(queue);
+                let mut done = self.done_lock.lock();
+                loop {
+                    let state = std::mem::replace(&mut *slot.state.lock(), SlotState::Waiting);
+                    match state {
+                        SlotState::Done(result) => return result,
+                        SlotState::Lead => break,
+                        SlotState::Waiting => self.done_cond.wait(&mut done),
+                    }
+                }
+            } else {
                 queue.leader = true;
-                break;
-            }
-            self.queue_cond.wait(&mut queue);
-        }
-        // Leader: commit groups until our own request is done.
-        loop {
-            let group: Vec<Arc<Slot>> = queue.pending.drain(..).collect();
-            drop(queue);
-            let outcome = self.commit_group(&group);
-            if let Err(err) = &outcome
-                && !matches!(err, Error::Closed | Error::Poisoned(_))
-            {
-                self.poison(err);
-            }
-            for member in &group {
-                let result = match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(Error::Closed) => Err(Error::Closed),
-                    Err(err) => Err(Error::Poisoned(err.to_string())),
-                };
-                *member.result.lock() = Some(result);
-            }
-            queue = self.queue.lock();
-            if let Some(result) = slot.result.lock().take() {
-                queue.leader = false;
-                self.queue_cond.notify_all();
-                return result;
             }
         }
+        // Leader: our request is still queued; commit everything queued.
+        let group: Vec<Arc<Slot>> = self.queue.lock().pending.drain(..).collect();
+        let outcome = self.commit_group(&group);
+        if let Err(err) = &outcome
+            && !matches!(err, Error::Closed | Error::Poisoned(_))
+        {
+            self.poison(err);
+        }
+        let mut own = Ok(());
+        for member in &group {
+            let result = match &outcome {
+                Ok(()) => Ok(()),
+                Err(Error::Closed) => Err(Error::Closed),
+                Err(err) => Err(Error::Poisoned(err.to_string())),
+            };
+            if Arc::ptr_eq(member, &slot) {
+                own = result;
+            } else {
+                *member.state.lock() = SlotState::Done(result);
+            }
+        }
+        {
+            let mut queue = self.queue.lock();
+            match queue.pending.front() {
+                Some(next) => *next.state.lock() = SlotState::Lead,
+                None => queue.leader = false,
+            }
+        }
+        let _done = self.done_lock.lock();
+        self.done_cond.notify_all();
+        own
     }
 
     /// Writes a group to the log (one write, one fsync under `Always`),
     /// then to the memtable, then makes it visible.
     fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
-        self.check_open()?;
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.check_poison()?;
         let mut ops: Vec<SlotOp> = group.iter().filter_map(|s| s.op.lock().take()).collect();
         let force_rotate = ops.iter().any(|op| matches!(op, SlotOp::Rotate));
         let mut log = self.log.lock();

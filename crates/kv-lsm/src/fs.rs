@@ -68,10 +68,12 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let Ok(len) = libc::off_t::try_from(len) else {
         return Ok(());
     };
+    // Mode 0 extends the file: later writes inside it change neither its
+    // size nor its block map, so fdatasync has no metadata to write.
     // SAFETY: fallocate only reads its integer arguments; the descriptor is
     // owned by `file`, which outlives the call.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
     if rc == 0 {
         return Ok(());
     }

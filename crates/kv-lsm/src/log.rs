@@ -336,6 +336,10 @@ pub(crate) fn scan_segment(bytes: &[u8], number: u64) -> SegmentContents {
 /// The offset of the first valid record of `number` at or after `from`.
 fn valid_record_after(bytes: &[u8], from: usize, number: u64) -> Option<usize> {
     let mut at = align8(from);
+    // The usual case: preallocated zeros to the end.
+    if bytes.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0)) {
+        return None;
+    }
     while at + HEADER <= bytes.len() {
         let num = &bytes[at + 8..at + 16];
         if num == number.to_le_bytes()
