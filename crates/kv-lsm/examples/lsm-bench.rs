@@ -379,7 +379,11 @@ fn main() -> ExitCode {
             let mut rng = Rng(9);
             let order: Vec<u64> = (0..n).map(|_| rng.next() % n).collect();
             let (s, l) = run(args.threads, &order, &|i| {
-                let found = if missing { e.get(&missing_key(i)) } else { e.get(&key(i)) };
+                let found = if missing {
+                    e.get(&missing_key(i))
+                } else {
+                    e.get(&key(i))
+                };
                 assert_eq!(found, !missing, "key {i}");
             });
             (s, l, n)

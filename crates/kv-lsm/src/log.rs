@@ -337,7 +337,10 @@ pub(crate) fn scan_segment(bytes: &[u8], number: u64) -> SegmentContents {
 fn valid_record_after(bytes: &[u8], from: usize, number: u64) -> Option<usize> {
     let mut at = align8(from);
     // The usual case: preallocated zeros to the end.
-    if bytes.get(at..).is_none_or(|rest| rest.iter().all(|&b| b == 0)) {
+    if bytes
+        .get(at..)
+        .is_none_or(|rest| rest.iter().all(|&b| b == 0))
+    {
         return None;
     }
     while at + HEADER <= bytes.len() {
