@@ -9,6 +9,7 @@
 mod concurrency;
 mod conformance;
 mod crash;
+mod decoders;
 mod faults;
 mod model;
 mod recovery;
