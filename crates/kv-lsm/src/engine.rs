@@ -893,8 +893,10 @@ impl Inner {
         let mut recycled = self.recycled.lock();
         if recycled.len() < RECYCLE_SEGMENTS {
             recycled.push(path);
-        } else {
-            let _ = self.fs.remove_file(&path);
+        } else if self.fs.remove_file(&path).is_ok() {
+            // A deletion lost in a crash leaves a segment below the log
+            // number, which the next open removes; the sync is best effort.
+            let _ = self.fs.sync_dir(&self.dir);
         }
     }
 
@@ -1029,4 +1031,5 @@ fn remove_strays(
             }
         }
     }
+    let _ = fs.sync_dir(dir);
 }

@@ -46,7 +46,11 @@ impl Drop for TableHandle {
             self.cache.forget_table(self.table.meta().number);
             // A file that cannot be removed now is removed at the next
             // open, which deletes every table the manifest does not list.
-            let _ = self.fs.remove_file(self.table.path());
+            if self.fs.remove_file(self.table.path()).is_ok()
+                && let Some(dir) = self.table.path().parent()
+            {
+                let _ = self.fs.sync_dir(dir);
+            }
         }
     }
 }
