@@ -48,6 +48,13 @@ struct LogState {
 
 enum SlotOp {
     Batch(WriteBatch),
+    /// One put or delete, key and value in one buffer (the key is the first
+    /// `key_len` bytes), handed to the memtable without a copy.
+    Single {
+        data: Vec<u8>,
+        key_len: usize,
+        tombstone: bool,
+    },
     /// Freeze the memtable (for `flush`).
     Rotate,
 }
@@ -211,6 +218,43 @@ impl LsmEngine {
         self.inner.submit(SlotOp::Batch(batch))
     }
 
+    /// Sets `key` to `value` (one write; cheaper than a batch of one).
+    pub fn put_value(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.single(key, Some(value))
+    }
+
+    /// Removes `key`.
+    pub fn delete_key(&self, key: &[u8]) -> Result<()> {
+        self.single(key, None)
+    }
+
+    fn single(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let limits = &self.inner.opts;
+        if key.len() > limits.max_key_bytes {
+            return Err(Error::TooLarge {
+                what: "key",
+                len: key.len(),
+                limit: limits.max_key_bytes,
+            });
+        }
+        let value_bytes = value.unwrap_or_default();
+        if value_bytes.len() > limits.max_value_bytes {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: value_bytes.len(),
+                limit: limits.max_value_bytes,
+            });
+        }
+        let mut data = Vec::with_capacity(key.len() + value_bytes.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value_bytes);
+        self.inner.submit(SlotOp::Single {
+            data,
+            key_len: key.len(),
+            tombstone: value.is_none(),
+        })
+    }
+
     /// The value of `key`.
     pub fn get_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
@@ -314,6 +358,14 @@ impl Drop for LsmEngine {
 impl StorageEngine for LsmEngine {
     fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StorageError> {
         Ok(self.inner.get(key)?)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> std::result::Result<(), StorageError> {
+        Ok(self.put_value(key, value)?)
+    }
+
+    fn delete(&self, key: &[u8]) -> std::result::Result<(), StorageError> {
+        Ok(self.delete_key(key)?)
     }
 
     fn write(&self, batch: WriteBatch) -> std::result::Result<(), StorageError> {
@@ -643,10 +695,24 @@ impl Inner {
         let mut seq = log.last_seq;
         let mut any = false;
         for op in &ops {
-            if let SlotOp::Batch(batch) = op {
-                log.writer.add_batch(seq + 1, batch);
-                seq += batch.len() as u64;
-                any = true;
+            match op {
+                SlotOp::Batch(batch) => {
+                    log.writer.add_batch(seq + 1, batch);
+                    seq += batch.len() as u64;
+                    any = true;
+                }
+                SlotOp::Single {
+                    data,
+                    key_len,
+                    tombstone,
+                } => {
+                    let (key, value) = data.split_at(*key_len);
+                    log.writer
+                        .add_single(seq + 1, key, (!tombstone).then_some(value));
+                    seq += 1;
+                    any = true;
+                }
+                SlotOp::Rotate => {}
             }
         }
         if !any {
@@ -661,14 +727,25 @@ impl Inner {
         let mem = self.sv.read().mem.clone();
         let mut next = log.last_seq;
         for op in ops.drain(..) {
-            if let SlotOp::Batch(batch) = op {
-                for op in batch.ops() {
-                    next += 1;
-                    match op {
-                        BatchOp::Put { key, value } => mem.insert(key, next, Some(value)),
-                        BatchOp::Delete { key } => mem.insert(key, next, None),
+            match op {
+                SlotOp::Batch(batch) => {
+                    for op in batch.ops() {
+                        next += 1;
+                        match op {
+                            BatchOp::Put { key, value } => mem.insert(key, next, Some(value)),
+                            BatchOp::Delete { key } => mem.insert(key, next, None),
+                        }
                     }
                 }
+                SlotOp::Single {
+                    data,
+                    key_len,
+                    tombstone,
+                } => {
+                    next += 1;
+                    mem.insert_owned(data, key_len, next, tombstone);
+                }
+                SlotOp::Rotate => {}
             }
         }
         log.last_seq = seq;

@@ -172,6 +172,27 @@ impl LogWriter {
         frame_into(&mut self.buffer, self.number, start);
     }
 
+    /// Frames a one-operation batch into the buffer (the same payload as
+    /// [`add_batch`](Self::add_batch) with one operation).
+    pub(crate) fn add_single(&mut self, seq: u64, key: &[u8], value: Option<&[u8]>) {
+        self.buffer.extend_from_slice(&[0u8; HEADER]);
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&seq.to_le_bytes());
+        put_varint(&mut self.buffer, 1);
+        self.buffer.push(if value.is_some() {
+            KIND_PUT
+        } else {
+            KIND_DELETE
+        });
+        put_varint(&mut self.buffer, key.len() as u64);
+        self.buffer.extend_from_slice(key);
+        if let Some(value) = value {
+            put_varint(&mut self.buffer, value.len() as u64);
+            self.buffer.extend_from_slice(value);
+        }
+        frame_into(&mut self.buffer, self.number, start);
+    }
+
     /// Frames an arbitrary payload (manifest edits) into the buffer.
     pub(crate) fn add_record(&mut self, payload: &[u8]) {
         self.buffer.extend_from_slice(&[0u8; HEADER]);
@@ -419,6 +440,33 @@ mod tests {
                 value: Some(b"")
             }
         );
+    }
+
+    #[test]
+    fn single_operation_records_match_batches_of_one() {
+        let path = PathBuf::from("unused");
+        for value in [Some(&b"value"[..]), None] {
+            let mut single = LogWriter::new(Box::new(NullFile), path.clone(), 3);
+            single.add_single(9, b"key", value);
+            let mut batched = LogWriter::new(Box::new(NullFile), path.clone(), 3);
+            batched.add_batch(9, &batch(&[(b"key", value)]));
+            assert_eq!(single.buffer, batched.buffer);
+        }
+    }
+
+    #[derive(Debug)]
+    struct NullFile;
+
+    impl WritableFile for NullFile {
+        fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn preallocate(&mut self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -182,14 +182,20 @@ impl Memtable {
         let mut data = Vec::with_capacity(key.len() + value_bytes.len());
         data.extend_from_slice(key);
         data.extend_from_slice(value_bytes);
+        self.insert_owned(data, key.len(), seq, value.is_none());
+    }
+
+    /// Inserts one version whose key and value are already together in
+    /// `data` (the key is its first `key_len` bytes), without copying.
+    pub(crate) fn insert_owned(&self, data: Vec<u8>, key_len: usize, seq: u64, tombstone: bool) {
         let size = data.len() + ENTRY_OVERHEAD;
         self.map.insert(
             MemKey {
-                prefix: prefix_of(key),
+                prefix: prefix_of(&data[..key_len]),
                 data: data.into_boxed_slice(),
-                key_len: key.len() as u32,
+                key_len: key_len as u32,
                 seq,
-                tombstone: value.is_none(),
+                tombstone,
             },
             (),
         );
