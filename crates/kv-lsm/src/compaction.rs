@@ -289,21 +289,12 @@ fn install(
     retired: &[Arc<TableHandle>],
 ) -> Result<()> {
     let mut ctl = inner.manifest.lock();
-    ctl.state
-        .apply(&edit)
-        .map_err(|reason| Error::corrupt(&inner.dir, reason))?;
-    let state = ctl.state.clone();
-    ctl.manifest
-        .log_edit(&edit, &state, || inner.new_file_number())?;
-    {
-        let mut slot = inner.sv.write();
-        let current = slot.clone();
-        *slot = Arc::new(SuperVersion {
-            mem: current.mem.clone(),
-            imms: current.imms.clone(),
-            version: Arc::new(current.version.apply(&added, &edit.deleted)),
-        });
-    }
+    inner.log_edit(&mut ctl, &edit)?;
+    inner.swap_super(|current| SuperVersion {
+        mem: current.mem.clone(),
+        imms: current.imms.clone(),
+        version: Arc::new(current.version.apply(&added, &edit.deleted)),
+    });
     drop(ctl);
     for table in retired {
         table.mark_obsolete();

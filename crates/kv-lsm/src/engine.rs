@@ -567,6 +567,26 @@ impl Inner {
         })
     }
 
+    /// Records `edit` in the manifest, durably; the caller holds the
+    /// manifest lock (`ctl`) so edits and the state they build stay in order.
+    pub(crate) fn log_edit(&self, ctl: &mut ManifestCtl, edit: &VersionEdit) -> Result<()> {
+        ctl.state
+            .apply(edit)
+            .map_err(|reason| Error::corrupt(&self.dir, reason))?;
+        let state = ctl.state.clone();
+        ctl.manifest
+            .log_edit(edit, &state, || self.new_file_number())
+    }
+
+    /// Replaces what readers see with `change(current)`, reading and
+    /// writing under one lock so that concurrent flushes, compactions and
+    /// memtable switches never undo each other.
+    pub(crate) fn swap_super(&self, change: impl FnOnce(&SuperVersion) -> SuperVersion) {
+        let mut slot = self.sv.write();
+        let next = change(&slot);
+        *slot = Arc::new(next);
+    }
+
     pub(crate) fn new_file_number(&self) -> u64 {
         self.next_file.fetch_add(1, Ordering::SeqCst)
     }
@@ -818,11 +838,7 @@ impl Inner {
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         log.writer = writer;
-        {
-            // Read-modify-write under the lock: a flush or compaction may
-            // have replaced the version since `sv` was read.
-            let mut slot = self.sv.write();
-            let current = slot.clone();
+        self.swap_super(|current| {
             debug_assert!(
                 Arc::ptr_eq(&current.mem, &sv.mem),
                 "only the write leader swaps memtables"
@@ -830,12 +846,12 @@ impl Inner {
             let mut imms = Vec::with_capacity(current.imms.len() + 1);
             imms.push(current.mem.clone());
             imms.extend(current.imms.iter().cloned());
-            *slot = Arc::new(SuperVersion {
+            SuperVersion {
                 mem: Arc::new(Memtable::new(number)),
                 imms,
                 version: current.version.clone(),
-            });
-        }
+            }
+        });
         let _bg = self.bg.lock();
         self.bg_cond.notify_all();
         Ok(())
@@ -937,16 +953,9 @@ impl Inner {
                 added: meta.iter().map(|m| (0, m.clone())).collect(),
                 deleted: Vec::new(),
             };
-            ctl.state
-                .apply(&edit)
-                .map_err(|reason| Error::corrupt(&self.dir, reason))?;
-            let state = ctl.state.clone();
-            ctl.manifest
-                .log_edit(&edit, &state, || self.new_file_number())?;
-            let mut slot = self.sv.write();
-            let current = slot.clone();
+            self.log_edit(&mut ctl, &edit)?;
             let added: Vec<_> = handle.into_iter().map(|h| (0usize, h)).collect();
-            *slot = Arc::new(SuperVersion {
+            self.swap_super(|current| SuperVersion {
                 mem: current.mem.clone(),
                 imms: current
                     .imms
