@@ -25,4 +25,5 @@
 
 pub use kv_clock as clock;
 pub use kv_core as core;
+pub use kv_merkle as merkle;
 pub use kv_ring as ring;
