@@ -7,9 +7,11 @@
 //!   between layers.
 //! - [`clock`]: vector clocks and dotted version vector sets (siblings).
 //! - [`ring`]: consistent hashing with balanced virtual nodes.
+//! - [`lsm`]: the storage engine.
+//! - [`merkle`]: Merkle trees for anti-entropy.
 //!
-//! Each layer is also a crate of its own (`kv-core`, `kv-clock`, `kv-ring`)
-//! for programs that want only that layer.
+//! Each layer is also a crate of its own (`kv-core`, `kv-clock`, `kv-ring`,
+//! `kv-lsm`, `kv-merkle`) for programs that want only that layer.
 //!
 //! ```
 //! use kv::ring::ConsistentHashRing;
@@ -25,5 +27,6 @@
 
 pub use kv_clock as clock;
 pub use kv_core as core;
+pub use kv_lsm as lsm;
 pub use kv_merkle as merkle;
 pub use kv_ring as ring;
