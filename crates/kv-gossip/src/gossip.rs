@@ -1,0 +1,578 @@
+//! The membership state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use kv_core::NodeId;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::member::{Member, Meta, Status, Update, supersedes};
+use crate::message::{Body, Message, Outgoing};
+
+/// A change of a member's state, for subscribers (the ring, the
+/// coordinator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member was seen for the first time.
+    Joined(Member),
+    /// A suspected or dead member proved alive (or changed its metadata).
+    Alive(Member),
+    /// A member missed a probe.
+    Suspect(Member),
+    /// A member was declared failed.
+    Dead(Member),
+    /// A member left gracefully.
+    Left(Member),
+}
+
+#[derive(Debug, Clone)]
+struct Suspicion {
+    started: Duration,
+    /// Members that independently reported the suspicion.
+    confirmations: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    member: Member,
+    suspicion: Option<Suspicion>,
+    /// When the status last changed.
+    since: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    target: NodeId,
+    seq: u64,
+    sent: Duration,
+    indirect_sent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Relay {
+    requester: String,
+    requester_seq: u64,
+    expires: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Broadcast {
+    update: Update,
+    transmits: u32,
+}
+
+/// One member's view of the cluster, driven by the caller: call
+/// [`tick`](Gossip::tick) regularly and [`handle`](Gossip::handle) for
+/// every message received, and send what [`drain_outbox`](Gossip::drain_outbox)
+/// returns. Time and randomness come from the caller (a clock reading and a
+/// seed), so a simulation replays exactly.
+///
+/// ```
+/// use std::time::Duration;
+/// use kv_core::NodeId;
+/// use kv_gossip::{Config, Gossip, Meta, Status};
+///
+/// let mut a = Gossip::new(Config::default(), NodeId(1), "a".into(), Meta::default(), 1)?;
+/// let mut b = Gossip::new(Config::default(), NodeId(2), "b".into(), Meta::default(), 2)?;
+/// let now = Duration::ZERO;
+/// b.join(vec!["a".into()], now);
+/// // Deliver messages until nothing is left to say.
+/// for _ in 0..4 {
+///     for out in b.drain_outbox() { a.handle(out.message, now); }
+///     for out in a.drain_outbox() { b.handle(out.message, now); }
+/// }
+/// assert!(a.members().iter().any(|m| m.id == NodeId(2) && m.status == Status::Alive));
+/// assert!(b.members().iter().any(|m| m.id == NodeId(1) && m.status == Status::Alive));
+/// # Ok::<(), kv_gossip::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    config: Config,
+    me: Member,
+    members: BTreeMap<NodeId, Entry>,
+    rng: u64,
+    order: Vec<NodeId>,
+    order_pos: usize,
+    next_probe: Duration,
+    seq: u64,
+    probe: Option<Probe>,
+    relays: HashMap<u64, Relay>,
+    broadcasts: Vec<Broadcast>,
+    outbox: Vec<Outgoing>,
+    events: Vec<Event>,
+    seeds: Vec<String>,
+    joined: bool,
+    next_join: Duration,
+}
+
+impl Gossip {
+    /// A member `id` at `addr`, alone until it joins. `seed` seeds the
+    /// random choices (probe order, indirect probers).
+    pub fn new(config: Config, id: NodeId, addr: String, meta: Meta, seed: u64) -> Result<Self> {
+        config.validate()?;
+        Ok(Gossip {
+            config,
+            me: Member {
+                id,
+                addr,
+                incarnation: 0,
+                status: Status::Alive,
+                meta,
+            },
+            members: BTreeMap::new(),
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            order: Vec::new(),
+            order_pos: 0,
+            next_probe: Duration::ZERO,
+            seq: 0,
+            probe: None,
+            relays: HashMap::new(),
+            broadcasts: Vec::new(),
+            outbox: Vec::new(),
+            events: Vec::new(),
+            seeds: Vec::new(),
+            joined: true,
+            next_join: Duration::ZERO,
+        })
+    }
+
+    /// This member's own state.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Every member known, this one included, by id.
+    pub fn members(&self) -> Vec<Member> {
+        let mut all: Vec<Member> = self.members.values().map(|e| e.member.clone()).collect();
+        all.push(self.me.clone());
+        all.sort_by_key(|m| m.id);
+        all
+    }
+
+    /// The state of member `id`, if known.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        if id == self.me.id {
+            return Some(&self.me);
+        }
+        self.members.get(&id).map(|e| &e.member)
+    }
+
+    /// Messages to send.
+    pub fn drain_outbox(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// State changes since the last call.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether a join is still unanswered.
+    pub fn joining(&self) -> bool {
+        !self.joined
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Members counted for timeouts and retransmissions (this one included).
+    fn cluster_size(&self) -> usize {
+        1 + self
+            .members
+            .values()
+            .filter(|e| matches!(e.member.status, Status::Alive | Status::Suspect))
+            .count()
+    }
+
+    /// Asks `seeds` to admit this member; retried every probe interval
+    /// until one answers.
+    pub fn join(&mut self, seeds: Vec<String>, now: Duration) {
+        self.seeds = seeds.into_iter().filter(|s| *s != self.me.addr).collect();
+        self.joined = self.seeds.is_empty();
+        self.next_join = now;
+        self.send_joins(now);
+    }
+
+    fn send_joins(&mut self, now: Duration) {
+        if self.joined || now < self.next_join {
+            return;
+        }
+        for seed in self.seeds.clone() {
+            let message = Message {
+                from: self.me.id,
+                from_addr: self.me.addr.clone(),
+                body: Body::Join,
+                updates: vec![self.me.clone()],
+            };
+            self.outbox.push(Outgoing { to: seed, message });
+        }
+        self.next_join = now + self.config.probe_interval;
+    }
+
+    /// Leaves the cluster: announces it (with a higher incarnation, so the
+    /// news beats everything said before) to a few members directly and by
+    /// gossip. The member stops probing afterwards.
+    pub fn leave(&mut self, now: Duration) {
+        self.me.incarnation += 1;
+        self.me.status = Status::Left;
+        let me = self.me.clone();
+        self.queue_broadcast(me);
+        let live: Vec<(NodeId, String)> = self
+            .members
+            .values()
+            .filter(|e| e.member.status == Status::Alive)
+            .map(|e| (e.member.id, e.member.addr.clone()))
+            .collect();
+        let fanout = (self.config.indirect_probes * 2).max(3);
+        for (_, addr) in self.pick(&live, fanout) {
+            self.seq += 1;
+            let seq = self.seq;
+            self.send(addr, Body::Ping { seq });
+        }
+        let _ = now;
+    }
+
+    /// Up to `n` distinct random entries of `from`.
+    fn pick<T: Clone>(&mut self, from: &[T], n: usize) -> Vec<T> {
+        let mut pool: Vec<T> = from.to_vec();
+        let mut out = Vec::with_capacity(n.min(pool.len()));
+        while out.len() < n && !pool.is_empty() {
+            let i = (self.random() % pool.len() as u64) as usize;
+            out.push(pool.swap_remove(i));
+        }
+        out
+    }
+
+    /// Advances timers: probes, indirect probes, suspicion, joins.
+    pub fn tick(&mut self, now: Duration) {
+        if self.me.status == Status::Left {
+            return;
+        }
+        self.send_joins(now);
+        self.check_probe(now);
+        if self.probe.is_none() && now >= self.next_probe {
+            self.start_probe(now);
+        }
+        self.check_suspicions(now);
+        self.relays.retain(|_, r| r.expires > now);
+        let forget = self.config.forget_after;
+        self.members.retain(|_, e| {
+            !(matches!(e.member.status, Status::Dead | Status::Left)
+                && now.saturating_sub(e.since) > forget)
+        });
+    }
+
+    fn check_probe(&mut self, now: Duration) {
+        let Some(probe) = self.probe.clone() else {
+            return;
+        };
+        if !probe.indirect_sent && now >= probe.sent + self.config.probe_timeout {
+            let helpers: Vec<(NodeId, String)> = self
+                .members
+                .values()
+                .filter(|e| e.member.status == Status::Alive && e.member.id != probe.target)
+                .map(|e| (e.member.id, e.member.addr.clone()))
+                .collect();
+            let target_addr = self
+                .members
+                .get(&probe.target)
+                .map(|e| e.member.addr.clone());
+            if let Some(target_addr) = target_addr {
+                for (_, addr) in self.pick(&helpers, self.config.indirect_probes) {
+                    self.send(
+                        addr,
+                        Body::PingReq {
+                            seq: probe.seq,
+                            target: probe.target,
+                            target_addr: target_addr.clone(),
+                        },
+                    );
+                }
+            }
+            if let Some(p) = &mut self.probe {
+                p.indirect_sent = true;
+            }
+        }
+        if now >= probe.sent + self.config.probe_interval {
+            self.probe = None;
+            self.suspect(probe.target, now);
+        }
+    }
+
+    fn start_probe(&mut self, now: Duration) {
+        self.next_probe = now + self.config.probe_interval;
+        let target = loop {
+            if self.order_pos >= self.order.len() {
+                let mut ids: Vec<NodeId> = self
+                    .members
+                    .values()
+                    .filter(|e| matches!(e.member.status, Status::Alive | Status::Suspect))
+                    .map(|e| e.member.id)
+                    .collect();
+                for i in (1..ids.len()).rev() {
+                    let j = (self.random() % (i as u64 + 1)) as usize;
+                    ids.swap(i, j);
+                }
+                self.order = ids;
+                self.order_pos = 0;
+                if self.order.is_empty() {
+                    return;
+                }
+            }
+            let id = self.order[self.order_pos];
+            self.order_pos += 1;
+            if self
+                .members
+                .get(&id)
+                .is_some_and(|e| matches!(e.member.status, Status::Alive | Status::Suspect))
+            {
+                break id;
+            }
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let Some(addr) = self.members.get(&target).map(|e| e.member.addr.clone()) else {
+            return;
+        };
+        self.send(addr, Body::Ping { seq });
+        self.probe = Some(Probe {
+            target,
+            seq,
+            sent: now,
+            indirect_sent: false,
+        });
+    }
+
+    /// Lifeguard: the suspicion timeout shrinks from `max` towards `min`
+    /// as independent confirmations arrive.
+    fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let min = self.config.suspicion_min(self.cluster_size());
+        let max = min * self.config.suspicion_max_factor;
+        let k = f64::from(self.config.suspicion_confirmations.max(1));
+        let fraction = ((confirmations as f64 + 1.0).ln() / (k + 1.0).ln()).min(1.0);
+        max.saturating_sub((max - min).mul_f64(fraction)).max(min)
+    }
+
+    fn check_suspicions(&mut self, now: Duration) {
+        let expired: Vec<NodeId> = self
+            .members
+            .values()
+            .filter(|e| e.member.status == Status::Suspect)
+            .filter_map(|e| {
+                let s = e.suspicion.as_ref()?;
+                (now >= s.started + self.suspicion_timeout(s.confirmations.len()))
+                    .then_some(e.member.id)
+            })
+            .collect();
+        for id in expired {
+            let Some(entry) = self.members.get_mut(&id) else {
+                continue;
+            };
+            entry.member.status = Status::Dead;
+            entry.suspicion = None;
+            entry.since = now;
+            let member = entry.member.clone();
+            self.events.push(Event::Dead(member.clone()));
+            self.queue_broadcast(member);
+        }
+    }
+
+    fn suspect(&mut self, id: NodeId, now: Duration) {
+        let Some(entry) = self.members.get_mut(&id) else {
+            return;
+        };
+        if entry.member.status != Status::Alive {
+            return;
+        }
+        entry.member.status = Status::Suspect;
+        entry.since = now;
+        entry.suspicion = Some(Suspicion {
+            started: now,
+            confirmations: BTreeSet::new(),
+        });
+        let member = entry.member.clone();
+        self.events.push(Event::Suspect(member.clone()));
+        self.queue_broadcast(member);
+    }
+
+    /// Processes one received message.
+    pub fn handle(&mut self, message: Message, now: Duration) {
+        if self.me.status == Status::Left {
+            return;
+        }
+        let from = message.from;
+        for update in message.updates {
+            self.apply(update, from, now);
+        }
+        match message.body {
+            Body::Ping { seq } => self.send(message.from_addr, Body::Ack { seq }),
+            Body::Ack { seq } => {
+                if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
+                    self.probe = None;
+                }
+                if let Some(relay) = self.relays.remove(&seq) {
+                    self.send(
+                        relay.requester,
+                        Body::Ack {
+                            seq: relay.requester_seq,
+                        },
+                    );
+                }
+            }
+            Body::PingReq {
+                seq, target_addr, ..
+            } => {
+                self.seq += 1;
+                let ours = self.seq;
+                self.relays.insert(
+                    ours,
+                    Relay {
+                        requester: message.from_addr,
+                        requester_seq: seq,
+                        expires: now + self.config.probe_interval,
+                    },
+                );
+                self.send(target_addr, Body::Ping { seq: ours });
+            }
+            Body::Join => {
+                let mut everyone: Vec<Update> =
+                    self.members.values().map(|e| e.member.clone()).collect();
+                everyone.push(self.me.clone());
+                let message = Message {
+                    from: self.me.id,
+                    from_addr: self.me.addr.clone(),
+                    body: Body::JoinReply,
+                    updates: everyone,
+                };
+                self.outbox.push(Outgoing {
+                    to: message_addr(&message, &self.members, from),
+                    message,
+                });
+            }
+            Body::JoinReply => self.joined = true,
+        }
+    }
+
+    /// Applies news about a member.
+    fn apply(&mut self, update: Update, from: NodeId, now: Duration) {
+        if update.id == self.me.id {
+            self.about_me(&update);
+            return;
+        }
+        let Some(entry) = self.members.get_mut(&update.id) else {
+            let event = match update.status {
+                Status::Alive => Some(Event::Joined(update.clone())),
+                Status::Suspect => Some(Event::Suspect(update.clone())),
+                _ => None,
+            };
+            let suspicion = (update.status == Status::Suspect).then(|| Suspicion {
+                started: now,
+                confirmations: BTreeSet::from([from]),
+            });
+            self.members.insert(
+                update.id,
+                Entry {
+                    member: update.clone(),
+                    suspicion,
+                    since: now,
+                },
+            );
+            self.events.extend(event);
+            self.order.push(update.id);
+            self.queue_broadcast(update);
+            return;
+        };
+        if update.status == Status::Suspect
+            && entry.member.status == Status::Suspect
+            && update.incarnation == entry.member.incarnation
+        {
+            // Another member suspects it too: a Lifeguard confirmation.
+            if let Some(s) = &mut entry.suspicion {
+                s.confirmations.insert(from);
+            }
+            return;
+        }
+        if !supersedes(&update, &entry.member) {
+            return;
+        }
+        let before = entry.member.status;
+        entry.member = update.clone();
+        if before != update.status {
+            entry.since = now;
+        }
+        entry.suspicion = (update.status == Status::Suspect).then(|| Suspicion {
+            started: now,
+            confirmations: BTreeSet::from([from]),
+        });
+        let event = match update.status {
+            Status::Alive => Event::Alive(update.clone()),
+            Status::Suspect => Event::Suspect(update.clone()),
+            Status::Dead => Event::Dead(update.clone()),
+            Status::Left => Event::Left(update.clone()),
+        };
+        self.events.push(event);
+        self.queue_broadcast(update);
+    }
+
+    /// News about this member: refute suspicion or death by raising the
+    /// incarnation above what was said.
+    fn about_me(&mut self, update: &Update) {
+        if self.me.status == Status::Left {
+            return;
+        }
+        let wrong = update.status != Status::Alive || update.incarnation > self.me.incarnation;
+        if wrong && update.incarnation >= self.me.incarnation {
+            self.me.incarnation = update.incarnation + 1;
+            let me = self.me.clone();
+            self.queue_broadcast(me);
+        }
+    }
+
+    fn queue_broadcast(&mut self, update: Update) {
+        self.broadcasts.retain(|b| b.update.id != update.id);
+        self.broadcasts.push(Broadcast {
+            update,
+            transmits: 0,
+        });
+    }
+
+    /// Up to `max_piggyback` updates, least transmitted first.
+    fn piggyback(&mut self) -> Vec<Update> {
+        let limit = self.config.retransmits(self.cluster_size());
+        self.broadcasts.sort_by_key(|b| b.transmits);
+        let mut out = Vec::new();
+        for b in self.broadcasts.iter_mut().take(self.config.max_piggyback) {
+            b.transmits += 1;
+            out.push(b.update.clone());
+        }
+        self.broadcasts.retain(|b| b.transmits < limit);
+        out
+    }
+
+    fn send(&mut self, to: String, body: Body) {
+        let updates = self.piggyback();
+        self.outbox.push(Outgoing {
+            to,
+            message: Message {
+                from: self.me.id,
+                from_addr: self.me.addr.clone(),
+                body,
+                updates,
+            },
+        });
+    }
+}
+
+/// Where to answer a join: the joiner's own address, as it announced it.
+fn message_addr(reply: &Message, members: &BTreeMap<NodeId, Entry>, joiner: NodeId) -> String {
+    members
+        .get(&joiner)
+        .map(|e| e.member.addr.clone())
+        .unwrap_or_else(|| reply.from_addr.clone())
+}
