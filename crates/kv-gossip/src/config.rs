@@ -19,7 +19,7 @@ pub struct Config {
     pub suspicion_multiplier: u32,
     /// Without independent confirmations, suspicion lasts this many times
     /// its minimum; each confirmation from another member shortens it
-    /// towards the minimum (Lifeguard) (3).
+    /// towards the minimum (Lifeguard) (6).
     pub suspicion_max_factor: u32,
     /// Independent confirmations that bring suspicion down to its minimum (3).
     pub suspicion_confirmations: u32,
@@ -29,8 +29,15 @@ pub struct Config {
     /// Updates piggybacked on one message at most (16).
     pub max_piggyback: usize,
     /// How long Dead and Left members are remembered before being
-    /// forgotten (so their news stops circulating) (60 s).
+    /// forgotten (so their news stops circulating) (10 min).
     pub forget_after: Duration,
+    /// How often a random Dead member is probed anyway, so that the two
+    /// sides of a healed partition find each other again (5 s).
+    pub reclaim_interval: Duration,
+    /// How often the full membership is exchanged with a random member
+    /// (push-pull anti-entropy), which repairs whatever piggybacked gossip
+    /// missed (10 s).
+    pub push_pull_interval: Duration,
 }
 
 impl Default for Config {
@@ -40,11 +47,13 @@ impl Default for Config {
             probe_timeout: Duration::from_millis(400),
             indirect_probes: 3,
             suspicion_multiplier: 4,
-            suspicion_max_factor: 3,
+            suspicion_max_factor: 6,
             suspicion_confirmations: 3,
             retransmit_multiplier: 4,
             max_piggyback: 16,
-            forget_after: Duration::from_secs(60),
+            forget_after: Duration::from_secs(600),
+            reclaim_interval: Duration::from_secs(5),
+            push_pull_interval: Duration::from_secs(10),
         }
     }
 }

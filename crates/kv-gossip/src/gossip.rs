@@ -104,6 +104,8 @@ pub struct Gossip {
     seeds: Vec<String>,
     joined: bool,
     next_join: Duration,
+    next_reclaim: Duration,
+    next_push_pull: Duration,
 }
 
 impl Gossip {
@@ -134,6 +136,8 @@ impl Gossip {
             seeds: Vec::new(),
             joined: true,
             next_join: Duration::ZERO,
+            next_reclaim: Duration::ZERO,
+            next_push_pull: config_push_pull_start(seed),
         })
     }
 
@@ -260,6 +264,8 @@ impl Gossip {
             self.start_probe(now);
         }
         self.check_suspicions(now);
+        self.reclaim(now);
+        self.push_pull(now);
         self.relays.retain(|_, r| r.expires > now);
         let forget = self.config.forget_after;
         self.members.retain(|_, e| {
@@ -349,6 +355,69 @@ impl Gossip {
         });
     }
 
+    /// Pings a random Dead member now and then: if it is alive after all
+    /// (a healed partition), the news of its death it receives makes it
+    /// refute, and the two sides merge again.
+    fn reclaim(&mut self, now: Duration) {
+        if now < self.next_reclaim {
+            return;
+        }
+        self.next_reclaim = now + self.config.reclaim_interval;
+        let dead: Vec<String> = self
+            .members
+            .values()
+            .filter(|e| e.member.status == Status::Dead)
+            .map(|e| e.member.addr.clone())
+            .collect();
+        if let Some(addr) = self.pick(&dead, 1).pop() {
+            self.seq += 1;
+            let seq = self.seq;
+            // Tell it what we believe of it, whatever else is queued.
+            let mut message = Message {
+                from: self.me.id,
+                from_addr: self.me.addr.clone(),
+                body: Body::Ping { seq },
+                updates: self.piggyback(),
+            };
+            if let Some(entry) = self.members.values().find(|e| e.member.addr == addr) {
+                message.updates.push(entry.member.clone());
+            }
+            message.updates.push(self.me.clone());
+            self.outbox.push(Outgoing { to: addr, message });
+        }
+    }
+
+    /// Sends the whole membership to a random live member, which answers
+    /// with its own (a join exchange carrying everything).
+    fn push_pull(&mut self, now: Duration) {
+        if now < self.next_push_pull {
+            return;
+        }
+        self.next_push_pull = now + self.config.push_pull_interval;
+        let live: Vec<String> = self
+            .members
+            .values()
+            .filter(|e| e.member.status == Status::Alive)
+            .map(|e| e.member.addr.clone())
+            .collect();
+        if let Some(addr) = self.pick(&live, 1).pop() {
+            let message = Message {
+                from: self.me.id,
+                from_addr: self.me.addr.clone(),
+                body: Body::Join,
+                updates: self.full_state(),
+            };
+            self.outbox.push(Outgoing { to: addr, message });
+        }
+    }
+
+    /// Every member known, this one included, as updates.
+    fn full_state(&self) -> Vec<Update> {
+        let mut everyone: Vec<Update> = self.members.values().map(|e| e.member.clone()).collect();
+        everyone.push(self.me.clone());
+        everyone
+    }
+
     /// Lifeguard: the suspicion timeout shrinks from `max` towards `min`
     /// as independent confirmations arrive.
     fn suspicion_timeout(&self, confirmations: usize) -> Duration {
@@ -398,7 +467,62 @@ impl Gossip {
         });
         let member = entry.member.clone();
         self.events.push(Event::Suspect(member.clone()));
-        self.queue_broadcast(member);
+        self.queue_broadcast(member.clone());
+        // Tell the suspect (it refutes at once if alive) and a few others
+        // (an independent confirmation for their timers).
+        let report = Body::Suspect {
+            target: member.id,
+            incarnation: member.incarnation,
+        };
+        self.send(member.addr.clone(), report.clone());
+        let others: Vec<String> = self
+            .members
+            .values()
+            .filter(|e| e.member.status == Status::Alive)
+            .map(|e| e.member.addr.clone())
+            .collect();
+        for addr in self.pick(&others, self.config.indirect_probes) {
+            self.send(addr, report.clone());
+        }
+    }
+
+    /// A direct suspicion report from `from`.
+    fn suspicion_report(&mut self, target: NodeId, incarnation: u64, from: NodeId, now: Duration) {
+        if target == self.me.id {
+            let claim = Update {
+                status: Status::Suspect,
+                incarnation,
+                ..self.me.clone()
+            };
+            self.about_me(&claim);
+            return;
+        }
+        let Some(entry) = self.members.get_mut(&target) else {
+            return;
+        };
+        if incarnation < entry.member.incarnation {
+            return;
+        }
+        match entry.member.status {
+            Status::Suspect if incarnation == entry.member.incarnation => {
+                if let Some(s) = &mut entry.suspicion {
+                    s.confirmations.insert(from);
+                }
+            }
+            Status::Alive => {
+                entry.member.status = Status::Suspect;
+                entry.member.incarnation = incarnation;
+                entry.since = now;
+                entry.suspicion = Some(Suspicion {
+                    started: now,
+                    confirmations: BTreeSet::from([from]),
+                });
+                let member = entry.member.clone();
+                self.events.push(Event::Suspect(member.clone()));
+                self.queue_broadcast(member);
+            }
+            _ => {}
+        }
     }
 
     /// Processes one received message.
@@ -408,7 +532,7 @@ impl Gossip {
         }
         let from = message.from;
         for update in message.updates {
-            self.apply(update, from, now);
+            self.apply(update, now);
         }
         match message.body {
             Body::Ping { seq } => self.send(message.from_addr, Body::Ack { seq }),
@@ -456,11 +580,15 @@ impl Gossip {
                 });
             }
             Body::JoinReply => self.joined = true,
+            Body::Suspect {
+                target,
+                incarnation,
+            } => self.suspicion_report(target, incarnation, from, now),
         }
     }
 
     /// Applies news about a member.
-    fn apply(&mut self, update: Update, from: NodeId, now: Duration) {
+    fn apply(&mut self, update: Update, now: Duration) {
         if update.id == self.me.id {
             self.about_me(&update);
             return;
@@ -473,7 +601,7 @@ impl Gossip {
             };
             let suspicion = (update.status == Status::Suspect).then(|| Suspicion {
                 started: now,
-                confirmations: BTreeSet::from([from]),
+                confirmations: BTreeSet::new(),
             });
             self.members.insert(
                 update.id,
@@ -488,16 +616,8 @@ impl Gossip {
             self.queue_broadcast(update);
             return;
         };
-        if update.status == Status::Suspect
-            && entry.member.status == Status::Suspect
-            && update.incarnation == entry.member.incarnation
-        {
-            // Another member suspects it too: a Lifeguard confirmation.
-            if let Some(s) = &mut entry.suspicion {
-                s.confirmations.insert(from);
-            }
-            return;
-        }
+        // Relayed news of a suspicion already known is no confirmation:
+        // only direct reports from suspecting members count (Lifeguard).
         if !supersedes(&update, &entry.member) {
             return;
         }
@@ -508,7 +628,7 @@ impl Gossip {
         }
         entry.suspicion = (update.status == Status::Suspect).then(|| Suspicion {
             started: now,
-            confirmations: BTreeSet::from([from]),
+            confirmations: BTreeSet::new(),
         });
         let event = match update.status {
             Status::Alive => Event::Alive(update.clone()),
@@ -542,10 +662,14 @@ impl Gossip {
         });
     }
 
-    /// Up to `max_piggyback` updates, least transmitted first.
-    fn piggyback(&mut self) -> Vec<Update> {
+    /// Up to `max_piggyback` updates for a message to `to`: news about the
+    /// destination itself first (a suspected member learns of it from the
+    /// first member that contacts it, in time to refute), then the least
+    /// transmitted.
+    fn piggyback_for(&mut self, to: Option<&str>) -> Vec<Update> {
         let limit = self.config.retransmits(self.cluster_size());
-        self.broadcasts.sort_by_key(|b| b.transmits);
+        self.broadcasts
+            .sort_by_key(|b| (to.is_none_or(|addr| b.update.addr != addr), b.transmits));
         let mut out = Vec::new();
         for b in self.broadcasts.iter_mut().take(self.config.max_piggyback) {
             b.transmits += 1;
@@ -555,8 +679,12 @@ impl Gossip {
         out
     }
 
+    fn piggyback(&mut self) -> Vec<Update> {
+        self.piggyback_for(None)
+    }
+
     fn send(&mut self, to: String, body: Body) {
-        let updates = self.piggyback();
+        let updates = self.piggyback_for(Some(&to));
         self.outbox.push(Outgoing {
             to,
             message: Message {
@@ -567,6 +695,11 @@ impl Gossip {
             },
         });
     }
+}
+
+/// Spreads members' first push-pull over an interval, from their seed.
+fn config_push_pull_start(seed: u64) -> Duration {
+    Duration::from_millis(1_000 + seed % 9_000)
 }
 
 /// Where to answer a join: the joiner's own address, as it announced it.

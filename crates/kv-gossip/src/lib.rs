@@ -26,6 +26,7 @@ mod error;
 mod gossip;
 mod member;
 mod message;
+pub mod sim;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -30,11 +30,21 @@ pub enum Body {
         /// Where it is.
         target_addr: String,
     },
-    /// A new node asking a seed to be admitted; its own state is the
-    /// first update.
+    /// "Here is what I know; tell me what you know": a new node asking a
+    /// seed to admit it (its updates hold itself), or a periodic push-pull
+    /// (its updates hold every member it knows).
     Join,
-    /// A seed's answer to a join: every member it knows, as updates.
+    /// The answer to a join: every member the sender knows, as updates.
     JoinReply,
+    /// "My probes of `target` failed": sent by the suspecting member itself
+    /// to the suspect (so it can refute at once) and to a few others, for
+    /// whom it counts as an independent confirmation (Lifeguard).
+    Suspect {
+        /// The suspected member.
+        target: NodeId,
+        /// The incarnation suspected.
+        incarnation: u64,
+    },
 }
 
 /// One message between members, carrying piggybacked updates.
@@ -82,6 +92,7 @@ impl Message {
             Body::PingReq { seq, .. } => (3, Some(*seq)),
             Body::Join => (4, None),
             Body::JoinReply => (5, None),
+            Body::Suspect { .. } => (6, None),
         };
         out.push(kind);
         put_varint(&mut out, self.from.0);
@@ -146,6 +157,10 @@ impl Message {
             },
             4 => Body::Join,
             5 => Body::JoinReply,
+            6 => Body::Suspect {
+                target: NodeId(r.varint("target")?),
+                incarnation: r.varint("incarnation")?,
+            },
             _ => {
                 return Err(DecodeError::Invalid {
                     offset: kind_at,

@@ -1,1 +1,230 @@
-#![allow(missing_docs)]
+//! Integration tests of kv-gossip, on the seeded simulator.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
+
+use std::time::Duration;
+
+use kv_gossip::sim::{Network, Sim};
+use kv_gossip::{Config, Message, Status};
+use proptest::prelude::*;
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+fn periods(d: Duration) -> f64 {
+    d.as_secs_f64() / PERIOD.as_secs_f64()
+}
+
+/// A cluster of `n` members all joined through member 0, converged.
+fn cluster(n: usize, network: Network, seed: u64) -> Sim {
+    let mut sim = Sim::new(n, Config::default(), network, seed).unwrap();
+    for i in 1..n {
+        sim.join(i, 0);
+    }
+    let took = sim.run_until(Duration::from_secs(120), Sim::converged);
+    assert!(took.is_some(), "{n} members did not converge (seed {seed})");
+    sim
+}
+
+fn log2(n: usize) -> f64 {
+    (n as f64).log2()
+}
+
+/// Joins and failures spread in O(log N) periods; the crashed member is
+/// Dead everywhere within the configured bound. Prints the table.
+fn spread(n: usize, seed: u64) -> (f64, f64, f64) {
+    // The newcomer is the last member; it joins once the others converged.
+    let mut sim = Sim::new(n + 1, Config::default(), Network::default(), seed).unwrap();
+    for i in 1..n {
+        sim.join(i, 0);
+    }
+    let converged = sim.run_until(Duration::from_secs(300), |s| {
+        let ids: Vec<usize> = (0..n).collect();
+        ids.iter().all(|&o| {
+            ids.iter()
+                .all(|&x| o == x || s.view(o, x) == Some(Status::Alive))
+        })
+    });
+    assert!(
+        converged.is_some(),
+        "seed {seed}: bootstrap of {n} did not converge"
+    );
+    // Join: through a member other than the seed, to exercise gossip.
+    sim.join(n, n / 2);
+    let join = sim
+        .run_until(Duration::from_secs(120), |s| s.all_see(n, Status::Alive))
+        .unwrap_or_else(|| panic!("seed {seed}: join of member {n} never reached everyone"));
+    // Failure: crash member 1.
+    sim.crash(1);
+    let suspected = sim
+        .run_until(Duration::from_secs(300), |s| {
+            s.running()
+                .all(|(i, _)| matches!(s.view(i, 1), Some(Status::Suspect | Status::Dead)))
+        })
+        .unwrap_or_else(|| panic!("seed {seed}: crash never suspected everywhere"));
+    let dead_more = sim
+        .run_until(Duration::from_secs(300), |s| s.all_see(1, Status::Dead))
+        .unwrap_or_else(|| panic!("seed {seed}: crash never declared dead everywhere"));
+    let dead = suspected + dead_more;
+    // The configured bound: a few periods to be probed, the longest
+    // suspicion, and dissemination.
+    let config = sim.config();
+    let bound = config.suspicion_min(n + 1) * config.suspicion_max_factor
+        + PERIOD.mul_f64(3.0 + 3.0 * log2(n + 1));
+    assert!(
+        dead <= bound,
+        "seed {seed}: {n} members: dead everywhere after {dead:?}, bound {bound:?}"
+    );
+    (periods(join), periods(suspected), periods(dead))
+}
+
+#[test]
+fn join_and_failure_spread_in_logarithmic_periods() {
+    println!(
+        "members | join known everywhere | crash suspected everywhere | crash dead everywhere (periods)"
+    );
+    for (n, seed) in [(10usize, 1u64), (100, 2), (1000, 3)] {
+        let (join, suspected, dead) = spread(n, seed);
+        println!("{n:7} | {join:21.1} | {suspected:26.1} | {dead:21.1}");
+        // O(log N): generous constant, but it must not grow linearly.
+        assert!(join <= 4.0 + 3.0 * log2(n), "{n}: join took {join} periods");
+        assert!(
+            suspected <= 6.0 + 3.0 * log2(n),
+            "{n}: suspicion took {suspected} periods"
+        );
+    }
+}
+
+#[test]
+fn no_false_positives_with_ten_percent_loss() {
+    let network = Network {
+        loss: 0.10,
+        ..Network::default()
+    };
+    let mut sim = cluster(50, network, 11);
+    // Count transitions into Dead and into Suspect, per observer.
+    let mut last: Vec<Vec<Option<Status>>> = vec![vec![None; 50]; 50];
+    let (mut dead, mut suspected) = (0u64, 0u64);
+    sim.run_for(PERIOD * 10_000, |s| {
+        for (o, row) in last.iter_mut().enumerate() {
+            for (x, seen) in row.iter_mut().enumerate() {
+                let now = s.view(o, x);
+                if now != *seen {
+                    match now {
+                        Some(Status::Dead) => dead += 1,
+                        Some(Status::Suspect) => suspected += 1,
+                        _ => {}
+                    }
+                    *seen = now;
+                }
+            }
+        }
+    });
+    println!(
+        "10% loss, 50 members, 10000 periods: {dead} false dead declarations, {suspected} suspicions (all refuted), {} messages delivered, {} dropped",
+        sim.delivered, sim.dropped
+    );
+    assert_eq!(dead, 0, "a live member was declared dead");
+    // Suspicions come and go under loss; without it, all settle as Alive.
+    sim.network.loss = 0.0;
+    assert!(
+        sim.run_until(Duration::from_secs(60), Sim::converged)
+            .is_some()
+    );
+}
+
+#[test]
+fn partitioned_minority_is_suspected_and_refutes_after_healing() {
+    let mut sim = cluster(20, Network::default(), 21);
+    let minority = [17usize, 18, 19];
+    let groups: Vec<u32> = (0..20).map(|i| u32::from(minority.contains(&i))).collect();
+    // Short partition: suspected, then refuted once healed.
+    sim.partition(groups.clone());
+    let suspected = sim.run_until(Duration::from_secs(60), |s| {
+        minority
+            .iter()
+            .all(|&m| matches!(s.view(0, m), Some(Status::Suspect)))
+    });
+    assert!(suspected.is_some(), "minority never suspected");
+    sim.heal();
+    let healed = sim.run_until(Duration::from_secs(120), Sim::converged);
+    assert!(healed.is_some(), "short partition did not heal");
+    let refuted = (0..20).all(|o| {
+        minority
+            .iter()
+            .all(|&m| o == m || sim.node(m).unwrap().me().incarnation > 0)
+    });
+    assert!(refuted, "the minority refuted with higher incarnations");
+    // Long partition: declared dead on both sides, then merged again.
+    sim.partition(groups);
+    let dead = sim.run_until(Duration::from_secs(300), |s| {
+        minority.iter().all(|&m| s.view(0, m) == Some(Status::Dead))
+            && s.view(17, 0) == Some(Status::Dead)
+    });
+    assert!(dead.is_some(), "long partition never declared dead");
+    sim.heal();
+    let merged = sim.run_until(Duration::from_secs(300), Sim::converged);
+    println!(
+        "long partition healed in {:.1} periods",
+        periods(merged.unwrap_or_default())
+    );
+    assert!(merged.is_some(), "sides never merged after healing");
+}
+
+#[test]
+fn left_members_stay_left() {
+    let mut sim = cluster(12, Network::default(), 31);
+    sim.leave(5);
+    let left = sim.run_until(Duration::from_secs(60), |s| {
+        s.running()
+            .filter(|(i, _)| *i != 5)
+            .all(|(i, _)| s.view(i, 5) == Some(Status::Left))
+    });
+    assert!(left.is_some(), "leave did not reach everyone");
+    // It keeps running (not crashed) but stays Left everywhere.
+    let mut resurrected = false;
+    sim.run_for(PERIOD * 200, |s| {
+        resurrected |= s
+            .running()
+            .filter(|(i, _)| *i != 5)
+            .any(|(i, _)| s.view(i, 5) != Some(Status::Left));
+    });
+    assert!(!resurrected, "a left member came back");
+    assert!(sim.running().filter(|(i, _)| *i != 5).all(|(i, _)| {
+        (0..12)
+            .filter(|&x| x != 5 && x != i)
+            .all(|x| sim.view(i, x) == Some(Status::Alive))
+    }));
+}
+
+#[test]
+fn runs_replay_from_their_seed() {
+    let run = |seed| {
+        let mut sim = cluster(
+            15,
+            Network {
+                loss: 0.05,
+                ..Network::default()
+            },
+            seed,
+        );
+        sim.crash(3);
+        sim.run_for(PERIOD * 30, |_| {});
+        (
+            sim.delivered,
+            sim.dropped,
+            (0..15).map(|o| sim.view(o, 3)).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(run(7), run(7));
+}
+
+proptest! {
+    #[test]
+    fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Message::decode(&bytes);
+    }
+}
