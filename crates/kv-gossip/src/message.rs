@@ -109,6 +109,14 @@ impl Message {
             put_varint(&mut out, target.0);
             put_str(&mut out, target_addr);
         }
+        if let Body::Suspect {
+            target,
+            incarnation,
+        } = &self.body
+        {
+            put_varint(&mut out, target.0);
+            put_varint(&mut out, *incarnation);
+        }
         put_varint(&mut out, self.updates.len() as u64);
         for u in &self.updates {
             put_varint(&mut out, u.id.0);
@@ -213,5 +221,43 @@ impl Message {
             body,
             updates,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_body_round_trips() {
+        let bodies = [
+            Body::Ping { seq: 1 },
+            Body::Ack { seq: 2 },
+            Body::PingReq {
+                seq: 3,
+                target: NodeId(4),
+                target_addr: "t".into(),
+            },
+            Body::Join,
+            Body::JoinReply,
+            Body::Suspect {
+                target: NodeId(0),
+                incarnation: 11,
+            },
+        ];
+        for body in bodies {
+            let m = Message {
+                from: NodeId(6321),
+                from_addr: String::new(),
+                body,
+                updates: vec![],
+            };
+            let bytes = m.encode();
+            assert_eq!(
+                Message::decode(&bytes).map_err(|e| e.to_string()),
+                Ok(m),
+                "{bytes:02x?}"
+            );
+        }
     }
 }

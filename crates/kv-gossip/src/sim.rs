@@ -60,6 +60,8 @@ pub struct Sim {
     pub delivered: u64,
     /// Messages lost so far (loss or partition).
     pub dropped: u64,
+    /// Messages that failed to decode: always a bug (tests assert 0).
+    pub undecodable: u64,
 }
 
 fn addr(i: usize) -> String {
@@ -96,6 +98,7 @@ impl Sim {
             groups: vec![0; n],
             delivered: 0,
             dropped: 0,
+            undecodable: 0,
         })
     }
 
@@ -226,7 +229,7 @@ impl Sim {
                     g.handle(message, self.now);
                     self.delivered += 1;
                 }
-                Err(_) => self.dropped += 1,
+                Err(_) => self.undecodable += 1,
             }
             self.collect(to);
         }

@@ -26,6 +26,7 @@ fn cluster(n: usize, network: Network, seed: u64) -> Sim {
     }
     let took = sim.run_until(Duration::from_secs(120), Sim::converged);
     assert!(took.is_some(), "{n} members did not converge (seed {seed})");
+    assert_eq!(sim.undecodable, 0);
     sim
 }
 
@@ -128,6 +129,7 @@ fn no_false_positives_with_ten_percent_loss() {
         sim.delivered, sim.dropped
     );
     assert_eq!(dead, 0, "a live member was declared dead");
+    assert_eq!(sim.undecodable, 0, "every message decodes");
     // Suspicions come and go under loss; without it, all settle as Alive.
     sim.network.loss = 0.0;
     assert!(
@@ -172,6 +174,7 @@ fn partitioned_minority_is_suspected_and_refutes_after_healing() {
         periods(merged.unwrap_or_default())
     );
     assert!(merged.is_some(), "sides never merged after healing");
+    assert_eq!(sim.undecodable, 0, "every message decodes");
 }
 
 #[test]
