@@ -12,6 +12,8 @@
 //! - [`StorageEngine`]: an ordered, durable byte map with atomic batches and
 //!   consistent scans (implemented by `kv-lsm` and the test kit's
 //!   `MemEngine`).
+//! - [`Transport`] and [`MembershipView`]: how a coordinator reaches the
+//!   other replicas and knows which are alive.
 //!
 //! ```
 //! use kv_core::{Token, TokenRange};
@@ -31,9 +33,11 @@ pub mod codec;
 mod ids;
 mod partitioner;
 mod range;
+mod replication;
 mod storage;
 
 pub use ids::{NodeId, Token};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
+pub use replication::{MembershipView, Transport, TransportError};
 pub use storage::{BatchOp, KvPair, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};

@@ -1,0 +1,72 @@
+//! Cluster-wide settings of the coordinator.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Replication settings (Dynamo's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Replicas per key (3).
+    pub n: usize,
+    /// Acknowledgements a write waits for, its coordinator's included (2).
+    pub w: usize,
+    /// Answers a read waits for (2).
+    pub r: usize,
+    /// The longest any request waits (200 ms).
+    pub request_timeout: Duration,
+    /// Largest key accepted (64 KiB).
+    pub max_key_bytes: usize,
+    /// Largest value accepted (16 MiB).
+    pub max_value_bytes: usize,
+    /// Siblings kept per key at most; more are dropped oldest first and
+    /// counted (10).
+    pub max_siblings: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            n: 3,
+            w: 2,
+            r: 2,
+            request_timeout: Duration::from_millis(200),
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 16 << 20,
+            max_siblings: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings (W and R between 1 and N; W + R <= N is allowed).
+    pub fn validate(&self) -> Result<()> {
+        if self.n == 0 {
+            return Err(Error::InvalidInput("n must be at least 1".into()));
+        }
+        self.check_quorum("w", self.w)?;
+        self.check_quorum("r", self.r)?;
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidInput(
+                "request_timeout must be positive".into(),
+            ));
+        }
+        if self.max_siblings == 0 {
+            return Err(Error::InvalidInput(
+                "max_siblings must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a per-request W or R against N.
+    pub fn check_quorum(&self, name: &str, value: usize) -> Result<()> {
+        if value == 0 || value > self.n {
+            return Err(Error::InvalidInput(format!(
+                "{name}={value} is out of range: it must be between 1 and n={}",
+                self.n
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,287 @@
+//! The coordinator: quorum writes and reads over the replicas of a key.
+
+use kv_clock::VectorClock;
+use kv_core::{NodeId, Partitioner, StorageEngine, Transport};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::replica::{Replica, Siblings, Value};
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetResult {
+    /// The live values: one, several siblings, or none (absent or deleted).
+    pub values: Vec<Vec<u8>>,
+    /// The context to send with the next write of this key, which then
+    /// supersedes exactly what this read saw.
+    pub context: Vec<u8>,
+}
+
+/// What a write returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    /// The context of the new state (for a later write).
+    pub context: Vec<u8>,
+}
+
+/// Coordinates requests for the keys this node replicates.
+///
+/// Writes: a new version at this node (the coordinator is a replica), then
+/// the new state to the other replicas in parallel; success after W
+/// acknowledgements, this node's included. Reads: the replicas' states,
+/// merged after R answers; replicas that answered with less are repaired
+/// after the reply. Every wait is bounded by the request timeout.
+pub struct Coordinator<E, T, P> {
+    config: Config,
+    replica: Arc<Replica<E>>,
+    transport: Arc<T>,
+    ring: Arc<P>,
+}
+
+fn encode_context(state: &Siblings) -> Vec<u8> {
+    let mut out = Vec::new();
+    state.context().encode_into(&mut out, false);
+    out
+}
+
+impl<E, T, P> Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// A coordinator for `replica`'s node.
+    pub fn new(
+        config: Config,
+        replica: Arc<Replica<E>>,
+        transport: Arc<T>,
+        ring: Arc<P>,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Coordinator {
+            config,
+            replica,
+            transport,
+            ring,
+        })
+    }
+
+    /// This node's replica.
+    pub fn replica(&self) -> &Arc<Replica<E>> {
+        &self.replica
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidInput("empty key".into()));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(Error::InvalidInput(format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                self.config.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The replicas of `key`, this node first-class among them.
+    fn replicas(&self, key: &[u8]) -> Result<Vec<NodeId>> {
+        let replicas = self.ring.preference_list(key, self.config.n)?;
+        if !replicas.contains(&self.replica.id()) {
+            return Err(Error::NotReplica(replicas));
+        }
+        Ok(replicas)
+    }
+
+    /// Writes `value` under `key`, superseding what `context` covers.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        w: Option<usize>,
+    ) -> Result<PutResult> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(Error::InvalidInput(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.config.max_value_bytes
+            )));
+        }
+        self.write(key, Some(value.to_vec()), context, w).await
+    }
+
+    /// Deletes `key`: a tombstone that supersedes what `context` covers.
+    pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
+        self.write(key, None, context, w).await
+    }
+
+    async fn write(
+        &self,
+        key: &[u8],
+        value: Value,
+        context: &[u8],
+        w: Option<usize>,
+    ) -> Result<PutResult> {
+        self.check_key(key)?;
+        let w = w.unwrap_or(self.config.w);
+        self.config.check_quorum("w", w)?;
+        // No context (a blind write) is the empty clock.
+        let context = if context.is_empty() {
+            VectorClock::new()
+        } else {
+            VectorClock::from_bytes(context)
+                .map_err(|e| Error::InvalidInput(format!("context does not decode: {e}")))?
+        };
+        let replicas = self.replicas(key)?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let state = self
+            .replica
+            .coordinate(key, value, &context, self.config.max_siblings)?;
+        let bytes = state.to_bytes();
+        let others: Vec<NodeId> = replicas
+            .into_iter()
+            .filter(|&n| n != self.replica.id())
+            .collect();
+        // Every replica gets the state, whether or not we wait for it.
+        let (tx, mut rx) = mpsc::channel(others.len().max(1));
+        for &peer in &others {
+            let (transport, tx, key, bytes) = (
+                self.transport.clone(),
+                tx.clone(),
+                key.to_vec(),
+                bytes.clone(),
+            );
+            tokio::spawn(async move {
+                let result = transport.replicate(peer, key, bytes, None).await;
+                let _ = tx.send((peer, result)).await;
+            });
+        }
+        drop(tx);
+        let mut acked = 1;
+        let mut failed = Vec::new();
+        let mut answered = Vec::new();
+        while acked < w {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((peer, Ok(())))) => {
+                    acked += 1;
+                    answered.push(peer);
+                }
+                Ok(Some((peer, Err(_)))) => {
+                    failed.push(peer);
+                    answered.push(peer);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if acked >= w {
+            return Ok(PutResult {
+                context: encode_context(&state),
+            });
+        }
+        let timed_out = others
+            .into_iter()
+            .filter(|p| !answered.contains(p))
+            .collect();
+        Err(Error::WriteQuorum {
+            acked,
+            needed: w,
+            failed,
+            timed_out,
+        })
+    }
+
+    /// Reads `key` from R replicas (this one included) and merges them.
+    pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+        self.check_key(key)?;
+        let r = r.unwrap_or(self.config.r);
+        self.config.check_quorum("r", r)?;
+        let replicas = self.replicas(key)?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let local = self.replica.state(key)?;
+        let others: Vec<NodeId> = replicas
+            .into_iter()
+            .filter(|&n| n != self.replica.id())
+            .collect();
+        let (tx, mut rx) = mpsc::channel(others.len().max(1));
+        for &peer in &others {
+            let (transport, tx, key) = (self.transport.clone(), tx.clone(), key.to_vec());
+            tokio::spawn(async move {
+                let result = transport.read(peer, key).await;
+                let _ = tx.send((peer, result)).await;
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(NodeId, Siblings)> = vec![(self.replica.id(), local)];
+        let mut failed = Vec::new();
+        while answers.len() < r {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((peer, Ok(state)))) => {
+                    let state = match state {
+                        Some(bytes) => match Siblings::from_bytes(&bytes) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                failed.push(peer);
+                                continue;
+                            }
+                        },
+                        None => Siblings::new(),
+                    };
+                    answers.push((peer, state));
+                }
+                Ok(Some((peer, Err(_)))) => failed.push(peer),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if answers.len() < r {
+            let timed_out = others
+                .into_iter()
+                .filter(|p| !failed.contains(p) && !answers.iter().any(|(a, _)| a == p))
+                .collect();
+            return Err(Error::ReadQuorum {
+                answered: answers.len(),
+                needed: r,
+                failed,
+                timed_out,
+            });
+        }
+        let mut merged = Siblings::new();
+        for (_, state) in &answers {
+            merged.sync(state);
+        }
+        self.read_repair(key, &merged, &answers);
+        Ok(GetResult {
+            values: merged.values().flatten().cloned().collect(),
+            context: encode_context(&merged),
+        })
+    }
+
+    /// Sends the merged state to every replica that answered with less,
+    /// after the reply (in the background).
+    fn read_repair(&self, key: &[u8], merged: &Siblings, answers: &[(NodeId, Siblings)]) {
+        let bytes = merged.to_bytes();
+        for (node, state) in answers {
+            if state == merged {
+                continue;
+            }
+            if *node == self.replica.id() {
+                let _ = self.replica.merge(key, merged);
+                continue;
+            }
+            let (transport, peer, key, bytes) =
+                (self.transport.clone(), *node, key.to_vec(), bytes.clone());
+            tokio::spawn(async move {
+                let _ = transport.replicate(peer, key, bytes, None).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Quorum reads and writes with siblings, over the ports of `kv-core`.
+//!
+//! The coordinator of a key is one of its replicas: it makes the new
+//! version itself (a fresh dot in the key's dotted version vector set),
+//! sends the resulting state to the other replicas and answers after W
+//! acknowledgements; reads merge R replicas' states and repair the ones
+//! that answered with less. Generic over the storage engine, the transport
+//! and the partitioner; it never depends on `kv-lsm`, `kv-gossip`, tonic or
+//! prost, and uses tokio only for time, sync and spawning background work.
+//!
+//! - [`Replica`]: the local versioned store.
+//! - [`Coordinator`]: `put`, `get`, `delete` with per-request W and R.
+//! - [`sim`]: an in-process network that can drop, delay and partition.
+//!
+//! Built so far: quorum writes and reads, siblings, read repair, input
+//! checks. Not yet: forwarding from non-replicas, sloppy quorum and hinted
+//! handoff, Merkle anti-entropy, tombstone collection, metrics.
+
+mod config;
+mod coordinator;
+mod error;
+mod replica;
+pub mod sim;
+
+pub use config::Config;
+pub use coordinator::{Coordinator, GetResult, PutResult};
+pub use error::{Error, Result};
+pub use replica::{Replica, Siblings, Value};

@@ -1,0 +1,175 @@
+//! An in-process network of replicas for tests: a [`Transport`] that can
+//! take nodes down, partition pairs of nodes, drop messages with a seeded
+//! probability and delay them (in tokio time, so tests can pause it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::{NodeId, StorageEngine, Transport, TransportError};
+use parking_lot::Mutex;
+
+use crate::replica::Replica;
+
+#[derive(Debug, Default)]
+struct Faults {
+    down: BTreeSet<NodeId>,
+    /// Unordered pairs that cannot talk.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    drop_rate: f64,
+    delay: Duration,
+    rng: u64,
+    messages: u64,
+    dropped: u64,
+}
+
+/// The replicas of an in-process cluster and the faults between them.
+#[derive(Debug)]
+pub struct SimNetwork<E> {
+    replicas: Mutex<HashMap<NodeId, Arc<Replica<E>>>>,
+    faults: Mutex<Faults>,
+}
+
+impl<E> SimNetwork<E> {
+    /// An empty network; `seed` drives message drops.
+    pub fn new(seed: u64) -> Arc<Self> {
+        Arc::new(SimNetwork {
+            replicas: Mutex::new(HashMap::new()),
+            faults: Mutex::new(Faults {
+                rng: seed,
+                ..Faults::default()
+            }),
+        })
+    }
+
+    /// Adds (or replaces, after a restart) a node's replica.
+    pub fn attach(&self, replica: Arc<Replica<E>>) {
+        self.replicas.lock().insert(replica.id(), replica);
+    }
+
+    /// Takes a node down (or brings it back).
+    pub fn set_down(&self, node: NodeId, down: bool) {
+        let mut f = self.faults.lock();
+        if down {
+            f.down.insert(node);
+        } else {
+            f.down.remove(&node);
+        }
+    }
+
+    /// Whether a node is down.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.faults.lock().down.contains(&node)
+    }
+
+    /// Cuts (or restores) the link between `a` and `b`.
+    pub fn set_cut(&self, a: NodeId, b: NodeId, cut: bool) {
+        let pair = (a.min(b), a.max(b));
+        let mut f = self.faults.lock();
+        if cut {
+            f.cut.insert(pair);
+        } else {
+            f.cut.remove(&pair);
+        }
+    }
+
+    /// Drops this share of messages (seeded).
+    pub fn set_drop_rate(&self, rate: f64) {
+        self.faults.lock().drop_rate = rate;
+    }
+
+    /// Delays every message by this much.
+    pub fn set_delay(&self, delay: Duration) {
+        self.faults.lock().delay = delay;
+    }
+
+    /// (messages sent, messages dropped or refused).
+    pub fn counts(&self) -> (u64, u64) {
+        let f = self.faults.lock();
+        (f.messages, f.dropped)
+    }
+
+    /// Decides whether a message from `from` to `to` gets through.
+    fn admit(&self, from: NodeId, to: NodeId) -> Result<Duration, TransportError> {
+        let mut f = self.faults.lock();
+        f.messages += 1;
+        let cut = f.cut.contains(&(from.min(to), from.max(to)));
+        if f.down.contains(&to) || f.down.contains(&from) || cut {
+            f.dropped += 1;
+            return Err(TransportError::Unreachable(to));
+        }
+        if f.drop_rate > 0.0 {
+            f.rng = f
+                .rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if ((f.rng >> 11) as f64 / (1u64 << 53) as f64) < f.drop_rate {
+                f.dropped += 1;
+                return Err(TransportError::Timeout(to));
+            }
+        }
+        Ok(f.delay)
+    }
+
+    fn replica(&self, node: NodeId) -> Result<Arc<Replica<E>>, TransportError> {
+        self.replicas
+            .lock()
+            .get(&node)
+            .cloned()
+            .ok_or(TransportError::Unreachable(node))
+    }
+}
+
+/// One node's view of a [`SimNetwork`].
+#[derive(Debug, Clone)]
+pub struct SimTransport<E> {
+    me: NodeId,
+    network: Arc<SimNetwork<E>>,
+}
+
+impl<E> SimTransport<E> {
+    /// The transport of node `me`.
+    pub fn new(me: NodeId, network: Arc<SimNetwork<E>>) -> Self {
+        SimTransport { me, network }
+    }
+}
+
+#[async_trait::async_trait]
+impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
+    async fn replicate(
+        &self,
+        to: NodeId,
+        key: Vec<u8>,
+        state: Vec<u8>,
+        _hint_for: Option<NodeId>,
+    ) -> Result<(), TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let replica = self.network.replica(to)?;
+        // A node that went down while the message was in flight.
+        if self.network.is_down(to) {
+            return Err(TransportError::Unreachable(to));
+        }
+        replica
+            .merge_bytes(&key, &state)
+            .map(|_| ())
+            .map_err(|e| TransportError::Remote {
+                node: to,
+                message: e.to_string(),
+            })
+    }
+
+    async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let replica = self.network.replica(to)?;
+        if self.network.is_down(to) {
+            return Err(TransportError::Unreachable(to));
+        }
+        let state = replica.state(&key).map_err(|e| TransportError::Remote {
+            node: to,
+            message: e.to_string(),
+        })?;
+        Ok((!state.is_empty() || !state.context().is_empty()).then(|| state.to_bytes()))
+    }
+}

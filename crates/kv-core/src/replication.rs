@@ -1,0 +1,51 @@
+//! The ports a coordinator uses to reach other replicas and to know who is
+//! alive.
+
+use crate::NodeId;
+
+/// Why a peer did not answer a replica operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer is unreachable (down, partitioned, connection refused).
+    #[error("{0} is unreachable")]
+    Unreachable(NodeId),
+    /// The peer did not answer in time.
+    #[error("{0} did not answer in time")]
+    Timeout(NodeId),
+    /// The peer answered with an error.
+    #[error("{node} failed: {message}")]
+    Remote {
+        /// The peer.
+        node: NodeId,
+        /// Its error.
+        message: String,
+    },
+}
+
+/// The replica operations a coordinator performs on a peer. States are
+/// encoded sibling sets (`kv_clock::DvvSet` bytes), opaque here.
+///
+/// Implementations: gRPC in the server, and an in-process transport that
+/// drops, delays and partitions for tests.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Asks `to` to merge `state` into its copy of `key` (and to keep it
+    /// as a hint for `hint_for` when it is not itself a replica).
+    async fn replicate(
+        &self,
+        to: NodeId,
+        key: Vec<u8>,
+        state: Vec<u8>,
+        hint_for: Option<NodeId>,
+    ) -> Result<(), TransportError>;
+
+    /// Reads `to`'s state of `key` (`None` if it holds none).
+    async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError>;
+}
+
+/// Which nodes are believed alive (fed by gossip in the server).
+pub trait MembershipView: Send + Sync {
+    /// Whether `node` is believed alive.
+    fn is_alive(&self, node: NodeId) -> bool;
+}
