@@ -22,6 +22,11 @@ pub struct Config {
     /// Siblings kept per key at most; more are dropped oldest first and
     /// counted (10).
     pub max_siblings: usize,
+    /// Write to the next healthy nodes, with hints, when replicas are down
+    /// (sloppy quorum); off means strict quorums (true).
+    pub sloppy_quorum: bool,
+    /// Hints a node keeps for others at most (1,000,000).
+    pub max_hints: usize,
 }
 
 impl Default for Config {
@@ -34,6 +39,8 @@ impl Default for Config {
             max_key_bytes: 64 << 10,
             max_value_bytes: 16 << 20,
             max_siblings: 10,
+            sloppy_quorum: true,
+            max_hints: 1_000_000,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The coordinator: quorum writes and reads over the replicas of a key.
 
 use kv_clock::VectorClock;
-use kv_core::{NodeId, Partitioner, StorageEngine, Transport};
+use kv_core::{MembershipView, NodeId, Partitioner, StorageEngine, Transport};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -39,6 +39,7 @@ pub struct Coordinator<E, T, P> {
     replica: Arc<Replica<E>>,
     transport: Arc<T>,
     ring: Arc<P>,
+    membership: Arc<dyn MembershipView>,
 }
 
 fn encode_context(state: &Siblings) -> Vec<u8> {
@@ -53,12 +54,14 @@ where
     T: Transport + 'static,
     P: Partitioner + Send + Sync + 'static,
 {
-    /// A coordinator for `replica`'s node.
+    /// A coordinator for `replica`'s node; `membership` says which nodes
+    /// are believed alive (for sloppy quorums and hint delivery).
     pub fn new(
         config: Config,
         replica: Arc<Replica<E>>,
         transport: Arc<T>,
         ring: Arc<P>,
+        membership: Arc<dyn MembershipView>,
     ) -> Result<Self> {
         config.validate()?;
         Ok(Coordinator {
@@ -66,6 +69,7 @@ where
             replica,
             transport,
             ring,
+            membership,
         })
     }
 
@@ -148,13 +152,25 @@ where
             .replica
             .coordinate(key, value, &context, self.config.max_siblings)?;
         let bytes = state.to_bytes();
+        // Fallbacks for a sloppy quorum: the healthy nodes after the
+        // preference list, clockwise.
+        let mut fallbacks: std::collections::VecDeque<NodeId> = if self.config.sloppy_quorum {
+            self.ring
+                .preference_list(key, usize::MAX)?
+                .into_iter()
+                .skip(self.config.n)
+                .filter(|&f| self.membership.is_alive(f))
+                .collect()
+        } else {
+            std::collections::VecDeque::new()
+        };
         let others: Vec<NodeId> = replicas
             .into_iter()
             .filter(|&n| n != self.replica.id())
             .collect();
         // Every replica gets the state, whether or not we wait for it.
-        let (tx, mut rx) = mpsc::channel(others.len().max(1));
-        for &peer in &others {
+        let (tx, mut rx) = mpsc::channel(2 * others.len().max(1));
+        let send = |target: NodeId, hint_for: Option<NodeId>| {
             let (transport, tx, key, bytes) = (
                 self.transport.clone(),
                 tx.clone(),
@@ -162,23 +178,47 @@ where
                 bytes.clone(),
             );
             tokio::spawn(async move {
-                let result = transport.replicate(peer, key, bytes, None).await;
-                let _ = tx.send((peer, result)).await;
+                let result = transport.replicate(target, key, bytes, hint_for).await;
+                let _ = tx.send((target, hint_for, result)).await;
             });
-        }
-        drop(tx);
-        let mut acked = 1;
+        };
+        let mut outstanding = 0;
         let mut failed = Vec::new();
-        let mut answered = Vec::new();
-        while acked < w {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((peer, Ok(())))) => {
-                    acked += 1;
-                    answered.push(peer);
+        for &peer in &others {
+            let down = self.config.sloppy_quorum && !self.membership.is_alive(peer);
+            if down {
+                match fallbacks.pop_front() {
+                    Some(fallback) => send(fallback, Some(peer)),
+                    None => {
+                        failed.push(peer);
+                        continue;
+                    }
                 }
-                Ok(Some((peer, Err(_)))) => {
-                    failed.push(peer);
-                    answered.push(peer);
+            } else {
+                send(peer, None);
+            }
+            outstanding += 1;
+        }
+        let mut acked = 1;
+        let mut answered = Vec::new();
+        while acked < w && outstanding > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((target, hint_for, result))) => {
+                    outstanding -= 1;
+                    answered.push(hint_for.unwrap_or(target));
+                    match result {
+                        Ok(()) => acked += 1,
+                        Err(_) => {
+                            failed.push(target);
+                            // A replica that failed gets a hinted fallback.
+                            if hint_for.is_none()
+                                && let Some(fallback) = fallbacks.pop_front()
+                            {
+                                send(fallback, Some(target));
+                                outstanding += 1;
+                            }
+                        }
+                    }
                 }
                 Ok(None) | Err(_) => break,
             }
@@ -190,7 +230,7 @@ where
         }
         let timed_out = others
             .into_iter()
-            .filter(|p| !answered.contains(p))
+            .filter(|p| !answered.contains(p) && !failed.contains(p))
             .collect();
         Err(Error::WriteQuorum {
             acked,
@@ -198,6 +238,34 @@ where
             failed,
             timed_out,
         })
+    }
+
+    /// Delivers the hints this node holds for replicas that are alive
+    /// again; a hint is deleted only after its owner acknowledges it.
+    /// Returns how many were delivered.
+    pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
+        let mut delivered = 0;
+        let hints = self.replica.hints();
+        for owner in hints.owners()? {
+            if !self.membership.is_alive(owner) {
+                continue;
+            }
+            for (key, state) in hints.pending(owner, batch)? {
+                let sent = tokio::time::timeout(
+                    self.config.request_timeout,
+                    self.transport
+                        .replicate(owner, key.clone(), state.clone(), None),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+                if hints.delivered_one(owner, &key, &state)? {
+                    delivered += 1;
+                }
+            }
+        }
+        Ok(delivered)
     }
 
     /// Reads `key` from R replicas (this one included) and merges them.

@@ -12,17 +12,19 @@
 //! - [`Coordinator`]: `put`, `get`, `delete` with per-request W and R.
 //! - [`sim`]: an in-process network that can drop, delay and partition.
 //!
-//! Built so far: quorum writes and reads, siblings, read repair, input
-//! checks. Not yet: forwarding from non-replicas, sloppy quorum and hinted
-//! handoff, Merkle anti-entropy, tombstone collection, metrics.
+//! Built so far: quorum writes and reads, siblings, read repair, sloppy
+//! quorum with durable hinted handoff, input checks. Not yet: forwarding
+//! from non-replicas, Merkle anti-entropy, tombstone collection, metrics.
 
 mod config;
 mod coordinator;
 mod error;
+mod hints;
 mod replica;
 pub mod sim;
 
 pub use config::Config;
 pub use coordinator::{Coordinator, GetResult, PutResult};
 pub use error::{Error, Result};
+pub use hints::HintStore;
 pub use replica::{Replica, Siblings, Value};

@@ -7,6 +7,7 @@ use kv_core::{NodeId, StorageEngine};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::hints::HintStore;
 
 /// A sibling's value: `None` is a tombstone (a delete is a version like
 /// any other).
@@ -27,6 +28,7 @@ const STRIPES: usize = 256;
 pub struct Replica<E> {
     id: NodeId,
     engine: E,
+    hints: HintStore<E>,
     locks: Vec<Mutex<()>>,
     siblings_dropped: AtomicU64,
 }
@@ -46,23 +48,41 @@ fn now_secs() -> u64 {
 }
 
 impl<E> Replica<E> {
-    /// The replica of node `id` over `engine`.
-    pub fn new(id: NodeId, engine: E) -> Self {
-        Replica {
-            id,
-            engine,
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            siblings_dropped: AtomicU64::new(0),
-        }
-    }
-
     /// The node this replica belongs to.
     pub fn id(&self) -> NodeId {
         self.id
     }
+
+    /// Writes held for other replicas.
+    pub fn hints(&self) -> &HintStore<E> {
+        &self.hints
+    }
 }
 
 impl<E: StorageEngine> Replica<E> {
+    /// The replica of node `id` over `engine`, keeping hints for other
+    /// replicas (at most `hint_limit`) in `hint_engine`.
+    pub fn new(id: NodeId, engine: E, hint_engine: E, hint_limit: usize) -> Result<Self> {
+        Ok(Replica {
+            id,
+            engine,
+            hints: HintStore::open(hint_engine, hint_limit)?,
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            siblings_dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// A state sent by a coordinator: merged here, or, when it is meant for
+    /// another replica (`hint_for`), kept as a hint for it.
+    pub fn receive(&self, key: &[u8], state: &[u8], hint_for: Option<NodeId>) -> Result<()> {
+        let incoming = Siblings::from_bytes(state)
+            .map_err(|e| Error::InvalidInput(format!("peer state: {e}")))?;
+        match hint_for {
+            Some(owner) if owner != self.id => self.hints.add(owner, key, &incoming),
+            _ => self.merge(key, &incoming).map(|_| ()),
+        }
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &E {
         &self.engine

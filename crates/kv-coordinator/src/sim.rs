@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::{NodeId, StorageEngine, Transport, TransportError};
+use kv_core::{MembershipView, NodeId, StorageEngine, Transport, TransportError};
 use parking_lot::Mutex;
 
 use crate::replica::Replica;
@@ -120,6 +120,13 @@ impl<E> SimNetwork<E> {
     }
 }
 
+/// The network's idea of liveness: a node is alive unless taken down.
+impl<E: Send + Sync> MembershipView for SimNetwork<E> {
+    fn is_alive(&self, node: NodeId) -> bool {
+        !self.is_down(node)
+    }
+}
+
 /// One node's view of a [`SimNetwork`].
 #[derive(Debug, Clone)]
 pub struct SimTransport<E> {
@@ -141,7 +148,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         to: NodeId,
         key: Vec<u8>,
         state: Vec<u8>,
-        _hint_for: Option<NodeId>,
+        hint_for: Option<NodeId>,
     ) -> Result<(), TransportError> {
         let delay = self.network.admit(self.me, to)?;
         tokio::time::sleep(delay).await;
@@ -151,8 +158,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
             return Err(TransportError::Unreachable(to));
         }
         replica
-            .merge_bytes(&key, &state)
-            .map(|_| ())
+            .receive(&key, &state, hint_for)
             .map_err(|e| TransportError::Remote {
                 node: to,
                 message: e.to_string(),

@@ -161,3 +161,35 @@ pub trait StorageEngine: Send + Sync {
     /// The sequence number of the latest write visible to readers.
     fn last_sequence(&self) -> SeqNo;
 }
+
+/// A shared engine is an engine (so a node and its restarted self, or a
+/// replica and its hint store, can hold the same one).
+impl<E: StorageEngine + ?Sized> StorageEngine for std::sync::Arc<E> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).get(key)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        (**self).put(key, value)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
+        (**self).delete(key)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        (**self).write(batch)
+    }
+
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<ScanIter<'_>, StorageError> {
+        (**self).scan(start, end)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush()
+    }
+
+    fn last_sequence(&self) -> SeqNo {
+        (**self).last_sequence()
+    }
+}

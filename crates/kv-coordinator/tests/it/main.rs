@@ -11,11 +11,15 @@ use kv_core::{NodeId, Partitioner, StorageEngine};
 use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 
-type Node = Coordinator<MemEngine, SimTransport<MemEngine>, ConsistentHashRing>;
+type Engine = Arc<MemEngine>;
+type Node = Coordinator<Engine, SimTransport<Engine>, ConsistentHashRing>;
 
 struct Cluster {
-    network: Arc<SimNetwork<MemEngine>>,
+    config: Config,
+    network: Arc<SimNetwork<Engine>>,
     ring: Arc<ConsistentHashRing>,
+    /// Each node's data and hint engines, kept across restarts.
+    disks: Vec<(Engine, Engine)>,
     nodes: Vec<Node>,
 }
 
@@ -29,19 +33,54 @@ impl Cluster {
                 .build()
                 .unwrap(),
         );
-        let nodes = (1..=size)
-            .map(|id| {
-                let replica = Arc::new(Replica::new(NodeId(id), MemEngine::new()));
-                network.attach(replica.clone());
-                let transport = Arc::new(SimTransport::new(NodeId(id), network.clone()));
-                Coordinator::new(config.clone(), replica, transport, ring.clone()).unwrap()
-            })
+        let disks: Vec<(Engine, Engine)> = (0..size)
+            .map(|_| (Arc::new(MemEngine::new()), Arc::new(MemEngine::new())))
             .collect();
-        Cluster {
+        let mut cluster = Cluster {
+            config,
             network,
             ring,
-            nodes,
-        }
+            disks,
+            nodes: Vec::new(),
+        };
+        cluster.nodes = (1..=size).map(|id| cluster.start(NodeId(id))).collect();
+        cluster
+    }
+
+    /// Starts node `id` on its disks (again, after a restart).
+    fn start(&self, id: NodeId) -> Node {
+        let (data, hints) = self.disks[(id.0 - 1) as usize].clone();
+        let replica = Arc::new(Replica::new(id, data, hints, self.config.max_hints).unwrap());
+        self.network.attach(replica.clone());
+        let transport = Arc::new(SimTransport::new(id, self.network.clone()));
+        Coordinator::new(
+            self.config.clone(),
+            replica,
+            transport,
+            self.ring.clone(),
+            self.network.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Restarts node `id`: everything in memory is lost, its disks stay.
+    fn restart(&mut self, id: NodeId) {
+        let node = self.start(id);
+        self.nodes[(id.0 - 1) as usize] = node;
+    }
+
+    /// The first replica of `key` that is up.
+    fn healthy_coordinator(&self, key: &[u8]) -> &Node {
+        let id = self
+            .replicas(key)
+            .into_iter()
+            .find(|&r| !self.network.is_down(r))
+            .unwrap();
+        self.node(id)
+    }
+
+    fn hints_pending(&self) -> usize {
+        self.nodes.iter().map(|n| n.replica().hints().len()).sum()
     }
 
     fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
@@ -87,12 +126,19 @@ async fn put_then_get_with_quorums() {
     for r in c.replicas(key) {
         assert_eq!(c.stored(r, key), vec![b"alice".to_vec()], "replica {r}");
     }
-    // W=3 with one replica down fails, and says how and where.
-    let down = c.replicas(key)[2];
-    c.network.set_down(down, true);
-    match c
-        .coordinator(key)
-        .put(key, b"bob", &got.context, Some(3))
+    // W=3 with one replica down and no node to fall back on (a cluster
+    // of exactly N nodes) fails, and says how and where.
+    let small = Cluster::new(3, Config::default());
+    small
+        .node(small.replicas(key)[0])
+        .put(key, b"alice", b"", None)
+        .await
+        .unwrap();
+    let down = small.replicas(key)[2];
+    small.network.set_down(down, true);
+    match small
+        .node(small.replicas(key)[0])
+        .put(key, b"bob", b"", Some(3))
         .await
     {
         Err(Error::WriteQuorum {
@@ -107,6 +153,13 @@ async fn put_then_get_with_quorums() {
         }
         other => panic!("expected a quorum failure, got {other:?}"),
     }
+    // With a node to fall back on, the sloppy quorum reaches W=3.
+    let down = c.replicas(key)[2];
+    c.network.set_down(down, true);
+    c.coordinator(key)
+        .put(key, b"bob", &got.context, Some(3))
+        .await
+        .unwrap();
     // W=2 still succeeds with one replica down; R=3 cannot.
     c.coordinator(key)
         .put(key, b"carol", &got.context, Some(2))
@@ -300,9 +353,125 @@ async fn bad_input_is_refused_and_writes_nothing() {
             },
             c.node(NodeId(1)).replica().clone(),
             Arc::new(SimTransport::new(NodeId(1), c.network.clone())),
-            c.ring.clone()
+            c.ring.clone(),
+            c.network.clone(),
         )
         .is_err()
     );
     let _ = c.node(NodeId(1)).replica().engine().last_sequence();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sloppy_quorum_and_durable_hinted_handoff() {
+    let mut c = Cluster::new(5, Config::default());
+    let down = NodeId(3);
+    // 5,000 keys that node 3 replicates.
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("key:{i}").into_bytes())
+        .filter(|k| c.replicas(k).contains(&down))
+        .take(5_000)
+        .collect();
+    c.network.set_down(down, true);
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}");
+        c.healthy_coordinator(key)
+            .put(key, value.as_bytes(), b"", None)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        c.hints_pending(),
+        5_000,
+        "one hint per write that missed node 3"
+    );
+    let stored: u64 = c.nodes.iter().map(|n| n.replica().hints().stored()).sum();
+    assert_eq!(stored, 5_000);
+    // The fallback holding the most hints restarts before delivering them.
+    let fallback = c
+        .nodes
+        .iter()
+        .max_by_key(|n| n.replica().hints().len())
+        .unwrap()
+        .replica()
+        .id();
+    let before = c.node(fallback).replica().hints().len();
+    assert!(before > 0);
+    c.restart(fallback);
+    assert_eq!(
+        c.node(fallback).replica().hints().len(),
+        before,
+        "hints survive a restart"
+    );
+    // Nothing is delivered while the owner is down.
+    assert_eq!(c.nodes[0].deliver_hints(10_000).await.unwrap(), 0);
+    c.network.set_down(down, false);
+    let mut delivered = 0;
+    for node in &c.nodes {
+        delivered += node.deliver_hints(10_000).await.unwrap();
+    }
+    println!(
+        "hinted handoff: 5000 writes with a replica down, {delivered} of 5000 hints delivered"
+    );
+    assert_eq!(delivered, 5_000);
+    assert_eq!(c.hints_pending(), 0, "every hint store is empty");
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            c.stored(down, key),
+            vec![format!("v{i}").into_bytes()],
+            "key {i} on the recovered node"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_quorum_keeps_no_hints() {
+    let config = Config {
+        sloppy_quorum: false,
+        ..Config::default()
+    };
+    let c = Cluster::new(5, config);
+    let key = b"strict";
+    let down = c.replicas(key)[1];
+    c.network.set_down(down, true);
+    assert!(matches!(
+        c.healthy_coordinator(key)
+            .put(key, b"v", b"", Some(3))
+            .await,
+        Err(Error::WriteQuorum {
+            acked: 2,
+            needed: 3,
+            ..
+        })
+    ));
+    c.healthy_coordinator(key)
+        .put(key, b"v", b"", Some(2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(c.hints_pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_replica_gets_a_hinted_fallback_within_the_request() {
+    // The membership view says the replica is alive, but it cannot be
+    // reached: the write still succeeds with W=3 through a fallback.
+    let c = Cluster::new(5, Config::default());
+    let key = b"flaky";
+    let replicas = c.replicas(key);
+    let coordinator = c.node(replicas[0]);
+    c.network.set_cut(replicas[0], replicas[2], true);
+    coordinator.put(key, b"v", b"", Some(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(c.hints_pending(), 1);
+    c.network.set_cut(replicas[0], replicas[2], false);
+    let delivered: usize = {
+        let mut n = 0;
+        for node in &c.nodes {
+            n += node.deliver_hints(100).await.unwrap();
+        }
+        n
+    };
+    assert_eq!(delivered, 1);
+    assert_eq!(c.stored(replicas[2], key), vec![b"v".to_vec()]);
 }
