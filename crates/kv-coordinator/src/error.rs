@@ -48,6 +48,9 @@ pub enum Error {
     /// The ring cannot place the key.
     #[error("placement: {0}")]
     Placement(#[from] PartitionerError),
+    /// A peer failed during anti-entropy or hint delivery.
+    #[error("peer: {0}")]
+    Peer(String),
     /// A stored state failed to decode.
     #[error("stored state of a key is corrupt: {0}")]
     Corrupt(String),

@@ -13,8 +13,10 @@
 //! - [`sim`]: an in-process network that can drop, delay and partition.
 //!
 //! Built so far: quorum writes and reads, siblings, read repair, sloppy
-//! quorum with durable hinted handoff, input checks. Not yet: forwarding
-//! from non-replicas, Merkle anti-entropy, tombstone collection, metrics.
+//! quorum with durable hinted handoff, Merkle anti-entropy (one tree per
+//! peer over the keys both replicate), input checks. Not yet: forwarding
+//! from non-replicas, tombstone collection, metrics, the randomized
+//! history test.
 
 mod config;
 mod coordinator;
@@ -22,9 +24,10 @@ mod error;
 mod hints;
 mod replica;
 pub mod sim;
+mod trees;
 
 pub use config::Config;
-pub use coordinator::{Coordinator, GetResult, PutResult};
+pub use coordinator::{Coordinator, GetResult, PutResult, RepairReport};
 pub use error::{Error, Result};
 pub use hints::HintStore;
-pub use replica::{Replica, Siblings, Value};
+pub use replica::{Replica, ReplicaSettings, Siblings, Value};

@@ -6,8 +6,14 @@ use kv_clock::{DvvSet, VectorClock};
 use kv_core::{NodeId, StorageEngine};
 use parking_lot::Mutex;
 
+use std::ops::Bound;
+use std::sync::Arc;
+
+use kv_core::Partitioner;
+
 use crate::error::{Error, Result};
 use crate::hints::HintStore;
+use crate::trees::{Trees, digest};
 
 /// A sibling's value: `None` is a tombstone (a delete is a version like
 /// any other).
@@ -24,13 +30,46 @@ const STRIPES: usize = 256;
 /// Coordinated writes get a fresh dot at this node; states from peers are
 /// merged with [`DvvSet::sync`]. Each change is a read-modify-write of the
 /// key's encoded sibling set under a per-key lock.
-#[derive(Debug)]
 pub struct Replica<E> {
     id: NodeId,
     engine: E,
     hints: HintStore<E>,
+    ring: Arc<dyn Partitioner + Send + Sync>,
+    n: usize,
+    trees: Trees,
     locks: Vec<Mutex<()>>,
     siblings_dropped: AtomicU64,
+}
+
+impl<E: std::fmt::Debug> std::fmt::Debug for Replica<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("n", &self.n)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a replica is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    /// Replicas per key (the cluster's N).
+    pub n: usize,
+    /// Hints kept for other nodes at most.
+    pub hint_limit: usize,
+    /// Leaf buckets of each anti-entropy tree (a power of two).
+    pub merkle_leaves: u32,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        ReplicaSettings {
+            n: 3,
+            hint_limit: 1_000_000,
+            merkle_leaves: 1 << 12,
+        }
+    }
 }
 
 fn stripe(key: &[u8]) -> usize {
@@ -39,6 +78,13 @@ fn stripe(key: &[u8]) -> usize {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     (h % STRIPES as u64) as usize
+}
+
+fn decode(bytes: Option<&[u8]>) -> Result<Siblings> {
+    match bytes {
+        Some(bytes) => Siblings::from_bytes(bytes).map_err(|e| Error::Corrupt(e.to_string())),
+        None => Ok(Siblings::new()),
+    }
 }
 
 fn now_secs() -> u64 {
@@ -61,15 +107,89 @@ impl<E> Replica<E> {
 
 impl<E: StorageEngine> Replica<E> {
     /// The replica of node `id` over `engine`, keeping hints for other
-    /// replicas (at most `hint_limit`) in `hint_engine`.
-    pub fn new(id: NodeId, engine: E, hint_engine: E, hint_limit: usize) -> Result<Self> {
-        Ok(Replica {
+    /// replicas in `hint_engine`, placing keys with `ring`. Rebuilds the
+    /// anti-entropy trees from what `engine` holds.
+    pub fn new(
+        id: NodeId,
+        engine: E,
+        hint_engine: E,
+        settings: &ReplicaSettings,
+        ring: Arc<dyn Partitioner + Send + Sync>,
+    ) -> Result<Self> {
+        let replica = Replica {
             id,
             engine,
-            hints: HintStore::open(hint_engine, hint_limit)?,
+            hints: HintStore::open(hint_engine, settings.hint_limit)?,
+            ring,
+            n: settings.n,
+            trees: Trees::new(settings.merkle_leaves)?,
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             siblings_dropped: AtomicU64::new(0),
-        })
+        };
+        for item in replica.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+            let (key, state) = item?;
+            replica.track(&key, None, Some(&state));
+        }
+        Ok(replica)
+    }
+
+    /// The other replicas of `key` (whose trees it belongs to).
+    fn peers(&self, key: &[u8]) -> Vec<NodeId> {
+        self.ring
+            .preference_list(key, self.n)
+            .map(|list| list.into_iter().filter(|&p| p != self.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Updates the trees for a change of `key` from `old` to `new` state.
+    fn track(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        self.trees
+            .update(&self.peers(key), key, old.map(digest), new.map(digest));
+    }
+
+    fn store(&self, key: &[u8], before: Option<Vec<u8>>, state: &Siblings) -> Result<()> {
+        let bytes = state.to_bytes();
+        self.engine.put(key, &bytes)?;
+        self.track(key, before.as_deref(), Some(&bytes));
+        Ok(())
+    }
+
+    /// Anti-entropy, responder side: answers an encoded exchange request
+    /// from `peer` about the keys both replicate.
+    pub fn answer_exchange(&self, peer: NodeId, request: &[u8]) -> Result<Vec<u8>> {
+        let message =
+            kv_merkle::Message::decode(request).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let kv_merkle::Message::Compare(compare) = message else {
+            return Err(Error::InvalidInput("expected a comparison request".into()));
+        };
+        let answer = self
+            .trees
+            .with(peer, |tree| kv_merkle::respond(tree, &compare))
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(kv_merkle::Message::Differences(answer).encode())
+    }
+
+    /// The states of the keys shared with `peer` that fall in `buckets`.
+    pub fn bucket_states(&self, peer: NodeId, buckets: &[u32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let wanted: std::collections::BTreeSet<u32> = buckets.iter().copied().collect();
+        let mut out = Vec::new();
+        for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+            let (key, state) = item?;
+            if wanted.contains(&self.trees.bucket(&key)) && self.peers(&key).contains(&peer) {
+                out.push((key, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on this node's tree for `peer`.
+    pub fn with_tree<R>(&self, peer: NodeId, f: impl FnOnce(&kv_merkle::MerkleTree) -> R) -> R {
+        self.trees.with(peer, f)
+    }
+
+    /// Leaf buckets of the anti-entropy trees.
+    pub fn merkle_leaves(&self) -> u32 {
+        self.trees.leaves()
     }
 
     /// A state sent by a coordinator: merged here, or, when it is meant for
@@ -95,10 +215,7 @@ impl<E: StorageEngine> Replica<E> {
 
     /// The stored state of `key` (empty if none).
     pub fn state(&self, key: &[u8]) -> Result<Siblings> {
-        match self.engine.get(key)? {
-            Some(bytes) => Siblings::from_bytes(&bytes).map_err(|e| Error::Corrupt(e.to_string())),
-            None => Ok(Siblings::new()),
-        }
+        decode(self.engine.get(key)?.as_deref())
     }
 
     /// A write coordinated here: `value` (a tombstone for `None`)
@@ -112,23 +229,25 @@ impl<E: StorageEngine> Replica<E> {
         max_siblings: usize,
     ) -> Result<Siblings> {
         let _guard = self.locks[stripe(key)].lock();
-        let mut state = self.state(key)?;
+        let before = self.engine.get(key)?;
+        let mut state = decode(before.as_deref())?;
         state.update(context, self.id, value, now_secs());
         let dropped = state.truncate_siblings(max_siblings);
         self.siblings_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
-        self.engine.put(key, &state.to_bytes())?;
+        self.store(key, before, &state)?;
         Ok(state)
     }
 
     /// Merges a peer's state of `key` into ours; returns the merged state.
     pub fn merge(&self, key: &[u8], incoming: &Siblings) -> Result<Siblings> {
         let _guard = self.locks[stripe(key)].lock();
-        let mut state = self.state(key)?;
-        let before = state.clone();
+        let before = self.engine.get(key)?;
+        let mut state = decode(before.as_deref())?;
+        let old = state.clone();
         state.sync(incoming);
-        if state != before {
-            self.engine.put(key, &state.to_bytes())?;
+        if state != old {
+            self.store(key, before, &state)?;
         }
         Ok(state)
     }

@@ -178,4 +178,38 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         })?;
         Ok((!state.is_empty() || !state.context().is_empty()).then(|| state.to_bytes()))
     }
+
+    async fn merkle_exchange(
+        &self,
+        to: NodeId,
+        from: NodeId,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let replica = self.network.replica(to)?;
+        replica
+            .answer_exchange(from, &request)
+            .map_err(|e| TransportError::Remote {
+                node: to,
+                message: e.to_string(),
+            })
+    }
+
+    async fn bucket_states(
+        &self,
+        to: NodeId,
+        from: NodeId,
+        buckets: Vec<u32>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let replica = self.network.replica(to)?;
+        replica
+            .bucket_states(from, &buckets)
+            .map_err(|e| TransportError::Remote {
+                node: to,
+                message: e.to_string(),
+            })
+    }
 }

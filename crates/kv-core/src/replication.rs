@@ -42,6 +42,24 @@ pub trait Transport: Send + Sync {
 
     /// Reads `to`'s state of `key` (`None` if it holds none).
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError>;
+
+    /// Anti-entropy: sends an encoded Merkle exchange request about the
+    /// keys `to` shares with `from`; returns the encoded answer.
+    async fn merkle_exchange(
+        &self,
+        to: NodeId,
+        from: NodeId,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError>;
+
+    /// Anti-entropy: `to`'s states of the keys it shares with `from` that
+    /// fall in `buckets`.
+    async fn bucket_states(
+        &self,
+        to: NodeId,
+        from: NodeId,
+        buckets: Vec<u32>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError>;
 }
 
 /// Which nodes are believed alive (fed by gossip in the server).

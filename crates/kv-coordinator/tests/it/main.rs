@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::sim::{SimNetwork, SimTransport};
-use kv_coordinator::{Config, Coordinator, Error, Replica};
+use kv_coordinator::{Config, Coordinator, Error, RepairReport, Replica, ReplicaSettings};
 use kv_core::{NodeId, Partitioner, StorageEngine};
 use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
@@ -50,7 +50,13 @@ impl Cluster {
     /// Starts node `id` on its disks (again, after a restart).
     fn start(&self, id: NodeId) -> Node {
         let (data, hints) = self.disks[(id.0 - 1) as usize].clone();
-        let replica = Arc::new(Replica::new(id, data, hints, self.config.max_hints).unwrap());
+        let settings = ReplicaSettings {
+            n: self.config.n,
+            hint_limit: self.config.max_hints,
+            merkle_leaves: 256,
+        };
+        let replica =
+            Arc::new(Replica::new(id, data, hints, &settings, self.ring.clone()).unwrap());
         self.network.attach(replica.clone());
         let transport = Arc::new(SimTransport::new(id, self.network.clone()));
         Coordinator::new(
@@ -474,4 +480,102 @@ async fn a_failing_replica_gets_a_hinted_fallback_within_the_request() {
     };
     assert_eq!(delivered, 1);
     assert_eq!(c.stored(replicas[2], key), vec![b"v".to_vec()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anti_entropy_alone_converges_replicas_after_a_partition() {
+    let config = Config {
+        sloppy_quorum: false,
+        ..Config::default()
+    };
+    let c = Cluster::new(5, config);
+    let side_a = [NodeId(1), NodeId(2)];
+    let side_b = [NodeId(3), NodeId(4), NodeId(5)];
+    for a in side_a {
+        for b in side_b {
+            c.network.set_cut(a, b, true);
+        }
+    }
+    // W=1 writes on both sides of the partition to the same keys.
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("item:{i}").into_bytes()).collect();
+    let mut both_sides = 0;
+    for key in &keys {
+        let replicas = c.replicas(key);
+        let on_a = replicas.iter().find(|r| side_a.contains(r));
+        let on_b = replicas.iter().find(|r| side_b.contains(r));
+        if let Some(&a) = on_a {
+            c.node(a).put(key, b"from-a", b"", Some(1)).await.unwrap();
+        }
+        if let Some(&b) = on_b {
+            c.node(b).put(key, b"from-b", b"", Some(1)).await.unwrap();
+        }
+        if on_a.is_some() && on_b.is_some() {
+            both_sides += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let diverged = keys
+        .iter()
+        .filter(|k| {
+            let states: Vec<_> = c
+                .replicas(k)
+                .iter()
+                .map(|&r| c.node(r).replica().state(k).unwrap())
+                .collect();
+            states.windows(2).any(|w| w[0] != w[1])
+        })
+        .count();
+    assert!(
+        diverged > 100,
+        "the partition made replicas diverge ({diverged} keys)"
+    );
+    // Heal; no client reads, only anti-entropy rounds.
+    for a in side_a {
+        for b in side_b {
+            c.network.set_cut(a, b, false);
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let mut total = RepairReport::default();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let mut round = RepairReport::default();
+        for node in &c.nodes {
+            let (report, errors) = node.anti_entropy_round(64).await;
+            assert!(errors.is_empty(), "{errors:?}");
+            round += report;
+        }
+        total += round;
+        if round.keys_pulled == 0 && round.keys_pushed == 0 {
+            break;
+        }
+        assert!(rounds < 5, "anti-entropy did not converge");
+    }
+    println!(
+        "anti-entropy: {diverged} diverged keys, {rounds} rounds, {} buckets, {} keys pulled, {} pushed, {} exchange bytes, {:?} simulated",
+        total.buckets,
+        total.keys_pulled,
+        total.keys_pushed,
+        total.exchange_bytes,
+        started.elapsed()
+    );
+    for key in &keys {
+        let states: Vec<_> = c
+            .replicas(key)
+            .iter()
+            .map(|&r| c.node(r).replica().state(key).unwrap())
+            .collect();
+        assert!(
+            states.windows(2).all(|w| w[0] == w[1]),
+            "replicas of {:?} differ",
+            String::from_utf8_lossy(key)
+        );
+    }
+    // Keys written on both sides keep both writes as siblings.
+    let with_siblings = keys
+        .iter()
+        .filter(|k| c.node(c.replicas(k)[0]).replica().state(k).unwrap().len() == 2)
+        .count();
+    assert_eq!(with_siblings, both_sides);
 }
