@@ -1,6 +1,11 @@
 //! The coordinator on an in-process cluster with fault injection, in
 //! paused (simulated) tokio time.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -604,7 +609,8 @@ async fn random_history(seed: u64, ops: usize) {
     };
     let keys: Vec<Vec<u8>> = (0..24).map(|i| format!("h:{i}").into_bytes()).collect();
     // Per key: every value written, with the dot that created it.
-    let mut written: BTreeMap<Vec<u8>, Vec<(Vec<u8>, (NodeId, u64))>> = BTreeMap::new();
+    type Written = Vec<(Vec<u8>, (NodeId, u64))>;
+    let mut written: BTreeMap<Vec<u8>, Written> = BTreeMap::new();
     // Per key: the contexts writes were issued with.
     let mut contexts: BTreeMap<Vec<u8>, Vec<VectorClock>> = BTreeMap::new();
     let mut last_read: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
