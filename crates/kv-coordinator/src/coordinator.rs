@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::replica::{Replica, Siblings, Value};
 
 /// What a read returns.
@@ -62,6 +63,7 @@ pub struct Coordinator<E, T, P> {
     transport: Arc<T>,
     ring: Arc<P>,
     membership: Arc<dyn MembershipView>,
+    metrics: Arc<Metrics>,
 }
 
 fn encode_context(state: &Siblings) -> Vec<u8> {
@@ -92,7 +94,13 @@ where
             transport,
             ring,
             membership,
+            metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// What this coordinator has counted.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// This node's replica.
@@ -136,6 +144,20 @@ where
         context: &[u8],
         w: Option<usize>,
     ) -> Result<PutResult> {
+        let started = Instant::now();
+        let result = self.put_inner(key, value, context, w).await;
+        self.metrics.put.observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        result
+    }
+
+    async fn put_inner(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        w: Option<usize>,
+    ) -> Result<PutResult> {
         if value.len() > self.config.max_value_bytes {
             return Err(Error::InvalidInput(format!(
                 "value of {} bytes exceeds the limit of {} bytes",
@@ -148,7 +170,20 @@ where
 
     /// Deletes `key`: a tombstone that supersedes what `context` covers.
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
-        self.write(key, None, context, w).await
+        let started = Instant::now();
+        let result = self.write(key, None, context, w).await;
+        self.metrics.delete.observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        result
+    }
+
+    fn count_quorum<R>(&self, result: &Result<R>) {
+        if matches!(
+            result,
+            Err(Error::WriteQuorum { .. } | Error::ReadQuorum { .. })
+        ) {
+            Metrics::add(&self.metrics.quorum_failures, 1);
+        }
     }
 
     async fn write(
@@ -284,6 +319,7 @@ where
                 }
                 if hints.delivered_one(owner, &key, &state)? {
                     delivered += 1;
+                    Metrics::add(&self.metrics.hints_delivered, 1);
                 }
             }
         }
@@ -342,7 +378,10 @@ where
         .map_err(|e| peer_error(&e))?;
         let mut their_states = std::collections::BTreeMap::new();
         for (key, state) in theirs {
-            self.replica.merge_bytes(&key, &state)?;
+            let before = self.replica.state(&key)?.to_bytes();
+            if self.replica.merge_bytes(&key, &state)?.to_bytes() != before {
+                Metrics::add(&self.metrics.keys_repaired, 1);
+            }
             report.keys_pulled += 1;
             their_states.insert(key, state);
         }
@@ -361,6 +400,7 @@ where
                     .await
                     .map_err(|e| peer_error(&e))?;
                 report.keys_pushed += 1;
+                Metrics::add(&self.metrics.keys_repaired, 1);
             }
         }
         Ok(report)
@@ -385,6 +425,20 @@ where
 
     /// Reads `key` from R replicas (this one included) and merges them.
     pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+        let started = Instant::now();
+        let result = self.get_inner(key, r).await;
+        self.metrics.get.observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        if let Ok(got) = &result {
+            Metrics::add(&self.metrics.siblings_returned, got.values.len() as u64);
+            if got.values.len() > 1 {
+                Metrics::add(&self.metrics.reads_with_siblings, 1);
+            }
+        }
+        result
+    }
+
+    async fn get_inner(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
         self.check_key(key)?;
         let r = r.unwrap_or(self.config.r);
         self.config.check_quorum("r", r)?;
@@ -456,6 +510,7 @@ where
             if state == merged {
                 continue;
             }
+            Metrics::add(&self.metrics.read_repairs, 1);
             if *node == self.replica.id() {
                 let _ = self.replica.merge(key, merged);
                 continue;

@@ -15,13 +15,13 @@
 //! Built so far: quorum writes and reads, siblings, read repair, sloppy
 //! quorum with durable hinted handoff, Merkle anti-entropy (one tree per
 //! peer over the keys both replicate), input checks. Not yet: forwarding
-//! from non-replicas, tombstone collection, metrics, the randomized
-//! history test.
+//! from non-replicas, tombstone collection.
 
 mod config;
 mod coordinator;
 mod error;
 mod hints;
+mod metrics;
 mod replica;
 pub mod sim;
 mod trees;
@@ -30,4 +30,5 @@ pub use config::Config;
 pub use coordinator::{Coordinator, GetResult, PutResult, RepairReport};
 pub use error::{Error, Result};
 pub use hints::HintStore;
+pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};
 pub use replica::{Replica, ReplicaSettings, Siblings, Value};

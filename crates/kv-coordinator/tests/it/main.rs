@@ -749,3 +749,38 @@ async fn random_operations_under_random_faults_keep_the_history() {
         random_history(seed, 1_500).await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_what_happened() {
+    use kv_coordinator::Metrics;
+    let c = Cluster::new(5, Config::default());
+    let key = b"counted";
+    let replicas = c.replicas(key);
+    let node = c.node(replicas[0]);
+    node.put(key, b"a", b"", None).await.unwrap();
+    node.put(key, b"b", b"", None).await.unwrap(); // a concurrent sibling
+    let got = node.get(key, None).await.unwrap();
+    assert_eq!(got.values.len(), 2);
+    assert!(node.put(b"", b"x", b"", None).await.is_err());
+    // A stale replica, repaired by a read.
+    c.network.set_down(replicas[2], true);
+    node.put(key, b"c", &got.context, None).await.unwrap();
+    c.network.set_down(replicas[2], false);
+    node.get(key, Some(3)).await.unwrap();
+    let m = node.metrics();
+    assert_eq!(Metrics::get(&m.put.requests), 4);
+    assert_eq!(Metrics::get(&m.put.errors), 1);
+    assert_eq!(Metrics::get(&m.get.requests), 2);
+    assert_eq!(Metrics::get(&m.siblings_returned), 3);
+    assert_eq!(Metrics::get(&m.reads_with_siblings), 1);
+    assert!(Metrics::get(&m.read_repairs) >= 1);
+    let (_, _, observed) = m.put.latency.snapshot();
+    assert_eq!(observed, 4);
+    // Quorum failures are counted.
+    let small = Cluster::new(3, Config::default());
+    let n = small.node(small.replicas(key)[0]);
+    small.network.set_down(small.replicas(key)[1], true);
+    small.network.set_down(small.replicas(key)[2], true);
+    assert!(n.put(key, b"v", b"", None).await.is_err());
+    assert_eq!(Metrics::get(&n.metrics().quorum_failures), 1);
+}
