@@ -1,7 +1,9 @@
 //! The coordinator: quorum writes and reads over the replicas of a key.
 
 use kv_clock::VectorClock;
-use kv_core::{MembershipView, NodeId, Partitioner, StorageEngine, Transport};
+use kv_core::{
+    ClientOp, ClientReply, MembershipView, NodeId, Partitioner, StorageEngine, Transport,
+};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -40,6 +42,50 @@ impl std::ops::AddAssign for RepairReport {
         self.keys_pulled += other.keys_pulled;
         self.keys_pushed += other.keys_pushed;
         self.exchange_bytes += other.exchange_bytes;
+    }
+}
+
+/// The outcome of forwarding a request.
+enum Forwarded {
+    Reply(ClientReply),
+    /// The coordinator could not be reached and this node is a replica.
+    Unreachable,
+}
+
+/// A write's result from a forwarded reply.
+fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
+    match reply {
+        ClientReply::Written { context } => Ok(PutResult { context }),
+        ClientReply::Failed { invalid, message } => Err(Error::Forwarded {
+            node,
+            invalid,
+            message,
+        }),
+        ClientReply::Read { .. } => Err(Error::Forwarded {
+            node,
+            invalid: false,
+            message: "answered a write with a read".into(),
+        }),
+    }
+}
+
+/// Something that coordinates forwarded client requests (a node's
+/// coordinator, as seen by transports that deliver them).
+#[async_trait::async_trait]
+pub trait ClientHandler: Send + Sync {
+    /// Coordinates a forwarded request here.
+    async fn handle_forwarded(&self, op: ClientOp) -> ClientReply;
+}
+
+#[async_trait::async_trait]
+impl<E, T, P> ClientHandler for Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    async fn handle_forwarded(&self, op: ClientOp) -> ClientReply {
+        self.coordinate(op).await
     }
 }
 
@@ -145,7 +191,22 @@ where
         w: Option<usize>,
     ) -> Result<PutResult> {
         let started = Instant::now();
-        let result = self.put_inner(key, value, context, w).await;
+        let result = match self.route(key) {
+            Ok(Some(coordinator)) => {
+                let op = ClientOp::Put {
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
+                    context: context.to_vec(),
+                    w: w.map(|w| w as u32),
+                };
+                match self.forward(coordinator, op).await {
+                    Forwarded::Reply(reply) => written(coordinator, reply),
+                    Forwarded::Unreachable => self.put_inner(key, value, context, w).await,
+                }
+            }
+            Ok(None) => self.put_inner(key, value, context, w).await,
+            Err(e) => Err(e),
+        };
         self.metrics.put.observe(started.elapsed(), &result);
         self.count_quorum(&result);
         result
@@ -171,10 +232,116 @@ where
     /// Deletes `key`: a tombstone that supersedes what `context` covers.
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
         let started = Instant::now();
-        let result = self.write(key, None, context, w).await;
+        let result = match self.route(key) {
+            Ok(Some(coordinator)) => {
+                let op = ClientOp::Put {
+                    key: key.to_vec(),
+                    value: None,
+                    context: context.to_vec(),
+                    w: w.map(|w| w as u32),
+                };
+                match self.forward(coordinator, op).await {
+                    Forwarded::Reply(reply) => written(coordinator, reply),
+                    Forwarded::Unreachable => self.write(key, None, context, w).await,
+                }
+            }
+            Ok(None) => self.write(key, None, context, w).await,
+            Err(e) => Err(e),
+        };
         self.metrics.delete.observe(started.elapsed(), &result);
         self.count_quorum(&result);
         result
+    }
+
+    /// Where a request for `key` should be coordinated: `None` for here
+    /// (this node is the first healthy replica, or no replica is healthy),
+    /// or the node to forward it to.
+    fn route(&self, key: &[u8]) -> Result<Option<NodeId>> {
+        self.check_key(key)?;
+        let replicas = self.ring.preference_list(key, self.config.n)?;
+        let me = self.replica.id();
+        let first = replicas
+            .iter()
+            .copied()
+            .find(|&r| r == me || self.membership.is_alive(r));
+        Ok(first.filter(|&c| c != me))
+    }
+
+    /// Sends a request to its coordinator (one hop).
+    async fn forward(&self, coordinator: NodeId, op: ClientOp) -> Forwarded {
+        let me = self.replica.id();
+        let could_coordinate = {
+            let key = match &op {
+                ClientOp::Put { key, .. } | ClientOp::Get { key, .. } => key,
+            };
+            self.ring
+                .preference_list(key, self.config.n)
+                .is_ok_and(|r| r.contains(&me))
+        };
+        match tokio::time::timeout(
+            self.config.request_timeout,
+            self.transport.forward(coordinator, op),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => Forwarded::Reply(reply),
+            // The coordinator is unreachable: a replica coordinates itself.
+            _ if could_coordinate => Forwarded::Unreachable,
+            Ok(Err(e)) => Forwarded::Reply(ClientReply::Failed {
+                invalid: false,
+                message: e.to_string(),
+            }),
+            Err(_) => Forwarded::Reply(ClientReply::Failed {
+                invalid: false,
+                message: format!("{coordinator} did not answer in time"),
+            }),
+        }
+    }
+
+    /// Coordinates a request forwarded by another node: here, never
+    /// forwarded again (one hop, no loops).
+    pub async fn coordinate(&self, op: ClientOp) -> ClientReply {
+        let failed = |e: Error| ClientReply::Failed {
+            invalid: matches!(e, Error::InvalidInput(_) | Error::NotReplica(_)),
+            message: e.to_string(),
+        };
+        match op {
+            ClientOp::Put {
+                key,
+                value: Some(value),
+                context,
+                w,
+            } => {
+                let started = Instant::now();
+                let result = self
+                    .put_inner(&key, &value, &context, w.map(|w| w as usize))
+                    .await;
+                self.metrics.put.observe(started.elapsed(), &result);
+                result.map_or_else(failed, |r| ClientReply::Written { context: r.context })
+            }
+            ClientOp::Put {
+                key,
+                value: None,
+                context,
+                w,
+            } => {
+                let started = Instant::now();
+                let result = self
+                    .write(&key, None, &context, w.map(|w| w as usize))
+                    .await;
+                self.metrics.delete.observe(started.elapsed(), &result);
+                result.map_or_else(failed, |r| ClientReply::Written { context: r.context })
+            }
+            ClientOp::Get { key, r } => {
+                let started = Instant::now();
+                let result = self.get_inner(&key, r.map(|r| r as usize)).await;
+                self.metrics.get.observe(started.elapsed(), &result);
+                result.map_or_else(failed, |g| ClientReply::Read {
+                    values: g.values,
+                    context: g.context,
+                })
+            }
+        }
     }
 
     fn count_quorum<R>(&self, result: &Result<R>) {
@@ -426,7 +593,26 @@ where
     /// Reads `key` from R replicas (this one included) and merges them.
     pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
         let started = Instant::now();
-        let result = self.get_inner(key, r).await;
+        let result = match self.route(key) {
+            Ok(Some(coordinator)) => {
+                let op = ClientOp::Get {
+                    key: key.to_vec(),
+                    r: r.map(|r| r as u32),
+                };
+                match self.forward(coordinator, op).await {
+                    Forwarded::Reply(ClientReply::Read { values, context }) => {
+                        Ok(GetResult { values, context })
+                    }
+                    Forwarded::Reply(other) => written(coordinator, other).map(|_| GetResult {
+                        values: Vec::new(),
+                        context: Vec::new(),
+                    }),
+                    Forwarded::Unreachable => self.get_inner(key, r).await,
+                }
+            }
+            Ok(None) => self.get_inner(key, r).await,
+            Err(e) => Err(e),
+        };
         self.metrics.get.observe(started.elapsed(), &result);
         self.count_quorum(&result);
         if let Ok(got) = &result {

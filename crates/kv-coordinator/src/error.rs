@@ -48,6 +48,16 @@ pub enum Error {
     /// The ring cannot place the key.
     #[error("placement: {0}")]
     Placement(#[from] PartitionerError),
+    /// The key's coordinator, to which the request was forwarded, failed it.
+    #[error("coordinator {node} failed the request: {message}")]
+    Forwarded {
+        /// The coordinator.
+        node: NodeId,
+        /// Whether the request itself was invalid.
+        invalid: bool,
+        /// Its error.
+        message: String,
+    },
     /// A peer failed during anti-entropy or hint delivery.
     #[error("peer: {0}")]
     Peer(String),

@@ -14,8 +14,9 @@
 //!
 //! Built so far: quorum writes and reads, siblings, read repair, sloppy
 //! quorum with durable hinted handoff, Merkle anti-entropy (one tree per
-//! peer over the keys both replicate), input checks. Not yet: forwarding
-//! from non-replicas, tombstone collection.
+//! peer over the keys both replicate), input checks. Requests that reach a node other than the key's
+//! first healthy replica are forwarded to it (one hop). Not yet: tombstone
+//! collection.
 
 mod config;
 mod coordinator;
@@ -27,7 +28,7 @@ pub mod sim;
 mod trees;
 
 pub use config::Config;
-pub use coordinator::{Coordinator, GetResult, PutResult, RepairReport};
+pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairReport};
 pub use error::{Error, Result};
 pub use hints::HintStore;
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};

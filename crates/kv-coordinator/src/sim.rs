@@ -3,10 +3,14 @@
 //! probability and delay them (in tokio time, so tests can pause it).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use crate::coordinator::ClientHandler;
 use std::time::Duration;
 
-use kv_core::{MembershipView, NodeId, StorageEngine, Transport, TransportError};
+use kv_core::{
+    ClientOp, ClientReply, MembershipView, NodeId, StorageEngine, Transport, TransportError,
+};
 use parking_lot::Mutex;
 
 use crate::replica::Replica;
@@ -27,6 +31,7 @@ struct Faults {
 #[derive(Debug)]
 pub struct SimNetwork<E> {
     replicas: Mutex<HashMap<NodeId, Arc<Replica<E>>>>,
+    handlers: Mutex<HashMap<NodeId, Weak<dyn ClientHandler>>>,
     faults: Mutex<Faults>,
 }
 
@@ -35,6 +40,7 @@ impl<E> SimNetwork<E> {
     pub fn new(seed: u64) -> Arc<Self> {
         Arc::new(SimNetwork {
             replicas: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults {
                 rng: seed,
                 ..Faults::default()
@@ -45,6 +51,11 @@ impl<E> SimNetwork<E> {
     /// Adds (or replaces, after a restart) a node's replica.
     pub fn attach(&self, replica: Arc<Replica<E>>) {
         self.replicas.lock().insert(replica.id(), replica);
+    }
+
+    /// Registers the coordinator that handles requests forwarded to `node`.
+    pub fn attach_handler(&self, node: NodeId, handler: Weak<dyn ClientHandler>) {
+        self.handlers.lock().insert(node, handler);
     }
 
     /// Takes a node down (or brings it back).
@@ -211,5 +222,18 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
                 node: to,
                 message: e.to_string(),
             })
+    }
+
+    async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let handler = self
+            .network
+            .handlers
+            .lock()
+            .get(&to)
+            .and_then(Weak::upgrade)
+            .ok_or(TransportError::Unreachable(to))?;
+        Ok(handler.handle_forwarded(op).await)
     }
 }

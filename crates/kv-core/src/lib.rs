@@ -39,5 +39,5 @@ mod storage;
 pub use ids::{NodeId, Token};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
-pub use replication::{MembershipView, Transport, TransportError};
+pub use replication::{ClientOp, ClientReply, MembershipView, Transport, TransportError};
 pub use storage::{BatchOp, KvPair, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};

@@ -23,6 +23,53 @@ pub enum TransportError {
     },
 }
 
+/// A client request forwarded to the key's coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// A write (`value: None` is a delete).
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value, or `None` to delete.
+        value: Option<Vec<u8>>,
+        /// The client's context.
+        context: Vec<u8>,
+        /// Per-request W.
+        w: Option<u32>,
+    },
+    /// A read.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Per-request R.
+        r: Option<u32>,
+    },
+}
+
+/// The coordinator's answer to a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientReply {
+    /// A write succeeded; the new context.
+    Written {
+        /// Context of the new state.
+        context: Vec<u8>,
+    },
+    /// A read: the live values and the context.
+    Read {
+        /// Sibling values.
+        values: Vec<Vec<u8>>,
+        /// Context for the next write.
+        context: Vec<u8>,
+    },
+    /// The request failed at the coordinator.
+    Failed {
+        /// True when the request itself was invalid (retrying cannot help).
+        invalid: bool,
+        /// What went wrong.
+        message: String,
+    },
+}
+
 /// The replica operations a coordinator performs on a peer. States are
 /// encoded sibling sets (`kv_clock::DvvSet` bytes), opaque here.
 ///
@@ -42,6 +89,10 @@ pub trait Transport: Send + Sync {
 
     /// Reads `to`'s state of `key` (`None` if it holds none).
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError>;
+
+    /// Hands a client request to `to`, the key's coordinator; the receiver
+    /// coordinates it itself and never forwards it again.
+    async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError>;
 
     /// Anti-entropy: sends an encoded Merkle exchange request about the
     /// keys `to` shares with `from`; returns the encoded answer.

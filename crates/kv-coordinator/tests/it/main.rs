@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::sim::{SimNetwork, SimTransport};
-use kv_coordinator::{Config, Coordinator, Error, RepairReport, Replica, ReplicaSettings};
+use kv_coordinator::{
+    ClientHandler, Config, Coordinator, Error, RepairReport, Replica, ReplicaSettings,
+};
 use kv_core::{NodeId, Partitioner, StorageEngine};
 use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
@@ -25,7 +27,7 @@ struct Cluster {
     ring: Arc<ConsistentHashRing>,
     /// Each node's data and hint engines, kept across restarts.
     disks: Vec<(Engine, Engine)>,
-    nodes: Vec<Node>,
+    nodes: Vec<Arc<Node>>,
 }
 
 impl Cluster {
@@ -53,7 +55,7 @@ impl Cluster {
     }
 
     /// Starts node `id` on its disks (again, after a restart).
-    fn start(&self, id: NodeId) -> Node {
+    fn start(&self, id: NodeId) -> Arc<Node> {
         let (data, hints) = self.disks[(id.0 - 1) as usize].clone();
         let settings = ReplicaSettings {
             n: self.config.n,
@@ -64,14 +66,19 @@ impl Cluster {
             Arc::new(Replica::new(id, data, hints, &settings, self.ring.clone()).unwrap());
         self.network.attach(replica.clone());
         let transport = Arc::new(SimTransport::new(id, self.network.clone()));
-        Coordinator::new(
-            self.config.clone(),
-            replica,
-            transport,
-            self.ring.clone(),
-            self.network.clone(),
-        )
-        .unwrap()
+        let node = Arc::new(
+            Coordinator::new(
+                self.config.clone(),
+                replica,
+                transport,
+                self.ring.clone(),
+                self.network.clone(),
+            )
+            .unwrap(),
+        );
+        let handler: Arc<dyn ClientHandler> = node.clone();
+        self.network.attach_handler(id, Arc::downgrade(&handler));
+        node
     }
 
     /// Restarts node `id`: everything in memory is lost, its disks stay.
@@ -346,15 +353,6 @@ async fn bad_input_is_refused_and_writes_nothing() {
             "nothing written on {}",
             n.replica().id()
         );
-    }
-    // A node that does not replicate the key says which nodes do.
-    let outsider = (1..=5)
-        .map(NodeId)
-        .find(|id| !c.replicas(key).contains(id))
-        .unwrap();
-    match c.node(outsider).put(key, b"v", b"", None).await {
-        Err(Error::NotReplica(replicas)) => assert_eq!(replicas, c.replicas(key)),
-        other => panic!("expected NotReplica, got {other:?}"),
     }
     assert!(
         Coordinator::new(
@@ -783,4 +781,75 @@ async fn metrics_count_what_happened() {
     small.network.set_down(small.replicas(key)[2], true);
     assert!(n.put(key, b"v", b"", None).await.is_err());
     assert_eq!(Metrics::get(&n.metrics().quorum_failures), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_forwarded_to_the_first_healthy_replica() {
+    let c = Cluster::new(5, Config::default());
+    let key = b"routed";
+    let replicas = c.replicas(key);
+    let outsider = (1..=5)
+        .map(NodeId)
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    // Through a node that does not replicate the key.
+    c.node(outsider).put(key, b"v1", b"", None).await.unwrap();
+    assert_eq!(
+        c.stored(replicas[0], key),
+        vec![b"v1".to_vec()],
+        "coordinated by the first replica"
+    );
+    let got = c.node(outsider).get(key, None).await.unwrap();
+    assert_eq!(got.values, vec![b"v1".to_vec()]);
+    // Through the second replica: still coordinated by the first, so a
+    // write with the context read supersedes instead of making a sibling.
+    c.node(replicas[1])
+        .put(key, b"v2", &got.context, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.node(outsider).get(key, None).await.unwrap().values,
+        vec![b"v2".to_vec()]
+    );
+    let first_state = c.node(replicas[0]).replica().state(key).unwrap();
+    assert!(
+        first_state
+            .siblings()
+            .iter()
+            .all(|s| s.dot.actor == replicas[0]),
+        "every dot made by the coordinator"
+    );
+    // With the first replica down, the next healthy one coordinates.
+    c.network.set_down(replicas[0], true);
+    c.node(outsider).put(key, b"v3", b"", None).await.unwrap();
+    let second = c.node(replicas[1]).replica().state(key).unwrap();
+    assert!(
+        second
+            .siblings()
+            .iter()
+            .any(|s| s.dot.actor == replicas[1] && s.value.as_deref() == Some(&b"v3"[..]))
+    );
+    c.network.set_down(replicas[0], false);
+    // Invalid requests fail at the coordinator and say so.
+    match c.node(outsider).put(key, b"v", b"", Some(9)).await {
+        Err(Error::Forwarded {
+            node,
+            invalid: true,
+            ..
+        }) => assert_eq!(node, replicas[0]),
+        other => panic!("expected a forwarded invalid request, got {other:?}"),
+    }
+    // One hop: a forwarded request that reaches a non-replica is refused,
+    // not forwarded again.
+    let reply = c
+        .node(outsider)
+        .coordinate(kv_core::ClientOp::Get {
+            key: key.to_vec(),
+            r: None,
+        })
+        .await;
+    assert!(
+        matches!(reply, kv_core::ClientReply::Failed { invalid: true, .. }),
+        "{reply:?}"
+    );
 }
