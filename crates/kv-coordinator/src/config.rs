@@ -27,6 +27,10 @@ pub struct Config {
     pub sloppy_quorum: bool,
     /// Hints a node keeps for others at most (1,000,000).
     pub max_hints: usize,
+    /// A tombstone is collected no sooner than this after the delete, and
+    /// only once every replica holds it. Must exceed how long hints and
+    /// partitions can last (1 day).
+    pub tombstone_grace: Duration,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
             max_siblings: 10,
             sloppy_quorum: true,
             max_hints: 1_000_000,
+            tombstone_grace: Duration::from_secs(86_400),
         }
     }
 }

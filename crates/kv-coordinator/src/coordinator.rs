@@ -573,6 +573,72 @@ where
         Ok(report)
     }
 
+    /// Collects the tombstones of keys this node coordinates (it is their
+    /// first replica) that are older than the grace period at `now_secs`
+    /// (seconds since the Unix epoch) and that every replica holds,
+    /// byte for byte; keys with a hint pending here are left alone. Each
+    /// replica deletes only if its state is still that tombstone. Returns
+    /// (tombstones examined, keys collected).
+    pub async fn collect_tombstones(&self, now_secs: u64) -> Result<(usize, usize)> {
+        let me = self.replica.id();
+        let grace = self.config.tombstone_grace.as_secs();
+        let (mut examined, mut collected) = (0, 0);
+        for (key, bytes) in self.replica.scan_states()? {
+            let state = Siblings::from_bytes(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if state.is_empty() || state.values().any(Option::is_some) {
+                continue;
+            }
+            let replicas = self.ring.preference_list(&key, self.config.n)?;
+            if replicas.first() != Some(&me) {
+                continue;
+            }
+            examined += 1;
+            // The newest tombstone's time: its dot's entry in the context.
+            let newest = state
+                .siblings()
+                .iter()
+                .filter_map(|s| {
+                    state
+                        .context()
+                        .entries()
+                        .iter()
+                        .find(|e| e.actor == s.dot.actor)
+                        .map(|e| e.timestamp)
+                })
+                .max()
+                .unwrap_or(u64::MAX);
+            if now_secs.saturating_sub(newest) < grace || self.replica.hints().holds_key(&key)? {
+                continue;
+            }
+            let mut everywhere = true;
+            for &peer in replicas.iter().filter(|&&p| p != me) {
+                let theirs = tokio::time::timeout(
+                    self.config.request_timeout,
+                    self.transport.read(peer, key.clone()),
+                )
+                .await;
+                if !matches!(&theirs, Ok(Ok(Some(b))) if *b == bytes) {
+                    everywhere = false;
+                    break;
+                }
+            }
+            if !everywhere {
+                continue;
+            }
+            for &peer in replicas.iter().filter(|&&p| p != me) {
+                let _ = tokio::time::timeout(
+                    self.config.request_timeout,
+                    self.transport.reap(peer, key.clone(), bytes.clone()),
+                )
+                .await;
+            }
+            if self.replica.reap(&key, &bytes)? {
+                collected += 1;
+            }
+        }
+        Ok((examined, collected))
+    }
+
     /// One anti-entropy pass: an exchange with every live peer. Failures
     /// with one peer do not stop the others; they are returned with it.
     pub async fn anti_entropy_round(&self, fanout: usize) -> (RepairReport, Vec<Error>) {

@@ -91,6 +91,17 @@ impl<E: StorageEngine> HintStore<E> {
         Ok(())
     }
 
+    /// Whether a hint for `key` is pending, for any owner.
+    pub fn holds_key(&self, key: &[u8]) -> Result<bool> {
+        for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+            let (k, _) = item?;
+            if k.len() >= 8 && &k[8..] == key {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The owners with pending hints.
     pub fn owners(&self) -> Result<Vec<NodeId>> {
         let mut owners: Vec<NodeId> = Vec::new();

@@ -15,8 +15,8 @@
 //! Built so far: quorum writes and reads, siblings, read repair, sloppy
 //! quorum with durable hinted handoff, Merkle anti-entropy (one tree per
 //! peer over the keys both replicate), input checks. Requests that reach a node other than the key's
-//! first healthy replica are forwarded to it (one hop). Not yet: tombstone
-//! collection.
+//! first healthy replica are forwarded to it (one hop). Tombstones are collected once
+//! every replica holds them and a grace period has passed.
 
 mod config;
 mod coordinator;

@@ -154,6 +154,28 @@ impl<E: StorageEngine> Replica<E> {
         Ok(())
     }
 
+    /// Deletes `key` if its stored state is exactly `expected` (tombstone
+    /// collection; a write that arrived meanwhile keeps the key).
+    pub fn reap(&self, key: &[u8], expected: &[u8]) -> Result<bool> {
+        let _guard = self.locks[stripe(key)].lock();
+        let current = self.engine.get(key)?;
+        if current.as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        self.engine.delete(key)?;
+        self.track(key, Some(expected), None);
+        Ok(true)
+    }
+
+    /// The keys stored here, with their states (for maintenance passes).
+    pub fn scan_states(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
     /// Anti-entropy, responder side: answers an encoded exchange request
     /// from `peer` about the keys both replicate.
     pub fn answer_exchange(&self, peer: NodeId, request: &[u8]) -> Result<Vec<u8>> {

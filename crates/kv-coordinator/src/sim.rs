@@ -236,4 +236,21 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
             .ok_or(TransportError::Unreachable(to))?;
         Ok(handler.handle_forwarded(op).await)
     }
+
+    async fn reap(
+        &self,
+        to: NodeId,
+        key: Vec<u8>,
+        expected: Vec<u8>,
+    ) -> Result<bool, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        tokio::time::sleep(delay).await;
+        let replica = self.network.replica(to)?;
+        replica
+            .reap(&key, &expected)
+            .map_err(|e| TransportError::Remote {
+                node: to,
+                message: e.to_string(),
+            })
+    }
 }

@@ -94,6 +94,15 @@ pub trait Transport: Send + Sync {
     /// coordinates it itself and never forwards it again.
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError>;
 
+    /// Tombstone collection: asks `to` to delete `key` if its state is
+    /// still exactly `expected`; returns whether it did.
+    async fn reap(
+        &self,
+        to: NodeId,
+        key: Vec<u8>,
+        expected: Vec<u8>,
+    ) -> Result<bool, TransportError>;
+
     /// Anti-entropy: sends an encoded Merkle exchange request about the
     /// keys `to` shares with `from`; returns the encoded answer.
     async fn merkle_exchange(

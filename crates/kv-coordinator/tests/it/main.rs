@@ -736,8 +736,46 @@ async fn random_history(seed: u64, ops: usize) {
             String::from_utf8_lossy(key)
         );
     }
+    // Collect every tombstone past its grace period, then run repair
+    // again: no delete may come undone and no value may change.
+    let later = now_secs() + 2 * Config::default().tombstone_grace.as_secs();
+    let mut collected = 0;
+    for node in &c.nodes {
+        collected += node.collect_tombstones(later).await.unwrap().1;
+    }
+    for node in &c.nodes {
+        let (_, errors) = node.anti_entropy_round(64).await;
+        assert!(errors.is_empty(), "seed {seed}: {errors:?}");
+        node.deliver_hints(100_000).await.unwrap();
+    }
+    for key in &keys {
+        let states: Vec<_> = c
+            .replicas(key)
+            .iter()
+            .map(|&r| c.node(r).replica().state(key).unwrap())
+            .collect();
+        assert!(
+            states.windows(2).all(|w| w[0] == w[1]),
+            "seed {seed}: replicas of {key:?} differ after collection"
+        );
+        let present: BTreeSet<Vec<u8>> = states[0].values().flatten().cloned().collect();
+        let issued = contexts.get(key).cloned().unwrap_or_default();
+        let expected: BTreeSet<Vec<u8>> = written
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (actor, counter))| !issued.iter().any(|ctx| ctx.covers(*actor, *counter)))
+            .map(|(v, _)| v.clone())
+            .collect();
+        assert_eq!(
+            present,
+            expected,
+            "seed {seed}: key {:?} after collection",
+            String::from_utf8_lossy(key)
+        );
+    }
     println!(
-        "history check: seed {seed}, {ops} operations, {acked} writes acknowledged, {failed} failed their quorum, every key verified"
+        "history check: seed {seed}, {ops} operations, {acked} writes acknowledged, {failed} failed their quorum, every key verified, {collected} tombstones collected and nothing resurrected"
     );
 }
 
@@ -852,4 +890,88 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
         matches!(reply, kv_core::ClientReply::Failed { invalid: true, .. }),
         "{reply:?}"
     );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(start_paused = true)]
+async fn tombstones_are_collected_only_once_every_replica_holds_them() {
+    let c = Cluster::new(5, Config::default());
+    let key = b"tomb";
+    let replicas = c.replicas(key);
+    let coordinator = c.node(replicas[0]);
+    // The value reaches every replica; the delete misses one of them.
+    coordinator.put(key, b"v", b"", Some(3)).await.unwrap();
+    let read = coordinator.get(key, None).await.unwrap();
+    c.network.set_down(replicas[2], true);
+    coordinator.delete(key, &read.context, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.network.set_down(replicas[2], false);
+    assert_eq!(
+        c.stored(replicas[2], key),
+        vec![b"v".to_vec()],
+        "the stale replica still has the value"
+    );
+    let now = now_secs();
+    let after_grace = now + 2 * Config::default().tombstone_grace.as_secs();
+    // Within the grace period: never.
+    assert_eq!(coordinator.collect_tombstones(now).await.unwrap(), (1, 0));
+    // After it, but one replica lacks the tombstone: not yet.
+    assert_eq!(
+        coordinator.collect_tombstones(after_grace).await.unwrap(),
+        (1, 0)
+    );
+    // Reads and hints bring the tombstone everywhere; the value never
+    // comes back through them.
+    assert!(
+        coordinator
+            .get(key, Some(3))
+            .await
+            .unwrap()
+            .values
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for node in &c.nodes {
+        node.deliver_hints(100).await.unwrap();
+    }
+    assert!(
+        c.stored(replicas[2], key).is_empty(),
+        "the stale replica now holds the tombstone"
+    );
+    assert_eq!(c.hints_pending(), 0);
+    // Now every replica holds it: collected everywhere.
+    assert_eq!(
+        coordinator.collect_tombstones(after_grace).await.unwrap(),
+        (1, 1)
+    );
+    for &r in &replicas {
+        assert!(
+            c.node(r).replica().engine().get(key).unwrap().is_none(),
+            "collected on {r}"
+        );
+    }
+    // Nothing resurrects the key: anti-entropy, reads, hint delivery.
+    for node in &c.nodes {
+        let (_, errors) = node.anti_entropy_round(64).await;
+        assert!(errors.is_empty());
+        node.deliver_hints(100).await.unwrap();
+    }
+    assert!(
+        coordinator
+            .get(key, Some(3))
+            .await
+            .unwrap()
+            .values
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for &r in &replicas {
+        assert!(c.stored(r, key).is_empty(), "{r} holds no value");
+    }
 }
