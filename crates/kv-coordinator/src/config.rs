@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use kv_clock::PrunePolicy;
+
 use crate::error::{Error, Result};
 
 /// Replication settings (Dynamo's defaults).
@@ -31,6 +33,19 @@ pub struct Config {
     /// only once every replica holds it. Must exceed how long hints and
     /// partitions can last (1 day).
     pub tombstone_grace: Duration,
+    /// Wait for read repair before answering a read (false: repair after
+    /// the reply).
+    pub read_repair_blocking: bool,
+    /// Clock pruning applied by the coordinator on every write (Riak's
+    /// small/big/young/old).
+    pub prune: PrunePolicy,
+    /// Between anti-entropy exchanges of the maintenance task; each tick
+    /// exchanges with one peer, round robin (rate limit) (10 s).
+    pub anti_entropy_interval: Duration,
+    /// Nodes per message in anti-entropy exchanges (256).
+    pub anti_entropy_fanout: usize,
+    /// Between hint deliveries and tombstone collections (1 s).
+    pub maintenance_interval: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +61,11 @@ impl Default for Config {
             sloppy_quorum: true,
             max_hints: 1_000_000,
             tombstone_grace: Duration::from_secs(86_400),
+            read_repair_blocking: false,
+            prune: PrunePolicy::default(),
+            anti_entropy_interval: Duration::from_secs(10),
+            anti_entropy_fanout: 256,
+            maintenance_interval: Duration::from_secs(1),
         }
     }
 }
@@ -61,6 +81,17 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(Error::InvalidInput(
                 "request_timeout must be positive".into(),
+            ));
+        }
+        self.prune
+            .validate()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        if self.anti_entropy_interval.is_zero()
+            || self.maintenance_interval.is_zero()
+            || self.anti_entropy_fanout == 0
+        {
+            return Err(Error::InvalidInput(
+                "maintenance intervals and fan-out must be positive".into(),
             ));
         }
         if self.max_siblings == 0 {

@@ -45,6 +45,12 @@ impl std::ops::AddAssign for RepairReport {
     }
 }
 
+fn wall_clock_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The outcome of forwarding a request.
 enum Forwarded {
     Reply(ClientReply),
@@ -372,9 +378,13 @@ where
         };
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
-        let state = self
-            .replica
-            .coordinate(key, value, &context, self.config.max_siblings)?;
+        let state = self.replica.coordinate(
+            key,
+            value,
+            &context,
+            self.config.max_siblings,
+            &self.config.prune,
+        )?;
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.
@@ -639,6 +649,46 @@ where
         Ok((examined, collected))
     }
 
+    /// Starts the background maintenance of this node: every
+    /// `maintenance_interval` it delivers hints and collects tombstones;
+    /// every `anti_entropy_interval` it runs one anti-entropy exchange with
+    /// the next live peer, round robin (so repair traffic stays bounded).
+    /// The task ends when the coordinator is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let (tick, ae_every) = (
+            self.config.maintenance_interval,
+            self.config.anti_entropy_interval,
+        );
+        tokio::spawn(async move {
+            let mut next_ae = Instant::now() + ae_every;
+            let mut turn = 0usize;
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(this) = weak.upgrade() else { return };
+                let _ = this.deliver_hints(10_000).await;
+                let _ = this.collect_tombstones(wall_clock_secs()).await;
+                if Instant::now() >= next_ae {
+                    next_ae = Instant::now() + ae_every;
+                    let me = this.replica.id();
+                    let peers: Vec<NodeId> = this
+                        .ring
+                        .nodes()
+                        .into_iter()
+                        .filter(|&p| p != me && this.membership.is_alive(p))
+                        .collect();
+                    if !peers.is_empty() {
+                        let peer = peers[turn % peers.len()];
+                        turn = turn.wrapping_add(1);
+                        let _ = this
+                            .anti_entropy_with(peer, this.config.anti_entropy_fanout)
+                            .await;
+                    }
+                }
+            }
+        })
+    }
+
     /// One anti-entropy pass: an exchange with every live peer. Failures
     /// with one peer do not stop the others; they are returned with it.
     pub async fn anti_entropy_round(&self, fanout: usize) -> (RepairReport, Vec<Error>) {
@@ -747,17 +797,18 @@ where
         for (_, state) in &answers {
             merged.sync(state);
         }
-        self.read_repair(key, &merged, &answers);
+        self.read_repair(key, &merged, &answers).await;
         Ok(GetResult {
             values: merged.values().flatten().cloned().collect(),
             context: encode_context(&merged),
         })
     }
 
-    /// Sends the merged state to every replica that answered with less,
-    /// after the reply (in the background).
-    fn read_repair(&self, key: &[u8], merged: &Siblings, answers: &[(NodeId, Siblings)]) {
+    /// Sends the merged state to every replica that answered with less:
+    /// after the reply, or before it with `read_repair_blocking`.
+    async fn read_repair(&self, key: &[u8], merged: &Siblings, answers: &[(NodeId, Siblings)]) {
         let bytes = merged.to_bytes();
+        let mut pending = Vec::new();
         for (node, state) in answers {
             if state == merged {
                 continue;
@@ -769,9 +820,15 @@ where
             }
             let (transport, peer, key, bytes) =
                 (self.transport.clone(), *node, key.to_vec(), bytes.clone());
-            tokio::spawn(async move {
+            pending.push(tokio::spawn(async move {
                 let _ = transport.replicate(peer, key, bytes, None).await;
-            });
+            }));
+        }
+        if self.config.read_repair_blocking {
+            let deadline = Instant::now() + self.config.request_timeout;
+            for task in pending {
+                let _ = tokio::time::timeout_at(deadline, task).await;
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Replica<E> {
     trees: Trees,
     locks: Vec<Mutex<()>>,
     siblings_dropped: AtomicU64,
+    clock_entries_pruned: AtomicU64,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Debug for Replica<E> {
@@ -125,6 +126,7 @@ impl<E: StorageEngine> Replica<E> {
             trees: Trees::new(settings.merkle_leaves)?,
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             siblings_dropped: AtomicU64::new(0),
+            clock_entries_pruned: AtomicU64::new(0),
         };
         for item in replica.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
             let (key, state) = item?;
@@ -230,6 +232,11 @@ impl<E: StorageEngine> Replica<E> {
         &self.engine
     }
 
+    /// Clock entries removed by pruning since start.
+    pub fn clock_entries_pruned(&self) -> u64 {
+        self.clock_entries_pruned.load(Ordering::Relaxed)
+    }
+
     /// Siblings dropped by the sibling cap since start.
     pub fn siblings_dropped(&self) -> u64 {
         self.siblings_dropped.load(Ordering::Relaxed)
@@ -249,11 +256,16 @@ impl<E: StorageEngine> Replica<E> {
         value: Value,
         context: &VectorClock,
         max_siblings: usize,
+        prune: &kv_clock::PrunePolicy,
     ) -> Result<Siblings> {
         let _guard = self.locks[stripe(key)].lock();
         let before = self.engine.get(key)?;
         let mut state = decode(before.as_deref())?;
-        state.update(context, self.id, value, now_secs());
+        let now = now_secs();
+        state.update(context, self.id, value, now);
+        let pruned = state.prune(prune, now, self.id);
+        self.clock_entries_pruned
+            .fetch_add(pruned as u64, Ordering::Relaxed);
         let dropped = state.truncate_siblings(max_siblings);
         self.siblings_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);

@@ -892,6 +892,29 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
     );
 }
 
+trait PutContext {
+    async fn coordinate_put(&self, key: &[u8], value: &[u8], context: &[u8]) -> Vec<u8>;
+}
+
+impl PutContext for Node {
+    /// Writes here (as this node's own coordination) and returns the new
+    /// context.
+    async fn coordinate_put(&self, key: &[u8], value: &[u8], context: &[u8]) -> Vec<u8> {
+        match self
+            .coordinate(kv_core::ClientOp::Put {
+                key: key.to_vec(),
+                value: Some(value.to_vec()),
+                context: context.to_vec(),
+                w: None,
+            })
+            .await
+        {
+            kv_core::ClientReply::Written { context } => context,
+            other => panic!("write failed: {other:?}"),
+        }
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -973,5 +996,89 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     for &r in &replicas {
         assert!(c.stored(r, key).is_empty(), "{r} holds no value");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocking_read_repair_fixes_before_the_reply() {
+    let config = Config {
+        read_repair_blocking: true,
+        ..Config::default()
+    };
+    let c = Cluster::new(5, config);
+    let key = b"blocking";
+    let stale = c.replicas(key)[2];
+    c.network.set_down(stale, true);
+    c.coordinator(key)
+        .put(key, b"fresh", b"", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.network.set_down(stale, false);
+    c.coordinator(key).get(key, Some(3)).await.unwrap();
+    // No waiting: the repair happened before the answer.
+    assert_eq!(c.stored(stale, key), vec![b"fresh".to_vec()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clock_pruning_is_applied_and_counted() {
+    let config = Config {
+        prune: kv_clock::PrunePolicy {
+            small: 1,
+            big: 1,
+            young: Duration::ZERO,
+            old: Duration::ZERO,
+        },
+        ..Config::default()
+    };
+    let c = Cluster::new(5, config);
+    let key = b"pruned";
+    let replicas = c.replicas(key);
+    // Writes coordinated by two replicas, each resolving the last.
+    let mut context = Vec::new();
+    for round in 0..4 {
+        let node = c.node(replicas[round % 2]);
+        context = node.coordinate_put(key, b"v", &context).await;
+    }
+    let pruned: u64 = replicas
+        .iter()
+        .map(|&r| c.node(r).replica().clock_entries_pruned())
+        .sum();
+    assert!(pruned > 0, "old entries were pruned");
+    // The coordinator's own entry is never pruned: its counters only grow.
+    let state = c.node(replicas[1]).replica().state(key).unwrap();
+    assert!(state.context().get(replicas[1]) >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_delivers_hints_and_repairs_without_clients() {
+    let config = Config {
+        anti_entropy_interval: Duration::from_secs(1),
+        maintenance_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let c = Cluster::new(5, config);
+    let tasks: Vec<_> = c.nodes.iter().map(|n| n.spawn_maintenance()).collect();
+    let down = NodeId(2);
+    c.network.set_down(down, true);
+    let keys: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("m:{i}").into_bytes())
+        .filter(|k| c.replicas(k).contains(&down))
+        .collect();
+    for key in &keys {
+        c.healthy_coordinator(key)
+            .put(key, b"v", b"", None)
+            .await
+            .unwrap();
+    }
+    c.network.set_down(down, false);
+    // Simulated time passes; the maintenance tasks do the rest.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(c.hints_pending(), 0, "hints delivered by maintenance");
+    for key in &keys {
+        assert_eq!(c.stored(down, key), vec![b"v".to_vec()]);
+    }
+    for t in tasks {
+        t.abort();
     }
 }
