@@ -1,0 +1,26 @@
+//! The kv node: gRPC services over the coordinator and the LSM engine.
+//!
+//! The one crate that picks concrete types: [`LsmEngine`](kv_lsm::LsmEngine)
+//! for data and hints, [`GrpcTransport`] between nodes, the balanced ring.
+//! It serves the client service (`Kv`: get, put, delete with contexts and
+//! siblings) and the internal service on one address.
+//!
+//! Built so far: the services, the transport, node assembly. Not yet: the
+//! `kvd` and `kvctl` binaries, gossip-driven membership, joins and leaves,
+//! metrics over HTTP, the example cluster.
+
+mod node;
+mod service;
+mod status;
+mod transport;
+
+pub use node::{NodeConfig, NodeError, RunningNode, StaticMembership, start};
+pub use service::{Engine, InternalService, KvService, NodeCoordinator};
+pub use status::to_status;
+pub use transport::{GrpcTransport, MAX_MESSAGE_BYTES};
+
+/// Code generated from `proto/kv.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("kv.v1");
+}

@@ -1,0 +1,197 @@
+//! The gRPC services of a node.
+
+use std::sync::Arc;
+
+use kv_coordinator::Coordinator;
+use kv_core::{ClientOp, ClientReply, NodeId};
+use kv_lsm::LsmEngine;
+use kv_ring::ConsistentHashRing;
+use tonic::{Request, Response, Status};
+
+use crate::proto::internal_server::Internal;
+use crate::proto::kv_server::Kv;
+use crate::proto::{
+    Ack, BucketReply, BucketRequest, DeleteRequest, ForwardReply, ForwardRequest, GetReply,
+    GetRequest, KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadReply, ReadRequest,
+    ReapReply, ReapRequest, ReplicateRequest,
+};
+use crate::status::to_status;
+use crate::transport::GrpcTransport;
+
+/// The storage engine of a node (shared with its hint store's engine type).
+pub type Engine = Arc<LsmEngine>;
+
+/// A node's coordinator with the concrete types of the server.
+pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, ConsistentHashRing>;
+
+/// Runs a blocking engine call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+        .map_err(|e| to_status(&e))
+}
+
+fn quorum(n: u32) -> Option<usize> {
+    (n > 0).then_some(n as usize)
+}
+
+/// The client service: get, put, delete.
+#[derive(Clone)]
+pub struct KvService {
+    coordinator: Arc<NodeCoordinator>,
+}
+
+impl KvService {
+    /// The client service of a node.
+    pub fn new(coordinator: Arc<NodeCoordinator>) -> Self {
+        KvService { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let r = request.into_inner();
+        let got = self
+            .coordinator
+            .get(&r.key, quorum(r.r))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(GetReply {
+            values: got.values,
+            context: got.context,
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let r = request.into_inner();
+        let put = self
+            .coordinator
+            .put(&r.key, &r.value, &r.context, quorum(r.w))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(PutReply {
+            context: put.context,
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
+        let r = request.into_inner();
+        let put = self
+            .coordinator
+            .delete(&r.key, &r.context, quorum(r.w))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(PutReply {
+            context: put.context,
+        }))
+    }
+}
+
+/// The service nodes call on each other.
+#[derive(Clone)]
+pub struct InternalService {
+    coordinator: Arc<NodeCoordinator>,
+}
+
+impl InternalService {
+    /// The internal service of a node.
+    pub fn new(coordinator: Arc<NodeCoordinator>) -> Self {
+        InternalService { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl Internal for InternalService {
+    async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<Ack>, Status> {
+        let r = request.into_inner();
+        let replica = self.coordinator.replica().clone();
+        blocking(move || replica.receive(&r.key, &r.state, r.hint_for.map(NodeId))).await?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let key = request.into_inner().key;
+        let replica = self.coordinator.replica().clone();
+        let state = blocking(move || replica.state(&key)).await?;
+        let stored = !state.is_empty() || !state.context().is_empty();
+        Ok(Response::new(ReadReply {
+            state: stored.then(|| state.to_bytes()),
+        }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let r = request.into_inner();
+        let op = match r.put {
+            Some(put) => ClientOp::Put {
+                key: r.key,
+                value: put.value,
+                context: put.context,
+                w: (r.quorum > 0).then_some(r.quorum),
+            },
+            None => ClientOp::Get {
+                key: r.key,
+                r: (r.quorum > 0).then_some(r.quorum),
+            },
+        };
+        let reply = match self.coordinator.coordinate(op).await {
+            ClientReply::Written { context } => ForwardReply {
+                context,
+                ..ForwardReply::default()
+            },
+            ClientReply::Read { values, context } => ForwardReply {
+                values,
+                context,
+                read: true,
+                ..ForwardReply::default()
+            },
+            ClientReply::Failed { invalid, message } => ForwardReply {
+                error: Some(message),
+                invalid,
+                ..ForwardReply::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn merkle_exchange(
+        &self,
+        request: Request<MerkleRequest>,
+    ) -> Result<Response<MerkleReply>, Status> {
+        let r = request.into_inner();
+        let answer = self
+            .coordinator
+            .replica()
+            .answer_exchange(NodeId(r.from), &r.request)
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(MerkleReply { answer }))
+    }
+
+    async fn bucket_states(
+        &self,
+        request: Request<BucketRequest>,
+    ) -> Result<Response<BucketReply>, Status> {
+        let r = request.into_inner();
+        let replica = self.coordinator.replica().clone();
+        let states = blocking(move || replica.bucket_states(NodeId(r.from), &r.buckets)).await?;
+        Ok(Response::new(BucketReply {
+            states: states
+                .into_iter()
+                .map(|(key, state)| KeyState { key, state })
+                .collect(),
+        }))
+    }
+
+    async fn reap(&self, request: Request<ReapRequest>) -> Result<Response<ReapReply>, Status> {
+        let r = request.into_inner();
+        let replica = self.coordinator.replica().clone();
+        let reaped = blocking(move || replica.reap(&r.key, &r.expected)).await?;
+        Ok(Response::new(ReapReply { reaped }))
+    }
+}
