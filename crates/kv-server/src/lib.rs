@@ -9,11 +9,13 @@
 //! `kvd` and `kvctl` binaries, gossip-driven membership, joins and leaves,
 //! metrics over HTTP, the example cluster.
 
+mod config;
 mod node;
 mod service;
 mod status;
 mod transport;
 
+pub use config::{ConfigError, ServerConfig, parse_durability};
 pub use node::{NodeConfig, NodeError, RunningNode, StaticMembership, start};
 pub use service::{Engine, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;

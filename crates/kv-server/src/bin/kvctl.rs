@@ -1,0 +1,185 @@
+//! `kvctl`: talk to a kv node.
+//!
+//! ```text
+//! kvctl --node 127.0.0.1:7001 put <key> <value> [--context <hex>]
+//! kvctl --node 127.0.0.1:7001 get <key>
+//! kvctl --node 127.0.0.1:7001 delete <key> --context <hex>
+//! ```
+//! A put without a context on an existing key makes a concurrent sibling
+//! (as in Riak); send the context of a read to supersede what it saw.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kv_server::proto::kv_client::KvClient;
+use kv_server::proto::{DeleteRequest, GetRequest, PutRequest};
+
+#[derive(Debug, Parser)]
+#[command(name = "kvctl", about = "Talk to a kv node")]
+struct Args {
+    /// The node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    node: String,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a value.
+    Put {
+        key: String,
+        value: String,
+        /// Context from a previous get (hex); none makes a sibling of what exists.
+        #[arg(long, default_value = "")]
+        context: String,
+        /// Write quorum for this request.
+        #[arg(long)]
+        w: Option<u32>,
+    },
+    /// Read a key: its value or every sibling, and the context.
+    Get {
+        key: String,
+        /// Read quorum for this request.
+        #[arg(long)]
+        r: Option<u32>,
+    },
+    /// Delete a key (send the context of a read).
+    Delete {
+        key: String,
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long)]
+        w: Option<u32>,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err(format!("context {text:?} is not hex"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .map_err(|_| format!("context {text:?} is not hex"))
+        })
+        .collect()
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let url = format!("http://{}", args.node);
+    let mut client = KvClient::connect(url)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.node))?;
+    let fail = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    match args.command {
+        Command::Put {
+            key,
+            value,
+            context,
+            w,
+        } => {
+            let reply = client
+                .put(PutRequest {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    context: unhex(&context)?,
+                    w: w.unwrap_or(0),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "context": hex(&reply.context) })
+                );
+            } else {
+                println!("ok\ncontext: {}", hex(&reply.context));
+            }
+        }
+        Command::Delete { key, context, w } => {
+            let reply = client
+                .delete(DeleteRequest {
+                    key: key.into_bytes(),
+                    context: unhex(&context)?,
+                    w: w.unwrap_or(0),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "context": hex(&reply.context) })
+                );
+            } else {
+                println!("deleted\ncontext: {}", hex(&reply.context));
+            }
+        }
+        Command::Get { key, r } => {
+            let reply = client
+                .get(GetRequest {
+                    key: key.into_bytes(),
+                    r: r.unwrap_or(0),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let values: Vec<String> = reply
+                .values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "values": values, "context": hex(&reply.context) })
+                );
+            } else {
+                match values.len() {
+                    0 => println!("(not found)"),
+                    1 => println!("{}", values[0]),
+                    _ => {
+                        println!("{} siblings:", values.len());
+                        for (i, v) in values.iter().enumerate() {
+                            println!("  {}: {v}", i + 1);
+                        }
+                    }
+                }
+                println!("context: {}", hex(&reply.context));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("kvctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `kvd`: one node of the kv store.
+//!
+//! ```text
+//! kvd --config node.toml [--node-id 1] [--listen 127.0.0.1:7001] ...
+//! ```
+//! Flags override the file. Stops gracefully on Ctrl-C or SIGTERM: stops
+//! accepting, finishes in-flight requests, flushes.
+#![allow(clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kv_server::ServerConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "kvd", about = "A node of the kv store")]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address for the gRPC services.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A member, as id@host:port (repeat for each; this node included).
+    #[arg(long = "member")]
+    members: Vec<String>,
+    /// Virtual nodes per node.
+    #[arg(long)]
+    vnodes: Option<u32>,
+    /// Replicas per key.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Write quorum.
+    #[arg(long)]
+    w: Option<usize>,
+    /// Read quorum.
+    #[arg(long)]
+    r: Option<usize>,
+    /// Request timeout in milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// always, never or interval:<ms>.
+    #[arg(long)]
+    durability: Option<String>,
+    /// Hints kept for other nodes at most.
+    #[arg(long)]
+    max_hints: Option<usize>,
+    /// Between anti-entropy exchanges, in milliseconds.
+    #[arg(long)]
+    anti_entropy_interval_ms: Option<u64>,
+    /// Memtable size in MiB.
+    #[arg(long)]
+    memtable_mib: Option<usize>,
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            ServerConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    let flags = ServerConfig {
+        node_id: args.node_id,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        members: (!args.members.is_empty()).then_some(args.members),
+        vnodes: args.vnodes,
+        n: args.n,
+        w: args.w,
+        r: args.r,
+        request_timeout_ms: args.request_timeout_ms,
+        durability: args.durability,
+        max_hints: args.max_hints,
+        anti_entropy_interval_ms: args.anti_entropy_interval_ms,
+        memtable_mib: args.memtable_mib,
+    };
+    let (node, listen) = file
+        .overridden_by(flags)
+        .validate()
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let id = node.id;
+    let running = kv_server::start(node, listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    let maintenance = running.coordinator().spawn_maintenance();
+    eprintln!("kvd: node {id} serving on {}", running.addr);
+    wait_for_signal().await;
+    eprintln!("kvd: node {id} shutting down");
+    maintenance.abort();
+    running.shutdown().await?;
+    eprintln!("kvd: node {id} stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("kvd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The node's configuration file, flags, and their validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_core::NodeId;
+use kv_lsm::Durability;
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+
+/// A node's configuration, as read from TOML (every field optional in the
+/// file; flags override it).
+///
+/// ```toml
+/// node_id = 1
+/// listen = "127.0.0.1:7001"
+/// data_dir = "data/n1"
+/// members = ["1@127.0.0.1:7001", "2@127.0.0.1:7002", "3@127.0.0.1:7003"]
+/// n = 3
+/// w = 2
+/// r = 2
+/// durability = "always"        # or "never", or "interval:100" (ms)
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id.
+    pub node_id: Option<u64>,
+    /// Address the gRPC services listen on.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Every member as `id@host:port`, this node included.
+    pub members: Option<Vec<String>>,
+    /// Virtual nodes per node (150).
+    pub vnodes: Option<u32>,
+    /// Replicas per key (3).
+    pub n: Option<usize>,
+    /// Write quorum (2).
+    pub w: Option<usize>,
+    /// Read quorum (2).
+    pub r: Option<usize>,
+    /// Request timeout in milliseconds (200).
+    pub request_timeout_ms: Option<u64>,
+    /// `always`, `never` or `interval:<ms>` (always).
+    pub durability: Option<String>,
+    /// Hints kept for other nodes at most (1,000,000).
+    pub max_hints: Option<usize>,
+    /// Between anti-entropy exchanges, in milliseconds (10,000).
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Memtable size in MiB (64).
+    pub memtable_mib: Option<usize>,
+}
+
+/// Why a configuration was refused (each message names the setting).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+impl ServerConfig {
+    /// Parses a TOML file's contents.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| bad(e.to_string()))
+    }
+
+    /// `self` with every field `over` sets replaced.
+    pub fn overridden_by(self, over: ServerConfig) -> ServerConfig {
+        ServerConfig {
+            node_id: over.node_id.or(self.node_id),
+            listen: over.listen.or(self.listen),
+            data_dir: over.data_dir.or(self.data_dir),
+            members: over.members.or(self.members),
+            vnodes: over.vnodes.or(self.vnodes),
+            n: over.n.or(self.n),
+            w: over.w.or(self.w),
+            r: over.r.or(self.r),
+            request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
+            durability: over.durability.or(self.durability),
+            max_hints: over.max_hints.or(self.max_hints),
+            anti_entropy_interval_ms: over
+                .anti_entropy_interval_ms
+                .or(self.anti_entropy_interval_ms),
+            memtable_mib: over.memtable_mib.or(self.memtable_mib),
+        }
+    }
+
+    /// Checks everything and produces the node's settings and listen address.
+    pub fn validate(&self) -> Result<(NodeConfig, SocketAddr), ConfigError> {
+        let id = NodeId(self.node_id.ok_or_else(|| bad("node_id is required"))?);
+        let listen: SocketAddr = self
+            .listen
+            .as_deref()
+            .ok_or_else(|| bad("listen is required (for example 127.0.0.1:7001)"))?
+            .parse()
+            .map_err(|e| bad(format!("listen: {e}")))?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or_else(|| bad("data_dir is required"))?;
+        let members = self
+            .members
+            .as_ref()
+            .ok_or_else(|| bad("members is required (id@host:port for every node)"))?
+            .iter()
+            .map(|m| parse_member(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !members.iter().any(|(m, _)| *m == id) {
+            return Err(bad(format!("node_id {} is not among the members", id.0)));
+        }
+        let mut ids: Vec<u64> = members.iter().map(|(m, _)| m.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != members.len() {
+            return Err(bad("members lists a node id twice"));
+        }
+        let durability = parse_durability(self.durability.as_deref().unwrap_or("always"))?;
+        let mut coordinator = kv_coordinator::Config::default();
+        if let Some(n) = self.n {
+            coordinator.n = n;
+        }
+        if let Some(w) = self.w {
+            coordinator.w = w;
+        }
+        if let Some(r) = self.r {
+            coordinator.r = r;
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            coordinator.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(h) = self.max_hints {
+            coordinator.max_hints = h;
+        }
+        if let Some(ms) = self.anti_entropy_interval_ms {
+            coordinator.anti_entropy_interval = Duration::from_millis(ms);
+        }
+        coordinator.validate().map_err(|e| bad(e.to_string()))?;
+        let vnodes = self.vnodes.unwrap_or(150);
+        if vnodes == 0 {
+            return Err(bad("vnodes must be at least 1"));
+        }
+        let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
+        Ok((
+            NodeConfig {
+                id,
+                members: members
+                    .into_iter()
+                    .map(|(id, addr)| (id, addr.to_string()))
+                    .collect(),
+                data_dir,
+                coordinator,
+                durability,
+                vnodes,
+                memtable_bytes,
+            },
+            listen,
+        ))
+    }
+}
+
+fn parse_member(text: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
+    let (id, addr) = text
+        .split_once('@')
+        .ok_or_else(|| bad(format!("member {text:?} is not id@host:port")))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| bad(format!("member {text:?}: {id:?} is not a node id")))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| bad(format!("member {text:?}: {e}")))?;
+    Ok((NodeId(id), addr))
+}
+
+/// `always`, `never` or `interval:<ms>`.
+pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
+    match text {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => match other.strip_prefix("interval:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval(Duration::from_millis(ms))),
+            _ => Err(bad(format!(
+                "durability {other:?}: use always, never or interval:<ms>"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> ServerConfig {
+        ServerConfig::from_toml(
+            r#"
+node_id = 2
+listen = "127.0.0.1:7002"
+data_dir = "/tmp/x"
+members = ["1@127.0.0.1:7001", "2@127.0.0.1:7002", "3@127.0.0.1:7003"]
+w = 3
+durability = "interval:50"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_good_file_validates() {
+        let (node, listen) = good().validate().unwrap();
+        assert_eq!(node.id, NodeId(2));
+        assert_eq!(listen.port(), 7002);
+        assert_eq!(node.coordinator.w, 3);
+        assert_eq!(
+            node.durability,
+            Durability::Interval(Duration::from_millis(50))
+        );
+        assert_eq!(node.members.len(), 3);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let merged = good().overridden_by(ServerConfig {
+            w: Some(1),
+            ..ServerConfig::default()
+        });
+        assert_eq!(merged.validate().unwrap().0.coordinator.w, 1);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: Vec<(ServerConfig, &str)> = vec![
+            (
+                ServerConfig {
+                    node_id: Some(9),
+                    ..good()
+                },
+                "not among the members",
+            ),
+            (
+                ServerConfig {
+                    w: Some(4),
+                    ..good()
+                },
+                "w=4",
+            ),
+            (
+                ServerConfig {
+                    listen: Some("nowhere".into()),
+                    ..good()
+                },
+                "listen",
+            ),
+            (
+                ServerConfig {
+                    durability: Some("sometimes".into()),
+                    ..good()
+                },
+                "durability",
+            ),
+            (
+                ServerConfig {
+                    members: Some(vec!["x".into()]),
+                    ..good()
+                },
+                "id@host:port",
+            ),
+            (
+                ServerConfig {
+                    node_id: None,
+                    ..good()
+                },
+                "node_id is required",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+        assert!(
+            ServerConfig::from_toml("colour = 1")
+                .unwrap_err()
+                .to_string()
+                .contains("colour")
+        );
+    }
+}
