@@ -46,7 +46,7 @@ struct Args {
     /// Request timeout in milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
-    /// always, never or interval:<ms>.
+    /// `always`, `never` or `interval:<ms>`.
     #[arg(long)]
     durability: Option<String>,
     /// Hints kept for other nodes at most.
