@@ -1,5 +1,8 @@
-//! Three nodes on loopback, in one process, talking real gRPC.
+//! Nodes on loopback talking real gRPC: in one process, and as real
+//! `kvd` processes.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod process;
 
 use kv_core::NodeId;
 use kv_lsm::Durability;
