@@ -197,66 +197,63 @@ where
         w: Option<usize>,
     ) -> Result<PutResult> {
         let started = Instant::now();
-        let result = match self.route(key) {
-            Ok(Some(coordinator)) => {
-                let op = ClientOp::Put {
-                    key: key.to_vec(),
-                    value: Some(value.to_vec()),
-                    context: context.to_vec(),
-                    w: w.map(|w| w as u32),
-                };
-                match self.forward(coordinator, op).await {
-                    Forwarded::Reply(reply) => written(coordinator, reply),
-                    Forwarded::Unreachable => self.put_inner(key, value, context, w).await,
-                }
-            }
-            Ok(None) => self.put_inner(key, value, context, w).await,
-            Err(e) => Err(e),
-        };
+        let result = self.routed_write(key, Some(value), context, w).await;
         self.metrics.put.observe(started.elapsed(), &result);
         self.count_quorum(&result);
         result
     }
 
-    async fn put_inner(
+    /// Deletes `key`: a tombstone that supersedes what `context` covers.
+    pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
+        let started = Instant::now();
+        let result = self.routed_write(key, None, context, w).await;
+        self.metrics.delete.observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        result
+    }
+
+    /// A write (`None`: a delete) coordinated here, or forwarded to the
+    /// key's coordinator.
+    async fn routed_write(
         &self,
         key: &[u8],
-        value: &[u8],
+        value: Option<&[u8]>,
         context: &[u8],
         w: Option<usize>,
     ) -> Result<PutResult> {
-        if value.len() > self.config.max_value_bytes {
+        let Some(coordinator) = self.route(key)? else {
+            return self.local_write(key, value, context, w).await;
+        };
+        let op = ClientOp::Put {
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            context: context.to_vec(),
+            w: w.map(|w| w as u32),
+        };
+        match self.forward(coordinator, op).await {
+            Forwarded::Reply(reply) => written(coordinator, reply),
+            Forwarded::Unreachable => self.local_write(key, value, context, w).await,
+        }
+    }
+
+    /// A write coordinated by this node.
+    async fn local_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+    ) -> Result<PutResult> {
+        if let Some(value) = value
+            && value.len() > self.config.max_value_bytes
+        {
             return Err(Error::InvalidInput(format!(
                 "value of {} bytes exceeds the limit of {} bytes",
                 value.len(),
                 self.config.max_value_bytes
             )));
         }
-        self.write(key, Some(value.to_vec()), context, w).await
-    }
-
-    /// Deletes `key`: a tombstone that supersedes what `context` covers.
-    pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
-        let started = Instant::now();
-        let result = match self.route(key) {
-            Ok(Some(coordinator)) => {
-                let op = ClientOp::Put {
-                    key: key.to_vec(),
-                    value: None,
-                    context: context.to_vec(),
-                    w: w.map(|w| w as u32),
-                };
-                match self.forward(coordinator, op).await {
-                    Forwarded::Reply(reply) => written(coordinator, reply),
-                    Forwarded::Unreachable => self.write(key, None, context, w).await,
-                }
-            }
-            Ok(None) => self.write(key, None, context, w).await,
-            Err(e) => Err(e),
-        };
-        self.metrics.delete.observe(started.elapsed(), &result);
-        self.count_quorum(&result);
-        result
+        self.write(key, value.map(<[u8]>::to_vec), context, w).await
     }
 
     /// Where a request for `key` should be coordinated: `None` for here
@@ -320,7 +317,7 @@ where
             } => {
                 let started = Instant::now();
                 let result = self
-                    .put_inner(&key, &value, &context, w.map(|w| w as usize))
+                    .local_write(&key, Some(&value), &context, w.map(|w| w as usize))
                     .await;
                 self.metrics.put.observe(started.elapsed(), &result);
                 result.map_or_else(failed, |r| ClientReply::Written { context: r.context })
@@ -333,7 +330,7 @@ where
             } => {
                 let started = Instant::now();
                 let result = self
-                    .write(&key, None, &context, w.map(|w| w as usize))
+                    .local_write(&key, None, &context, w.map(|w| w as usize))
                     .await;
                 self.metrics.delete.observe(started.elapsed(), &result);
                 result.map_or_else(failed, |r| ClientReply::Written { context: r.context })

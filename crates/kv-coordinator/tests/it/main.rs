@@ -583,13 +583,55 @@ async fn anti_entropy_alone_converges_replicas_after_a_partition() {
     assert_eq!(with_siblings, both_sides);
 }
 
+/// Per key: every value written, with the dot that created it.
+type Written = Vec<(Vec<u8>, (NodeId, u64))>;
+
+/// Every key's replicas are identical and hold exactly the written values
+/// that no issued context covered.
+fn check_history(
+    c: &Cluster,
+    keys: &[Vec<u8>],
+    contexts: &std::collections::BTreeMap<Vec<u8>, Vec<kv_clock::VectorClock>>,
+    written: &std::collections::BTreeMap<Vec<u8>, Written>,
+    seed: u64,
+    stage: &str,
+) {
+    use std::collections::BTreeSet;
+    for key in keys {
+        let states: Vec<_> = c
+            .replicas(key)
+            .iter()
+            .map(|&r| c.node(r).replica().state(key).unwrap())
+            .collect();
+        assert!(
+            states.windows(2).all(|w| w[0] == w[1]),
+            "seed {seed}, {stage}: replicas of {key:?} differ"
+        );
+        let present: BTreeSet<Vec<u8>> = states[0].values().flatten().cloned().collect();
+        let issued = contexts.get(key).cloned().unwrap_or_default();
+        let expected: BTreeSet<Vec<u8>> = written
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (actor, counter))| !issued.iter().any(|ctx| ctx.covers(*actor, *counter)))
+            .map(|(v, _)| v.clone())
+            .collect();
+        assert_eq!(
+            present,
+            expected,
+            "seed {seed}, {stage}: key {:?}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
 /// Random operations under random faults, then a check of the whole
 /// history: after healing, delivering hints and anti-entropy, every key's
 /// replicas are equal and hold exactly the values written and not
 /// superseded by a write (or delete) whose context covered them. That is:
 /// no acknowledged write lost, no phantom value, no resurrected delete.
 async fn random_history(seed: u64, ops: usize) {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     use kv_clock::VectorClock;
 
@@ -607,7 +649,6 @@ async fn random_history(seed: u64, ops: usize) {
     };
     let keys: Vec<Vec<u8>> = (0..24).map(|i| format!("h:{i}").into_bytes()).collect();
     // Per key: every value written, with the dot that created it.
-    type Written = Vec<(Vec<u8>, (NodeId, u64))>;
     let mut written: BTreeMap<Vec<u8>, Written> = BTreeMap::new();
     // Per key: the contexts writes were issued with.
     let mut contexts: BTreeMap<Vec<u8>, Vec<VectorClock>> = BTreeMap::new();
@@ -710,32 +751,7 @@ async fn random_history(seed: u64, ops: usize) {
         }
         assert!(round < 5, "seed {seed}: anti-entropy did not converge");
     }
-    for key in &keys {
-        let states: Vec<_> = c
-            .replicas(key)
-            .iter()
-            .map(|&r| c.node(r).replica().state(key).unwrap())
-            .collect();
-        assert!(
-            states.windows(2).all(|w| w[0] == w[1]),
-            "seed {seed}: replicas of {key:?} differ"
-        );
-        let present: BTreeSet<Vec<u8>> = states[0].values().flatten().cloned().collect();
-        let issued = contexts.get(key).cloned().unwrap_or_default();
-        let expected: BTreeSet<Vec<u8>> = written
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter(|(_, (actor, counter))| !issued.iter().any(|ctx| ctx.covers(*actor, *counter)))
-            .map(|(v, _)| v.clone())
-            .collect();
-        assert_eq!(
-            present,
-            expected,
-            "seed {seed}: key {:?}",
-            String::from_utf8_lossy(key)
-        );
-    }
+    check_history(&c, &keys, &contexts, &written, seed, "after healing");
     // Collect every tombstone past its grace period, then run repair
     // again: no delete may come undone and no value may change.
     let later = now_secs() + 2 * Config::default().tombstone_grace.as_secs();
@@ -748,32 +764,7 @@ async fn random_history(seed: u64, ops: usize) {
         assert!(errors.is_empty(), "seed {seed}: {errors:?}");
         node.deliver_hints(100_000).await.unwrap();
     }
-    for key in &keys {
-        let states: Vec<_> = c
-            .replicas(key)
-            .iter()
-            .map(|&r| c.node(r).replica().state(key).unwrap())
-            .collect();
-        assert!(
-            states.windows(2).all(|w| w[0] == w[1]),
-            "seed {seed}: replicas of {key:?} differ after collection"
-        );
-        let present: BTreeSet<Vec<u8>> = states[0].values().flatten().cloned().collect();
-        let issued = contexts.get(key).cloned().unwrap_or_default();
-        let expected: BTreeSet<Vec<u8>> = written
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter(|(_, (actor, counter))| !issued.iter().any(|ctx| ctx.covers(*actor, *counter)))
-            .map(|(v, _)| v.clone())
-            .collect();
-        assert_eq!(
-            present,
-            expected,
-            "seed {seed}: key {:?} after collection",
-            String::from_utf8_lossy(key)
-        );
-    }
+    check_history(&c, &keys, &contexts, &written, seed, "after collection");
     println!(
         "history check: seed {seed}, {ops} operations, {acked} writes acknowledged, {failed} failed their quorum, every key verified, {collected} tombstones collected and nothing resurrected"
     );

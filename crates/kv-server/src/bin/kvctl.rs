@@ -58,6 +58,18 @@ enum Command {
     },
 }
 
+/// Prints the outcome of a write.
+fn written(json: bool, what: &str, context: &[u8]) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": true, "context": hex(context) })
+        );
+    } else {
+        println!("{what}\ncontext: {}", hex(context));
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
