@@ -110,14 +110,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": true, "context": hex(&reply.context) })
-                );
-            } else {
-                println!("ok\ncontext: {}", hex(&reply.context));
-            }
+            written(args.json, "ok", &reply.context);
         }
         Command::Delete { key, context, w } => {
             let reply = client
@@ -129,14 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": true, "context": hex(&reply.context) })
-                );
-            } else {
-                println!("deleted\ncontext: {}", hex(&reply.context));
-            }
+            written(args.json, "deleted", &reply.context);
         }
         Command::Get { key, r } => {
             let reply = client
