@@ -1,7 +1,8 @@
 //! A local cluster to talk to: `cargo run --release --example cluster`.
 //!
 //! Starts 3 nodes (`--nodes 5` for more) on 127.0.0.1, gRPC on ports 7001,
-//! 7002, ... (`--base-port` to move them), data in a temporary directory
+//! 7002, ... and HTTP (metrics, status) on 8001, 8002, ... (`--base-port`
+//! moves both), data in a temporary directory
 //! unless `--data-dir` names one, and runs until Ctrl-C (or for
 //! `--run-for <seconds>`). Talk to it with `kvctl`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -92,7 +93,12 @@ async fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("node {id}: {e}"))?;
         let maintenance = node.coordinator().spawn_maintenance();
-        nodes.push((node, maintenance));
+        let http_addr = format!("127.0.0.1:{}", u64::from(args.base_port) + 1000 + id.0 - 1);
+        let http_listener = tokio::net::TcpListener::bind(&http_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {http_addr} ({e}); try --base-port"))?;
+        let http = kv_server::http::serve(node.coordinator().clone(), http_listener);
+        nodes.push((node, maintenance, http));
     }
     println!(
         "kv cluster of {} nodes, data in {}",
@@ -100,7 +106,10 @@ async fn run(args: Args) -> Result<(), String> {
         data_dir.display()
     );
     for (id, addr) in &members {
-        println!("  {id}  grpc {addr}");
+        let http = u64::from(args.base_port) + 1000 + id.0 - 1;
+        println!(
+            "  {id}  grpc {addr}  metrics http://127.0.0.1:{http}/metrics  status http://127.0.0.1:{http}/"
+        );
     }
     let first = &addrs[0];
     println!();
@@ -129,8 +138,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     println!("stopping");
-    for (node, maintenance) in nodes {
+    for (node, maintenance, http) in nodes {
         maintenance.abort();
+        http.abort();
         node.shutdown().await?;
     }
     drop(temp);

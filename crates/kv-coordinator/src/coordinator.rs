@@ -155,6 +155,16 @@ where
         &self.metrics
     }
 
+    /// The ring this coordinator places keys with.
+    pub fn ring(&self) -> &Arc<P> {
+        &self.ring
+    }
+
+    /// Whether `node` is believed alive.
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.membership.is_alive(node)
+    }
+
     /// This node's replica.
     pub fn replica(&self) -> &Arc<Replica<E>> {
         &self.replica

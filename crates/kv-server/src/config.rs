@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub node_id: Option<u64>,
     /// Address the gRPC services listen on.
     pub listen: Option<String>,
+    /// Address for `/metrics` and the status page (none: no HTTP).
+    pub http: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Every member as `id@host:port`, this node included.
@@ -74,6 +76,7 @@ impl ServerConfig {
         ServerConfig {
             node_id: over.node_id.or(self.node_id),
             listen: over.listen.or(self.listen),
+            http: over.http.or(self.http),
             data_dir: over.data_dir.or(self.data_dir),
             members: over.members.or(self.members),
             vnodes: over.vnodes.or(self.vnodes),
@@ -88,6 +91,14 @@ impl ServerConfig {
                 .or(self.anti_entropy_interval_ms),
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
         }
+    }
+
+    /// The HTTP address, if one is set and valid.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.http
+            .as_deref()
+            .map(|a| a.parse().map_err(|e| bad(format!("http: {e}"))))
+            .transpose()
     }
 
     /// Checks everything and produces the node's settings and listen address.

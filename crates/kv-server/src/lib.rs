@@ -5,11 +5,12 @@
 //! It serves the client service (`Kv`: get, put, delete with contexts and
 //! siblings) and the internal service on one address.
 //!
-//! Built so far: the services, the transport, node assembly. Not yet: the
-//! `kvd` and `kvctl` binaries, gossip-driven membership, joins and leaves,
-//! metrics over HTTP, the example cluster.
+//! Built so far: the services, the transport, node assembly, `kvd`,
+//! `kvctl`, metrics and a status page over HTTP ([`http`]). Not yet:
+//! gossip-driven membership, joins and leaves.
 
 mod config;
+pub mod http;
 mod node;
 mod service;
 mod status;

@@ -25,6 +25,9 @@ struct Args {
     /// Address for the gRPC services.
     #[arg(long)]
     listen: Option<String>,
+    /// Address for /metrics and the status page.
+    #[arg(long)]
+    http: Option<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -72,6 +75,7 @@ async fn run(args: Args) -> Result<(), String> {
     let flags = ServerConfig {
         node_id: args.node_id,
         listen: args.listen,
+        http: args.http,
         data_dir: args.data_dir,
         members: (!args.members.is_empty()).then_some(args.members),
         vnodes: args.vnodes,
@@ -84,10 +88,9 @@ async fn run(args: Args) -> Result<(), String> {
         anti_entropy_interval_ms: args.anti_entropy_interval_ms,
         memtable_mib: args.memtable_mib,
     };
-    let (node, listen) = file
-        .overridden_by(flags)
-        .validate()
-        .map_err(|e| e.to_string())?;
+    let merged = file.overridden_by(flags);
+    let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
+    let http = merged.http_addr().map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -96,10 +99,26 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let maintenance = running.coordinator().spawn_maintenance();
+    let http_task = match http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("listen on {addr}: {e}"))?;
+            eprintln!("kvd: metrics and status on http://{addr}/");
+            Some(kv_server::http::serve(
+                running.coordinator().clone(),
+                listener,
+            ))
+        }
+        None => None,
+    };
     eprintln!("kvd: node {id} serving on {}", running.addr);
     wait_for_signal().await;
     eprintln!("kvd: node {id} shutting down");
     maintenance.abort();
+    if let Some(task) = http_task {
+        task.abort();
+    }
     running.shutdown().await?;
     eprintln!("kvd: node {id} stopped");
     Ok(())

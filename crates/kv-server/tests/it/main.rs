@@ -219,3 +219,64 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A plain HTTP GET (no client library needed).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = listener.local_addr().unwrap();
+    let http = kv_server::http::serve(nodes[0].coordinator().clone(), listener);
+    let mut c = client(&nodes[0]).await;
+    c.put(PutRequest {
+        key: b"m".to_vec(),
+        value: b"v".to_vec(),
+        context: vec![],
+        w: 0,
+    })
+    .await
+    .unwrap();
+    c.get(GetRequest {
+        key: b"m".to_vec(),
+        r: 0,
+    })
+    .await
+    .unwrap();
+    let _ = c
+        .put(PutRequest {
+            key: vec![],
+            value: b"v".to_vec(),
+            context: vec![],
+            w: 0,
+        })
+        .await;
+    let metrics = http_get(http_addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("text/plain; version=0.0.4"));
+    assert!(
+        metrics.contains("kv_requests_total{op=\"put\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kv_request_errors_total{op=\"put\"} 1"));
+    assert!(metrics.contains("kv_request_duration_seconds_count{op=\"get\"} 1"));
+    assert!(metrics.contains("kv_members{state=\"alive\"} 3"));
+    assert!(metrics.contains("kv_lsm_log_syncs_total"));
+    let status = http_get(http_addr, "/").await;
+    assert!(status.contains("<h1>kv node n1</h1>"), "{status}");
+    assert!(status.contains("(this node)"));
+    http.abort();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
