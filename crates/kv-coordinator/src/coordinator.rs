@@ -45,6 +45,17 @@ impl std::ops::AddAssign for RepairReport {
     }
 }
 
+/// Runs a call into the storage engine on tokio's blocking pool, so that
+/// engine work (an fsync under `Durability::Always`) never stalls the
+/// threads that serve requests.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Peer(format!("engine task failed: {e}")))?
+}
+
 fn wall_clock_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -385,13 +396,16 @@ where
         };
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
-        let state = self.replica.coordinate(
-            key,
-            value,
-            &context,
-            self.config.max_siblings,
-            &self.config.prune,
-        )?;
+        let state = {
+            let (replica, key, context, max, prune) = (
+                self.replica.clone(),
+                key.to_vec(),
+                context.clone(),
+                self.config.max_siblings,
+                self.config.prune.clone(),
+            );
+            off_runtime(move || replica.coordinate(&key, value, &context, max, &prune)).await?
+        };
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.
@@ -753,7 +767,10 @@ where
         self.config.check_quorum("r", r)?;
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
-        let local = self.replica.state(key)?;
+        let local = {
+            let (replica, key) = (self.replica.clone(), key.to_vec());
+            off_runtime(move || replica.state(&key)).await?
+        };
         let others: Vec<NodeId> = replicas
             .into_iter()
             .filter(|&n| n != self.replica.id())
@@ -822,7 +839,8 @@ where
             }
             Metrics::add(&self.metrics.read_repairs, 1);
             if *node == self.replica.id() {
-                let _ = self.replica.merge(key, merged);
+                let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());
+                let _ = off_runtime(move || replica.merge(&key, &merged)).await;
                 continue;
             }
             let (transport, peer, key, bytes) =
