@@ -500,12 +500,19 @@ where
     /// Returns how many were delivered.
     pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
         let mut delivered = 0;
-        let hints = self.replica.hints();
-        for owner in hints.owners()? {
+        let owners = {
+            let r = self.replica.clone();
+            off_runtime(move || r.hints().owners()).await?
+        };
+        for owner in owners {
             if !self.membership.is_alive(owner) {
                 continue;
             }
-            for (key, state) in hints.pending(owner, batch)? {
+            let pending = {
+                let r = self.replica.clone();
+                off_runtime(move || r.hints().pending(owner, batch)).await?
+            };
+            for (key, state) in pending {
                 let sent = tokio::time::timeout(
                     self.config.request_timeout,
                     self.transport
@@ -515,7 +522,8 @@ where
                 if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
-                if hints.delivered_one(owner, &key, &state)? {
+                let r = self.replica.clone();
+                if off_runtime(move || r.hints().delivered_one(owner, &key, &state)).await? {
                     delivered += 1;
                     Metrics::add(&self.metrics.hints_delivered, 1);
                 }
@@ -576,22 +584,30 @@ where
         .map_err(|e| peer_error(&e))?;
         let mut their_states = std::collections::BTreeMap::new();
         for (key, state) in theirs {
-            let before = self.replica.state(&key)?.to_bytes();
-            if self.replica.merge_bytes(&key, &state)?.to_bytes() != before {
+            let r = self.replica.clone();
+            let (k, st) = (key.clone(), state.clone());
+            let changed = off_runtime(move || {
+                let before = r.state(&k)?.to_bytes();
+                Ok(r.merge_bytes(&k, &st)?.to_bytes() != before)
+            })
+            .await?;
+            if changed {
                 Metrics::add(&self.metrics.keys_repaired, 1);
             }
             report.keys_pulled += 1;
             their_states.insert(key, state);
         }
         let mut keys: std::collections::BTreeSet<Vec<u8>> = their_states.keys().cloned().collect();
-        keys.extend(
-            self.replica
-                .bucket_states(peer, &buckets)?
-                .into_iter()
-                .map(|(k, _)| k),
-        );
+        let mine = {
+            let (r, b) = (self.replica.clone(), buckets.clone());
+            off_runtime(move || r.bucket_states(peer, &b)).await?
+        };
+        keys.extend(mine.into_iter().map(|(k, _)| k));
         for key in keys {
-            let ours = self.replica.state(&key)?.to_bytes();
+            let ours = {
+                let (r, k) = (self.replica.clone(), key.clone());
+                off_runtime(move || Ok(r.state(&k)?.to_bytes())).await?
+            };
             if their_states.get(&key) != Some(&ours) {
                 self.transport
                     .replicate(peer, key, ours, None)
@@ -614,7 +630,11 @@ where
         let me = self.replica.id();
         let grace = self.config.tombstone_grace.as_secs();
         let (mut examined, mut collected) = (0, 0);
-        for (key, bytes) in self.replica.scan_states()? {
+        let stored = {
+            let r = self.replica.clone();
+            off_runtime(move || r.scan_states()).await?
+        };
+        for (key, bytes) in stored {
             let state = Siblings::from_bytes(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
             if state.is_empty() || state.values().any(Option::is_some) {
                 continue;
@@ -638,7 +658,11 @@ where
                 })
                 .max()
                 .unwrap_or(u64::MAX);
-            if now_secs.saturating_sub(newest) < grace || self.replica.hints().holds_key(&key)? {
+            let hinted = {
+                let (r, k) = (self.replica.clone(), key.clone());
+                off_runtime(move || r.hints().holds_key(&k)).await?
+            };
+            if now_secs.saturating_sub(newest) < grace || hinted {
                 continue;
             }
             let mut everywhere = true;
@@ -663,7 +687,11 @@ where
                 )
                 .await;
             }
-            if self.replica.reap(&key, &bytes)? {
+            let reaped = {
+                let (r, k, b) = (self.replica.clone(), key.clone(), bytes.clone());
+                off_runtime(move || r.reap(&k, &b)).await?
+            };
+            if reaped {
                 collected += 1;
             }
         }
