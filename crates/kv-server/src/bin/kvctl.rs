@@ -9,6 +9,8 @@
 //! (as in Riak); send the context of a read to supersede what it saw.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -58,15 +60,15 @@ enum Command {
     },
 }
 
-/// Prints the outcome of a write.
-fn written(json: bool, what: &str, context: &[u8]) {
+/// Renders the outcome of a write.
+fn written(json: bool, what: &str, context: &[u8]) -> String {
     if json {
-        println!(
-            "{}",
+        format!(
+            "{}\n",
             serde_json::json!({ "ok": true, "context": hex(context) })
-        );
+        )
     } else {
-        println!("{what}\ncontext: {}", hex(context));
+        format!("{what}\ncontext: {}\n", hex(context))
     }
 }
 
@@ -87,13 +89,14 @@ fn unhex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// Runs one command and returns what it prints.
+async fn run(args: Args) -> Result<String, String> {
     let url = format!("http://{}", args.node);
     let mut client = KvClient::connect(url)
         .await
         .map_err(|e| format!("cannot reach {}: {e}", args.node))?;
     let fail = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
-    match args.command {
+    let output = match args.command {
         Command::Put {
             key,
             value,
@@ -110,7 +113,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            written(args.json, "ok", &reply.context);
+            written(args.json, "ok", &reply.context)
         }
         Command::Delete { key, context, w } => {
             let reply = client
@@ -122,7 +125,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            written(args.json, "deleted", &reply.context);
+            written(args.json, "deleted", &reply.context)
         }
         Command::Get { key, r } => {
             let reply = client
@@ -138,27 +141,29 @@ async fn run(args: Args) -> Result<(), String> {
                 .iter()
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect();
+            let mut out = String::new();
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "values": values, "context": hex(&reply.context) })
-                );
+                let json = serde_json::json!({ "values": values, "context": hex(&reply.context) });
+                let _ = writeln!(out, "{json}");
             } else {
                 match values.len() {
-                    0 => println!("(not found)"),
-                    1 => println!("{}", values[0]),
-                    _ => {
-                        println!("{} siblings:", values.len());
+                    0 => out.push_str("(not found)\n"),
+                    1 => {
+                        let _ = writeln!(out, "{}", values[0]);
+                    }
+                    n => {
+                        let _ = writeln!(out, "{n} siblings:");
                         for (i, v) in values.iter().enumerate() {
-                            println!("  {}: {v}", i + 1);
+                            let _ = writeln!(out, "  {}: {v}", i + 1);
                         }
                     }
                 }
-                println!("context: {}", hex(&reply.context));
+                let _ = writeln!(out, "context: {}", hex(&reply.context));
             }
+            out
         }
-    }
-    Ok(())
+    };
+    Ok(output)
 }
 
 fn main() -> ExitCode {
@@ -174,7 +179,22 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(output) => {
+            // A reader that stops early (`kvctl get k | head -1`) closes the
+            // pipe; that is not an error of ours.
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(output.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kvctl: writing the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Err(message) => {
             eprintln!("kvctl: {message}");
             ExitCode::FAILURE
