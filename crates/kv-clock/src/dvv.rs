@@ -296,11 +296,7 @@ impl<V: ValueCodec> DvvSet<V> {
     /// (dots ascending and unique, each covered by the context).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut reader = Reader::new(bytes);
-        let offset = reader.position();
-        let version = reader.u8("sibling set version")?;
-        if version != DVV_VERSION {
-            return Err(DecodeError::UnknownVersion { offset, version });
-        }
+        reader.version(DVV_VERSION, "sibling set version")?;
         let context = VectorClock::decode_from(&mut reader)?;
         let count = reader.count("sibling count", 3)?;
         let mut siblings: Vec<Sibling<V>> = Vec::with_capacity(count);

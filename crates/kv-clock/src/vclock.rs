@@ -361,11 +361,7 @@ impl VectorClock {
 
     /// Decodes one clock from `reader`, leaving it just past the clock.
     pub fn decode_from(reader: &mut Reader<'_>) -> Result<Self> {
-        let offset = reader.position();
-        let version = reader.u8("clock version")?;
-        if version != CLOCK_VERSION {
-            return Err(DecodeError::UnknownVersion { offset, version });
-        }
+        reader.version(CLOCK_VERSION, "clock version")?;
         let flags_at = reader.position();
         let flags = reader.u8("clock flags")?;
         if flags & !FLAG_TIMESTAMPS != 0 {

@@ -96,6 +96,16 @@ impl<'a> Reader<'a> {
         Ok(byte)
     }
 
+    /// Reads a format's version byte, refusing any version but `expected`.
+    pub fn version(&mut self, expected: u8, what: &'static str) -> Result<()> {
+        let offset = self.pos;
+        let version = self.u8(what)?;
+        if version != expected {
+            return Err(DecodeError::UnknownVersion { offset, version });
+        }
+        Ok(())
+    }
+
     /// Reads an unsigned LEB128 varint.
     pub fn varint(&mut self, what: &'static str) -> Result<u64> {
         let start = self.pos;
@@ -155,6 +165,26 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_accepts_only_the_expected_byte_and_reports_where() {
+        let mut r = Reader::new(&[7, 1]);
+        r.u8("pad").unwrap();
+        assert!(matches!(
+            r.version(2, "v"),
+            Err(DecodeError::UnknownVersion {
+                offset: 1,
+                version: 1
+            })
+        ));
+        let mut r = Reader::new(&[2]);
+        r.version(2, "v").unwrap();
+        assert_eq!(r.remaining(), 0);
+        assert!(matches!(
+            Reader::new(&[]).version(2, "v"),
+            Err(DecodeError::Truncated { offset: 0, .. })
+        ));
+    }
 
     #[test]
     fn varint_round_trips_at_the_edges() {

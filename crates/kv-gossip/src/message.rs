@@ -138,15 +138,7 @@ impl Message {
     /// Decodes a message; garbage gives an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
-        let at = r.position();
-        let version = r.u8("version")?;
-        if version != VERSION {
-            return Err(DecodeError::UnknownVersion {
-                offset: at,
-                version,
-            }
-            .into());
-        }
+        r.version(VERSION, "version")?;
         let kind_at = r.position();
         let kind = r.u8("kind")?;
         let from = NodeId(r.varint("sender")?);
