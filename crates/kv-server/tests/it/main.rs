@@ -7,7 +7,7 @@ mod process;
 use kv_core::NodeId;
 use kv_lsm::Durability;
 use kv_server::proto::kv_client::KvClient;
-use kv_server::proto::{DeleteRequest, GetRequest, PutRequest};
+use kv_server::proto::{DeleteRequest, GetReply, GetRequest, PutRequest};
 use kv_server::{NodeConfig, RunningNode, start};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -44,6 +44,31 @@ async fn client(node: &RunningNode) -> KvClient<Channel> {
         .unwrap()
 }
 
+/// A put at the default quorum; returns the new context.
+async fn put(c: &mut KvClient<Channel>, key: &[u8], value: &[u8], context: &[u8]) -> Vec<u8> {
+    c.put(PutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        context: context.to_vec(),
+        w: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .context
+}
+
+/// A get at the default quorum.
+async fn get(c: &mut KvClient<Channel>, key: &[u8]) -> GetReply {
+    c.get(GetRequest {
+        key: key.to_vec(),
+        r: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_get_through_every_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,101 +79,34 @@ async fn put_and_get_through_every_node() {
     }
     for i in 0..30u32 {
         let key = format!("key:{i}").into_bytes();
-        let via = &mut clients[i as usize % 3];
-        via.put(PutRequest {
-            key: key.clone(),
-            value: i.to_le_bytes().to_vec(),
-            context: vec![],
-            w: 0,
-        })
-        .await
-        .unwrap();
+        put(&mut clients[i as usize % 3], &key, &i.to_le_bytes(), b"").await;
         for c in clients.iter_mut() {
-            let got = c
-                .get(GetRequest {
-                    key: key.clone(),
-                    r: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let got = get(c, &key).await;
             assert_eq!(got.values, vec![i.to_le_bytes().to_vec()], "key {i}");
         }
     }
     // Concurrent writes with one context give siblings; the merged context
     // resolves them; a delete removes the key.
-    let key = b"cart".to_vec();
-    let c = &mut clients[0];
-    c.put(PutRequest {
-        key: key.clone(),
-        value: b"v0".to_vec(),
-        context: vec![],
-        w: 0,
-    })
-    .await
-    .unwrap();
-    let read = c
-        .get(GetRequest {
-            key: key.clone(),
-            r: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for v in [b"alice".to_vec(), b"bob".to_vec()] {
-        c.put(PutRequest {
-            key: key.clone(),
-            value: v,
-            context: read.context.clone(),
-            w: 0,
-        })
-        .await
-        .unwrap();
+    let key = b"cart";
+    put(&mut clients[0], key, b"v0", b"").await;
+    let read = get(&mut clients[0], key).await;
+    for v in [&b"alice"[..], b"bob"] {
+        put(&mut clients[0], key, v, &read.context).await;
     }
-    let both = clients[1]
-        .get(GetRequest {
-            key: key.clone(),
-            r: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let both = get(&mut clients[1], key).await;
     assert_eq!(both.values.len(), 2);
-    clients[2]
-        .put(PutRequest {
-            key: key.clone(),
-            value: b"merged".to_vec(),
-            context: both.context,
-            w: 0,
-        })
-        .await
-        .unwrap();
-    let merged = clients[0]
-        .get(GetRequest {
-            key: key.clone(),
-            r: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    put(&mut clients[2], key, b"merged", &both.context).await;
+    let merged = get(&mut clients[0], key).await;
     assert_eq!(merged.values, vec![b"merged".to_vec()]);
     clients[1]
         .delete(DeleteRequest {
-            key: key.clone(),
+            key: key.to_vec(),
             context: merged.context,
             w: 0,
         })
         .await
         .unwrap();
-    assert!(
-        clients[2]
-            .get(GetRequest { key, r: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .values
-            .is_empty()
-    );
+    assert!(get(&mut clients[2], key).await.values.is_empty());
     for n in nodes {
         n.shutdown().await.unwrap();
     }
@@ -198,22 +156,8 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let status = c.get(GetRequest { key: vec![], r: 0 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     // Still serving.
-    c.put(PutRequest {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
-        context: vec![],
-        w: 0,
-    })
-    .await
-    .unwrap();
-    let got = c
-        .get(GetRequest {
-            key: b"k".to_vec(),
-            r: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    put(&mut c, b"k", b"v", b"").await;
+    let got = get(&mut c, b"k").await;
     assert_eq!(got.values, vec![b"v".to_vec()]);
     for n in nodes {
         n.shutdown().await.unwrap();
@@ -239,20 +183,8 @@ async fn metrics_and_status_over_http() {
     let http_addr = listener.local_addr().unwrap();
     let http = kv_server::http::serve(nodes[0].coordinator().clone(), listener);
     let mut c = client(&nodes[0]).await;
-    c.put(PutRequest {
-        key: b"m".to_vec(),
-        value: b"v".to_vec(),
-        context: vec![],
-        w: 0,
-    })
-    .await
-    .unwrap();
-    c.get(GetRequest {
-        key: b"m".to_vec(),
-        r: 0,
-    })
-    .await
-    .unwrap();
+    put(&mut c, b"m", b"v", b"").await;
+    get(&mut c, b"m").await;
     let _ = c
         .put(PutRequest {
             key: vec![],
