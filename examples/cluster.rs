@@ -11,49 +11,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use kv::core::NodeId;
 use kv_server::{NodeConfig, start};
 
+#[derive(Debug, Parser)]
+#[command(name = "cluster", about = "A local kv cluster to talk to with kvctl")]
 struct Args {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     nodes: u64,
+    /// gRPC port of the first node (HTTP ports are 1000 higher).
+    #[arg(long, default_value_t = 7001)]
     base_port: u16,
+    /// Keep the data here (default: a temporary directory, removed at exit).
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    run_for: Option<Duration>,
-}
-
-const USAGE: &str =
-    "usage: cluster [--nodes N (3)] [--base-port P (7001)] [--data-dir DIR] [--run-for SECONDS]";
-
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        nodes: 3,
-        base_port: 7001,
-        data_dir: None,
-        run_for: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(USAGE.into());
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}\n{USAGE}");
-        match flag.as_str() {
-            "--nodes" => args.nodes = value.parse().map_err(|e| bad(&e))?,
-            "--base-port" => args.base_port = value.parse().map_err(|e| bad(&e))?,
-            "--data-dir" => args.data_dir = Some(value.into()),
-            "--run-for" => {
-                args.run_for = Some(Duration::from_secs(value.parse().map_err(|e| bad(&e))?))
-            }
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
-    if args.nodes == 0 || args.nodes > 50 {
-        return Err(format!("--nodes must be between 1 and 50\n{USAGE}"));
-    }
-    Ok(args)
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    run_for: Option<u64>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -76,19 +52,17 @@ async fn run(args: Args) -> Result<(), String> {
             format!("cannot listen on {addr} ({e}); is another cluster running? try --base-port")
         })?;
         let config = NodeConfig {
-            id: *id,
             members: members.clone(),
-            data_dir: data_dir.join(format!("n{}", id.0)),
             coordinator: kv_coordinator::Config {
                 n: 3.min(args.nodes as usize),
                 w: 2.min(args.nodes as usize),
                 r: 2.min(args.nodes as usize),
                 ..kv_coordinator::Config::default()
             },
-            durability: kv::lsm::Durability::Always,
-            vnodes: 150,
             memtable_bytes: 16 << 20,
-        };
+            ..NodeConfig::new(*id, data_dir.join(format!("n{}", id.0)))
+        }
+        .with_gossip_interval(Duration::from_millis(500));
         let node = start(config, listener)
             .await
             .map_err(|e| format!("node {id}: {e}"))?;
@@ -97,7 +71,11 @@ async fn run(args: Args) -> Result<(), String> {
         let http_listener = tokio::net::TcpListener::bind(&http_addr)
             .await
             .map_err(|e| format!("cannot listen on {http_addr} ({e}); try --base-port"))?;
-        let http = kv_server::http::serve(node.coordinator().clone(), http_listener);
+        let http = kv_server::http::serve(
+            node.coordinator().clone(),
+            node.cluster().clone(),
+            http_listener,
+        );
         nodes.push((node, maintenance, http));
     }
     println!(
@@ -126,11 +104,20 @@ async fn run(args: Args) -> Result<(), String> {
     println!(
         "  cargo run --release -p kv-server --bin kvctl -- --node {first} put user:1 carol --context <context from get>"
     );
+    println!("  cargo run --release -p kv-server --bin kvctl -- --node {first} status");
+    let next = u64::from(args.base_port) + args.nodes;
+    println!();
+    println!("add a node (it streams its ranges, then serves them):");
+    println!(
+        "  cargo run --release -p kv-server --bin kvd -- --node-id {} --listen 127.0.0.1:{next} \\\n      --data-dir /tmp/kv-n{} --seed {first} --join",
+        args.nodes + 1,
+        args.nodes + 1
+    );
     println!();
     match args.run_for {
-        Some(d) => {
-            println!("running for {} s", d.as_secs());
-            tokio::time::sleep(d).await;
+        Some(secs) => {
+            println!("running for {secs} s");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
         }
         None => {
             println!("press Ctrl-C to stop");
@@ -148,13 +135,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -104,19 +104,25 @@ impl<E: StorageEngine> HintStore<E> {
 
     /// The owners with pending hints.
     pub fn owners(&self) -> Result<Vec<NodeId>> {
-        let mut owners: Vec<NodeId> = Vec::new();
+        Ok(self.counts()?.into_iter().map(|(owner, _)| owner).collect())
+    }
+
+    /// How many hints are held for each owner, by owner id.
+    pub fn counts(&self) -> Result<Vec<(NodeId, u64)>> {
+        let mut counts: Vec<(NodeId, u64)> = Vec::new();
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
             let (k, _) = item?;
             if k.len() >= 8 {
                 let mut id = [0u8; 8];
                 id.copy_from_slice(&k[..8]);
                 let owner = NodeId(u64::from_be_bytes(id));
-                if owners.last() != Some(&owner) {
-                    owners.push(owner);
+                match counts.last_mut() {
+                    Some((last, n)) if *last == owner => *n += 1,
+                    _ => counts.push((owner, 1)),
                 }
             }
         }
-        Ok(owners)
+        Ok(counts)
     }
 
     /// Up to `limit` pending hints for `owner`: (key, encoded state).

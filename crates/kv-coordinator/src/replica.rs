@@ -128,19 +128,47 @@ impl<E: StorageEngine> Replica<E> {
             siblings_dropped: AtomicU64::new(0),
             clock_entries_pruned: AtomicU64::new(0),
         };
-        for item in replica.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
-            let (key, state) = item?;
-            replica.track(&key, None, Some(&state));
-        }
+        replica.fill_trees()?;
         Ok(replica)
     }
 
-    /// The other replicas of `key` (whose trees it belongs to).
-    fn peers(&self, key: &[u8]) -> Vec<NodeId> {
+    fn fill_trees(&self) -> Result<()> {
+        for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+            let (key, state) = item?;
+            self.track(&key, None, Some(&state));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the anti-entropy trees from the stored keys, for a ring
+    /// that changed (which keys each peer shares with this node changes
+    /// with it). Call it after the partitioner answers with the new ring.
+    /// Writes wait while it runs: every key lock is held, so no change is
+    /// counted twice or missed.
+    pub fn rebuild_trees(&self) -> Result<()> {
+        let _guards: Vec<_> = self.locks.iter().map(|l| l.lock()).collect();
+        self.trees.clear();
+        self.fill_trees()
+    }
+
+    /// Whether this node is one of `key`'s replicas under the current ring.
+    pub fn replicates(&self, key: &[u8]) -> bool {
         self.ring
             .preference_list(key, self.n)
-            .map(|list| list.into_iter().filter(|&p| p != self.id).collect())
-            .unwrap_or_default()
+            .is_ok_and(|list| list.contains(&self.id))
+    }
+
+    /// The other replicas of `key` (whose trees it belongs to). None when
+    /// this node is not a replica of `key` (a key left behind by a ring
+    /// change): such a key is in no tree, so it never shows as a
+    /// difference between true replicas.
+    fn peers(&self, key: &[u8]) -> Vec<NodeId> {
+        match self.ring.preference_list(key, self.n) {
+            Ok(list) if list.contains(&self.id) => {
+                list.into_iter().filter(|&p| p != self.id).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Updates the trees for a change of `key` from `old` to `new` state.
@@ -176,6 +204,36 @@ impl<E: StorageEngine> Replica<E> {
             out.push(item?);
         }
         Ok(out)
+    }
+
+    /// One page of range streaming (joins and leaves): the stored keys
+    /// after `after` (from the first key when `None`), in key order, whose
+    /// token falls in one of `ranges`; at most `limit` keys or about
+    /// `max_bytes` of states. Returns the page and the key to continue
+    /// after, `None` when the scan reached the end.
+    #[allow(clippy::type_complexity)]
+    pub fn range_page(
+        &self,
+        ranges: &[kv_core::TokenRange],
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.engine.scan(start, Bound::Unbounded)? {
+            let (key, state) = item?;
+            let token = self.ring.token(&key);
+            if ranges.iter().any(|r| r.contains(token)) {
+                bytes += key.len() + state.len();
+                out.push((key.clone(), state));
+                if out.len() >= limit.max(1) || bytes >= max_bytes {
+                    return Ok((out, Some(key)));
+                }
+            }
+        }
+        Ok((out, None))
     }
 
     /// Anti-entropy, responder side: answers an encoded exchange request

@@ -56,6 +56,11 @@ impl Trees {
         }
     }
 
+    /// Forgets every tree.
+    pub(crate) fn clear(&self) {
+        self.by_peer.lock().clear();
+    }
+
     /// Runs `f` on the tree for `peer` (an empty one if none yet).
     pub(crate) fn with<R>(&self, peer: NodeId, f: impl FnOnce(&MerkleTree) -> R) -> R {
         let mut trees = self.by_peer.lock();

@@ -18,6 +18,9 @@ use crate::node::NodeConfig;
 /// listen = "127.0.0.1:7001"
 /// data_dir = "data/n1"
 /// members = ["1@127.0.0.1:7001", "2@127.0.0.1:7002", "3@127.0.0.1:7003"]
+/// # a node joining later lists seeds instead, and joins the ring:
+/// # seeds = ["127.0.0.1:7001"]
+/// # join = true
 /// n = 3
 /// w = 2
 /// r = 2
@@ -34,8 +37,23 @@ pub struct ServerConfig {
     pub http: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
-    /// Every member as `id@host:port`, this node included.
+    /// The initial ring's members as `id@host:port` (used on the first
+    /// start of a cluster; later the ring lives in the data directory).
     pub members: Option<Vec<String>>,
+    /// Addresses (`host:port`) of running nodes to join gossip through.
+    pub seeds: Option<Vec<String>>,
+    /// The address peers reach this node at (default: `listen`).
+    pub advertise: Option<String>,
+    /// Failure domain (rack, zone) of this node.
+    pub zone: Option<String>,
+    /// Relative capacity of this node (1).
+    pub weight: Option<u32>,
+    /// Join the ring at start if this node is not in it (false).
+    pub join: Option<bool>,
+    /// Gossip probe interval in milliseconds (1,000).
+    pub gossip_interval_ms: Option<u64>,
+    /// How often a peer is asked for a newer ring, in milliseconds (2,000).
+    pub ring_sync_ms: Option<u64>,
     /// Virtual nodes per node (150).
     pub vnodes: Option<u32>,
     /// Replicas per key (3).
@@ -54,6 +72,8 @@ pub struct ServerConfig {
     pub anti_entropy_interval_ms: Option<u64>,
     /// Memtable size in MiB (64).
     pub memtable_mib: Option<usize>,
+    /// Log filter, as `info` or `warn,kv_server=debug`; `RUST_LOG` wins.
+    pub log: Option<String>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -79,6 +99,13 @@ impl ServerConfig {
             http: over.http.or(self.http),
             data_dir: over.data_dir.or(self.data_dir),
             members: over.members.or(self.members),
+            seeds: over.seeds.or(self.seeds),
+            advertise: over.advertise.or(self.advertise),
+            zone: over.zone.or(self.zone),
+            weight: over.weight.or(self.weight),
+            join: over.join.or(self.join),
+            gossip_interval_ms: over.gossip_interval_ms.or(self.gossip_interval_ms),
+            ring_sync_ms: over.ring_sync_ms.or(self.ring_sync_ms),
             vnodes: over.vnodes.or(self.vnodes),
             n: over.n.or(self.n),
             w: over.w.or(self.w),
@@ -90,6 +117,7 @@ impl ServerConfig {
                 .anti_entropy_interval_ms
                 .or(self.anti_entropy_interval_ms),
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
+            log: over.log.or(self.log),
         }
     }
 
@@ -116,19 +144,66 @@ impl ServerConfig {
             .ok_or_else(|| bad("data_dir is required"))?;
         let members = self
             .members
-            .as_ref()
-            .ok_or_else(|| bad("members is required (id@host:port for every node)"))?
+            .as_deref()
+            .unwrap_or_default()
             .iter()
             .map(|m| parse_member(m))
             .collect::<Result<Vec<_>, _>>()?;
-        if !members.iter().any(|(m, _)| *m == id) {
-            return Err(bad(format!("node_id {} is not among the members", id.0)));
-        }
         let mut ids: Vec<u64> = members.iter().map(|(m, _)| m.0).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.len() != members.len() {
             return Err(bad("members lists a node id twice"));
+        }
+        let seeds = self.seeds.clone().unwrap_or_default();
+        for seed in &seeds {
+            seed.parse::<SocketAddr>()
+                .map_err(|e| bad(format!("seed {seed:?}: {e}")))?;
+        }
+        if members.is_empty() && seeds.is_empty() {
+            return Err(bad(
+                "give members (id@host:port, the initial ring) or seeds (host:port of running nodes)",
+            ));
+        }
+        if let Some((_, addr)) = members.iter().find(|(m, _)| *m == id)
+            && self.advertise.is_none()
+            && *addr != listen
+            && !listen.ip().is_unspecified()
+        {
+            return Err(bad(format!(
+                "node {} is listed at {addr} in members but listens on {listen}",
+                id.0
+            )));
+        }
+        let advertise = match &self.advertise {
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|e| bad(format!("advertise: {e}")))?
+                    .to_string(),
+            ),
+            None if listen.ip().is_unspecified() => {
+                return Err(bad(format!(
+                    "listen {listen} is not an address peers can reach: set advertise"
+                )));
+            }
+            None => None,
+        };
+        let weight = self.weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(bad("weight must be at least 1"));
+        }
+        let mut node = NodeConfig::new(id, data_dir);
+        if let Some(ms) = self.gossip_interval_ms {
+            if ms < 10 {
+                return Err(bad("gossip_interval_ms must be at least 10"));
+            }
+            node = node.with_gossip_interval(Duration::from_millis(ms));
+        }
+        node.gossip
+            .validate()
+            .map_err(|e| bad(format!("gossip: {e}")))?;
+        if let Some(ms) = self.ring_sync_ms {
+            node.ring_sync = Duration::from_millis(ms.max(10));
         }
         let durability = parse_durability(self.durability.as_deref().unwrap_or("always"))?;
         let mut coordinator = kv_coordinator::Config::default();
@@ -158,16 +233,20 @@ impl ServerConfig {
         let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
         Ok((
             NodeConfig {
-                id,
                 members: members
                     .into_iter()
                     .map(|(id, addr)| (id, addr.to_string()))
                     .collect(),
-                data_dir,
+                seeds,
+                advertise,
+                zone: self.zone.clone(),
+                weight,
+                join: self.join.unwrap_or(false),
                 coordinator,
                 durability,
                 vnodes,
                 memtable_bytes,
+                ..node
             },
             listen,
         ))
@@ -246,10 +325,38 @@ durability = "interval:50"
         let cases: Vec<(ServerConfig, &str)> = vec![
             (
                 ServerConfig {
-                    node_id: Some(9),
+                    members: None,
                     ..good()
                 },
-                "not among the members",
+                "give members",
+            ),
+            (
+                ServerConfig {
+                    listen: Some("127.0.0.1:7005".into()),
+                    ..good()
+                },
+                "listed at 127.0.0.1:7002",
+            ),
+            (
+                ServerConfig {
+                    seeds: Some(vec!["here".into()]),
+                    ..good()
+                },
+                "seed \"here\"",
+            ),
+            (
+                ServerConfig {
+                    weight: Some(0),
+                    ..good()
+                },
+                "weight",
+            ),
+            (
+                ServerConfig {
+                    listen: Some("0.0.0.0:7002".into()),
+                    ..good()
+                },
+                "set advertise",
             ),
             (
                 ServerConfig {

@@ -8,10 +8,10 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use kv_coordinator::{Histogram, Metrics, OpMetrics};
-use kv_core::Partitioner;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Cluster;
 use crate::service::NodeCoordinator;
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -53,7 +53,7 @@ fn histogram(out: &mut String, op: &str, h: &Histogram) {
 }
 
 /// The Prometheus text exposition of a node.
-pub fn render_metrics(coordinator: &NodeCoordinator) -> String {
+pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> String {
     let m = coordinator.metrics();
     let mut out = String::with_capacity(8 << 10);
     let ops: [(&str, &OpMetrics); 3] = [("get", &m.get), ("put", &m.put), ("delete", &m.delete)];
@@ -192,55 +192,83 @@ pub fn render_metrics(coordinator: &NodeCoordinator) -> String {
         "Commit-log fsyncs.",
         stats.log_syncs,
     );
-    let members = coordinator.ring().nodes();
-    let alive = members.iter().filter(|&&n| coordinator.is_alive(n)).count();
-    out.push_str("# HELP kv_members Members by state.\n# TYPE kv_members gauge\n");
-    let _ = writeln!(out, "kv_members{{state=\"alive\"}} {alive}");
-    let _ = writeln!(
-        out,
-        "kv_members{{state=\"down\"}} {}",
-        members.len() - alive
+    let status = cluster.status().ok();
+    let members = status
+        .as_ref()
+        .map(|s| s.members.as_slice())
+        .unwrap_or_default();
+    out.push_str(
+        "# HELP kv_members Members by state (as gossip reports them).\n# TYPE kv_members gauge\n",
+    );
+    for state in ["alive", "suspect", "dead", "left", "unknown"] {
+        let count = members.iter().filter(|m| m.state == state).count();
+        let _ = writeln!(out, "kv_members{{state=\"{state}\"}} {count}");
+    }
+    gauge(
+        &mut out,
+        "kv_ring_epoch",
+        "Epoch of the ring this node holds.",
+        cluster.epoch(),
+    );
+    gauge(
+        &mut out,
+        "kv_ring_members",
+        "Nodes that own ranges.",
+        members.iter().filter(|m| m.in_ring).count() as u64,
+    );
+    counter(
+        &mut out,
+        "kv_handoff_keys_total",
+        "Keys handed to their new replicas after a ring change.",
+        cluster.handed_off(),
     );
     out
 }
 
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The status page: members, ring ownership, hints, anti-entropy figures.
-pub fn render_status(coordinator: &NodeCoordinator) -> String {
+pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String {
     let me = coordinator.replica().id();
-    let ownership = coordinator.ring().ownership();
-    let replicated = coordinator
-        .ring()
-        .replicated_ownership(coordinator.config().n)
-        .unwrap_or_default();
+    let ring = coordinator.ring().current();
+    let primary = ring.ownership();
     let m = coordinator.metrics();
     let mut rows = String::new();
-    for node in coordinator.ring().nodes() {
+    let status = cluster.status().ok();
+    for member in status.iter().flat_map(|s| &s.members) {
+        let node = kv_core::NodeId(member.id);
         let _ = write!(
             rows,
-            "<tr><td>{node}{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
+            "<tr><td>{node}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
             if node == me { " (this node)" } else { "" },
-            if coordinator.is_alive(node) {
-                "alive"
-            } else {
-                "down"
-            },
-            ownership.get(&node).copied().unwrap_or(0.0) * 100.0,
-            replicated.get(&node).copied().unwrap_or(0.0) * 100.0,
+            escape(&member.addr),
+            escape(&member.state),
+            escape(member.zone.as_deref().unwrap_or("-")),
+            primary.get(&node).copied().unwrap_or(0.0) * 100.0,
+            member.owned * 100.0,
         );
     }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kv node {me}</title></head><body>\
          <h1>kv node {me}</h1>\
-         <h2>Members</h2><table border=\"1\"><tr><th>node</th><th>state</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
+         <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
          <h2>Hints</h2><p>{} pending, {} stored, {} delivered</p>\
-         <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs</p>\
+         <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <h2>Requests</h2><p>{} gets, {} puts, {} deletes, {} quorum failures</p>\
          <p><a href=\"/metrics\">metrics</a></p></body></html>",
+        cluster.epoch(),
+        coordinator.config().n,
         coordinator.replica().hints().len(),
         coordinator.replica().hints().stored(),
         Metrics::get(&m.hints_delivered),
         Metrics::get(&m.keys_repaired),
         Metrics::get(&m.read_repairs),
+        cluster.handed_off(),
         Metrics::get(&m.get.requests),
         Metrics::get(&m.put.requests),
         Metrics::get(&m.delete.requests),
@@ -249,17 +277,21 @@ pub fn render_status(coordinator: &NodeCoordinator) -> String {
 }
 
 /// Serves `/metrics` and `/` on `listener` until the task is aborted.
-pub fn serve(coordinator: Arc<NodeCoordinator>, listener: TcpListener) -> JoinHandle<()> {
-    let for_metrics = coordinator.clone();
+pub fn serve(
+    coordinator: Arc<NodeCoordinator>,
+    cluster: Arc<Cluster>,
+    listener: TcpListener,
+) -> JoinHandle<()> {
+    let (for_metrics, cluster_for_metrics) = (coordinator.clone(), cluster.clone());
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let c = for_metrics.clone();
+                let (c, k) = (for_metrics.clone(), cluster_for_metrics.clone());
                 async move {
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        render_metrics(&c),
+                        render_metrics(&c, &k),
                     )
                         .into_response()
                 }
@@ -268,8 +300,8 @@ pub fn serve(coordinator: Arc<NodeCoordinator>, listener: TcpListener) -> JoinHa
         .route(
             "/",
             get(move || {
-                let c = coordinator.clone();
-                async move { Html(render_status(&c)) }
+                let (c, k) = (coordinator.clone(), cluster.clone());
+                async move { Html(render_status(&c, &k)) }
             }),
         );
     tokio::spawn(async move {

@@ -9,16 +9,18 @@
 //! `kvctl`, metrics and a status page over HTTP ([`http`]). Not yet:
 //! gossip-driven membership, joins and leaves.
 
+pub mod cluster;
 mod config;
 pub mod http;
 mod node;
+pub mod ring_state;
 mod service;
 mod status;
 mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
-pub use node::{NodeConfig, NodeError, RunningNode, StaticMembership, start};
-pub use service::{Engine, InternalService, KvService, NodeCoordinator};
+pub use node::{NodeConfig, NodeError, RunningNode, start};
+pub use service::{AdminService, Engine, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;
 pub use transport::{GrpcTransport, MAX_MESSAGE_BYTES};
 

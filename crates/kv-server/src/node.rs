@@ -4,18 +4,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use kv_coordinator::{Coordinator, Replica, ReplicaSettings};
-use kv_core::{MembershipView, NodeId};
+use kv_core::NodeId;
 use kv_lsm::{Durability, LsmEngine};
-use kv_ring::ConsistentHashRing;
+use kv_ring::{ConsistentHashRing, TokenStrategy};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::cluster::{Cluster, ClusterSettings, GossipView, LiveRing};
+use crate::proto::RingState;
+use crate::proto::admin_server::AdminServer;
 use crate::proto::internal_server::InternalServer;
 use crate::proto::kv_server::KvServer;
-use crate::service::{Engine, InternalService, KvService, NodeCoordinator};
+use crate::ring_state::{self, RingStateError, ring_of, state_of};
+use crate::service::{AdminService, Engine, InternalService, KvService, NodeCoordinator};
 use crate::transport::{GrpcTransport, MAX_MESSAGE_BYTES};
 
 /// How to run a node.
@@ -23,8 +29,26 @@ use crate::transport::{GrpcTransport, MAX_MESSAGE_BYTES};
 pub struct NodeConfig {
     /// This node.
     pub id: NodeId,
-    /// Every member of the cluster with its gRPC address, this node included.
+    /// The initial ring's members with their gRPC addresses, used when the
+    /// data directory holds no ring yet (the first start of a cluster).
+    /// Empty for a node that joins an existing cluster.
     pub members: Vec<(NodeId, String)>,
+    /// Addresses of running nodes to join gossip through.
+    pub seeds: Vec<String>,
+    /// The address peers reach this node at (default: the listen address).
+    pub advertise: Option<String>,
+    /// Failure domain.
+    pub zone: Option<String>,
+    /// Relative capacity.
+    pub weight: u32,
+    /// Joins the ring at start when this node is not in it.
+    pub join: bool,
+    /// Gossip protocol settings.
+    pub gossip: kv_gossip::Config,
+    /// How often gossip timers advance.
+    pub gossip_tick: Duration,
+    /// How often a peer is asked for a newer ring (also paces hand-off).
+    pub ring_sync: Duration,
     /// Where the node keeps its data (`data/` and `hints/` below it).
     pub data_dir: PathBuf,
     /// Replication settings.
@@ -35,6 +59,46 @@ pub struct NodeConfig {
     pub vnodes: u32,
     /// Memtable size of the data engine.
     pub memtable_bytes: usize,
+}
+
+impl NodeConfig {
+    /// Node `id` keeping its data in `data_dir`, with the defaults: no
+    /// members or seeds yet (set one of them), the coordinator's default
+    /// settings, durability `Always`, 150 virtual nodes, a 64 MiB memtable,
+    /// weight 1, no zone, default gossip timing, the ring synchronised
+    /// every 2 s.
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        let gossip = kv_gossip::Config::default();
+        NodeConfig {
+            id,
+            members: Vec::new(),
+            seeds: Vec::new(),
+            advertise: None,
+            zone: None,
+            weight: 1,
+            join: false,
+            gossip_tick: gossip.probe_interval / 10,
+            gossip,
+            ring_sync: Duration::from_secs(2),
+            data_dir: data_dir.into(),
+            coordinator: kv_coordinator::Config::default(),
+            durability: Durability::Always,
+            vnodes: 150,
+            memtable_bytes: 64 << 20,
+        }
+    }
+
+    /// Faster gossip and ring synchronisation, for tests and local
+    /// clusters on one machine: probes every `interval`.
+    pub fn with_gossip_interval(mut self, interval: Duration) -> Self {
+        self.gossip.probe_interval = interval;
+        self.gossip.probe_timeout = interval * 2 / 5;
+        self.gossip.reclaim_interval = interval * 5;
+        self.gossip.push_pull_interval = interval * 10;
+        self.gossip_tick = (interval / 10).max(Duration::from_millis(5));
+        self.ring_sync = interval * 2;
+        self
+    }
 }
 
 /// Why a node could not start.
@@ -50,22 +114,18 @@ pub enum NodeError {
     /// The ring could not be built from the members.
     #[error("ring: {0}")]
     Ring(#[from] kv_ring::RingError),
-    /// This node is not among the members.
-    #[error("node {0} is not among the members")]
-    NotAMember(NodeId),
+    /// The ring file is damaged or invalid.
+    #[error("{0}")]
+    RingState(#[from] RingStateError),
+    /// Gossip refused its settings.
+    #[error("gossip: {0}")]
+    Gossip(#[from] kv_gossip::Error),
+    /// Neither a ring nor a way to learn one.
+    #[error("no ring: give the initial members, or seeds to learn the ring from")]
+    NoRing,
     /// Listening failed.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Every member alive (until gossip drives this view).
-#[derive(Debug, Default)]
-pub struct StaticMembership;
-
-impl MembershipView for StaticMembership {
-    fn is_alive(&self, _node: NodeId) -> bool {
-        true
-    }
 }
 
 /// A running node.
@@ -75,6 +135,8 @@ pub struct RunningNode {
     /// Where it listens.
     pub addr: SocketAddr,
     coordinator: Arc<NodeCoordinator>,
+    cluster: Arc<Cluster>,
+    tasks: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -85,8 +147,22 @@ impl RunningNode {
         &self.coordinator
     }
 
+    /// The node's membership and ring.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Becomes true once the node left the ring (`kvctl leave`) and
+    /// handed off its data; the process should then stop.
+    pub fn left(&self) -> watch::Receiver<bool> {
+        self.cluster.left()
+    }
+
     /// Stops accepting, finishes in-flight requests, and flushes.
     pub async fn shutdown(mut self) -> Result<(), String> {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -104,13 +180,47 @@ impl RunningNode {
     }
 }
 
-/// Opens the node's engines, builds its coordinator and serves both gRPC
-/// services on `listener` until shut down.
-pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
-    if !config.members.iter().any(|(id, _)| *id == config.id) {
-        return Err(NodeError::NotAMember(config.id));
+/// The ring this node starts with: the one in its data directory, else
+/// the initial ring of the configured members (epoch 1, the same on every
+/// node that is given the same members), else none (learned from seeds).
+fn initial_ring(config: &NodeConfig) -> Result<RingState, NodeError> {
+    if let Some(state) = ring_state::load(&config.data_dir)? {
+        return Ok(state);
     }
+    if config.members.is_empty() {
+        if config.seeds.is_empty() {
+            return Err(NodeError::NoRing);
+        }
+        return Ok(RingState {
+            epoch: 0,
+            vnodes: config.vnodes,
+            members: Vec::new(),
+        });
+    }
+    let mut members = config.members.clone();
+    members.sort();
+    let ring = ConsistentHashRing::builder()
+        .vnodes(config.vnodes)
+        .balance_replicas(config.coordinator.n)
+        .nodes(members.iter().map(|(id, _)| *id))
+        .build()?;
+    let state = state_of(1, &ring, |id| {
+        members
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default()
+    });
+    ring_state::store(&config.data_dir, &state)?;
+    Ok(state)
+}
+
+/// Opens the node's engines, builds its coordinator, joins gossip, and
+/// serves the client, internal and admin services on `listener` until shut
+/// down.
+pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let open = |dir: &str, memtable: usize| -> Result<Engine, NodeError> {
         Ok(Arc::new(
             LsmEngine::builder(config.data_dir.join(dir))
@@ -121,17 +231,14 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
     };
     let data = open("data", config.memtable_bytes)?;
     let hints = open("hints", 4 << 20)?;
-    let mut members = config.members.clone();
-    members.sort();
-    let ring = Arc::new(
-        ConsistentHashRing::builder()
-            .vnodes(config.vnodes)
-            .balance_replicas(config.coordinator.n)
-            .nodes(members.iter().map(|(id, _)| *id))
-            .build()?,
-    );
+    let state = initial_ring(&config)?;
+    let ring = Arc::new(LiveRing::new(if state.members.is_empty() {
+        ConsistentHashRing::empty(config.vnodes, TokenStrategy::Balanced)?
+    } else {
+        ring_of(&state)?
+    }));
     let transport = Arc::new(GrpcTransport::new(config.coordinator.request_timeout));
-    for (id, member_addr) in &members {
+    for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());
     }
     let settings = ReplicaSettings {
@@ -146,36 +253,96 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
         &settings,
         ring.clone(),
     )?);
+    let view = Arc::new(GossipView::default());
     let coordinator = Arc::new(Coordinator::new(
         config.coordinator.clone(),
         replica,
-        transport,
+        transport.clone(),
+        ring.clone(),
+        view.clone(),
+    )?);
+    let cluster = Arc::new(Cluster::new(
+        ClusterSettings {
+            id: config.id,
+            addr: advertise,
+            zone: config.zone.clone(),
+            weight: config.weight,
+            vnodes: config.vnodes,
+            n: config.coordinator.n,
+            gossip: config.gossip.clone(),
+            seeds: config.seeds.clone(),
+            tick: config.gossip_tick,
+            ring_sync: config.ring_sync,
+            data_dir: config.data_dir.clone(),
+        },
+        state,
         ring,
-        Arc::new(StaticMembership),
+        view,
+        transport,
+        coordinator.clone(),
     )?);
     let (tx, rx) = oneshot::channel::<()>();
     let kv = KvServer::new(KvService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let internal = InternalServer::new(InternalService::new(coordinator.clone()))
+    let internal = InternalServer::new(InternalService::new(coordinator.clone(), cluster.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService::new(cluster.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
+            .http2_keepalive_interval(Some(Duration::from_millis(500)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(1)))
             .add_service(kv)
             .add_service(internal)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),
     );
+    let mut tasks = cluster.spawn();
+    if config.join {
+        tasks.push(spawn_join(&cluster));
+    }
     Ok(RunningNode {
         id: config.id,
         addr,
         coordinator,
+        cluster,
+        tasks,
         shutdown: Some(tx),
         server: Some(server),
+    })
+}
+
+/// Joins the ring at start (config `join`), retrying until it succeeds or
+/// finds the node already in the ring.
+fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {
+    let weak = Arc::downgrade(cluster);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(cluster) = weak.upgrade() else {
+                return;
+            };
+            match cluster.join().await {
+                Ok(reply) => {
+                    tracing::info!(
+                        epoch = reply.epoch,
+                        keys = reply.keys_streamed,
+                        "joined the ring"
+                    );
+                    return;
+                }
+                Err(e)
+                    if e.code() == tonic::Code::FailedPrecondition
+                        && e.message().contains("already owns") =>
+                {
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "join failed; retrying"),
+            }
+        }
     })
 }

@@ -5,15 +5,18 @@ use std::sync::Arc;
 use kv_coordinator::Coordinator;
 use kv_core::{ClientOp, ClientReply, NodeId};
 use kv_lsm::LsmEngine;
-use kv_ring::ConsistentHashRing;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::{Cluster, LiveRing};
+
+use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    Ack, BucketReply, BucketRequest, DeleteRequest, ForwardReply, ForwardRequest, GetReply,
-    GetRequest, KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadReply, ReadRequest,
-    ReapReply, ReapRequest, ReplicateRequest,
+    Ack, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply, FetchRequest,
+    ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply, InstallReply,
+    KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadReply, ReadRequest, ReapReply,
+    ReapRequest, ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
@@ -22,7 +25,7 @@ use crate::transport::GrpcTransport;
 pub type Engine = Arc<LsmEngine>;
 
 /// A node's coordinator with the concrete types of the server.
-pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, ConsistentHashRing>;
+pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, LiveRing>;
 
 /// Runs a blocking engine call off the async runtime.
 async fn blocking<T: Send + 'static>(
@@ -95,12 +98,16 @@ impl Kv for KvService {
 #[derive(Clone)]
 pub struct InternalService {
     coordinator: Arc<NodeCoordinator>,
+    cluster: Arc<Cluster>,
 }
 
 impl InternalService {
     /// The internal service of a node.
-    pub fn new(coordinator: Arc<NodeCoordinator>) -> Self {
-        InternalService { coordinator }
+    pub fn new(coordinator: Arc<NodeCoordinator>, cluster: Arc<Cluster>) -> Self {
+        InternalService {
+            coordinator,
+            cluster,
+        }
     }
 }
 
@@ -193,5 +200,72 @@ impl Internal for InternalService {
         let replica = self.coordinator.replica().clone();
         let reaped = blocking(move || replica.reap(&r.key, &r.expected)).await?;
         Ok(Response::new(ReapReply { reaped }))
+    }
+
+    async fn gossip(&self, request: Request<GossipRequest>) -> Result<Response<Ack>, Status> {
+        self.cluster.receive_gossip(&request.into_inner().message)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn get_ring(&self, request: Request<RingQuery>) -> Result<Response<RingState>, Status> {
+        Ok(Response::new(
+            self.cluster.answer_ring_query(request.into_inner()),
+        ))
+    }
+
+    async fn install_ring(
+        &self,
+        request: Request<RingState>,
+    ) -> Result<Response<InstallReply>, Status> {
+        let accepted = self.cluster.install(request.into_inner()).await?;
+        Ok(Response::new(InstallReply {
+            accepted,
+            epoch: self.cluster.epoch(),
+        }))
+    }
+
+    async fn fetch_range(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchReply>, Status> {
+        let (states, next) = self.cluster.fetch_page(request.into_inner()).await?;
+        Ok(Response::new(FetchReply { states, next }))
+    }
+
+    async fn transfer(&self, request: Request<TransferRequest>) -> Result<Response<Ack>, Status> {
+        self.cluster.accept_transfer(request.into_inner()).await?;
+        Ok(Response::new(Ack {}))
+    }
+}
+
+/// Operator commands: status, hints, join, leave.
+#[derive(Clone)]
+pub struct AdminService {
+    cluster: Arc<Cluster>,
+}
+
+impl AdminService {
+    /// The admin service of a node.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        AdminService { cluster }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _: Request<Empty>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(self.cluster.status()?))
+    }
+
+    async fn hints(&self, _: Request<Empty>) -> Result<Response<HintsReply>, Status> {
+        Ok(Response::new(self.cluster.hints().await?))
+    }
+
+    async fn join(&self, _: Request<Empty>) -> Result<Response<ChangeReply>, Status> {
+        Ok(Response::new(self.cluster.join().await?))
+    }
+
+    async fn leave(&self, _: Request<Empty>) -> Result<Response<ChangeReply>, Status> {
+        Ok(Response::new(self.cluster.leave().await?))
     }
 }

@@ -16,6 +16,10 @@ use crate::proto::{
 /// 16 MiB with its siblings).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// How long a bulk call (a page of range streaming, a ring change) may
+/// take, independent of the request timeout.
+pub(crate) const BULK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reaches peers over gRPC. Channels are created lazily per peer and
 /// reconnect by themselves; HTTP/2 keepalive notices a dead connection
 /// (after a partition) within about a second.
@@ -23,6 +27,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct GrpcTransport {
     addresses: Mutex<HashMap<NodeId, String>>,
     clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
+    /// By address, with the bulk timeout: gossip (whose messages name
+    /// addresses) and streaming.
+    by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
     timeout: Duration,
 }
 
@@ -37,12 +44,29 @@ fn unreachable(node: NodeId) -> impl Fn(tonic::Status) -> TransportError {
     }
 }
 
+fn internal_client(addr: &str, timeout: Duration) -> Option<InternalClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    Some(
+        InternalClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
 impl GrpcTransport {
     /// A transport that gives up on a call after `timeout`.
     pub fn new(timeout: Duration) -> Self {
         GrpcTransport {
             addresses: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            by_addr: Mutex::new(HashMap::new()),
             timeout,
         }
     }
@@ -55,28 +79,42 @@ impl GrpcTransport {
         }
     }
 
+    /// Where `node` listens, if known.
+    pub fn address(&self, node: NodeId) -> Option<String> {
+        self.addresses.lock().get(&node).cloned()
+    }
+
     fn client(&self, node: NodeId) -> Result<InternalClient<Channel>, TransportError> {
         if let Some(client) = self.clients.lock().get(&node) {
             return Ok(client.clone());
         }
         let addr = self
-            .addresses
-            .lock()
-            .get(&node)
-            .cloned()
+            .address(node)
             .ok_or(TransportError::Unreachable(node))?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| TransportError::Unreachable(node))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .http2_keep_alive_interval(Duration::from_millis(500))
-            .keep_alive_timeout(Duration::from_secs(1))
-            .keep_alive_while_idle(true);
-        let client = InternalClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client =
+            internal_client(&addr, self.timeout).ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
+    }
+
+    /// A client for the node at `addr`, for calls bounded by
+    /// [`BULK_TIMEOUT`] (gossip, ring changes, range streaming).
+    pub(crate) fn bulk(&self, addr: &str) -> Result<InternalClient<Channel>, tonic::Status> {
+        if let Some(client) = self.by_addr.lock().get(addr) {
+            return Ok(client.clone());
+        }
+        let client = internal_client(addr, BULK_TIMEOUT)
+            .ok_or_else(|| tonic::Status::invalid_argument(format!("bad address {addr:?}")))?;
+        self.by_addr.lock().insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// [`bulk`](Self::bulk) for a node by id.
+    pub(crate) fn bulk_node(&self, node: NodeId) -> Result<InternalClient<Channel>, tonic::Status> {
+        let addr = self
+            .address(node)
+            .ok_or_else(|| tonic::Status::unavailable(format!("no address known for {node}")))?;
+        self.bulk(&addr)
     }
 }
 

@@ -4,6 +4,9 @@
 //! kvctl --node 127.0.0.1:7001 put <key> <value> [--context <hex>]
 //! kvctl --node 127.0.0.1:7001 get <key>
 //! kvctl --node 127.0.0.1:7001 delete <key> --context <hex>
+//! kvctl --node 127.0.0.1:7001 status | ring [--ranges] | hints
+//! kvctl --node 127.0.0.1:7004 join     # make this node an owner
+//! kvctl --node 127.0.0.1:7004 leave    # hand its ranges away and stop it
 //! ```
 //! A put without a context on an existing key makes a concurrent sibling
 //! (as in Riak); send the context of a read to supersede what it saw.
@@ -14,8 +17,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kv_core::{NodeId, Partitioner as _};
+use kv_server::proto::admin_client::AdminClient;
 use kv_server::proto::kv_client::KvClient;
-use kv_server::proto::{DeleteRequest, GetRequest, PutRequest};
+use kv_server::proto::{ChangeReply, DeleteRequest, Empty, GetRequest, PutRequest};
 
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", about = "Talk to a kv node")]
@@ -58,6 +63,20 @@ enum Command {
         #[arg(long)]
         w: Option<u32>,
     },
+    /// Members with their state, zone and share of the data.
+    Status,
+    /// Ring ownership: tokens and shares per node.
+    Ring {
+        /// Also list every token range with its replicas.
+        #[arg(long)]
+        ranges: bool,
+    },
+    /// Hints the node holds for other nodes.
+    Hints,
+    /// Make the node an owner: it streams its ranges, then takes them.
+    Join,
+    /// Hand the node's ranges to the others; the node then stops.
+    Leave,
 }
 
 /// Renders the outcome of a write.
@@ -89,13 +108,203 @@ fn unhex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
+fn fail(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Runs an operator command.
+async fn admin(node: &str, json: bool, command: Command) -> Result<String, String> {
+    let mut client = AdminClient::connect(format!("http://{node}"))
+        .await
+        .map_err(|e| format!("cannot reach {node}: {e}"))?;
+    let mut out = String::new();
+    match command {
+        Command::Status => {
+            let s = client.status(Empty {}).await.map_err(fail)?.into_inner();
+            if json {
+                let members: Vec<_> = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "id": m.id, "addr": m.addr, "state": m.state, "zone": m.zone,
+                            "owned": m.owned, "in_ring": m.in_ring,
+                        })
+                    })
+                    .collect();
+                let json = serde_json::json!({
+                    "node": s.node, "ring_epoch": s.ring_epoch, "n": s.n, "members": members,
+                });
+                let _ = writeln!(out, "{json}");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "node {} sees ring epoch {}, N={}",
+                    s.node, s.ring_epoch, s.n
+                );
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<22} {:<8} {:<8} {:>8}  ring",
+                    "node", "address", "state", "zone", "owned"
+                );
+                for m in &s.members {
+                    let _ = writeln!(
+                        out,
+                        "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {}",
+                        m.id,
+                        m.addr,
+                        m.state,
+                        m.zone.as_deref().unwrap_or("-"),
+                        m.owned * 100.0,
+                        if m.in_ring { "owner" } else { "-" }
+                    );
+                }
+            }
+        }
+        Command::Ring { ranges } => {
+            let s = client.status(Empty {}).await.map_err(fail)?.into_inner();
+            let state = s.ring.unwrap_or_default();
+            if state.members.is_empty() {
+                return Err(format!("{node} knows no ring yet"));
+            }
+            let ring = kv_server::ring_state::ring_of(&state).map_err(|e| e.to_string())?;
+            let primary = ring.ownership();
+            let replicated = ring
+                .replicated_ownership(s.n as usize)
+                .map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            for m in &state.members {
+                let id = NodeId(m.id);
+                rows.push(serde_json::json!({
+                    "id": m.id, "addr": m.addr, "tokens": m.tokens.len(), "weight": m.weight,
+                    "primary": primary.get(&id).copied().unwrap_or(0.0),
+                    "replicated": replicated.get(&id).copied().unwrap_or(0.0),
+                }));
+            }
+            let mut listed = Vec::new();
+            if ranges {
+                for (token, _) in ring.token_owners() {
+                    let replicas = ring
+                        .preference_list_for_token(token, s.n as usize)
+                        .map_err(|e| e.to_string())?;
+                    listed.push((token, replicas));
+                }
+            }
+            if json {
+                let ranges: Vec<_> = listed
+                    .iter()
+                    .map(|(t, r)| {
+                        serde_json::json!({
+                            "end": t.0, "replicas": r.iter().map(|n| n.0).collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let json = serde_json::json!({
+                    "epoch": state.epoch, "vnodes": state.vnodes, "n": s.n,
+                    "members": rows, "ranges": ranges,
+                });
+                let _ = writeln!(out, "{json}");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "ring epoch {}, {} tokens, N={}",
+                    state.epoch,
+                    ring.token_count(),
+                    s.n
+                );
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<22} {:>7} {:>9} {:>11}",
+                    "node", "address", "tokens", "primary", "replicated"
+                );
+                for m in &state.members {
+                    let id = NodeId(m.id);
+                    let _ = writeln!(
+                        out,
+                        "{:>6}  {:<22} {:>7} {:>8.2}% {:>10.2}%",
+                        m.id,
+                        m.addr,
+                        m.tokens.len(),
+                        primary.get(&id).copied().unwrap_or(0.0) * 100.0,
+                        replicated.get(&id).copied().unwrap_or(0.0) * 100.0,
+                    );
+                }
+                if ranges {
+                    let _ = writeln!(out, "ranges (each ends at its token):");
+                    for (token, replicas) in &listed {
+                        let names: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+                        let _ = writeln!(out, "  {:#018x}  {}", token.0, names.join(" "));
+                    }
+                }
+            }
+        }
+        Command::Hints => {
+            let h = client.hints(Empty {}).await.map_err(fail)?.into_inner();
+            if json {
+                let owners: Vec<_> = h
+                    .owners
+                    .iter()
+                    .map(|o| serde_json::json!({ "owner": o.owner, "pending": o.pending }))
+                    .collect();
+                let json = serde_json::json!({
+                    "owners": owners, "stored": h.stored, "delivered": h.delivered,
+                });
+                let _ = writeln!(out, "{json}");
+            } else {
+                let pending: u64 = h.owners.iter().map(|o| o.pending).sum();
+                let _ = writeln!(
+                    out,
+                    "{pending} hints pending ({} stored, {} delivered since start)",
+                    h.stored, h.delivered
+                );
+                for o in &h.owners {
+                    let _ = writeln!(out, "  for node {}: {}", o.owner, o.pending);
+                }
+            }
+        }
+        Command::Join => {
+            let r = client.join(Empty {}).await.map_err(fail)?.into_inner();
+            out = changed(json, node, "joined", &r);
+        }
+        Command::Leave => {
+            let r = client.leave(Empty {}).await.map_err(fail)?.into_inner();
+            out = changed(json, node, "left", &r);
+        }
+        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. } => {
+            return Err("not an operator command".into());
+        }
+    }
+    Ok(out)
+}
+
+fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
+    if json {
+        format!(
+            "{}\n",
+            serde_json::json!({
+                "ok": true, "epoch": r.epoch, "ranges": r.ranges, "keys_streamed": r.keys_streamed,
+            })
+        )
+    } else {
+        format!(
+            "{node} {what}: ring epoch {}, {} ranges moved, {} keys streamed\n",
+            r.epoch, r.ranges, r.keys_streamed
+        )
+    }
+}
+
 /// Runs one command and returns what it prints.
 async fn run(args: Args) -> Result<String, String> {
+    if !matches!(
+        args.command,
+        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. }
+    ) {
+        return admin(&args.node, args.json, args.command).await;
+    }
     let url = format!("http://{}", args.node);
     let mut client = KvClient::connect(url)
         .await
         .map_err(|e| format!("cannot reach {}: {e}", args.node))?;
-    let fail = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let output = match args.command {
         Command::Put {
             key,
@@ -162,6 +371,7 @@ async fn run(args: Args) -> Result<String, String> {
             }
             out
         }
+        other => return admin(&args.node, args.json, other).await,
     };
     Ok(output)
 }

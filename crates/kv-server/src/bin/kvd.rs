@@ -31,9 +31,34 @@ struct Args {
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A member, as id@host:port (repeat for each; this node included).
+    /// A member of the initial ring, as id@host:port (repeat for each).
     #[arg(long = "member")]
     members: Vec<String>,
+    /// A running node to join gossip through, host:port (repeat).
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+    /// The address peers reach this node at (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Failure domain (rack, zone).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Relative capacity.
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Join the ring at start if this node is not in it.
+    #[arg(long)]
+    join: bool,
+    /// Gossip probe interval in milliseconds.
+    #[arg(long)]
+    gossip_interval_ms: Option<u64>,
+    /// How often a peer is asked for a newer ring, in milliseconds.
+    #[arg(long)]
+    ring_sync_ms: Option<u64>,
+    /// Log filter, as `info` or `warn,kv_server=debug` (default: RUST_LOG,
+    /// else the file's `log`, else info).
+    #[arg(long)]
+    log: Option<String>,
     /// Virtual nodes per node.
     #[arg(long)]
     vnodes: Option<u32>,
@@ -78,6 +103,14 @@ async fn run(args: Args) -> Result<(), String> {
         http: args.http,
         data_dir: args.data_dir,
         members: (!args.members.is_empty()).then_some(args.members),
+        seeds: (!args.seeds.is_empty()).then_some(args.seeds),
+        advertise: args.advertise,
+        zone: args.zone,
+        weight: args.weight,
+        join: args.join.then_some(true),
+        gossip_interval_ms: args.gossip_interval_ms,
+        ring_sync_ms: args.ring_sync_ms,
+        log: args.log,
         vnodes: args.vnodes,
         n: args.n,
         w: args.w,
@@ -89,6 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
         memtable_mib: args.memtable_mib,
     };
     let merged = file.overridden_by(flags);
+    init_logs(merged.log.as_deref())?;
     let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
     let http = merged.http_addr().map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -107,14 +141,18 @@ async fn run(args: Args) -> Result<(), String> {
             eprintln!("kvd: metrics and status on http://{addr}/");
             Some(kv_server::http::serve(
                 running.coordinator().clone(),
+                running.cluster().clone(),
                 listener,
             ))
         }
         None => None,
     };
     eprintln!("kvd: node {id} serving on {}", running.addr);
-    wait_for_signal().await;
-    eprintln!("kvd: node {id} shutting down");
+    let mut left = running.left();
+    tokio::select! {
+        () = wait_for_signal() => eprintln!("kvd: node {id} shutting down"),
+        _ = left.wait_for(|&left| left) => eprintln!("kvd: node {id} left the ring; stopping"),
+    }
     maintenance.abort();
     if let Some(task) = http_task {
         task.abort();
@@ -122,6 +160,26 @@ async fn run(args: Args) -> Result<(), String> {
     running.shutdown().await?;
     eprintln!("kvd: node {id} stopped");
     Ok(())
+}
+
+/// Logs to stderr through `tracing`: the filter from `RUST_LOG`, else the
+/// configured one, else `info`.
+fn init_logs(configured: Option<&str>) -> Result<(), String> {
+    let text = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| configured.map(str::to_string))
+        .unwrap_or_else(|| "info".to_string());
+    let filter: tracing_subscriber::filter::Targets = text
+        .parse()
+        .map_err(|e| format!("log filter {text:?}: {e}"))?;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init()
+        .map_err(|e| format!("logging: {e}"))
 }
 
 async fn wait_for_signal() {

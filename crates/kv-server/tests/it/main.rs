@@ -12,6 +12,17 @@ use kv_server::{NodeConfig, RunningNode, start};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+/// Test settings: small memtable and ring, fast gossip.
+fn node_config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
+    NodeConfig {
+        durability: Durability::Always,
+        vnodes: 64,
+        memtable_bytes: 1 << 20,
+        ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+    }
+    .with_gossip_interval(std::time::Duration::from_millis(100))
+}
+
 async fn cluster(size: u64, dir: &std::path::Path) -> Vec<RunningNode> {
     let mut listeners = Vec::new();
     for _ in 0..size {
@@ -24,14 +35,10 @@ async fn cluster(size: u64, dir: &std::path::Path) -> Vec<RunningNode> {
         .collect();
     let mut nodes = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
+        let id = NodeId(i as u64 + 1);
         let config = NodeConfig {
-            id: NodeId(i as u64 + 1),
             members: members.clone(),
-            data_dir: dir.join(format!("n{}", i + 1)),
-            coordinator: kv_coordinator::Config::default(),
-            durability: Durability::Always,
-            vnodes: 64,
-            memtable_bytes: 1 << 20,
+            ..node_config(id, dir)
         };
         nodes.push(start(config, listener).await.unwrap());
     }
@@ -181,7 +188,11 @@ async fn metrics_and_status_over_http() {
     let nodes = cluster(3, dir.path()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = listener.local_addr().unwrap();
-    let http = kv_server::http::serve(nodes[0].coordinator().clone(), listener);
+    let http = kv_server::http::serve(
+        nodes[0].coordinator().clone(),
+        nodes[0].cluster().clone(),
+        listener,
+    );
     let mut c = client(&nodes[0]).await;
     put(&mut c, b"m", b"v", b"").await;
     get(&mut c, b"m").await;
@@ -193,7 +204,16 @@ async fn metrics_and_status_over_http() {
             w: 0,
         })
         .await;
-    let metrics = http_get(http_addr, "/metrics").await;
+    // Gossip reports every member alive soon after start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = http_get(http_addr, "/metrics").await;
+        if metrics.contains("kv_members{state=\"alive\"} 3") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("text/plain; version=0.0.4"));
     assert!(
@@ -202,7 +222,8 @@ async fn metrics_and_status_over_http() {
     );
     assert!(metrics.contains("kv_request_errors_total{op=\"put\"} 1"));
     assert!(metrics.contains("kv_request_duration_seconds_count{op=\"get\"} 1"));
-    assert!(metrics.contains("kv_members{state=\"alive\"} 3"));
+    assert!(metrics.contains("kv_ring_epoch 1"), "{metrics}");
+    assert!(metrics.contains("kv_ring_members 3"));
     assert!(metrics.contains("kv_lsm_log_syncs_total"));
     let status = http_get(http_addr, "/").await;
     assert!(status.contains("<h1>kv node n1</h1>"), "{status}");
