@@ -398,8 +398,8 @@ impl Cluster {
         self.transport.address(node)
     }
 
-    /// Every other node this one knows: ring members and live gossip
-    /// members.
+    /// Every other node this one knows: ring members, live gossip members
+    /// and the seeds.
     fn peers(&self) -> Vec<String> {
         let mut addrs: BTreeSet<String> = self
             .state
@@ -409,6 +409,8 @@ impl Cluster {
             .filter(|m| m.id != self.settings.id.0)
             .map(|m| m.addr.clone())
             .collect();
+        addrs.extend(self.settings.seeds.iter().cloned());
+        addrs.remove(&self.settings.addr);
         for m in self.members() {
             if m.id != self.settings.id && m.status == Liveness::Alive {
                 addrs.insert(m.addr);
@@ -785,7 +787,7 @@ impl Cluster {
             (g.drain_outbox(), g.drain_events())
         };
         self.dispatch(out, events);
-        let _ = self.left.send(true);
+        self.left.send_replace(true);
         Ok(reply)
     }
 

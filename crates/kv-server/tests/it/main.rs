@@ -2,6 +2,7 @@
 //! `kvd` processes.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod membership;
 mod process;
 
 use kv_core::NodeId;
