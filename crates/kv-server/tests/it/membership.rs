@@ -92,7 +92,11 @@ async fn a_node_joins_with_its_ranges_and_another_leaves_without_loss() {
     let ring = nodes[3].coordinator().ring().current();
     let mut owned = 0;
     for i in 0..300u32 {
-        if ring.preference_list(&key(i), 3).unwrap().contains(&NodeId(4)) {
+        if ring
+            .preference_list(&key(i), 3)
+            .unwrap()
+            .contains(&NodeId(4))
+        {
             owned += 1;
             assert!(holds(&nodes[3], &key(i), &i.to_le_bytes()), "key {i}");
         }

@@ -1,6 +1,7 @@
 //! Real `kvd` processes on loopback: a node killed with SIGKILL during
-//! writes (W=2, durability Always) and restarted; every acknowledged write
-//! is readable afterwards.
+//! writes (W=2, durability Always) and restarted, every acknowledged write
+//! readable afterwards; hints delivered to a node restarted after kill -9;
+//! a node joining and one leaving through `kvctl`.
 
 use std::path::Path;
 
@@ -8,8 +9,10 @@ use kv_core::Partitioner;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kv_server::proto::admin_client::AdminClient;
+use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::kv_client::KvClient;
-use kv_server::proto::{GetRequest, PutRequest};
+use kv_server::proto::{Empty, GetRequest, PutRequest, ReadRequest, StatusReply};
 use tonic::transport::Channel;
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -22,7 +25,9 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
+/// Starts `kvd` as node `id` on `ports[id - 1]` with the cluster's test
+/// settings and `extra` flags.
+fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvd"));
     cmd.arg("--node-id")
         .arg(id.to_string())
@@ -33,21 +38,41 @@ fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
         .args([
             "--durability",
             "always",
-            "--anti-entropy-interval-ms",
-            "500",
             "--vnodes",
             "32",
             "--memtable-mib",
             "1",
-        ]);
-    for (i, port) in ports.iter().enumerate() {
-        cmd.arg("--member")
-            .arg(format!("{}@127.0.0.1:{port}", i + 1));
-    }
+            "--gossip-interval-ms",
+            "200",
+            "--ring-sync-ms",
+            "300",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn");
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// `--member` flags naming the first `count` ports as nodes 1..=count.
+fn members(ports: &[u16], count: usize) -> Vec<String> {
+    ports[..count]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, port)| {
+            [
+                "--member".to_string(),
+                format!("{}@127.0.0.1:{port}", i + 1),
+            ]
+        })
+        .collect()
+}
+
+fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
+    let mut extra = members(ports, ports.len());
+    extra.extend(["--anti-entropy-interval-ms".to_string(), "500".to_string()]);
+    kvd(id, ports, dir, &extra)
 }
 
 async fn connect(port: u16) -> KvClient<Channel> {
@@ -168,4 +193,270 @@ async fn kill_nine_during_writes_loses_no_acknowledged_write() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+async fn admin(port: u16) -> AdminClient<Channel> {
+    connect(port).await;
+    AdminClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+async fn internal(port: u16) -> InternalClient<Channel> {
+    connect(port).await;
+    InternalClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+/// Polls `check` until it holds; fails after `secs` seconds naming `what`.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(port: u16) -> StatusReply {
+    admin(port)
+        .await
+        .status(Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Whether the node on `port` holds `value` for `key` in its own store.
+async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
+    let reply = internal(port)
+        .await
+        .read(ReadRequest { key: key.to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.state.is_some_and(|bytes| {
+        kv_coordinator::Siblings::from_bytes(&bytes)
+            .unwrap()
+            .values()
+            .any(|v| v.as_deref() == Some(value))
+    })
+}
+
+fn stop(children: Vec<Child>) {
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_reach_a_node_restarted_after_kill_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(4);
+    // Anti-entropy off (an hour apart): only hints can bring node 4 back
+    // up to date.
+    let mut extra = members(&ports, 4);
+    extra.extend(["--anti-entropy-interval-ms".into(), "3600000".into()]);
+    let mut children: Vec<Child> = (1..=4)
+        .map(|id| kvd(id, &ports, dir.path(), &extra))
+        .collect();
+    let mut writer = connect(ports[0]).await;
+    for &p in &ports[1..] {
+        connect(p).await;
+    }
+    // Every node must know node 4 through gossip before it can be
+    // declared dead (news of the death of a stranger is not kept).
+    for &p in &ports[..3] {
+        eventually(30, "gossip reports node 4 alive", || async move {
+            status(p)
+                .await
+                .members
+                .iter()
+                .any(|m| m.id == 4 && m.state == "alive")
+        })
+        .await;
+    }
+    children[3].kill().unwrap(); // SIGKILL
+    children[3].wait().unwrap();
+    for &p in &ports[..3] {
+        eventually(30, "gossip declares node 4 dead", || async move {
+            status(p)
+                .await
+                .members
+                .iter()
+                .any(|m| m.id == 4 && m.state == "dead")
+        })
+        .await;
+    }
+    // W=3 with a replica down succeeds only through sloppy quorum: a
+    // fallback node takes the write with a hint for node 4.
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("h{i:04}").into_bytes())
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        writer
+            .put(PutRequest {
+                key: key.clone(),
+                value: (i as u32).to_le_bytes().to_vec(),
+                context: vec![],
+                w: 3,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("write {i} with node 4 down: {e}"));
+    }
+    let ring = kv_server::ring_state::ring_of(&status(ports[0]).await.ring.unwrap()).unwrap();
+    let for_4: Vec<usize> = (0..keys.len())
+        .filter(|&i| {
+            ring.preference_list(&keys[i], 3)
+                .unwrap()
+                .contains(&kv_core::NodeId(4))
+        })
+        .collect();
+    assert!(
+        for_4.len() > 50,
+        "node 4 replicates its share ({})",
+        for_4.len()
+    );
+    let mut pending = 0;
+    for &p in &ports[..3] {
+        let hints = admin(p).await.hints(Empty {}).await.unwrap().into_inner();
+        pending += hints
+            .owners
+            .iter()
+            .filter(|o| o.owner == 4)
+            .map(|o| o.pending)
+            .sum::<u64>();
+    }
+    assert_eq!(
+        pending,
+        for_4.len() as u64,
+        "one hint for node 4 per key it replicates"
+    );
+    // Restart node 4 on its data: the hints are delivered and deleted.
+    children[3] = kvd(4, &ports, dir.path(), &extra);
+    eventually(60, "every hint delivered", || async {
+        let mut left = 0;
+        for &p in &ports[..3] {
+            let hints = admin(p).await.hints(Empty {}).await.unwrap().into_inner();
+            left += hints.owners.iter().map(|o| o.pending).sum::<u64>();
+        }
+        left == 0
+    })
+    .await;
+    for &i in &for_4 {
+        assert!(
+            stores(ports[3], &keys[i], &(i as u32).to_le_bytes()).await,
+            "node 4 holds key {i} after hint delivery"
+        );
+    }
+    stop(children);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kvd_joins_and_another_leaves_through_kvctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(4);
+    let initial = members(&ports, 3);
+    let mut children: Vec<Child> = (1..=3)
+        .map(|id| kvd(id, &ports, dir.path(), &initial))
+        .collect();
+    let mut writer = connect(ports[0]).await;
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("j{i:04}").into_bytes())
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        writer
+            .put(PutRequest {
+                key: key.clone(),
+                value: (i as u32).to_le_bytes().to_vec(),
+                context: vec![],
+                w: 0,
+            })
+            .await
+            .unwrap();
+    }
+    // Node 4 knows only a seed, and joins at start.
+    let seed = vec![
+        "--seed".to_string(),
+        format!("127.0.0.1:{}", ports[0]),
+        "--join".to_string(),
+    ];
+    children.push(kvd(4, &ports, dir.path(), &seed));
+    eventually(60, "node 4 in the ring everywhere", || async {
+        let mut all = true;
+        for &p in &ports {
+            let s = status(p).await;
+            all &= s.ring_epoch == 2 && s.members.iter().any(|m| m.id == 4 && m.in_ring);
+        }
+        all
+    })
+    .await;
+    // It streamed its ranges before taking them.
+    let ring = kv_server::ring_state::ring_of(&status(ports[3]).await.ring.unwrap()).unwrap();
+    let mut owned = 0;
+    for (i, key) in keys.iter().enumerate() {
+        if ring
+            .preference_list(key, 3)
+            .unwrap()
+            .contains(&kv_core::NodeId(4))
+        {
+            owned += 1;
+            assert!(
+                stores(ports[3], key, &(i as u32).to_le_bytes()).await,
+                "node 4 holds key {i}"
+            );
+        }
+    }
+    assert!(owned > 100, "node 4 replicates its share ({owned} of 200)");
+
+    // Node 2 leaves through kvctl and stops by itself.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--node", &format!("127.0.0.1:{}", ports[1]), "leave"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("left: ring epoch 3"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = children[1].try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 did not stop after leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "node 2 stopped cleanly: {exit}");
+    let s = status(ports[0]).await;
+    assert_eq!(s.ring_epoch, 3);
+    assert!(!s.members.iter().any(|m| m.id == 2 && m.in_ring));
+    // Everything is readable from all three remaining replicas.
+    let mut reader = connect(ports[2]).await;
+    for (i, key) in keys.iter().enumerate() {
+        let got = reader
+            .get(GetRequest {
+                key: key.clone(),
+                r: 3,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            got.values,
+            vec![(i as u32).to_le_bytes().to_vec()],
+            "key {i}"
+        );
+    }
+    stop(children);
 }
