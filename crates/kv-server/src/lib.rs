@@ -9,6 +9,7 @@
 //! `kvctl`, metrics and a status page over HTTP ([`http`]). Not yet:
 //! gossip-driven membership, joins and leaves.
 
+pub mod client;
 pub mod cluster;
 mod config;
 pub mod http;

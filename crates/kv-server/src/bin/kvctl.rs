@@ -18,9 +18,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kv_core::{NodeId, Partitioner as _};
+use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::proto::admin_client::AdminClient;
-use kv_server::proto::kv_client::KvClient;
-use kv_server::proto::{ChangeReply, DeleteRequest, Empty, GetRequest, PutRequest};
+use kv_server::proto::{ChangeReply, Empty};
 
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", about = "Talk to a kv node")]
@@ -80,32 +80,15 @@ enum Command {
 }
 
 /// Renders the outcome of a write.
-fn written(json: bool, what: &str, context: &[u8]) -> String {
+fn written(json: bool, what: &str, context: &Context) -> String {
     if json {
         format!(
             "{}\n",
-            serde_json::json!({ "ok": true, "context": hex(context) })
+            serde_json::json!({ "ok": true, "context": context.to_hex() })
         )
     } else {
-        format!("{what}\ncontext: {}\n", hex(context))
+        format!("{what}\ncontext: {}\n", context.to_hex())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("context {text:?} is not hex"));
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16)
-                .map_err(|_| format!("context {text:?} is not hex"))
-        })
-        .collect()
 }
 
 fn fail(s: tonic::Status) -> String {
@@ -301,10 +284,12 @@ async fn run(args: Args) -> Result<String, String> {
     ) {
         return admin(&args.node, args.json, args.command).await;
     }
-    let url = format!("http://{}", args.node);
-    let mut client = KvClient::connect(url)
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.node))?;
+    let config = ClientConfig {
+        attempts: 1,
+        ..ClientConfig::default()
+    };
+    let client = Client::new([&args.node], config).map_err(|e| e.to_string())?;
+    let fail = |e: ClientError| e.to_string();
     let output = match args.command {
         Command::Put {
             key,
@@ -312,39 +297,26 @@ async fn run(args: Args) -> Result<String, String> {
             context,
             w,
         } => {
-            let reply = client
-                .put(PutRequest {
-                    key: key.into_bytes(),
-                    value: value.into_bytes(),
-                    context: unhex(&context)?,
-                    w: w.unwrap_or(0),
-                })
+            let context = Context::from_hex(&context).map_err(fail)?;
+            let client = client.with_quorums(w, None);
+            let written_context = client
+                .put(key.as_bytes(), value.into_bytes(), Some(&context))
                 .await
-                .map_err(fail)?
-                .into_inner();
-            written(args.json, "ok", &reply.context)
+                .map_err(fail)?;
+            written(args.json, "ok", &written_context)
         }
         Command::Delete { key, context, w } => {
-            let reply = client
-                .delete(DeleteRequest {
-                    key: key.into_bytes(),
-                    context: unhex(&context)?,
-                    w: w.unwrap_or(0),
-                })
+            let context = Context::from_hex(&context).map_err(fail)?;
+            let client = client.with_quorums(w, None);
+            let written_context = client
+                .delete(key.as_bytes(), &context)
                 .await
-                .map_err(fail)?
-                .into_inner();
-            written(args.json, "deleted", &reply.context)
+                .map_err(fail)?;
+            written(args.json, "deleted", &written_context)
         }
         Command::Get { key, r } => {
-            let reply = client
-                .get(GetRequest {
-                    key: key.into_bytes(),
-                    r: r.unwrap_or(0),
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
+            let client = client.with_quorums(None, r);
+            let reply = client.get(key.as_bytes()).await.map_err(fail)?;
             let values: Vec<String> = reply
                 .values
                 .iter()
@@ -352,7 +324,8 @@ async fn run(args: Args) -> Result<String, String> {
                 .collect();
             let mut out = String::new();
             if args.json {
-                let json = serde_json::json!({ "values": values, "context": hex(&reply.context) });
+                let json =
+                    serde_json::json!({ "values": values, "context": reply.context.to_hex() });
                 let _ = writeln!(out, "{json}");
             } else {
                 match values.len() {
@@ -367,7 +340,7 @@ async fn run(args: Args) -> Result<String, String> {
                         }
                     }
                 }
-                let _ = writeln!(out, "context: {}", hex(&reply.context));
+                let _ = writeln!(out, "context: {}", reply.context.to_hex());
             }
             out
         }

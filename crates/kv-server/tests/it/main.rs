@@ -4,11 +4,16 @@
 
 mod membership;
 mod process;
+mod sdk;
 
 use kv_core::NodeId;
 use kv_lsm::Durability;
+use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::kv_client::KvClient;
-use kv_server::proto::{DeleteRequest, GetReply, GetRequest, PutRequest};
+use kv_server::proto::{
+    DeleteRequest, FetchRequest, GetReply, GetRequest, GossipRequest, MerkleRequest, PutRequest,
+    ReplicateRequest, RingState,
+};
 use kv_server::{NodeConfig, RunningNode, start};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -150,6 +155,12 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             context: vec![],
             w: 7,
         },
+        PutRequest {
+            key: b"k".to_vec(),
+            value: vec![0; (16 << 20) + 1],
+            context: vec![],
+            w: 0,
+        },
     ];
     for case in cases {
         let status = c.put(case).await.unwrap_err();
@@ -163,6 +174,47 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     }
     let status = c.get(GetRequest { key: vec![], r: 0 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // Garbage between nodes, and a node the ring does not know.
+    let mut peer = InternalClient::connect(format!("http://{}", nodes[0].addr))
+        .await
+        .unwrap();
+    let refused = [
+        peer.replicate(ReplicateRequest {
+            key: b"k".to_vec(),
+            state: vec![0xde, 0xad],
+            hint_for: None,
+        })
+        .await
+        .map(|_| ()),
+        peer.merkle_exchange(MerkleRequest {
+            from: 99,
+            request: vec![1, 2, 3],
+        })
+        .await
+        .map(|_| ()),
+        peer.gossip(GossipRequest {
+            message: vec![0xff; 9],
+        })
+        .await
+        .map(|_| ()),
+        peer.install_ring(RingState {
+            epoch: 99,
+            vnodes: 0,
+            members: vec![],
+        })
+        .await
+        .map(|_| ()),
+        peer.fetch_range(FetchRequest::default()).await.map(|_| ()),
+    ];
+    for (i, result) in refused.into_iter().enumerate() {
+        let status = result.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "case {i}: {status}"
+        );
+    }
+    assert_eq!(nodes[0].cluster().epoch(), 1, "a bad ring is not installed");
     // Still serving.
     put(&mut c, b"k", b"v", b"").await;
     let got = get(&mut c, b"k").await;

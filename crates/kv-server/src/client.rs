@@ -1,0 +1,407 @@
+//! The Rust client SDK: get, put and delete with causal contexts, sibling
+//! resolution by a function of yours, one multiplexed connection per node,
+//! and retry on another node when one is unavailable.
+//!
+//! ```no_run
+//! use kv_server::client::{Client, ClientConfig};
+//!
+//! # async fn demo() -> Result<(), kv_server::client::ClientError> {
+//! let client = Client::new(["127.0.0.1:7001", "127.0.0.1:7002"], ClientConfig::default())?;
+//! let first = client.put(b"cart:7", b"apple".to_vec(), None).await?;
+//! // Read, change, write back with the context of the read: the new value
+//! // supersedes what was read instead of becoming a sibling of it.
+//! let read = client.get(b"cart:7").await?;
+//! client.put(b"cart:7", b"apple,pear".to_vec(), Some(&read.context)).await?;
+//! // Concurrent writers make siblings; resolve them with your own merge.
+//! let merged = client
+//!     .get_resolved(b"cart:7", |siblings| siblings.iter().max().cloned().unwrap_or_default())
+//!     .await?;
+//! # let _ = (first, merged);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::kv_client::KvClient;
+use crate::proto::{DeleteRequest, GetRequest, PutRequest};
+use crate::transport::MAX_MESSAGE_BYTES;
+
+/// The causal context of a read or write: opaque bytes to send back with
+/// the next write of the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Context(pub Vec<u8>);
+
+impl Context {
+    /// The empty context: a write with it supersedes nothing.
+    pub fn empty() -> Self {
+        Context(Vec::new())
+    }
+
+    /// Lower-case hexadecimal, for people and command lines.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`to_hex`](Self::to_hex) output.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] when `text` is not hexadecimal.
+    pub fn from_hex(text: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::InvalidArgument(format!("context {text:?} is not hex"));
+        if !text.len().is_multiple_of(2) || !text.is_ascii() {
+            return Err(bad());
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Context)
+    }
+}
+
+/// What a read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versioned {
+    /// The live siblings: none when the key is absent or deleted, one
+    /// normally, several after concurrent writes.
+    pub values: Vec<Vec<u8>>,
+    /// Send this with the next write of the key.
+    pub context: Context,
+}
+
+impl Versioned {
+    /// The only value, if there is exactly one.
+    pub fn single(&self) -> Option<&[u8]> {
+        match self.values.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The request is wrong (empty or oversize key or value, a context
+    /// that does not decode, a quorum above N); retrying cannot help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No node could serve the request: the last node's answer.
+    #[error("unavailable after trying {tried} node(s): {message}")]
+    Unavailable {
+        /// Nodes tried.
+        tried: usize,
+        /// What the last one said.
+        message: String,
+    },
+    /// The node did not answer in time. For a write the outcome is
+    /// unknown: it may have been applied.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The node is overloaded; back off and retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// Any other failure reported by the node.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// The gRPC code.
+        code: Code,
+        /// The node's message.
+        message: String,
+    },
+}
+
+/// How the client behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Time allowed for one attempt (2 s).
+    pub request_timeout: Duration,
+    /// Time allowed to connect to a node (1 s).
+    pub connect_timeout: Duration,
+    /// Nodes tried per request, at most, when they answer Unavailable (3).
+    pub attempts: usize,
+    /// Write quorum sent with writes; `None` for the cluster's W.
+    pub w: Option<u32>,
+    /// Read quorum sent with reads; `None` for the cluster's R.
+    pub r: Option<u32>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            attempts: 3,
+            w: None,
+            r: None,
+        }
+    }
+}
+
+/// A client of a kv cluster. Cheap to clone; clones share connections.
+///
+/// Requests go to the nodes round robin (any node coordinates any key).
+/// A node that answers Unavailable, or cannot be reached, is skipped for
+/// the next one, up to [`ClientConfig::attempts`] nodes. Note that a write
+/// retried this way may have been applied by the first node too: with an
+/// empty context it then shows as two equal siblings, which a resolver
+/// folds back into one.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nodes: std::sync::Arc<Vec<(String, KvClient<Channel>)>>,
+    next: std::sync::Arc<AtomicUsize>,
+    config: ClientConfig,
+}
+
+fn classify(status: &tonic::Status) -> ClientError {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::InvalidArgument => ClientError::InvalidArgument(message),
+        Code::DeadlineExceeded | Code::Cancelled => ClientError::Timeout(message),
+        Code::ResourceExhausted => ClientError::Overloaded(message),
+        Code::Unavailable => ClientError::Unavailable { tried: 1, message },
+        code => ClientError::Other { code, message },
+    }
+}
+
+impl Client {
+    /// A client of the nodes at `addrs` (`host:port`). Connections are made
+    /// lazily, on first use, and re-made after failures.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] when no address is given, one does
+    /// not parse, or no Tokio runtime is running (connections live on it).
+    pub fn new<S: AsRef<str>>(
+        addrs: impl IntoIterator<Item = S>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ClientError::InvalidArgument(
+                "Client::new must be called inside a Tokio runtime".into(),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for addr in addrs {
+            let addr = addr.as_ref().to_string();
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| ClientError::InvalidArgument(format!("address {addr:?}: {e}")))?
+                .connect_timeout(config.connect_timeout)
+                .timeout(config.request_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .keep_alive_while_idle(true);
+            let client = KvClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            nodes.push((addr, client));
+        }
+        if nodes.is_empty() {
+            return Err(ClientError::InvalidArgument("no node address given".into()));
+        }
+        Ok(Client {
+            nodes: std::sync::Arc::new(nodes),
+            next: std::sync::Arc::new(AtomicUsize::new(0)),
+            config,
+        })
+    }
+
+    /// This client, sending write quorum `w` and read quorum `r` with
+    /// every request (`None`: the cluster's).
+    #[must_use]
+    pub fn with_quorums(mut self, w: Option<u32>, r: Option<u32>) -> Self {
+        self.config.w = w;
+        self.config.r = r;
+        self
+    }
+
+    /// Runs `call` against nodes in turn until one answers something other
+    /// than Unavailable.
+    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let attempts = self.config.attempts.clamp(1, self.nodes.len());
+        let mut last = String::new();
+        for i in 0..attempts {
+            let (addr, client) = &self.nodes[(start + i) % self.nodes.len()];
+            match call(client.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(status) => match classify(&status) {
+                    ClientError::Unavailable { message, .. } => {
+                        last = format!("{addr}: {message}");
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+        Err(ClientError::Unavailable {
+            tried: attempts,
+            message: last,
+        })
+    }
+
+    /// Reads `key`: every live sibling and the context.
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn get(&self, key: &[u8]) -> Result<Versioned, ClientError> {
+        let r = self.config.r.unwrap_or(0);
+        self.with_retry(|mut c| {
+            let request = GetRequest {
+                key: key.to_vec(),
+                r,
+            };
+            async move { c.get(request).await }
+        })
+        .await
+        .map(|reply| {
+            let reply = reply.into_inner();
+            Versioned {
+                values: reply.values,
+                context: Context(reply.context),
+            }
+        })
+    }
+
+    /// Writes `value`, superseding what `context` (from a read) covers;
+    /// `None` supersedes nothing, so an existing value stays as a sibling.
+    /// Returns the context of the new state.
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&Context>,
+    ) -> Result<Context, ClientError> {
+        let w = self.config.w.unwrap_or(0);
+        let context = context.map(|c| c.0.clone()).unwrap_or_default();
+        self.with_retry(|mut c| {
+            let request = PutRequest {
+                key: key.to_vec(),
+                value: value.clone(),
+                context: context.clone(),
+                w,
+            };
+            async move { c.put(request).await }
+        })
+        .await
+        .map(|reply| Context(reply.into_inner().context))
+    }
+
+    /// Deletes what `context` covers (a tombstone, itself a version).
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Context, ClientError> {
+        let w = self.config.w.unwrap_or(0);
+        self.with_retry(|mut c| {
+            let request = DeleteRequest {
+                key: key.to_vec(),
+                context: context.0.clone(),
+                w,
+            };
+            async move { c.delete(request).await }
+        })
+        .await
+        .map(|reply| Context(reply.into_inner().context))
+    }
+
+    /// Reads `key`; when it has siblings, merges them with `resolve` and
+    /// writes the result back with the read's context (so the siblings
+    /// collapse into it). Returns the value, `None` when the key is absent.
+    ///
+    /// # Errors
+    /// [`ClientError`] from the read or the write-back.
+    pub async fn get_resolved(
+        &self,
+        key: &[u8],
+        resolve: impl FnOnce(&[Vec<u8>]) -> Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let read = self.get(key).await?;
+        match read.values.len() {
+            0 => Ok(None),
+            1 => Ok(read.values.into_iter().next()),
+            _ => {
+                let merged = resolve(&read.values);
+                self.put(key, merged.clone(), Some(&read.context)).await?;
+                Ok(Some(merged))
+            }
+        }
+    }
+
+    /// Read-modify-write: reads `key`, resolves siblings with `resolve`,
+    /// applies `change` to the value (`None` when absent), and writes the
+    /// result with the read's context. Returns the new context.
+    ///
+    /// # Errors
+    /// [`ClientError`] from the read or the write.
+    pub async fn update(
+        &self,
+        key: &[u8],
+        resolve: impl FnOnce(&[Vec<u8>]) -> Vec<u8>,
+        change: impl FnOnce(Option<Vec<u8>>) -> Vec<u8>,
+    ) -> Result<Context, ClientError> {
+        let read = self.get(key).await?;
+        let current = match read.values.len() {
+            0 => None,
+            1 => read.values.into_iter().next(),
+            _ => Some(resolve(&read.values)),
+        };
+        self.put(key, change(current), Some(&read.context)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_round_trip_through_hex() {
+        let c = Context(vec![0, 1, 0xab, 0xff]);
+        assert_eq!(c.to_hex(), "0001abff");
+        assert_eq!(Context::from_hex("0001abff").unwrap(), c);
+        assert_eq!(Context::from_hex("").unwrap(), Context::empty());
+        for bad in ["abc", "zz", "é0", "0g"] {
+            assert!(
+                matches!(Context::from_hex(bad), Err(ClientError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_errors() {
+        assert!(matches!(
+            classify(&tonic::Status::invalid_argument("x")),
+            ClientError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            classify(&tonic::Status::deadline_exceeded("x")),
+            ClientError::Timeout(_)
+        ));
+        assert!(matches!(
+            classify(&tonic::Status::resource_exhausted("x")),
+            ClientError::Overloaded(_)
+        ));
+        assert!(matches!(
+            classify(&tonic::Status::unavailable("x")),
+            ClientError::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn no_nodes_is_refused() {
+        let none: [&str; 0] = [];
+        assert!(Client::new(none, ClientConfig::default()).is_err());
+    }
+}

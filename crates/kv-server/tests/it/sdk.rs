@@ -1,0 +1,124 @@
+//! The client SDK against a real in-process cluster: contexts, siblings
+//! resolved by a user function, read-modify-write, and retry on another
+//! node when one is unavailable.
+
+use kv_server::client::{Client, ClientConfig, ClientError};
+
+use crate::cluster;
+
+fn join_sorted(siblings: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = siblings.iter().map(Vec::as_slice).collect();
+    parts.sort();
+    parts.dedup();
+    parts.join(&b'+')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_resolve_and_updates_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let client = Client::new(&addrs, ClientConfig::default()).unwrap();
+
+    assert!(client.get(b"absent").await.unwrap().values.is_empty());
+    client.put(b"k", b"base".to_vec(), None).await.unwrap();
+    let read = client.get(b"k").await.unwrap();
+    assert_eq!(read.single(), Some(&b"base"[..]));
+    // Two writers with the same context: siblings, not a lost update.
+    client
+        .put(b"k", b"alice".to_vec(), Some(&read.context))
+        .await
+        .unwrap();
+    client
+        .put(b"k", b"bob".to_vec(), Some(&read.context))
+        .await
+        .unwrap();
+    let both = client.get(b"k").await.unwrap();
+    assert_eq!(both.values.len(), 2);
+    let merged = client.get_resolved(b"k", join_sorted).await.unwrap();
+    assert_eq!(merged.as_deref(), Some(&b"alice+bob"[..]));
+    assert_eq!(
+        client.get(b"k").await.unwrap().values,
+        vec![b"alice+bob".to_vec()],
+        "the resolved value superseded both siblings"
+    );
+
+    // Read-modify-write with the context: a counter, each step sees the last.
+    for _ in 0..10 {
+        client
+            .update(b"counter", join_sorted, |current| {
+                let n: u32 = current
+                    .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+                    .unwrap_or(0);
+                (n + 1).to_string().into_bytes()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        client.get(b"counter").await.unwrap().values,
+        vec![b"10".to_vec()]
+    );
+
+    // Delete with the context of a read.
+    let read = client.get(b"counter").await.unwrap();
+    client.delete(b"counter", &read.context).await.unwrap();
+    assert!(client.get(b"counter").await.unwrap().values.is_empty());
+
+    // Bad input is not retried elsewhere: it is the request that is wrong.
+    let err = client.put(b"", b"v".to_vec(), None).await.unwrap_err();
+    assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_to_another_node_when_one_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(3, dir.path()).await;
+    // An address where nothing listens, then a node that is stopped.
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = nothing.local_addr().unwrap().to_string();
+    drop(nothing);
+    let stopped = nodes.remove(0);
+    let stopped_addr = stopped.addr.to_string();
+    stopped.shutdown().await.unwrap();
+    let addrs = vec![
+        dead.clone(),
+        stopped_addr,
+        nodes[0].addr.to_string(),
+        nodes[1].addr.to_string(),
+    ];
+    let client = Client::new(
+        &addrs,
+        ClientConfig {
+            attempts: 4,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // Round robin starts each request at the next node: every request
+    // meets the dead ones at some point and still succeeds.
+    for i in 0..12u32 {
+        let key = format!("retry:{i}").into_bytes();
+        client
+            .put(&key, i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        let got = client.get(&key).await.unwrap();
+        assert_eq!(got.values, vec![i.to_le_bytes().to_vec()]);
+    }
+    // With only dead nodes, the error says how many were tried.
+    let client = Client::new([dead.as_str()], ClientConfig::default()).unwrap();
+    match client.get(b"x").await.unwrap_err() {
+        ClientError::Unavailable { tried, message } => {
+            assert_eq!(tried, 1);
+            assert!(message.contains(&dead), "{message}");
+        }
+        other => panic!("expected Unavailable, got {other}"),
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
