@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub memtable_mib: Option<usize>,
     /// Log filter, as `info` or `warn,kv_server=debug`; `RUST_LOG` wins.
     pub log: Option<String>,
+    /// Client requests in flight at most; more are refused with
+    /// ResourceExhausted (4096).
+    pub max_in_flight: Option<usize>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -118,6 +121,7 @@ impl ServerConfig {
                 .or(self.anti_entropy_interval_ms),
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
             log: over.log.or(self.log),
+            max_in_flight: over.max_in_flight.or(self.max_in_flight),
         }
     }
 
@@ -202,6 +206,12 @@ impl ServerConfig {
         node.gossip
             .validate()
             .map_err(|e| bad(format!("gossip: {e}")))?;
+        if let Some(limit) = self.max_in_flight {
+            if limit == 0 {
+                return Err(bad("max_in_flight must be at least 1"));
+            }
+            node.max_in_flight = limit;
+        }
         if let Some(ms) = self.ring_sync_ms {
             node.ring_sync = Duration::from_millis(ms.max(10));
         }

@@ -1,13 +1,21 @@
 //! The kv node: gRPC services over the coordinator and the LSM engine.
 //!
 //! The one crate that picks concrete types: [`LsmEngine`](kv_lsm::LsmEngine)
-//! for data and hints, [`GrpcTransport`] between nodes, the balanced ring.
-//! It serves the client service (`Kv`: get, put, delete with contexts and
-//! siblings) and the internal service on one address.
+//! for data and hints, [`GrpcTransport`] between nodes, the balanced ring
+//! behind a [`LiveRing`](cluster::LiveRing), gossip for liveness. One gRPC
+//! address serves the client service (`Kv`: get, put, delete with contexts
+//! and siblings), the internal service (replication, anti-entropy, gossip,
+//! ring changes, range streaming) and the admin service (`kvctl status`,
+//! `hints`, `join`, `leave`); [`http`] serves metrics and a status page.
 //!
-//! Built so far: the services, the transport, node assembly, `kvd`,
-//! `kvctl`, metrics and a status page over HTTP ([`http`]). Not yet:
-//! gossip-driven membership, joins and leaves.
+//! - [`start`] assembles and runs a node from a [`NodeConfig`]
+//!   ([`ServerConfig`] reads one from TOML and flags, as `kvd` does);
+//! - [`cluster`]: membership, the versioned ring, joins, leaves, hand-off;
+//! - [`client`]: the Rust client SDK;
+//! - [`to_status`]: coordinator errors as gRPC statuses, in one place.
+//!
+//! Not here: the storage engine (`kv-lsm`), replication logic
+//! (`kv-coordinator`), the gossip state machine (`kv-gossip`).
 
 pub mod client;
 pub mod cluster;
@@ -21,7 +29,7 @@ mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
 pub use node::{NodeConfig, NodeError, RunningNode, start};
-pub use service::{AdminService, Engine, InternalService, KvService, NodeCoordinator};
+pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;
 pub use transport::{GrpcTransport, MAX_MESSAGE_BYTES};
 

@@ -49,6 +49,9 @@ pub struct NodeConfig {
     pub gossip_tick: Duration,
     /// How often a peer is asked for a newer ring (also paces hand-off).
     pub ring_sync: Duration,
+    /// Client requests in flight at most; more are refused with
+    /// `ResourceExhausted`.
+    pub max_in_flight: usize,
     /// Where the node keeps its data (`data/` and `hints/` below it).
     pub data_dir: PathBuf,
     /// Replication settings.
@@ -66,7 +69,7 @@ impl NodeConfig {
     /// members or seeds yet (set one of them), the coordinator's default
     /// settings, durability `Always`, 150 virtual nodes, a 64 MiB memtable,
     /// weight 1, no zone, default gossip timing, the ring synchronised
-    /// every 2 s.
+    /// every 2 s, 4096 client requests in flight at most.
     pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
         let gossip = kv_gossip::Config::default();
         NodeConfig {
@@ -80,6 +83,7 @@ impl NodeConfig {
             gossip_tick: gossip.probe_interval / 10,
             gossip,
             ring_sync: Duration::from_secs(2),
+            max_in_flight: 4096,
             data_dir: data_dir.into(),
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
@@ -282,7 +286,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
         coordinator.clone(),
     )?);
     let (tx, rx) = oneshot::channel::<()>();
-    let kv = KvServer::new(KvService::new(coordinator.clone()))
+    let kv = KvServer::new(KvService::new(coordinator.clone(), config.max_in_flight))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let internal = InternalServer::new(InternalService::new(coordinator.clone(), cluster.clone()))

@@ -41,22 +41,58 @@ fn quorum(n: u32) -> Option<usize> {
     (n > 0).then_some(n as usize)
 }
 
+/// Admission control: at most `limit` client requests in flight on a
+/// node; the next one is refused at once with `ResourceExhausted` instead
+/// of queueing without bound (the client backs off or tries another node).
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl InFlight {
+    /// Admits up to `limit` requests at once (at least one).
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        InFlight {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A slot for one request, held until the returned permit drops.
+    pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "overloaded: {} requests already in flight on this node; retry later",
+                self.limit
+            ))
+        })
+    }
+}
+
 /// The client service: get, put, delete.
 #[derive(Clone)]
 pub struct KvService {
     coordinator: Arc<NodeCoordinator>,
+    in_flight: InFlight,
 }
 
 impl KvService {
-    /// The client service of a node.
-    pub fn new(coordinator: Arc<NodeCoordinator>) -> Self {
-        KvService { coordinator }
+    /// The client service of a node, admitting at most `max_in_flight`
+    /// requests at once.
+    pub fn new(coordinator: Arc<NodeCoordinator>, max_in_flight: usize) -> Self {
+        KvService {
+            coordinator,
+            in_flight: InFlight::new(max_in_flight),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let _slot = self.in_flight.enter()?;
         let r = request.into_inner();
         let got = self
             .coordinator
@@ -70,6 +106,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let _slot = self.in_flight.enter()?;
         let r = request.into_inner();
         let put = self
             .coordinator
@@ -82,6 +119,7 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
+        let _slot = self.in_flight.enter()?;
         let r = request.into_inner();
         let put = self
             .coordinator
@@ -267,5 +305,26 @@ impl Admin for AdminService {
 
     async fn leave(&self, _: Request<Empty>) -> Result<Response<ChangeReply>, Status> {
         Ok(Response::new(self.cluster.leave().await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_beyond_the_limit_and_frees_slots() {
+        let gate = InFlight::new(2);
+        let a = gate.enter().unwrap();
+        let _b = gate.enter().unwrap();
+        let refused = gate.enter().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("2 requests"), "{refused}");
+        drop(a);
+        assert!(gate.enter().is_ok(), "a finished request frees its slot");
+        assert!(
+            InFlight::new(0).enter().is_ok(),
+            "the limit is at least one"
+        );
     }
 }

@@ -6,7 +6,9 @@ use tonic::{Code, Status};
 /// The status a client sees for a coordinator error:
 /// `InvalidArgument` for bad input, `Unavailable` for missed quorums (with
 /// how many acknowledged), `DeadlineExceeded` when replicas did not answer
-/// in time, `Internal` for local failures.
+/// in time, `Internal` for local failures. (Overload, `ResourceExhausted`,
+/// is decided before a request reaches the coordinator:
+/// [`InFlight`](crate::InFlight).)
 pub fn to_status(err: &Error) -> Status {
     let code = match err {
         Error::InvalidInput(_) | Error::NotReplica(_) => Code::InvalidArgument,

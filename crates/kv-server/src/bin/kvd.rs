@@ -55,6 +55,9 @@ struct Args {
     /// How often a peer is asked for a newer ring, in milliseconds.
     #[arg(long)]
     ring_sync_ms: Option<u64>,
+    /// Client requests in flight at most (more get ResourceExhausted).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Log filter, as `info` or `warn,kv_server=debug` (default: RUST_LOG,
     /// else the file's `log`, else info).
     #[arg(long)]
@@ -111,6 +114,7 @@ async fn run(args: Args) -> Result<(), String> {
         gossip_interval_ms: args.gossip_interval_ms,
         ring_sync_ms: args.ring_sync_ms,
         log: args.log,
+        max_in_flight: args.max_in_flight,
         vnodes: args.vnodes,
         n: args.n,
         w: args.w,
