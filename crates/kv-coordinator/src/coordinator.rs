@@ -72,7 +72,13 @@ enum Forwarded {
 /// A write's result from a forwarded reply.
 fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
     match reply {
-        ClientReply::Written { context } => Ok(PutResult { context }),
+        ClientReply::Written { context, dot } => Ok(PutResult {
+            context,
+            dot: kv_clock::Dot {
+                actor: dot.0,
+                counter: dot.1,
+            },
+        }),
         ClientReply::Failed { invalid, message } => Err(Error::Forwarded {
             node,
             invalid,
@@ -111,6 +117,17 @@ where
 pub struct PutResult {
     /// The context of the new state (for a later write).
     pub context: Vec<u8>,
+    /// The new version's dot (the coordinator and its counter).
+    pub dot: kv_clock::Dot,
+}
+
+impl PutResult {
+    fn into_reply(self) -> ClientReply {
+        ClientReply::Written {
+            context: self.context,
+            dot: (self.dot.actor, self.dot.counter),
+        }
+    }
 }
 
 /// Coordinates requests for the keys this node replicates.
@@ -278,8 +295,10 @@ where
     }
 
     /// Where a request for `key` should be coordinated: `None` for here
-    /// (this node is the first healthy replica, or no replica is healthy),
-    /// or the node to forward it to.
+    /// (this node is the first healthy replica, or a replica and no other
+    /// is healthy), or the node to forward it to. When this node is no
+    /// replica and believes every replica down, the first replica is tried
+    /// anyway: liveness may be stale, and only a replica can coordinate.
     fn route(&self, key: &[u8]) -> Result<Option<NodeId>> {
         self.check_key(key)?;
         let replicas = self.ring.preference_list(key, self.config.n)?;
@@ -288,7 +307,12 @@ where
             .iter()
             .copied()
             .find(|&r| r == me || self.membership.is_alive(r));
-        Ok(first.filter(|&c| c != me))
+        Ok(match first {
+            Some(c) if c == me => None,
+            Some(c) => Some(c),
+            None if replicas.contains(&me) => None,
+            None => replicas.first().copied(),
+        })
     }
 
     /// Sends a request to its coordinator (one hop).
@@ -325,8 +349,11 @@ where
     /// Coordinates a request forwarded by another node: here, never
     /// forwarded again (one hop, no loops).
     pub async fn coordinate(&self, op: ClientOp) -> ClientReply {
+        // A forwarded request this node cannot coordinate (the sender's
+        // ring is older or newer) is a routing failure, not bad input: the
+        // client may retry elsewhere.
         let failed = |e: Error| ClientReply::Failed {
-            invalid: matches!(e, Error::InvalidInput(_) | Error::NotReplica(_)),
+            invalid: matches!(e, Error::InvalidInput(_)),
             message: e.to_string(),
         };
         match op {
@@ -341,7 +368,7 @@ where
                     .local_write(&key, Some(&value), &context, w.map(|w| w as usize))
                     .await;
                 self.metrics.put.observe(started.elapsed(), &result);
-                result.map_or_else(failed, |r| ClientReply::Written { context: r.context })
+                result.map_or_else(failed, PutResult::into_reply)
             }
             ClientOp::Put {
                 key,
@@ -354,7 +381,7 @@ where
                     .local_write(&key, None, &context, w.map(|w| w as usize))
                     .await;
                 self.metrics.delete.observe(started.elapsed(), &result);
-                result.map_or_else(failed, |r| ClientReply::Written { context: r.context })
+                result.map_or_else(failed, PutResult::into_reply)
             }
             ClientOp::Get { key, r } => {
                 let started = Instant::now();
@@ -396,7 +423,7 @@ where
         };
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
-        let state = {
+        let (state, dot) = {
             let (replica, key, context, max, prune) = (
                 self.replica.clone(),
                 key.to_vec(),
@@ -481,6 +508,7 @@ where
         if acked >= w {
             return Ok(PutResult {
                 context: encode_context(&state),
+                dot,
             });
         }
         let timed_out = others

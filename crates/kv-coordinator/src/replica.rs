@@ -307,7 +307,8 @@ impl<E: StorageEngine> Replica<E> {
 
     /// A write coordinated here: `value` (a tombstone for `None`)
     /// supersedes exactly what `context` covers and gets a fresh dot at
-    /// this node. Returns the new state, already stored.
+    /// this node. Returns the new state, already stored, and the new
+    /// version's dot.
     pub fn coordinate(
         &self,
         key: &[u8],
@@ -315,12 +316,12 @@ impl<E: StorageEngine> Replica<E> {
         context: &VectorClock,
         max_siblings: usize,
         prune: &kv_clock::PrunePolicy,
-    ) -> Result<Siblings> {
+    ) -> Result<(Siblings, kv_clock::Dot)> {
         let _guard = self.locks[stripe(key)].lock();
         let before = self.engine.get(key)?;
         let mut state = decode(before.as_deref())?;
         let now = now_secs();
-        state.update(context, self.id, value, now);
+        let dot = state.update(context, self.id, value, now);
         let pruned = state.prune(prune, now, self.id);
         self.clock_entries_pruned
             .fetch_add(pruned as u64, Ordering::Relaxed);
@@ -328,7 +329,7 @@ impl<E: StorageEngine> Replica<E> {
         self.siblings_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
         self.store(key, before, &state)?;
-        Ok(state)
+        Ok((state, dot))
     }
 
     /// Merges a peer's state of `key` into ours; returns the merged state.

@@ -53,6 +53,9 @@ pub enum ClientReply {
     Written {
         /// Context of the new state.
         context: Vec<u8>,
+        /// The new version's dot: the coordinating node and its counter
+        /// for the key (what a history checker follows).
+        dot: (NodeId, u64),
     },
     /// A read: the live values and the context.
     Read {

@@ -83,6 +83,36 @@ impl Versioned {
     }
 }
 
+/// A version's identity: the node that coordinated the write and its
+/// counter for the key. Unique per key; what a history checker follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version {
+    /// The coordinating node's id.
+    pub node: u64,
+    /// Its counter for the key.
+    pub counter: u64,
+}
+
+/// What a write returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The context of the new state: send it with the next write of the
+    /// key to supersede this one.
+    pub context: Context,
+    /// The new version.
+    pub version: Version,
+}
+
+fn written(reply: crate::proto::PutReply) -> Written {
+    Written {
+        context: Context(reply.context),
+        version: Version {
+            node: reply.dot_node,
+            counter: reply.dot_counter,
+        },
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -180,6 +210,19 @@ impl Client {
         addrs: impl IntoIterator<Item = S>,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        Self::with_connect(addrs, config, crate::tcp_connect())
+    }
+
+    /// [`new`](Self::new), making connections with `connect` (for example
+    /// over a simulated network).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_connect<S: AsRef<str>>(
+        addrs: impl IntoIterator<Item = S>,
+        config: ClientConfig,
+        connect: crate::Connect,
+    ) -> Result<Self, ClientError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ClientError::InvalidArgument(
                 "Client::new must be called inside a Tokio runtime".into(),
@@ -196,7 +239,7 @@ impl Client {
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true);
-            let client = KvClient::new(endpoint.connect_lazy())
+            let client = KvClient::new(connect(endpoint))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             nodes.push((addr, client));
@@ -273,7 +316,7 @@ impl Client {
 
     /// Writes `value`, superseding what `context` (from a read) covers;
     /// `None` supersedes nothing, so an existing value stays as a sibling.
-    /// Returns the context of the new state.
+    /// Returns the new version and its context.
     ///
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
@@ -282,7 +325,7 @@ impl Client {
         key: &[u8],
         value: Vec<u8>,
         context: Option<&Context>,
-    ) -> Result<Context, ClientError> {
+    ) -> Result<Written, ClientError> {
         let w = self.config.w.unwrap_or(0);
         let context = context.map(|c| c.0.clone()).unwrap_or_default();
         self.with_retry(|mut c| {
@@ -295,14 +338,14 @@ impl Client {
             async move { c.put(request).await }
         })
         .await
-        .map(|reply| Context(reply.into_inner().context))
+        .map(|reply| written(reply.into_inner()))
     }
 
     /// Deletes what `context` covers (a tombstone, itself a version).
     ///
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
-    pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Context, ClientError> {
+    pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
         let w = self.config.w.unwrap_or(0);
         self.with_retry(|mut c| {
             let request = DeleteRequest {
@@ -313,7 +356,7 @@ impl Client {
             async move { c.delete(request).await }
         })
         .await
-        .map(|reply| Context(reply.into_inner().context))
+        .map(|reply| written(reply.into_inner()))
     }
 
     /// Reads `key`; when it has siblings, merges them with `resolve` and
@@ -341,7 +384,7 @@ impl Client {
 
     /// Read-modify-write: reads `key`, resolves siblings with `resolve`,
     /// applies `change` to the value (`None` when absent), and writes the
-    /// result with the read's context. Returns the new context.
+    /// result with the read's context. Returns the new version.
     ///
     /// # Errors
     /// [`ClientError`] from the read or the write.
@@ -350,7 +393,7 @@ impl Client {
         key: &[u8],
         resolve: impl FnOnce(&[Vec<u8>]) -> Vec<u8>,
         change: impl FnOnce(Option<Vec<u8>>) -> Vec<u8>,
-    ) -> Result<Context, ClientError> {
+    ) -> Result<Written, ClientError> {
         let read = self.get(key).await?;
         let current = match read.values.len() {
             0 => None,

@@ -149,6 +149,8 @@ pub struct ClusterSettings {
     pub ring_sync: Duration,
     /// Where the ring file lives.
     pub data_dir: PathBuf,
+    /// Seeds gossip's random choices (`None`: from the clock).
+    pub seed: Option<u64>,
 }
 
 /// What a hand-off pass did.
@@ -221,7 +223,9 @@ impl Cluster {
             zone: settings.zone.clone(),
             weight: settings.weight,
         };
-        let seed = settings.id.0 ^ wall_nanos();
+        let seed = settings
+            .seed
+            .unwrap_or_else(|| settings.id.0 ^ wall_nanos());
         let mut gossip = Gossip::new(
             settings.gossip.clone(),
             settings.id,

@@ -20,6 +20,7 @@
 pub mod client;
 pub mod cluster;
 mod config;
+pub mod history;
 pub mod http;
 mod node;
 pub mod ring_state;
@@ -28,10 +29,10 @@ mod status;
 mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
-pub use node::{NodeConfig, NodeError, RunningNode, start};
+pub use node::{NodeConfig, NodeError, RunningNode, start, start_on};
 pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;
-pub use transport::{GrpcTransport, MAX_MESSAGE_BYTES};
+pub use transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};
 
 /// Code generated from `proto/kv.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use futures_util::Stream;
 use kv_coordinator::{Coordinator, Replica, ReplicaSettings};
 use kv_core::NodeId;
 use kv_lsm::{Durability, LsmEngine};
 use kv_ring::{ConsistentHashRing, TokenStrategy};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 
 use crate::cluster::{Cluster, ClusterSettings, GossipView, LiveRing};
 use crate::proto::RingState;
@@ -22,7 +24,7 @@ use crate::proto::internal_server::InternalServer;
 use crate::proto::kv_server::KvServer;
 use crate::ring_state::{self, RingStateError, ring_of, state_of};
 use crate::service::{AdminService, Engine, InternalService, KvService, NodeCoordinator};
-use crate::transport::{GrpcTransport, MAX_MESSAGE_BYTES};
+use crate::transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -52,6 +54,9 @@ pub struct NodeConfig {
     /// Client requests in flight at most; more are refused with
     /// `ResourceExhausted`.
     pub max_in_flight: usize,
+    /// Seeds gossip's random choices (default: from the clock); fixed in
+    /// simulations so a run replays.
+    pub gossip_seed: Option<u64>,
     /// Where the node keeps its data (`data/` and `hints/` below it).
     pub data_dir: PathBuf,
     /// Replication settings.
@@ -84,6 +89,7 @@ impl NodeConfig {
             gossip,
             ring_sync: Duration::from_secs(2),
             max_in_flight: 4096,
+            gossip_seed: None,
             data_dir: data_dir.into(),
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
@@ -224,6 +230,25 @@ fn initial_ring(config: &NodeConfig) -> Result<RingState, NodeError> {
 /// down.
 pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    start_on(config, addr, incoming, tcp_connect()).await
+}
+
+/// [`start`] on any transport: serves the connections `incoming` yields
+/// (the node listens at `addr`) and reaches other nodes through channels
+/// made by `connect`. This is how a simulated network (turmoil) runs real
+/// nodes.
+pub async fn start_on<I, IO, IE>(
+    config: NodeConfig,
+    addr: SocketAddr,
+    incoming: I,
+    connect: Connect,
+) -> Result<RunningNode, NodeError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let open = |dir: &str, memtable: usize| -> Result<Engine, NodeError> {
         Ok(Arc::new(
@@ -241,7 +266,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
     } else {
         ring_of(&state)?
     }));
-    let transport = Arc::new(GrpcTransport::new(config.coordinator.request_timeout));
+    let transport = Arc::new(GrpcTransport::with_connect(
+        config.coordinator.request_timeout,
+        connect,
+    ));
     for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());
     }
@@ -278,6 +306,7 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
             tick: config.gossip_tick,
             ring_sync: config.ring_sync,
             data_dir: config.data_dir.clone(),
+            seed: config.gossip_seed,
         },
         state,
         ring,
@@ -293,7 +322,6 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(cluster.clone()));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_millis(500)))

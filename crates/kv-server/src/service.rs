@@ -113,9 +113,7 @@ impl Kv for KvService {
             .put(&r.key, &r.value, &r.context, quorum(r.w))
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(PutReply {
-            context: put.context,
-        }))
+        Ok(Response::new(put_reply(put)))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
@@ -126,9 +124,15 @@ impl Kv for KvService {
             .delete(&r.key, &r.context, quorum(r.w))
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(PutReply {
-            context: put.context,
-        }))
+        Ok(Response::new(put_reply(put)))
+    }
+}
+
+fn put_reply(put: kv_coordinator::PutResult) -> PutReply {
+    PutReply {
+        context: put.context,
+        dot_node: put.dot.actor.0,
+        dot_counter: put.dot.counter,
     }
 }
 
@@ -186,8 +190,10 @@ impl Internal for InternalService {
             },
         };
         let reply = match self.coordinator.coordinate(op).await {
-            ClientReply::Written { context } => ForwardReply {
+            ClientReply::Written { context, dot } => ForwardReply {
                 context,
+                dot_node: dot.0.0,
+                dot_counter: dot.1,
                 ..ForwardReply::default()
             },
             ClientReply::Read { values, context } => ForwardReply {

@@ -11,7 +11,8 @@ use tonic::{Code, Status};
 /// [`InFlight`](crate::InFlight).)
 pub fn to_status(err: &Error) -> Status {
     let code = match err {
-        Error::InvalidInput(_) | Error::NotReplica(_) => Code::InvalidArgument,
+        Error::InvalidInput(_) => Code::InvalidArgument,
+        Error::NotReplica(_) => Code::Unavailable,
         Error::Forwarded { invalid: true, .. } => Code::InvalidArgument,
         Error::WriteQuorum {
             failed, timed_out, ..

@@ -1,6 +1,7 @@
 //! The transport between nodes: the internal gRPC service.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::{ClientOp, ClientReply, NodeId, Transport, TransportError};
@@ -16,6 +17,16 @@ use crate::proto::{
 /// 16 MiB with its siblings).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Makes a channel from an endpoint: how this process reaches others.
+/// The default connects over TCP ([`Endpoint::connect_lazy`]); a
+/// simulation passes one that connects over its simulated network.
+pub type Connect = Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>;
+
+/// Connects over TCP, lazily (on first use, again after failures).
+pub fn tcp_connect() -> Connect {
+    Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
+}
+
 /// How long a bulk call (a page of range streaming, a ring change) may
 /// take, independent of the request timeout.
 pub(crate) const BULK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,7 +34,6 @@ pub(crate) const BULK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reaches peers over gRPC. Channels are created lazily per peer and
 /// reconnect by themselves; HTTP/2 keepalive notices a dead connection
 /// (after a partition) within about a second.
-#[derive(Debug)]
 pub struct GrpcTransport {
     addresses: Mutex<HashMap<NodeId, String>>,
     clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
@@ -31,6 +41,16 @@ pub struct GrpcTransport {
     /// addresses) and streaming.
     by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
     timeout: Duration,
+    connect: Connect,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport")
+            .field("addresses", &*self.addresses.lock())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn unreachable(node: NodeId) -> impl Fn(tonic::Status) -> TransportError {
@@ -44,7 +64,11 @@ fn unreachable(node: NodeId) -> impl Fn(tonic::Status) -> TransportError {
     }
 }
 
-fn internal_client(addr: &str, timeout: Duration) -> Option<InternalClient<Channel>> {
+fn internal_client(
+    addr: &str,
+    timeout: Duration,
+    connect: &Connect,
+) -> Option<InternalClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(timeout.min(Duration::from_secs(2)))
@@ -54,20 +78,26 @@ fn internal_client(addr: &str, timeout: Duration) -> Option<InternalClient<Chann
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     Some(
-        InternalClient::new(endpoint.connect_lazy())
+        InternalClient::new(connect(endpoint))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
 }
 
 impl GrpcTransport {
-    /// A transport that gives up on a call after `timeout`.
+    /// A transport over TCP that gives up on a call after `timeout`.
     pub fn new(timeout: Duration) -> Self {
+        Self::with_connect(timeout, tcp_connect())
+    }
+
+    /// A transport that makes its channels with `connect`.
+    pub fn with_connect(timeout: Duration, connect: Connect) -> Self {
         GrpcTransport {
             addresses: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
             timeout,
+            connect,
         }
     }
 
@@ -91,8 +121,8 @@ impl GrpcTransport {
         let addr = self
             .address(node)
             .ok_or(TransportError::Unreachable(node))?;
-        let client =
-            internal_client(&addr, self.timeout).ok_or(TransportError::Unreachable(node))?;
+        let client = internal_client(&addr, self.timeout, &self.connect)
+            .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
     }
@@ -103,7 +133,7 @@ impl GrpcTransport {
         if let Some(client) = self.by_addr.lock().get(addr) {
             return Ok(client.clone());
         }
-        let client = internal_client(addr, BULK_TIMEOUT)
+        let client = internal_client(addr, BULK_TIMEOUT, &self.connect)
             .ok_or_else(|| tonic::Status::invalid_argument(format!("bad address {addr:?}")))?;
         self.by_addr.lock().insert(addr.to_string(), client.clone());
         Ok(client)
@@ -183,6 +213,7 @@ impl Transport for GrpcTransport {
             },
             (None, false) => ClientReply::Written {
                 context: reply.context,
+                dot: (NodeId(reply.dot_node), reply.dot_counter),
             },
         })
     }

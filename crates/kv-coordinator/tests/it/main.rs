@@ -869,7 +869,8 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
         other => panic!("expected a forwarded invalid request, got {other:?}"),
     }
     // One hop: a forwarded request that reaches a non-replica is refused,
-    // not forwarded again.
+    // not forwarded again; that is a routing failure (the sender's ring
+    // differs), not bad input, so a client may retry elsewhere.
     let reply = c
         .node(outsider)
         .coordinate(kv_core::ClientOp::Get {
@@ -877,10 +878,27 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
             r: None,
         })
         .await;
-    assert!(
-        matches!(reply, kv_core::ClientReply::Failed { invalid: true, .. }),
-        "{reply:?}"
-    );
+    match reply {
+        kv_core::ClientReply::Failed {
+            invalid: false,
+            message,
+        } => assert!(message.contains("not a replica"), "{message}"),
+        other => panic!("expected a routing failure, got {other:?}"),
+    }
+    // With every replica believed down, a non-replica still tries the
+    // first one (liveness may be stale) and reports it unreachable, never
+    // "invalid".
+    for &r in &replicas {
+        c.network.set_down(r, true);
+    }
+    match c.node(outsider).put(key, b"v4", b"", None).await {
+        Err(Error::Forwarded {
+            node,
+            invalid: false,
+            ..
+        }) => assert_eq!(node, replicas[0]),
+        other => panic!("expected an unreachable coordinator, got {other:?}"),
+    }
 }
 
 trait PutContext {
@@ -900,7 +918,7 @@ impl PutContext for Node {
             })
             .await
         {
-            kv_core::ClientReply::Written { context } => context,
+            kv_core::ClientReply::Written { context, .. } => context,
             other => panic!("write failed: {other:?}"),
         }
     }

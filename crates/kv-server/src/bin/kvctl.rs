@@ -302,7 +302,8 @@ async fn run(args: Args) -> Result<String, String> {
             let written_context = client
                 .put(key.as_bytes(), value.into_bytes(), Some(&context))
                 .await
-                .map_err(fail)?;
+                .map_err(fail)?
+                .context;
             written(args.json, "ok", &written_context)
         }
         Command::Delete { key, context, w } => {
@@ -311,7 +312,8 @@ async fn run(args: Args) -> Result<String, String> {
             let written_context = client
                 .delete(key.as_bytes(), &context)
                 .await
-                .map_err(fail)?;
+                .map_err(fail)?
+                .context;
             written(args.json, "deleted", &written_context)
         }
         Command::Get { key, r } => {

@@ -1,10 +1,11 @@
-//! Nodes on loopback talking real gRPC: in one process, and as real
-//! `kvd` processes.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+//! Nodes talking real gRPC: in one process on loopback, as real `kvd`
+//! processes, and on turmoil's simulated network.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod membership;
 mod process;
 mod sdk;
+mod sim;
 
 use kv_core::NodeId;
 use kv_lsm::Durability;

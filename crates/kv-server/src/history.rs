@@ -1,0 +1,339 @@
+//! Checks a history of client writes against the cluster's final state:
+//! what a client saw acknowledged must hold after faults heal.
+//!
+//! A history is every write a client issued (its key, value or delete,
+//! the context it carried, and its outcome); the final state is each
+//! key's stored state at each of its replicas once the cluster converged.
+//! The rules:
+//!
+//! 1. **Convergence**: a key's replicas hold identical states.
+//! 2. **No phantom**: every value present was written by some put.
+//! 3. **No corruption**: a present version with an acknowledged write's
+//!    dot holds that write's value.
+//! 4. **No lost write**: an acknowledged write is present, or a write
+//!    (of any outcome) was issued with a context covering it. A write whose
+//!    outcome is unknown (timed out, unavailable) may or may not be there.
+//! 5. **No resurrection**: nothing an acknowledged write's context covered
+//!    (what it superseded, or what a delete removed) is present.
+//! 6. **Sibling bound**: no key holds more siblings than the bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kv_clock::VectorClock;
+use kv_coordinator::Siblings;
+use kv_core::NodeId;
+
+/// How a write ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged, with the new version's dot (node, counter).
+    Acked(u64, u64),
+    /// Not acknowledged: failed or timed out. It may still have been
+    /// applied (by its coordinator, at least), so nothing is expected of it.
+    Unknown,
+}
+
+/// One write of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (unique across the history), `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// The context sent with it (empty: none).
+    pub context: Vec<u8>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// A rule the history broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The key concerned.
+    pub key: Vec<u8>,
+    /// Which rule, and the details.
+    pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key {:?}: {}",
+            String::from_utf8_lossy(&self.key),
+            self.what
+        )
+    }
+}
+
+/// The converged state of one key: each replica's stored state (`None`
+/// when it holds nothing).
+pub type ReplicaStates = Vec<(NodeId, Option<Vec<u8>>)>;
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Writes checked.
+    pub writes: usize,
+    /// Of them, acknowledged.
+    pub acked: usize,
+    /// Keys checked.
+    pub keys: usize,
+    /// Broken rules (none is the goal).
+    pub violations: Vec<Violation>,
+}
+
+/// Checks `writes` against the final state of every key written, `last`
+/// (at most `max_siblings` siblings per key).
+pub fn check(
+    writes: &[Write],
+    last: &BTreeMap<Vec<u8>, ReplicaStates>,
+    max_siblings: usize,
+) -> Report {
+    let mut report = Report {
+        writes: writes.len(),
+        acked: writes
+            .iter()
+            .filter(|w| matches!(w.outcome, Outcome::Acked(..)))
+            .count(),
+        ..Report::default()
+    };
+    let mut by_key: BTreeMap<&[u8], Vec<&Write>> = BTreeMap::new();
+    for w in writes {
+        by_key.entry(&w.key).or_default().push(w);
+    }
+    for (key, writes) in by_key {
+        report.keys += 1;
+        let mut bad = |what: String| {
+            report.violations.push(Violation {
+                key: key.to_vec(),
+                what,
+            });
+        };
+        let Some(replicas) = last.get(key) else {
+            bad("no final state was read".into());
+            continue;
+        };
+        // 1. Convergence.
+        let first = replicas.first().and_then(|(_, s)| s.clone());
+        if let Some((node, _)) = replicas.iter().find(|(_, s)| *s != first) {
+            bad(format!(
+                "replica {node} differs from replica {}",
+                replicas[0].0
+            ));
+            continue;
+        }
+        let state = match first.as_deref().map(Siblings::from_bytes).transpose() {
+            Ok(state) => state.unwrap_or_default(),
+            Err(e) => {
+                bad(format!("stored state does not decode: {e}"));
+                continue;
+            }
+        };
+        let present: Vec<(NodeId, u64, Option<&Vec<u8>>)> = state
+            .siblings()
+            .iter()
+            .map(|s| (s.dot.actor, s.dot.counter, s.value.as_ref()))
+            .collect();
+        let contexts: Vec<(VectorClock, &Write)> = writes
+            .iter()
+            .filter_map(|w| {
+                if w.context.is_empty() {
+                    Some((VectorClock::new(), *w))
+                } else {
+                    VectorClock::from_bytes(&w.context).ok().map(|c| (c, *w))
+                }
+            })
+            .collect();
+        // 2. No phantom.
+        let written: BTreeSet<&Vec<u8>> = writes.iter().filter_map(|w| w.value.as_ref()).collect();
+        for (actor, counter, value) in &present {
+            if let Some(v) = value
+                && !written.contains(v)
+            {
+                bad(format!(
+                    "phantom value {:?} at dot {actor}:{counter}",
+                    String::from_utf8_lossy(v)
+                ));
+            }
+        }
+        // 3 and 4. Acknowledged writes: present and intact, or superseded.
+        for w in &writes {
+            let Outcome::Acked(node, counter) = w.outcome else {
+                continue;
+            };
+            let actor = NodeId(node);
+            match present
+                .iter()
+                .find(|(a, c, _)| *a == actor && *c == counter)
+            {
+                Some((_, _, value)) => {
+                    if value.map(Vec::as_slice) != w.value.as_deref() {
+                        bad(format!("dot {actor}:{counter} holds another value"));
+                    }
+                }
+                None => {
+                    let superseded = contexts.iter().any(|(c, _)| c.covers(actor, counter));
+                    if !superseded {
+                        bad(format!(
+                            "acknowledged {} at dot {actor}:{counter} is lost",
+                            match &w.value {
+                                Some(v) => format!("write of {:?}", String::from_utf8_lossy(v)),
+                                None => "delete".into(),
+                            }
+                        ));
+                    }
+                }
+            }
+        }
+        // 5. No resurrection.
+        for (c, w) in &contexts {
+            if !matches!(w.outcome, Outcome::Acked(..)) {
+                continue;
+            }
+            for (actor, counter, _) in &present {
+                if c.covers(*actor, *counter) {
+                    bad(format!(
+                        "dot {actor}:{counter} is present though an acknowledged write's context covered it"
+                    ));
+                }
+            }
+        }
+        // 6. Sibling bound.
+        if present.len() > max_siblings {
+            bad(format!(
+                "{} siblings, above the bound of {max_siblings}",
+                present.len()
+            ));
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny model of a replica: coordinates writes as the node does.
+    /// (value or delete, context, coordinating node) per write.
+    type Step<'a> = (Option<&'a [u8]>, &'a VectorClock, u64);
+
+    fn state_after(steps: &[Step<'_>]) -> Siblings {
+        let mut state = Siblings::new();
+        for (value, context, node) in steps {
+            state.update(context, NodeId(*node), value.map(<[u8]>::to_vec), 0);
+        }
+        state
+    }
+
+    fn context_of(state: &Siblings) -> Vec<u8> {
+        let mut out = Vec::new();
+        state.context().encode_into(&mut out, false);
+        out
+    }
+
+    fn last(key: &[u8], state: &Siblings) -> BTreeMap<Vec<u8>, ReplicaStates> {
+        let bytes = Some(state.to_bytes());
+        BTreeMap::from([(
+            key.to_vec(),
+            vec![(NodeId(1), bytes.clone()), (NodeId(2), bytes)],
+        )])
+    }
+
+    #[test]
+    fn a_clean_history_passes_and_each_rule_catches_its_fault() {
+        let empty = VectorClock::new();
+        // a then b (blind): two siblings, both acknowledged.
+        let two = state_after(&[(Some(b"a"), &empty, 1), (Some(b"b"), &empty, 2)]);
+        let ctx = context_of(&two);
+        let writes = vec![
+            Write {
+                key: b"k".to_vec(),
+                value: Some(b"a".to_vec()),
+                context: vec![],
+                outcome: Outcome::Acked(1, 1),
+            },
+            Write {
+                key: b"k".to_vec(),
+                value: Some(b"b".to_vec()),
+                context: vec![],
+                outcome: Outcome::Acked(2, 1),
+            },
+        ];
+        let report = check(&writes, &last(b"k", &two), 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert_eq!((report.writes, report.acked, report.keys), (2, 2, 1));
+
+        // Lost: the final state misses b.
+        let only_a = state_after(&[(Some(b"a"), &empty, 1)]);
+        let report = check(&writes, &last(b"k", &only_a), 10);
+        assert_eq!(report.violations.len(), 1);
+        assert!(report.violations[0].what.contains("is lost"));
+
+        // ...unless a write with a context covering b was issued, even one
+        // whose outcome is unknown.
+        let mut superseded = writes.clone();
+        superseded.push(Write {
+            key: b"k".to_vec(),
+            value: Some(b"c".to_vec()),
+            context: ctx.clone(),
+            outcome: Outcome::Unknown,
+        });
+        let covered = VectorClock::from_bytes(&ctx).unwrap();
+        let c_only = state_after(&[
+            (Some(b"a"), &empty, 1),
+            (Some(b"b"), &empty, 2),
+            (Some(b"c"), &covered, 1),
+        ]);
+        let report = check(&superseded, &last(b"k", &c_only), 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+
+        // Resurrection: an acknowledged delete covered a and b, yet they
+        // are still there.
+        let mut deleted = writes.clone();
+        deleted.push(Write {
+            key: b"k".to_vec(),
+            value: None,
+            context: ctx,
+            outcome: Outcome::Acked(1, 2),
+        });
+        let report = check(&deleted, &last(b"k", &two), 10);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.what.contains("covered it")),
+            "{:?}",
+            report.violations
+        );
+
+        // Phantom: a value nobody wrote.
+        let phantom = state_after(&[
+            (Some(b"a"), &empty, 1),
+            (Some(b"b"), &empty, 2),
+            (Some(b"zz"), &empty, 3),
+        ]);
+        let report = check(&writes, &last(b"k", &phantom), 10);
+        assert!(report.violations.iter().any(|v| v.what.contains("phantom")));
+
+        // Sibling bound.
+        let report = check(&writes, &last(b"k", &two), 1);
+        assert!(report.violations.iter().any(|v| v.what.contains("bound")));
+
+        // Divergence.
+        let mut split = last(b"k", &two);
+        split.get_mut(&b"k"[..]).unwrap()[1].1 = Some(only_a.to_bytes());
+        let report = check(&writes, &split, 10);
+        assert!(report.violations[0].what.contains("differs"));
+
+        // Corruption: the acknowledged dot holds another value.
+        let swapped = state_after(&[(Some(b"b"), &empty, 1), (Some(b"a"), &empty, 2)]);
+        let report = check(&writes, &last(b"k", &swapped), 10);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.what.contains("another value"))
+        );
+    }
+}
