@@ -525,14 +525,20 @@ where
 
     /// Delivers the hints this node holds for replicas that are alive
     /// again; a hint is deleted only after its owner acknowledges it.
-    /// Returns how many were delivered.
+    /// Hints for a node that left the ring go to the key's current
+    /// replicas instead. Returns how many were delivered.
     pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
         let mut delivered = 0;
         let owners = {
             let r = self.replica.clone();
             off_runtime(move || r.hints().owners()).await?
         };
+        let in_ring = self.ring.nodes();
         for owner in owners {
+            if !in_ring.is_empty() && !in_ring.contains(&owner) {
+                delivered += self.retarget_hints(owner, batch).await?;
+                continue;
+            }
             if !self.membership.is_alive(owner) {
                 continue;
             }
@@ -555,6 +561,45 @@ where
                     delivered += 1;
                     Metrics::add(&self.metrics.hints_delivered, 1);
                 }
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Hints held for `owner`, a node no longer in the ring (it left):
+    /// each goes to the key's current replicas instead (merged here when
+    /// this node is one), and is deleted once all of them took it.
+    async fn retarget_hints(&self, owner: NodeId, batch: usize) -> Result<usize> {
+        let pending = {
+            let r = self.replica.clone();
+            off_runtime(move || r.hints().pending(owner, batch)).await?
+        };
+        let me = self.replica.id();
+        let mut delivered = 0;
+        for (key, state) in pending {
+            let mut all = true;
+            for target in self.ring.preference_list(&key, self.config.n)? {
+                let sent = if target == me {
+                    let (r, k, s) = (self.replica.clone(), key.clone(), state.clone());
+                    off_runtime(move || r.merge_bytes(&k, &s)).await.is_ok()
+                } else {
+                    let call = self
+                        .transport
+                        .replicate(target, key.clone(), state.clone(), None);
+                    matches!(
+                        tokio::time::timeout(self.config.request_timeout, call).await,
+                        Ok(Ok(()))
+                    )
+                };
+                all &= sent;
+            }
+            if !all {
+                continue;
+            }
+            let r = self.replica.clone();
+            if off_runtime(move || r.hints().delivered_one(owner, &key, &state)).await? {
+                delivered += 1;
+                Metrics::add(&self.metrics.hints_delivered, 1);
             }
         }
         Ok(delivered)

@@ -462,6 +462,42 @@ async fn strict_quorum_keeps_no_hints() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn hints_for_a_node_that_left_the_ring_go_to_the_current_replicas() {
+    let c = Cluster::new(5, Config::default());
+    let key = b"orphan";
+    let replicas = c.replicas(key);
+    let holder = (1..=5).map(NodeId).find(|n| !replicas.contains(n)).unwrap();
+    // A hint for node 99, which is not (or no longer) in the ring.
+    let mut state = kv_coordinator::Siblings::new();
+    state.update(
+        &kv_clock::VectorClock::new(),
+        NodeId(99),
+        Some(b"kept".to_vec()),
+        0,
+    );
+    c.node(holder)
+        .replica()
+        .hints()
+        .add(NodeId(99), key, &state)
+        .unwrap();
+    assert_eq!(c.hints_pending(), 1);
+    // One replica is down: the hint stays until all of them took it.
+    c.network.set_down(replicas[2], true);
+    assert_eq!(c.node(holder).deliver_hints(100).await.unwrap(), 0);
+    assert_eq!(c.hints_pending(), 1);
+    c.network.set_down(replicas[2], false);
+    assert_eq!(c.node(holder).deliver_hints(100).await.unwrap(), 1);
+    assert_eq!(c.hints_pending(), 0);
+    for r in replicas {
+        let held = c.node(r).replica().state(key).unwrap();
+        assert!(
+            held.values().any(|v| v.as_deref() == Some(&b"kept"[..])),
+            "replica {r}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_replica_gets_a_hinted_fallback_within_the_request() {
     // The membership view says the replica is alive, but it cannot be
     // reached: the write still succeeds with W=3 through a fallback.

@@ -1,6 +1,11 @@
 //! Nodes talking real gRPC: in one process on loopback, as real `kvd`
 //! processes, and on turmoil's simulated network.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 mod membership;
 mod process;
