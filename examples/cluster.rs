@@ -116,12 +116,15 @@ async fn run(args: Args) -> Result<(), String> {
     println!();
     match args.run_for {
         Some(secs) => {
-            println!("running for {secs} s");
-            tokio::time::sleep(Duration::from_secs(secs)).await;
+            println!("running for {secs} s (or until Ctrl-C)");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                () = kv_server::shutdown_signal() => {}
+            }
         }
         None => {
             println!("press Ctrl-C to stop");
-            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            kv_server::shutdown_signal().await;
         }
     }
     println!("stopping");

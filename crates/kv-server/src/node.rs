@@ -378,3 +378,28 @@ fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {
         }
     })
 }
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: when a node should shut down
+/// gracefully. Installing the handlers also un-ignores SIGINT for a
+/// process started in the background by a shell.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

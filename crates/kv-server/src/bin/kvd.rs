@@ -154,7 +154,7 @@ async fn run(args: Args) -> Result<(), String> {
     eprintln!("kvd: node {id} serving on {}", running.addr);
     let mut left = running.left();
     tokio::select! {
-        () = wait_for_signal() => eprintln!("kvd: node {id} shutting down"),
+        () = kv_server::shutdown_signal() => eprintln!("kvd: node {id} shutting down"),
         _ = left.wait_for(|&left| left) => eprintln!("kvd: node {id} left the ring; stopping"),
     }
     maintenance.abort();
@@ -184,28 +184,6 @@ fn init_logs(configured: Option<&str>) -> Result<(), String> {
         .with(filter)
         .try_init()
         .map_err(|e| format!("logging: {e}"))
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn main() -> ExitCode {
