@@ -556,14 +556,20 @@ where
                 if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
-                let r = self.replica.clone();
-                if off_runtime(move || r.hints().delivered_one(owner, &key, &state)).await? {
-                    delivered += 1;
-                    Metrics::add(&self.metrics.hints_delivered, 1);
-                }
+                delivered += usize::from(self.hint_delivered(owner, key, state).await?);
             }
         }
         Ok(delivered)
+    }
+
+    /// Deletes a delivered hint (unless it changed meanwhile) and counts it.
+    async fn hint_delivered(&self, owner: NodeId, key: Vec<u8>, state: Vec<u8>) -> Result<bool> {
+        let r = self.replica.clone();
+        let deleted = off_runtime(move || r.hints().delivered_one(owner, &key, &state)).await?;
+        if deleted {
+            Metrics::add(&self.metrics.hints_delivered, 1);
+        }
+        Ok(deleted)
     }
 
     /// Hints held for `owner`, a node no longer in the ring (it left):
@@ -593,13 +599,8 @@ where
                 };
                 all &= sent;
             }
-            if !all {
-                continue;
-            }
-            let r = self.replica.clone();
-            if off_runtime(move || r.hints().delivered_one(owner, &key, &state)).await? {
-                delivered += 1;
-                Metrics::add(&self.metrics.hints_delivered, 1);
+            if all {
+                delivered += usize::from(self.hint_delivered(owner, key, state).await?);
             }
         }
         Ok(delivered)

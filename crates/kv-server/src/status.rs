@@ -60,5 +60,11 @@ mod tests {
             timed_out: vec![NodeId(3)],
         };
         assert_eq!(to_status(&slow).code(), Code::DeadlineExceeded);
+        let misrouted = Error::NotReplica(vec![NodeId(1), NodeId(2)]);
+        assert_eq!(
+            to_status(&misrouted).code(),
+            Code::Unavailable,
+            "a request that reached a non-replica may be retried elsewhere"
+        );
     }
 }

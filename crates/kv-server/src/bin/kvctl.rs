@@ -270,7 +270,7 @@ fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
         )
     } else {
         format!(
-            "{node} {what}: ring epoch {}, {} ranges moved, {} keys streamed\n",
+            "{node} {what}: ring epoch {}, {} ranges moved, {} key states streamed\n",
             r.epoch, r.ranges, r.keys_streamed
         )
     }

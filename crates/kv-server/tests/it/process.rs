@@ -247,6 +247,26 @@ async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
     })
 }
 
+/// Writes keys `<prefix>0000` to `<prefix>0199` (value: the index) with
+/// write quorum `w` (0: the cluster's); every write must succeed.
+async fn write_keys(writer: &mut KvClient<Channel>, prefix: &str, w: u32) -> Vec<Vec<u8>> {
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("{prefix}{i:04}").into_bytes())
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        writer
+            .put(PutRequest {
+                key: key.clone(),
+                value: (i as u32).to_le_bytes().to_vec(),
+                context: vec![],
+                w,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("write {i} (w={w}): {e}"));
+    }
+    keys
+}
+
 fn stop(children: Vec<Child>) {
     for mut child in children {
         let _ = child.kill();
@@ -295,20 +315,7 @@ async fn hints_reach_a_node_restarted_after_kill_nine() {
     }
     // W=3 with a replica down succeeds only through sloppy quorum: a
     // fallback node takes the write with a hint for node 4.
-    let keys: Vec<Vec<u8>> = (0..200u32)
-        .map(|i| format!("h{i:04}").into_bytes())
-        .collect();
-    for (i, key) in keys.iter().enumerate() {
-        writer
-            .put(PutRequest {
-                key: key.clone(),
-                value: (i as u32).to_le_bytes().to_vec(),
-                context: vec![],
-                w: 3,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("write {i} with node 4 down: {e}"));
-    }
+    let keys = write_keys(&mut writer, "h", 3).await;
     let ring = kv_server::ring_state::ring_of(&status(ports[0]).await.ring.unwrap()).unwrap();
     let for_4: Vec<usize> = (0..keys.len())
         .filter(|&i| {
@@ -366,20 +373,7 @@ async fn a_kvd_joins_and_another_leaves_through_kvctl() {
         .map(|id| kvd(id, &ports, dir.path(), &initial))
         .collect();
     let mut writer = connect(ports[0]).await;
-    let keys: Vec<Vec<u8>> = (0..200u32)
-        .map(|i| format!("j{i:04}").into_bytes())
-        .collect();
-    for (i, key) in keys.iter().enumerate() {
-        writer
-            .put(PutRequest {
-                key: key.clone(),
-                value: (i as u32).to_le_bytes().to_vec(),
-                context: vec![],
-                w: 0,
-            })
-            .await
-            .unwrap();
-    }
+    let keys = write_keys(&mut writer, "j", 0).await;
     // Node 4 knows only a seed, and joins at start.
     let seed = vec![
         "--seed".to_string(),
