@@ -93,9 +93,11 @@ async fn connect(port: u16) -> KvClient<Channel> {
 async fn kill_nine_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let mut children: Vec<Child> = (1..=3)
-        .map(|id| spawn_kvd(id, &ports, dir.path()))
-        .collect();
+    let mut children = Nodes(
+        (1..=3)
+            .map(|id| spawn_kvd(id, &ports, dir.path()))
+            .collect(),
+    );
     let mut writer = connect(ports[0]).await;
     for &p in &ports[1..] {
         connect(p).await;
@@ -189,10 +191,7 @@ async fn kill_nine_during_writes_loses_no_acknowledged_write() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
 }
 
 async fn admin(port: u16) -> AdminClient<Channel> {
@@ -267,10 +266,30 @@ async fn write_keys(writer: &mut KvClient<Channel>, prefix: &str, w: u32) -> Vec
     keys
 }
 
-fn stop(children: Vec<Child>) {
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
+/// The `kvd` processes of a test, killed when it ends, however it ends
+/// (a failed assertion must not leave nodes running).
+struct Nodes(Vec<Child>);
+
+impl std::ops::Deref for Nodes {
+    type Target = Vec<Child>;
+
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Nodes {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -282,9 +301,11 @@ async fn hints_reach_a_node_restarted_after_kill_nine() {
     // up to date.
     let mut extra = members(&ports, 4);
     extra.extend(["--anti-entropy-interval-ms".into(), "3600000".into()]);
-    let mut children: Vec<Child> = (1..=4)
-        .map(|id| kvd(id, &ports, dir.path(), &extra))
-        .collect();
+    let mut children = Nodes(
+        (1..=4)
+            .map(|id| kvd(id, &ports, dir.path(), &extra))
+            .collect(),
+    );
     let mut writer = connect(ports[0]).await;
     for &p in &ports[1..] {
         connect(p).await;
@@ -361,7 +382,7 @@ async fn hints_reach_a_node_restarted_after_kill_nine() {
             "node 4 holds key {i} after hint delivery"
         );
     }
-    stop(children);
+    drop(children);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,9 +390,11 @@ async fn a_kvd_joins_and_another_leaves_through_kvctl() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(4);
     let initial = members(&ports, 3);
-    let mut children: Vec<Child> = (1..=3)
-        .map(|id| kvd(id, &ports, dir.path(), &initial))
-        .collect();
+    let mut children = Nodes(
+        (1..=3)
+            .map(|id| kvd(id, &ports, dir.path(), &initial))
+            .collect(),
+    );
     let mut writer = connect(ports[0]).await;
     let keys = write_keys(&mut writer, "j", 0).await;
     // Node 4 knows only a seed, and joins at start.
@@ -452,5 +475,5 @@ async fn a_kvd_joins_and_another_leaves_through_kvctl() {
             "key {i}"
         );
     }
-    stop(children);
+    drop(children);
 }

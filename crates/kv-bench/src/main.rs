@@ -1,0 +1,169 @@
+//! `kv-bench`: load a running cluster and report throughput and latency;
+//! `kv-bench check --history FILE` checks a recorded history.
+//!
+//! ```text
+//! kv-bench --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --workload a \
+//!     --records 100000 --ops 300000 --concurrency 64 --value-size 100
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kv_bench::run::{RunConfig, run};
+use kv_bench::workload::{Distribution, Workload};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kv-bench",
+    about = "Load a kv cluster and report throughput and latency",
+    args_conflicts_with_subcommands = true
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// gRPC addresses of the nodes, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    nodes: Vec<String>,
+    /// a (50% read, 50% update), b (95/5), c (reads), f (read-modify-write), w (writes).
+    #[arg(long, default_value = "a")]
+    workload: Workload,
+    /// uniform or zipfian.
+    #[arg(long, default_value = "uniform")]
+    distribution: Distribution,
+    /// Records loaded and drawn from.
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Measured operations.
+    #[arg(long, default_value_t = 300_000)]
+    ops: u64,
+    /// Requests in flight (closed loop) or workers (open loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Write quorum sent with writes (default: the cluster's).
+    #[arg(long)]
+    w: Option<u32>,
+    /// Read quorum sent with reads (default: the cluster's).
+    #[arg(long)]
+    r: Option<u32>,
+    /// Open loop at this many operations per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Operations before measuring (default: a tenth of --ops).
+    #[arg(long)]
+    warmup_ops: Option<u64>,
+    /// Skip the load phase (the records are already there).
+    #[arg(long)]
+    no_load: bool,
+    /// Record every operation and the final state to this file.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Tell the checker reads must be fresh (R + W > N, sloppy quorum off).
+    #[arg(long)]
+    strict: bool,
+    /// The cluster's sibling bound (for the checker).
+    #[arg(long, default_value_t = 100)]
+    max_siblings: usize,
+    /// Seeds key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Seconds to wait for replicas to converge before reading final states.
+    #[arg(long, default_value_t = 120)]
+    converge_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a recorded history: exit 1 on any violation.
+    Check {
+        /// The history file.
+        #[arg(long)]
+        history: PathBuf,
+    },
+}
+
+fn check(path: &std::path::Path) -> Result<bool, String> {
+    let events = kv_bench::record::read(path)?;
+    let report = kv_bench::check::check(&events)?;
+    println!(
+        "history: {} writes ({} acknowledged) on {} keys, {} strict reads checked",
+        report.history.writes, report.history.acked, report.history.keys, report.reads_checked
+    );
+    for v in &report.history.violations {
+        println!("violation: {v}");
+    }
+    for v in &report.read_violations {
+        println!("violation: {v}");
+    }
+    println!("violations: {}", report.violations());
+    Ok(report.violations() == 0)
+}
+
+async fn bench(args: Args) -> Result<bool, String> {
+    let config = RunConfig {
+        nodes: args.nodes,
+        workload: args.workload,
+        distribution: args.distribution,
+        records: args.records,
+        ops: args.ops,
+        concurrency: args.concurrency,
+        value_size: args.value_size,
+        w: args.w,
+        r: args.r,
+        rate: args.rate,
+        warmup_ops: args.warmup_ops.unwrap_or(args.ops / 10),
+        load: !args.no_load,
+        history: args.history.clone(),
+        strict: args.strict,
+        max_siblings: args.max_siblings,
+        seed: args.seed,
+        timeout: Duration::from_millis(args.timeout_ms),
+        converge: Duration::from_secs(args.converge_secs),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = run(config).await?;
+    print!("{}", report.render());
+    match &args.history {
+        Some(path) => {
+            println!(
+                "history: {} ({} keys' final states)",
+                path.display(),
+                report.final_keys
+            );
+            check(path)
+        }
+        None => Ok(true),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.command {
+        Some(Command::Check { history }) => check(history),
+        None => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(bench(args)),
+            Err(e) => Err(format!("cannot start the runtime: {e}")),
+        },
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("kv-bench: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The history file: one JSON object per line. A `meta` line first, then
+//! every operation as it completes (`write`, `read`), then the converged
+//! state of every key written (`final`). Keys and states are hex; values
+//! are named by their id (see [`crate::workload::value`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write as _};
+use std::path::Path;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// One line of a history file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// How the run was set up.
+    Meta {
+        /// Replicas per key.
+        n: u32,
+        /// Write quorum used (0: the cluster's).
+        w: u32,
+        /// Read quorum used (0: the cluster's).
+        r: u32,
+        /// Whether every read must see every write acknowledged before it
+        /// began (R + W > N and no sloppy quorum).
+        strict: bool,
+        /// Value size, to rebuild values from their ids.
+        value_size: usize,
+        /// The cluster's sibling bound.
+        max_siblings: usize,
+    },
+    /// A put or delete.
+    Write {
+        /// The key, hex.
+        key: String,
+        /// The value's id; `None` for a delete.
+        value: Option<u64>,
+        /// The context sent, hex.
+        context: String,
+        /// The new version's dot when acknowledged; `None` when the
+        /// outcome is unknown (failed or timed out).
+        acked: Option<(u64, u64)>,
+        /// Microseconds since the run began, at invocation.
+        invoke_us: u64,
+        /// ... and at completion.
+        complete_us: u64,
+    },
+    /// A get that returned.
+    Read {
+        /// The key, hex.
+        key: String,
+        /// The ids of the values returned.
+        values: Vec<u64>,
+        /// Microseconds since the run began, at invocation.
+        invoke_us: u64,
+        /// ... and at completion.
+        complete_us: u64,
+    },
+    /// A key's converged state at each of its replicas.
+    Final {
+        /// The key, hex.
+        key: String,
+        /// (replica, stored state in hex or `None`).
+        replicas: Vec<(u64, Option<String>)>,
+    },
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses [`hex`].
+pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return Err(format!("{text:?} is not hex"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))
+        })
+        .collect()
+}
+
+/// Appends events to a history file; shared by every worker.
+#[derive(Debug)]
+pub struct Recorder {
+    out: Mutex<BufWriter<File>>,
+}
+
+impl Recorder {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Recorder {
+            out: Mutex::new(BufWriter::new(File::create(path)?)),
+        })
+    }
+
+    /// Writes one event.
+    pub fn record(&self, event: &Event) -> std::io::Result<()> {
+        let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
+        let mut out = self.out.lock();
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")
+    }
+
+    /// Flushes to the file.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.out.lock().flush()
+    }
+}
+
+/// Reads a history file; a line that does not parse is an error naming it.
+pub fn read(path: &Path) -> Result<Vec<Event>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        events.push(
+            serde_json::from_str(&line)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?,
+        );
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let events = vec![
+            Event::Meta {
+                n: 3,
+                w: 2,
+                r: 2,
+                strict: true,
+                value_size: 100,
+                max_siblings: 100,
+            },
+            Event::Write {
+                key: hex(b"k"),
+                value: Some(7),
+                context: String::new(),
+                acked: Some((1, 1)),
+                invoke_us: 5,
+                complete_us: 9,
+            },
+            Event::Read {
+                key: hex(b"k"),
+                values: vec![7],
+                invoke_us: 10,
+                complete_us: 12,
+            },
+            Event::Final {
+                key: hex(b"k"),
+                replicas: vec![(1, Some("00".into())), (2, None)],
+            },
+        ];
+        let recorder = Recorder::create(&path).unwrap();
+        for e in &events {
+            recorder.record(e).unwrap();
+        }
+        recorder.flush().unwrap();
+        assert_eq!(read(&path).unwrap(), events);
+        std::fs::write(&path, "{\"type\":\"meta\"}\nnot json\n").unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(unhex(&hex(b"\x00\xffab")).unwrap(), b"\x00\xffab");
+        assert!(unhex("abc").is_err() && unhex("zz").is_err());
+    }
+}

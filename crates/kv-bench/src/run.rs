@@ -1,0 +1,547 @@
+//! Drives a running cluster through the client SDK: load phase, warm-up,
+//! measured phase (closed or open loop), and, when a history is recorded,
+//! the converged final state of every key written.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_core::Partitioner as _;
+use kv_server::client::{Client, ClientConfig, ClientError, Context};
+use kv_server::proto::admin_client::AdminClient;
+use kv_server::proto::internal_client::InternalClient;
+use kv_server::proto::{Empty, ReadRequest};
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+use crate::record::{Event, Recorder, hex};
+use crate::workload::{Distribution, KeyChooser, Op, Workload, key, value, value_id};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// gRPC addresses of the nodes to spread requests over.
+    pub nodes: Vec<String>,
+    /// The operation mix.
+    pub workload: Workload,
+    /// How keys are drawn.
+    pub distribution: Distribution,
+    /// Records loaded and drawn from.
+    pub records: u64,
+    /// Measured operations.
+    pub ops: u64,
+    /// Requests in flight (closed loop), or workers (open loop).
+    pub concurrency: usize,
+    /// Bytes per value (at least 16).
+    pub value_size: usize,
+    /// Write quorum sent (`None`: the cluster's).
+    pub w: Option<u32>,
+    /// Read quorum sent (`None`: the cluster's).
+    pub r: Option<u32>,
+    /// Open loop at this many operations per second (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Operations run before measuring.
+    pub warmup_ops: u64,
+    /// Whether to load the records first.
+    pub load: bool,
+    /// Where to record the history (also collects the final state).
+    pub history: Option<PathBuf>,
+    /// Whether reads must see every write acknowledged before them (for
+    /// the checker: R + W > N with sloppy quorum off).
+    pub strict: bool,
+    /// The cluster's sibling bound (for the checker).
+    pub max_siblings: usize,
+    /// Seeds key and operation choices.
+    pub seed: u64,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// How long to wait for replicas to converge before the final read.
+    pub converge: Duration,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// Latencies and errors of one kind of operation.
+#[derive(Debug, Clone)]
+pub struct OpStats {
+    /// Latencies in microseconds.
+    pub latency: Histogram<u64>,
+    /// Operations that failed.
+    pub errors: u64,
+}
+
+impl OpStats {
+    fn new() -> Self {
+        OpStats {
+            latency: new_histogram(),
+            errors: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &OpStats) {
+        let _ = self.latency.add(&other.latency);
+        self.errors += other.errors;
+    }
+}
+
+/// 1 us to 60 s at 3 significant digits (larger values widen it).
+#[allow(clippy::expect_used)]
+fn new_histogram() -> Histogram<u64> {
+    // Constant bounds that satisfy the constructor (low >= 1, high >= 2 *
+    // low, sigfig <= 5): it cannot fail.
+    let mut h = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid constant bounds");
+    h.auto(true);
+    h
+}
+
+/// What the measured phase did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// Per kind of operation, indexed by [`Op::index`].
+    pub per_op: Vec<OpStats>,
+    /// Keys whose final state was recorded (history runs).
+    pub final_keys: usize,
+}
+
+impl RunReport {
+    /// Operations completed, failed ones included.
+    pub fn ops(&self) -> u64 {
+        self.per_op.iter().map(|s| s.latency.len() + s.errors).sum()
+    }
+
+    /// Failed operations.
+    pub fn errors(&self) -> u64 {
+        self.per_op.iter().map(|s| s.errors).sum()
+    }
+
+    /// Every latency together.
+    pub fn overall(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for s in &self.per_op {
+            let _ = all.add(&s.latency);
+        }
+        all
+    }
+
+    /// The report's text: the three summary lines, then one per kind.
+    pub fn render(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let all = self.overall();
+        let mut out = format!(
+            "throughput: {:.0} ops/s\nlatency: p50_us={} p99_us={} p999_us={} max_us={}\nerrors: {}\n",
+            self.ops() as f64 / secs,
+            all.value_at_quantile(0.5),
+            all.value_at_quantile(0.99),
+            all.value_at_quantile(0.999),
+            all.max(),
+            self.errors()
+        );
+        for op in Op::ALL {
+            let s = &self.per_op[op.index()];
+            if s.latency.is_empty() && s.errors == 0 {
+                continue;
+            }
+            out.push_str(&format!(
+                "{}: ops={} ops_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}\n",
+                op.name(),
+                s.latency.len() + s.errors,
+                (s.latency.len() + s.errors) as f64 / secs,
+                s.latency.value_at_quantile(0.5),
+                s.latency.value_at_quantile(0.99),
+                s.latency.value_at_quantile(0.999),
+                s.latency.max(),
+                s.errors
+            ));
+        }
+        out
+    }
+}
+
+/// Shared by every worker.
+struct Shared {
+    client: Client,
+    config: RunConfig,
+    keys: KeyChooser,
+    contexts: Vec<Mutex<HashMap<u64, Context>>>,
+    next_value: AtomicU64,
+    recorder: Option<Recorder>,
+    started: Instant,
+    written: Mutex<BTreeSet<u64>>,
+}
+
+impl Shared {
+    fn context(&self, record: u64) -> Context {
+        self.contexts[(record as usize) % self.contexts.len()]
+            .lock()
+            .get(&record)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, record: u64, context: Context) {
+        self.contexts[(record as usize) % self.contexts.len()]
+            .lock()
+            .insert(record, context);
+    }
+
+    fn micros(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    fn record(&self, event: Event) {
+        if let Some(r) = &self.recorder
+            && let Err(e) = r.record(&event)
+        {
+            eprintln!("kv-bench: writing the history: {e}");
+        }
+    }
+
+    async fn write(&self, record: u64, context: Context) -> Result<(), ClientError> {
+        let id = self.next_value.fetch_add(1, Ordering::Relaxed);
+        let k = key(record);
+        let invoke = self.micros();
+        let result = self
+            .client
+            .put(&k, value(id, self.config.value_size), Some(&context))
+            .await;
+        let complete = self.micros();
+        if self.recorder.is_some() {
+            self.written.lock().insert(record);
+            self.record(Event::Write {
+                key: hex(&k),
+                value: Some(id),
+                context: hex(&context.0),
+                acked: result
+                    .as_ref()
+                    .ok()
+                    .map(|w| (w.version.node, w.version.counter)),
+                invoke_us: invoke,
+                complete_us: complete,
+            });
+        }
+        let written = result?;
+        self.remember(record, written.context);
+        Ok(())
+    }
+
+    async fn read(&self, record: u64) -> Result<Context, ClientError> {
+        let k = key(record);
+        let invoke = self.micros();
+        let read = self.client.get(&k).await?;
+        let complete = self.micros();
+        if self.recorder.is_some() {
+            self.record(Event::Read {
+                key: hex(&k),
+                values: read.values.iter().filter_map(|v| value_id(v)).collect(),
+                invoke_us: invoke,
+                complete_us: complete,
+            });
+        }
+        self.remember(record, read.context.clone());
+        Ok(read.context)
+    }
+
+    async fn op(&self, op: Op, record: u64) -> Result<(), ClientError> {
+        match op {
+            Op::Read => self.read(record).await.map(|_| ()),
+            Op::Update => self.write(record, self.context(record)).await,
+            Op::ReadModifyWrite => {
+                let context = self.read(record).await?;
+                self.write(record, context).await
+            }
+        }
+    }
+}
+
+fn bar(show: bool, len: u64, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Runs `count` operations from `first` on `concurrency` workers, closed
+/// loop; `make` picks each one. Returns per-kind statistics.
+async fn closed_loop(
+    shared: &Arc<Shared>,
+    count: u64,
+    bar: &ProgressBar,
+    make: impl Fn(&mut SmallRng, u64) -> (Op, u64) + Send + Sync + Clone + 'static,
+) -> Vec<OpStats> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..shared.config.concurrency {
+        let (shared, next, bar, make) = (shared.clone(), next.clone(), bar.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(shared.config.seed ^ (worker as u64) << 32);
+            let mut stats: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return stats;
+                }
+                let (op, record) = make(&mut rng, i);
+                let started = Instant::now();
+                let result = shared.op(op, record).await;
+                let s = &mut stats[op.index()];
+                match result {
+                    Ok(()) => {
+                        let _ = s.latency.record(started.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => s.errors += 1,
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    collect(tasks).await
+}
+
+/// Runs `count` operations issued at `rate` per second whatever the
+/// latency (open loop); a latency counts from the operation's intended
+/// start, so queueing behind slow requests is measured.
+async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBar) -> Vec<OpStats> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let pacer = tokio::spawn(async move {
+        let start = Instant::now();
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due).await;
+            if tx.send(due).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for worker in 0..shared.config.concurrency {
+        let (shared, rx, bar) = (shared.clone(), rx.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(shared.config.seed ^ (worker as u64) << 32);
+            let mut stats: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
+            loop {
+                let Some(due) = rx.lock().await.recv().await else {
+                    return stats;
+                };
+                let op = shared.config.workload.pick(&mut rng);
+                let record = shared.keys.next(&mut rng);
+                let result = shared.op(op, record).await;
+                let s = &mut stats[op.index()];
+                match result {
+                    Ok(()) => {
+                        let _ = s.latency.record(due.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => s.errors += 1,
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    let _ = pacer.await;
+    collect(tasks).await
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<OpStats>>>) -> Vec<OpStats> {
+    let mut total: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
+    for task in tasks {
+        if let Ok(stats) = task.await {
+            for (t, s) in total.iter_mut().zip(&stats) {
+                t.merge(s);
+            }
+        }
+    }
+    total
+}
+
+/// Loads, warms up, measures; records the history and final states when
+/// asked.
+///
+/// # Errors
+/// Bad settings, or a cluster that cannot be reached at all.
+pub async fn run(config: RunConfig) -> Result<RunReport, String> {
+    if config.concurrency == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    if config.value_size < 16 {
+        return Err("value size must be at least 16 bytes (values carry an id)".into());
+    }
+    let client = Client::new(
+        &config.nodes,
+        ClientConfig {
+            request_timeout: config.timeout,
+            w: config.w,
+            r: config.r,
+            ..ClientConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let recorder = match &config.history {
+        Some(path) => Some(Recorder::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        client,
+        keys: KeyChooser::new(config.records, config.distribution)?,
+        contexts: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+        next_value: AtomicU64::new(1),
+        recorder,
+        started: Instant::now(),
+        written: Mutex::new(BTreeSet::new()),
+        config: config.clone(),
+    });
+    shared.record(Event::Meta {
+        n: 3,
+        w: config.w.unwrap_or(0),
+        r: config.r.unwrap_or(0),
+        strict: config.strict,
+        value_size: config.value_size,
+        max_siblings: config.max_siblings,
+    });
+    if config.load {
+        let b = bar(config.progress, config.records, "load");
+        let stats = closed_loop(&shared, config.records, &b, |_, i| (Op::Update, i)).await;
+        b.finish_and_clear();
+        let failed: u64 = stats.iter().map(|s| s.errors).sum();
+        if failed == config.records {
+            return Err(format!(
+                "every load write failed: is the cluster at {} running?",
+                config.nodes.join(",")
+            ));
+        }
+        eprintln!("loaded {} records ({failed} failed)", config.records);
+    }
+    let workload = config.workload;
+    let pick = move |rng: &mut SmallRng, _: u64| (workload.pick(rng), 0);
+    if config.warmup_ops > 0 {
+        let b = bar(config.progress, config.warmup_ops, "warm-up");
+        let chooser = shared.keys.clone();
+        let _ = closed_loop(&shared, config.warmup_ops, &b, move |rng, i| {
+            let (op, _) = pick(rng, i);
+            (op, chooser.next(rng))
+        })
+        .await;
+        b.finish_and_clear();
+    }
+    let b = bar(config.progress, config.ops, "run");
+    let started = Instant::now();
+    let per_op = match config.rate {
+        Some(rate) => open_loop(&shared, config.ops, rate, &b).await,
+        None => {
+            let chooser = shared.keys.clone();
+            closed_loop(&shared, config.ops, &b, move |rng, i| {
+                let (op, _) = pick(rng, i);
+                (op, chooser.next(rng))
+            })
+            .await
+        }
+    };
+    let elapsed = started.elapsed();
+    b.finish_and_clear();
+    let mut final_keys = 0;
+    if shared.recorder.is_some() {
+        let records: Vec<u64> = shared.written.lock().iter().copied().collect();
+        final_keys = records.len();
+        final_states(&shared, &records).await?;
+        if let Some(r) = &shared.recorder {
+            r.flush().map_err(|e| format!("writing the history: {e}"))?;
+        }
+    }
+    Ok(RunReport {
+        elapsed,
+        per_op,
+        final_keys,
+    })
+}
+
+/// Waits until every written key's replicas hold the same state, then
+/// records those states.
+async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), String> {
+    let first = &shared.config.nodes[0];
+    let mut admin = AdminClient::connect(format!("http://{first}"))
+        .await
+        .map_err(|e| format!("{first}: {e}"))?;
+    let status = admin
+        .status(Empty {})
+        .await
+        .map_err(|e| format!("status of {first}: {}", e.message()))?
+        .into_inner();
+    let ring = kv_server::ring_state::ring_of(&status.ring.unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    let mut peers: HashMap<u64, InternalClient<tonic::transport::Channel>> = HashMap::new();
+    for m in &status.members {
+        if let Ok(c) = InternalClient::connect(format!("http://{}", m.addr)).await {
+            peers.insert(m.id, c);
+        }
+    }
+    let n = status.n as usize;
+    let deadline = Instant::now() + shared.config.converge;
+    let b = bar(shared.config.progress, records.len() as u64, "converge");
+    let mut pending: Vec<u64> = records.to_vec();
+    let mut finals: Vec<Event> = Vec::with_capacity(records.len());
+    let mut diverged = 0usize;
+    loop {
+        let give_up = Instant::now() > deadline;
+        let mut still = Vec::new();
+        for &record in &pending {
+            let k = key(record);
+            let mut states = Vec::new();
+            for replica in ring.preference_list(&k, n).map_err(|e| e.to_string())? {
+                let client = peers
+                    .get_mut(&replica.0)
+                    .ok_or_else(|| format!("no connection to replica {replica}"))?;
+                let state = client
+                    .read(ReadRequest { key: k.clone() })
+                    .await
+                    .map_err(|e| format!("read at node {replica}: {}", e.message()))?
+                    .into_inner()
+                    .state;
+                states.push((replica.0, state.map(|s| hex(&s))));
+            }
+            // After the deadline, keys are recorded as they are: the
+            // checker reports the divergence.
+            let same = states.windows(2).all(|w| w[0].1 == w[1].1);
+            diverged += usize::from(give_up && !same);
+            if give_up || same {
+                finals.push(Event::Final {
+                    key: hex(&k),
+                    replicas: states,
+                });
+                b.inc(1);
+            } else {
+                still.push(record);
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.finish_and_clear();
+    if diverged > 0 {
+        eprintln!(
+            "kv-bench: {diverged} keys still differ between replicas after {:?}",
+            shared.config.converge
+        );
+    }
+    for event in finals {
+        shared.record(event);
+    }
+    Ok(())
+}
