@@ -1,0 +1,118 @@
+//! The load generator against a real three-node cluster in this process:
+//! the report counts what was asked, and the recorded history passes the
+//! checker.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use kv_bench::run::{RunConfig, run};
+use kv_bench::workload::{Distribution, Op, Workload};
+use kv_core::NodeId;
+use kv_server::{NodeConfig, RunningNode, start};
+use tokio::net::TcpListener;
+
+async fn cluster(dir: &std::path::Path) -> Vec<RunningNode> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let members: Vec<(NodeId, String)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (NodeId(i as u64 + 1), l.local_addr().unwrap().to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = NodeId(i as u64 + 1);
+        let config = NodeConfig {
+            members: members.clone(),
+            vnodes: 32,
+            memtable_bytes: 1 << 20,
+            durability: kv_lsm::Durability::Never,
+            coordinator: kv_coordinator::Config {
+                sloppy_quorum: false,
+                ..kv_coordinator::Config::default()
+            },
+            ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+        }
+        .with_gossip_interval(Duration::from_millis(100));
+        nodes.push(start(config, listener).await.unwrap());
+    }
+    nodes
+}
+
+fn config(
+    nodes: &[RunningNode],
+    workload: Workload,
+    history: Option<std::path::PathBuf>,
+) -> RunConfig {
+    RunConfig {
+        nodes: nodes.iter().map(|n| n.addr.to_string()).collect(),
+        workload,
+        distribution: Distribution::Zipfian,
+        records: 200,
+        ops: 2_000,
+        concurrency: 16,
+        value_size: 64,
+        w: Some(2),
+        r: Some(2),
+        rate: None,
+        warmup_ops: 200,
+        load: true,
+        history,
+        strict: true,
+        max_siblings: 100,
+        seed: 7,
+        timeout: Duration::from_secs(5),
+        converge: Duration::from_secs(30),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_run_passes_the_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path()).await;
+    let path = dir.path().join("history.jsonl");
+    let report = run(config(&nodes, Workload::F, Some(path.clone())))
+        .await
+        .unwrap();
+    assert_eq!(report.ops(), 2_000);
+    assert_eq!(report.errors(), 0);
+    assert!(report.per_op[Op::ReadModifyWrite.index()].latency.len() > 800);
+    assert!(
+        report.final_keys > 150,
+        "{} keys written",
+        report.final_keys
+    );
+    let text = report.render();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("throughput: ") && lines[0].ends_with(" ops/s"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("latency: p50_us="), "{text}");
+    assert_eq!(lines[2], "errors: 0");
+
+    let events = kv_bench::record::read(&path).unwrap();
+    let checked = kv_bench::check::check(&events).unwrap();
+    assert_eq!(checked.violations(), 0, "{checked:?}");
+    assert!(checked.reads_checked > 1_000);
+    assert!(checked.history.acked > 1_000);
+
+    // An open-loop run of updates at a fixed rate.
+    let mut open = config(&nodes, Workload::W, None);
+    open.rate = Some(2_000.0);
+    open.load = false;
+    open.ops = 500;
+    let report = run(open).await.unwrap();
+    assert_eq!(report.ops(), 500);
+    assert!(
+        report.elapsed >= Duration::from_millis(240),
+        "paced: {:?}",
+        report.elapsed
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
