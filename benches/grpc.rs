@@ -61,7 +61,8 @@ fn bench_grpc(c: &mut Criterion) {
                 rt.block_on(client.put(&key, value.clone(), None)).unwrap();
             })
         });
-        rt.block_on(client.put(b"bench:hot", value.clone(), None)).unwrap();
+        rt.block_on(client.put(b"bench:hot", value.clone(), None))
+            .unwrap();
         c.bench_function(&format!("grpc/get_100b/{size}_node"), |b| {
             b.iter(|| black_box(rt.block_on(client.get(b"bench:hot")).unwrap()))
         });

@@ -59,9 +59,12 @@ struct Args {
     /// Open loop at this many operations per second (default: closed loop).
     #[arg(long)]
     rate: Option<f64>,
-    /// Operations before measuring (default: a tenth of --ops).
+    /// Operations before measuring (default: a tenth of --ops, at most 10,000).
     #[arg(long)]
     warmup_ops: Option<u64>,
+    /// Stop measuring after this many seconds, even if --ops are not done.
+    #[arg(long)]
+    duration_secs: Option<u64>,
     /// Skip the load phase (the records are already there).
     #[arg(long)]
     no_load: bool,
@@ -71,8 +74,8 @@ struct Args {
     /// Tell the checker reads must be fresh (R + W > N, sloppy quorum off).
     #[arg(long)]
     strict: bool,
-    /// The cluster's sibling bound (for the checker).
-    #[arg(long, default_value_t = 100)]
+    /// The cluster's sibling bound (for the checker; the node default is 10).
+    #[arg(long, default_value_t = 10)]
     max_siblings: usize,
     /// Seeds key and operation choices.
     #[arg(long, default_value_t = 1)]
@@ -124,7 +127,8 @@ async fn bench(args: Args) -> Result<bool, String> {
         w: args.w,
         r: args.r,
         rate: args.rate,
-        warmup_ops: args.warmup_ops.unwrap_or(args.ops / 10),
+        warmup_ops: args.warmup_ops.unwrap_or((args.ops / 10).min(10_000)),
+        duration: args.duration_secs.map(Duration::from_secs),
         load: !args.no_load,
         history: args.history.clone(),
         strict: args.strict,
@@ -143,6 +147,9 @@ async fn bench(args: Args) -> Result<bool, String> {
                 path.display(),
                 report.final_keys
             );
+            if let Some(t) = report.converged_in {
+                println!("converged: {:.1} s after the run", t.as_secs_f64());
+            }
             check(path)
         }
         None => Ok(true),

@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub rate: Option<f64>,
     /// Operations run before measuring.
     pub warmup_ops: u64,
+    /// Stops the measured phase after this long even if `ops` are not
+    /// done (`None`: run every operation).
+    pub duration: Option<Duration>,
     /// Whether to load the records first.
     pub load: bool,
     /// Where to record the history (also collects the final state).
@@ -109,6 +112,9 @@ pub struct RunReport {
     pub per_op: Vec<OpStats>,
     /// Keys whose final state was recorded (history runs).
     pub final_keys: usize,
+    /// How long the replicas took to agree after the measured phase
+    /// (history runs), reads of every replica included.
+    pub converged_in: Option<Duration>,
 }
 
 impl RunReport {
@@ -175,9 +181,15 @@ struct Shared {
     recorder: Option<Recorder>,
     started: Instant,
     written: Mutex<BTreeSet<u64>>,
+    /// When the measured phase must stop, if bounded in time.
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl Shared {
+    fn past_deadline(&self) -> bool {
+        self.deadline.lock().is_some_and(|d| Instant::now() >= d)
+    }
+
     fn context(&self, record: u64) -> Context {
         self.contexts[(record as usize) % self.contexts.len()]
             .lock()
@@ -292,7 +304,7 @@ async fn closed_loop(
             let mut stats: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                if i >= count || shared.past_deadline() {
                     return stats;
                 }
                 let (op, record) = make(&mut rng, i);
@@ -319,10 +331,14 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let pacer_deadline = *shared.deadline.lock();
     let pacer = tokio::spawn(async move {
         let start = Instant::now();
         for i in 0..count {
             let due = start + interval.mul_f64(i as f64);
+            if pacer_deadline.is_some_and(|d| due > d) {
+                return;
+            }
             tokio::time::sleep_until(due).await;
             if tx.send(due).await.is_err() {
                 return;
@@ -403,6 +419,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         recorder,
         started: Instant::now(),
         written: Mutex::new(BTreeSet::new()),
+        deadline: Mutex::new(None),
         config: config.clone(),
     });
     shared.record(Event::Meta {
@@ -440,6 +457,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     }
     let b = bar(config.progress, config.ops, "run");
     let started = Instant::now();
+    *shared.deadline.lock() = config.duration.map(|d| started + d);
     let per_op = match config.rate {
         Some(rate) => open_loop(&shared, config.ops, rate, &b).await,
         None => {
@@ -454,10 +472,13 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     let elapsed = started.elapsed();
     b.finish_and_clear();
     let mut final_keys = 0;
+    let mut converged_in = None;
     if shared.recorder.is_some() {
         let records: Vec<u64> = shared.written.lock().iter().copied().collect();
         final_keys = records.len();
+        let waited = Instant::now();
         final_states(&shared, &records).await?;
+        converged_in = Some(waited.elapsed());
         if let Some(r) = &shared.recorder {
             r.flush().map_err(|e| format!("writing the history: {e}"))?;
         }
@@ -466,6 +487,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         elapsed,
         per_op,
         final_keys,
+        converged_in,
     })
 }
 
@@ -485,9 +507,11 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     let mut peers: HashMap<u64, InternalClient<tonic::transport::Channel>> = HashMap::new();
     for m in &status.members {
-        if let Ok(c) = InternalClient::connect(format!("http://{}", m.addr)).await {
-            peers.insert(m.id, c);
-        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", m.addr))
+            .map_err(|e| format!("{}: {e}", m.addr))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2));
+        peers.insert(m.id, InternalClient::new(endpoint.connect_lazy()));
     }
     let n = status.n as usize;
     let deadline = Instant::now() + shared.config.converge;
@@ -501,21 +525,25 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
         for &record in &pending {
             let k = key(record);
             let mut states = Vec::new();
+            let mut answered = true;
             for replica in ring.preference_list(&k, n).map_err(|e| e.to_string())? {
                 let client = peers
                     .get_mut(&replica.0)
                     .ok_or_else(|| format!("no connection to replica {replica}"))?;
-                let state = client
-                    .read(ReadRequest { key: k.clone() })
-                    .await
-                    .map_err(|e| format!("read at node {replica}: {}", e.message()))?
-                    .into_inner()
-                    .state;
+                // A replica that does not answer (still partitioned,
+                // restarting) is asked again on the next round.
+                let state = match client.read(ReadRequest { key: k.clone() }).await {
+                    Ok(reply) => reply.into_inner().state,
+                    Err(_) => {
+                        answered = false;
+                        None
+                    }
+                };
                 states.push((replica.0, state.map(|s| hex(&s))));
             }
             // After the deadline, keys are recorded as they are: the
             // checker reports the divergence.
-            let same = states.windows(2).all(|w| w[0].1 == w[1].1);
+            let same = answered && states.windows(2).all(|w| w[0].1 == w[1].1);
             diverged += usize::from(give_up && !same);
             if give_up || same {
                 finals.push(Event::Final {

@@ -58,6 +58,7 @@ fn config(
         r: Some(2),
         rate: None,
         warmup_ops: 200,
+        duration: None,
         load: true,
         history,
         strict: true,

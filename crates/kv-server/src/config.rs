@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// Client requests in flight at most; more are refused with
     /// ResourceExhausted (4096).
     pub max_in_flight: Option<usize>,
+    /// Siblings kept per key at most; beyond it the oldest are dropped
+    /// (10).
+    pub max_siblings: Option<usize>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -122,6 +125,7 @@ impl ServerConfig {
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
             log: over.log.or(self.log),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
+            max_siblings: over.max_siblings.or(self.max_siblings),
         }
     }
 
@@ -231,6 +235,9 @@ impl ServerConfig {
         }
         if let Some(h) = self.max_hints {
             coordinator.max_hints = h;
+        }
+        if let Some(cap) = self.max_siblings {
+            coordinator.max_siblings = cap;
         }
         if let Some(ms) = self.anti_entropy_interval_ms {
             coordinator.anti_entropy_interval = Duration::from_millis(ms);

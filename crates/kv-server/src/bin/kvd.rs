@@ -58,6 +58,9 @@ struct Args {
     /// Client requests in flight at most (more get ResourceExhausted).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Siblings kept per key at most.
+    #[arg(long)]
+    max_siblings: Option<usize>,
     /// Log filter, as `info` or `warn,kv_server=debug` (default: RUST_LOG,
     /// else the file's `log`, else info).
     #[arg(long)]
@@ -115,6 +118,7 @@ async fn run(args: Args) -> Result<(), String> {
         ring_sync_ms: args.ring_sync_ms,
         log: args.log,
         max_in_flight: args.max_in_flight,
+        max_siblings: args.max_siblings,
         vnodes: args.vnodes,
         n: args.n,
         w: args.w,
