@@ -20,7 +20,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use tonic::Code;
@@ -159,6 +162,10 @@ pub struct ClientConfig {
     pub w: Option<u32>,
     /// Read quorum sent with reads; `None` for the cluster's R.
     pub r: Option<u32>,
+    /// Send each request first to the key's first replica (its
+    /// coordinator), learned from the cluster's ring, which saves the
+    /// forwarding hop (true).
+    pub route_by_key: bool,
 }
 
 impl Default for ClientConfig {
@@ -169,8 +176,27 @@ impl Default for ClientConfig {
             attempts: 3,
             w: None,
             r: None,
+            route_by_key: true,
         }
     }
+}
+
+/// How often the ring is fetched again for routing.
+const ROUTES_TTL: Duration = Duration::from_secs(5);
+
+/// Where keys live, as this client last learned it.
+struct Routes {
+    ring: kv_ring::ConsistentHashRing,
+    /// Node id to its index among the client's nodes (nodes it was not
+    /// given are not routed to).
+    index: std::collections::HashMap<u64, usize>,
+    fetched: std::time::Instant,
+}
+
+struct Node {
+    addr: String,
+    kv: KvClient<Channel>,
+    channel: Channel,
 }
 
 /// A client of a kv cluster. Cheap to clone; clones share connections.
@@ -181,11 +207,22 @@ impl Default for ClientConfig {
 /// retried this way may have been applied by the first node too: with an
 /// empty context it then shows as two equal siblings, which a resolver
 /// folds back into one.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
-    nodes: std::sync::Arc<Vec<(String, KvClient<Channel>)>>,
-    next: std::sync::Arc<AtomicUsize>,
+    nodes: Arc<Vec<Node>>,
+    next: Arc<AtomicUsize>,
     config: ClientConfig,
+    routes: Arc<RwLock<Option<Routes>>>,
+    refreshing: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("nodes", &self.nodes.iter().map(|n| &n.addr).collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 fn classify(status: &tonic::Status) -> ClientError {
@@ -239,18 +276,21 @@ impl Client {
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true);
-            let client = KvClient::new(connect(endpoint))
+            let channel = connect(endpoint);
+            let kv = KvClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            nodes.push((addr, client));
+            nodes.push(Node { addr, kv, channel });
         }
         if nodes.is_empty() {
             return Err(ClientError::InvalidArgument("no node address given".into()));
         }
         Ok(Client {
-            nodes: std::sync::Arc::new(nodes),
-            next: std::sync::Arc::new(AtomicUsize::new(0)),
+            nodes: Arc::new(nodes),
+            next: Arc::new(AtomicUsize::new(0)),
             config,
+            routes: Arc::new(RwLock::new(None)),
+            refreshing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -263,18 +303,92 @@ impl Client {
         self
     }
 
-    /// Runs `call` against nodes in turn until one answers something other
-    /// than Unavailable.
-    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// Fetches the ring in the background when routing is on and the
+    /// last fetch is missing or old; requests never wait for it.
+    fn refresh_routes(&self) {
+        if !self.config.route_by_key {
+            return;
+        }
+        let fresh = self
+            .routes
+            .read()
+            .as_ref()
+            .is_some_and(|r| r.fetched.elapsed() < ROUTES_TTL);
+        if fresh || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (nodes, routes, refreshing) = (
+            self.nodes.clone(),
+            self.routes.clone(),
+            self.refreshing.clone(),
+        );
+        let start = self.next.load(Ordering::Relaxed);
+        tokio::spawn(async move {
+            for i in 0..nodes.len() {
+                let node = &nodes[(start + i) % nodes.len()];
+                let mut admin = crate::proto::admin_client::AdminClient::new(node.channel.clone());
+                let Ok(status) = admin.status(crate::proto::Empty {}).await else {
+                    continue;
+                };
+                let state = status.into_inner().ring.unwrap_or_default();
+                let Ok(ring) = crate::ring_state::ring_of(&state) else {
+                    continue;
+                };
+                let index = state
+                    .members
+                    .iter()
+                    .filter_map(|m| {
+                        nodes
+                            .iter()
+                            .position(|n| n.addr == m.addr)
+                            .map(|i| (m.id, i))
+                    })
+                    .collect();
+                *routes.write() = Some(Routes {
+                    ring,
+                    index,
+                    fetched: std::time::Instant::now(),
+                });
+                break;
+            }
+            refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Whether the client currently knows the ring and routes by key.
+    pub fn routes_known(&self) -> bool {
+        self.routes.read().is_some()
+    }
+
+    /// The index of `key`'s first replica among the nodes, if known.
+    fn route(&self, key: &[u8]) -> Option<usize> {
+        use kv_core::Partitioner as _;
+        let routes = self.routes.read();
+        let routes = routes.as_ref()?;
+        let first = *routes.ring.preference_list(key, 1).ok()?.first()?;
+        routes.index.get(&first.0).copied()
+    }
+
+    /// Runs `call` against nodes until one answers something other than
+    /// Unavailable: the key's coordinator first when known, then the
+    /// others round robin.
+    async fn with_retry<T, F, Fut>(&self, key: &[u8], mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        self.refresh_routes();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let attempts = self.config.attempts.clamp(1, self.nodes.len());
+        let routed = self.route(key);
+        let count = self.nodes.len();
+        let order = routed
+            .into_iter()
+            .chain((0..count).map(|i| (start + i) % count).filter(|&i| Some(i) != routed));
+        let attempts = self.config.attempts.clamp(1, count);
         let mut last = String::new();
-        for i in 0..attempts {
-            let (addr, client) = &self.nodes[(start + i) % self.nodes.len()];
+        for index in order.take(attempts) {
+            let node = &self.nodes[index];
+            let (addr, client) = (&node.addr, &node.kv);
             match call(client.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(status) => match classify(&status) {
@@ -297,7 +411,7 @@ impl Client {
     /// [`ClientError`] as the cluster reports it.
     pub async fn get(&self, key: &[u8]) -> Result<Versioned, ClientError> {
         let r = self.config.r.unwrap_or(0);
-        self.with_retry(|mut c| {
+        self.with_retry(key, |mut c| {
             let request = GetRequest {
                 key: key.to_vec(),
                 r,
@@ -328,7 +442,7 @@ impl Client {
     ) -> Result<Written, ClientError> {
         let w = self.config.w.unwrap_or(0);
         let context = context.map(|c| c.0.clone()).unwrap_or_default();
-        self.with_retry(|mut c| {
+        self.with_retry(key, |mut c| {
             let request = PutRequest {
                 key: key.to_vec(),
                 value: value.clone(),
@@ -347,7 +461,7 @@ impl Client {
     /// [`ClientError`] as the cluster reports it.
     pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
         let w = self.config.w.unwrap_or(0);
-        self.with_retry(|mut c| {
+        self.with_retry(key, |mut c| {
             let request = DeleteRequest {
                 key: key.to_vec(),
                 context: context.0.clone(),

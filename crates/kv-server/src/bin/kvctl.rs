@@ -286,6 +286,7 @@ async fn run(args: Args) -> Result<String, String> {
     }
     let config = ClientConfig {
         attempts: 1,
+        route_by_key: false,
         ..ClientConfig::default()
     };
     let client = Client::new([&args.node], config).map_err(|e| e.to_string())?;

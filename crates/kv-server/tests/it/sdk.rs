@@ -122,3 +122,54 @@ async fn requests_go_to_another_node_when_one_is_down() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Client puts counted by every node's coordinator: a request forwarded to
+/// the key's coordinator counts at both nodes.
+fn puts_counted(nodes: &[kv_server::RunningNode]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| kv_coordinator::Metrics::get(&n.coordinator().metrics().put.requests))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_by_key_skips_the_forwarding_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("route:{i}").into_bytes()).collect();
+
+    let unrouted = Client::new(
+        &addrs,
+        ClientConfig {
+            route_by_key: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    for k in &keys {
+        unrouted.put(k, b"v".to_vec(), None).await.unwrap();
+    }
+    let forwarded = puts_counted(&nodes) - 60;
+    assert!(forwarded > 20, "round robin forwards most puts ({forwarded})");
+
+    let routed = Client::new(&addrs, ClientConfig::default()).unwrap();
+    routed.put(b"warm", b"v".to_vec(), None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !routed.routes_known() {
+        assert!(std::time::Instant::now() < deadline, "the ring was never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let before = puts_counted(&nodes);
+    for k in &keys {
+        routed.put(k, b"w".to_vec(), None).await.unwrap();
+    }
+    assert_eq!(
+        puts_counted(&nodes) - before,
+        60,
+        "every put went straight to its coordinator"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
