@@ -285,6 +285,96 @@ impl<E: StorageEngine> Replica<E> {
         }
     }
 
+    /// Many states sent by coordinators, as [`receive`](Self::receive)
+    /// would take them one by one, but the merges are written as one
+    /// engine batch (one commit-log record, one sync). Returns one result
+    /// per item, in order.
+    pub fn receive_many(&self, items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)]) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
+        let mut merges: Vec<(usize, Siblings)> = Vec::new();
+        for (i, (key, state, hint_for)) in items.iter().enumerate() {
+            let incoming = match Siblings::from_bytes(state) {
+                Ok(s) => s,
+                Err(e) => {
+                    results.push(Err(Error::InvalidInput(format!("peer state: {e}"))));
+                    continue;
+                }
+            };
+            match hint_for {
+                Some(owner) if *owner != self.id => {
+                    results.push(self.hints.add(*owner, key, &incoming));
+                }
+                _ => {
+                    results.push(Ok(()));
+                    merges.push((i, incoming));
+                }
+            }
+        }
+        if merges.is_empty() {
+            return results;
+        }
+        let mut stripes: Vec<usize> = merges.iter().map(|(i, _)| stripe(&items[*i].0)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<_> = stripes.iter().map(|&s| self.locks[s].lock()).collect();
+        // The state of each key as this batch leaves it (a key may come
+        // twice), and what it was before the batch.
+        let mut current: std::collections::HashMap<&[u8], (Option<Vec<u8>>, Vec<u8>)> =
+            std::collections::HashMap::new();
+        let mut failed: Vec<(usize, Error)> = Vec::new();
+        for (i, incoming) in &merges {
+            let key = items[*i].0.as_slice();
+            let before = match current.get(key) {
+                Some((_, now)) => Some(now.clone()),
+                None => match self.engine.get(key) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failed.push((*i, e.into()));
+                        continue;
+                    }
+                },
+            };
+            let mut state = match decode(before.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.push((*i, e));
+                    continue;
+                }
+            };
+            state.sync(incoming);
+            let bytes = state.to_bytes();
+            let original = match current.remove(key) {
+                Some((original, _)) => original,
+                None => before,
+            };
+            current.insert(key, (original, bytes));
+        }
+        let mut batch = kv_core::WriteBatch::new();
+        let mut changes = Vec::new();
+        for (key, (before, after)) in &current {
+            if before.as_deref() != Some(after.as_slice()) {
+                batch.put(key.to_vec(), after.clone());
+                changes.push((*key, before.clone(), after.clone()));
+            }
+        }
+        if !changes.is_empty()
+            && let Err(e) = self.engine.write(batch)
+        {
+            let message = e.to_string();
+            for (i, _) in &merges {
+                results[*i] = Err(Error::Storage(kv_core::StorageError::Io(message.clone())));
+            }
+            return results;
+        }
+        for (key, before, after) in changes {
+            self.track(key, before.as_deref(), Some(&after));
+        }
+        for (i, e) in failed {
+            results[i] = Err(e);
+        }
+        results
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &E {
         &self.engine

@@ -13,10 +13,10 @@ use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    Ack, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply, FetchRequest,
+    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply, FetchRequest,
     ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply, InstallReply,
     KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadReply, ReadRequest, ReapReply,
-    ReapRequest, ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
+    ReapRequest, ReplicateBatchRequest, ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
@@ -160,6 +160,28 @@ impl Internal for InternalService {
         let replica = self.coordinator.replica().clone();
         blocking(move || replica.receive(&r.key, &r.state, r.hint_for.map(NodeId))).await?;
         Ok(Response::new(Ack {}))
+    }
+
+    async fn replicate_batch(
+        &self,
+        request: Request<ReplicateBatchRequest>,
+    ) -> Result<Response<BatchReply>, Status> {
+        let items: Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
+            .collect();
+        let replica = self.coordinator.replica().clone();
+        let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
+            .await
+            .map_err(|e| Status::internal(format!("engine task failed: {e}")))?;
+        Ok(Response::new(BatchReply {
+            errors: results
+                .into_iter()
+                .map(|r| r.err().map(|e| e.to_string()).unwrap_or_default())
+                .collect(),
+        }))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {

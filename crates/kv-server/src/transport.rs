@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::internal_client::InternalClient;
 use crate::proto::{
-    BucketRequest, ForwardRequest, MerkleRequest, PutOp, ReadRequest, ReapRequest, ReplicateRequest,
+    BucketRequest, ReplicateBatchRequest, ForwardRequest, MerkleRequest, PutOp, ReadRequest, ReapRequest, ReplicateRequest,
 };
 
 /// Largest message either side sends or accepts (64 MiB: a value of up to
@@ -27,6 +27,72 @@ pub fn tcp_connect() -> Connect {
     Arc::new(|endpoint: Endpoint| endpoint.connect_lazy())
 }
 
+/// Replica writes sent to one peer in one call at most.
+const BATCH_MAX: usize = 256;
+/// Batches in flight to one peer at most; while all are out, writes queue
+/// and the next batch grows (batching adapts to load, with no added
+/// waiting when the peer is idle).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A replica write waiting for its batch.
+struct Queued {
+    request: ReplicateRequest,
+    done: tokio::sync::oneshot::Sender<Result<(), TransportError>>,
+}
+
+/// Sends `node`'s queued replica writes in batches until the queue closes
+/// (the transport dropped it, or the peer's address changed).
+async fn drive_batches(
+    node: NodeId,
+    client: InternalClient<Channel>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let (items, done): (Vec<ReplicateRequest>, Vec<_>) =
+                batch.into_iter().map(|q| (q.request, q.done)).unzip();
+            match client.replicate_batch(ReplicateBatchRequest { items }).await {
+                Ok(reply) => {
+                    let errors = reply.into_inner().errors;
+                    for (i, done) in done.into_iter().enumerate() {
+                        let result = match errors.get(i) {
+                            Some(e) if e.is_empty() => Ok(()),
+                            Some(e) => Err(TransportError::Remote {
+                                node,
+                                message: e.clone(),
+                            }),
+                            None => Err(TransportError::Remote {
+                                node,
+                                message: "batch reply is missing an item".into(),
+                            }),
+                        };
+                        let _ = done.send(result);
+                    }
+                }
+                Err(status) => {
+                    let error = unreachable(node)(status);
+                    for done in done {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
 /// How long a bulk call (a page of range streaming, a ring change) may
 /// take, independent of the request timeout.
 pub(crate) const BULK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +106,8 @@ pub struct GrpcTransport {
     /// By address, with the bulk timeout: gossip (whose messages name
     /// addresses) and streaming.
     by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
+    /// Per peer, the queue of replica writes its batcher sends.
+    batchers: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Queued>>>,
     timeout: Duration,
     connect: Connect,
 }
@@ -96,6 +164,7 @@ impl GrpcTransport {
             addresses: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
+            batchers: Mutex::new(HashMap::new()),
             timeout,
             connect,
         }
@@ -106,6 +175,7 @@ impl GrpcTransport {
         let changed = self.addresses.lock().insert(node, addr.clone()) != Some(addr);
         if changed {
             self.clients.lock().remove(&node);
+            self.batchers.lock().remove(&node);
         }
     }
 
@@ -125,6 +195,23 @@ impl GrpcTransport {
             .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
+    }
+
+    /// The queue of `node`'s batcher, started on first use.
+    fn batcher(
+        &self,
+        node: NodeId,
+    ) -> Result<tokio::sync::mpsc::UnboundedSender<Queued>, TransportError> {
+        if let Some(queue) = self.batchers.lock().get(&node)
+            && !queue.is_closed()
+        {
+            return Ok(queue.clone());
+        }
+        let client = self.client(node)?;
+        let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(drive_batches(node, client, rx));
+        self.batchers.lock().insert(node, queue.clone());
+        Ok(queue)
     }
 
     /// A client for the node at `addr`, for calls bounded by
@@ -162,11 +249,13 @@ impl Transport for GrpcTransport {
             state,
             hint_for: hint_for.map(|n| n.0),
         };
-        self.client(to)?
-            .replicate(request)
-            .await
-            .map_err(unreachable(to))?;
-        Ok(())
+        // Through the peer's batcher: concurrent writes to one peer share
+        // calls, and their engine writes share one sync there.
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.batcher(to)?
+            .send(Queued { request, done })
+            .map_err(|_| TransportError::Unreachable(to))?;
+        result.await.map_err(|_| TransportError::Unreachable(to))?
     }
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {

@@ -1127,3 +1127,68 @@ async fn maintenance_delivers_hints_and_repairs_without_clients() {
         t.abort();
     }
 }
+
+#[test]
+fn receiving_many_states_equals_receiving_them_one_by_one() {
+    let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
+        ConsistentHashRing::builder()
+            .vnodes(8)
+            .nodes((1..=3).map(NodeId))
+            .build()
+            .unwrap(),
+    );
+    let settings = kv_coordinator::ReplicaSettings::default();
+    let make = || {
+        Replica::new(
+            NodeId(1),
+            Arc::new(MemEngine::new()),
+            Arc::new(MemEngine::new()),
+            &settings,
+            ring.clone(),
+        )
+        .unwrap()
+    };
+    let (one_by_one, batched) = (make(), make());
+    let mut items = Vec::new();
+    for i in 0..40u32 {
+        let key = format!("k{}", i % 13).into_bytes();
+        let mut state = kv_coordinator::Siblings::new();
+        state.update(
+            &kv_clock::VectorClock::new(),
+            NodeId(u64::from(i % 3) + 1),
+            Some(i.to_le_bytes().to_vec()),
+            0,
+        );
+        // Every fifth state is a hint for node 9, every seventh garbage.
+        let hint = (i % 5 == 0).then_some(NodeId(9));
+        let bytes = if i % 7 == 0 {
+            vec![0xff, 0x00]
+        } else {
+            state.to_bytes()
+        };
+        items.push((key, bytes, hint));
+    }
+    let singles: Vec<bool> = items
+        .iter()
+        .map(|(k, s, h)| one_by_one.receive(k, s, *h).is_ok())
+        .collect();
+    let many: Vec<bool> = batched
+        .receive_many(&items)
+        .iter()
+        .map(Result::is_ok)
+        .collect();
+    assert_eq!(singles, many);
+    assert!(many.iter().any(|ok| !ok), "garbage is refused per item");
+    assert_eq!(
+        one_by_one.scan_states().unwrap(),
+        batched.scan_states().unwrap()
+    );
+    assert_eq!(one_by_one.hints().len(), batched.hints().len());
+    assert!(batched.hints().len() > 0);
+    // The anti-entropy trees agree too.
+    for peer in [NodeId(2), NodeId(3)] {
+        let a = one_by_one.with_tree(peer, |t| t.root());
+        let b = batched.with_tree(peer, |t| t.root());
+        assert_eq!(a, b, "tree for {peer}");
+    }
+}
