@@ -22,6 +22,9 @@ pub type Value = Option<Vec<u8>>;
 /// One key's versions.
 pub type Siblings = DvvSet<Value>;
 
+/// A key's stored state before a batch (`None`: absent) and after it.
+type BeforeAfter = (Option<Vec<u8>>, Vec<u8>);
+
 /// Locks that serialise read-modify-write of one key.
 const STRIPES: usize = 256;
 
@@ -319,7 +322,7 @@ impl<E: StorageEngine> Replica<E> {
         let _guards: Vec<_> = stripes.iter().map(|&s| self.locks[s].lock()).collect();
         // The state of each key as this batch leaves it (a key may come
         // twice), and what it was before the batch.
-        let mut current: std::collections::HashMap<&[u8], (Option<Vec<u8>>, Vec<u8>)> =
+        let mut current: std::collections::HashMap<&[u8], BeforeAfter> =
             std::collections::HashMap::new();
         let mut failed: Vec<(usize, Error)> = Vec::new();
         for (i, incoming) in &merges {

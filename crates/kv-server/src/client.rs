@@ -219,7 +219,10 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("nodes", &self.nodes.iter().map(|n| &n.addr).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| &n.addr).collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -381,9 +384,11 @@ impl Client {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let routed = self.route(key);
         let count = self.nodes.len();
-        let order = routed
-            .into_iter()
-            .chain((0..count).map(|i| (start + i) % count).filter(|&i| Some(i) != routed));
+        let order = routed.into_iter().chain(
+            (0..count)
+                .map(|i| (start + i) % count)
+                .filter(|&i| Some(i) != routed),
+        );
         let attempts = self.config.attempts.clamp(1, count);
         let mut last = String::new();
         for index in order.take(attempts) {

@@ -13,10 +13,11 @@ use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply, FetchRequest,
-    ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply, InstallReply,
-    KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadReply, ReadRequest, ReapReply,
-    ReapRequest, ReplicateBatchRequest, ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
+    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply,
+    FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
+    InstallReply, KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadBatchReply,
+    ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest, ReplicateBatchRequest,
+    ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
@@ -128,6 +129,14 @@ impl Kv for KvService {
     }
 }
 
+/// A replica's answer for one key: its state, or none if it holds nothing.
+fn read_reply(state: &kv_coordinator::Siblings) -> ReadReply {
+    let stored = !state.is_empty() || !state.context().is_empty();
+    ReadReply {
+        state: stored.then(|| state.to_bytes()),
+    }
+}
+
 fn put_reply(put: kv_coordinator::PutResult) -> PutReply {
     PutReply {
         context: put.context,
@@ -188,10 +197,7 @@ impl Internal for InternalService {
         let key = request.into_inner().key;
         let replica = self.coordinator.replica().clone();
         let state = blocking(move || replica.state(&key)).await?;
-        let stored = !state.is_empty() || !state.context().is_empty();
-        Ok(Response::new(ReadReply {
-            state: stored.then(|| state.to_bytes()),
-        }))
+        Ok(Response::new(read_reply(&state)))
     }
 
     async fn forward(
@@ -231,6 +237,21 @@ impl Internal for InternalService {
             },
         };
         Ok(Response::new(reply))
+    }
+
+    async fn read_batch(
+        &self,
+        request: Request<ReadBatchRequest>,
+    ) -> Result<Response<ReadBatchReply>, Status> {
+        let keys = request.into_inner().keys;
+        let replica = self.coordinator.replica().clone();
+        let items = blocking(move || {
+            keys.iter()
+                .map(|key| Ok(read_reply(&replica.state(key)?)))
+                .collect::<kv_coordinator::Result<Vec<_>>>()
+        })
+        .await?;
+        Ok(Response::new(ReadBatchReply { items }))
     }
 
     async fn merkle_exchange(

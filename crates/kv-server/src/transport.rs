@@ -9,8 +9,11 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::internal_client::InternalClient;
+use futures_util::future::BoxFuture;
+
 use crate::proto::{
-    BucketRequest, ReplicateBatchRequest, ForwardRequest, MerkleRequest, PutOp, ReadRequest, ReapRequest, ReplicateRequest,
+    BucketRequest, ForwardRequest, MerkleRequest, PutOp, ReadBatchRequest, ReapRequest,
+    ReplicateBatchRequest, ReplicateRequest,
 };
 
 /// Largest message either side sends or accepts (64 MiB: a value of up to
@@ -34,18 +37,79 @@ const BATCH_MAX: usize = 256;
 /// waiting when the peer is idle).
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// A replica write waiting for its batch.
-struct Queued {
-    request: ReplicateRequest,
-    done: tokio::sync::oneshot::Sender<Result<(), TransportError>>,
+/// An item waiting for its batch, and where its result goes.
+struct Queued<I, O> {
+    item: I,
+    done: tokio::sync::oneshot::Sender<Result<O, TransportError>>,
 }
 
-/// Sends `node`'s queued replica writes in batches until the queue closes
-/// (the transport dropped it, or the peer's address changed).
-async fn drive_batches(
+/// Sends one batch to a peer: one result per item (`Err` with the peer's
+/// reason), or the call's failure.
+type SendBatch<I, O> = fn(
+    InternalClient<Channel>,
+    Vec<I>,
+) -> BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
+
+/// Per peer, a queue of calls sent in batches.
+struct Batchers<I, O> {
+    queues: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Queued<I, O>>>>,
+    send: SendBatch<I, O>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batchers<I, O> {
+    fn new(send: SendBatch<I, O>) -> Self {
+        Batchers {
+            queues: Mutex::new(HashMap::new()),
+            send,
+        }
+    }
+
+    fn forget(&self, node: NodeId) {
+        self.queues.lock().remove(&node);
+    }
+
+    /// Queues `item` for `node` (starting its batcher with `client` on
+    /// first use) and waits for its result.
+    async fn call(
+        &self,
+        node: NodeId,
+        client: impl FnOnce() -> Result<InternalClient<Channel>, TransportError>,
+        item: I,
+    ) -> Result<O, TransportError> {
+        let queue = {
+            let existing = self
+                .queues
+                .lock()
+                .get(&node)
+                .filter(|q| !q.is_closed())
+                .cloned();
+            match existing {
+                Some(queue) => queue,
+                None => {
+                    let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(drive_batches(node, client()?, rx, self.send));
+                    self.queues.lock().insert(node, queue.clone());
+                    queue
+                }
+            }
+        };
+        let (done, result) = tokio::sync::oneshot::channel();
+        queue
+            .send(Queued { item, done })
+            .map_err(|_| TransportError::Unreachable(node))?;
+        result
+            .await
+            .map_err(|_| TransportError::Unreachable(node))?
+    }
+}
+
+/// Sends `node`'s queued items in batches until the queue closes (the
+/// transport dropped it, or the peer's address changed).
+async fn drive_batches<I: Send + 'static, O: Send + 'static>(
     node: NodeId,
     client: InternalClient<Channel>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued<I, O>>,
+    send: SendBatch<I, O>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
@@ -59,26 +123,25 @@ async fn drive_batches(
                 Err(_) => break,
             }
         }
-        let mut client = client.clone();
+        let client = client.clone();
         tokio::spawn(async move {
-            let (items, done): (Vec<ReplicateRequest>, Vec<_>) =
-                batch.into_iter().map(|q| (q.request, q.done)).unzip();
-            match client.replicate_batch(ReplicateBatchRequest { items }).await {
-                Ok(reply) => {
-                    let errors = reply.into_inner().errors;
-                    for (i, done) in done.into_iter().enumerate() {
-                        let result = match errors.get(i) {
-                            Some(e) if e.is_empty() => Ok(()),
-                            Some(e) => Err(TransportError::Remote {
-                                node,
-                                message: e.clone(),
-                            }),
-                            None => Err(TransportError::Remote {
-                                node,
-                                message: "batch reply is missing an item".into(),
-                            }),
-                        };
-                        let _ = done.send(result);
+            let (items, done): (Vec<I>, Vec<_>) =
+                batch.into_iter().map(|q| (q.item, q.done)).unzip();
+            let count = items.len();
+            match send(client, items).await {
+                Ok(results) if results.len() == count => {
+                    for (done, result) in done.into_iter().zip(results) {
+                        let _ = done.send(
+                            result.map_err(|message| TransportError::Remote { node, message }),
+                        );
+                    }
+                }
+                Ok(_) => {
+                    for done in done {
+                        let _ = done.send(Err(TransportError::Remote {
+                            node,
+                            message: "a batch reply with the wrong number of items".into(),
+                        }));
                     }
                 }
                 Err(status) => {
@@ -91,6 +154,36 @@ async fn drive_batches(
             drop(slot);
         });
     }
+}
+
+fn send_replicas(
+    mut client: InternalClient<Channel>,
+    items: Vec<ReplicateRequest>,
+) -> BoxFuture<'static, Result<Vec<Result<(), String>>, tonic::Status>> {
+    Box::pin(async move {
+        let reply = client
+            .replicate_batch(ReplicateBatchRequest { items })
+            .await?
+            .into_inner();
+        Ok(reply
+            .errors
+            .into_iter()
+            .map(|e| if e.is_empty() { Ok(()) } else { Err(e) })
+            .collect())
+    })
+}
+
+fn send_reads(
+    mut client: InternalClient<Channel>,
+    keys: Vec<Vec<u8>>,
+) -> BoxFuture<'static, Result<Vec<Result<Option<Vec<u8>>, String>>, tonic::Status>> {
+    Box::pin(async move {
+        let reply = client
+            .read_batch(ReadBatchRequest { keys })
+            .await?
+            .into_inner();
+        Ok(reply.items.into_iter().map(|r| Ok(r.state)).collect())
+    })
 }
 
 /// How long a bulk call (a page of range streaming, a ring change) may
@@ -106,8 +199,9 @@ pub struct GrpcTransport {
     /// By address, with the bulk timeout: gossip (whose messages name
     /// addresses) and streaming.
     by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
-    /// Per peer, the queue of replica writes its batcher sends.
-    batchers: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Queued>>>,
+    /// Replica writes and reads, batched per peer.
+    replicas: Batchers<ReplicateRequest, ()>,
+    reads: Batchers<Vec<u8>, Option<Vec<u8>>>,
     timeout: Duration,
     connect: Connect,
 }
@@ -164,7 +258,8 @@ impl GrpcTransport {
             addresses: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
-            batchers: Mutex::new(HashMap::new()),
+            replicas: Batchers::new(send_replicas),
+            reads: Batchers::new(send_reads),
             timeout,
             connect,
         }
@@ -175,7 +270,8 @@ impl GrpcTransport {
         let changed = self.addresses.lock().insert(node, addr.clone()) != Some(addr);
         if changed {
             self.clients.lock().remove(&node);
-            self.batchers.lock().remove(&node);
+            self.replicas.forget(node);
+            self.reads.forget(node);
         }
     }
 
@@ -195,23 +291,6 @@ impl GrpcTransport {
             .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
-    }
-
-    /// The queue of `node`'s batcher, started on first use.
-    fn batcher(
-        &self,
-        node: NodeId,
-    ) -> Result<tokio::sync::mpsc::UnboundedSender<Queued>, TransportError> {
-        if let Some(queue) = self.batchers.lock().get(&node)
-            && !queue.is_closed()
-        {
-            return Ok(queue.clone());
-        }
-        let client = self.client(node)?;
-        let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(drive_batches(node, client, rx));
-        self.batchers.lock().insert(node, queue.clone());
-        Ok(queue)
     }
 
     /// A client for the node at `addr`, for calls bounded by
@@ -251,20 +330,11 @@ impl Transport for GrpcTransport {
         };
         // Through the peer's batcher: concurrent writes to one peer share
         // calls, and their engine writes share one sync there.
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.batcher(to)?
-            .send(Queued { request, done })
-            .map_err(|_| TransportError::Unreachable(to))?;
-        result.await.map_err(|_| TransportError::Unreachable(to))?
+        self.replicas.call(to, || self.client(to), request).await
     }
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
-        let reply = self
-            .client(to)?
-            .read(ReadRequest { key })
-            .await
-            .map_err(unreachable(to))?;
-        Ok(reply.into_inner().state)
+        self.reads.call(to, || self.client(to), key).await
     }
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {

@@ -151,13 +151,19 @@ async fn routing_by_key_skips_the_forwarding_hop() {
         unrouted.put(k, b"v".to_vec(), None).await.unwrap();
     }
     let forwarded = puts_counted(&nodes) - 60;
-    assert!(forwarded > 20, "round robin forwards most puts ({forwarded})");
+    assert!(
+        forwarded > 20,
+        "round robin forwards most puts ({forwarded})"
+    );
 
     let routed = Client::new(&addrs, ClientConfig::default()).unwrap();
     routed.put(b"warm", b"v".to_vec(), None).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !routed.routes_known() {
-        assert!(std::time::Instant::now() < deadline, "the ring was never fetched");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ring was never fetched"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let before = puts_counted(&nodes);
