@@ -43,12 +43,12 @@ struct Queued<I, O> {
     done: tokio::sync::oneshot::Sender<Result<O, TransportError>>,
 }
 
-/// Sends one batch to a peer: one result per item (`Err` with the peer's
-/// reason), or the call's failure.
-type SendBatch<I, O> = fn(
-    InternalClient<Channel>,
-    Vec<I>,
-) -> BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
+/// The outcome of one batch call: one result per item (`Err` with the
+/// peer's reason), or the call's failure.
+type BatchOutcome<O> = BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
+
+/// Sends one batch to a peer.
+type SendBatch<I, O> = fn(InternalClient<Channel>, Vec<I>) -> BatchOutcome<O>;
 
 /// Per peer, a queue of calls sent in batches.
 struct Batchers<I, O> {
@@ -159,7 +159,7 @@ async fn drive_batches<I: Send + 'static, O: Send + 'static>(
 fn send_replicas(
     mut client: InternalClient<Channel>,
     items: Vec<ReplicateRequest>,
-) -> BoxFuture<'static, Result<Vec<Result<(), String>>, tonic::Status>> {
+) -> BatchOutcome<()> {
     Box::pin(async move {
         let reply = client
             .replicate_batch(ReplicateBatchRequest { items })
@@ -176,7 +176,7 @@ fn send_replicas(
 fn send_reads(
     mut client: InternalClient<Channel>,
     keys: Vec<Vec<u8>>,
-) -> BoxFuture<'static, Result<Vec<Result<Option<Vec<u8>>, String>>, tonic::Status>> {
+) -> BatchOutcome<Option<Vec<u8>>> {
     Box::pin(async move {
         let reply = client
             .read_batch(ReadBatchRequest { keys })

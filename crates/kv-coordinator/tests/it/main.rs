@@ -1184,7 +1184,7 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
         batched.scan_states().unwrap()
     );
     assert_eq!(one_by_one.hints().len(), batched.hints().len());
-    assert!(batched.hints().len() > 0);
+    assert!(!batched.hints().is_empty());
     // The anti-entropy trees agree too.
     for peer in [NodeId(2), NodeId(3)] {
         let a = one_by_one.with_tree(peer, |t| t.root());
