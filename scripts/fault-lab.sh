@@ -31,6 +31,9 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# One lab at a time: they share namespace names and addresses.
+exec 9>/tmp/kv-fault-lab.lock
+flock -n 9 || { echo "fault-lab: another fault lab is running" >&2; exit 2; }
 echo "fault-lab: building kvd and kv-bench (release)"
 cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
 kvd=$root/target/release/kvd
@@ -120,7 +123,7 @@ for i in $(seq 1 $nodes); do start_node "$i"; done
 kvctl=$root/target/release/kvctl
 for i in $(seq 1 $nodes); do
     for _ in $(seq 1 100); do
-        "$kvctl" --node "${addr[$i]}" status >/dev/null 2>&1 && break
+        timeout 5 "$kvctl" --node "${addr[$i]}" status >/dev/null 2>&1 && break
         sleep 0.1
     done
 done

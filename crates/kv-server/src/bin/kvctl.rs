@@ -97,9 +97,16 @@ fn fail(s: tonic::Status) -> String {
 
 /// Runs an operator command.
 async fn admin(node: &str, json: bool, command: Command) -> Result<String, String> {
-    let mut client = AdminClient::connect(format!("http://{node}"))
+    // Join and leave stream data: they may take minutes.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{node}"))
+        .map_err(|e| format!("{node}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(600));
+    let channel = endpoint
+        .connect()
         .await
         .map_err(|e| format!("cannot reach {node}: {e}"))?;
+    let mut client = AdminClient::new(channel);
     let mut out = String::new();
     match command {
         Command::Status => {
