@@ -3,20 +3,23 @@
 # (N=3, W=2, R=2), kv-bench with 100-byte values and 64 requests in
 # flight, workloads a, b, c and w, for each durability policy given.
 #
-#   scripts/bench.sh [--durability "always interval:100"] [--records N] [--ops N] [--workloads "a b c w"]
+#   scripts/bench.sh [--durability "always interval:100"] [--records N] [--ops N]
+#                    [--workloads "a b c w"] [--rate OPS_PER_S (open loop)]
 set -euo pipefail
 
 durabilities="always interval:100"
 records=100000
 ops=300000
 workloads="a b c w"
+rate=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --durability) durabilities=$2; shift 2 ;;
         --records) records=$2; shift 2 ;;
         --ops) ops=$2; shift 2 ;;
         --workloads) workloads=$2; shift 2 ;;
-        -h|--help) sed -n 2,7p "$0"; exit 0 ;;
+        --rate) rate=(--rate "$2"); shift 2 ;;
+        -h|--help) sed -n 2,8p "$0"; exit 0 ;;
         *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -54,7 +57,7 @@ for durability in $durabilities; do
         echo "== durability $durability, workload $w"
         target/release/kv-bench --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \
             --workload "$w" --records "$records" --ops "$ops" --concurrency 64 \
-            --value-size 100 --w 2 --r 2 $load
+            --value-size 100 --w 2 --r 2 "${rate[@]}" $load
         load="--no-load"
     done
     stop
