@@ -7,7 +7,10 @@
 # written key is identical at all its replicas, and the checker runs over
 # the history: any violation fails the lab.
 #
-#   scripts/fault-lab.sh [--duration SECS] [--fault-every SECS] [--seed N] [--loopback]
+#   scripts/fault-lab.sh [--duration SECS] [--fault-every SECS] [--seed N] [--loopback] [--strict]
+#
+# --strict turns sloppy quorum off (W=2, R=2, N=3) and has the checker also
+# hold every read to every write acknowledged before it began.
 #
 # 180 s by default (CI); --duration 600 for a soak. Needs root for the
 # namespaces; without them (or with --loopback) the nodes run on 127.0.0.1
@@ -18,13 +21,16 @@ duration=180
 every=8
 seed=1
 mode=netns
+strict=()
+sloppy=true
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
         --fault-every) every=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
         --loopback) mode=loopback; shift ;;
-        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+        --strict) strict=(--strict --w 2 --r 2); sloppy=false; shift ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "fault-lab: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -106,7 +112,7 @@ start_node() {
     ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" \
         "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
-        >>"$work/n$i.log" 2>&1 &
+        --sloppy-quorum "$sloppy" >>"$work/n$i.log" 2>&1 &
     pid[$i]=$!
     # Not a job of this shell: no "Killed" notices; waited for by polling.
     disown "${pid[$i]}"
@@ -132,7 +138,7 @@ node_list=$(for i in $(seq 1 $nodes); do printf '%s,' "${addr[$i]}"; done)
 "$bench" --nodes "${node_list%,}" --workload a --records 1000 --ops 1000000000 \
     --duration-secs "$duration" --concurrency 16 --timeout-ms 1500 \
     --history "$work/history.jsonl" --max-siblings 1000 --converge-secs 180 \
-    --seed "$seed" >"$work/bench.txt" 2>"$work/bench.err" &
+    --seed "$seed" "${strict[@]}" >"$work/bench.txt" 2>"$work/bench.err" &
 bench_pid=$!
 
 heal() {
@@ -202,7 +208,7 @@ acked=$(sed -n 's/^history: [0-9]* writes (\([0-9]*\) acknowledged).*/\1/p' "$wo
 violations=$(sed -n 's/^violations: //p' "$work/bench.txt")
 converged=$(sed -n 's/^converged: \([0-9.]*\) s.*/\1/p' "$work/bench.txt")
 echo
-echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, work in $work)"
+echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, sloppy quorum $sloppy, work in $work)"
 [ "$mode" = loopback ] && echo "note: loopback variant, no network partitions (kill -9 and SIGSTOP only)"
 echo "operations: ${ops:-0}"
 echo "acknowledged writes: ${acked:-0}"

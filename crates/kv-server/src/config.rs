@@ -80,6 +80,9 @@ pub struct ServerConfig {
     /// Siblings kept per key at most; beyond it the oldest are dropped
     /// (10).
     pub max_siblings: Option<usize>,
+    /// Sloppy quorum: writes for a down replica go to the next healthy
+    /// node with a hint (true). Off, a write needs W true replicas.
+    pub sloppy_quorum: Option<bool>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -126,6 +129,7 @@ impl ServerConfig {
             log: over.log.or(self.log),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             max_siblings: over.max_siblings.or(self.max_siblings),
+            sloppy_quorum: over.sloppy_quorum.or(self.sloppy_quorum),
         }
     }
 
@@ -236,6 +240,9 @@ impl ServerConfig {
         if let Some(h) = self.max_hints {
             coordinator.max_hints = h;
         }
+        if let Some(sloppy) = self.sloppy_quorum {
+            coordinator.sloppy_quorum = sloppy;
+        }
         if let Some(cap) = self.max_siblings {
             coordinator.max_siblings = cap;
         }
@@ -326,6 +333,19 @@ durability = "interval:50"
             Durability::Interval(Duration::from_millis(50))
         );
         assert_eq!(node.members.len(), 3);
+    }
+
+    #[test]
+    fn replication_settings_reach_the_coordinator() {
+        let config = ServerConfig {
+            sloppy_quorum: Some(false),
+            max_siblings: Some(1000),
+            ..good()
+        };
+        let (node, _) = config.validate().unwrap();
+        assert!(!node.coordinator.sloppy_quorum);
+        assert_eq!(node.coordinator.max_siblings, 1000);
+        assert!(good().validate().unwrap().0.coordinator.sloppy_quorum);
     }
 
     #[test]

@@ -61,6 +61,9 @@ struct Args {
     /// Siblings kept per key at most.
     #[arg(long)]
     max_siblings: Option<usize>,
+    /// Sloppy quorum on (true, the default) or off (false).
+    #[arg(long)]
+    sloppy_quorum: Option<bool>,
     /// Log filter, as `info` or `warn,kv_server=debug` (default: RUST_LOG,
     /// else the file's `log`, else info).
     #[arg(long)]
@@ -119,6 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
         log: args.log,
         max_in_flight: args.max_in_flight,
         max_siblings: args.max_siblings,
+        sloppy_quorum: args.sloppy_quorum,
         vnodes: args.vnodes,
         n: args.n,
         w: args.w,
