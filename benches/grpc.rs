@@ -8,28 +8,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kv::core::NodeId;
 use kv_server::client::{Client, ClientConfig};
-use kv_server::{NodeConfig, RunningNode, start};
-use tokio::net::TcpListener;
+use kv_server::{NodeConfig, RunningNode};
 use tokio::runtime::Runtime;
 
 async fn cluster(size: u64, dir: &std::path::Path) -> Vec<RunningNode> {
-    let mut listeners = Vec::new();
-    for _ in 0..size {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let members: Vec<(NodeId, String)> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (NodeId(i as u64 + 1), l.local_addr().unwrap().to_string()))
-        .collect();
     let n = size.min(3) as usize;
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = NodeId(i as u64 + 1);
-        let config = NodeConfig {
-            members: members.clone(),
+    kv_server::start_local(size, dir, |config| {
+        NodeConfig {
             durability: kv::lsm::Durability::Never,
             coordinator: kv_coordinator::Config {
                 n,
@@ -37,12 +23,12 @@ async fn cluster(size: u64, dir: &std::path::Path) -> Vec<RunningNode> {
                 r: n.min(2),
                 ..kv_coordinator::Config::default()
             },
-            ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+            ..config
         }
-        .with_gossip_interval(Duration::from_millis(500));
-        nodes.push(start(config, listener).await.unwrap());
-    }
-    nodes
+        .with_gossip_interval(Duration::from_millis(500))
+    })
+    .await
+    .unwrap()
 }
 
 fn bench_grpc(c: &mut Criterion) {

@@ -66,23 +66,7 @@ pub enum Event {
     },
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses [`hex`].
-pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return Err(format!("{text:?} is not hex"));
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))
-        })
-        .collect()
-}
+pub use kv_server::client::{hex, unhex};
 
 /// Appends events to a history file; shared by every worker.
 #[derive(Debug)]

@@ -7,25 +7,11 @@ use std::time::Duration;
 
 use kv_bench::run::{RunConfig, run};
 use kv_bench::workload::{Distribution, Op, Workload};
-use kv_core::NodeId;
-use kv_server::{NodeConfig, RunningNode, start};
-use tokio::net::TcpListener;
+use kv_server::{NodeConfig, RunningNode};
 
 async fn cluster(dir: &std::path::Path) -> Vec<RunningNode> {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let members: Vec<(NodeId, String)> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (NodeId(i as u64 + 1), l.local_addr().unwrap().to_string()))
-        .collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = NodeId(i as u64 + 1);
-        let config = NodeConfig {
-            members: members.clone(),
+    kv_server::start_local(3, dir, |config| {
+        NodeConfig {
             vnodes: 32,
             memtable_bytes: 1 << 20,
             durability: kv_lsm::Durability::Never,
@@ -33,12 +19,12 @@ async fn cluster(dir: &std::path::Path) -> Vec<RunningNode> {
                 sloppy_quorum: false,
                 ..kv_coordinator::Config::default()
             },
-            ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+            ..config
         }
-        .with_gossip_interval(Duration::from_millis(100));
-        nodes.push(start(config, listener).await.unwrap());
-    }
-    nodes
+        .with_gossip_interval(Duration::from_millis(100))
+    })
+    .await
+    .unwrap()
 }
 
 fn config(

@@ -38,6 +38,26 @@ use crate::transport::MAX_MESSAGE_BYTES;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Context(pub Vec<u8>);
 
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses [`hex`] output (either case).
+///
+/// # Errors
+/// A message naming `text` when it is not hexadecimal.
+pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("{text:?} is not hex");
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
 impl Context {
     /// The empty context: a write with it supersedes nothing.
     pub fn empty() -> Self {
@@ -46,7 +66,7 @@ impl Context {
 
     /// Lower-case hexadecimal, for people and command lines.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
 
     /// Parses [`to_hex`](Self::to_hex) output.
@@ -54,15 +74,9 @@ impl Context {
     /// # Errors
     /// [`ClientError::InvalidArgument`] when `text` is not hexadecimal.
     pub fn from_hex(text: &str) -> Result<Self, ClientError> {
-        let bad = || ClientError::InvalidArgument(format!("context {text:?} is not hex"));
-        if !text.len().is_multiple_of(2) || !text.is_ascii() {
-            return Err(bad());
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()))
-            .collect::<Result<Vec<u8>, _>>()
+        unhex(text)
             .map(Context)
+            .map_err(|e| ClientError::InvalidArgument(format!("context {e}")))
     }
 }
 

@@ -39,7 +39,7 @@ use crate::proto::{
     MemberStatus, Range, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::ring_state::{self, ring_of, state_of};
-use crate::service::NodeCoordinator;
+use crate::service::{NodeCoordinator, blocking};
 use crate::transport::GrpcTransport;
 
 /// Keys per page of range streaming and hand-off.
@@ -198,15 +198,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(internal)?
-        .map_err(|e| crate::to_status(&e))
-}
-
 impl Cluster {
     /// The cluster part of a node whose coordinator places keys with
     /// `ring` and judges liveness with `view`; `state` is the ring it
@@ -336,11 +327,6 @@ impl Cluster {
             }
             if self.view.state(member.id) != Some(state) {
                 tracing::info!(node = %member.id, addr = %member.addr, ?state, "membership");
-                if state == Liveness::Alive {
-                    // Someone came back: hints may be deliverable, keys
-                    // may be waiting for it.
-                    self.handoff_pending.store(true, Ordering::Relaxed);
-                }
             }
             if state == Liveness::Alive {
                 self.transport.set_address(member.id, member.addr.clone());

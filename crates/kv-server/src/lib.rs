@@ -29,7 +29,7 @@ mod status;
 mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
-pub use node::{NodeConfig, NodeError, RunningNode, shutdown_signal, start, start_on};
+pub use node::{NodeConfig, NodeError, RunningNode, shutdown_signal, start, start_local, start_on};
 pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;
 pub use transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};

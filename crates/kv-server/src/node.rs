@@ -348,6 +348,37 @@ where
     })
 }
 
+/// Starts `size` nodes on 127.0.0.1 (free ports) as one cluster, for
+/// tests, benches and local experiments. Node `i` keeps its data in
+/// `dir/n<i>`; `configure` adjusts each node's settings, which start as
+/// [`NodeConfig::new`] with every node as an initial member.
+///
+/// # Errors
+/// A node that cannot bind or start.
+pub async fn start_local(
+    size: u64,
+    dir: &std::path::Path,
+    configure: impl Fn(NodeConfig) -> NodeConfig,
+) -> Result<Vec<RunningNode>, NodeError> {
+    let mut listeners = Vec::new();
+    for _ in 0..size {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let mut members = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        members.push((NodeId(i as u64 + 1), l.local_addr()?.to_string()));
+    }
+    let mut nodes = Vec::new();
+    for ((id, _), listener) in members.clone().into_iter().zip(listeners) {
+        let config = configure(NodeConfig {
+            members: members.clone(),
+            ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+        });
+        nodes.push(start(config, listener).await?);
+    }
+    Ok(nodes)
+}
+
 /// Joins the ring at start (config `join`), retrying until it succeeds or
 /// finds the node already in the ring.
 fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {

@@ -29,7 +29,7 @@ pub type Engine = Arc<LsmEngine>;
 pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, LiveRing>;
 
 /// Runs a blocking engine call off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)

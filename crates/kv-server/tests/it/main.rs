@@ -20,41 +20,30 @@ use kv_server::proto::{
     DeleteRequest, FetchRequest, GetReply, GetRequest, GossipRequest, MerkleRequest, PutRequest,
     ReplicateRequest, RingState,
 };
-use kv_server::{NodeConfig, RunningNode, start};
+use kv_server::{NodeConfig, RunningNode};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 /// Test settings: small memtable and ring, fast gossip.
-fn node_config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
+fn test_settings(config: NodeConfig) -> NodeConfig {
     NodeConfig {
         durability: Durability::Always,
         vnodes: 64,
         memtable_bytes: 1 << 20,
-        ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
+        ..config
     }
     .with_gossip_interval(std::time::Duration::from_millis(100))
 }
 
+/// A node outside the initial cluster, with the test settings.
+fn node_config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
+    test_settings(NodeConfig::new(id, dir.join(format!("n{}", id.0))))
+}
+
 async fn cluster(size: u64, dir: &std::path::Path) -> Vec<RunningNode> {
-    let mut listeners = Vec::new();
-    for _ in 0..size {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let members: Vec<(NodeId, String)> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (NodeId(i as u64 + 1), l.local_addr().unwrap().to_string()))
-        .collect();
-    let mut nodes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = NodeId(i as u64 + 1);
-        let config = NodeConfig {
-            members: members.clone(),
-            ..node_config(id, dir)
-        };
-        nodes.push(start(config, listener).await.unwrap());
-    }
-    nodes
+    kv_server::start_local(size, dir, test_settings)
+        .await
+        .unwrap()
 }
 
 async fn client(node: &RunningNode) -> KvClient<Channel> {
