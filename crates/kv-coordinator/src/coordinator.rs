@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::batch::{Batcher, RunBatch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::replica::{Replica, Siblings, Value};
+use crate::replica::{Replica, Siblings, Update, Value};
 
 /// What a read returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,21 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Peer(format!("engine task failed: {e}")))?
+}
+
+/// Runs a read of the storage engine: inline when the engine says its
+/// reads never wait on I/O ([`StorageEngine::inline_reads`]), which saves
+/// two thread switches per read; otherwise like [`off_runtime`].
+async fn engine_read<E: StorageEngine + 'static, T: Send + 'static>(
+    replica: &Arc<Replica<E>>,
+    f: impl FnOnce(&Replica<E>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if replica.engine().inline_reads() {
+        f(replica)
+    } else {
+        let replica = replica.clone();
+        off_runtime(move || f(&replica)).await
+    }
 }
 
 fn wall_clock_secs() -> u64 {
@@ -144,7 +160,20 @@ pub struct Coordinator<E, T, P> {
     ring: Arc<P>,
     membership: Arc<dyn MembershipView>,
     metrics: Arc<Metrics>,
+    /// Stores concurrent writes coordinated here as one engine batch
+    /// (started on first use, on the runtime of that use).
+    local_writes: parking_lot::Mutex<Option<LocalWrites>>,
 }
+
+/// The batcher of writes coordinated at this node.
+type LocalWrites = Batcher<Update, Result<(Siblings, kv_clock::Dot)>>;
+
+/// Most writes stored in one engine batch.
+const LOCAL_BATCH_MAX: usize = 128;
+
+/// Engine batches of coordinated writes under way at once (one can be
+/// syncing while the next is built).
+const LOCAL_BATCHES_IN_FLIGHT: usize = 2;
 
 fn encode_context(state: &Siblings) -> Vec<u8> {
     let mut out = Vec::new();
@@ -175,7 +204,37 @@ where
             ring,
             membership,
             metrics: Arc::new(Metrics::default()),
+            local_writes: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// The batcher of local writes, started (again) if it is not running.
+    fn local_writes(&self) -> LocalWrites {
+        let mut slot = self.local_writes.lock();
+        if let Some(batcher) = slot.as_ref().filter(|b| !b.is_stopped()) {
+            return batcher.clone();
+        }
+        // The driver holds the replica weakly, so a dropped node releases
+        // its engine at once.
+        let replica = Arc::downgrade(&self.replica);
+        let (max, prune) = (self.config.max_siblings, self.config.prune.clone());
+        let run: RunBatch<Update, Result<(Siblings, kv_clock::Dot)>> =
+            Arc::new(move |updates: Vec<Update>| {
+                let (replica, prune) = (replica.upgrade(), prune.clone());
+                Box::pin(async move {
+                    let Some(replica) = replica else {
+                        return Vec::new();
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        replica.coordinate_many(updates, max, &prune)
+                    })
+                    .await
+                    .unwrap_or_default()
+                })
+            });
+        let batcher = Batcher::spawn(LOCAL_BATCH_MAX, LOCAL_BATCHES_IN_FLIGHT, run);
+        *slot = Some(batcher.clone());
+        batcher
     }
 
     /// What this coordinator has counted.
@@ -423,16 +482,16 @@ where
         };
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
-        let (state, dot) = {
-            let (replica, key, context, max, prune) = (
-                self.replica.clone(),
-                key.to_vec(),
-                context.clone(),
-                self.config.max_siblings,
-                self.config.prune.clone(),
-            );
-            off_runtime(move || replica.coordinate(&key, value, &context, max, &prune)).await?
+        let update = Update {
+            key: key.to_vec(),
+            value,
+            context,
         };
+        let (state, dot) = self
+            .local_writes()
+            .call(update)
+            .await
+            .map_err(|_| Error::Peer("engine task failed".into()))??;
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.
@@ -870,8 +929,8 @@ where
         let replicas = self.replicas(key)?;
         let deadline = Instant::now() + self.config.request_timeout;
         let local = {
-            let (replica, key) = (self.replica.clone(), key.to_vec());
-            off_runtime(move || replica.state(&key)).await?
+            let key = key.to_vec();
+            engine_read(&self.replica, move |r| r.state(&key)).await?
         };
         let others: Vec<NodeId> = replicas
             .into_iter()

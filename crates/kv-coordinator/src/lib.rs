@@ -18,6 +18,7 @@
 //! first healthy replica are forwarded to it (one hop). Tombstones are collected once
 //! every replica holds them and a grace period has passed.
 
+pub mod batch;
 mod config;
 mod coordinator;
 mod error;
@@ -32,4 +33,4 @@ pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairRe
 pub use error::{Error, Result};
 pub use hints::HintStore;
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};
-pub use replica::{Replica, ReplicaSettings, Siblings, Value};
+pub use replica::{Replica, ReplicaSettings, Siblings, Update, Value};

@@ -22,6 +22,18 @@ pub type Value = Option<Vec<u8>>;
 /// One key's versions.
 pub type Siblings = DvvSet<Value>;
 
+/// A write to coordinate: `value` (a tombstone for `None`) supersedes
+/// exactly what `context` covers.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Value,
+    /// What the writer saw (the empty clock for a blind write).
+    pub context: VectorClock,
+}
+
 /// A key's stored state before a batch (`None`: absent) and after it.
 type BeforeAfter = (Option<Vec<u8>>, Vec<u8>);
 
@@ -180,13 +192,6 @@ impl<E: StorageEngine> Replica<E> {
             .update(&self.peers(key), key, old.map(digest), new.map(digest));
     }
 
-    fn store(&self, key: &[u8], before: Option<Vec<u8>>, state: &Siblings) -> Result<()> {
-        let bytes = state.to_bytes();
-        self.engine.put(key, &bytes)?;
-        self.track(key, before.as_deref(), Some(&bytes));
-        Ok(())
-    }
-
     /// Deletes `key` if its stored state is exactly `expected` (tombstone
     /// collection; a write that arrived meanwhile keeps the key).
     pub fn reap(&self, key: &[u8], expected: &[u8]) -> Result<bool> {
@@ -316,23 +321,46 @@ impl<E: StorageEngine> Replica<E> {
         if merges.is_empty() {
             return results;
         }
-        let mut stripes: Vec<usize> = merges.iter().map(|(i, _)| stripe(&items[*i].0)).collect();
+        let keys: Vec<&[u8]> = merges.iter().map(|(i, _)| items[*i].0.as_slice()).collect();
+        let merged = self.apply_many(&keys, |j, state| {
+            state.sync(&merges[j].1);
+            Ok(())
+        });
+        for ((i, _), result) in merges.iter().zip(merged) {
+            results[*i] = result;
+        }
+        results
+    }
+
+    /// Applies `change` to the stored state of each of `keys` in order,
+    /// under the keys' locks. A key may come more than once: each change
+    /// sees the state the previous one left. Every state that changed (as
+    /// bytes: equality of clocks ignores the pruning timestamps, and
+    /// replicas must converge on identical bytes, which the anti-entropy
+    /// digests hash) is written in one engine batch: one commit-log record,
+    /// one sync. Returns each change's result; a change that failed leaves
+    /// its key as it was, and a failed engine write fails them all.
+    fn apply_many<T>(
+        &self,
+        keys: &[&[u8]],
+        mut change: impl FnMut(usize, &mut Siblings) -> Result<T>,
+    ) -> Vec<Result<T>> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| stripe(k)).collect();
         stripes.sort_unstable();
         stripes.dedup();
         let _guards: Vec<_> = stripes.iter().map(|&s| self.locks[s].lock()).collect();
-        // The state of each key as this batch leaves it (a key may come
-        // twice), and what it was before the batch.
+        // The state of each key as this batch leaves it, and what it was
+        // before the batch.
         let mut current: std::collections::HashMap<&[u8], BeforeAfter> =
-            std::collections::HashMap::new();
-        let mut failed: Vec<(usize, Error)> = Vec::new();
-        for (i, incoming) in &merges {
-            let key = items[*i].0.as_slice();
+            std::collections::HashMap::with_capacity(keys.len());
+        let mut results = Vec::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
             let before = match current.get(key) {
                 Some((_, now)) => Some(now.clone()),
                 None => match self.engine.get(key) {
                     Ok(b) => b,
                     Err(e) => {
-                        failed.push((*i, e.into()));
+                        results.push(Err(e.into()));
                         continue;
                     }
                 },
@@ -340,40 +368,38 @@ impl<E: StorageEngine> Replica<E> {
             let mut state = match decode(before.as_deref()) {
                 Ok(s) => s,
                 Err(e) => {
-                    failed.push((*i, e));
+                    results.push(Err(e));
                     continue;
                 }
             };
-            state.sync(incoming);
-            let bytes = state.to_bytes();
-            let original = match current.remove(key) {
-                Some((original, _)) => original,
-                None => before,
-            };
-            current.insert(key, (original, bytes));
+            let outcome = change(i, &mut state);
+            if outcome.is_ok() {
+                let original = current.remove(key).map_or(before, |(original, _)| original);
+                current.insert(key, (original, state.to_bytes()));
+            }
+            results.push(outcome);
         }
         let mut batch = kv_core::WriteBatch::new();
         let mut changes = Vec::new();
-        for (key, (before, after)) in &current {
+        for (key, (before, after)) in current {
             if before.as_deref() != Some(after.as_slice()) {
                 batch.put(key.to_vec(), after.clone());
-                changes.push((*key, before.clone(), after.clone()));
+                changes.push((key, before, after));
             }
         }
         if !changes.is_empty()
             && let Err(e) = self.engine.write(batch)
         {
             let message = e.to_string();
-            for (i, _) in &merges {
-                results[*i] = Err(Error::Storage(kv_core::StorageError::Io(message.clone())));
-            }
-            return results;
+            return results
+                .into_iter()
+                .map(|r| {
+                    r.and_then(|_| Err(Error::Storage(kv_core::StorageError::Io(message.clone()))))
+                })
+                .collect();
         }
         for (key, before, after) in changes {
             self.track(key, before.as_deref(), Some(&after));
-        }
-        for (i, e) in failed {
-            results[i] = Err(e);
         }
         results
     }
@@ -410,36 +436,56 @@ impl<E: StorageEngine> Replica<E> {
         max_siblings: usize,
         prune: &kv_clock::PrunePolicy,
     ) -> Result<(Siblings, kv_clock::Dot)> {
-        let _guard = self.locks[stripe(key)].lock();
-        let before = self.engine.get(key)?;
-        let mut state = decode(before.as_deref())?;
+        let update = Update {
+            key: key.to_vec(),
+            value,
+            context: context.clone(),
+        };
+        self.coordinate_many(vec![update], max_siblings, prune)
+            .pop()
+            .unwrap_or_else(|| Err(Error::Corrupt("a batch of one gave no result".into())))
+    }
+
+    /// Many writes coordinated here, as [`coordinate`](Self::coordinate)
+    /// would make them one by one (in order: two writes of one key are
+    /// concurrent siblings unless the second's context covers the first),
+    /// but stored as one engine batch: one commit-log record, one sync.
+    /// Returns each write's new state and dot, in order.
+    pub fn coordinate_many(
+        &self,
+        updates: Vec<Update>,
+        max_siblings: usize,
+        prune: &kv_clock::PrunePolicy,
+    ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
+        let mut owned = Vec::with_capacity(updates.len());
+        let mut writes = Vec::with_capacity(updates.len());
+        for u in updates {
+            owned.push(u.key);
+            writes.push((Some(u.value), u.context));
+        }
+        let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let now = now_secs();
-        let dot = state.update(context, self.id, value, now);
-        let pruned = state.prune(prune, now, self.id);
-        self.clock_entries_pruned
-            .fetch_add(pruned as u64, Ordering::Relaxed);
-        let dropped = state.truncate_siblings(max_siblings);
-        self.siblings_dropped
-            .fetch_add(dropped as u64, Ordering::Relaxed);
-        self.store(key, before, &state)?;
-        Ok((state, dot))
+        self.apply_many(&keys, |i, state| {
+            let (value, context) = &mut writes[i];
+            let dot = state.update(context, self.id, value.take().flatten(), now);
+            let pruned = state.prune(prune, now, self.id);
+            self.clock_entries_pruned
+                .fetch_add(pruned as u64, Ordering::Relaxed);
+            let dropped = state.truncate_siblings(max_siblings);
+            self.siblings_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            Ok((state.clone(), dot))
+        })
     }
 
     /// Merges a peer's state of `key` into ours; returns the merged state.
     pub fn merge(&self, key: &[u8], incoming: &Siblings) -> Result<Siblings> {
-        let _guard = self.locks[stripe(key)].lock();
-        let before = self.engine.get(key)?;
-        let mut state = decode(before.as_deref())?;
-        state.sync(incoming);
-        // Compare bytes, not states: equality of clocks ignores the pruning
-        // timestamps, and replicas must converge on identical bytes (the
-        // anti-entropy digests hash them).
-        let bytes = state.to_bytes();
-        if before.as_deref() != Some(bytes.as_slice()) {
-            self.engine.put(key, &bytes)?;
-            self.track(key, before.as_deref(), Some(&bytes));
-        }
-        Ok(state)
+        self.apply_many(&[key], |_, state| {
+            state.sync(incoming);
+            Ok(state.clone())
+        })
+        .pop()
+        .unwrap_or_else(|| Err(Error::Corrupt("a batch of one gave no result".into())))
     }
 
     /// Merges an encoded peer state.

@@ -388,6 +388,12 @@ impl StorageEngine for LsmEngine {
     fn last_sequence(&self) -> SeqNo {
         SeqNo(self.inner.visible_seq.load(Ordering::Acquire))
     }
+
+    /// Reads look in the memtables and in memory-mapped tables through the
+    /// block cache; no lock is held across I/O.
+    fn inline_reads(&self) -> bool {
+        true
+    }
 }
 
 /// A scan: the user iterator plus the versions it reads, kept alive.

@@ -28,6 +28,21 @@ pub type Engine = Arc<LsmEngine>;
 /// A node's coordinator with the concrete types of the server.
 pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, LiveRing>;
 
+/// Runs a read of the node's engine: inline, since `LsmEngine` reads never
+/// wait on I/O ([`kv_core::StorageEngine::inline_reads`]), else like
+/// [`blocking`].
+pub(crate) async fn engine_read<T: Send + 'static>(
+    replica: &Arc<kv_coordinator::Replica<Engine>>,
+    f: impl FnOnce(&kv_coordinator::Replica<Engine>) -> kv_coordinator::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    if kv_core::StorageEngine::inline_reads(replica.engine()) {
+        f(replica).map_err(|e| to_status(&e))
+    } else {
+        let replica = replica.clone();
+        blocking(move || f(&replica)).await
+    }
+}
+
 /// Runs a blocking engine call off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
@@ -195,8 +210,7 @@ impl Internal for InternalService {
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let key = request.into_inner().key;
-        let replica = self.coordinator.replica().clone();
-        let state = blocking(move || replica.state(&key)).await?;
+        let state = engine_read(self.coordinator.replica(), move |r| r.state(&key)).await?;
         Ok(Response::new(read_reply(&state)))
     }
 
@@ -244,10 +258,9 @@ impl Internal for InternalService {
         request: Request<ReadBatchRequest>,
     ) -> Result<Response<ReadBatchReply>, Status> {
         let keys = request.into_inner().keys;
-        let replica = self.coordinator.replica().clone();
-        let items = blocking(move || {
+        let items = engine_read(self.coordinator.replica(), move |r| {
             keys.iter()
-                .map(|key| Ok(read_reply(&replica.state(key)?)))
+                .map(|key| Ok(read_reply(&r.state(key)?)))
                 .collect::<kv_coordinator::Result<Vec<_>>>()
         })
         .await?;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_coordinator::batch::{Batcher, RunBatch};
 use kv_core::{ClientOp, ClientReply, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -37,12 +38,6 @@ const BATCH_MAX: usize = 256;
 /// waiting when the peer is idle).
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// An item waiting for its batch, and where its result goes.
-struct Queued<I, O> {
-    item: I,
-    done: tokio::sync::oneshot::Sender<Result<O, TransportError>>,
-}
-
 /// The outcome of one batch call: one result per item (`Err` with the
 /// peer's reason), or the call's failure.
 type BatchOutcome<O> = BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
@@ -50,9 +45,12 @@ type BatchOutcome<O> = BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::
 /// Sends one batch to a peer.
 type SendBatch<I, O> = fn(InternalClient<Channel>, Vec<I>) -> BatchOutcome<O>;
 
+/// The queue of calls to one peer.
+type PeerBatcher<I, O> = Batcher<I, Result<O, TransportError>>;
+
 /// Per peer, a queue of calls sent in batches.
 struct Batchers<I, O> {
-    queues: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Queued<I, O>>>>,
+    queues: Mutex<HashMap<NodeId, PeerBatcher<I, O>>>,
     send: SendBatch<I, O>,
 }
 
@@ -76,84 +74,60 @@ impl<I: Send + 'static, O: Send + 'static> Batchers<I, O> {
         client: impl FnOnce() -> Result<InternalClient<Channel>, TransportError>,
         item: I,
     ) -> Result<O, TransportError> {
-        let queue = {
-            let existing = self
-                .queues
-                .lock()
-                .get(&node)
-                .filter(|q| !q.is_closed())
-                .cloned();
-            match existing {
-                Some(queue) => queue,
-                None => {
-                    let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::spawn(drive_batches(node, client()?, rx, self.send));
-                    self.queues.lock().insert(node, queue.clone());
-                    queue
-                }
+        let existing = self
+            .queues
+            .lock()
+            .get(&node)
+            .filter(|b| !b.is_stopped())
+            .cloned();
+        let batcher = match existing {
+            Some(batcher) => batcher,
+            None => {
+                let batcher = Batcher::spawn(
+                    BATCH_MAX,
+                    BATCHES_IN_FLIGHT,
+                    send_to(node, client()?, self.send),
+                );
+                self.queues.lock().insert(node, batcher.clone());
+                batcher
             }
         };
-        let (done, result) = tokio::sync::oneshot::channel();
-        queue
-            .send(Queued { item, done })
-            .map_err(|_| TransportError::Unreachable(node))?;
-        result
+        batcher
+            .call(item)
             .await
             .map_err(|_| TransportError::Unreachable(node))?
     }
 }
 
-/// Sends `node`'s queued items in batches until the queue closes (the
-/// transport dropped it, or the peer's address changed).
-async fn drive_batches<I: Send + 'static, O: Send + 'static>(
+/// Runs batches for `node` as calls through `client`.
+fn send_to<I: Send + 'static, O: Send + 'static>(
     node: NodeId,
     client: InternalClient<Channel>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued<I, O>>,
     send: SendBatch<I, O>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+) -> RunBatch<I, Result<O, TransportError>> {
+    Arc::new(move |items: Vec<I>| {
         let client = client.clone();
-        tokio::spawn(async move {
-            let (items, done): (Vec<I>, Vec<_>) =
-                batch.into_iter().map(|q| (q.item, q.done)).unzip();
+        Box::pin(async move {
             let count = items.len();
             match send(client, items).await {
-                Ok(results) if results.len() == count => {
-                    for (done, result) in done.into_iter().zip(results) {
-                        let _ = done.send(
-                            result.map_err(|message| TransportError::Remote { node, message }),
-                        );
-                    }
-                }
+                Ok(results) if results.len() == count => results
+                    .into_iter()
+                    .map(|r| r.map_err(|message| TransportError::Remote { node, message }))
+                    .collect(),
                 Ok(_) => {
-                    for done in done {
-                        let _ = done.send(Err(TransportError::Remote {
-                            node,
-                            message: "a batch reply with the wrong number of items".into(),
-                        }));
-                    }
+                    let error = TransportError::Remote {
+                        node,
+                        message: "a batch reply with the wrong number of items".into(),
+                    };
+                    (0..count).map(|_| Err(error.clone())).collect()
                 }
                 Err(status) => {
                     let error = unreachable(node)(status);
-                    for done in done {
-                        let _ = done.send(Err(error.clone()));
-                    }
+                    (0..count).map(|_| Err(error.clone())).collect()
                 }
             }
-            drop(slot);
-        });
-    }
+        })
+    })
 }
 
 fn send_replicas(

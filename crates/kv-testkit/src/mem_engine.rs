@@ -88,6 +88,10 @@ impl StorageEngine for MemEngine {
     fn last_sequence(&self) -> SeqNo {
         SeqNo(self.state.read().seq)
     }
+
+    fn inline_reads(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -194,6 +194,10 @@ fn init_logs(configured: Option<&str>) -> Result<(), String> {
         .map_err(|e| format!("logging: {e}"))
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {
