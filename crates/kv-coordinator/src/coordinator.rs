@@ -173,7 +173,7 @@ const LOCAL_BATCH_MAX: usize = 128;
 
 /// Engine batches of coordinated writes under way at once (one can be
 /// syncing while the next is built).
-const LOCAL_BATCHES_IN_FLIGHT: usize = 2;
+const LOCAL_BATCHES_IN_FLIGHT: usize = 1;
 
 fn encode_context(state: &Siblings) -> Vec<u8> {
     let mut out = Vec::new();
@@ -763,11 +763,14 @@ where
         let me = self.replica.id();
         let grace = self.config.tombstone_grace.as_secs();
         let (mut examined, mut collected) = (0, 0);
-        let stored = {
-            let r = self.replica.clone();
-            off_runtime(move || r.scan_states()).await?
-        };
-        for (key, bytes) in stored {
+        for key in self.replica.tombstone_keys() {
+            let bytes = {
+                let k = key.clone();
+                match engine_read(&self.replica, move |r| Ok(r.engine().get(&k)?)).await? {
+                    Some(bytes) => bytes,
+                    None => continue,
+                }
+            };
             let state = Siblings::from_bytes(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
             if state.is_empty() || state.values().any(Option::is_some) {
                 continue;

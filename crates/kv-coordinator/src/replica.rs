@@ -55,6 +55,8 @@ pub struct Replica<E> {
     locks: Vec<Mutex<()>>,
     siblings_dropped: AtomicU64,
     clock_entries_pruned: AtomicU64,
+    /// Keys whose state holds only tombstones (see `tombstone_keys`).
+    tombstones: Mutex<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Debug for Replica<E> {
@@ -103,6 +105,11 @@ fn decode(bytes: Option<&[u8]>) -> Result<Siblings> {
     }
 }
 
+/// Whether a state holds versions and all of them are deletes.
+fn only_tombstones(state: &Siblings) -> bool {
+    !state.is_empty() && state.values().all(Option::is_none)
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,6 +149,7 @@ impl<E: StorageEngine> Replica<E> {
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             siblings_dropped: AtomicU64::new(0),
             clock_entries_pruned: AtomicU64::new(0),
+            tombstones: Mutex::new(std::collections::BTreeSet::new()),
         };
         replica.fill_trees()?;
         Ok(replica)
@@ -151,6 +159,9 @@ impl<E: StorageEngine> Replica<E> {
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
             let (key, state) = item?;
             self.track(&key, None, Some(&state));
+            if only_tombstones(&decode(Some(&state))?) {
+                self.tombstones.lock().insert(key);
+            }
         }
         Ok(())
     }
@@ -202,6 +213,7 @@ impl<E: StorageEngine> Replica<E> {
         }
         self.engine.delete(key)?;
         self.track(key, Some(expected), None);
+        self.tombstones.lock().remove(key);
         Ok(true)
     }
 
@@ -353,6 +365,9 @@ impl<E: StorageEngine> Replica<E> {
         // before the batch.
         let mut current: std::collections::HashMap<&[u8], BeforeAfter> =
             std::collections::HashMap::with_capacity(keys.len());
+        // Whether each key's new state holds only tombstones.
+        let mut deleted: std::collections::HashMap<&[u8], bool> =
+            std::collections::HashMap::with_capacity(keys.len());
         let mut results = Vec::with_capacity(keys.len());
         for (i, &key) in keys.iter().enumerate() {
             let before = match current.get(key) {
@@ -376,6 +391,7 @@ impl<E: StorageEngine> Replica<E> {
             if outcome.is_ok() {
                 let original = current.remove(key).map_or(before, |(original, _)| original);
                 current.insert(key, (original, state.to_bytes()));
+                deleted.insert(key, only_tombstones(&state));
             }
             results.push(outcome);
         }
@@ -398,10 +414,27 @@ impl<E: StorageEngine> Replica<E> {
                 })
                 .collect();
         }
+        if !changes.is_empty() {
+            let mut tombstones = self.tombstones.lock();
+            for (key, _, _) in &changes {
+                if deleted.get(key) == Some(&true) {
+                    tombstones.insert(key.to_vec());
+                } else {
+                    tombstones.remove(*key);
+                }
+            }
+        }
         for (key, before, after) in changes {
             self.track(key, before.as_deref(), Some(&after));
         }
         results
+    }
+
+    /// The keys whose stored state holds only tombstones: the candidates
+    /// for tombstone collection, kept as writes happen, so that collecting
+    /// does not scan the store.
+    pub fn tombstone_keys(&self) -> Vec<Vec<u8>> {
+        self.tombstones.lock().iter().cloned().collect()
     }
 
     /// The engine underneath.

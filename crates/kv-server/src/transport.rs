@@ -36,7 +36,7 @@ const BATCH_MAX: usize = 256;
 /// Batches in flight to one peer at most; while all are out, writes queue
 /// and the next batch grows (batching adapts to load, with no added
 /// waiting when the peer is idle).
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 1;
 
 /// The outcome of one batch call: one result per item (`Err` with the
 /// peer's reason), or the call's failure.

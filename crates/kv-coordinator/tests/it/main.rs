@@ -1192,3 +1192,85 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
         assert_eq!(a, b, "tree for {peer}");
     }
 }
+
+#[test]
+fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
+    let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
+        ConsistentHashRing::builder()
+            .vnodes(8)
+            .nodes((1..=3).map(NodeId))
+            .build()
+            .unwrap(),
+    );
+    let settings = kv_coordinator::ReplicaSettings::default();
+    let engine = Arc::new(MemEngine::new());
+    let make = |engine: Arc<MemEngine>| {
+        Replica::new(
+            NodeId(1),
+            engine,
+            Arc::new(MemEngine::new()),
+            &settings,
+            ring.clone(),
+        )
+        .unwrap()
+    };
+    let (one_by_one, batched) = (make(Arc::new(MemEngine::new())), make(engine.clone()));
+    let prune = kv_clock::PrunePolicy::default();
+    // Keys repeat within the batch. Deletes, and every third write,
+    // carry a context that covers every earlier write of their key (the
+    // j-th write of a key gets dot counter j + 1); the rest are blind and
+    // become siblings.
+    let mut updates = Vec::new();
+    for i in 0..30u32 {
+        let key = format!("k{}", i % 7).into_bytes();
+        let value = (i % 4 != 0).then(|| i.to_le_bytes().to_vec());
+        let earlier = u64::from(i / 7);
+        let context = if value.is_none() || i % 3 == 0 {
+            kv_clock::VectorClock::from_counters([(NodeId(1), earlier)])
+        } else {
+            kv_clock::VectorClock::new()
+        };
+        updates.push(kv_coordinator::Update {
+            key,
+            value,
+            context,
+        });
+    }
+    let singles: Vec<_> = updates
+        .iter()
+        .map(|u| {
+            one_by_one
+                .coordinate(&u.key, u.value.clone(), &u.context, 10, &prune)
+                .unwrap()
+        })
+        .collect();
+    let many: Vec<_> = batched
+        .coordinate_many(updates, 10, &prune)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for ((s_state, s_dot), (m_state, m_dot)) in singles.iter().zip(&many) {
+        assert_eq!(s_dot, m_dot);
+        assert_eq!(s_state, m_state);
+    }
+    let states = |r: &Replica<Arc<MemEngine>>| -> Vec<(Vec<u8>, kv_coordinator::Siblings)> {
+        r.scan_states()
+            .unwrap()
+            .into_iter()
+            .map(|(k, b)| (k, kv_coordinator::Siblings::from_bytes(&b).unwrap()))
+            .collect()
+    };
+    assert_eq!(states(&one_by_one), states(&batched));
+    // The tombstone candidates are exactly the keys holding only deletes,
+    // in both, and again after a restart on the same engine.
+    let expected: Vec<Vec<u8>> = states(&batched)
+        .into_iter()
+        .filter(|(_, s)| !s.is_empty() && s.values().all(Option::is_none))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(expected.contains(&b"k0".to_vec()), "{expected:?}");
+    assert_eq!(one_by_one.tombstone_keys(), expected);
+    assert_eq!(batched.tombstone_keys(), expected);
+    drop(batched);
+    assert_eq!(make(engine).tombstone_keys(), expected);
+}
