@@ -332,15 +332,22 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let pacer_deadline = *shared.deadline.lock();
-    let pacer = tokio::spawn(async move {
-        let start = Instant::now();
+    // The pacer is an OS thread: tokio's timer ticks in whole milliseconds,
+    // and an operation started up to a millisecond late would count that
+    // lateness as latency. A thread sleep wakes within tens of microseconds.
+    let pacer = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let tokio_start = Instant::now();
         for i in 0..count {
-            let due = start + interval.mul_f64(i as f64);
-            if pacer_deadline.is_some_and(|d| due > d) {
+            let offset = interval.mul_f64(i as f64);
+            if pacer_deadline.is_some_and(|d| tokio_start + offset > d) {
                 return;
             }
-            tokio::time::sleep_until(due).await;
-            if tx.send(due).await.is_err() {
+            let now = start.elapsed();
+            if offset > now {
+                std::thread::sleep(offset - now);
+            }
+            if tx.blocking_send(tokio_start + offset).is_err() {
                 return;
             }
         }
@@ -369,7 +376,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
             }
         }));
     }
-    let _ = pacer.await;
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     collect(tasks).await
 }
 

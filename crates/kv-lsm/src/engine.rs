@@ -1005,8 +1005,22 @@ impl Inner {
             if self.poisoned.load(Ordering::SeqCst) {
                 continue;
             }
-            let mut log = self.log.lock();
-            let result = log.writer.write_buffered().and_then(|()| log.writer.sync());
+            // Written under the log lock, synced outside it where the file
+            // layer allows: writers then never wait for the periodic sync.
+            let result = {
+                let mut log = self.log.lock();
+                log.writer
+                    .write_buffered()
+                    .and_then(|()| match log.writer.syncer() {
+                        Some(syncer) => Ok(Some(syncer)),
+                        None => log.writer.sync().map(|()| None),
+                    })
+            };
+            let result = match result {
+                Ok(Some(mut syncer)) => syncer.sync(),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(()) => {
                     self.counters.log_syncs.fetch_add(1, Ordering::Relaxed);

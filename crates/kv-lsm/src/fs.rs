@@ -22,6 +22,14 @@ pub trait WritableFile: Send + fmt::Debug {
     /// Reserves `len` bytes of disk for the file so later writes within it
     /// change no file-system metadata (best effort: unsupported is fine).
     fn preallocate(&mut self, len: u64) -> io::Result<()>;
+
+    /// A second handle on the same open file, whose
+    /// [`sync_data`](Self::sync_data) makes this file's written data
+    /// durable, so a periodic sync can run while writers go on appending.
+    /// `None` (the default) makes such syncs hold off the writers instead.
+    fn sync_handle(&self) -> Option<Box<dyn WritableFile>> {
+        None
+    }
 }
 
 /// The operations the engine performs on its directory.
@@ -55,6 +63,11 @@ impl WritableFile for StdFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn sync_handle(&self) -> Option<Box<dyn WritableFile>> {
+        let file = self.0.try_clone().ok()?;
+        Some(Box::new(StdFile(file)))
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
@@ -213,6 +226,13 @@ impl WritableFile for FaultFile {
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         self.inner.preallocate(len)
+    }
+
+    fn sync_handle(&self) -> Option<Box<dyn WritableFile>> {
+        Some(Box::new(FaultFile {
+            inner: self.inner.sync_handle()?,
+            faults: self.faults.clone(),
+        }))
     }
 }
 

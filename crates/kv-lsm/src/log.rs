@@ -225,6 +225,32 @@ impl LogWriter {
             .sync_data()
             .map_err(|e| Error::io("fsync commit log", &self.path, e))
     }
+
+    /// A handle that makes everything written so far durable without this
+    /// writer (see [`WritableFile::sync_handle`]).
+    pub(crate) fn syncer(&self) -> Option<LogSyncer> {
+        Some(LogSyncer {
+            file: self.file.sync_handle()?,
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// Syncs a commit-log segment apart from its writer.
+#[derive(Debug)]
+pub(crate) struct LogSyncer {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+}
+
+impl LogSyncer {
+    /// Makes what the segment's writer wrote before the handle was taken
+    /// durable.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync commit log", &self.path, e))
+    }
 }
 
 /// How a segment ends.

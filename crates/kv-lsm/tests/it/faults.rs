@@ -89,3 +89,33 @@ fn failed_write_poisons() {
         Err(StorageError::Poisoned(_))
     ));
 }
+
+#[test]
+fn failed_periodic_log_fsync_poisons() {
+    // Under `Interval` the sync runs on its own handle, outside the log
+    // lock; its failure must still poison the engine.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let engine = LsmEngine::builder(dir.path())
+        .durability(Durability::Interval(std::time::Duration::from_millis(5)))
+        .fs(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    engine.put(b"before", b"1").unwrap();
+    fs.fail_syncs_after(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        // Acknowledged until the background sync has failed.
+        match engine.put(b"during", b"2") {
+            Ok(()) => assert!(
+                std::time::Instant::now() < deadline,
+                "the periodic sync never ran"
+            ),
+            Err(e) => break e,
+        }
+        std::thread::yield_now();
+    };
+    assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
+    assert!(err.to_string().contains("injected fsync failure"), "{err}");
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+}
