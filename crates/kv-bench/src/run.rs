@@ -328,56 +328,63 @@ async fn closed_loop(
 /// latency (open loop); a latency counts from the operation's intended
 /// start, so queueing behind slow requests is measured.
 async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBar) -> Vec<OpStats> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let pacer_deadline = *shared.deadline.lock();
-    // The pacer is an OS thread: tokio's timer ticks in whole milliseconds,
-    // and an operation started up to a millisecond late would count that
-    // lateness as latency. A thread sleep wakes within tens of microseconds.
-    let pacer = std::thread::spawn(move || {
-        let start = std::time::Instant::now();
-        let tokio_start = Instant::now();
-        for i in 0..count {
-            let offset = interval.mul_f64(i as f64);
-            if pacer_deadline.is_some_and(|d| tokio_start + offset > d) {
-                return;
-            }
-            let now = start.elapsed();
-            if offset > now {
-                std::thread::sleep(offset - now);
-            }
-            if tx.blocking_send(tokio_start + offset).is_err() {
-                return;
-            }
-        }
-    });
-    let mut tasks = Vec::new();
-    for worker in 0..shared.config.concurrency {
-        let (shared, rx, bar) = (shared.clone(), rx.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(shared.config.seed ^ (worker as u64) << 32);
-            let mut stats: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
-            loop {
-                let Some(due) = rx.lock().await.recv().await else {
-                    return stats;
-                };
+    let deadline = *shared.deadline.lock();
+    let stats: Arc<Mutex<Vec<OpStats>>> =
+        Arc::new(Mutex::new(Op::ALL.iter().map(|_| OpStats::new()).collect()));
+    // At most `concurrency` operations are outstanding; one waiting for a
+    // slot is already on the clock.
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.concurrency));
+    let runtime = tokio::runtime::Handle::current();
+    // The pacer is an OS thread that starts each operation as its own task:
+    // tokio's timer ticks in whole milliseconds (an operation started up to
+    // a millisecond late would count that as latency), and handing
+    // operations to a fixed set of workers through one queue serialises
+    // the dispatch, which then becomes the bottleneck.
+    let pacer = {
+        let (shared, stats, slots, bar) = (shared.clone(), stats.clone(), slots.clone(), bar.clone());
+        std::thread::spawn(move || {
+            let mut rng = SmallRng::seed_from_u64(shared.config.seed);
+            let start = std::time::Instant::now();
+            let tokio_start = Instant::now();
+            for i in 0..count {
+                let offset = interval.mul_f64(i as f64);
+                let due = tokio_start + offset;
+                if deadline.is_some_and(|d| due > d) {
+                    return;
+                }
+                let now = start.elapsed();
+                if offset > now {
+                    std::thread::sleep(offset - now);
+                }
                 let op = shared.config.workload.pick(&mut rng);
                 let record = shared.keys.next(&mut rng);
-                let result = shared.op(op, record).await;
-                let s = &mut stats[op.index()];
-                match result {
-                    Ok(()) => {
-                        let _ = s.latency.record(due.elapsed().as_micros() as u64);
+                let (shared, stats, slots, bar) =
+                    (shared.clone(), stats.clone(), slots.clone(), bar.clone());
+                runtime.spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let result = shared.op(op, record).await;
+                    let mut stats = stats.lock();
+                    let s = &mut stats[op.index()];
+                    match result {
+                        Ok(()) => {
+                            let _ = s.latency.record(due.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => s.errors += 1,
                     }
-                    Err(_) => s.errors += 1,
-                }
-                bar.inc(1);
+                    bar.inc(1);
+                });
             }
-        }));
-    }
+        })
+    };
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
-    collect(tasks).await
+    // Every slot back: every started operation has finished (the
+    // semaphore is fair, so this waits behind those still queued).
+    let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    std::mem::take(&mut *stats.lock())
 }
 
 async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<OpStats>>>) -> Vec<OpStats> {
