@@ -76,6 +76,10 @@ pub struct Recorder {
 
 impl Recorder {
     /// Creates (truncates) `path`.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error creating `path`.
     pub fn create(path: &Path) -> std::io::Result<Self> {
         Ok(Recorder {
             out: Mutex::new(BufWriter::new(File::create(path)?)),
@@ -83,6 +87,10 @@ impl Recorder {
     }
 
     /// Writes one event.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error writing the event.
     pub fn record(&self, event: &Event) -> std::io::Result<()> {
         let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
         let mut out = self.out.lock();
@@ -91,12 +99,20 @@ impl Recorder {
     }
 
     /// Flushes to the file.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     pub fn flush(&self) -> std::io::Result<()> {
         self.out.lock().flush()
     }
 }
 
 /// Reads a history file; a line that does not parse is an error naming it.
+///
+/// # Errors
+///
+/// A message naming the line that cannot be read or parsed.
 pub fn read(path: &Path) -> Result<Vec<Event>, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut events = Vec::new();

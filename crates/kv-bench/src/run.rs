@@ -342,7 +342,8 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     // operations to a fixed set of workers through one queue serialises
     // the dispatch, which then becomes the bottleneck.
     let pacer = {
-        let (shared, stats, slots, bar) = (shared.clone(), stats.clone(), slots.clone(), bar.clone());
+        let (shared, stats, slots, bar) =
+            (shared.clone(), stats.clone(), slots.clone(), bar.clone());
         std::thread::spawn(move || {
             let mut rng = SmallRng::seed_from_u64(shared.config.seed);
             let start = std::time::Instant::now();

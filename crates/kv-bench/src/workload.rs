@@ -139,6 +139,10 @@ fn scatter(rank: u64) -> u64 {
 
 impl KeyChooser {
     /// Keys among `records` (at least one) drawn by `distribution`.
+    ///
+    /// # Errors
+    ///
+    /// A message if `records` is zero.
     pub fn new(records: u64, distribution: Distribution) -> Result<Self, String> {
         if records == 0 {
             return Err("records must be at least 1".into());

@@ -12,6 +12,10 @@ pub trait ValueCodec: Sized {
     /// Appends the encoding of `self`.
     fn encode_value(&self, out: &mut Vec<u8>);
     /// Reads one value, consuming exactly what `encode_value` wrote.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for bytes that are not a value of this type.
     fn decode_value(reader: &mut Reader<'_>) -> Result<Self>;
 }
 

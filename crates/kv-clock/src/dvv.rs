@@ -294,6 +294,11 @@ impl<V: ValueCodec> DvvSet<V> {
 
     /// Decodes a state that fills `bytes` exactly, checking every invariant
     /// (dots ascending and unique, each covered by the context).
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for bytes that are not a whole set (wrong version, cut
+    /// short, trailing bytes, counts that cannot fit).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut reader = Reader::new(bytes);
         reader.version(DVV_VERSION, "sibling set version")?;

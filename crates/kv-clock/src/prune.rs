@@ -60,6 +60,11 @@ pub enum PrunePolicyError {
 
 impl PrunePolicy {
     /// Checks that the thresholds are consistent.
+    ///
+    /// # Errors
+    ///
+    /// [`PrunePolicyError`] if a small limit exceeds its big one or the young
+    /// age exceeds the old age.
     pub fn validate(&self) -> Result<(), PrunePolicyError> {
         if self.small == 0 {
             return Err(PrunePolicyError::ZeroSmall);

@@ -352,6 +352,10 @@ impl VectorClock {
     }
 
     /// Decodes a clock that fills `bytes` exactly.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for bytes that are not a whole clock.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut reader = Reader::new(bytes);
         let clock = Self::decode_from(&mut reader)?;
@@ -360,6 +364,10 @@ impl VectorClock {
     }
 
     /// Decodes one clock from `reader`, leaving it just past the clock.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if the reader does not hold a clock.
     pub fn decode_from(reader: &mut Reader<'_>) -> Result<Self> {
         reader.version(CLOCK_VERSION, "clock version")?;
         let flags_at = reader.position();

@@ -72,6 +72,10 @@ impl Default for Config {
 
 impl Config {
     /// Checks the settings (W and R between 1 and N; W + R <= N is allowed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the first setting out of range.
     pub fn validate(&self) -> Result<()> {
         if self.n == 0 {
             return Err(Error::InvalidInput("n must be at least 1".into()));
@@ -103,6 +107,10 @@ impl Config {
     }
 
     /// Checks a per-request W or R against N.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] unless `1 <= value <= n`.
     pub fn check_quorum(&self, name: &str, value: usize) -> Result<()> {
         if value == 0 || value > self.n {
             return Err(Error::InvalidInput(format!(

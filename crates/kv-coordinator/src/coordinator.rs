@@ -189,6 +189,10 @@ where
 {
     /// A coordinator for `replica`'s node; `membership` says which nodes
     /// are believed alive (for sloppy quorums and hint delivery).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] if `config` does not validate.
     pub fn new(
         config: Config,
         replica: Arc<Replica<E>>,
@@ -286,6 +290,13 @@ where
     }
 
     /// Writes `value` under `key`, superseding what `context` covers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty or oversize key, an oversize value,
+    /// a context that does not decode or W out of range; [`Error::WriteQuorum`]
+    /// when fewer than W replicas acknowledged in time (the write may still
+    /// have reached some); storage errors from this node's engine.
     pub async fn put(
         &self,
         key: &[u8],
@@ -301,6 +312,10 @@ where
     }
 
     /// Deletes `key`: a tombstone that supersedes what `context` covers.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
         let started = Instant::now();
         let result = self.routed_write(key, None, context, w).await;
@@ -586,6 +601,11 @@ where
     /// again; a hint is deleted only after its owner acknowledges it.
     /// Hints for a node that left the ring go to the key's current
     /// replicas instead. Returns how many were delivered.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors from the hint store; unreachable owners are not errors
+    /// (their hints stay).
     pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
         let mut delivered = 0;
         let owners = {
@@ -670,6 +690,11 @@ where
     /// pulls the peer's states of the differing buckets, merges them here,
     /// and pushes the merged states back where the peer's differ. Afterwards
     /// both hold the merge of both, siblings kept.
+    ///
+    /// # Errors
+    ///
+    /// The peer's or the transport's error, or a storage error; nothing is
+    /// half-applied (each key merges atomically).
     pub async fn anti_entropy_with(&self, peer: NodeId, fanout: usize) -> Result<RepairReport> {
         use kv_merkle::{Exchange, Message, Step};
         let peer_error = |e: &dyn std::fmt::Display| Error::Peer(format!("{peer}: {e}"));
@@ -759,6 +784,11 @@ where
     /// byte for byte; keys with a hint pending here are left alone. Each
     /// replica deletes only if its state is still that tombstone. Returns
     /// (tombstones examined, keys collected).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; replicas that cannot be reached keep their tombstones
+    /// for a later pass.
     pub async fn collect_tombstones(&self, now_secs: u64) -> Result<(usize, usize)> {
         let me = self.replica.id();
         let grace = self.config.tombstone_grace.as_secs();
@@ -892,6 +922,12 @@ where
     }
 
     /// Reads `key` from R replicas (this one included) and merges them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad key or R out of range;
+    /// [`Error::ReadQuorum`] when fewer than R replicas answered in time;
+    /// storage errors from this node's engine.
     pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
         let started = Instant::now();
         let result = match self.route(key) {

@@ -32,6 +32,10 @@ fn hint_key(owner: NodeId, key: &[u8]) -> Vec<u8> {
 
 impl<E: StorageEngine> HintStore<E> {
     /// Opens the hints in `engine`, holding at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors reading the hints already stored.
     pub fn open(engine: E, limit: usize) -> Result<Self> {
         let count = engine.scan(Bound::Unbounded, Bound::Unbounded)?.count();
         Ok(HintStore {
@@ -65,6 +69,11 @@ impl<E: StorageEngine> HintStore<E> {
 
     /// Keeps `state` of `key` for `owner`, merged with any hint already
     /// held. Refused when the store is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when the store is full (the limit); storage
+    /// errors.
     pub fn add(&self, owner: NodeId, key: &[u8], state: &Siblings) -> Result<()> {
         let mut count = self.count.lock();
         let k = hint_key(owner, key);
@@ -92,6 +101,10 @@ impl<E: StorageEngine> HintStore<E> {
     }
 
     /// Whether a hint for `key` is pending, for any owner.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn holds_key(&self, key: &[u8]) -> Result<bool> {
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
             let (k, _) = item?;
@@ -103,11 +116,19 @@ impl<E: StorageEngine> HintStore<E> {
     }
 
     /// The owners with pending hints.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn owners(&self) -> Result<Vec<NodeId>> {
         Ok(self.counts()?.into_iter().map(|(owner, _)| owner).collect())
     }
 
     /// How many hints are held for each owner, by owner id.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn counts(&self) -> Result<Vec<(NodeId, u64)>> {
         let mut counts: Vec<(NodeId, u64)> = Vec::new();
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
@@ -126,6 +147,10 @@ impl<E: StorageEngine> HintStore<E> {
     }
 
     /// Up to `limit` pending hints for `owner`: (key, encoded state).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or a stored hint that does not decode.
     pub fn pending(&self, owner: NodeId, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let start = owner.0.to_be_bytes();
         let end = owner.0.checked_add(1).map(u64::to_be_bytes);
@@ -148,6 +173,10 @@ impl<E: StorageEngine> HintStore<E> {
     /// Forgets the hint for `owner` and `key` once delivered, unless a
     /// newer hint was merged into it meanwhile (then it is kept for the
     /// next delivery).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn delivered_one(&self, owner: NodeId, key: &[u8], delivered_state: &[u8]) -> Result<bool> {
         let mut count = self.count.lock();
         let k = hint_key(owner, key);

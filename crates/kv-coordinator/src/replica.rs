@@ -132,6 +132,12 @@ impl<E: StorageEngine> Replica<E> {
     /// The replica of node `id` over `engine`, keeping hints for other
     /// replicas in `hint_engine`, placing keys with `ring`. Rebuilds the
     /// anti-entropy trees from what `engine` holds.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors while scanning the engine, or [`Error::Corrupt`] for a
+    /// stored state that does not decode; [`Error::InvalidInput`] for bad
+    /// settings.
     pub fn new(
         id: NodeId,
         engine: E,
@@ -171,6 +177,10 @@ impl<E: StorageEngine> Replica<E> {
     /// with it). Call it after the partitioner answers with the new ring.
     /// Writes wait while it runs: every key lock is held, so no change is
     /// counted twice or missed.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or a stored state that does not decode.
     pub fn rebuild_trees(&self) -> Result<()> {
         let _guards: Vec<_> = self.locks.iter().map(|l| l.lock()).collect();
         self.trees.clear();
@@ -205,6 +215,10 @@ impl<E: StorageEngine> Replica<E> {
 
     /// Deletes `key` if its stored state is exactly `expected` (tombstone
     /// collection; a write that arrived meanwhile keeps the key).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn reap(&self, key: &[u8], expected: &[u8]) -> Result<bool> {
         let _guard = self.locks[stripe(key)].lock();
         let current = self.engine.get(key)?;
@@ -218,6 +232,10 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// The keys stored here, with their states (for maintenance passes).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn scan_states(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
@@ -232,6 +250,10 @@ impl<E: StorageEngine> Replica<E> {
     /// `max_bytes` of states. Returns the page and the key to continue
     /// after, `None` when the scan reached the end.
     #[allow(clippy::type_complexity)]
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn range_page(
         &self,
         ranges: &[kv_core::TokenRange],
@@ -258,6 +280,11 @@ impl<E: StorageEngine> Replica<E> {
 
     /// Anti-entropy, responder side: answers an encoded exchange request
     /// from `peer` about the keys both replicate.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a request that does not decode or a peer
+    /// this node shares no tree with.
     pub fn answer_exchange(&self, peer: NodeId, request: &[u8]) -> Result<Vec<u8>> {
         let message =
             kv_merkle::Message::decode(request).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -272,6 +299,10 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// The states of the keys shared with `peer` that fall in `buckets`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
     pub fn bucket_states(&self, peer: NodeId, buckets: &[u32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let wanted: std::collections::BTreeSet<u32> = buckets.iter().copied().collect();
         let mut out = Vec::new();
@@ -296,6 +327,11 @@ impl<E: StorageEngine> Replica<E> {
 
     /// A state sent by a coordinator: merged here, or, when it is meant for
     /// another replica (`hint_for`), kept as a hint for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a state that does not decode; storage
+    /// errors.
     pub fn receive(&self, key: &[u8], state: &[u8], hint_for: Option<NodeId>) -> Result<()> {
         let incoming = Siblings::from_bytes(state)
             .map_err(|e| Error::InvalidInput(format!("peer state: {e}")))?;
@@ -453,6 +489,11 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// The stored state of `key` (empty if none).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or [`Error::Corrupt`] for a stored state that does not
+    /// decode.
     pub fn state(&self, key: &[u8]) -> Result<Siblings> {
         decode(self.engine.get(key)?.as_deref())
     }
@@ -461,6 +502,11 @@ impl<E: StorageEngine> Replica<E> {
     /// supersedes exactly what `context` covers and gets a fresh dot at
     /// this node. Returns the new state, already stored, and the new
     /// version's dot.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or [`Error::Corrupt`] for a stored state that does not
+    /// decode.
     pub fn coordinate(
         &self,
         key: &[u8],
@@ -512,6 +558,11 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// Merges a peer's state of `key` into ours; returns the merged state.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or [`Error::Corrupt`] for a stored state that does not
+    /// decode.
     pub fn merge(&self, key: &[u8], incoming: &Siblings) -> Result<Siblings> {
         self.apply_many(&[key], |_, state| {
             state.sync(incoming);
@@ -522,6 +573,11 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// Merges an encoded peer state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an incoming state that does not decode;
+    /// otherwise as [`merge`](Self::merge).
     pub fn merge_bytes(&self, key: &[u8], incoming: &[u8]) -> Result<Siblings> {
         let incoming = Siblings::from_bytes(incoming)
             .map_err(|e| Error::InvalidInput(format!("peer state: {e}")))?;

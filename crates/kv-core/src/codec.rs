@@ -87,6 +87,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one byte.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if the input ends first.
     pub fn u8(&mut self, what: &'static str) -> Result<u8> {
         let byte = *self.bytes.get(self.pos).ok_or(DecodeError::Truncated {
             offset: self.pos,
@@ -97,6 +101,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a format's version byte, refusing any version but `expected`.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if the input ends first or the byte is not `expected`.
     pub fn version(&mut self, expected: u8, what: &'static str) -> Result<()> {
         let offset = self.pos;
         let version = self.u8(what)?;
@@ -107,6 +115,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads an unsigned LEB128 varint.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if the input ends inside the varint or it overflows 64
+    /// bits.
     pub fn varint(&mut self, what: &'static str) -> Result<u64> {
         let start = self.pos;
         let mut value: u64 = 0;
@@ -128,6 +141,11 @@ impl<'a> Reader<'a> {
     /// Reads a varint that counts items each at least `min_item_bytes` long,
     /// refusing counts the remaining input cannot hold (so garbage can never
     /// make the decoder allocate a huge vector).
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if the count does not decode or the rest of the input
+    /// cannot hold that many items of `min_item_bytes`.
     pub fn count(&mut self, what: &'static str, min_item_bytes: usize) -> Result<usize> {
         let offset = self.pos;
         let raw = self.varint(what)?;
@@ -138,6 +156,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads `len` raw bytes.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if fewer than `len` bytes remain.
     pub fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8]> {
         if len > self.remaining() {
             return Err(DecodeError::Truncated {
@@ -151,6 +173,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless every byte has been consumed.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] if bytes remain after the value.
     pub fn finish(&self) -> Result<()> {
         match self.remaining() {
             0 => Ok(()),

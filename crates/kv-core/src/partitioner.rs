@@ -32,6 +32,10 @@ pub trait Partitioner {
     /// list is shorter than `n`); callers that need `n` replicas check the
     /// length. Asking for all nodes gives the full fallback order used by
     /// sloppy quorums.
+    ///
+    /// # Errors
+    ///
+    /// [`PartitionerError`] if the ring is empty or `n` is zero.
     fn preference_list_for_token(
         &self,
         token: Token,
@@ -39,12 +43,20 @@ pub trait Partitioner {
     ) -> Result<Vec<NodeId>, PartitionerError>;
 
     /// The preference list of `key`: `preference_list_for_token(token(key), n)`.
+    ///
+    /// # Errors
+    ///
+    /// [`PartitionerError`] if the ring is empty or `n` is zero.
     fn preference_list(&self, key: &[u8], n: usize) -> Result<Vec<NodeId>, PartitionerError> {
         self.preference_list_for_token(self.token(key), n)
     }
 
     /// The ranges for which `node` is one of the `n` replicas, in ring order,
     /// adjacent ranges merged. Empty if the node is not in the ring.
+    ///
+    /// # Errors
+    ///
+    /// [`PartitionerError`] if `n` is zero.
     fn replicated_ranges(
         &self,
         node: NodeId,

@@ -130,9 +130,17 @@ pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KvPair, StorageError>> + 
 /// Every method takes `&self`: engines are shared between threads.
 pub trait StorageEngine: Send + Sync {
     /// The value of `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] if the engine cannot read (I/O, a damaged table).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.put(key, value);
@@ -140,6 +148,10 @@ pub trait StorageEngine: Send + Sync {
     }
 
     /// Removes `key` (a no-op if absent).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
     fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         batch.delete(key);
@@ -148,14 +160,31 @@ pub trait StorageEngine: Send + Sync {
 
     /// Applies `batch` atomically and returns once it is as durable as the
     /// engine's policy promises.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] if the batch was not applied: invalid input (a key or
+    /// value over the engine's limits), I/O, or an engine poisoned by an
+    /// earlier failed sync. [`StorageError::is_retryable`] says whether trying
+    /// again can help.
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
 
     /// The pairs with keys in `(start, end)`, in ascending key order, as of
     /// the moment of the call: writes made while iterating are not seen.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] if the engine cannot start the scan; items of the
+    /// iterator carry their own errors.
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<ScanIter<'_>, StorageError>;
 
     /// Makes every acknowledged write durable (whatever the policy), and
     /// moves in-memory state to its durable form where the engine has one.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] if the data could not be made durable; the engine may
+    /// then refuse writes.
     fn flush(&self) -> Result<(), StorageError>;
 
     /// The sequence number of the latest write visible to readers.

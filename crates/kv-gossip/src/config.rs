@@ -60,6 +60,11 @@ impl Default for Config {
 
 impl Config {
     /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] naming the first setting out of range (a probe timeout not
+    /// shorter than the probe interval, zero counts).
     pub fn validate(&self) -> Result<()> {
         if self.probe_interval.is_zero() {
             return Err(Error::InvalidConfig(

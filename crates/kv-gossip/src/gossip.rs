@@ -111,6 +111,10 @@ pub struct Gossip {
 impl Gossip {
     /// A member `id` at `addr`, alone until it joins. `seed` seeds the
     /// random choices (probe order, indirect probers).
+    ///
+    /// # Errors
+    ///
+    /// [`Error`](crate::Error) if `config` does not validate.
     pub fn new(config: Config, id: NodeId, addr: String, meta: Meta, seed: u64) -> Result<Self> {
         config.validate()?;
         Ok(Gossip {

@@ -20,6 +20,45 @@
 //!   `members()`, `drain_events()`.
 //! - [`Config`] with `Default` and `validate()`.
 //! - [`Message`]: compact encoding; decoding garbage is an error.
+//!
+//! Not here: sockets, timers, threads. The caller moves messages and
+//! time; [`sim`] does both for seeded simulated clusters.
+//!
+//! Two members, the second joining through the first; the loop is the
+//! network:
+//!
+//! ```
+//! use std::time::Duration;
+//! use kv_core::NodeId;
+//! use kv_gossip::{Config, Gossip, Meta, Status};
+//!
+//! let mut nodes = [
+//!     Gossip::new(Config::default(), NodeId(1), "n1".into(), Meta::default(), 1)?,
+//!     Gossip::new(Config::default(), NodeId(2), "n2".into(), Meta::default(), 2)?,
+//! ];
+//! nodes[1].join(vec!["n1".into()], Duration::ZERO);
+//! let mut now = Duration::ZERO;
+//! for _ in 0..50 {
+//!     now += Duration::from_millis(100);
+//!     for node in nodes.iter_mut() {
+//!         node.tick(now);
+//!     }
+//!     // Deliver every message, and the replies they cause.
+//!     let mut mail: Vec<_> = nodes.iter_mut().flat_map(|n| n.drain_outbox()).collect();
+//!     for _ in 0..10 {
+//!         for out in std::mem::take(&mut mail) {
+//!             let to = if out.to == "n1" { 0 } else { 1 };
+//!             nodes[to].handle(out.message, now);
+//!             mail.extend(nodes[to].drain_outbox());
+//!         }
+//!     }
+//! }
+//! for node in &nodes {
+//!     let alive = node.members().iter().filter(|m| m.status == Status::Alive).count();
+//!     assert_eq!(alive, 2);
+//! }
+//! # Ok::<(), kv_gossip::Error>(())
+//! ```
 
 mod config;
 mod error;

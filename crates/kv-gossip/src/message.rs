@@ -136,6 +136,10 @@ impl Message {
     }
 
     /// Decodes a message; garbage gives an error, never a panic.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`](crate::Error::Decode) for bytes that are not a whole message.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
         r.version(VERSION, "version")?;

@@ -71,6 +71,10 @@ fn addr(i: usize) -> String {
 impl Sim {
     /// `n` members, all alive, none joined yet. `seed` drives every
     /// random choice of the run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`](crate::Error) if `config` does not validate.
     pub fn new(n: usize, config: Config, network: Network, seed: u64) -> Result<Self> {
         let mut nodes = Vec::with_capacity(n);
         let mut by_addr = HashMap::with_capacity(n);

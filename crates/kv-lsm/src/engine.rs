@@ -210,6 +210,12 @@ impl LsmEngine {
     }
 
     /// Applies `batch` atomically (see [`StorageEngine::write`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] for a key or value over the limits;
+    /// [`Error::Poisoned`] after an earlier failed sync; I/O errors from the
+    /// commit log (which poison the engine).
     pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
         self.inner.check_limits(&batch)?;
         if batch.is_empty() {
@@ -219,11 +225,19 @@ impl LsmEngine {
     }
 
     /// Sets `key` to `value` (one write; cheaper than a batch of one).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_batch`](Self::write_batch).
     pub fn put_value(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.single(key, Some(value))
     }
 
     /// Removes `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_batch`](Self::write_batch).
     pub fn delete_key(&self, key: &[u8]) -> Result<()> {
         self.single(key, None)
     }
@@ -256,12 +270,22 @@ impl LsmEngine {
     }
 
     /// The value of `key`.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error from a table (a block that fails its
+    /// checksum).
     pub fn get_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
 
     /// Freezes the memtable, writes every frozen memtable to a table and
     /// makes the log durable; returns when that is done.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error writing or syncing the log, a table or the manifest; the
+    /// engine is then poisoned.
     pub fn flush_all(&self) -> Result<()> {
         self.inner.submit(SlotOp::Rotate)?;
         self.inner.wait_for(|sv| sv.imms.is_empty())
@@ -269,12 +293,21 @@ impl LsmEngine {
 
     /// Compacts every table down to one level, dropping overwritten
     /// versions and tombstones. Returns when done.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from compaction; the engine is then poisoned.
     pub fn compact_all(&self) -> Result<()> {
         self.flush_all()?;
         compaction::compact_all(&self.inner)
     }
 
     /// Waits until no background compaction is due.
+    ///
+    /// # Errors
+    ///
+    /// The error that poisoned the engine, if a background flush or compaction
+    /// failed.
     pub fn wait_for_compactions(&self) -> Result<()> {
         loop {
             self.inner.check_poison()?;
@@ -327,6 +360,11 @@ impl LsmEngine {
 
     /// Stops the background threads and makes the log durable. Dropping the
     /// engine does the same but cannot report a failure.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from the final flush or sync, or the error that poisoned
+    /// the engine.
     pub fn close(self) -> Result<()> {
         self.shutdown()
     }

@@ -16,11 +16,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// A file open for writing.
 pub trait WritableFile: Send + fmt::Debug {
     /// Appends `buf` at the current position.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes the written data durable (`fdatasync`).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error; the engine treats it as fatal (poisoned),
+    /// since what reached the disk is unknown.
     fn sync_data(&mut self) -> io::Result<()>;
     /// Reserves `len` bytes of disk for the file so later writes within it
     /// change no file-system metadata (best effort: unsupported is fine).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error (callers treat unsupported as fine).
     fn preallocate(&mut self, len: u64) -> io::Result<()>;
 
     /// A second handle on the same open file, whose
@@ -35,17 +48,41 @@ pub trait WritableFile: Send + fmt::Debug {
 /// The operations the engine performs on its directory.
 pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Creates (or truncates) `path` for writing.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Opens an existing file for writing from its start, keeping its
     /// contents and size (used to recycle commit-log segments).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Renames `from` to `to`, replacing `to`.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Deletes `path`.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, deletions) durable.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Cuts `path` to `len` bytes and makes that durable.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
 }
 

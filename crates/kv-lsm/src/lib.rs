@@ -57,17 +57,31 @@ pub use error::{Error, Result};
 pub use fs::{FaultFs, FileSystem, StdFs, WritableFile};
 pub use options::{Durability, LsmEngineBuilder, Options, RecoveryMode};
 
+/// The engine's interface and batch type, from `kv-core`, so a program
+/// that embeds the engine needs no other crate.
+pub use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};
+
 /// Decoders of the on-disk formats, exposed for fuzzing: each returns an
 /// error for any input it cannot parse and never panics.
 pub mod decode {
     pub use crate::table::decode_table_for_fuzzing as decode_table;
 
     /// Decodes a commit-log batch payload; returns its operation count.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`](kv_core::codec::DecodeError) for bytes that are not a
+    /// batch.
     pub fn decode_log_batch(bytes: &[u8]) -> Result<usize, kv_core::codec::DecodeError> {
         crate::log::decode_batch(bytes).map(|ops| ops.len())
     }
 
     /// Decodes a manifest edit.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`](kv_core::codec::DecodeError) for bytes that are not an
+    /// edit.
     pub fn decode_manifest_edit(bytes: &[u8]) -> Result<(), kv_core::codec::DecodeError> {
         crate::manifest::VersionEdit::decode(bytes).map(|_| ())
     }

@@ -103,6 +103,10 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> Error {
 
 impl Options {
     /// Checks every option; the engine refuses to open with an invalid one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] naming the first option out of range.
     pub fn validate(&self) -> Result<()> {
         if !(64 << 10..=4 << 30).contains(&self.memtable_bytes) {
             return Err(invalid(
@@ -258,6 +262,13 @@ impl LsmEngineBuilder {
 
     /// Validates the options, recovers the directory (creating it if
     /// needed) and starts the background threads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for bad options; I/O errors; [`Error::Locked`]
+    /// if another engine holds the directory; a corruption error naming segment
+    /// and offset if the commit log is damaged before its end (see
+    /// [`RecoveryMode`]).
     pub fn open(self) -> Result<LsmEngine> {
         self.options.validate()?;
         LsmEngine::open_with(self.path, self.options)

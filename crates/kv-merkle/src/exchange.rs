@@ -103,6 +103,10 @@ impl Message {
     }
 
     /// Decodes a message; garbage gives an error, never a panic.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] for bytes that are not a whole message.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
         r.version(VERSION, "message version")?;
@@ -181,6 +185,11 @@ impl Message {
 }
 
 /// The responder's side: compares the listed nodes with its own tree.
+///
+/// # Errors
+///
+/// [`Error`] if the request names nodes the tree does not have or the trees
+/// differ in size.
 pub fn respond(tree: &MerkleTree, compare: &Compare) -> Result<Differences> {
     if compare.leaves != tree.leaves() {
         return Err(Error::SizeMismatch {
@@ -226,6 +235,11 @@ pub struct Exchange {
 impl Exchange {
     /// An exchange of a tree of `leaves` buckets, comparing at most
     /// `fanout` nodes per message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] if `leaves` is not a power of two in range or `fanout` is
+    /// zero.
     pub fn new(leaves: u32, fanout: usize) -> Result<Self> {
         if fanout == 0 {
             return Err(Error::ZeroFanout);
@@ -246,6 +260,11 @@ impl Exchange {
 
     /// The next request, or the result. `tree` is the initiator's tree as
     /// it is now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SizeMismatch`] if `tree` is not the size the exchange was made
+    /// for.
     pub fn poll(&mut self, tree: &MerkleTree) -> Result<Step> {
         if self.outstanding.is_some() {
             return Err(Error::Protocol(
@@ -282,6 +301,11 @@ impl Exchange {
     }
 
     /// Takes the answer to the last request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] for an answer that does not match the last
+    /// request.
     pub fn handle(&mut self, answer: &Differences) -> Result<()> {
         let asked = self
             .outstanding
@@ -319,6 +343,10 @@ impl Exchange {
 /// Runs a whole exchange between two trees in memory; returns the differing
 /// buckets and the bytes both sides sent (encoded messages). For tests,
 /// benchmarks and callers whose "transport" is a function call.
+///
+/// # Errors
+///
+/// [`Error`] if the trees differ in size or `fanout` is zero.
 pub fn exchange_in_memory(
     ours: &MerkleTree,
     theirs: &MerkleTree,

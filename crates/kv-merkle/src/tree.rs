@@ -49,6 +49,11 @@ pub struct MerkleTree {
 
 impl MerkleTree {
     /// A tree with `leaves` buckets, a power of two from 1 to 2^24.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidLeaves`] unless `leaves` is a power of two from 1 to
+    /// 2^24.
     pub fn new(leaves: u32) -> Result<Self> {
         if !leaves.is_power_of_two() || leaves > 1 << 24 {
             return Err(Error::InvalidLeaves(leaves));
@@ -150,6 +155,10 @@ impl MerkleTree {
     /// The buckets whose hashes differ from `other`'s (trees of the same
     /// size), by looking at every leaf. The exchange finds the same set
     /// while looking at far fewer nodes; this is the reference.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SizeMismatch`] if the trees differ in size.
     pub fn diff_leaves(&self, other: &MerkleTree) -> Result<Vec<u32>> {
         if self.depth != other.depth {
             return Err(Error::SizeMismatch {

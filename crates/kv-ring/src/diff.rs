@@ -41,6 +41,10 @@ impl RingDiff {
     /// Compares `before` and `after` for replication factor `n`. Both rings
     /// must have at least one node (with no node before, there is no data
     /// to move; with none after, nowhere to move it).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::ZeroReplicas`] if `n` is zero.
     pub fn between(
         before: &ConsistentHashRing,
         after: &ConsistentHashRing,

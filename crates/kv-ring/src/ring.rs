@@ -185,6 +185,11 @@ impl RingBuilder {
 
     /// Joins the nodes one after another. An empty node list gives an empty
     /// ring (which answers every lookup with an error).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] for a node listed twice, a weight or vnode count of zero,
+    /// or colliding tokens.
     pub fn build(self) -> Result<ConsistentHashRing> {
         let mut ring = ConsistentHashRing::empty(self.vnodes, self.strategy)?;
         ring.balance_replicas = self.balance_replicas;
@@ -202,6 +207,10 @@ impl ConsistentHashRing {
     }
 
     /// A ring with no nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::ZeroVnodes`] if `vnodes` is zero.
     pub fn empty(vnodes: u32, strategy: TokenStrategy) -> Result<Self> {
         if vnodes == 0 {
             return Err(RingError::ZeroVnodes);
@@ -233,6 +242,11 @@ impl ConsistentHashRing {
 
     /// Rebuilds a ring from known token assignments (for example tokens
     /// learned through gossip). `vnodes` and `strategy` govern later joins.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if two nodes claim one token, a node is listed twice, or a
+    /// weight is zero.
     pub fn from_tokens(
         vnodes: u32,
         strategy: TokenStrategy,
@@ -302,6 +316,10 @@ impl ConsistentHashRing {
     }
 
     /// Joins `node` in place, choosing its tokens by the ring's strategy.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if the node is already in the ring or its weight is zero.
     pub fn join(&mut self, node: NodeSpec) -> Result<()> {
         self.check_new(&node)?;
         let count = (self.vnodes as usize).saturating_mul(node.weight as usize);
@@ -341,6 +359,10 @@ impl ConsistentHashRing {
     }
 
     /// The ring after `node` joins.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join).
     pub fn with_node(&self, node: NodeSpec) -> Result<Self> {
         let mut next = self.clone();
         next.join(node)?;
@@ -350,6 +372,10 @@ impl ConsistentHashRing {
     /// Removes `id` in place. Its ranges are handed to the remaining nodes
     /// furthest below their target share, largest range first, so balance
     /// holds and only the leaving node's ranges change hands.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::UnknownNode`] if `id` is not in the ring.
     pub fn leave(&mut self, id: NodeId) -> Result<()> {
         let index = self.member_index(id).ok_or(RingError::UnknownNode(id))? as u32;
         if self.members.len() == 1 {
@@ -378,6 +404,10 @@ impl ConsistentHashRing {
     }
 
     /// The ring after `id` leaves.
+    ///
+    /// # Errors
+    ///
+    /// As [`leave`](Self::leave).
     pub fn without_node(&self, id: NodeId) -> Result<Self> {
         let mut next = self.clone();
         next.leave(id)?;
@@ -474,6 +504,10 @@ impl ConsistentHashRing {
 
     /// The first `n` distinct nodes clockwise from `token`; see
     /// [`Partitioner::preference_list_for_token`].
+    ///
+    /// # Errors
+    ///
+    /// [`RingError`] if the ring is empty or `n` is zero.
     pub fn nodes_for_token(&self, token: Token, n: usize) -> Result<Vec<NodeId>> {
         if self.tokens.is_empty() {
             return Err(RingError::Empty);
@@ -499,6 +533,10 @@ impl ConsistentHashRing {
     }
 
     /// The ranges for which `id` is one of the `n` replicas, merged.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::ZeroReplicas`] if `n` is zero.
     pub fn replica_ranges(&self, id: NodeId, n: usize) -> Result<Vec<TokenRange>> {
         if n == 0 {
             return Err(RingError::ZeroReplicas);
@@ -553,6 +591,10 @@ impl ConsistentHashRing {
 
     /// The share of the ring each node replicates, counting each range once
     /// for each of its `n` replicas (so shares sum to `min(n, nodes)`).
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::ZeroReplicas`] if `n` is zero.
     pub fn replicated_ownership(&self, n: usize) -> Result<BTreeMap<NodeId, f64>> {
         if n == 0 {
             return Err(RingError::ZeroReplicas);

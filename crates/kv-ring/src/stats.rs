@@ -30,6 +30,10 @@ impl ConsistentHashRing {
 
     /// Max over mean of each node's replicated share (over `n` replicas)
     /// divided by its weight.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::ZeroReplicas`](crate::RingError::ZeroReplicas) if `n` is zero.
     pub fn replicated_balance(&self, n: usize) -> Result<f64> {
         let shares = self.replicated_ownership(n)?;
         Ok(max_over_mean(

@@ -202,6 +202,10 @@ impl Cluster {
     /// The cluster part of a node whose coordinator places keys with
     /// `ring` and judges liveness with `view`; `state` is the ring it
     /// starts with (loaded from disk or built from the initial members).
+    ///
+    /// # Errors
+    ///
+    /// A ring state that does not give a valid ring.
     pub fn new(
         settings: ClusterSettings,
         state: RingState,
@@ -291,6 +295,10 @@ impl Cluster {
     // ---- gossip ----
 
     /// A gossip message from a peer.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for bytes that are not a gossip message.
     pub fn receive_gossip(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Status> {
         let message = kv_gossip::Message::decode(bytes)
             .map_err(|e| Status::invalid_argument(format!("gossip message: {e}")))?;
@@ -412,6 +420,11 @@ impl Cluster {
     /// Installs `state` if it is newer than the ring held: persists it,
     /// switches placement to it, rebuilds the anti-entropy trees, and
     /// schedules a hand-off of the keys this node no longer replicates.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a state that is not a valid ring; `Internal` if it
+    /// cannot be persisted.
     pub async fn install(&self, state: RingState) -> Result<bool, Status> {
         let _one = self.installing.lock().await;
         if state.epoch <= self.epoch() {
@@ -547,6 +560,12 @@ impl Cluster {
     /// Makes this node an owner: pulls the ranges it will replicate from
     /// every current replica of each, then installs and pushes the ring
     /// with it added. Nothing changes if a range has no reachable replica.
+    ///
+    /// # Errors
+    ///
+    /// `FailedPrecondition` if this node already owns ranges; `Aborted` if
+    /// another ring change won meanwhile; `Unavailable` if a range could not be
+    /// fetched from its replicas.
     pub async fn join(self: &Arc<Self>) -> Result<ChangeReply, Status> {
         let _one = self.changing.lock().await;
         self.refresh_ring().await;
@@ -668,6 +687,11 @@ impl Cluster {
     }
 
     /// Answers a page of range streaming.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a request without ranges; storage errors as
+    /// `Internal`.
     pub async fn fetch_page(
         &self,
         request: FetchRequest,
@@ -691,6 +715,11 @@ impl Cluster {
     }
 
     /// Merges states handed to this node.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a state that does not decode; storage errors as
+    /// `Internal`.
     pub async fn accept_transfer(&self, request: TransferRequest) -> Result<(), Status> {
         let replica = self.coordinator.replica().clone();
         blocking(move || {
@@ -714,6 +743,12 @@ impl Cluster {
     /// hands off what arrived meanwhile, announces the departure, and
     /// signals [`left`](Self::left). Nothing changes if a gaining node
     /// cannot take its ranges.
+    ///
+    /// # Errors
+    ///
+    /// `FailedPrecondition` for the last node or one that owns nothing;
+    /// `Aborted` if another ring change won meanwhile; `Unavailable` if a range
+    /// could not be handed to its new replicas.
     pub async fn leave(self: &Arc<Self>) -> Result<ChangeReply, Status> {
         let _one = self.changing.lock().await;
         self.refresh_ring().await;
@@ -809,6 +844,11 @@ impl Cluster {
     /// Hands the keys this node holds but does not replicate (after a ring
     /// change) to their replicas; each is deleted here once every replica
     /// acknowledged it, and only if it did not change meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors as `Internal`; keys whose new replicas cannot be reached
+    /// stay here for the next pass.
     pub async fn handoff_pass(&self) -> Result<Handoff, Status> {
         let _one = self.handoff_running.lock().await;
         self.handoff_pending.store(false, Ordering::Relaxed);
@@ -902,6 +942,10 @@ impl Cluster {
     // ---- operator views ----
 
     /// `kvctl status`.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` if the ring state does not give a ring.
     pub fn status(&self) -> Result<StatusReply, Status> {
         let (state, ring) = self.current_ring()?;
         let n = self.settings.n;
@@ -952,6 +996,10 @@ impl Cluster {
     }
 
     /// `kvctl hints`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors from the hint store, as `Internal`.
     pub async fn hints(&self) -> Result<HintsReply, Status> {
         let replica = self.coordinator.replica().clone();
         let counts = blocking(move || replica.hints().counts()).await?;

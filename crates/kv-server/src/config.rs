@@ -96,6 +96,10 @@ fn bad(message: impl Into<String>) -> ConfigError {
 
 impl ServerConfig {
     /// Parses a TOML file's contents.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for TOML that does not parse or unknown settings.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| bad(e.to_string()))
     }
@@ -134,6 +138,10 @@ impl ServerConfig {
     }
 
     /// The HTTP address, if one is set and valid.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an address that does not parse.
     pub fn http_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         self.http
             .as_deref()
@@ -142,6 +150,10 @@ impl ServerConfig {
     }
 
     /// Checks everything and produces the node's settings and listen address.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first missing or invalid setting.
     pub fn validate(&self) -> Result<(NodeConfig, SocketAddr), ConfigError> {
         let id = NodeId(self.node_id.ok_or_else(|| bad("node_id is required"))?);
         let listen: SocketAddr = self
@@ -291,6 +303,11 @@ fn parse_member(text: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
 }
 
 /// `always`, `never` or `interval:<ms>`.
+///
+/// # Errors
+///
+/// [`ConfigError`] unless the text is `always`, `never` or `interval:<ms>` with
+/// a positive interval.
 pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
     match text {
         "always" => Ok(Durability::Always),

@@ -10,12 +10,38 @@
 //!
 //! - [`start`] assembles and runs a node from a [`NodeConfig`]
 //!   ([`ServerConfig`] reads one from TOML and flags, as `kvd` does);
+//! - [`serve_client_api`] serves the client API of any coordinator, for
+//!   nodes composed from the crates with other engines or transports;
 //! - [`cluster`]: membership, the versioned ring, joins, leaves, hand-off;
 //! - [`client`]: the Rust client SDK;
 //! - [`to_status`]: coordinator errors as gRPC statuses, in one place.
 //!
 //! Not here: the storage engine (`kv-lsm`), replication logic
 //! (`kv-coordinator`), the gossip state machine (`kv-gossip`).
+//!
+//! Three nodes on 127.0.0.1, a client, a write and a read:
+//!
+//! ```
+//! use kv_server::client::{Client, ClientConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let dir = tempfile::tempdir()?;
+//!     let nodes = kv_server::start_local(3, dir.path(), |config| config).await?;
+//!     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+//!     let client = Client::new(&addrs, ClientConfig::default())?;
+//!     client.put(b"user:1", b"alice".to_vec(), None).await?;
+//!     let read = client.get(b"user:1").await?;
+//!     assert_eq!(read.values, vec![b"alice".to_vec()]);
+//!     for node in nodes {
+//!         node.shutdown().await?;
+//!     }
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod cluster;
@@ -29,7 +55,10 @@ mod status;
 mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
-pub use node::{NodeConfig, NodeError, RunningNode, shutdown_signal, start, start_local, start_on};
+pub use node::{
+    NodeConfig, NodeError, RunningNode, serve_client_api, shutdown_signal, start, start_local,
+    start_on,
+};
 pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;
 pub use transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};

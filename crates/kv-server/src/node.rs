@@ -136,6 +136,9 @@ pub enum NodeError {
     /// Listening failed.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The gRPC server failed while serving.
+    #[error("serve: {0}")]
+    Serve(String),
 }
 
 /// A running node.
@@ -169,6 +172,10 @@ impl RunningNode {
     }
 
     /// Stops accepting, finishes in-flight requests, and flushes.
+    ///
+    /// # Errors
+    ///
+    /// A description of a task that failed while stopping.
     pub async fn shutdown(mut self) -> Result<(), String> {
         for task in self.tasks.drain(..) {
             task.abort();
@@ -225,9 +232,46 @@ fn initial_ring(config: &NodeConfig) -> Result<RingState, NodeError> {
     Ok(state)
 }
 
+/// Serves the client API (`Kv`: get, put, delete) of any coordinator on
+/// `listener` until `shutdown` completes: the way to put a node composed
+/// from the crates (another engine, transport or partitioner) behind the
+/// client SDK and `kvctl`. It serves only the client service; the
+/// composition brings its own replication between nodes. At most
+/// `max_in_flight` requests run at once (the rest get `ResourceExhausted`).
+///
+/// # Errors
+///
+/// The listener's address cannot be read, or the server fails.
+pub async fn serve_client_api<E, T, P>(
+    coordinator: Arc<kv_coordinator::Coordinator<E, T, P>>,
+    listener: TcpListener,
+    max_in_flight: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError>
+where
+    E: kv_core::StorageEngine + 'static,
+    T: kv_core::Transport + 'static,
+    P: kv_core::Partitioner + Send + Sync + 'static,
+{
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let kv = KvServer::new(KvService::new(coordinator, max_in_flight))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(kv)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| NodeError::Serve(e.to_string()))
+}
+
 /// Opens the node's engines, builds its coordinator, joins gossip, and
 /// serves the client, internal and admin services on `listener` until shut
 /// down.
+///
+/// # Errors
+///
+/// [`NodeError`] if an engine cannot open, the ring cannot be built or loaded,
+/// or the configuration is refused.
 pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -238,6 +282,10 @@ pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningN
 /// (the node listens at `addr`) and reaches other nodes through channels
 /// made by `connect`. This is how a simulated network (turmoil) runs real
 /// nodes.
+///
+/// # Errors
+///
+/// As [`start`].
 pub async fn start_on<I, IO, IE>(
     config: NodeConfig,
     addr: SocketAddr,

@@ -38,6 +38,11 @@ pub enum RingStateError {
 /// Builds the placement ring a ring state describes, checking it: node
 /// ids unique, weights and vnodes non-zero, no token claimed twice, and
 /// every member owning tokens.
+///
+/// # Errors
+///
+/// [`RingStateError`] if the state does not give a valid ring (a node listed
+/// twice, colliding tokens).
 pub fn ring_of(state: &RingState) -> Result<ConsistentHashRing, RingStateError> {
     let invalid = |m: String| RingStateError::Invalid(m);
     if state.vnodes == 0 {
@@ -106,6 +111,10 @@ pub fn encode_ring_file(state: &RingState) -> Vec<u8> {
 }
 
 /// Decodes a ring file; damage or garbage is an error, never a panic.
+///
+/// # Errors
+///
+/// [`RingStateError`] for bytes that are not a whole, checksummed ring file.
 pub fn decode_ring_file(bytes: &[u8]) -> Result<RingState, RingStateError> {
     let corrupt = |m: &str| RingStateError::Corrupt(m.to_string());
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
@@ -126,6 +135,10 @@ pub fn decode_ring_file(bytes: &[u8]) -> Result<RingState, RingStateError> {
 }
 
 /// Reads `<dir>/ring`, `None` if there is none yet.
+///
+/// # Errors
+///
+/// [`RingStateError`] for an I/O error or a damaged file.
 pub fn load(dir: &Path) -> Result<Option<RingState>, RingStateError> {
     match std::fs::read(dir.join("ring")) {
         Ok(bytes) => decode_ring_file(&bytes).map(Some),
@@ -135,6 +148,10 @@ pub fn load(dir: &Path) -> Result<Option<RingState>, RingStateError> {
 }
 
 /// Replaces `<dir>/ring` atomically and durably.
+///
+/// # Errors
+///
+/// [`RingStateError`] for an I/O error.
 pub fn store(dir: &Path, state: &RingState) -> Result<(), RingStateError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("ring.tmp");

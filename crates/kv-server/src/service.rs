@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
-use kv_core::{ClientOp, ClientReply, NodeId};
+use kv_core::{ClientOp, ClientReply, NodeId, Partitioner, StorageEngine, Transport};
 use kv_lsm::LsmEngine;
 use tonic::{Request, Response, Status};
 
@@ -77,6 +77,10 @@ impl InFlight {
     }
 
     /// A slot for one request, held until the returned permit drops.
+    ///
+    /// # Errors
+    ///
+    /// `ResourceExhausted` when `limit` requests are already in flight.
     pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -87,17 +91,28 @@ impl InFlight {
     }
 }
 
-/// The client service: get, put, delete.
-#[derive(Clone)]
-pub struct KvService {
-    coordinator: Arc<NodeCoordinator>,
+/// The client service: get, put, delete, over any composition of the
+/// coordinator (the node's own is `Coordinator<Engine, GrpcTransport,
+/// LiveRing>`; `examples/custom_node.rs` serves one over `MemEngine` and an
+/// in-process transport).
+pub struct KvService<E = Engine, T = GrpcTransport, P = LiveRing> {
+    coordinator: Arc<Coordinator<E, T, P>>,
     in_flight: InFlight,
 }
 
-impl KvService {
-    /// The client service of a node, admitting at most `max_in_flight`
-    /// requests at once.
-    pub fn new(coordinator: Arc<NodeCoordinator>, max_in_flight: usize) -> Self {
+impl<E, T, P> Clone for KvService<E, T, P> {
+    fn clone(&self) -> Self {
+        KvService {
+            coordinator: self.coordinator.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+impl<E, T, P> KvService<E, T, P> {
+    /// The client service of a coordinator, admitting at most
+    /// `max_in_flight` requests at once.
+    pub fn new(coordinator: Arc<Coordinator<E, T, P>>, max_in_flight: usize) -> Self {
         KvService {
             coordinator,
             in_flight: InFlight::new(max_in_flight),
@@ -106,7 +121,12 @@ impl KvService {
 }
 
 #[tonic::async_trait]
-impl Kv for KvService {
+impl<E, T, P> Kv for KvService<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let _slot = self.in_flight.enter()?;
         let r = request.into_inner();

@@ -38,6 +38,11 @@ impl Rng {
 }
 
 /// Put, overwrite, get, delete, delete of an absent key.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn put_get_delete<E: StorageEngine + ?Sized>(engine: &E) {
     assert_eq!(engine.get(b"a").unwrap(), None, "a fresh engine is empty");
     engine.put(b"a", b"1").unwrap();
@@ -61,6 +66,11 @@ pub fn put_get_delete<E: StorageEngine + ?Sized>(engine: &E) {
 
 /// An empty value is a value, not an absence; keys are raw bytes ordered
 /// bytewise (0x00 and 0xff included).
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn empty_values_and_binary_keys<E: StorageEngine + ?Sized>(engine: &E) {
     engine.put(b"empty", b"").unwrap();
     assert_eq!(engine.get(b"empty").unwrap(), Some(Vec::new()));
@@ -78,6 +88,11 @@ pub fn empty_values_and_binary_keys<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// A batch's operations all apply, later ones on a key winning.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn batch_is_atomic_and_last_op_wins<E: StorageEngine + ?Sized>(engine: &E) {
     engine.put(b"gone", b"x").unwrap();
     let mut batch = WriteBatch::new();
@@ -98,6 +113,11 @@ pub fn batch_is_atomic_and_last_op_wins<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// Scans honour every kind of bound, return ascending keys, hide deletes.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn scan_respects_bounds_and_order<E: StorageEngine + ?Sized>(engine: &E) {
     for i in 0..20u8 {
         engine.put(&[b'k', i], &[i]).unwrap();
@@ -136,6 +156,11 @@ pub fn scan_respects_bounds_and_order<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// A scan sees the engine as it was when the scan began.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn scan_is_a_point_in_time_view<E: StorageEngine + ?Sized>(engine: &E) {
     for i in 0..100u32 {
         engine.put(&i.to_be_bytes(), b"old").unwrap();
@@ -159,6 +184,11 @@ pub fn scan_is_a_point_in_time_view<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// Every write advances the sequence number.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn sequence_numbers_advance<E: StorageEngine + ?Sized>(engine: &E) {
     let s0 = engine.last_sequence();
     engine.put(b"a", b"1").unwrap();
@@ -176,6 +206,11 @@ pub fn sequence_numbers_advance<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// A flush changes nothing a reader can see.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn flush_keeps_everything<E: StorageEngine + ?Sized>(engine: &E) {
     for i in 0..500u32 {
         engine.put(&i.to_be_bytes(), &i.to_le_bytes()).unwrap();
@@ -198,6 +233,11 @@ pub fn flush_keeps_everything<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// Thousands of random puts, deletes and batches agree with a `BTreeMap`.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn matches_a_model_over_many_keys<E: StorageEngine + ?Sized>(engine: &E) {
     let mut rng = Rng(7);
     let mut model = BTreeMap::new();
@@ -241,6 +281,11 @@ pub fn matches_a_model_over_many_keys<E: StorageEngine + ?Sized>(engine: &E) {
 }
 
 /// Writers on several threads: every acknowledged write is readable.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
 pub fn concurrent_writers_lose_nothing<E: StorageEngine + ?Sized>(engine: &E) {
     let threads = 4u32;
     let per_thread = 500u32;

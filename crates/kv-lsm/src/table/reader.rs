@@ -170,6 +170,10 @@ fn parse_index(data: &[u8]) -> DecodeResult<Vec<IndexEntry>> {
 
 /// Parses table bytes and walks every entry (the fuzz target's entry point;
 /// returns how many entries were read). Never panics on any input.
+///
+/// # Errors
+///
+/// A description of the first thing that fails verification.
 pub fn decode_table_for_fuzzing(bytes: &[u8]) -> std::result::Result<u64, String> {
     let parsed = parse(bytes)?;
     let mut count = 0;
