@@ -138,6 +138,17 @@ impl<E: Send + Sync> MembershipView for SimNetwork<E> {
     }
 }
 
+/// A message's time on the wire: `delay`, or, with no delay set, one
+/// yield to the scheduler (a zero-length tokio sleep would wait for the
+/// timer's next millisecond tick).
+async fn in_flight(delay: Duration) {
+    if delay.is_zero() {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// One node's view of a [`SimNetwork`].
 #[derive(Debug, Clone)]
 pub struct SimTransport<E> {
@@ -162,7 +173,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         hint_for: Option<NodeId>,
     ) -> Result<(), TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let replica = self.network.replica(to)?;
         // A node that went down while the message was in flight.
         if self.network.is_down(to) {
@@ -178,7 +189,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let replica = self.network.replica(to)?;
         if self.network.is_down(to) {
             return Err(TransportError::Unreachable(to));
@@ -197,7 +208,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         request: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let replica = self.network.replica(to)?;
         replica
             .answer_exchange(from, &request)
@@ -214,7 +225,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         buckets: Vec<u32>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let replica = self.network.replica(to)?;
         replica
             .bucket_states(from, &buckets)
@@ -226,7 +237,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let handler = self
             .network
             .handlers
@@ -244,7 +255,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         expected: Vec<u8>,
     ) -> Result<bool, TransportError> {
         let delay = self.network.admit(self.me, to)?;
-        tokio::time::sleep(delay).await;
+        in_flight(delay).await;
         let replica = self.network.replica(to)?;
         replica
             .reap(&key, &expected)

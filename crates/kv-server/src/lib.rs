@@ -64,7 +64,7 @@ pub use status::to_status;
 pub use transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};
 
 /// Code generated from `proto/kv.proto`.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+#[allow(unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod proto {
     tonic::include_proto!("kv.v1");
 }
