@@ -335,6 +335,10 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     // At most `concurrency` operations are outstanding; one waiting for a
     // slot is already on the clock.
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.concurrency));
+    // Operations started and not yet finished, and a wake-up for when
+    // that count reaches zero.
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let idle = Arc::new(tokio::sync::Notify::new());
     let runtime = tokio::runtime::Handle::current();
     // The pacer is an OS thread that starts each operation as its own task:
     // tokio's timer ticks in whole milliseconds (an operation started up to
@@ -344,6 +348,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     let pacer = {
         let (shared, stats, slots, bar) =
             (shared.clone(), stats.clone(), slots.clone(), bar.clone());
+        let (outstanding, idle) = (outstanding.clone(), idle.clone());
         std::thread::spawn(move || {
             let mut rng = SmallRng::seed_from_u64(shared.config.seed);
             let start = std::time::Instant::now();
@@ -362,29 +367,37 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                 let record = shared.keys.next(&mut rng);
                 let (shared, stats, slots, bar) =
                     (shared.clone(), stats.clone(), slots.clone(), bar.clone());
+                let (outstanding, idle) = (outstanding.clone(), idle.clone());
+                outstanding.fetch_add(1, Ordering::SeqCst);
                 runtime.spawn(async move {
-                    let Ok(_slot) = slots.acquire_owned().await else {
-                        return;
-                    };
-                    let result = shared.op(op, record).await;
-                    let mut stats = stats.lock();
-                    let s = &mut stats[op.index()];
-                    match result {
-                        Ok(()) => {
-                            let _ = s.latency.record(due.elapsed().as_micros() as u64);
+                    if let Ok(_slot) = slots.acquire_owned().await {
+                        let result = shared.op(op, record).await;
+                        let mut stats = stats.lock();
+                        if let Some(s) = stats.get_mut(op.index()) {
+                            match result {
+                                Ok(()) => {
+                                    let _ = s.latency.record(due.elapsed().as_micros() as u64);
+                                }
+                                Err(_) => s.errors += 1,
+                            }
                         }
-                        Err(_) => s.errors += 1,
+                        bar.inc(1);
                     }
-                    bar.inc(1);
+                    if outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        idle.notify_one();
+                    }
                 });
             }
         })
     };
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
-    // Every slot back: every started operation has finished (the
-    // semaphore is fair, so this waits behind those still queued).
-    let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    // Wait until every operation the pacer started has finished (counting
+    // them: a task not yet polled holds no slot, so waiting for the slots
+    // alone could end early). A wake-up left from an earlier moment at
+    // zero only makes the loop check again.
+    while outstanding.load(Ordering::SeqCst) > 0 {
+        idle.notified().await;
+    }
     std::mem::take(&mut *stats.lock())
 }
 
