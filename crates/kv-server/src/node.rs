@@ -151,6 +151,8 @@ pub struct RunningNode {
     cluster: Arc<Cluster>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Ends the internal service's long-lived streams.
+    stop_streams: watch::Sender<bool>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -180,6 +182,7 @@ impl RunningNode {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        self.stop_streams.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -363,12 +366,17 @@ where
         coordinator.clone(),
     )?);
     let (tx, rx) = oneshot::channel::<()>();
+    let (stop_streams, stopping) = watch::channel(false);
     let kv = KvServer::new(KvService::new(coordinator.clone(), config.max_in_flight))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let internal = InternalServer::new(InternalService::new(coordinator.clone(), cluster.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let internal = InternalServer::new(InternalService::new(
+        coordinator.clone(),
+        cluster.clone(),
+        stopping,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(cluster.clone()));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -392,6 +400,7 @@ where
         cluster,
         tasks,
         shutdown: Some(tx),
+        stop_streams,
         server: Some(server),
     })
 }

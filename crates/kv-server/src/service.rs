@@ -164,6 +164,91 @@ where
     }
 }
 
+/// The replies of a long-lived internal stream.
+pub(crate) type ReplyStream<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Answers each request of `inbound` with `answer`, one at a time and in
+/// order, as the reply stream is polled; ends after the inbound stream
+/// ends or fails, or once `stopping` is true (the caller then opens a new
+/// stream, to another node or to this one restarted).
+fn answer_each<Req, Rep, F, Fut>(
+    inbound: tonic::Streaming<Req>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    answer: F,
+) -> ReplyStream<Rep>
+where
+    Req: Send + 'static,
+    Rep: Send + 'static,
+    F: Fn(Req) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Rep, Status>> + Send,
+{
+    Box::pin(futures_util::stream::unfold(
+        Some((inbound, stopping, answer)),
+        |state| async move {
+            let (mut inbound, mut stopping, answer) = state?;
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                _ = stopped(&mut stopping) => return None,
+            };
+            match next {
+                Ok(Some(request)) => {
+                    let reply = answer(request).await;
+                    Some((reply, Some((inbound, stopping, answer))))
+                }
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        },
+    ))
+}
+
+/// Completes once `stopping` is true (never, if its sender is gone
+/// without saying so).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Merges a batch of replica writes as one engine batch; one result per
+/// item.
+async fn apply_replicas(
+    replica: &Arc<kv_coordinator::Replica<Engine>>,
+    batch: ReplicateBatchRequest,
+) -> Result<BatchReply, Status> {
+    let items: Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> = batch
+        .items
+        .into_iter()
+        .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
+        .collect();
+    let replica = replica.clone();
+    let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
+        .await
+        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?;
+    Ok(BatchReply {
+        errors: results
+            .into_iter()
+            .map(|r| r.err().map(|e| e.to_string()).unwrap_or_default())
+            .collect(),
+    })
+}
+
+/// This replica's states of a batch of keys, in order.
+async fn read_states(
+    replica: &Arc<kv_coordinator::Replica<Engine>>,
+    batch: ReadBatchRequest,
+) -> Result<ReadBatchReply, Status> {
+    let keys = batch.keys;
+    let items = engine_read(replica, move |r| {
+        keys.iter()
+            .map(|key| Ok(read_reply(&r.state(key)?)))
+            .collect::<kv_coordinator::Result<Vec<_>>>()
+    })
+    .await?;
+    Ok(ReadBatchReply { items })
+}
+
 /// A replica's answer for one key: its state, or none if it holds nothing.
 fn read_reply(state: &kv_coordinator::Siblings) -> ReadReply {
     let stored = !state.is_empty() || !state.context().is_empty();
@@ -185,14 +270,23 @@ fn put_reply(put: kv_coordinator::PutResult) -> PutReply {
 pub struct InternalService {
     coordinator: Arc<NodeCoordinator>,
     cluster: Arc<Cluster>,
+    /// Becomes true when the node stops: long-lived streams then end, so
+    /// that a graceful shutdown does not wait for peers to close them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl InternalService {
-    /// The internal service of a node.
-    pub fn new(coordinator: Arc<NodeCoordinator>, cluster: Arc<Cluster>) -> Self {
+    /// The internal service of a node; its streams end when `stopping`
+    /// becomes true.
+    pub fn new(
+        coordinator: Arc<NodeCoordinator>,
+        cluster: Arc<Cluster>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         InternalService {
             coordinator,
             cluster,
+            stopping,
         }
     }
 }
@@ -210,22 +304,42 @@ impl Internal for InternalService {
         &self,
         request: Request<ReplicateBatchRequest>,
     ) -> Result<Response<BatchReply>, Status> {
-        let items: Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> = request
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
-            .collect();
+        let reply = apply_replicas(self.coordinator.replica(), request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    type ReplicateStreamStream = ReplyStream<BatchReply>;
+
+    async fn replicate_stream(
+        &self,
+        request: Request<tonic::Streaming<ReplicateBatchRequest>>,
+    ) -> Result<Response<Self::ReplicateStreamStream>, Status> {
         let replica = self.coordinator.replica().clone();
-        let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
-            .await
-            .map_err(|e| Status::internal(format!("engine task failed: {e}")))?;
-        Ok(Response::new(BatchReply {
-            errors: results
-                .into_iter()
-                .map(|r| r.err().map(|e| e.to_string()).unwrap_or_default())
-                .collect(),
-        }))
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stopping.clone(),
+            move |batch| {
+                let replica = replica.clone();
+                async move { apply_replicas(&replica, batch).await }
+            },
+        )))
+    }
+
+    type ReadStreamStream = ReplyStream<ReadBatchReply>;
+
+    async fn read_stream(
+        &self,
+        request: Request<tonic::Streaming<ReadBatchRequest>>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let replica = self.coordinator.replica().clone();
+        Ok(Response::new(answer_each(
+            request.into_inner(),
+            self.stopping.clone(),
+            move |batch| {
+                let replica = replica.clone();
+                async move { read_states(&replica, batch).await }
+            },
+        )))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
@@ -277,14 +391,8 @@ impl Internal for InternalService {
         &self,
         request: Request<ReadBatchRequest>,
     ) -> Result<Response<ReadBatchReply>, Status> {
-        let keys = request.into_inner().keys;
-        let items = engine_read(self.coordinator.replica(), move |r| {
-            keys.iter()
-                .map(|key| Ok(read_reply(&r.state(key)?)))
-                .collect::<kv_coordinator::Result<Vec<_>>>()
-        })
-        .await?;
-        Ok(Response::new(ReadBatchReply { items }))
+        let reply = read_states(self.coordinator.replica(), request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn merkle_exchange(

@@ -13,8 +13,8 @@ use crate::proto::internal_client::InternalClient;
 use futures_util::future::BoxFuture;
 
 use crate::proto::{
-    BucketRequest, ForwardRequest, MerkleRequest, PutOp, ReadBatchRequest, ReapRequest,
-    ReplicateBatchRequest, ReplicateRequest,
+    BatchReply, BucketRequest, ForwardRequest, MerkleRequest, PutOp, ReadBatchReply,
+    ReadBatchRequest, ReapRequest, ReplicateBatchRequest, ReplicateRequest,
 };
 
 /// Largest message either side sends or accepts (64 MiB: a value of up to
@@ -42,23 +42,27 @@ const BATCHES_IN_FLIGHT: usize = 1;
 /// peer's reason), or the call's failure.
 type BatchOutcome<O> = BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
 
-/// Sends one batch to a peer.
-type SendBatch<I, O> = fn(InternalClient<Channel>, Vec<I>) -> BatchOutcome<O>;
+/// Sends one batch to a peer over its stream `S`, waiting at most the
+/// given time for the reply.
+type SendBatch<I, O, S> = fn(Arc<S>, InternalClient<Channel>, Vec<I>, Duration) -> BatchOutcome<O>;
 
 /// The queue of calls to one peer.
 type PeerBatcher<I, O> = Batcher<I, Result<O, TransportError>>;
 
-/// Per peer, a queue of calls sent in batches.
-struct Batchers<I, O> {
+/// Per peer, a queue of calls sent in batches over a long-lived stream of
+/// type `S`.
+struct Batchers<I, O, S> {
     queues: Mutex<HashMap<NodeId, PeerBatcher<I, O>>>,
-    send: SendBatch<I, O>,
+    send: SendBatch<I, O, S>,
+    timeout: Duration,
 }
 
-impl<I: Send + 'static, O: Send + 'static> Batchers<I, O> {
-    fn new(send: SendBatch<I, O>) -> Self {
+impl<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static> Batchers<I, O, S> {
+    fn new(send: SendBatch<I, O, S>, timeout: Duration) -> Self {
         Batchers {
             queues: Mutex::new(HashMap::new()),
             send,
+            timeout,
         }
     }
 
@@ -86,7 +90,7 @@ impl<I: Send + 'static, O: Send + 'static> Batchers<I, O> {
                 let batcher = Batcher::spawn(
                     BATCH_MAX,
                     BATCHES_IN_FLIGHT,
-                    send_to(node, client()?, self.send),
+                    send_to(node, client()?, self.send, self.timeout),
                 );
                 self.queues.lock().insert(node, batcher.clone());
                 batcher
@@ -99,17 +103,19 @@ impl<I: Send + 'static, O: Send + 'static> Batchers<I, O> {
     }
 }
 
-/// Runs batches for `node` as calls through `client`.
-fn send_to<I: Send + 'static, O: Send + 'static>(
+/// Runs batches for `node` over one stream through `client`.
+fn send_to<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static>(
     node: NodeId,
     client: InternalClient<Channel>,
-    send: SendBatch<I, O>,
+    send: SendBatch<I, O, S>,
+    timeout: Duration,
 ) -> RunBatch<I, Result<O, TransportError>> {
+    let stream = Arc::new(S::default());
     Arc::new(move |items: Vec<I>| {
-        let client = client.clone();
+        let (client, stream) = (client.clone(), stream.clone());
         Box::pin(async move {
             let count = items.len();
-            match send(client, items).await {
+            match send(stream, client, items, timeout).await {
                 Ok(results) if results.len() == count => results
                     .into_iter()
                     .map(|r| r.map_err(|message| TransportError::Remote { node, message }))
@@ -130,15 +136,117 @@ fn send_to<I: Send + 'static, O: Send + 'static>(
     })
 }
 
-fn send_replicas(
+/// The requests of a long-lived stream, as they are sent.
+struct RequestStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_util::Stream for RequestStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Opens a long-lived stream on a peer.
+type Open<Req, Rep> = fn(
+    InternalClient<Channel>,
+    RequestStream<Req>,
+) -> BoxFuture<'static, Result<tonic::Streaming<Rep>, tonic::Status>>;
+
+/// One long-lived request/reply stream to a peer: opened on first use and
+/// again after any failure. A batch is one request and gets one reply, in
+/// order, so one batch at a time goes over it (the batcher sends one at a
+/// time). This saves setting up an HTTP/2 stream per batch.
+struct PeerStream<Req, Rep> {
+    open: tokio::sync::Mutex<Option<(tokio::sync::mpsc::Sender<Req>, tonic::Streaming<Rep>)>>,
+}
+
+impl<Req, Rep> Default for PeerStream<Req, Rep> {
+    fn default() -> Self {
+        PeerStream {
+            open: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<Req: Send + 'static, Rep: Send + 'static> PeerStream<Req, Rep> {
+    /// Sends `request` and waits at most `timeout` for its reply. A
+    /// failure or a late reply closes the stream; the next call opens a
+    /// new one.
+    async fn call(
+        &self,
+        client: InternalClient<Channel>,
+        open: Open<Req, Rep>,
+        request: Req,
+        timeout: Duration,
+    ) -> Result<Rep, tonic::Status> {
+        let mut slot = self.open.lock().await;
+        let exchange = async {
+            if slot.is_none() {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Req>(1);
+                let inbound = open(client, RequestStream(rx)).await?;
+                *slot = Some((tx, inbound));
+            }
+            let Some((tx, inbound)) = slot.as_mut() else {
+                return Err(tonic::Status::internal("the stream did not open"));
+            };
+            tx.send(request)
+                .await
+                .map_err(|_| tonic::Status::unavailable("the stream to the peer closed"))?;
+            match inbound.message().await {
+                Ok(Some(reply)) => Ok(reply),
+                Ok(None) => Err(tonic::Status::unavailable("the peer ended the stream")),
+                Err(status) => Err(status),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "no reply on the stream in time",
+            )),
+        };
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+}
+
+type ReplicaStream = PeerStream<ReplicateBatchRequest, BatchReply>;
+type ReadStream = PeerStream<ReadBatchRequest, ReadBatchReply>;
+
+fn open_replicas(
     mut client: InternalClient<Channel>,
+    requests: RequestStream<ReplicateBatchRequest>,
+) -> BoxFuture<'static, Result<tonic::Streaming<BatchReply>, tonic::Status>> {
+    Box::pin(async move { Ok(client.replicate_stream(requests).await?.into_inner()) })
+}
+
+fn open_reads(
+    mut client: InternalClient<Channel>,
+    requests: RequestStream<ReadBatchRequest>,
+) -> BoxFuture<'static, Result<tonic::Streaming<ReadBatchReply>, tonic::Status>> {
+    Box::pin(async move { Ok(client.read_stream(requests).await?.into_inner()) })
+}
+
+fn send_replicas(
+    stream: Arc<ReplicaStream>,
+    client: InternalClient<Channel>,
     items: Vec<ReplicateRequest>,
+    timeout: Duration,
 ) -> BatchOutcome<()> {
     Box::pin(async move {
-        let reply = client
-            .replicate_batch(ReplicateBatchRequest { items })
-            .await?
-            .into_inner();
+        let reply = stream
+            .call(
+                client,
+                open_replicas,
+                ReplicateBatchRequest { items },
+                timeout,
+            )
+            .await?;
         Ok(reply
             .errors
             .into_iter()
@@ -148,14 +256,15 @@ fn send_replicas(
 }
 
 fn send_reads(
-    mut client: InternalClient<Channel>,
+    stream: Arc<ReadStream>,
+    client: InternalClient<Channel>,
     keys: Vec<Vec<u8>>,
+    timeout: Duration,
 ) -> BatchOutcome<Option<Vec<u8>>> {
     Box::pin(async move {
-        let reply = client
-            .read_batch(ReadBatchRequest { keys })
-            .await?
-            .into_inner();
+        let reply = stream
+            .call(client, open_reads, ReadBatchRequest { keys }, timeout)
+            .await?;
         Ok(reply.items.into_iter().map(|r| Ok(r.state)).collect())
     })
 }
@@ -173,9 +282,13 @@ pub struct GrpcTransport {
     /// By address, with the bulk timeout: gossip (whose messages name
     /// addresses) and streaming.
     by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
-    /// Replica writes and reads, batched per peer.
-    replicas: Batchers<ReplicateRequest, ()>,
-    reads: Batchers<Vec<u8>, Option<Vec<u8>>>,
+    /// Replica writes and reads, batched per peer, each kind on its own
+    /// long-lived stream.
+    replicas: Batchers<ReplicateRequest, (), ReplicaStream>,
+    reads: Batchers<Vec<u8>, Option<Vec<u8>>, ReadStream>,
+    /// Per peer, a client whose calls have no deadline (the streams'
+    /// exchanges are bounded one by one).
+    stream_clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
     timeout: Duration,
     connect: Connect,
 }
@@ -205,10 +318,23 @@ fn internal_client(
     timeout: Duration,
     connect: &Connect,
 ) -> Option<InternalClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    internal_endpoint(addr, timeout, connect, true)
+}
+
+/// A client for `addr`; calls time out after `timeout` when `deadline`.
+fn internal_endpoint(
+    addr: &str,
+    timeout: Duration,
+    connect: &Connect,
+    deadline: bool,
+) -> Option<InternalClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
-        .connect_timeout(timeout.min(Duration::from_secs(2)))
-        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(2)));
+    if deadline {
+        endpoint = endpoint.timeout(timeout);
+    }
+    let endpoint = endpoint
         .http2_keep_alive_interval(Duration::from_millis(500))
         .keep_alive_timeout(Duration::from_secs(1))
         .keep_alive_while_idle(true)
@@ -232,8 +358,9 @@ impl GrpcTransport {
             addresses: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
-            replicas: Batchers::new(send_replicas),
-            reads: Batchers::new(send_reads),
+            replicas: Batchers::new(send_replicas, timeout),
+            reads: Batchers::new(send_reads, timeout),
+            stream_clients: Mutex::new(HashMap::new()),
             timeout,
             connect,
         }
@@ -244,6 +371,7 @@ impl GrpcTransport {
         let changed = self.addresses.lock().insert(node, addr.clone()) != Some(addr);
         if changed {
             self.clients.lock().remove(&node);
+            self.stream_clients.lock().remove(&node);
             self.replicas.forget(node);
             self.reads.forget(node);
         }
@@ -264,6 +392,19 @@ impl GrpcTransport {
         let client = internal_client(&addr, self.timeout, &self.connect)
             .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
+        Ok(client)
+    }
+
+    fn stream_client(&self, node: NodeId) -> Result<InternalClient<Channel>, TransportError> {
+        if let Some(client) = self.stream_clients.lock().get(&node) {
+            return Ok(client.clone());
+        }
+        let addr = self
+            .address(node)
+            .ok_or(TransportError::Unreachable(node))?;
+        let client = internal_endpoint(&addr, self.timeout, &self.connect, false)
+            .ok_or(TransportError::Unreachable(node))?;
+        self.stream_clients.lock().insert(node, client.clone());
         Ok(client)
     }
 
@@ -304,11 +445,13 @@ impl Transport for GrpcTransport {
         };
         // Through the peer's batcher: concurrent writes to one peer share
         // calls, and their engine writes share one sync there.
-        self.replicas.call(to, || self.client(to), request).await
+        self.replicas
+            .call(to, || self.stream_client(to), request)
+            .await
     }
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
-        self.reads.call(to, || self.client(to), key).await
+        self.reads.call(to, || self.stream_client(to), key).await
     }
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
