@@ -568,6 +568,10 @@ impl Cluster {
     /// fetched from its replicas.
     pub async fn join(self: &Arc<Self>) -> Result<ChangeReply, Status> {
         let _one = self.changing.lock().await;
+        // No hand-off pass while the ranges arrive: until the new ring is
+        // installed this node owns nothing, and a pass would hand the
+        // pulled keys straight back to their old replicas and delete them.
+        let _no_handoff = self.handoff_running.lock().await;
         self.refresh_ring().await;
         let (before_state, before) = self.current_ring()?;
         let me = self.settings.id;
