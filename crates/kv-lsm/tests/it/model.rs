@@ -43,7 +43,22 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn run(ops: &[Op]) {
     let dir = tempfile::tempdir().unwrap();
-    let open = || crate::small(dir.path()).open().unwrap();
+    // The crash tests of this binary spawn child processes; between fork
+    // and exec a child briefly holds a copy of every descriptor, the
+    // engine's LOCK file included, so a reopen can meet `Locked` for a
+    // moment. Retry that one error, a bounded number of times.
+    let open = || {
+        let mut attempts = 0;
+        loop {
+            match crate::small(dir.path()).open() {
+                Err(kv_lsm::Error::Locked(_)) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other.unwrap(),
+            }
+        }
+    };
     let mut engine: LsmEngine = open();
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
