@@ -29,28 +29,11 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
+. scripts/three-nodes.sh
 work=$(mktemp -d /tmp/kv-profile.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-nodes=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
-for i in 1 2 3; do
-    target/release/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$work/n$i" \
-        --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
-        --durability "$durability" --log warn >"$work/n$i.log" 2>&1 &
-    pids+=($!)
-done
-for i in 1 2 3; do
-    for _ in $(seq 1 100); do
-        timeout 5 target/release/kvctl --node "127.0.0.1:$((7000 + i))" status >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-done
+trap 'stop_nodes; rm -rf "$work"' EXIT
+start_three_nodes "$work" "$durability"
+nodes=$NODES
 target/release/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --ops 1 \
     --concurrency 64 --value-size 100 >/dev/null
 target/release/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --no-load \

@@ -34,8 +34,9 @@ pub struct Update {
     pub context: VectorClock,
 }
 
-/// A key's stored state before a batch (`None`: absent) and after it.
-type BeforeAfter = (Option<Vec<u8>>, Vec<u8>);
+/// A key's stored state before a batch (`None`: absent), after it, and
+/// whether the state after holds only tombstones.
+type BeforeAfter = (Option<Vec<u8>>, Vec<u8>, bool);
 
 /// Locks that serialise read-modify-write of one key.
 const STRIPES: usize = 256;
@@ -401,13 +402,10 @@ impl<E: StorageEngine> Replica<E> {
         // before the batch.
         let mut current: std::collections::HashMap<&[u8], BeforeAfter> =
             std::collections::HashMap::with_capacity(keys.len());
-        // Whether each key's new state holds only tombstones.
-        let mut deleted: std::collections::HashMap<&[u8], bool> =
-            std::collections::HashMap::with_capacity(keys.len());
         let mut results = Vec::with_capacity(keys.len());
         for (i, &key) in keys.iter().enumerate() {
             let before = match current.get(key) {
-                Some((_, now)) => Some(now.clone()),
+                Some((_, now, _)) => Some(now.clone()),
                 None => match self.engine.get(key) {
                     Ok(b) => b,
                     Err(e) => {
@@ -425,18 +423,19 @@ impl<E: StorageEngine> Replica<E> {
             };
             let outcome = change(i, &mut state);
             if outcome.is_ok() {
-                let original = current.remove(key).map_or(before, |(original, _)| original);
-                current.insert(key, (original, state.to_bytes()));
-                deleted.insert(key, only_tombstones(&state));
+                let original = current
+                    .remove(key)
+                    .map_or(before, |(original, ..)| original);
+                current.insert(key, (original, state.to_bytes(), only_tombstones(&state)));
             }
             results.push(outcome);
         }
         let mut batch = kv_core::WriteBatch::new();
         let mut changes = Vec::new();
-        for (key, (before, after)) in current {
+        for (key, (before, after, deletes_only)) in current {
             if before.as_deref() != Some(after.as_slice()) {
                 batch.put(key.to_vec(), after.clone());
-                changes.push((key, before, after));
+                changes.push((key, before, after, deletes_only));
             }
         }
         if !changes.is_empty()
@@ -452,15 +451,15 @@ impl<E: StorageEngine> Replica<E> {
         }
         if !changes.is_empty() {
             let mut tombstones = self.tombstones.lock();
-            for (key, _, _) in &changes {
-                if deleted.get(key) == Some(&true) {
+            for (key, _, _, deletes_only) in &changes {
+                if *deletes_only {
                     tombstones.insert(key.to_vec());
                 } else {
                     tombstones.remove(*key);
                 }
             }
         }
-        for (key, before, after) in changes {
+        for (key, before, after, _) in changes {
             self.track(key, before.as_deref(), Some(&after));
         }
         results

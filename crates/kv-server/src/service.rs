@@ -168,41 +168,6 @@ where
 pub(crate) type ReplyStream<T> =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Answers each request of `inbound` with `answer`, one at a time and in
-/// order, as the reply stream is polled; ends after the inbound stream
-/// ends or fails, or once `stopping` is true (the caller then opens a new
-/// stream, to another node or to this one restarted).
-fn answer_each<Req, Rep, F, Fut>(
-    inbound: tonic::Streaming<Req>,
-    stopping: tokio::sync::watch::Receiver<bool>,
-    answer: F,
-) -> ReplyStream<Rep>
-where
-    Req: Send + 'static,
-    Rep: Send + 'static,
-    F: Fn(Req) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Rep, Status>> + Send,
-{
-    Box::pin(futures_util::stream::unfold(
-        Some((inbound, stopping, answer)),
-        |state| async move {
-            let (mut inbound, mut stopping, answer) = state?;
-            let next = tokio::select! {
-                next = inbound.message() => next,
-                _ = stopped(&mut stopping) => return None,
-            };
-            match next {
-                Ok(Some(request)) => {
-                    let reply = answer(request).await;
-                    Some((reply, Some((inbound, stopping, answer))))
-                }
-                Ok(None) => None,
-                Err(status) => Some((Err(status), None)),
-            }
-        },
-    ))
-}
-
 /// Completes once `stopping` is true (never, if its sender is gone
 /// without saying so).
 async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
@@ -214,7 +179,7 @@ async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
 /// Merges a batch of replica writes as one engine batch; one result per
 /// item.
 async fn apply_replicas(
-    replica: &Arc<kv_coordinator::Replica<Engine>>,
+    replica: Arc<kv_coordinator::Replica<Engine>>,
     batch: ReplicateBatchRequest,
 ) -> Result<BatchReply, Status> {
     let items: Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> = batch
@@ -222,7 +187,6 @@ async fn apply_replicas(
         .into_iter()
         .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
         .collect();
-    let replica = replica.clone();
     let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
         .await
         .map_err(|e| Status::internal(format!("engine task failed: {e}")))?;
@@ -236,11 +200,11 @@ async fn apply_replicas(
 
 /// This replica's states of a batch of keys, in order.
 async fn read_states(
-    replica: &Arc<kv_coordinator::Replica<Engine>>,
+    replica: Arc<kv_coordinator::Replica<Engine>>,
     batch: ReadBatchRequest,
 ) -> Result<ReadBatchReply, Status> {
     let keys = batch.keys;
-    let items = engine_read(replica, move |r| {
+    let items = engine_read(&replica, move |r| {
         keys.iter()
             .map(|key| Ok(read_reply(&r.state(key)?)))
             .collect::<kv_coordinator::Result<Vec<_>>>()
@@ -276,6 +240,45 @@ pub struct InternalService {
 }
 
 impl InternalService {
+    /// Answers each request of `inbound` with `answer` on this node's
+    /// replica, one at a time and in order, as the reply stream is polled;
+    /// ends after the inbound stream ends or fails, or once the node stops
+    /// (the caller then opens a new stream, to another node or to this one
+    /// restarted).
+    fn answer_each<Req, Rep, Fut>(
+        &self,
+        inbound: tonic::Streaming<Req>,
+        answer: fn(Arc<kv_coordinator::Replica<Engine>>, Req) -> Fut,
+    ) -> ReplyStream<Rep>
+    where
+        Req: Send + 'static,
+        Rep: Send + 'static,
+        Fut: std::future::Future<Output = Result<Rep, Status>> + Send + 'static,
+    {
+        let (stopping, replica) = (self.stopping.clone(), self.coordinator.replica().clone());
+        Box::pin(futures_util::stream::unfold(
+            Some((inbound, stopping)),
+            move |state| {
+                let replica = replica.clone();
+                async move {
+                    let (mut inbound, mut stopping) = state?;
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        _ = stopped(&mut stopping) => return None,
+                    };
+                    match next {
+                        Ok(Some(request)) => {
+                            let reply = answer(replica, request).await;
+                            Some((reply, Some((inbound, stopping))))
+                        }
+                        Ok(None) => None,
+                        Err(status) => Some((Err(status), None)),
+                    }
+                }
+            },
+        ))
+    }
+
     /// The internal service of a node; its streams end when `stopping`
     /// becomes true.
     pub fn new(
@@ -304,7 +307,8 @@ impl Internal for InternalService {
         &self,
         request: Request<ReplicateBatchRequest>,
     ) -> Result<Response<BatchReply>, Status> {
-        let reply = apply_replicas(self.coordinator.replica(), request.into_inner()).await?;
+        let reply =
+            apply_replicas(self.coordinator.replica().clone(), request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 
@@ -314,15 +318,9 @@ impl Internal for InternalService {
         &self,
         request: Request<tonic::Streaming<ReplicateBatchRequest>>,
     ) -> Result<Response<Self::ReplicateStreamStream>, Status> {
-        let replica = self.coordinator.replica().clone();
-        Ok(Response::new(answer_each(
-            request.into_inner(),
-            self.stopping.clone(),
-            move |batch| {
-                let replica = replica.clone();
-                async move { apply_replicas(&replica, batch).await }
-            },
-        )))
+        Ok(Response::new(
+            self.answer_each(request.into_inner(), apply_replicas),
+        ))
     }
 
     type ReadStreamStream = ReplyStream<ReadBatchReply>;
@@ -331,15 +329,9 @@ impl Internal for InternalService {
         &self,
         request: Request<tonic::Streaming<ReadBatchRequest>>,
     ) -> Result<Response<Self::ReadStreamStream>, Status> {
-        let replica = self.coordinator.replica().clone();
-        Ok(Response::new(answer_each(
-            request.into_inner(),
-            self.stopping.clone(),
-            move |batch| {
-                let replica = replica.clone();
-                async move { read_states(&replica, batch).await }
-            },
-        )))
+        Ok(Response::new(
+            self.answer_each(request.into_inner(), read_states),
+        ))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
@@ -391,7 +383,7 @@ impl Internal for InternalService {
         &self,
         request: Request<ReadBatchRequest>,
     ) -> Result<Response<ReadBatchReply>, Status> {
-        let reply = read_states(self.coordinator.replica(), request.into_inner()).await?;
+        let reply = read_states(self.coordinator.replica().clone(), request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 

@@ -1128,8 +1128,8 @@ async fn maintenance_delivers_hints_and_repairs_without_clients() {
     }
 }
 
-#[test]
-fn receiving_many_states_equals_receiving_them_one_by_one() {
+/// Node 1's replica of a three-node ring, on `engine`.
+fn replica_of_node_1(engine: Arc<MemEngine>) -> Replica<Arc<MemEngine>> {
     let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
         ConsistentHashRing::builder()
             .vnodes(8)
@@ -1137,17 +1137,19 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
             .build()
             .unwrap(),
     );
-    let settings = kv_coordinator::ReplicaSettings::default();
-    let make = || {
-        Replica::new(
-            NodeId(1),
-            Arc::new(MemEngine::new()),
-            Arc::new(MemEngine::new()),
-            &settings,
-            ring.clone(),
-        )
-        .unwrap()
-    };
+    Replica::new(
+        NodeId(1),
+        engine,
+        Arc::new(MemEngine::new()),
+        &kv_coordinator::ReplicaSettings::default(),
+        ring,
+    )
+    .unwrap()
+}
+
+#[test]
+fn receiving_many_states_equals_receiving_them_one_by_one() {
+    let make = || replica_of_node_1(Arc::new(MemEngine::new()));
     let (one_by_one, batched) = (make(), make());
     let mut items = Vec::new();
     for i in 0..40u32 {
@@ -1195,25 +1197,8 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
 
 #[test]
 fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
-    let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
-        ConsistentHashRing::builder()
-            .vnodes(8)
-            .nodes((1..=3).map(NodeId))
-            .build()
-            .unwrap(),
-    );
-    let settings = kv_coordinator::ReplicaSettings::default();
     let engine = Arc::new(MemEngine::new());
-    let make = |engine: Arc<MemEngine>| {
-        Replica::new(
-            NodeId(1),
-            engine,
-            Arc::new(MemEngine::new()),
-            &settings,
-            ring.clone(),
-        )
-        .unwrap()
-    };
+    let make = replica_of_node_1;
     let (one_by_one, batched) = (make(Arc::new(MemEngine::new())), make(engine.clone()));
     let prune = kv_clock::PrunePolicy::default();
     // Keys repeat within the batch. Deletes, and every third write,

@@ -1,0 +1,37 @@
+# Sourced by bench.sh and profile.sh: three kvd on 127.0.0.1:7001-7003
+# (N=3), built in release, stopped on exit.
+#
+#   start_three_nodes DIR DURABILITY   # data in DIR/n1..n3, logs beside
+#   stop_nodes
+#   NODES                              # the kv-bench --nodes list
+
+NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+pids=()
+
+cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
+
+start_three_nodes() {
+    local dir=$1 durability=$2
+    mkdir -p "$dir"
+    for i in 1 2 3; do
+        target/release/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
+            --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
+            --durability "$durability" --log warn >"$dir/n$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2 3; do
+        for _ in $(seq 1 100); do
+            timeout 5 target/release/kvctl --node "127.0.0.1:$((7000 + i))" status >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+}
+
+# Stops the nodes and waits (up to 5 s each) until they are gone.
+stop_nodes() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    done
+    pids=()
+}
