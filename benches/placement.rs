@@ -20,8 +20,12 @@ fn bench_write_path(c: &mut Criterion) {
         .collect();
     // Stored state: a key written at two replicas and resolved once.
     let mut stored: DvvSet<Vec<u8>> = DvvSet::new();
-    stored.update(&VectorClock::new(), NodeId(1), vec![7; 100], 0);
-    stored.update(&VectorClock::new(), NodeId(2), vec![8; 100], 0);
+    stored
+        .update(&VectorClock::new(), NodeId(1), vec![7; 100], 0)
+        .unwrap();
+    stored
+        .update(&VectorClock::new(), NodeId(2), vec![8; 100], 0)
+        .unwrap();
     let context = stored.context().clone();
     let stored_bytes = stored.to_bytes();
     let mut i = 0;
@@ -30,7 +34,9 @@ fn bench_write_path(c: &mut Criterion) {
             i = (i + 1) & 1023;
             let replicas = ring.preference_list(black_box(&keys[i]), 3).unwrap();
             let mut state = DvvSet::<Vec<u8>>::from_bytes(black_box(&stored_bytes)).unwrap();
-            state.update(black_box(&context), replicas[0], vec![9; 100], 0);
+            state
+                .update(black_box(&context), replicas[0], vec![9; 100], 0)
+                .unwrap();
             state.to_bytes()
         })
     });

@@ -69,14 +69,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== siblings: two clients write with the same context through n1");
     let coordinator = NodeId(1);
     let mut key: DvvSet<Vec<u8>> = DvvSet::new();
-    key.update(&VectorClock::new(), coordinator, b"v0".to_vec(), 0);
+    key.update(&VectorClock::new(), coordinator, b"v0".to_vec(), 0)?;
     let read = key.context().clone();
     println!("  after the first write:   {}", show(&key));
-    key.update(&read, coordinator, b"alice".to_vec(), 1);
-    key.update(&read, coordinator, b"bob".to_vec(), 2);
+    key.update(&read, coordinator, b"alice".to_vec(), 1)?;
+    key.update(&read, coordinator, b"bob".to_vec(), 2)?;
     println!("  after both writes:       {}", show(&key));
     let merged = key.context().clone();
-    key.update(&merged, coordinator, b"alice+bob".to_vec(), 3);
+    key.update(&merged, coordinator, b"alice+bob".to_vec(), 3)?;
     println!("  after a resolving write: {}", show(&key));
     println!("  stored as {} bytes", key.to_bytes().len());
     Ok(())

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use kv_clock::VectorClock;
-use kv_core::NodeId;
+use kv_core::{ActorId, NodeId};
 use kv_server::history::{self, Outcome, Report, Write};
 
 use crate::record::{Event, unhex};
@@ -38,7 +38,7 @@ impl CheckReport {
 struct WriteInfo {
     value: Option<u64>,
     context: VectorClock,
-    dot: Option<(NodeId, u64)>,
+    dot: Option<(ActorId, u64)>,
     invoke_us: u64,
     complete_us: u64,
 }
@@ -84,7 +84,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                 per_key.entry(key.clone()).or_default().push(WriteInfo {
                     value: *id,
                     context: clock,
-                    dot: acked.map(|(n, c)| (NodeId(n), c)),
+                    dot: acked.map(|(n, c)| (ActorId(n), c)),
                     invoke_us: *invoke_us,
                     complete_us: *complete_us,
                 });
@@ -92,8 +92,10 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                     key,
                     value: id.map(|id| value(id, *value_size)),
                     context,
+                    invoke_us: *invoke_us,
+                    complete_us: *complete_us,
                     outcome: match acked {
-                        Some((node, counter)) => Outcome::Acked(*node, *counter),
+                        Some((actor, counter)) => Outcome::Acked(ActorId(*actor), *counter),
                         None => Outcome::Unknown,
                     },
                 });
@@ -188,7 +190,9 @@ mod tests {
             state.context().encode_into(&mut ctx, false);
             contexts.push(ctx);
             let clock = state.context().clone();
-            state.update(&clock, NodeId(1), Some(value(id, 32)), 0);
+            state
+                .update(&clock, NodeId(1), Some(value(id, 32)), 0)
+                .unwrap();
         }
         (state.to_bytes(), contexts)
     }

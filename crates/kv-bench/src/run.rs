@@ -234,7 +234,7 @@ impl Shared {
                 acked: result
                     .as_ref()
                     .ok()
-                    .map(|w| (w.version.node, w.version.counter)),
+                    .map(|w| (w.version.actor, w.version.counter)),
                 invoke_us: invoke,
                 complete_us: complete,
             });

@@ -3,10 +3,10 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use kv_core::NodeId;
+use kv_core::ActorId;
 
 use crate::codec::ValueCodec;
-use crate::error::{DecodeError, Result};
+use crate::error::{CounterOverflow, DecodeError, Result};
 use crate::prune::PrunePolicy;
 use crate::vclock::VectorClock;
 use kv_core::codec::{Reader, put_varint};
@@ -14,12 +14,14 @@ use kv_core::codec::{Reader, put_varint};
 /// One event: the `counter`-th write coordinated by `actor`.
 ///
 /// A dot names exactly one value for the lifetime of a key: an actor never
-/// issues the same counter twice, because it always numbers a new write
-/// above every counter it has seen for itself.
+/// issues the same counter twice, because it numbers a new write above
+/// every counter it has seen for itself and above a floor the caller
+/// keeps for what the local state may have forgotten (see
+/// [`DvvSet::update_above`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dot {
-    /// The coordinator that made the write.
-    pub actor: NodeId,
+    /// The coordinator that made the write (a node in one epoch).
+    pub actor: ActorId,
     /// Its position in that coordinator's sequence for this key (from 1).
     pub counter: u64,
 }
@@ -69,14 +71,15 @@ pub struct Sibling<V> {
 ///
 /// // Two clients both read the empty key and write through one coordinator.
 /// let empty = VectorClock::new();
-/// key.update(&empty, coordinator, "from alice", 0);
-/// key.update(&empty, coordinator, "from bob", 0);
+/// key.update(&empty, coordinator, "from alice", 0)?;
+/// key.update(&empty, coordinator, "from bob", 0)?;
 /// assert_eq!(key.values().count(), 2); // siblings, nothing lost
 ///
 /// // A client that read both siblings resolves them with that context.
 /// let context = key.context().clone();
-/// key.update(&context, coordinator, "merged", 0);
+/// key.update(&context, coordinator, "merged", 0)?;
 /// assert_eq!(key.values().collect::<Vec<_>>(), [&"merged"]);
+/// # Ok::<(), kv_clock::CounterOverflow>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DvvSet<V> {
@@ -134,19 +137,50 @@ impl<V> DvvSet<V> {
     /// `client_context` covers, and gets a fresh dot at `actor`.
     ///
     /// `now` (seconds of the caller's clock) stamps the actor's context
-    /// entry for pruning. Returns the new dot.
+    /// entry for pruning. Returns the new dot. The same as
+    /// [`update_above`](Self::update_above) with a floor of zero: safe only
+    /// while this state never forgets `actor`'s dots.
+    ///
+    /// # Errors
+    ///
+    /// [`CounterOverflow`] when a counter of `actor` (here or in the
+    /// client's context) is `u64::MAX`; the state is left as it was.
     pub fn update(
         &mut self,
         client_context: &VectorClock,
-        actor: NodeId,
+        actor: impl Into<ActorId>,
         value: V,
         now: u64,
-    ) -> Dot {
+    ) -> std::result::Result<Dot, CounterOverflow> {
+        self.update_above(client_context, actor, 0, value, now)
+    }
+
+    /// A coordinator's write whose counter is also above `floor`: the
+    /// largest counter `actor` may already have issued for this key
+    /// without this state knowing (the state was reaped, lost, or
+    /// restored). The counter is one above the largest of `floor`, this
+    /// state's and the client context's counters of `actor`.
+    ///
+    /// # Errors
+    ///
+    /// [`CounterOverflow`] when that largest counter is `u64::MAX`; the
+    /// state is left as it was.
+    pub fn update_above(
+        &mut self,
+        client_context: &VectorClock,
+        actor: impl Into<ActorId>,
+        floor: u64,
+        value: V,
+        now: u64,
+    ) -> std::result::Result<Dot, CounterOverflow> {
+        let actor = actor.into();
         let counter = self
             .context
             .get(actor)
             .max(client_context.get(actor))
-            .saturating_add(1);
+            .max(floor)
+            .checked_add(1)
+            .ok_or(CounterOverflow { actor })?;
         self.siblings
             .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
         self.context.merge(client_context);
@@ -156,7 +190,7 @@ impl<V> DvvSet<V> {
         // them; insert keeping the dot order.
         let at = self.siblings.partition_point(|s| s.dot < dot);
         self.siblings.insert(at, Sibling { dot, value });
-        dot
+        Ok(dot)
     }
 
     /// Removes every sibling `client_context` covers without adding a value,
@@ -173,7 +207,8 @@ impl<V> DvvSet<V> {
     /// entries were removed. Actors with a surviving sibling, and `keep`
     /// (the local coordinator, whose counter must never go backwards), are
     /// never pruned, so every sibling stays covered and no dot is reissued.
-    pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: NodeId) -> usize {
+    pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: impl Into<ActorId>) -> usize {
+        let keep = keep.into();
         let siblings = &self.siblings;
         self.context.prune(policy, now, |actor| {
             actor == keep || siblings.iter().any(|s| s.dot.actor == actor)
@@ -307,7 +342,7 @@ impl<V: ValueCodec> DvvSet<V> {
         let mut siblings: Vec<Sibling<V>> = Vec::with_capacity(count);
         for _ in 0..count {
             let at = reader.position();
-            let actor = NodeId(reader.varint("sibling actor")?);
+            let actor = ActorId(reader.varint("sibling actor")?);
             let counter = reader.varint("sibling counter")?;
             let dot = Dot { actor, counter };
             if counter == 0 || !context.covers(actor, counter) {
@@ -333,15 +368,16 @@ impl<V: ValueCodec> DvvSet<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_core::NodeId;
 
-    const A: NodeId = NodeId(1);
-    const B: NodeId = NodeId(2);
+    const A: ActorId = ActorId(1);
+    const B: ActorId = ActorId(2);
 
     #[test]
     fn update_without_context_on_existing_key_makes_a_sibling() {
         let mut key = DvvSet::new();
-        key.update(&VectorClock::new(), A, 1, 0);
-        key.update(&VectorClock::new(), A, 2, 0);
+        key.update(&VectorClock::new(), A, 1, 0).unwrap();
+        key.update(&VectorClock::new(), A, 2, 0).unwrap();
         assert_eq!(key.values().copied().collect::<Vec<_>>(), [1, 2]);
         assert_eq!(key.context().get(A), 2);
     }
@@ -350,11 +386,11 @@ mod tests {
     fn context_from_other_coordinator_is_respected() {
         // Write at A, replicate to B, resolve at B with A's context.
         let mut at_a = DvvSet::new();
-        at_a.update(&VectorClock::new(), A, "v1", 0);
+        at_a.update(&VectorClock::new(), A, "v1", 0).unwrap();
         let mut at_b = DvvSet::new();
         at_b.sync(&at_a);
         let ctx = at_b.context().clone();
-        at_b.update(&ctx, B, "v2", 0);
+        at_b.update(&ctx, B, "v2", 0).unwrap();
         assert_eq!(at_b.values().copied().collect::<Vec<_>>(), ["v2"]);
         // A learns of it and drops v1.
         at_a.sync(&at_b);
@@ -367,15 +403,46 @@ mod tests {
         // state lost track of; the new dot must still be fresh.
         let mut key: DvvSet<u8> = DvvSet::new();
         let ctx = VectorClock::from_counters([(A, 7)]);
-        let dot = key.update(&ctx, A, 1, 0);
+        let dot = key.update(&ctx, A, 1, 0).unwrap();
         assert_eq!(dot.counter, 8);
+    }
+
+    #[test]
+    fn a_forged_counter_is_refused_not_saturated() {
+        // A context claiming u64::MAX for the coordinator: numbering above
+        // it is impossible, and saturating would give two siblings one dot.
+        let mut key: DvvSet<u8> = DvvSet::new();
+        key.update(&VectorClock::new(), A, 1, 0).unwrap();
+        let before = key.clone();
+        let forged = VectorClock::from_counters([(A, u64::MAX)]);
+        assert_eq!(
+            key.update(&forged, A, 2, 0),
+            Err(CounterOverflow { actor: A })
+        );
+        assert_eq!(key, before, "a refused write leaves the state as it was");
+        assert!(key.update_above(&VectorClock::new(), A, u64::MAX, 3, 0).is_err());
+        assert_eq!(key, before);
+    }
+
+    #[test]
+    fn the_floor_keeps_a_forgotten_counter_from_being_reused() {
+        // The actor issued counters up to 9 for this key, then the state
+        // was reaped: numbering from the empty state would reuse 1.
+        let mut key: DvvSet<u8> = DvvSet::new();
+        let dot = key
+            .update_above(&VectorClock::new(), A, 9, 1, 0)
+            .unwrap();
+        assert_eq!(dot, Dot { actor: A, counter: 10 });
+        // Below what the state already holds, the floor changes nothing.
+        let dot = key.update_above(&VectorClock::new(), A, 3, 2, 0).unwrap();
+        assert_eq!(dot.counter, 11);
     }
 
     #[test]
     fn truncate_drops_the_oldest() {
         let mut key = DvvSet::new();
         for v in 0..5 {
-            key.update(&VectorClock::new(), A, v, 0);
+            key.update(&VectorClock::new(), A, v, 0).unwrap();
         }
         assert_eq!(key.truncate_siblings(3), 2);
         assert_eq!(key.values().copied().collect::<Vec<_>>(), [2, 3, 4]);
@@ -393,10 +460,10 @@ mod tests {
         let mut key = DvvSet::new();
         // Ten actors each write; a final write at actor 0 resolves them all.
         for actor in 0..10 {
-            key.update(&VectorClock::new(), NodeId(actor), actor, 0);
+            key.update(&VectorClock::new(), NodeId(actor), actor, 0).unwrap();
         }
         let ctx = key.context().clone();
-        key.update(&ctx, NodeId(3), 99, 0);
+        key.update(&ctx, NodeId(3), 99, 0).unwrap();
         assert_eq!(key.len(), 1);
         let pruned = key.prune(&policy, 100, NodeId(0));
         // Actor 3 holds the sibling and actor 0 is kept: the other 8 go.
@@ -408,8 +475,8 @@ mod tests {
     #[test]
     fn decode_checks_invariants() {
         let mut key = DvvSet::new();
-        key.update(&VectorClock::new(), A, b"x".to_vec(), 5);
-        key.update(&VectorClock::new(), B, b"y".to_vec(), 6);
+        key.update(&VectorClock::new(), A, b"x".to_vec(), 5).unwrap();
+        key.update(&VectorClock::new(), B, b"y".to_vec(), 6).unwrap();
         let bytes = key.to_bytes();
         assert_eq!(DvvSet::<Vec<u8>>::from_bytes(&bytes).unwrap(), key);
         // A sibling whose dot the context does not cover.

@@ -23,9 +23,9 @@
 //!
 //! // Replica 1 coordinates a write; replica 2 coordinates a concurrent one.
 //! let mut r1: DvvSet<Vec<u8>> = DvvSet::new();
-//! r1.update(&VectorClock::new(), NodeId(1), b"red".to_vec(), 0);
+//! r1.update(&VectorClock::new(), NodeId(1), b"red".to_vec(), 0)?;
 //! let mut r2: DvvSet<Vec<u8>> = DvvSet::new();
-//! r2.update(&VectorClock::new(), NodeId(2), b"blue".to_vec(), 0);
+//! r2.update(&VectorClock::new(), NodeId(2), b"blue".to_vec(), 0)?;
 //!
 //! // Anti-entropy merges both ways: both keep both siblings.
 //! r1.sync(&r2);
@@ -37,6 +37,7 @@
 //! let bytes = r1.to_bytes();
 //! assert_eq!(DvvSet::<Vec<u8>>::from_bytes(&bytes).unwrap(), r1);
 //! assert!(DvvSet::<Vec<u8>>::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+//! # Ok::<(), kv_clock::CounterOverflow>(())
 //! ```
 
 mod codec;
@@ -47,7 +48,7 @@ mod vclock;
 
 pub use codec::ValueCodec;
 pub use dvv::{Dot, DvvSet, Sibling};
-pub use error::{DecodeError, Result};
+pub use error::{CounterOverflow, DecodeError, Result};
 pub use kv_core::codec::Reader;
 pub use prune::{PrunePolicy, PrunePolicyError};
 pub use vclock::{Causality, Entry, VectorClock};

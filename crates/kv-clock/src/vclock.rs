@@ -2,9 +2,9 @@
 
 use std::cmp::Ordering;
 
-use kv_core::NodeId;
+use kv_core::ActorId;
 
-use crate::error::{DecodeError, Result};
+use crate::error::{CounterOverflow, DecodeError, Result};
 use crate::prune::PrunePolicy;
 use kv_core::codec::{Reader, put_varint};
 
@@ -25,7 +25,7 @@ pub enum Causality {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// The actor (a node that coordinates writes).
-    pub actor: NodeId,
+    pub actor: ActorId,
     /// How many events of this actor the clock covers; never zero.
     pub counter: u64,
     /// When the entry last advanced, in seconds of the caller's clock. Only
@@ -52,6 +52,7 @@ pub struct Entry {
 /// assert_eq!(a.compare(&b), Causality::Concurrent);
 /// a.merge(&b);
 /// assert!(a.descends(&b));
+/// # Ok::<(), kv_clock::CounterOverflow>(())
 /// ```
 #[derive(Debug, Clone, Default, Eq)]
 pub struct VectorClock {
@@ -94,10 +95,10 @@ impl VectorClock {
 
     /// Builds a clock from `(actor, counter)` pairs with timestamp zero.
     /// Zero counters are skipped; a repeated actor keeps its largest counter.
-    pub fn from_counters(pairs: impl IntoIterator<Item = (NodeId, u64)>) -> Self {
+    pub fn from_counters<A: Into<ActorId>>(pairs: impl IntoIterator<Item = (A, u64)>) -> Self {
         let mut clock = VectorClock::new();
         for (actor, counter) in pairs {
-            clock.observe(actor, counter, 0);
+            clock.observe(actor.into(), counter, 0);
         }
         clock
     }
@@ -117,30 +118,49 @@ impl VectorClock {
         self.entries.is_empty()
     }
 
-    fn find(&self, actor: NodeId) -> std::result::Result<usize, usize> {
+    fn find(&self, actor: ActorId) -> std::result::Result<usize, usize> {
         self.entries.binary_search_by_key(&actor, |e| e.actor)
     }
 
     /// The counter of `actor` (zero when absent).
-    pub fn get(&self, actor: NodeId) -> u64 {
-        self.find(actor).map_or(0, |i| self.entries[i].counter)
+    pub fn get(&self, actor: impl Into<ActorId>) -> u64 {
+        self.find(actor.into()).map_or(0, |i| self.entries[i].counter)
     }
 
     /// Whether this clock covers event number `counter` of `actor`.
-    pub fn covers(&self, actor: NodeId, counter: u64) -> bool {
+    pub fn covers(&self, actor: impl Into<ActorId>, counter: u64) -> bool {
         self.get(actor) >= counter
     }
 
     /// Advances `actor` by one at time `now` and returns the new counter.
-    pub fn increment(&mut self, actor: NodeId, now: u64) -> u64 {
-        let next = self.get(actor).saturating_add(1);
+    ///
+    /// # Errors
+    ///
+    /// [`CounterOverflow`] when the counter is already `u64::MAX` (only a
+    /// forged clock gets there); the clock is left as it was.
+    pub fn increment(
+        &mut self,
+        actor: impl Into<ActorId>,
+        now: u64,
+    ) -> std::result::Result<u64, CounterOverflow> {
+        let actor = actor.into();
+        let next = self
+            .get(actor)
+            .checked_add(1)
+            .ok_or(CounterOverflow { actor })?;
         self.set(actor, next, now);
-        next
+        Ok(next)
+    }
+
+    /// The largest counter of any actor (zero for the empty clock).
+    pub fn max_counter(&self) -> u64 {
+        self.entries.iter().map(|e| e.counter).max().unwrap_or(0)
     }
 
     /// Raises `actor` to at least `counter`, taking the newer timestamp when
     /// the counters tie (the merge of this clock with a one-entry clock).
-    pub fn observe(&mut self, actor: NodeId, counter: u64, timestamp: u64) {
+    pub fn observe(&mut self, actor: impl Into<ActorId>, counter: u64, timestamp: u64) {
+        let actor = actor.into();
         if counter == 0 {
             return;
         }
@@ -165,7 +185,7 @@ impl VectorClock {
 
     /// Sets `actor`'s entry outright (used where the caller has computed the
     /// next counter itself). A zero counter removes the entry.
-    pub(crate) fn set(&mut self, actor: NodeId, counter: u64, timestamp: u64) {
+    pub(crate) fn set(&mut self, actor: ActorId, counter: u64, timestamp: u64) {
         match (self.find(actor), counter) {
             (Ok(i), 0) => {
                 self.entries.remove(i);
@@ -288,7 +308,7 @@ impl VectorClock {
         &mut self,
         policy: &PrunePolicy,
         now: u64,
-        keep: impl Fn(NodeId) -> bool,
+        keep: impl Fn(ActorId) -> bool,
     ) -> usize {
         if self.entries.len() <= policy.small {
             return 0;
@@ -406,7 +426,7 @@ impl VectorClock {
                 });
             }
             entries.push(Entry {
-                actor: NodeId(actor),
+                actor: ActorId(actor),
                 counter,
                 timestamp: 0,
             });
@@ -427,8 +447,8 @@ impl VectorClock {
     }
 }
 
-impl FromIterator<(NodeId, u64)> for VectorClock {
-    fn from_iter<I: IntoIterator<Item = (NodeId, u64)>>(iter: I) -> Self {
+impl<A: Into<ActorId>> FromIterator<(A, u64)> for VectorClock {
+    fn from_iter<I: IntoIterator<Item = (A, u64)>>(iter: I) -> Self {
         VectorClock::from_counters(iter)
     }
 }
@@ -436,6 +456,7 @@ impl FromIterator<(NodeId, u64)> for VectorClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_core::NodeId;
     use std::time::Duration;
 
     fn clock(pairs: &[(u64, u64)]) -> VectorClock {
@@ -487,7 +508,7 @@ mod tests {
         let now = 1_790_000_000; // seconds, a date in 2026
         for (actor, n) in [(1u64, 100_000u64), (2, 50_000), (3, 2)] {
             for _ in 0..n {
-                c.increment(NodeId(actor), now);
+                c.increment(NodeId(actor), now).unwrap();
             }
         }
         let bytes = c.to_bytes();

@@ -21,6 +21,12 @@ pub struct Config {
     pub max_key_bytes: usize,
     /// Largest value accepted (16 MiB).
     pub max_value_bytes: usize,
+    /// Largest encoded state of one key, every sibling and the clock
+    /// together (48 MiB): a write that would store more fails on its own,
+    /// with `InvalidInput`. It must hold at least one largest value; the
+    /// node sizes its engine's value limit to it, and keeps it below the
+    /// wire's message limit.
+    pub max_state_bytes: usize,
     /// Siblings kept per key at most; more are dropped oldest first and
     /// counted (10).
     pub max_siblings: usize,
@@ -29,9 +35,12 @@ pub struct Config {
     pub sloppy_quorum: bool,
     /// Hints a node keeps for others at most (1,000,000).
     pub max_hints: usize,
+    /// Bytes of hinted states a node keeps for others at most (1 GiB).
+    pub max_hint_bytes: u64,
     /// A tombstone is collected no sooner than this after the delete, and
-    /// only once every replica holds it. Must exceed how long hints and
-    /// partitions can last (1 day).
+    /// only once every replica holds it and confirms; hints older than this
+    /// are dropped unsent (a late hint could bring back a collected delete)
+    /// (1 day).
     pub tombstone_grace: Duration,
     /// Wait for read repair before answering a read (false: repair after
     /// the reply).
@@ -57,9 +66,11 @@ impl Default for Config {
             request_timeout: Duration::from_millis(200),
             max_key_bytes: 64 << 10,
             max_value_bytes: 16 << 20,
+            max_state_bytes: 48 << 20,
             max_siblings: 10,
             sloppy_quorum: true,
             max_hints: 1_000_000,
+            max_hint_bytes: 1 << 30,
             tombstone_grace: Duration::from_secs(86_400),
             read_repair_blocking: false,
             prune: PrunePolicy::default(),
@@ -97,6 +108,12 @@ impl Config {
             return Err(Error::InvalidInput(
                 "maintenance intervals and fan-out must be positive".into(),
             ));
+        }
+        if self.max_state_bytes < self.max_value_bytes + self.max_key_bytes {
+            return Err(Error::InvalidInput(format!(
+                "max_state_bytes ({}) must hold at least one largest key and value ({} + {} bytes)",
+                self.max_state_bytes, self.max_key_bytes, self.max_value_bytes
+            )));
         }
         if self.max_siblings == 0 {
             return Err(Error::InvalidInput(

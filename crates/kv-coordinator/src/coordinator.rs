@@ -600,13 +600,33 @@ where
     /// Delivers the hints this node holds for replicas that are alive
     /// again; a hint is deleted only after its owner acknowledges it.
     /// Hints for a node that left the ring go to the key's current
-    /// replicas instead. Returns how many were delivered.
+    /// replicas instead. Hints older than the tombstone grace period are
+    /// dropped unsent (counted in [`HintStore::expired`]): the key's
+    /// tombstone may have been collected since, and delivering would bring
+    /// the deleted value back. Returns how many were delivered.
+    ///
+    /// [`HintStore::expired`]: crate::HintStore::expired
     ///
     /// # Errors
     ///
     /// Storage errors from the hint store; unreachable owners are not errors
     /// (their hints stay).
     pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
+        self.deliver_hints_at(batch, wall_clock_secs()).await
+    }
+
+    /// [`deliver_hints`](Self::deliver_hints) at `now_secs` (seconds since
+    /// the Unix epoch), for tests that move time.
+    ///
+    /// # Errors
+    ///
+    /// As [`deliver_hints`](Self::deliver_hints).
+    pub async fn deliver_hints_at(&self, batch: usize, now_secs: u64) -> Result<usize> {
+        let cutoff = now_secs.saturating_sub(self.config.tombstone_grace.as_secs());
+        {
+            let r = self.replica.clone();
+            off_runtime(move || r.hints().expire_before(cutoff)).await?;
+        }
         let mut delivered = 0;
         let owners = {
             let r = self.replica.clone();
@@ -615,7 +635,7 @@ where
         let in_ring = self.ring.nodes();
         for owner in owners {
             if !in_ring.is_empty() && !in_ring.contains(&owner) {
-                delivered += self.retarget_hints(owner, batch).await?;
+                delivered += self.retarget_hints(owner, batch, cutoff).await?;
                 continue;
             }
             if !self.membership.is_alive(owner) {
@@ -625,20 +645,31 @@ where
                 let r = self.replica.clone();
                 off_runtime(move || r.hints().pending(owner, batch)).await?
             };
-            for (key, state) in pending {
+            for hint in pending {
+                if hint.stored_at < cutoff {
+                    self.hint_expired(owner, hint).await?;
+                    continue;
+                }
                 let sent = tokio::time::timeout(
                     self.config.request_timeout,
                     self.transport
-                        .replicate(owner, key.clone(), state.clone(), None),
+                        .replicate(owner, hint.key.clone(), hint.state.clone(), None),
                 )
                 .await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
-                delivered += usize::from(self.hint_delivered(owner, key, state).await?);
+                delivered += usize::from(self.hint_delivered(owner, hint.key, hint.state).await?);
             }
         }
         Ok(delivered)
+    }
+
+    /// Drops an expired hint unsent.
+    async fn hint_expired(&self, owner: NodeId, hint: crate::Hint) -> Result<()> {
+        let r = self.replica.clone();
+        off_runtime(move || r.hints().expire_one(owner, &hint.key, &hint.state)).await?;
+        Ok(())
     }
 
     /// Deletes a delivered hint (unless it changed meanwhile) and counts it.
@@ -653,15 +684,21 @@ where
 
     /// Hints held for `owner`, a node no longer in the ring (it left):
     /// each goes to the key's current replicas instead (merged here when
-    /// this node is one), and is deleted once all of them took it.
-    async fn retarget_hints(&self, owner: NodeId, batch: usize) -> Result<usize> {
+    /// this node is one), and is deleted once all of them took it. Hints
+    /// stored before `cutoff` are dropped unsent.
+    async fn retarget_hints(&self, owner: NodeId, batch: usize, cutoff: u64) -> Result<usize> {
         let pending = {
             let r = self.replica.clone();
             off_runtime(move || r.hints().pending(owner, batch)).await?
         };
         let me = self.replica.id();
         let mut delivered = 0;
-        for (key, state) in pending {
+        for hint in pending {
+            if hint.stored_at < cutoff {
+                self.hint_expired(owner, hint).await?;
+                continue;
+            }
+            let (key, state) = (hint.key, hint.state);
             let mut all = true;
             for target in self.ring.preference_list(&key, self.config.n)? {
                 let sent = if target == me {
@@ -846,12 +883,25 @@ where
             if !everywhere {
                 continue;
             }
+            // Every other replica reaps first; this one only once all of
+            // them confirmed. A replica that did not (it timed out, or a
+            // write reached it meanwhile) keeps its tombstone, and so does
+            // this node, so anti-entropy puts the tombstone back wherever
+            // it went and a later pass collects it everywhere. Until then
+            // no replica forgets the delete while another still holds the
+            // deleted value's dots.
+            let mut confirmed = true;
             for &peer in replicas.iter().filter(|&&p| p != me) {
-                let _ = tokio::time::timeout(
+                let reaped = tokio::time::timeout(
                     self.config.request_timeout,
                     self.transport.reap(peer, key.clone(), bytes.clone()),
                 )
                 .await;
+                confirmed &= matches!(reaped, Ok(Ok(true)));
+            }
+            if !confirmed {
+                Metrics::add(&self.metrics.reaps_unconfirmed, 1);
+                continue;
             }
             let reaped = {
                 let (r, k, b) = (self.replica.clone(), key.clone(), bytes.clone());

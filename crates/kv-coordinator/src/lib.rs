@@ -51,7 +51,7 @@
 //!     let written = nodes[0].put(b"cart:1", b"apples", &[], None).await?;
 //!     let read = nodes[2].get(b"cart:1", Some(3)).await?;
 //!     assert_eq!(read.values, vec![b"apples".to_vec()]);
-//!     assert_eq!(written.dot.actor, NodeId(1));
+//!     assert_eq!(written.dot.actor.node(), NodeId(1));
 //!     Ok::<(), kv_coordinator::Error>(())
 //! })?;
 //! # Ok(())
@@ -71,6 +71,6 @@ mod trees;
 pub use config::Config;
 pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairReport};
 pub use error::{Error, Result};
-pub use hints::HintStore;
+pub use hints::{Hint, HintLimits, HintStore};
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};
-pub use replica::{Replica, ReplicaSettings, Siblings, Update, Value};
+pub use replica::{MAX_COUNTER, Replica, ReplicaSettings, Siblings, Update, Value};

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub reads_with_siblings: AtomicU64,
     /// Hints delivered by this node.
     pub hints_delivered: AtomicU64,
+    /// Tombstone collections left for a later pass because a replica did
+    /// not confirm its reap (this node kept its tombstone).
+    pub reaps_unconfirmed: AtomicU64,
 }
 
 impl Metrics {

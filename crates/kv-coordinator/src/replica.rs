@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kv_clock::{DvvSet, VectorClock};
-use kv_core::{NodeId, StorageEngine};
+use kv_core::{ActorId, NodeId, StorageEngine};
 use parking_lot::Mutex;
 
 use std::ops::Bound;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kv_core::Partitioner;
 
 use crate::error::{Error, Result};
-use crate::hints::HintStore;
+use crate::hints::{HintLimits, HintStore};
 use crate::trees::{Trees, digest};
 
 /// A sibling's value: `None` is a tombstone (a delete is a version like
@@ -41,13 +41,30 @@ type BeforeAfter = (Option<Vec<u8>>, Vec<u8>, bool);
 /// Locks that serialise read-modify-write of one key.
 const STRIPES: usize = 256;
 
+/// The largest counter a context may carry. No incarnation of a node
+/// issues this many dots (2^48: a century at 100,000 writes a second);
+/// a larger counter is forged, and is refused before it can exhaust a
+/// key's counters.
+pub const MAX_COUNTER: u64 = 1 << 48;
+
 /// This node's copy of the keys it replicates.
 ///
 /// Coordinated writes get a fresh dot at this node; states from peers are
 /// merged with [`DvvSet::sync`]. Each change is a read-modify-write of the
 /// key's encoded sibling set under a per-key lock.
+///
+/// Dots are unique for the life of the cluster: the actor is this node in
+/// its current epoch (a fresh one every start, see [`ActorId`]), and
+/// within an epoch the counters come from one node-wide sequence, so a
+/// key whose state was reaped or lost can never be given a counter it had
+/// before.
 pub struct Replica<E> {
     id: NodeId,
+    actor: ActorId,
+    /// The largest counter `actor` has issued (or seen in a state): every
+    /// new dot is numbered above it.
+    issued: AtomicU64,
+    max_state_bytes: usize,
     engine: E,
     hints: HintStore<E>,
     ring: Arc<dyn Partitioner + Send + Sync>,
@@ -75,18 +92,29 @@ impl<E: std::fmt::Debug> std::fmt::Debug for Replica<E> {
 pub struct ReplicaSettings {
     /// Replicas per key (the cluster's N).
     pub n: usize,
-    /// Hints kept for other nodes at most.
-    pub hint_limit: usize,
+    /// Hints kept for other nodes at most, by count and by bytes.
+    pub hints: HintLimits,
     /// Leaf buckets of each anti-entropy tree (a power of two).
     pub merkle_leaves: u32,
+    /// This start's epoch: the actor of the dots this replica issues is
+    /// the node in this epoch. A node must use a fresh epoch, made durable
+    /// first, every time it starts (kv-server's node does); 0 only where
+    /// the local state never goes backwards (tests, simulations).
+    pub epoch: u32,
+    /// Largest encoded state of one key (all its siblings): a write that
+    /// would store more is refused on its own. Keep it within the engine's
+    /// value limit and the transport's message limit.
+    pub max_state_bytes: usize,
 }
 
 impl Default for ReplicaSettings {
     fn default() -> Self {
         ReplicaSettings {
             n: 3,
-            hint_limit: 1_000_000,
+            hints: HintLimits::default(),
             merkle_leaves: 1 << 12,
+            epoch: 0,
+            max_state_bytes: 48 << 20,
         }
     }
 }
@@ -106,6 +134,27 @@ fn decode(bytes: Option<&[u8]>) -> Result<Siblings> {
     }
 }
 
+/// Refuses a client context that no honest history produces: a counter of
+/// this node's own actor above what it issued, or any counter above
+/// [`MAX_COUNTER`]. Such a context would otherwise push the key's counters
+/// to their end (later writes of the key failing) or claim to have seen
+/// writes that do not exist.
+fn check_context(context: &VectorClock, actor: ActorId, issued: u64) -> Result<()> {
+    let own = context.get(actor);
+    if own > issued {
+        return Err(Error::InvalidInput(format!(
+            "the context claims dot {actor}:{own}, which this node has not issued (it issued up to {issued})"
+        )));
+    }
+    if let Some(e) = context.entries().iter().find(|e| e.counter > MAX_COUNTER) {
+        return Err(Error::InvalidInput(format!(
+            "the context's counter {} for {} is above any counter a node issues ({MAX_COUNTER})",
+            e.counter, e.actor
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a state holds versions and all of them are deletes.
 fn only_tombstones(state: &Siblings) -> bool {
     !state.is_empty() && state.values().all(Option::is_none)
@@ -123,6 +172,16 @@ impl<E> Replica<E> {
         self.id
     }
 
+    /// The actor of the dots this replica issues: its node in this epoch.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+    }
+
+    /// The largest counter this replica's actor has issued so far.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::SeqCst)
+    }
+
     /// Writes held for other replicas.
     pub fn hints(&self) -> &HintStore<E> {
         &self.hints
@@ -136,9 +195,15 @@ impl<E: StorageEngine> Replica<E> {
     ///
     /// # Errors
     ///
-    /// Storage errors while scanning the engine, or [`Error::Corrupt`] for a
-    /// stored state that does not decode; [`Error::InvalidInput`] for bad
-    /// settings.
+    /// A stored state that does not decode is moved to the quarantine
+    /// (kept in the hint engine, counted in
+    /// [`HintStore::quarantined`]) and the key starts empty here; the other
+    /// replicas still hold it, and anti-entropy brings it back.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors while scanning the engine; [`Error::InvalidInput`]
+    /// for bad settings (a node id that cannot be an actor).
     pub fn new(
         id: NodeId,
         engine: E,
@@ -146,10 +211,20 @@ impl<E: StorageEngine> Replica<E> {
         settings: &ReplicaSettings,
         ring: Arc<dyn Partitioner + Send + Sync>,
     ) -> Result<Self> {
+        let actor = ActorId::of(id, settings.epoch).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "node id {} is above {}, the largest that can author versions",
+                id.0,
+                ActorId::MAX_NODE
+            ))
+        })?;
         let replica = Replica {
             id,
+            actor,
+            issued: AtomicU64::new(0),
+            max_state_bytes: settings.max_state_bytes,
             engine,
-            hints: HintStore::open(hint_engine, settings.hint_limit)?,
+            hints: HintStore::open(hint_engine, settings.hints)?,
             ring,
             n: settings.n,
             trees: Trees::new(settings.merkle_leaves)?,
@@ -163,14 +238,56 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     fn fill_trees(&self) -> Result<()> {
+        let mut bad = Vec::new();
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
             let (key, state) = item?;
-            self.track(&key, None, Some(&state));
-            if only_tombstones(&decode(Some(&state))?) {
-                self.tombstones.lock().insert(key);
+            match decode(Some(&state)) {
+                Ok(decoded) => {
+                    self.track(&key, None, Some(&state));
+                    self.observe_counter(&decoded);
+                    if only_tombstones(&decoded) {
+                        self.tombstones.lock().insert(key);
+                    }
+                }
+                Err(_) => bad.push((key, state)),
             }
         }
+        for (key, state) in bad {
+            self.set_aside(&key, &state)?;
+        }
         Ok(())
+    }
+
+    /// Raises the issued counter to what `state` holds of this actor (a
+    /// state from a peer may carry dots of this epoch it has not stored).
+    fn observe_counter(&self, state: &Siblings) {
+        let own = state.context().get(self.actor);
+        if own > 0 {
+            self.issued.fetch_max(own, Ordering::SeqCst);
+        }
+    }
+
+    /// Moves a stored state that does not decode to the quarantine and
+    /// removes it from the store (the caller holds the key's lock, or no
+    /// write runs yet).
+    fn set_aside(&self, key: &[u8], state: &[u8]) -> Result<()> {
+        self.hints.quarantine(key, state)?;
+        self.engine.delete(key)?;
+        Ok(())
+    }
+
+    /// A stored state, decoded; one that does not decode is set aside and
+    /// the key reads as empty.
+    fn load(&self, key: &[u8], bytes: Option<Vec<u8>>) -> Result<(Option<Vec<u8>>, Siblings)> {
+        match decode(bytes.as_deref()) {
+            Ok(state) => Ok((bytes, state)),
+            Err(_) => {
+                if let Some(b) = &bytes {
+                    self.set_aside(key, b)?;
+                }
+                Ok((None, Siblings::new()))
+            }
+        }
     }
 
     /// Rebuilds the anti-entropy trees from the stored keys, for a ring
@@ -337,7 +454,7 @@ impl<E: StorageEngine> Replica<E> {
         let incoming = Siblings::from_bytes(state)
             .map_err(|e| Error::InvalidInput(format!("peer state: {e}")))?;
         match hint_for {
-            Some(owner) if owner != self.id => self.hints.add(owner, key, &incoming),
+            Some(owner) if owner != self.id => self.hints.add(owner, key, &incoming, now_secs()),
             _ => self.merge(key, &incoming).map(|_| ()),
         }
     }
@@ -359,7 +476,7 @@ impl<E: StorageEngine> Replica<E> {
             };
             match hint_for {
                 Some(owner) if *owner != self.id => {
-                    results.push(self.hints.add(*owner, key, &incoming));
+                    results.push(self.hints.add(*owner, key, &incoming, now_secs()));
                 }
                 _ => {
                     results.push(Ok(()));
@@ -404,30 +521,43 @@ impl<E: StorageEngine> Replica<E> {
             std::collections::HashMap::with_capacity(keys.len());
         let mut results = Vec::with_capacity(keys.len());
         for (i, &key) in keys.iter().enumerate() {
-            let before = match current.get(key) {
-                Some((_, now, _)) => Some(now.clone()),
-                None => match self.engine.get(key) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        results.push(Err(e.into()));
-                        continue;
-                    }
-                },
+            let loaded = match current.get(key) {
+                Some((_, now, _)) => decode(Some(now)).map(|s| (Some(now.clone()), s)),
+                None => self
+                    .engine
+                    .get(key)
+                    .map_err(Error::from)
+                    .and_then(|b| self.load(key, b)),
             };
-            let mut state = match decode(before.as_deref()) {
-                Ok(s) => s,
+            let (before, mut state) = match loaded {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     results.push(Err(e));
                     continue;
                 }
             };
-            let outcome = change(i, &mut state);
-            if outcome.is_ok() {
-                let original = current
-                    .remove(key)
-                    .map_or(before, |(original, ..)| original);
-                current.insert(key, (original, state.to_bytes(), only_tombstones(&state)));
-            }
+            let outcome = change(i, &mut state).and_then(|out| {
+                let bytes = state.to_bytes();
+                if bytes.len() > self.max_state_bytes {
+                    return Err(Error::InvalidInput(format!(
+                        "the key's state would take {} bytes with this write, above the limit of {} bytes (values and siblings together)",
+                        bytes.len(),
+                        self.max_state_bytes
+                    )));
+                }
+                Ok((out, bytes))
+            });
+            let outcome = match outcome {
+                Ok((out, bytes)) => {
+                    self.observe_counter(&state);
+                    let original = current
+                        .remove(key)
+                        .map_or(before, |(original, ..)| original);
+                    current.insert(key, (original, bytes, only_tombstones(&state)));
+                    Ok(out)
+                }
+                Err(e) => Err(e),
+            };
             results.push(outcome);
         }
         let mut batch = kv_core::WriteBatch::new();
@@ -545,8 +675,21 @@ impl<E: StorageEngine> Replica<E> {
         let now = now_secs();
         self.apply_many(&keys, |i, state| {
             let (value, context) = &mut writes[i];
-            let dot = state.update(context, self.id, value.take().flatten(), now);
-            let pruned = state.prune(prune, now, self.id);
+            // Under the key's lock: every counter this actor issued for
+            // the key is at most `issued`, whatever the state remembers.
+            let issued = self.issued.load(Ordering::SeqCst);
+            check_context(context, self.actor, issued)?;
+            let dot = state
+                .update_above(context, self.actor, issued, value.take().flatten(), now)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            if dot.counter > MAX_COUNTER {
+                return Err(Error::InvalidInput(format!(
+                    "{} has issued {MAX_COUNTER} dots in this epoch; restart the node to take a new epoch",
+                    self.actor
+                )));
+            }
+            self.issued.fetch_max(dot.counter, Ordering::SeqCst);
+            let pruned = state.prune(prune, now, self.actor);
             self.clock_entries_pruned
                 .fetch_add(pruned as u64, Ordering::Relaxed);
             let dropped = state.truncate_siblings(max_siblings);

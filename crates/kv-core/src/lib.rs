@@ -6,7 +6,8 @@
 //! no async runtime.
 //!
 //! - [`NodeId`], [`Token`] and [`TokenRange`]: who stores what, and where on
-//!   the hash ring a key lands.
+//!   the hash ring a key lands; [`ActorId`]: a node in one epoch of its life,
+//!   the author of versions.
 //! - [`Partitioner`]: the port through which the coordinator asks which nodes
 //!   replicate a key (implemented by `kv-ring`).
 //! - [`StorageEngine`]: an ordered, durable byte map with atomic batches and
@@ -36,7 +37,7 @@ mod range;
 mod replication;
 mod storage;
 
-pub use ids::{NodeId, Token};
+pub use ids::{ActorId, NodeId, Token};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
 pub use replication::{ClientOp, ClientReply, MembershipView, Transport, TransportError};

@@ -1,7 +1,7 @@
 //! The ports a coordinator uses to reach other replicas and to know who is
 //! alive.
 
-use crate::NodeId;
+use crate::{ActorId, NodeId};
 
 /// Why a peer did not answer a replica operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,9 +53,10 @@ pub enum ClientReply {
     Written {
         /// Context of the new state.
         context: Vec<u8>,
-        /// The new version's dot: the coordinating node and its counter
-        /// for the key (what a history checker follows).
-        dot: (NodeId, u64),
+        /// The new version's dot: the coordinating node's actor (the node
+        /// in its current epoch) and its counter (what a history checker
+        /// follows).
+        dot: (ActorId, u64),
     },
     /// A read: the live values and the context.
     Read {

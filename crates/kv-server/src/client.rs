@@ -100,12 +100,13 @@ impl Versioned {
     }
 }
 
-/// A version's identity: the node that coordinated the write and its
-/// counter for the key. Unique per key; what a history checker follows.
+/// A version's identity: the actor that coordinated the write (a node in
+/// one epoch of its life, see [`kv_core::ActorId`]) and its counter.
+/// Unique for the life of the cluster; what a history checker follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Version {
-    /// The coordinating node's id.
-    pub node: u64,
+    /// The coordinating actor, raw (`epoch << 32 | node id`).
+    pub actor: u64,
     /// Its counter for the key.
     pub counter: u64,
 }
@@ -124,7 +125,7 @@ fn written(reply: crate::proto::PutReply) -> Written {
     Written {
         context: Context(reply.context),
         version: Version {
-            node: reply.dot_node,
+            actor: reply.dot_actor,
             counter: reply.dot_counter,
         },
     }

@@ -11,23 +11,32 @@
 //! 3. **No corruption**: a present version with an acknowledged write's
 //!    dot holds that write's value.
 //! 4. **No lost write**: an acknowledged write is present, or a write
-//!    (of any outcome) was issued with a context covering it. A write whose
-//!    outcome is unknown (timed out, unavailable) may or may not be there.
+//!    (of any outcome) that began after it was issued with a context
+//!    covering it. A write whose outcome is unknown (timed out,
+//!    unavailable) may or may not be there. An acknowledged delete may be
+//!    absent: tombstones are collected (rule 5 still holds it to what it
+//!    deleted).
 //! 5. **No resurrection**: nothing an acknowledged write's context covered
 //!    (what it superseded, or what a delete removed) is present.
 //! 6. **Sibling bound**: no key holds more siblings than the bound.
+//! 7. **No reused dot**: no acknowledged write's dot is covered by the
+//!    context of a write that completed before it began. That context
+//!    came from a read that ended before the dot was issued, so it can
+//!    cover the dot only if its coordinator numbered it at or below a
+//!    counter it had issued before: a reused dot, which replicas that
+//!    hold the older one silently drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kv_clock::VectorClock;
 use kv_coordinator::Siblings;
-use kv_core::NodeId;
+use kv_core::{ActorId, NodeId};
 
 /// How a write ended, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Acknowledged, with the new version's dot (node, counter).
-    Acked(u64, u64),
+    /// Acknowledged, with the new version's dot (actor, counter).
+    Acked(ActorId, u64),
     /// Not acknowledged: failed or timed out. It may still have been
     /// applied (by its coordinator, at least), so nothing is expected of it.
     Unknown,
@@ -44,6 +53,10 @@ pub struct Write {
     pub context: Vec<u8>,
     /// How it ended.
     pub outcome: Outcome,
+    /// When the client sent it (any monotonic clock, microseconds).
+    pub invoke_us: u64,
+    /// When the client had its answer (same clock).
+    pub complete_us: u64,
 }
 
 /// A rule the history broke.
@@ -130,7 +143,7 @@ pub fn check(
                 continue;
             }
         };
-        let present: Vec<(NodeId, u64, Option<&Vec<u8>>)> = state
+        let present: Vec<(ActorId, u64, Option<&Vec<u8>>)> = state
             .siblings()
             .iter()
             .map(|s| (s.dot.actor, s.dot.counter, s.value.as_ref()))
@@ -157,12 +170,12 @@ pub fn check(
                 ));
             }
         }
-        // 3 and 4. Acknowledged writes: present and intact, or superseded.
+        // 3 and 4. Acknowledged writes: present and intact, or superseded
+        // by a write that began after them.
         for w in &writes {
-            let Outcome::Acked(node, counter) = w.outcome else {
+            let Outcome::Acked(actor, counter) = w.outcome else {
                 continue;
             };
-            let actor = NodeId(node);
             match present
                 .iter()
                 .find(|(a, c, _)| *a == actor && *c == counter)
@@ -172,18 +185,33 @@ pub fn check(
                         bad(format!("dot {actor}:{counter} holds another value"));
                     }
                 }
+                None if w.value.is_none() => {}
                 None => {
-                    let superseded = contexts.iter().any(|(c, _)| c.covers(actor, counter));
+                    let superseded = contexts
+                        .iter()
+                        .any(|(c, x)| x.invoke_us > w.invoke_us && c.covers(actor, counter));
                     if !superseded {
                         bad(format!(
-                            "acknowledged {} at dot {actor}:{counter} is lost",
-                            match &w.value {
-                                Some(v) => format!("write of {:?}", String::from_utf8_lossy(v)),
-                                None => "delete".into(),
-                            }
+                            "acknowledged write of {:?} at dot {actor}:{counter} is lost",
+                            String::from_utf8_lossy(w.value.as_deref().unwrap_or_default())
                         ));
                     }
                 }
+            }
+        }
+        // 7. No reused dot.
+        for w in &writes {
+            let Outcome::Acked(actor, counter) = w.outcome else {
+                continue;
+            };
+            if let Some((_, x)) = contexts
+                .iter()
+                .find(|(c, x)| x.complete_us < w.invoke_us && c.covers(actor, counter))
+            {
+                bad(format!(
+                    "dot {actor}:{counter} was issued again: a write that completed at {} us, before this one began at {} us, already covered it",
+                    x.complete_us, w.invoke_us
+                ));
             }
         }
         // 5. No resurrection.
@@ -221,7 +249,9 @@ mod tests {
     fn state_after(steps: &[Step<'_>]) -> Siblings {
         let mut state = Siblings::new();
         for (value, context, node) in steps {
-            state.update(context, NodeId(*node), value.map(<[u8]>::to_vec), 0);
+            state
+                .update(context, NodeId(*node), value.map(<[u8]>::to_vec), 0)
+                .unwrap();
         }
         state
     }
@@ -240,6 +270,23 @@ mod tests {
         )])
     }
 
+    /// A write of `value` (None: delete) with `context`, sent at `at` us
+    /// and answered 10 us later.
+    fn write(value: Option<&[u8]>, context: &[u8], outcome: Outcome, at: u64) -> Write {
+        Write {
+            key: b"k".to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            context: context.to_vec(),
+            outcome,
+            invoke_us: at,
+            complete_us: at + 10,
+        }
+    }
+
+    fn acked(node: u64, counter: u64) -> Outcome {
+        Outcome::Acked(ActorId(node), counter)
+    }
+
     #[test]
     fn a_clean_history_passes_and_each_rule_catches_its_fault() {
         let empty = VectorClock::new();
@@ -247,18 +294,8 @@ mod tests {
         let two = state_after(&[(Some(b"a"), &empty, 1), (Some(b"b"), &empty, 2)]);
         let ctx = context_of(&two);
         let writes = vec![
-            Write {
-                key: b"k".to_vec(),
-                value: Some(b"a".to_vec()),
-                context: vec![],
-                outcome: Outcome::Acked(1, 1),
-            },
-            Write {
-                key: b"k".to_vec(),
-                value: Some(b"b".to_vec()),
-                context: vec![],
-                outcome: Outcome::Acked(2, 1),
-            },
+            write(Some(b"a"), &[], acked(1, 1), 0),
+            write(Some(b"b"), &[], acked(2, 1), 0),
         ];
         let report = check(&writes, &last(b"k", &two), 10);
         assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -273,12 +310,7 @@ mod tests {
         // ...unless a write with a context covering b was issued, even one
         // whose outcome is unknown.
         let mut superseded = writes.clone();
-        superseded.push(Write {
-            key: b"k".to_vec(),
-            value: Some(b"c".to_vec()),
-            context: ctx.clone(),
-            outcome: Outcome::Unknown,
-        });
+        superseded.push(write(Some(b"c"), &ctx, Outcome::Unknown, 100));
         let covered = VectorClock::from_bytes(&ctx).unwrap();
         let c_only = state_after(&[
             (Some(b"a"), &empty, 1),
@@ -291,12 +323,7 @@ mod tests {
         // Resurrection: an acknowledged delete covered a and b, yet they
         // are still there.
         let mut deleted = writes.clone();
-        deleted.push(Write {
-            key: b"k".to_vec(),
-            value: None,
-            context: ctx,
-            outcome: Outcome::Acked(1, 2),
-        });
+        deleted.push(write(None, &ctx, acked(1, 2), 100));
         let report = check(&deleted, &last(b"k", &two), 10);
         assert!(
             report
@@ -335,5 +362,46 @@ mod tests {
                 .iter()
                 .any(|v| v.what.contains("another value"))
         );
+    }
+
+    #[test]
+    fn a_reaped_delete_may_be_absent_and_a_reused_dot_is_caught() {
+        let empty = VectorClock::new();
+        let a = state_after(&[(Some(b"a"), &empty, 1)]);
+        let ctx = context_of(&a);
+        // a, then a delete covering it; the tombstone was collected, so
+        // nothing is left: no violation.
+        let writes = vec![
+            write(Some(b"a"), &[], acked(1, 1), 0),
+            write(None, &ctx, acked(1, 2), 100),
+        ];
+        let gone = BTreeMap::from([(b"k".to_vec(), vec![(NodeId(1), None), (NodeId(2), None)])]);
+        let report = check(&writes, &gone, 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+
+        // After the collection the coordinator numbered a new write from
+        // scratch: dot 1:1 again, which replicas still holding the
+        // tombstone dropped. The write is lost, and its dot was reused.
+        let mut reused = writes.clone();
+        reused.push(write(Some(b"b"), &[], acked(1, 1), 200));
+        let report = check(&reused, &gone, 10);
+        assert!(
+            report.violations.iter().any(|v| v.what.contains("is lost")),
+            "{:?}",
+            report.violations
+        );
+        assert!(
+            report.violations.iter().any(|v| v.what.contains("issued again")),
+            "{:?}",
+            report.violations
+        );
+
+        // With a fresh dot (a new epoch, or a counter above the old ones)
+        // the same history is clean.
+        let fresh = state_after(&[(Some(b"b"), &empty, 1 << 32 | 1)]);
+        let mut unique = writes.clone();
+        unique.push(write(Some(b"b"), &[], acked(1 << 32 | 1, 1), 200));
+        let report = check(&unique, &last(b"k", &fresh), 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
     }
 }

@@ -48,6 +48,7 @@ pub mod cluster;
 mod config;
 pub mod history;
 pub mod http;
+pub mod identity;
 mod node;
 pub mod ring_state;
 mod service;

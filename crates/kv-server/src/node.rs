@@ -139,6 +139,9 @@ pub enum NodeError {
     /// The gRPC server failed while serving.
     #[error("serve: {0}")]
     Serve(String),
+    /// The data directory's identity could not be renewed.
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// A running node.
@@ -301,16 +304,42 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let open = |dir: &str, memtable: usize| -> Result<Engine, NodeError> {
+    // A fresh epoch, durable before anything is coordinated: the dots this
+    // start issues can collide with none issued before, whatever the data
+    // directory lost or was restored from.
+    let wall_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let identity = crate::identity::take_epoch(&config.data_dir, config.id, wall_secs)?;
+    // Not one dot before the clock passed the epoch. On a multi-threaded
+    // runtime the wait runs off the workers; on a current-thread runtime
+    // (a simulation) it blocks the thread, so simulated time stands still.
+    let epoch = identity.epoch;
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::spawn_blocking(move || crate::identity::wait_past(epoch))
+            .await
+            .map_err(|e| NodeError::Serve(format!("waiting for the epoch failed: {e}")))?;
+    } else {
+        crate::identity::wait_past(epoch);
+    }
+    tracing::info!(node = config.id.0, epoch = identity.epoch, "took a new epoch");
+    let open = |dir: &str, memtable: usize, max_value: usize| -> Result<Engine, NodeError> {
         Ok(Arc::new(
             LsmEngine::builder(config.data_dir.join(dir))
                 .durability(config.durability)
                 .memtable_bytes(memtable)
+                .max_value_bytes(max_value)
                 .open()?,
         ))
     };
-    let data = open("data", config.memtable_bytes)?;
-    let hints = open("hints", 4 << 20)?;
+    // The engines hold whole sibling sets: their value limit is the
+    // coordinator's state limit, so no state the coordinator accepts is
+    // refused below it.
+    let max_state = config.coordinator.max_state_bytes;
+    let data = open("data", config.memtable_bytes, max_state)?;
+    let hints = open("hints", 4 << 20, max_state.saturating_add(64))?;
     let state = initial_ring(&config)?;
     let ring = Arc::new(LiveRing::new(if state.members.is_empty() {
         ConsistentHashRing::empty(config.vnodes, TokenStrategy::Balanced)?
@@ -326,8 +355,13 @@ where
     }
     let settings = ReplicaSettings {
         n: config.coordinator.n,
-        hint_limit: config.coordinator.max_hints,
+        hints: kv_coordinator::HintLimits {
+            count: config.coordinator.max_hints,
+            bytes: config.coordinator.max_hint_bytes,
+        },
         merkle_leaves: 1 << 12,
+        epoch: identity.epoch,
+        max_state_bytes: max_state,
     };
     let replica = Arc::new(Replica::new(
         config.id,
@@ -425,13 +459,23 @@ pub async fn start_local(
     for (i, l) in listeners.iter().enumerate() {
         members.push((NodeId(i as u64 + 1), l.local_addr()?.to_string()));
     }
-    let mut nodes = Vec::new();
+    // Started side by side: each start waits for the clock to pass its
+    // epoch (see `identity::wait_past`), and they wait together.
+    let mut starts = Vec::new();
     for ((id, _), listener) in members.clone().into_iter().zip(listeners) {
         let config = configure(NodeConfig {
             members: members.clone(),
             ..NodeConfig::new(id, dir.join(format!("n{}", id.0)))
         });
-        nodes.push(start(config, listener).await?);
+        starts.push(tokio::spawn(start(config, listener)));
+    }
+    let mut nodes = Vec::new();
+    for started in starts {
+        nodes.push(
+            started
+                .await
+                .map_err(|e| NodeError::Serve(format!("node start failed: {e}")))??,
+        );
     }
     Ok(nodes)
 }

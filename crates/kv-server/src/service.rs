@@ -224,7 +224,7 @@ fn read_reply(state: &kv_coordinator::Siblings) -> ReadReply {
 fn put_reply(put: kv_coordinator::PutResult) -> PutReply {
     PutReply {
         context: put.context,
-        dot_node: put.dot.actor.0,
+        dot_actor: put.dot.actor.0,
         dot_counter: put.dot.counter,
     }
 }
@@ -360,7 +360,7 @@ impl Internal for InternalService {
         let reply = match self.coordinator.coordinate(op).await {
             ClientReply::Written { context, dot } => ForwardReply {
                 context,
-                dot_node: dot.0.0,
+                dot_actor: dot.0.0,
                 dot_counter: dot.1,
                 ..ForwardReply::default()
             },

@@ -489,7 +489,7 @@ impl Transport for GrpcTransport {
             },
             (None, false) => ClientReply::Written {
                 context: reply.context,
-                dot: (NodeId(reply.dot_node), reply.dot_counter),
+                dot: (kv_core::ActorId(reply.dot_actor), reply.dot_counter),
             },
         })
     }

@@ -37,6 +37,18 @@ impl MemEngine {
     pub fn is_empty(&self) -> bool {
         self.state.read().map.is_empty()
     }
+
+    /// A copy of what the engine holds now: a backup to restore later, or
+    /// the synced prefix a crash falls back to.
+    pub fn snapshot(&self) -> MemEngine {
+        let state = self.state.read();
+        MemEngine {
+            state: RwLock::new(State {
+                map: state.map.clone(),
+                seq: state.seq,
+            }),
+        }
+    }
 }
 
 impl StorageEngine for MemEngine {

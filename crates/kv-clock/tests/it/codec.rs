@@ -31,7 +31,7 @@ proptest! {
         let mut key: DvvSet<Option<Vec<u8>>> = DvvSet::new();
         for (actor, value, with_ctx) in writes {
             let ctx = if with_ctx { key.context().clone() } else { VectorClock::new() };
-            key.update(&ctx, NodeId(actor), value, 1_790_000_000);
+            key.update(&ctx, NodeId(actor), value, 1_790_000_000).unwrap();
         }
         let bytes = key.to_bytes();
         prop_assert_eq!(DvvSet::<Option<Vec<u8>>>::from_bytes(&bytes).unwrap(), key);

@@ -10,7 +10,7 @@ fn clock() -> impl Strategy<Value = VectorClock> {
         .prop_map(|pairs| pairs.into_iter().map(|(a, c)| (NodeId(a), c)).collect())
 }
 
-fn counters(c: &VectorClock) -> Vec<(NodeId, u64)> {
+fn counters(c: &VectorClock) -> Vec<(kv_core::ActorId, u64)> {
     c.entries().iter().map(|e| (e.actor, e.counter)).collect()
 }
 
@@ -54,7 +54,7 @@ proptest! {
     #[test]
     fn increment_moves_strictly_forward(a in clock(), actor in 0u64..6) {
         let mut b = a.clone();
-        let n = b.increment(NodeId(actor), 0);
+        let n = b.increment(NodeId(actor), 0).unwrap();
         prop_assert_eq!(n, a.get(NodeId(actor)) + 1);
         prop_assert_eq!(a.compare(&b), Causality::Before);
     }
@@ -93,7 +93,7 @@ fn replay(ops: &[Op]) -> (Vec<DvvSet<u32>>, Vec<(u32, VectorClock)>) {
                     .map(|r| replicas[r].context().clone())
                     .unwrap_or_default();
                 let value = n as u32;
-                replicas[at].update(&ctx, NodeId(at as u64), value, 0);
+                replicas[at].update(&ctx, NodeId(at as u64), value, 0).unwrap();
                 written.push((value, ctx));
             }
             Op::Sync { from, to } => {
@@ -139,7 +139,7 @@ proptest! {
             match *op {
                 Op::Write { at, read_from } => {
                     let ctx = read_from.map(|r| states[r].context().clone()).unwrap_or_default();
-                    let dot = states[at].update(&ctx, NodeId(at as u64), n as u32, 0);
+                    let dot = states[at].update(&ctx, NodeId(at as u64), n as u32, 0).unwrap();
                     dots.insert(n as u32, dot);
                 }
                 Op::Sync { from, to } => {
@@ -173,7 +173,7 @@ proptest! {
             match *op {
                 Op::Write { at, read_from } => {
                     let ctx = read_from.map(|r| states[r].context().clone()).unwrap_or_default();
-                    let dot = states[at].update(&ctx, NodeId(at as u64), n as u32, 0);
+                    let dot = states[at].update(&ctx, NodeId(at as u64), n as u32, 0).unwrap();
                     contexts.insert(dot, ctx);
                 }
                 Op::Sync { from, to } => {

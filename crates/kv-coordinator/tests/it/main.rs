@@ -28,6 +28,9 @@ struct Cluster {
     /// Each node's data and hint engines, kept across restarts.
     disks: Vec<(Engine, Engine)>,
     nodes: Vec<Arc<Node>>,
+    /// The epoch the next start takes (every start takes a fresh one, as
+    /// a real node does).
+    next_epoch: std::sync::atomic::AtomicU32,
 }
 
 impl Cluster {
@@ -49,6 +52,7 @@ impl Cluster {
             ring,
             disks,
             nodes: Vec::new(),
+            next_epoch: std::sync::atomic::AtomicU32::new(1),
         };
         cluster.nodes = (1..=size).map(|id| cluster.start(NodeId(id))).collect();
         cluster
@@ -59,8 +63,15 @@ impl Cluster {
         let (data, hints) = self.disks[(id.0 - 1) as usize].clone();
         let settings = ReplicaSettings {
             n: self.config.n,
-            hint_limit: self.config.max_hints,
+            hints: kv_coordinator::HintLimits {
+                count: self.config.max_hints,
+                bytes: self.config.max_hint_bytes,
+            },
             merkle_leaves: 256,
+            epoch: self
+                .next_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            max_state_bytes: self.config.max_state_bytes,
         };
         let replica =
             Arc::new(Replica::new(id, data, hints, &settings, self.ring.clone()).unwrap());
@@ -469,16 +480,18 @@ async fn hints_for_a_node_that_left_the_ring_go_to_the_current_replicas() {
     let holder = (1..=5).map(NodeId).find(|n| !replicas.contains(n)).unwrap();
     // A hint for node 99, which is not (or no longer) in the ring.
     let mut state = kv_coordinator::Siblings::new();
-    state.update(
-        &kv_clock::VectorClock::new(),
-        NodeId(99),
-        Some(b"kept".to_vec()),
-        0,
-    );
+    state
+        .update(
+            &kv_clock::VectorClock::new(),
+            NodeId(99),
+            Some(b"kept".to_vec()),
+            0,
+        )
+        .unwrap();
     c.node(holder)
         .replica()
         .hints()
-        .add(NodeId(99), key, &state)
+        .add(NodeId(99), key, &state, now_secs())
         .unwrap();
     assert_eq!(c.hints_pending(), 1);
     // One replica is down: the hint stays until all of them took it.
@@ -620,7 +633,7 @@ async fn anti_entropy_alone_converges_replicas_after_a_partition() {
 }
 
 /// Per key: every value written, with the dot that created it.
-type Written = Vec<(Vec<u8>, (NodeId, u64))>;
+type Written = Vec<(Vec<u8>, (kv_core::ActorId, u64))>;
 
 /// Every key's replicas are identical and hold exactly the written values
 /// that no issued context covered.
@@ -881,7 +894,7 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
         first_state
             .siblings()
             .iter()
-            .all(|s| s.dot.actor == replicas[0]),
+            .all(|s| s.dot.actor.node() == replicas[0]),
         "every dot made by the coordinator"
     );
     // With the first replica down, the next healthy one coordinates.
@@ -892,7 +905,7 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
         second
             .siblings()
             .iter()
-            .any(|s| s.dot.actor == replicas[1] && s.value.as_deref() == Some(&b"v3"[..]))
+            .any(|s| s.dot.actor.node() == replicas[1] && s.value.as_deref() == Some(&b"v3"[..]))
     );
     c.network.set_down(replicas[0], false);
     // Invalid requests fail at the coordinator and say so.
@@ -1092,7 +1105,7 @@ async fn clock_pruning_is_applied_and_counted() {
     assert!(pruned > 0, "old entries were pruned");
     // The coordinator's own entry is never pruned: its counters only grow.
     let state = c.node(replicas[1]).replica().state(key).unwrap();
-    assert!(state.context().get(replicas[1]) >= 2);
+    assert!(state.context().get(c.node(replicas[1]).replica().actor()) >= 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1160,7 +1173,8 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
             NodeId(u64::from(i % 3) + 1),
             Some(i.to_le_bytes().to_vec()),
             0,
-        );
+        )
+        .unwrap();
         // Every fifth state is a hint for node 9, every seventh garbage.
         let hint = (i % 5 == 0).then_some(NodeId(9));
         let bytes = if i % 7 == 0 {
@@ -1203,13 +1217,13 @@ fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
     let prune = kv_clock::PrunePolicy::default();
     // Keys repeat within the batch. Deletes, and every third write,
     // carry a context that covers every earlier write of their key (the
-    // j-th write of a key gets dot counter j + 1); the rest are blind and
-    // become siblings.
+    // i-th write gets dot counter i + 1: one node-wide sequence); the rest
+    // are blind and become siblings.
     let mut updates = Vec::new();
     for i in 0..30u32 {
         let key = format!("k{}", i % 7).into_bytes();
         let value = (i % 4 != 0).then(|| i.to_le_bytes().to_vec());
-        let earlier = u64::from(i / 7);
+        let earlier = u64::from(i);
         let context = if value.is_none() || i % 3 == 0 {
             kv_clock::VectorClock::from_counters([(NodeId(1), earlier)])
         } else {

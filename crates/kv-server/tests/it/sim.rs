@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use kv_core::{NodeId, Partitioner};
+use kv_core::{ActorId, NodeId, Partitioner};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::history::{self, Outcome, Write};
 use kv_server::proto::admin_client::AdminClient;
@@ -77,6 +77,11 @@ fn sim_connect() -> Connect {
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }))
     })
+}
+
+/// Simulated microseconds since `start`.
+fn micros_since(start: tokio::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn name(id: u64) -> String {
@@ -216,6 +221,7 @@ fn run(seed: u64, ops: u64) -> history::Report {
             let mut rng = Lcg(seed ^ 0x5eed);
             let mut last_read: BTreeMap<Vec<u8>, Context> = BTreeMap::new();
             let mut writes = Vec::new();
+            let sim_start = tokio::time::Instant::now();
             for op in 0..ops {
                 let key = keys[rng.below(keys.len() as u64) as usize].clone();
                 let kind = rng.below(10);
@@ -230,12 +236,14 @@ fn run(seed: u64, ops: u64) -> history::Report {
                         last_read.get(&key).cloned().unwrap_or_default()
                     };
                     let value = (kind != 9).then(|| format!("v{op}").into_bytes());
+                    let invoke_us = micros_since(sim_start);
                     let result = match &value {
                         Some(v) => client.put(&key, v.clone(), Some(&context)).await,
                         None => client.delete(&key, &context).await,
                     };
+                    let complete_us = micros_since(sim_start);
                     let outcome = match result {
-                        Ok(w) => Outcome::Acked(w.version.node, w.version.counter),
+                        Ok(w) => Outcome::Acked(ActorId(w.version.actor), w.version.counter),
                         Err(ClientError::InvalidArgument(e)) => {
                             return Err(format!("seed {seed} op {op}: refused: {e}").into());
                         }
@@ -246,6 +254,8 @@ fn run(seed: u64, ops: u64) -> history::Report {
                         value,
                         context: context.0,
                         outcome,
+                        invoke_us,
+                        complete_us,
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(15)).await;
