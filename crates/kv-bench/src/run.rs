@@ -216,20 +216,24 @@ impl Shared {
         }
     }
 
-    async fn write(&self, record: u64, context: Context) -> Result<(), ClientError> {
+    /// A put of a new value, or a delete (`delete`), with `context`.
+    async fn write(&self, record: u64, context: Context, delete: bool) -> Result<(), ClientError> {
         let id = self.next_value.fetch_add(1, Ordering::Relaxed);
         let k = key(record);
         let invoke = self.micros();
-        let result = self
-            .client
-            .put(&k, value(id, self.config.value_size), Some(&context))
-            .await;
+        let result = if delete {
+            self.client.delete(&k, &context).await
+        } else {
+            self.client
+                .put(&k, value(id, self.config.value_size), Some(&context))
+                .await
+        };
         let complete = self.micros();
         if self.recorder.is_some() {
             self.written.lock().insert(record);
             self.record(Event::Write {
                 key: hex(&k),
-                value: Some(id),
+                value: (!delete).then_some(id),
                 context: hex(&context.0),
                 acked: result
                     .as_ref()
@@ -264,11 +268,12 @@ impl Shared {
     async fn op(&self, op: Op, record: u64) -> Result<(), ClientError> {
         match op {
             Op::Read => self.read(record).await.map(|_| ()),
-            Op::Update => self.write(record, self.context(record)).await,
+            Op::Update => self.write(record, self.context(record), false).await,
             Op::ReadModifyWrite => {
                 let context = self.read(record).await?;
-                self.write(record, context).await
+                self.write(record, context, false).await
             }
+            Op::Delete => self.write(record, self.context(record), true).await,
         }
     }
 }

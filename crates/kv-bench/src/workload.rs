@@ -20,6 +20,10 @@ pub enum Workload {
     F,
     /// Updates only.
     W,
+    /// 40% reads, 40% updates, 20% deletes, each write carrying the last
+    /// context this client knows for the key: keys are deleted and
+    /// written again, so tombstones are made, collected and superseded.
+    D,
 }
 
 impl FromStr for Workload {
@@ -32,7 +36,8 @@ impl FromStr for Workload {
             "c" | "C" => Workload::C,
             "f" | "F" => Workload::F,
             "w" | "W" => Workload::W,
-            other => return Err(format!("workload {other:?}: use a, b, c, f or w")),
+            "d" | "D" => Workload::D,
+            other => return Err(format!("workload {other:?}: use a, b, c, d, f or w")),
         })
     }
 }
@@ -46,11 +51,13 @@ pub enum Op {
     Update,
     /// A get, then a put with the get's context.
     ReadModifyWrite,
+    /// A delete carrying the last context this client knows for the key.
+    Delete,
 }
 
 impl Op {
     /// Every kind, in report order.
-    pub const ALL: [Op; 3] = [Op::Read, Op::Update, Op::ReadModifyWrite];
+    pub const ALL: [Op; 4] = [Op::Read, Op::Update, Op::ReadModifyWrite, Op::Delete];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -58,6 +65,7 @@ impl Op {
             Op::Read => "read",
             Op::Update => "update",
             Op::ReadModifyWrite => "rmw",
+            Op::Delete => "delete",
         }
     }
 
@@ -95,6 +103,11 @@ impl Workload {
                 }
             }
             Workload::W => Op::Update,
+            Workload::D => match roll {
+                0..40 => Op::Read,
+                40..80 => Op::Update,
+                _ => Op::Delete,
+            },
         }
     }
 }

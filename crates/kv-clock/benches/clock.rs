@@ -52,7 +52,8 @@ fn bench_dvv(c: &mut Criterion) {
         // resolved: one sibling under a context of `actors` entries.
         let mut key: DvvSet<Vec<u8>> = DvvSet::new();
         for actor in 0..actors {
-            key.update(&VectorClock::new(), NodeId(actor + 1), vec![0; 100], 0).unwrap();
+            key.update(&VectorClock::new(), NodeId(actor + 1), vec![0; 100], 0)
+                .unwrap();
         }
         let ctx = key.context().clone();
         let mut peer = key.clone();
@@ -60,7 +61,8 @@ fn bench_dvv(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("update", actors), &actors, |bench, _| {
             bench.iter(|| {
                 let mut k = key.clone();
-                k.update(black_box(&ctx), NodeId(1), vec![2; 100], 0).unwrap()
+                k.update(black_box(&ctx), NodeId(1), vec![2; 100], 0)
+                    .unwrap()
             })
         });
         group.bench_with_input(BenchmarkId::new("sync", actors), &actors, |bench, _| {

@@ -420,7 +420,10 @@ mod tests {
             Err(CounterOverflow { actor: A })
         );
         assert_eq!(key, before, "a refused write leaves the state as it was");
-        assert!(key.update_above(&VectorClock::new(), A, u64::MAX, 3, 0).is_err());
+        assert!(
+            key.update_above(&VectorClock::new(), A, u64::MAX, 3, 0)
+                .is_err()
+        );
         assert_eq!(key, before);
     }
 
@@ -429,10 +432,14 @@ mod tests {
         // The actor issued counters up to 9 for this key, then the state
         // was reaped: numbering from the empty state would reuse 1.
         let mut key: DvvSet<u8> = DvvSet::new();
-        let dot = key
-            .update_above(&VectorClock::new(), A, 9, 1, 0)
-            .unwrap();
-        assert_eq!(dot, Dot { actor: A, counter: 10 });
+        let dot = key.update_above(&VectorClock::new(), A, 9, 1, 0).unwrap();
+        assert_eq!(
+            dot,
+            Dot {
+                actor: A,
+                counter: 10
+            }
+        );
         // Below what the state already holds, the floor changes nothing.
         let dot = key.update_above(&VectorClock::new(), A, 3, 2, 0).unwrap();
         assert_eq!(dot.counter, 11);
@@ -460,7 +467,8 @@ mod tests {
         let mut key = DvvSet::new();
         // Ten actors each write; a final write at actor 0 resolves them all.
         for actor in 0..10 {
-            key.update(&VectorClock::new(), NodeId(actor), actor, 0).unwrap();
+            key.update(&VectorClock::new(), NodeId(actor), actor, 0)
+                .unwrap();
         }
         let ctx = key.context().clone();
         key.update(&ctx, NodeId(3), 99, 0).unwrap();
@@ -475,8 +483,10 @@ mod tests {
     #[test]
     fn decode_checks_invariants() {
         let mut key = DvvSet::new();
-        key.update(&VectorClock::new(), A, b"x".to_vec(), 5).unwrap();
-        key.update(&VectorClock::new(), B, b"y".to_vec(), 6).unwrap();
+        key.update(&VectorClock::new(), A, b"x".to_vec(), 5)
+            .unwrap();
+        key.update(&VectorClock::new(), B, b"y".to_vec(), 6)
+            .unwrap();
         let bytes = key.to_bytes();
         assert_eq!(DvvSet::<Vec<u8>>::from_bytes(&bytes).unwrap(), key);
         // A sibling whose dot the context does not cover.

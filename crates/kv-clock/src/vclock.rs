@@ -124,7 +124,8 @@ impl VectorClock {
 
     /// The counter of `actor` (zero when absent).
     pub fn get(&self, actor: impl Into<ActorId>) -> u64 {
-        self.find(actor.into()).map_or(0, |i| self.entries[i].counter)
+        self.find(actor.into())
+            .map_or(0, |i| self.entries[i].counter)
     }
 
     /// Whether this clock covers event number `counter` of `actor`.

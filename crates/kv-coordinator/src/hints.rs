@@ -241,7 +241,10 @@ impl<E: StorageEngine> HintStore<E> {
     ///
     /// Storage errors.
     pub fn holds_key(&self, key: &[u8]) -> Result<bool> {
-        for item in self.engine.scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))? {
+        for item in self
+            .engine
+            .scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))?
+        {
             let (k, _) = item?;
             if k.len() >= 8 && &k[8..] == key {
                 return Ok(true);
@@ -266,7 +269,10 @@ impl<E: StorageEngine> HintStore<E> {
     /// Storage errors.
     pub fn counts(&self) -> Result<Vec<(NodeId, u64)>> {
         let mut counts: Vec<(NodeId, u64)> = Vec::new();
-        for item in self.engine.scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))? {
+        for item in self
+            .engine
+            .scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))?
+        {
             let (k, _) = item?;
             if k.len() >= 8 {
                 let mut id = [0u8; 8];
@@ -373,7 +379,10 @@ impl<E: StorageEngine> HintStore<E> {
         }
         let mut old = Vec::new();
         let mut oldest: Option<u64> = None;
-        for item in self.engine.scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))? {
+        for item in self
+            .engine
+            .scan(Bound::Unbounded, Bound::Excluded(&QUARANTINE[..]))?
+        {
             let (k, v) = item?;
             if let Some((at, state)) = decode_hint(&v) {
                 if at < cutoff {
@@ -453,12 +462,18 @@ mod tests {
         let store = HintStore::open(Map::new(), limits).unwrap();
         store.add(NodeId(2), b"a", &state(&[0; 20]), 10).unwrap();
         assert!(store.bytes() > 20);
-        let err = store.add(NodeId(2), b"b", &state(&[0; 40]), 10).unwrap_err();
+        let err = store
+            .add(NodeId(2), b"b", &state(&[0; 40]), 10)
+            .unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
         assert_eq!(store.len(), 1);
         // Delivering frees the bytes.
         let hint = store.pending(NodeId(2), 10).unwrap().remove(0);
-        assert!(store.delivered_one(NodeId(2), &hint.key, &hint.state).unwrap());
+        assert!(
+            store
+                .delivered_one(NodeId(2), &hint.key, &hint.state)
+                .unwrap()
+        );
         assert_eq!((store.len(), store.bytes()), (0, 0));
         store.add(NodeId(2), b"b", &state(&[0; 40]), 10).unwrap();
     }
@@ -470,7 +485,10 @@ mod tests {
         store.add(NodeId(2), b"a", &state(b"y"), 500).unwrap();
         store.add(NodeId(3), b"b", &state(b"z"), 400).unwrap();
         let pending = store.pending(NodeId(2), 10).unwrap();
-        assert_eq!(pending[0].stored_at, 100, "the merged hint keeps the older time");
+        assert_eq!(
+            pending[0].stored_at, 100,
+            "the merged hint keeps the older time"
+        );
         assert_eq!(store.expire_before(50).unwrap(), 0);
         assert_eq!(store.expire_before(300).unwrap(), 1);
         assert_eq!(store.expired(), 1);
@@ -485,7 +503,10 @@ mod tests {
         let engine = Map::new();
         engine.put(&hint_key(NodeId(2), b"k"), b"garbage").unwrap();
         engine
-            .put(&hint_key(NodeId(2), b"ok"), &encode_hint(5, &state(b"v").to_bytes()))
+            .put(
+                &hint_key(NodeId(2), b"ok"),
+                &encode_hint(5, &state(b"v").to_bytes()),
+            )
             .unwrap();
         let store = HintStore::open(engine, HintLimits::default()).unwrap();
         assert_eq!(store.len(), 1);

@@ -391,7 +391,10 @@ mod tests {
             report.violations
         );
         assert!(
-            report.violations.iter().any(|v| v.what.contains("issued again")),
+            report
+                .violations
+                .iter()
+                .any(|v| v.what.contains("issued again")),
             "{:?}",
             report.violations
         );

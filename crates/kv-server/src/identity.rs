@@ -242,7 +242,10 @@ mod tests {
         let second = take_epoch(dir.path(), NodeId(3), 1_000).unwrap();
         assert_eq!(second.epoch, 1_001);
         // The clock moved on: the clock's reading.
-        assert_eq!(take_epoch(dir.path(), NodeId(3), 5_000).unwrap().epoch, 5_000);
+        assert_eq!(
+            take_epoch(dir.path(), NodeId(3), 5_000).unwrap().epoch,
+            5_000
+        );
         // The clock went back: still above the stored epoch.
         assert_eq!(take_epoch(dir.path(), NodeId(3), 10).unwrap().epoch, 5_001);
         assert_eq!(
@@ -275,7 +278,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         take_epoch(dir.path(), NodeId(3), 1_000).unwrap();
         let err = take_epoch(dir.path(), NodeId(2), 2_000).unwrap_err();
-        assert!(matches!(err, IdentityError::OtherNode { owner: 3, node: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                IdentityError::OtherNode {
+                    owner: 3,
+                    node: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let path = dir.path().join(IDENTITY_FILE);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("epoch 1000", "epoch 9000")).unwrap();

@@ -324,7 +324,11 @@ where
     } else {
         crate::identity::wait_past(epoch);
     }
-    tracing::info!(node = config.id.0, epoch = identity.epoch, "took a new epoch");
+    tracing::info!(
+        node = config.id.0,
+        epoch = identity.epoch,
+        "took a new epoch"
+    );
     let open = |dir: &str, memtable: usize, max_value: usize| -> Result<Engine, NodeError> {
         Ok(Arc::new(
             LsmEngine::builder(config.data_dir.join(dir))

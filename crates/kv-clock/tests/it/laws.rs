@@ -93,7 +93,9 @@ fn replay(ops: &[Op]) -> (Vec<DvvSet<u32>>, Vec<(u32, VectorClock)>) {
                     .map(|r| replicas[r].context().clone())
                     .unwrap_or_default();
                 let value = n as u32;
-                replicas[at].update(&ctx, NodeId(at as u64), value, 0).unwrap();
+                replicas[at]
+                    .update(&ctx, NodeId(at as u64), value, 0)
+                    .unwrap();
                 written.push((value, ctx));
             }
             Op::Sync { from, to } => {

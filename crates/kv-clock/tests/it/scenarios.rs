@@ -88,14 +88,17 @@ fn stale_context_keeps_newer_writes() {
 #[test]
 fn tombstones_are_versions() {
     let mut key: DvvSet<Option<Vec<u8>>> = DvvSet::new();
-    key.update(&VectorClock::new(), COORD, Some(b"v".to_vec()), 0).unwrap();
+    key.update(&VectorClock::new(), COORD, Some(b"v".to_vec()), 0)
+        .unwrap();
     let ctx = key.context().clone();
     key.update(&ctx, COORD, None, 1).unwrap();
     assert_eq!(key.values().collect::<Vec<_>>(), [&None]);
     // A replica that still has the value loses it on sync.
     let mut stale: DvvSet<Option<Vec<u8>>> = DvvSet::new();
     let mut first = DvvSet::new();
-    first.update(&VectorClock::new(), COORD, Some(b"v".to_vec()), 0).unwrap();
+    first
+        .update(&VectorClock::new(), COORD, Some(b"v".to_vec()), 0)
+        .unwrap();
     stale.sync(&first);
     stale.sync(&key);
     assert_eq!(stale.values().collect::<Vec<_>>(), [&None]);

@@ -18,6 +18,8 @@ use kv_core::{NodeId, Partitioner, StorageEngine};
 use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 
+mod dots;
+
 type Engine = Arc<MemEngine>;
 type Node = Coordinator<Engine, SimTransport<Engine>, ConsistentHashRing>;
 
@@ -96,6 +98,17 @@ impl Cluster {
     fn restart(&mut self, id: NodeId) {
         let node = self.start(id);
         self.nodes[(id.0 - 1) as usize] = node;
+    }
+
+    /// Node `id`'s disks are replaced by empty ones and it restarts.
+    fn wipe(&mut self, id: NodeId) {
+        self.restore(id, MemEngine::new(), MemEngine::new());
+    }
+
+    /// Node `id` restarts on `data` and `hints` (a restored backup).
+    fn restore(&mut self, id: NodeId, data: MemEngine, hints: MemEngine) {
+        self.disks[(id.0 - 1) as usize] = (Arc::new(data), Arc::new(hints));
+        self.restart(id);
     }
 
     /// The first replica of `key` that is up.
@@ -1168,13 +1181,14 @@ fn receiving_many_states_equals_receiving_them_one_by_one() {
     for i in 0..40u32 {
         let key = format!("k{}", i % 13).into_bytes();
         let mut state = kv_coordinator::Siblings::new();
-        state.update(
-            &kv_clock::VectorClock::new(),
-            NodeId(u64::from(i % 3) + 1),
-            Some(i.to_le_bytes().to_vec()),
-            0,
-        )
-        .unwrap();
+        state
+            .update(
+                &kv_clock::VectorClock::new(),
+                NodeId(u64::from(i % 3) + 1),
+                Some(i.to_le_bytes().to_vec()),
+                0,
+            )
+            .unwrap();
         // Every fifth state is a hint for node 9, every seventh garbage.
         let hint = (i % 5 == 0).then_some(NodeId(9));
         let bytes = if i % 7 == 0 {
