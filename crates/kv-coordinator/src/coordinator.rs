@@ -81,8 +81,12 @@ fn wall_clock_secs() -> u64 {
 /// The outcome of forwarding a request.
 enum Forwarded {
     Reply(ClientReply),
-    /// The coordinator could not be reached and this node is a replica.
+    /// The coordinator could not be reached and this node is a healthy
+    /// replica.
     Unreachable,
+    /// The coordinator applied nothing (its storage refuses writes):
+    /// another replica may take the request. The coordinator's message.
+    NotApplied(String),
 }
 
 /// A write's result from a forwarded reply.
@@ -95,7 +99,9 @@ fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
                 counter: dot.1,
             },
         }),
-        ClientReply::Failed { invalid, message } => Err(Error::Forwarded {
+        ClientReply::Failed {
+            invalid, message, ..
+        } => Err(Error::Forwarded {
             node,
             invalid,
             message,
@@ -105,6 +111,15 @@ fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
             invalid: false,
             message: "answered a write with a read".into(),
         }),
+    }
+}
+
+/// A failure reply for a request nobody applied.
+fn not_applied(message: String) -> ClientReply {
+    ClientReply::Failed {
+        invalid: false,
+        not_applied: true,
+        message,
     }
 }
 
@@ -342,10 +357,41 @@ where
             context: context.to_vec(),
             w: w.map(|w| w as u32),
         };
-        match self.forward(coordinator, op).await {
+        match self.forward(coordinator, op.clone()).await {
             Forwarded::Reply(reply) => written(coordinator, reply),
             Forwarded::Unreachable => self.local_write(key, value, context, w).await,
+            Forwarded::NotApplied(message) => match self.next_coordinator(key, coordinator) {
+                None => written(coordinator, not_applied(message)),
+                Some(next) if next == self.replica.id() => {
+                    self.local_write(key, value, context, w).await
+                }
+                Some(next) => match self.forward(next, op).await {
+                    Forwarded::Reply(reply) => written(next, reply),
+                    Forwarded::Unreachable => self.local_write(key, value, context, w).await,
+                    Forwarded::NotApplied(message) => written(next, not_applied(message)),
+                },
+            },
         }
+    }
+
+    /// The replica to try after `failed` refused a request without
+    /// applying it: the next one of `key`'s preference list that is alive
+    /// (this node when it is a healthy replica).
+    fn next_coordinator(&self, key: &[u8], failed: NodeId) -> Option<NodeId> {
+        let me = self.replica.id();
+        let me_healthy = self.replica.health().is_ok();
+        self.ring
+            .preference_list(key, self.config.n)
+            .ok()?
+            .into_iter()
+            .find(|&r| {
+                r != failed
+                    && if r == me {
+                        me_healthy
+                    } else {
+                        self.membership.is_alive(r)
+                    }
+            })
     }
 
     /// A write coordinated by this node.
@@ -373,19 +419,27 @@ where
     /// is healthy), or the node to forward it to. When this node is no
     /// replica and believes every replica down, the first replica is tried
     /// anyway: liveness may be stale, and only a replica can coordinate.
+    /// A node whose storage refuses writes steps aside: it coordinates
+    /// nothing while another replica may.
     fn route(&self, key: &[u8]) -> Result<Option<NodeId>> {
         self.check_key(key)?;
         let replicas = self.ring.preference_list(key, self.config.n)?;
         let me = self.replica.id();
-        let first = replicas
-            .iter()
-            .copied()
-            .find(|&r| r == me || self.membership.is_alive(r));
+        let me_healthy = self.replica.health().is_ok();
+        let first = replicas.iter().copied().find(|&r| {
+            if r == me {
+                me_healthy
+            } else {
+                self.membership.is_alive(r)
+            }
+        });
         Ok(match first {
             Some(c) if c == me => None,
             Some(c) => Some(c),
-            None if replicas.contains(&me) => None,
-            None => replicas.first().copied(),
+            None if replicas.contains(&me) && me_healthy => None,
+            // Nobody is known healthy: try another replica (liveness may
+            // be stale), or coordinate here when there is no other.
+            None => replicas.iter().copied().find(|&r| r != me),
         })
     }
 
@@ -399,6 +453,7 @@ where
             self.ring
                 .preference_list(key, self.config.n)
                 .is_ok_and(|r| r.contains(&me))
+                && self.replica.health().is_ok()
         };
         match tokio::time::timeout(
             self.config.request_timeout,
@@ -406,15 +461,22 @@ where
         )
         .await
         {
+            Ok(Ok(ClientReply::Failed {
+                not_applied: true,
+                message,
+                ..
+            })) => Forwarded::NotApplied(message),
             Ok(Ok(reply)) => Forwarded::Reply(reply),
             // The coordinator is unreachable: a replica coordinates itself.
             _ if could_coordinate => Forwarded::Unreachable,
             Ok(Err(e)) => Forwarded::Reply(ClientReply::Failed {
                 invalid: false,
+                not_applied: false,
                 message: e.to_string(),
             }),
             Err(_) => Forwarded::Reply(ClientReply::Failed {
                 invalid: false,
+                not_applied: false,
                 message: format!("{coordinator} did not answer in time"),
             }),
         }
@@ -428,8 +490,19 @@ where
         // client may retry elsewhere.
         let failed = |e: Error| ClientReply::Failed {
             invalid: matches!(e, Error::InvalidInput(_)),
+            // A storage error at the coordinator happens before anything
+            // is stored (the local write is one atomic engine batch).
+            not_applied: matches!(e, Error::Storage(_)),
             message: e.to_string(),
         };
+        // A node whose storage refuses writes takes none: the sender tries
+        // the next replica (it may not know yet, gossip takes a moment).
+        if let (ClientOp::Put { .. }, Err(e)) = (&op, self.replica.health()) {
+            return not_applied(format!(
+                "{} cannot take writes: {e}",
+                self.replica.id()
+            ));
+        }
         match op {
             ClientOp::Put {
                 key,
@@ -580,6 +653,31 @@ where
             }
         }
         if acked >= w {
+            // The rest still answer: a replica that fails after W was met
+            // gets its hinted fallback all the same, so the write still
+            // reaches N nodes (the request does not wait for it).
+            if outstanding > 0 && !fallbacks.is_empty() {
+                let (transport, key, bytes) =
+                    (self.transport.clone(), key.to_vec(), bytes.clone());
+                tokio::spawn(async move {
+                    while outstanding > 0 {
+                        let Ok(Some((target, hint_for, result))) =
+                            tokio::time::timeout_at(deadline, rx.recv()).await
+                        else {
+                            return;
+                        };
+                        outstanding -= 1;
+                        if result.is_err()
+                            && hint_for.is_none()
+                            && let Some(fallback) = fallbacks.pop_front()
+                        {
+                            let _ = transport
+                                .replicate(fallback, key.clone(), bytes.clone(), Some(target))
+                                .await;
+                        }
+                    }
+                });
+            }
             return Ok(PutResult {
                 context: encode_context(&state),
                 dot,
@@ -986,15 +1084,31 @@ where
                     key: key.to_vec(),
                     r: r.map(|r| r as u32),
                 };
-                match self.forward(coordinator, op).await {
-                    Forwarded::Reply(ClientReply::Read { values, context }) => {
-                        Ok(GetResult { values, context })
-                    }
-                    Forwarded::Reply(other) => written(coordinator, other).map(|_| GetResult {
+                let read = |node: NodeId, reply: ClientReply| match reply {
+                    ClientReply::Read { values, context } => Ok(GetResult { values, context }),
+                    other => written(node, other).map(|_| GetResult {
                         values: Vec::new(),
                         context: Vec::new(),
                     }),
+                };
+                match self.forward(coordinator, op.clone()).await {
+                    Forwarded::Reply(reply) => read(coordinator, reply),
                     Forwarded::Unreachable => self.get_inner(key, r).await,
+                    Forwarded::NotApplied(message) => {
+                        match self.next_coordinator(key, coordinator) {
+                            None => read(coordinator, not_applied(message)),
+                            Some(next) if next == self.replica.id() => {
+                                self.get_inner(key, r).await
+                            }
+                            Some(next) => match self.forward(next, op).await {
+                                Forwarded::Reply(reply) => read(next, reply),
+                                Forwarded::Unreachable => self.get_inner(key, r).await,
+                                Forwarded::NotApplied(message) => {
+                                    read(next, not_applied(message))
+                                }
+                            },
+                        }
+                    }
                 }
             }
             Ok(None) => self.get_inner(key, r).await,

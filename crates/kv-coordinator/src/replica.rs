@@ -602,6 +602,16 @@ impl<E: StorageEngine> Replica<E> {
         self.tombstones.lock().iter().cloned().collect()
     }
 
+    /// Whether this replica's storage still accepts writes (see
+    /// [`StorageEngine::health`]).
+    ///
+    /// # Errors
+    ///
+    /// The engine's reason for refusing writes.
+    pub fn health(&self) -> Result<()> {
+        Ok(self.engine.health()?)
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &E {
         &self.engine

@@ -69,6 +69,10 @@ pub enum ClientReply {
     Failed {
         /// True when the request itself was invalid (retrying cannot help).
         invalid: bool,
+        /// True when the coordinator applied nothing (its storage refused
+        /// the write, or it cannot coordinate now): another replica may
+        /// take the request without storing it twice.
+        not_applied: bool,
         /// What went wrong.
         message: String,
     },

@@ -199,6 +199,19 @@ pub trait StorageEngine: Send + Sync {
     fn inline_reads(&self) -> bool {
         false
     }
+
+    /// Whether the engine still accepts writes: `Err` with the reason once
+    /// it refuses them for good (poisoned by a failed write or sync, a
+    /// full disk), so that a node can step aside instead of failing every
+    /// write it coordinates. `Ok` unless an engine says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Poisoned`] (or [`StorageError::Closed`]) with the
+    /// reason.
+    fn health(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// A shared engine is an engine (so a node and its restarted self, or a
@@ -230,6 +243,10 @@ impl<E: StorageEngine + ?Sized> StorageEngine for std::sync::Arc<E> {
 
     fn inline_reads(&self) -> bool {
         (**self).inline_reads()
+    }
+
+    fn health(&self) -> Result<(), StorageError> {
+        (**self).health()
     }
 
     fn last_sequence(&self) -> SeqNo {

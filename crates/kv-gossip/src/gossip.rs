@@ -223,6 +223,19 @@ impl Gossip {
         self.next_join = now + self.config.probe_interval;
     }
 
+    /// Changes what this member tells others about itself (its health,
+    /// say), with a higher incarnation so the news supersedes the old.
+    /// Nothing happens when `meta` is what it already says.
+    pub fn set_meta(&mut self, meta: Meta) {
+        if self.me.meta == meta || self.me.status == Status::Left {
+            return;
+        }
+        self.me.meta = meta;
+        self.me.incarnation += 1;
+        let me = self.me.clone();
+        self.queue_broadcast(me);
+    }
+
     /// Leaves the cluster: announces it (with a higher incarnation, so the
     /// news beats everything said before) to a few members directly and by
     /// gossip. The member stops probing afterwards.

@@ -47,6 +47,10 @@ pub struct Meta {
     pub zone: Option<String>,
     /// Relative capacity (virtual-node weight); 1 by default.
     pub weight: u32,
+    /// Its storage refuses writes (a full disk, a failed sync): it still
+    /// answers probes and reads, but others route its keys' writes to the
+    /// next replica, as if it were down.
+    pub unhealthy: bool,
 }
 
 /// A member as this node sees it.

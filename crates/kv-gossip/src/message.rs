@@ -131,6 +131,7 @@ impl Message {
                 None => out.push(0),
             }
             put_varint(&mut out, u64::from(u.meta.weight));
+            out.push(u8::from(u.meta.unhealthy));
         }
         out
     }
@@ -202,12 +203,28 @@ impl Message {
                 offset: weight_at,
                 what: "weight",
             })?;
+            let flag_at = r.position();
+            let unhealthy = match r.u8("health flag")? {
+                0 => false,
+                1 => true,
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        offset: flag_at,
+                        what: "health flag",
+                    }
+                    .into());
+                }
+            };
             updates.push(Update {
                 id,
                 addr,
                 incarnation,
                 status,
-                meta: Meta { zone, weight },
+                meta: Meta {
+                    zone,
+                    weight,
+                    unhealthy,
+                },
             });
         }
         r.finish()?;

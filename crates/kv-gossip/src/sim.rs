@@ -142,6 +142,15 @@ impl Sim {
         self.collect(i);
     }
 
+    /// Member `i` changes what it says of itself (see
+    /// [`Gossip::set_meta`]).
+    pub fn set_meta(&mut self, i: usize, meta: crate::Meta) {
+        if let Some(g) = self.nodes[i].as_mut() {
+            g.set_meta(meta);
+        }
+        self.collect(i);
+    }
+
     /// Member `i` stops (crash): it neither sends nor receives.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i] = None;

@@ -432,6 +432,12 @@ impl StorageEngine for LsmEngine {
     fn inline_reads(&self) -> bool {
         true
     }
+
+    /// Poisoned once a commit, flush or compaction failed (a full disk, a
+    /// failed fsync): the engine refuses writes until it is reopened.
+    fn health(&self) -> std::result::Result<(), StorageError> {
+        Ok(self.inner.check_poison()?)
+    }
 }
 
 /// A scan: the user iterator plus the versions it reads, kept alive.

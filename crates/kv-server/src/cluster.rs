@@ -102,9 +102,15 @@ impl Partitioner for LiveRing {
 /// (a request to it fails fast if it is not, and the write falls back to a
 /// hint); suspected nodes count as alive until declared dead, so one missed
 /// probe does not divert writes.
+///
+/// A node that says its storage refuses writes (unhealthy) counts as not
+/// alive for writes: coordinators send its replica writes to the next
+/// node with a hint, and requests it would coordinate go to the next
+/// replica.
 #[derive(Debug, Default)]
 pub struct GossipView {
     states: RwLock<HashMap<NodeId, Liveness>>,
+    unhealthy: RwLock<std::collections::HashSet<NodeId>>,
 }
 
 impl GossipView {
@@ -113,14 +119,25 @@ impl GossipView {
         self.states.read().get(&node).copied()
     }
 
-    fn set(&self, node: NodeId, state: Liveness) {
+    /// Whether `node` says its storage refuses writes.
+    pub fn is_unhealthy(&self, node: NodeId) -> bool {
+        self.unhealthy.read().contains(&node)
+    }
+
+    fn set(&self, node: NodeId, state: Liveness, unhealthy: bool) {
         self.states.write().insert(node, state);
+        if unhealthy {
+            self.unhealthy.write().insert(node);
+        } else if self.is_unhealthy(node) {
+            self.unhealthy.write().remove(&node);
+        }
     }
 }
 
 impl MembershipView for GossipView {
     fn is_alive(&self, node: NodeId) -> bool {
         !matches!(self.state(node), Some(Liveness::Dead | Liveness::Left))
+            && !self.is_unhealthy(node)
     }
 }
 
@@ -217,6 +234,7 @@ impl Cluster {
         let meta = Meta {
             zone: settings.zone.clone(),
             weight: settings.weight,
+            unhealthy: false,
         };
         let seed = settings
             .seed
@@ -314,8 +332,17 @@ impl Cluster {
 
     fn tick_gossip(self: &Arc<Self>) {
         let now = self.now();
+        // Tell the cluster when this node's storage starts (or stops)
+        // refusing writes.
+        let unhealthy = self.coordinator.replica().health().is_err();
         let (out, events) = {
             let mut g = self.gossip.lock();
+            if g.me().meta.unhealthy != unhealthy {
+                let mut meta = g.me().meta.clone();
+                meta.unhealthy = unhealthy;
+                g.set_meta(meta);
+                tracing::warn!(unhealthy, "this node's storage health changed; gossiping it");
+            }
             g.tick(now);
             (g.drain_outbox(), g.drain_events())
         };
@@ -336,10 +363,17 @@ impl Cluster {
             if self.view.state(member.id) != Some(state) {
                 tracing::info!(node = %member.id, addr = %member.addr, ?state, "membership");
             }
+            if self.view.is_unhealthy(member.id) != member.meta.unhealthy {
+                tracing::warn!(
+                    node = %member.id,
+                    unhealthy = member.meta.unhealthy,
+                    "storage health changed; writes are routed accordingly"
+                );
+            }
             if state == Liveness::Alive {
                 self.transport.set_address(member.id, member.addr.clone());
             }
-            self.view.set(member.id, state);
+            self.view.set(member.id, state, member.meta.unhealthy);
         }
         let timeout = self.settings.gossip.probe_timeout;
         for Outgoing { to, message } in out {
@@ -969,6 +1003,7 @@ impl Cluster {
                     zone: m.zone.clone(),
                     owned: owned.get(&NodeId(m.id)).copied().unwrap_or(0.0),
                     in_ring: true,
+                    unhealthy: false,
                 },
             );
         }
@@ -989,6 +1024,11 @@ impl Cluster {
             if entry.zone.is_none() {
                 entry.zone = g.meta.zone.clone();
             }
+            entry.unhealthy = if g.id == self.settings.id {
+                self.coordinator.replica().health().is_err()
+            } else {
+                g.meta.unhealthy
+            };
         }
         Ok(StatusReply {
             node: self.settings.id.0,

@@ -127,6 +127,49 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
         "Hints delivered since start.",
         Metrics::get(&m.hints_delivered),
     );
+    gauge(
+        &mut out,
+        "kv_hints_bytes",
+        "Bytes of hinted states pending.",
+        hints.bytes(),
+    );
+    counter(
+        &mut out,
+        "kv_hints_expired_total",
+        "Hints dropped unsent because they outlived the tombstone grace period.",
+        hints.expired(),
+    );
+    gauge(
+        &mut out,
+        "kv_quarantined_states",
+        "Stored states set aside because they did not decode.",
+        hints.quarantined(),
+    );
+    counter(
+        &mut out,
+        "kv_reaps_unconfirmed_total",
+        "Tombstone collections postponed because a replica did not confirm.",
+        Metrics::get(&m.reaps_unconfirmed),
+    );
+    let health = replica.health();
+    gauge(
+        &mut out,
+        "kv_node_healthy",
+        "1 while this node's storage accepts writes; 0 once it refuses them (the node then coordinates nothing and peers route around it).",
+        u64::from(health.is_ok()),
+    );
+    gauge(
+        &mut out,
+        "kv_node_epoch",
+        "This start's epoch (the actor of the dots this node issues is the node in it).",
+        u64::from(replica.actor().epoch()),
+    );
+    gauge(
+        &mut out,
+        "kv_dots_issued",
+        "The largest dot counter this node has issued in this epoch.",
+        replica.issued(),
+    );
     counter(
         &mut out,
         "kv_siblings_dropped_total",
@@ -253,19 +296,32 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
             member.owned * 100.0,
         );
     }
+    let health = match coordinator.replica().health() {
+        Ok(()) => format!(
+            "<p>healthy; epoch {}</p>",
+            coordinator.replica().actor().epoch()
+        ),
+        Err(e) => format!(
+            "<p><b>UNHEALTHY</b>: {}. This node coordinates nothing and takes no replica writes until it is restarted with its storage fixed; its peers route around it.</p>",
+            escape(&e.to_string())
+        ),
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kv node {me}</title></head><body>\
-         <h1>kv node {me}</h1>\
+         <h1>kv node {me}</h1>{health}\
          <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
-         <h2>Hints</h2><p>{} pending, {} stored, {} delivered</p>\
+         <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <h2>Requests</h2><p>{} gets, {} puts, {} deletes, {} quorum failures</p>\
          <p><a href=\"/metrics\">metrics</a></p></body></html>",
         cluster.epoch(),
         coordinator.config().n,
         coordinator.replica().hints().len(),
+        coordinator.replica().hints().bytes(),
         coordinator.replica().hints().stored(),
         Metrics::get(&m.hints_delivered),
+        coordinator.replica().hints().expired(),
+        coordinator.replica().hints().quarantined(),
         Metrics::get(&m.keys_repaired),
         Metrics::get(&m.read_repairs),
         cluster.handed_off(),

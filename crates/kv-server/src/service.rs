@@ -370,9 +370,14 @@ impl Internal for InternalService {
                 read: true,
                 ..ForwardReply::default()
             },
-            ClientReply::Failed { invalid, message } => ForwardReply {
+            ClientReply::Failed {
+                invalid,
+                not_applied,
+                message,
+            } => ForwardReply {
                 error: Some(message),
                 invalid,
+                not_applied,
                 ..ForwardReply::default()
             },
         };

@@ -481,6 +481,7 @@ impl Transport for GrpcTransport {
         Ok(match (reply.error, reply.read) {
             (Some(message), _) => ClientReply::Failed {
                 invalid: reply.invalid,
+                not_applied: reply.not_applied,
                 message,
             },
             (None, true) => ClientReply::Read {

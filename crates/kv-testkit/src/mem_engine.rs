@@ -20,6 +20,8 @@ pub struct MemEngine {
 struct State {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     seq: u64,
+    /// Set: writes are refused, as a poisoned engine refuses them.
+    refusing: Option<String>,
 }
 
 impl MemEngine {
@@ -38,6 +40,14 @@ impl MemEngine {
         self.state.read().map.is_empty()
     }
 
+    /// From now on refuses every write with [`StorageError::Poisoned`]
+    /// and `reason`, as a disk engine does after a failed write or sync
+    /// (a full disk); `None` accepts writes again (the disk was freed and
+    /// the engine reopened). Reads keep working.
+    pub fn refuse_writes(&self, reason: Option<String>) {
+        self.state.write().refusing = reason;
+    }
+
     /// A copy of what the engine holds now: a backup to restore later, or
     /// the synced prefix a crash falls back to.
     pub fn snapshot(&self) -> MemEngine {
@@ -46,6 +56,7 @@ impl MemEngine {
             state: RwLock::new(State {
                 map: state.map.clone(),
                 seq: state.seq,
+                refusing: None,
             }),
         }
     }
@@ -58,6 +69,9 @@ impl StorageEngine for MemEngine {
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut state = self.state.write();
+        if let Some(reason) = &state.refusing {
+            return Err(StorageError::Poisoned(reason.clone()));
+        }
         for op in batch.ops() {
             state.seq += 1;
             match op {
@@ -103,6 +117,13 @@ impl StorageEngine for MemEngine {
 
     fn inline_reads(&self) -> bool {
         true
+    }
+
+    fn health(&self) -> Result<(), StorageError> {
+        match &self.state.read().refusing {
+            Some(reason) => Err(StorageError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 
 mod dots;
+mod health;
 
 type Engine = Arc<MemEngine>;
 type Node = Coordinator<Engine, SimTransport<Engine>, ConsistentHashRing>;
@@ -944,6 +945,7 @@ async fn requests_are_forwarded_to_the_first_healthy_replica() {
         kv_core::ClientReply::Failed {
             invalid: false,
             message,
+            ..
         } => assert!(message.contains("not a replica"), "{message}"),
         other => panic!("expected a routing failure, got {other:?}"),
     }

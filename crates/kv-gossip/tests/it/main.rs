@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use kv_gossip::sim::{Network, Sim};
+use kv_core::NodeId;
 use kv_gossip::{Config, Message, Status};
 use proptest::prelude::*;
 
@@ -175,6 +176,32 @@ fn partitioned_minority_is_suspected_and_refutes_after_healing() {
     );
     assert!(merged.is_some(), "sides never merged after healing");
     assert_eq!(sim.undecodable, 0, "every message decodes");
+}
+
+#[test]
+fn a_member_that_turns_unhealthy_is_known_as_such_and_back() {
+    let mut sim = cluster(10, Network::default(), 17);
+    let says_unhealthy = |s: &Sim, want: bool| {
+        s.running().filter(|(i, _)| *i != 4).all(|(_, g)| {
+            g.member(NodeId(4))
+                .is_some_and(|m| m.meta.unhealthy == want && m.status == Status::Alive)
+        })
+    };
+    let mut meta = sim.node(4).unwrap().me().meta.clone();
+    meta.unhealthy = true;
+    sim.set_meta(4, meta.clone());
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, true))
+            .is_some(),
+        "the news did not spread"
+    );
+    meta.unhealthy = false;
+    sim.set_meta(4, meta);
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, false))
+            .is_some(),
+        "the recovery did not spread"
+    );
 }
 
 #[test]

@@ -118,7 +118,7 @@ async fn admin(node: &str, json: bool, command: Command) -> Result<String, Strin
                     .map(|m| {
                         serde_json::json!({
                             "id": m.id, "addr": m.addr, "state": m.state, "zone": m.zone,
-                            "owned": m.owned, "in_ring": m.in_ring,
+                            "owned": m.owned, "in_ring": m.in_ring, "unhealthy": m.unhealthy,
                         })
                     })
                     .collect();
@@ -134,18 +134,19 @@ async fn admin(node: &str, json: bool, command: Command) -> Result<String, Strin
                 );
                 let _ = writeln!(
                     out,
-                    "{:>6}  {:<22} {:<8} {:<8} {:>8}  ring",
-                    "node", "address", "state", "zone", "owned"
+                    "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} ring",
+                    "node", "address", "state", "zone", "owned", "storage"
                 );
                 for m in &s.members {
                     let _ = writeln!(
                         out,
-                        "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {}",
+                        "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {:<9} {}",
                         m.id,
                         m.addr,
                         m.state,
                         m.zone.as_deref().unwrap_or("-"),
                         m.owned * 100.0,
+                        if m.unhealthy { "FAILING" } else { "ok" },
                         if m.in_ring { "owner" } else { "-" }
                     );
                 }

@@ -1,0 +1,54 @@
+//! A node whose storage refuses writes (a full disk, a failed sync) steps
+//! aside: it coordinates nothing, its peers' writes meet W without it, and
+//! once its storage is back it gets what it missed.
+
+use kv_coordinator::Config;
+use kv_core::{NodeId, StorageEngine};
+
+use super::Cluster;
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_storage_fails_steps_aside_and_writes_go_on() {
+    let c = Cluster::new(5, Config::default());
+    let sick = NodeId(2);
+    let (sick_data, _) = c.disks[1].clone();
+    sick_data.refuse_writes(Some("no space left on device".into()));
+    let keys: Vec<Vec<u8>> = (0..120).map(|i| format!("h:{i}").into_bytes()).collect();
+    let mut coordinated_by_sick = 0;
+    for (i, key) in keys.iter().enumerate() {
+        if c.replicas(key)[0] == sick {
+            coordinated_by_sick += 1;
+        }
+        // Through the sick node itself, and through a healthy one.
+        let via = if i % 2 == 0 { sick } else { NodeId(4) };
+        let written = c
+            .node(via)
+            .put(key, format!("v{i}").as_bytes(), &[], None)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} through {via} failed: {e}"));
+        assert_ne!(written.dot.actor.node(), sick, "the sick node coordinated");
+    }
+    assert!(coordinated_by_sick > 0, "some keys are the sick node's to coordinate");
+    assert!(
+        keys.iter().all(|k| sick_data.get(k).unwrap().is_none()),
+        "nothing reached the sick node's storage"
+    );
+    // Every value reads back, through any node, the sick one included.
+    for (i, key) in keys.iter().enumerate() {
+        let via = NodeId(1 + (i as u64 % 5));
+        let got = c.node(via).get(key, Some(2)).await.unwrap();
+        assert_eq!(got.values, vec![format!("v{i}").into_bytes()], "key {i}");
+    }
+    // The disk is freed: hints bring the node what it missed.
+    sick_data.refuse_writes(None);
+    let mut delivered = 0;
+    for node in &c.nodes {
+        delivered += node.deliver_hints(10_000).await.unwrap();
+    }
+    assert!(delivered > 0);
+    let missed = keys
+        .iter()
+        .filter(|k| c.replicas(k).contains(&sick) && sick_data.get(k).unwrap().is_none())
+        .count();
+    assert_eq!(missed, 0, "every key the sick node replicates reached it");
+}
