@@ -83,6 +83,24 @@ pub struct ServerConfig {
     /// Sloppy quorum: writes for a down replica go to the next healthy
     /// node with a hint (true). Off, a write needs W true replicas.
     pub sloppy_quorum: Option<bool>,
+    /// A tombstone is collected no sooner than this many seconds after the
+    /// delete, once every replica holds it; hints older than this are dropped
+    /// unsent (86,400: one day).
+    pub tombstone_grace_secs: Option<u64>,
+    /// Repair stale replicas before a read answers, not after (false).
+    pub read_repair_blocking: Option<bool>,
+    /// Largest key accepted, in bytes (65,536).
+    pub max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes (16 MiB).
+    pub max_value_bytes: Option<usize>,
+    /// Largest stored state of one key (its siblings and clock), in bytes
+    /// (48 MiB); a write that would store more is refused alone.
+    pub max_state_bytes: Option<usize>,
+    /// Bytes of hinted states kept for other nodes at most (1 GiB).
+    pub max_hint_bytes: Option<u64>,
+    /// Between hint deliveries and tombstone collections, in milliseconds
+    /// (1,000).
+    pub maintenance_interval_ms: Option<u64>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -134,6 +152,13 @@ impl ServerConfig {
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             max_siblings: over.max_siblings.or(self.max_siblings),
             sloppy_quorum: over.sloppy_quorum.or(self.sloppy_quorum),
+            tombstone_grace_secs: over.tombstone_grace_secs.or(self.tombstone_grace_secs),
+            read_repair_blocking: over.read_repair_blocking.or(self.read_repair_blocking),
+            max_key_bytes: over.max_key_bytes.or(self.max_key_bytes),
+            max_value_bytes: over.max_value_bytes.or(self.max_value_bytes),
+            max_state_bytes: over.max_state_bytes.or(self.max_state_bytes),
+            max_hint_bytes: over.max_hint_bytes.or(self.max_hint_bytes),
+            maintenance_interval_ms: over.maintenance_interval_ms.or(self.maintenance_interval_ms),
         }
     }
 
@@ -156,6 +181,12 @@ impl ServerConfig {
     /// [`ConfigError`] naming the first missing or invalid setting.
     pub fn validate(&self) -> Result<(NodeConfig, SocketAddr), ConfigError> {
         let id = NodeId(self.node_id.ok_or_else(|| bad("node_id is required"))?);
+        if id.0 > kv_core::ActorId::MAX_NODE {
+            return Err(bad(format!(
+                "node_id must be at most {}",
+                kv_core::ActorId::MAX_NODE
+            )));
+        }
         let listen: SocketAddr = self
             .listen
             .as_deref()
@@ -261,6 +292,37 @@ impl ServerConfig {
         if let Some(ms) = self.anti_entropy_interval_ms {
             coordinator.anti_entropy_interval = Duration::from_millis(ms);
         }
+        if let Some(secs) = self.tombstone_grace_secs {
+            coordinator.tombstone_grace = Duration::from_secs(secs);
+        }
+        if let Some(blocking) = self.read_repair_blocking {
+            coordinator.read_repair_blocking = blocking;
+        }
+        if let Some(bytes) = self.max_key_bytes {
+            coordinator.max_key_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_value_bytes {
+            coordinator.max_value_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_state_bytes {
+            coordinator.max_state_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_hint_bytes {
+            coordinator.max_hint_bytes = bytes;
+        }
+        if let Some(ms) = self.maintenance_interval_ms {
+            coordinator.maintenance_interval = Duration::from_millis(ms);
+        }
+        // A state must travel between nodes in one message, and fit the
+        // engine's value limit (1 GiB).
+        let wire_room = crate::transport::MAX_MESSAGE_BYTES - coordinator.max_key_bytes - 4096;
+        if coordinator.max_state_bytes > wire_room {
+            return Err(bad(format!(
+                "max_state_bytes ({}) must leave room for the key in one {}-byte message: at most {wire_room}",
+                coordinator.max_state_bytes,
+                crate::transport::MAX_MESSAGE_BYTES
+            )));
+        }
         coordinator.validate().map_err(|e| bad(e.to_string()))?;
         let vnodes = self.vnodes.unwrap_or(150);
         if vnodes == 0 {
@@ -363,6 +425,66 @@ durability = "interval:50"
         assert!(!node.coordinator.sloppy_quorum);
         assert_eq!(node.coordinator.max_siblings, 1000);
         assert!(good().validate().unwrap().0.coordinator.sloppy_quorum);
+    }
+
+    #[test]
+    fn grace_repair_and_limits_reach_the_coordinator() {
+        let config = ServerConfig::from_toml(
+            r#"
+node_id = 2
+listen = "127.0.0.1:7002"
+data_dir = "/tmp/x"
+members = ["2@127.0.0.1:7002"]
+n = 1
+w = 1
+r = 1
+tombstone_grace_secs = 30
+read_repair_blocking = true
+max_key_bytes = 1024
+max_value_bytes = 100000
+max_state_bytes = 400000
+max_hint_bytes = 5000000
+maintenance_interval_ms = 250
+"#,
+        )
+        .unwrap();
+        let c = config.validate().unwrap().0.coordinator;
+        assert_eq!(c.tombstone_grace, Duration::from_secs(30));
+        assert!(c.read_repair_blocking);
+        assert_eq!(
+            (c.max_key_bytes, c.max_value_bytes, c.max_state_bytes),
+            (1024, 100_000, 400_000)
+        );
+        assert_eq!(c.max_hint_bytes, 5_000_000);
+        assert_eq!(c.maintenance_interval, Duration::from_millis(250));
+        // Limits that disagree are refused, naming the setting.
+        for (bad, name) in [
+            (
+                ServerConfig {
+                    max_state_bytes: Some(10),
+                    ..config.clone()
+                },
+                "max_state_bytes",
+            ),
+            (
+                ServerConfig {
+                    max_state_bytes: Some(1 << 30),
+                    max_value_bytes: Some(1 << 20),
+                    ..config.clone()
+                },
+                "max_state_bytes",
+            ),
+            (
+                ServerConfig {
+                    node_id: Some(1 << 33),
+                    ..config.clone()
+                },
+                "node_id",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

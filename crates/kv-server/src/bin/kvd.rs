@@ -95,6 +95,27 @@ struct Args {
     /// Memtable size in MiB.
     #[arg(long)]
     memtable_mib: Option<usize>,
+    /// A tombstone is collected no sooner than this many seconds after the delete, once every replica holds it; hints older than this are dropped unsent (86,400: one day).
+    #[arg(long)]
+    tombstone_grace_secs: Option<u64>,
+    /// Repair stale replicas before a read answers, not after (false).
+    #[arg(long)]
+    read_repair_blocking: Option<bool>,
+    /// Largest key accepted, in bytes (65,536).
+    #[arg(long)]
+    max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes (16 MiB).
+    #[arg(long)]
+    max_value_bytes: Option<usize>,
+    /// Largest stored state of one key (its siblings and clock), in bytes (48 MiB); a write that would store more is refused alone.
+    #[arg(long)]
+    max_state_bytes: Option<usize>,
+    /// Bytes of hinted states kept for other nodes at most (1 GiB).
+    #[arg(long)]
+    max_hint_bytes: Option<u64>,
+    /// Between hint deliveries and tombstone collections, in milliseconds (1,000).
+    #[arg(long)]
+    maintenance_interval_ms: Option<u64>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -132,6 +153,13 @@ async fn run(args: Args) -> Result<(), String> {
         max_hints: args.max_hints,
         anti_entropy_interval_ms: args.anti_entropy_interval_ms,
         memtable_mib: args.memtable_mib,
+        tombstone_grace_secs: args.tombstone_grace_secs,
+        read_repair_blocking: args.read_repair_blocking,
+        max_key_bytes: args.max_key_bytes,
+        max_value_bytes: args.max_value_bytes,
+        max_state_bytes: args.max_state_bytes,
+        max_hint_bytes: args.max_hint_bytes,
+        maintenance_interval_ms: args.maintenance_interval_ms,
     };
     let merged = file.overridden_by(flags);
     init_logs(merged.log.as_deref())?;
