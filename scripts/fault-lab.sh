@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # The fault lab: five kvd processes, each in its own network namespace
-# (veth pairs on one bridge), loaded by kv-bench with history recording,
-# while a nemesis partitions a random minority (iptables drops), heals,
-# kills a node with SIGKILL and restarts it, and pauses one with SIGSTOP
-# then SIGCONT. At the end everything heals, kv-bench waits until every
-# written key is identical at all its replicas, and the checker runs over
-# the history: any violation fails the lab.
+# (veth pairs on one bridge), loaded by kv-bench with history recording
+# (reads, updates and deletes of the same keys, tombstones collected after
+# a short grace), while a nemesis partitions a random minority (iptables
+# drops), heals, kills a node with SIGKILL and restarts it, pauses one with
+# SIGSTOP then SIGCONT, wipes node 5's data directory and restarts it with
+# the same id (a replaced disk), backs node 5's directory up and later
+# restarts it from that older copy (a restored backup, a lost tail), and
+# fills node 4's disk (a small tmpfs) until its engine refuses writes, then
+# frees it and restarts the node. At the end everything heals, kv-bench
+# waits until every written key is identical at all its replicas, and the
+# checker runs over the history: any violation fails the lab.
 #
-#   scripts/fault-lab.sh [--duration SECS] [--fault-every SECS] [--seed N] [--loopback] [--strict]
+#   scripts/fault-lab.sh [--duration SECS] [--fault-every SECS] [--seed N]
+#                        [--grace SECS] [--loopback] [--strict]
 #
 # --strict turns sloppy quorum off (W=2, R=2, N=3) and has the checker also
-# hold every read to every write acknowledged before it began.
+# hold every read to every write acknowledged before it began. --grace is
+# the tombstone grace period (20 s); backups are restored only while they
+# are younger than it, as an operator must (docs/operations.md).
 #
 # 180 s by default (CI); --duration 600 for a soak. Needs root for the
 # namespaces; without them (or with --loopback) the nodes run on 127.0.0.1
@@ -20,6 +28,7 @@ set -euo pipefail
 duration=180
 every=8
 seed=1
+grace=20
 mode=netns
 strict=()
 sloppy=true
@@ -28,9 +37,10 @@ while [ $# -gt 0 ]; do
         --duration) duration=$2; shift 2 ;;
         --fault-every) every=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
+        --grace) grace=$2; shift 2 ;;
         --loopback) mode=loopback; shift ;;
         --strict) strict=(--strict --w 2 --r 2); sloppy=false; shift ;;
-        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,26p "$0"; exit 0 ;;
         *) echo "fault-lab: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +58,14 @@ work=$(mktemp -d /tmp/kv-fault-lab.XXXXXX)
 nodes=5
 RANDOM=$seed
 declare -a addr pid prefix ip
-declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0)
+declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0 [wipe]=0 [backup]=0 [restore]=0 [diskfull]=0)
+# The node whose disk is wiped and restored, and the one whose disk fills.
+disk_node=5
+full_node=4
+# Whether node $full_node's data directory is a small tmpfs of its own.
+small_disk=false
+# How many times the full node said its storage was failing.
+refused=0
 
 cleanup() {
     for i in $(seq 1 $nodes); do
@@ -57,6 +74,9 @@ cleanup() {
             kill -9 "${pid[$i]}" 2>/dev/null || true
         fi
     done
+    if [ "$small_disk" = true ]; then
+        for _ in 1 2 3 4 5; do umount "$work/n$full_node" 2>/dev/null && break; sleep 0.2; done
+    fi
     if [ "$mode" = netns ]; then
         for i in $(seq 1 $nodes); do ip netns del "kvlab$i" 2>/dev/null || true; done
         ip link del kvlabbr 2>/dev/null || true
@@ -106,13 +126,22 @@ fi
 members=()
 for i in $(seq 1 $nodes); do members+=(--member "$i@${addr[$i]}"); done
 
+# A 1 MiB memtable on the small disk: its engine writes tables and new
+# log segments often, so a full disk shows within seconds.
+if mkdir -p "$work/n$full_node" && mount -t tmpfs -o size=96m kvlabdisk "$work/n$full_node" 2>/dev/null; then
+    small_disk=true
+fi
+
 start_node() {
     local i=$1
+    local extra=()
+    [ "$i" = "$full_node" ] && [ "$small_disk" = true ] && extra=(--memtable-mib 1)
     # shellcheck disable=SC2086
     ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" \
         "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
-        --sloppy-quorum "$sloppy" >>"$work/n$i.log" 2>&1 &
+        --tombstone-grace-secs "$grace" --maintenance-interval-ms 500 \
+        --sloppy-quorum "$sloppy" "${extra[@]}" >>"$work/n$i.log" 2>&1 &
     pid[$i]=$!
     # Not a job of this shell: no "Killed" notices; waited for by polling.
     disown "${pid[$i]}"
@@ -135,7 +164,7 @@ for i in $(seq 1 $nodes); do
 done
 
 node_list=$(for i in $(seq 1 $nodes); do printf '%s,' "${addr[$i]}"; done)
-"$bench" --nodes "${node_list%,}" --workload a --records 1000 --ops 1000000000 \
+"$bench" --nodes "${node_list%,}" --workload d --records 1000 --ops 1000000000 \
     --duration-secs "$duration" --concurrency 16 --timeout-ms 1500 \
     --history "$work/history.jsonl" --max-siblings 1000 --converge-secs 180 \
     --seed "$seed" "${strict[@]}" >"$work/bench.txt" 2>"$work/bench.err" &
@@ -172,6 +201,67 @@ kill9() {
     echo "$(date +%T) restart node $i"
 }
 
+# Node $disk_node's disk is replaced: killed, its directory deleted,
+# restarted with the same id on an empty one.
+wipe() {
+    local i=$disk_node
+    kill -9 "${pid[$i]}" 2>/dev/null || true
+    gone "${pid[$i]}"
+    rm -rf "$work/n$i"
+    start_node "$i"
+    echo "$(date +%T) wipe node $i: restarted on an empty data directory"
+}
+
+# Node $disk_node is backed up (killed, its directory copied, restarted),
+# and a few seconds of load later restarted from that copy: everything it
+# took since is gone from it, as after a restored backup or a crash that
+# lost an unsynced tail. The copy is younger than the tombstone grace, as
+# an operator's restore must be (docs/operations.md).
+restore() {
+    local i=$disk_node
+    kill -9 "${pid[$i]}" 2>/dev/null || true
+    gone "${pid[$i]}"
+    rm -rf "$work/backup"
+    cp -a "$work/n$i" "$work/backup"
+    start_node "$i"
+    echo "$(date +%T) backup of node $i taken"
+    faults[backup]=$((faults[backup] + 1))
+    local age=$((RANDOM % 5 + 2))
+    sleep "$age"
+    kill -9 "${pid[$i]}" 2>/dev/null || true
+    gone "${pid[$i]}"
+    rm -rf "$work/n$i"
+    mv "$work/backup" "$work/n$i"
+    start_node "$i"
+    echo "$(date +%T) restore node $i from its copy of $age s ago"
+    faults[restore]=$((faults[restore] + 1))
+}
+
+# Node $full_node's disk fills up until its engine refuses writes (it then
+# says so in gossip and steps aside), is freed, and the node restarted.
+disk_full() {
+    local i=$full_node
+    dd if=/dev/zero of="$work/n$i/filler" bs=1M >/dev/null 2>&1 || true
+    echo "$(date +%T) disk of node $i full"
+    local failing=false
+    for _ in $(seq 1 40); do
+        if timeout 2 "$kvctl" --node "${addr[$i]}" status 2>/dev/null | grep -E "^ +$i .*FAILING" >/dev/null; then
+            failing=true
+            break
+        fi
+        sleep 0.25
+    done
+    if [ "$failing" = true ]; then
+        refused=$((refused + 1))
+        echo "$(date +%T) node $i reports its storage failing"
+    fi
+    rm -f "$work/n$i/filler"
+    kill -9 "${pid[$i]}" 2>/dev/null || true
+    gone "${pid[$i]}"
+    start_node "$i"
+    echo "$(date +%T) disk of node $i freed; node restarted"
+}
+
 pause() {
     local i=$((RANDOM % nodes + 1))
     kill -STOP "${pid[$i]}" 2>/dev/null || true
@@ -183,13 +273,33 @@ pause() {
 
 end=$((SECONDS + duration))
 sleep 3
+# Every kind of fault fires once, in a seeded order, before the rest are
+# drawn at random, so a short run still sees each.
+kinds=(kill9 pause wipe restore)
+[ "$mode" = netns ] && kinds+=(partition heal)
+[ "$small_disk" = true ] && kinds+=(diskfull)
+schedule=()
+for k in "${kinds[@]}"; do schedule+=("$k"); done
+for ((j = ${#schedule[@]} - 1; j > 0; j--)); do
+    r=$((RANDOM % (j + 1)))
+    t=${schedule[$j]}; schedule[$j]=${schedule[$r]}; schedule[$r]=$t
+done
+fired=0
 while [ $SECONDS -lt $((end - every)) ] && kill -0 $bench_pid 2>/dev/null; do
-    if [ "$mode" = netns ]; then choice=$((RANDOM % 4)); else choice=$((RANDOM % 2 + 1)); fi
+    if [ $fired -lt ${#schedule[@]} ]; then
+        choice=${schedule[$fired]}
+    else
+        choice=${kinds[$((RANDOM % ${#kinds[@]}))]}
+    fi
+    fired=$((fired + 1))
     case $choice in
-        0) partition; faults[partition]=$((faults[partition] + 1)) ;;
-        1) kill9; faults[kill9]=$((faults[kill9] + 1)) ;;
-        2) pause; faults[pause]=$((faults[pause] + 1)) ;;
-        3) heal; faults[heal]=$((faults[heal] + 1)); echo "$(date +%T) heal" ;;
+        partition) partition; faults[partition]=$((faults[partition] + 1)) ;;
+        kill9) kill9; faults[kill9]=$((faults[kill9] + 1)) ;;
+        pause) pause; faults[pause]=$((faults[pause] + 1)) ;;
+        heal) heal; faults[heal]=$((faults[heal] + 1)); echo "$(date +%T) heal" ;;
+        wipe) wipe; faults[wipe]=$((faults[wipe] + 1)) ;;
+        restore) restore ;;
+        diskfull) disk_full; faults[diskfull]=$((faults[diskfull] + 1)) ;;
     esac
     sleep "$every"
 done
@@ -212,7 +322,9 @@ echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, slopp
 [ "$mode" = loopback ] && echo "note: loopback variant, no network partitions (kill -9 and SIGSTOP only)"
 echo "operations: ${ops:-0}"
 echo "acknowledged writes: ${acked:-0}"
-echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]}"
+echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]} wipe=${faults[wipe]} backup=${faults[backup]} restore=${faults[restore]} diskfull=${faults[diskfull]} (node $full_node reported its storage failing ${refused} times)"
+echo "tombstone grace: $grace s"
+[ "$small_disk" = true ] || echo "note: no tmpfs could be mounted; the disk-full nemesis did not run"
 echo "violations: ${violations:-unknown}"
 echo "converged after the final heal: ${converged:-unknown} s"
 if [ "$status" != 0 ] || [ "${violations:-1}" != 0 ]; then

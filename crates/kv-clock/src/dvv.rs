@@ -207,12 +207,36 @@ impl<V> DvvSet<V> {
     /// entries were removed. Actors with a surviving sibling, and `keep`
     /// (the local coordinator, whose counter must never go backwards), are
     /// never pruned, so every sibling stays covered and no dot is reissued.
+    ///
+    /// Besides the size rules, an entry of a *retired* actor (a node in an
+    /// epoch older than another entry of the same node: that node restarted
+    /// and never issues dots in the old epoch again) goes once it is older
+    /// than `policy.old`, whatever the clock's size. Restarts therefore add
+    /// clock entries only for a while.
     pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: impl Into<ActorId>) -> usize {
         let keep = keep.into();
         let siblings = &self.siblings;
-        self.context.prune(policy, now, |actor| {
-            actor == keep || siblings.iter().any(|s| s.dot.actor == actor)
-        })
+        let kept = |actor: ActorId| actor == keep || siblings.iter().any(|s| s.dot.actor == actor);
+        let mut removed = self.context.prune(policy, now, kept);
+        let old = policy.old.as_secs();
+        let retired: Vec<ActorId> = self
+            .context
+            .entries()
+            .iter()
+            .filter(|e| {
+                !kept(e.actor)
+                    && now.saturating_sub(e.timestamp) > old
+                    && self.context.entries().iter().any(|newer| {
+                        newer.actor.node() == e.actor.node() && newer.actor.epoch() > e.actor.epoch()
+                    })
+            })
+            .map(|e| e.actor)
+            .collect();
+        for actor in retired {
+            self.context.set(actor, 0, 0);
+            removed += 1;
+        }
+        removed
     }
 
     /// Drops the oldest siblings (by the dot's position in its actor's
@@ -478,6 +502,34 @@ mod tests {
         assert_eq!(pruned, 8);
         assert_eq!(key.context().len(), 2);
         assert!(key.context().covers(NodeId(3), 2));
+    }
+
+    #[test]
+    fn retired_epochs_are_pruned_once_old() {
+        let policy = PrunePolicy::default();
+        let old = policy.old.as_secs();
+        let node = kv_core::NodeId(3);
+        let epoch = |e| ActorId::of(node, e).unwrap();
+        let mut key = DvvSet::new();
+        // The node writes in epochs 1, 2 and 3 (two restarts); each write
+        // resolves the last.
+        for e in 1..=3 {
+            let ctx = key.context().clone();
+            key.update(&ctx, epoch(e), u32::from(e as u8), 0).unwrap();
+        }
+        assert_eq!(key.context().len(), 3);
+        // Young: nothing goes (the clock is far below `small`).
+        assert_eq!(key.prune(&policy, old, epoch(3)), 0);
+        // Old: the two retired epochs go; the live one (a sibling) stays.
+        assert_eq!(key.prune(&policy, old + 1, A), 2);
+        assert_eq!(key.context().len(), 1);
+        assert!(key.context().covers(epoch(3), 1));
+        // An actor with no newer epoch in the clock is not retired.
+        let mut other = DvvSet::new();
+        other.update(&VectorClock::new(), epoch(1), 1, 0).unwrap();
+        let ctx = other.context().clone();
+        other.update(&ctx, B, 2, 0).unwrap();
+        assert_eq!(other.prune(&policy, old * 10, B), 0);
     }
 
     #[test]
