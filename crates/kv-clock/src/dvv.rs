@@ -183,7 +183,13 @@ impl<V> DvvSet<V> {
             .ok_or(CounterOverflow { actor })?;
         self.siblings
             .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
-        self.context.merge(client_context);
+        // A client's context carries no timestamps: what it teaches this
+        // state was learnt now (a zero stamp would look ancient to
+        // pruning, which would then forget it at once).
+        for e in client_context.entries() {
+            let stamp = if e.timestamp == 0 { now } else { e.timestamp };
+            self.context.observe(e.actor, e.counter, stamp);
+        }
         self.context.set(actor, counter, now);
         let dot = Dot { actor, counter };
         // The new dot is above every dot of `actor` held, so it sorts after
@@ -227,7 +233,8 @@ impl<V> DvvSet<V> {
                 !kept(e.actor)
                     && now.saturating_sub(e.timestamp) > old
                     && self.context.entries().iter().any(|newer| {
-                        newer.actor.node() == e.actor.node() && newer.actor.epoch() > e.actor.epoch()
+                        newer.actor.node() == e.actor.node()
+                            && newer.actor.epoch() > e.actor.epoch()
                     })
             })
             .map(|e| e.actor)
@@ -530,6 +537,26 @@ mod tests {
         let ctx = other.context().clone();
         other.update(&ctx, B, 2, 0).unwrap();
         assert_eq!(other.prune(&policy, old * 10, B), 0);
+    }
+
+    #[test]
+    fn what_a_client_context_teaches_is_stamped_now_and_not_pruned_at_once() {
+        let policy = PrunePolicy::default();
+        let node = kv_core::NodeId(3);
+        let (old_epoch, new_epoch) = (ActorId::of(node, 1).unwrap(), ActorId::of(node, 2).unwrap());
+        // A client read a state holding both epochs of node 3 (no
+        // timestamps travel in contexts) and writes through node 1.
+        let context = VectorClock::from_counters([(old_epoch, 4), (new_epoch, 1)]);
+        let mut key: DvvSet<u8> = DvvSet::new();
+        let now = 1_000_000;
+        key.update(&context, A, 9, now).unwrap();
+        assert!(key.context().entries().iter().all(|e| e.timestamp == now));
+        assert_eq!(
+            key.prune(&policy, now + 1, A),
+            0,
+            "the retired epoch is young"
+        );
+        assert!(key.context().covers(old_epoch, 4));
     }
 
     #[test]

@@ -123,6 +123,17 @@ impl Config {
         Ok(())
     }
 
+    /// The prune policy as writes apply it: its `old` age raised to the
+    /// tombstone grace period, so that a retired actor's clock entry lives
+    /// at least as long as a tombstone (a replica repaired within the grace
+    /// period never sees a superseded value come back).
+    pub fn effective_prune(&self) -> PrunePolicy {
+        let mut prune = self.prune.clone();
+        prune.old = prune.old.max(self.tombstone_grace);
+        prune.young = prune.young.min(prune.old);
+        prune
+    }
+
     /// Checks a per-request W or R against N.
     ///
     /// # Errors

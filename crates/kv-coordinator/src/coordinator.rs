@@ -236,7 +236,7 @@ where
         // The driver holds the replica weakly, so a dropped node releases
         // its engine at once.
         let replica = Arc::downgrade(&self.replica);
-        let (max, prune) = (self.config.max_siblings, self.config.prune.clone());
+        let (max, prune) = (self.config.max_siblings, self.config.effective_prune());
         let run: RunBatch<Update, Result<(Siblings, kv_clock::Dot)>> =
             Arc::new(move |updates: Vec<Update>| {
                 let (replica, prune) = (replica.upgrade(), prune.clone());
@@ -498,10 +498,7 @@ where
         // A node whose storage refuses writes takes none: the sender tries
         // the next replica (it may not know yet, gossip takes a moment).
         if let (ClientOp::Put { .. }, Err(e)) = (&op, self.replica.health()) {
-            return not_applied(format!(
-                "{} cannot take writes: {e}",
-                self.replica.id()
-            ));
+            return not_applied(format!("{} cannot take writes: {e}", self.replica.id()));
         }
         match op {
             ClientOp::Put {
@@ -657,8 +654,7 @@ where
             // gets its hinted fallback all the same, so the write still
             // reaches N nodes (the request does not wait for it).
             if outstanding > 0 && !fallbacks.is_empty() {
-                let (transport, key, bytes) =
-                    (self.transport.clone(), key.to_vec(), bytes.clone());
+                let (transport, key, bytes) = (self.transport.clone(), key.to_vec(), bytes.clone());
                 tokio::spawn(async move {
                     while outstanding > 0 {
                         let Ok(Some((target, hint_for, result))) =
@@ -1097,15 +1093,11 @@ where
                     Forwarded::NotApplied(message) => {
                         match self.next_coordinator(key, coordinator) {
                             None => read(coordinator, not_applied(message)),
-                            Some(next) if next == self.replica.id() => {
-                                self.get_inner(key, r).await
-                            }
+                            Some(next) if next == self.replica.id() => self.get_inner(key, r).await,
                             Some(next) => match self.forward(next, op).await {
                                 Forwarded::Reply(reply) => read(next, reply),
                                 Forwarded::Unreachable => self.get_inner(key, r).await,
-                                Forwarded::NotApplied(message) => {
-                                    read(next, not_applied(message))
-                                }
+                                Forwarded::NotApplied(message) => read(next, not_applied(message)),
                             },
                         }
                     }

@@ -151,6 +151,26 @@ impl Sim {
         self.collect(i);
     }
 
+    /// Member `i` restarts: a fresh member with the same id and address,
+    /// knowing nothing (incarnation 0, default metadata), that joins
+    /// through member `seed`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`](crate::Error) if the configuration does not validate.
+    pub fn restart(&mut self, i: usize, seed: usize) -> Result<()> {
+        let g = Gossip::new(
+            self.config.clone(),
+            NodeId(i as u64),
+            addr(i),
+            Meta::default(),
+            self.rng ^ ((i as u64 + 1) * 0x9e37_79b9),
+        )?;
+        self.nodes[i] = Some(g);
+        self.join(i, seed);
+        Ok(())
+    }
+
     /// Member `i` stops (crash): it neither sends nor receives.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i] = None;

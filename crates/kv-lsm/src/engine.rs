@@ -860,7 +860,9 @@ impl Inner {
     /// Closes the current segment (fsynced whatever the policy) and starts
     /// a new segment and memtable.
     fn rotate(&self, log: &mut LogState, sv: &Arc<SuperVersion>) -> Result<()> {
-        log.writer.write_buffered()?;
+        // The terminator marks where this segment ends, in case it is
+        // still needed at the next open (its flush failed).
+        log.writer.end_segment()?;
         log.writer.sync()?;
         let number = self.new_file_number();
         let path = self.dir.join(segment_name(number));

@@ -20,6 +20,12 @@
 //! and bytes) and, for puts, the value (varint length and bytes). Operation
 //! `i` gets sequence number `base + i`.
 //!
+//! A segment the writer moves on from ends with an all-zero header (the
+//! *terminator*), written and synced before the next segment starts: in a
+//! recycled file, what follows the last record is the file's earlier life,
+//! which may be cut mid-record, and only the terminator tells that apart
+//! from damage once the segment is no longer the last.
+//!
 //! Recovery reads records until the first one that is missing or fails its
 //! checksum. If any valid record of the same segment follows that point,
 //! the damage is in the middle of the log: an error naming segment and
@@ -217,6 +223,13 @@ impl LogWriter {
     /// Reserves disk space for the segment.
     pub(crate) fn preallocate(&mut self, len: u64) -> std::io::Result<()> {
         self.file.preallocate(len)
+    }
+
+    /// Ends the segment: writes what is buffered, then the terminator (an
+    /// all-zero header) after the last record. The caller syncs.
+    pub(crate) fn end_segment(&mut self) -> Result<()> {
+        self.buffer.extend_from_slice(&[0u8; HEADER]);
+        self.write_buffered()
     }
 
     /// Makes everything written so far durable.
@@ -433,6 +446,45 @@ mod tests {
             seq += b.len() as u64;
         }
         buf
+    }
+
+    #[test]
+    fn a_recycled_segment_ends_cleanly_only_with_its_terminator() {
+        // The file's earlier life: log 5, records of varied sizes.
+        let old: Vec<WriteBatch> = (0..40u8)
+            .map(|i| {
+                let value = vec![0xA5 ^ i; 17 + usize::from(i) * 13];
+                batch(&[(b"old-key", Some(value.as_slice()))])
+            })
+            .collect();
+        let earlier = segment(5, &old);
+        // Its new life, log 9: fewer, differently sized records, written
+        // over the start, so they end in the middle of an old record.
+        let new: Vec<WriteBatch> = (0..3u8)
+            .map(|i| batch(&[(b"new", Some(&[i; 29][..]))]))
+            .collect();
+        let fresh = segment(9, &new);
+        let mut recycled = earlier.clone();
+        recycled[..fresh.len()].copy_from_slice(&fresh);
+        // Without a terminator the end looks torn: fine for the last
+        // segment (it is cut there), but a closed segment would read as
+        // damaged. This is what a full disk left behind: a flush failed,
+        // the closed segment was still needed, and the node could not open.
+        let contents = scan_segment(&recycled, 9);
+        assert_eq!(contents.records.len(), 3);
+        assert!(
+            matches!(contents.end, SegmentEnd::Torn { .. }),
+            "{:?}",
+            contents.end
+        );
+        // With the terminator the writer adds when it moves on, clean.
+        let mut ended = earlier;
+        ended[..fresh.len()].copy_from_slice(&fresh);
+        ended[fresh.len()..fresh.len() + HEADER].fill(0);
+        let contents = scan_segment(&ended, 9);
+        assert_eq!(contents.records.len(), 3);
+        assert_eq!(contents.end, SegmentEnd::Clean);
+        assert_eq!(contents.valid_len, fresh.len() as u64);
     }
 
     #[test]

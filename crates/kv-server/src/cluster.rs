@@ -341,7 +341,10 @@ impl Cluster {
                 let mut meta = g.me().meta.clone();
                 meta.unhealthy = unhealthy;
                 g.set_meta(meta);
-                tracing::warn!(unhealthy, "this node's storage health changed; gossiping it");
+                tracing::warn!(
+                    unhealthy,
+                    "this node's storage health changed; gossiping it"
+                );
             }
             g.tick(now);
             (g.drain_outbox(), g.drain_events())

@@ -158,7 +158,9 @@ impl ServerConfig {
             max_value_bytes: over.max_value_bytes.or(self.max_value_bytes),
             max_state_bytes: over.max_state_bytes.or(self.max_state_bytes),
             max_hint_bytes: over.max_hint_bytes.or(self.max_hint_bytes),
-            maintenance_interval_ms: over.maintenance_interval_ms.or(self.maintenance_interval_ms),
+            maintenance_interval_ms: over
+                .maintenance_interval_ms
+                .or(self.maintenance_interval_ms),
         }
     }
 

@@ -28,7 +28,10 @@ async fn a_node_whose_storage_fails_steps_aside_and_writes_go_on() {
             .unwrap_or_else(|e| panic!("write {i} through {via} failed: {e}"));
         assert_ne!(written.dot.actor.node(), sick, "the sick node coordinated");
     }
-    assert!(coordinated_by_sick > 0, "some keys are the sick node's to coordinate");
+    assert!(
+        coordinated_by_sick > 0,
+        "some keys are the sick node's to coordinate"
+    );
     assert!(
         keys.iter().all(|k| sick_data.get(k).unwrap().is_none()),
         "nothing reached the sick node's storage"

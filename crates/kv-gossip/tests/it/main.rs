@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use kv_gossip::sim::{Network, Sim};
 use kv_core::NodeId;
+use kv_gossip::sim::{Network, Sim};
 use kv_gossip::{Config, Message, Status};
 use proptest::prelude::*;
 
@@ -196,11 +196,26 @@ fn a_member_that_turns_unhealthy_is_known_as_such_and_back() {
         "the news did not spread"
     );
     meta.unhealthy = false;
-    sim.set_meta(4, meta);
+    sim.set_meta(4, meta.clone());
     assert!(
         sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, false))
             .is_some(),
         "the recovery did not spread"
+    );
+    // Unhealthy again, then restarted (as an operator does after freeing
+    // the disk): the fresh member starts at incarnation 0, below what the
+    // others hold, and must still replace the stale news.
+    meta.unhealthy = true;
+    sim.set_meta(4, meta);
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, true))
+            .is_some()
+    );
+    sim.restart(4, 0).unwrap();
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, false))
+            .is_some(),
+        "a restarted member's news did not replace the stale news"
     );
 }
 

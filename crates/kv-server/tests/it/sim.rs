@@ -1,9 +1,12 @@
 //! Five real nodes (tonic, gossip, the LSM engine, the coordinator) on
 //! turmoil's simulated network: a client writes, reads and deletes while
 //! the network partitions and heals and nodes crash and restart on their
-//! data. After a final heal the replicas must converge, and the client's
-//! history must pass the checker (`kv_server::history`): no acknowledged
-//! write lost, nothing phantom, nothing resurrected.
+//! data, crash and lose the tail they had not synced (restarted from a copy
+//! of their directory taken at an earlier crash), or lose their disk
+//! (restarted empty with the same id). After a final heal the replicas must
+//! converge, and the client's history must pass the checker
+//! (`kv_server::history`): no acknowledged write lost, nothing phantom,
+//! nothing resurrected, no dot issued twice.
 //!
 //! Seeded: the seeds run are 1 and 2, or those in `KV_SIM_SEEDS`
 //! (comma-separated); a failure names its seed.
@@ -108,6 +111,21 @@ fn node_config(id: u64, dir: &std::path::Path, seed: u64) -> NodeConfig {
         ..NodeConfig::new(NodeId(id), dir.join(name(id)))
     }
     .with_gossip_interval(Duration::from_millis(200))
+}
+
+/// Copies directory `from` to `to` (which must not exist).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// A tiny seeded generator (the simulation must replay).
@@ -293,6 +311,10 @@ fn run(seed: u64, ops: u64) -> history::Report {
     let mut rng = Lcg(seed);
     let mut next_fault = Duration::from_secs(2);
     let mut crashed: Option<(u64, Duration)> = None;
+    // Copies of nodes' directories taken while they were down: what a
+    // later crash falls back to (the tail written since was never synced).
+    let mut synced: BTreeMap<u64, std::path::PathBuf> = BTreeMap::new();
+    let node_dir = |id: u64| dir.path().join(name(id));
     let mut faults = BTreeMap::<&str, u32>::new();
     let heal_all = |sim: &mut turmoil::Sim<'_>| {
         for a in 1..=NODES {
@@ -328,7 +350,7 @@ fn run(seed: u64, ops: u64) -> history::Report {
             continue;
         }
         next_fault = now + Duration::from_millis(1000 + rng.below(2000));
-        match rng.below(3) {
+        match rng.below(5) {
             0 => {
                 heal_all(&mut sim);
                 let first = 1 + rng.below(NODES);
@@ -348,6 +370,35 @@ fn run(seed: u64, ops: u64) -> history::Report {
                 sim.crash(name(id));
                 crashed = Some((id, now + Duration::from_millis(500 + rng.below(2500))));
                 *faults.entry("crash and restart").or_default() += 1;
+            }
+            3 if crashed.is_none() => {
+                // A crash; the first one copies the node's directory, the
+                // next restarts it from that copy: everything written since
+                // is the unsynced tail the crash lost. Data is lost on one
+                // node only (two replicas losing the same write would lose
+                // it legitimately, with W=2).
+                let id = NODES;
+                sim.crash(name(id));
+                let copy = dir.path().join(format!("synced-{id}"));
+                if let Some(copy) = synced.remove(&id) {
+                    std::fs::remove_dir_all(node_dir(id)).unwrap();
+                    std::fs::rename(&copy, node_dir(id)).unwrap();
+                    *faults.entry("crash losing the unsynced tail").or_default() += 1;
+                } else {
+                    copy_dir(&node_dir(id), &copy).unwrap();
+                    synced.insert(id, copy);
+                    *faults.entry("crash and copy").or_default() += 1;
+                }
+                crashed = Some((id, now + Duration::from_millis(500 + rng.below(1500))));
+            }
+            4 if crashed.is_none() => {
+                // The disk is replaced: restarted empty with the same id.
+                let id = NODES;
+                sim.crash(name(id));
+                std::fs::remove_dir_all(node_dir(id)).unwrap();
+                synced.remove(&id);
+                crashed = Some((id, now + Duration::from_millis(500 + rng.below(1500))));
+                *faults.entry("wiped disk").or_default() += 1;
             }
             _ => {
                 heal_all(&mut sim);
