@@ -57,7 +57,7 @@ bench=$root/target/release/kv-bench
 work=$(mktemp -d /tmp/kv-fault-lab.XXXXXX)
 nodes=5
 RANDOM=$seed
-declare -a addr pid prefix ip
+declare -a addr pid prefix ip http
 declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0 [wipe]=0 [backup]=0 [restore]=0 [diskfull]=0)
 # The node whose disk is wiped and restored, and the one whose disk fills.
 disk_node=5
@@ -104,6 +104,7 @@ setup_netns() {
         ip netns exec "kvlab$i" iptables -L >/dev/null 2>&1 || return 1
         ip[$i]=10.77.0.$i
         addr[$i]=10.77.0.$i:7001
+        http[$i]=10.77.0.$i:8001
         prefix[$i]="ip netns exec kvlab$i"
     done
 }
@@ -112,6 +113,7 @@ setup_loopback() {
     for i in $(seq 1 $nodes); do
         ip[$i]=127.0.0.1
         addr[$i]=127.0.0.1:$((17300 + i))
+        http[$i]=127.0.0.1:$((17350 + i))
         prefix[$i]=""
     done
 }
@@ -137,7 +139,7 @@ start_node() {
     local extra=()
     [ "$i" = "$full_node" ] && [ "$small_disk" = true ] && extra=(--memtable-mib 1)
     # shellcheck disable=SC2086
-    ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" \
+    ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" --http "${http[$i]}" \
         "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
         --tombstone-grace-secs "$grace" --maintenance-interval-ms 500 \
@@ -164,7 +166,7 @@ for i in $(seq 1 $nodes); do
 done
 
 node_list=$(for i in $(seq 1 $nodes); do printf '%s,' "${addr[$i]}"; done)
-"$bench" --nodes "${node_list%,}" --workload d --records 1000 --ops 1000000000 \
+"$bench" --nodes "${node_list%,}" --workload d --distribution zipfian --records 1000 --ops 1000000000 \
     --duration-secs "$duration" --concurrency 16 --timeout-ms 1500 \
     --history "$work/history.jsonl" --max-siblings 1000 --converge-secs 180 \
     --seed "$seed" "${strict[@]}" >"$work/bench.txt" 2>"$work/bench.err" &
@@ -244,7 +246,9 @@ disk_full() {
     dd if=/dev/zero of="$work/n$i/filler" bs=1M >/dev/null 2>&1 || true
     echo "$(date +%T) disk of node $i full"
     local failing=false
-    for _ in $(seq 1 40); do
+    # The engine fails at its next table or segment: within seconds under
+    # load (a 1 MiB memtable); give it up to 30 s.
+    for _ in $(seq 1 120); do
         if timeout 2 "$kvctl" --node "${addr[$i]}" status 2>/dev/null | grep -E "^ +$i .*FAILING" >/dev/null; then
             failing=true
             break
@@ -313,7 +317,20 @@ echo "$(date +%T) final heal"
 status=0
 wait $bench_pid || status=$?
 cat "$work/bench.txt"
-ops=$(sed -n 's/^read: ops=\([0-9]*\).*/\1/p; s/^update: ops=\([0-9]*\).*/\1/p' "$work/bench.txt" | awk '{s+=$1} END {print s+0}')
+ops=$(sed -n 's/^\(read\|update\|rmw\|delete\): ops=\([0-9]*\).*/\2/p' "$work/bench.txt" | awk '{s+=$1} END {print s+0}')
+# Tombstones collected, summed over the nodes' metrics (since each node's
+# last start, so a lower bound).
+reaped=0
+for i in $(seq 1 $nodes); do
+    n=$(${prefix[$i]} python3 -c "
+import urllib.request
+text = urllib.request.urlopen('http://${http[$i]}/metrics', timeout=5).read().decode()
+print(sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith('kv_tombstones_collected_total')))
+" 2>/dev/null || echo 0)
+    reaped=$((reaped + n))
+done
+# Keys whose tombstones were collected: no replica holds anything.
+collected=$(grep -c '"type":"final".*"replicas":\[\[[0-9]*,null\],\[[0-9]*,null\],\[[0-9]*,null\]\]' "$work/history.jsonl" || true)
 acked=$(sed -n 's/^history: [0-9]* writes (\([0-9]*\) acknowledged).*/\1/p' "$work/bench.txt")
 violations=$(sed -n 's/^violations: //p' "$work/bench.txt")
 converged=$(sed -n 's/^converged: \([0-9.]*\) s.*/\1/p' "$work/bench.txt")
@@ -323,7 +340,7 @@ echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, slopp
 echo "operations: ${ops:-0}"
 echo "acknowledged writes: ${acked:-0}"
 echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]} wipe=${faults[wipe]} backup=${faults[backup]} restore=${faults[restore]} diskfull=${faults[diskfull]} (node $full_node reported its storage failing ${refused} times)"
-echo "tombstone grace: $grace s"
+echo "tombstone grace: $grace s; tombstones collected: at least $reaped; keys with nothing left at any replica at the end: ${collected:-0}"
 [ "$small_disk" = true ] || echo "note: no tmpfs could be mounted; the disk-full nemesis did not run"
 echo "violations: ${violations:-unknown}"
 echo "converged after the final heal: ${converged:-unknown} s"

@@ -1003,6 +1003,7 @@ where
             };
             if reaped {
                 collected += 1;
+                Metrics::add(&self.metrics.tombstones_collected, 1);
             }
         }
         Ok((examined, collected))

@@ -90,6 +90,8 @@ pub struct Metrics {
     /// Tombstone collections left for a later pass because a replica did
     /// not confirm its reap (this node kept its tombstone).
     pub reaps_unconfirmed: AtomicU64,
+    /// Tombstones this node collected as the keys' coordinator.
+    pub tombstones_collected: AtomicU64,
 }
 
 impl Metrics {

@@ -205,6 +205,10 @@ struct Routes {
     /// Node id to its index among the client's nodes (nodes it was not
     /// given are not routed to).
     index: std::collections::HashMap<u64, usize>,
+    /// Replicas per key.
+    n: usize,
+    /// Nodes whose storage refuses writes: routed around.
+    unhealthy: std::collections::HashSet<u64>,
     fetched: std::time::Instant,
 }
 
@@ -348,7 +352,15 @@ impl Client {
                 let Ok(status) = admin.status(crate::proto::Empty {}).await else {
                     continue;
                 };
-                let state = status.into_inner().ring.unwrap_or_default();
+                let status = status.into_inner();
+                let unhealthy = status
+                    .members
+                    .iter()
+                    .filter(|m| m.unhealthy)
+                    .map(|m| m.id)
+                    .collect();
+                let n = (status.n as usize).max(1);
+                let state = status.ring.unwrap_or_default();
                 let Ok(ring) = crate::ring_state::ring_of(&state) else {
                     continue;
                 };
@@ -365,6 +377,8 @@ impl Client {
                 *routes.write() = Some(Routes {
                     ring,
                     index,
+                    n,
+                    unhealthy,
                     fetched: std::time::Instant::now(),
                 });
                 break;
@@ -378,12 +392,17 @@ impl Client {
         self.routes.read().is_some()
     }
 
-    /// The index of `key`'s first replica among the nodes, if known.
+    /// The index among the nodes of `key`'s first replica whose storage
+    /// takes writes, if known.
     fn route(&self, key: &[u8]) -> Option<usize> {
         use kv_core::Partitioner as _;
         let routes = self.routes.read();
         let routes = routes.as_ref()?;
-        let first = *routes.ring.preference_list(key, 1).ok()?.first()?;
+        let replicas = routes.ring.preference_list(key, routes.n).ok()?;
+        let first = replicas
+            .iter()
+            .find(|r| !routes.unhealthy.contains(&r.0))
+            .or(replicas.first())?;
         routes.index.get(&first.0).copied()
     }
 

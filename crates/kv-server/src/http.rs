@@ -147,6 +147,12 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
     );
     counter(
         &mut out,
+        "kv_tombstones_collected_total",
+        "Tombstones collected by this node as their keys' coordinator.",
+        Metrics::get(&m.tombstones_collected),
+    );
+    counter(
+        &mut out,
         "kv_reaps_unconfirmed_total",
         "Tombstone collections postponed because a replica did not confirm.",
         Metrics::get(&m.reaps_unconfirmed),
