@@ -11,10 +11,15 @@ use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 use proptest::prelude::*;
 
-use super::{Cluster, now_secs};
+use super::{Cluster, now_secs, seeded};
 
-/// Node 1's replica of a one-node ring on `engine`, started in `epoch`.
-fn replica(engine: Arc<MemEngine>, epoch: u32) -> Replica<Arc<MemEngine>> {
+/// Node 1's replica of a one-node ring on `engine` and `hints`, with
+/// `settings` (N is set to 1).
+fn single(
+    engine: Arc<MemEngine>,
+    hints: Arc<MemEngine>,
+    settings: ReplicaSettings,
+) -> Replica<Arc<MemEngine>> {
     let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
         ConsistentHashRing::builder()
             .vnodes(8)
@@ -22,19 +27,17 @@ fn replica(engine: Arc<MemEngine>, epoch: u32) -> Replica<Arc<MemEngine>> {
             .build()
             .unwrap(),
     );
+    let settings = ReplicaSettings { n: 1, ..settings };
+    Replica::new(NodeId(1), engine, hints, &settings, ring).unwrap()
+}
+
+/// Node 1's replica of a one-node ring on `engine`, started in `epoch`.
+fn replica(engine: Arc<MemEngine>, epoch: u32) -> Replica<Arc<MemEngine>> {
     let settings = ReplicaSettings {
-        n: 1,
         epoch,
         ..ReplicaSettings::default()
     };
-    Replica::new(
-        NodeId(1),
-        engine,
-        Arc::new(MemEngine::new()),
-        &settings,
-        ring,
-    )
-    .unwrap()
+    single(engine, Arc::new(MemEngine::new()), settings)
 }
 
 /// What happens to the replica's node.
@@ -232,26 +235,15 @@ fn forged_contexts_are_refused_and_never_give_two_siblings_one_dot() {
 
 #[test]
 fn a_state_over_the_limit_fails_alone() {
-    let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
-        ConsistentHashRing::builder()
-            .vnodes(8)
-            .nodes([NodeId(1)])
-            .build()
-            .unwrap(),
-    );
     let settings = ReplicaSettings {
-        n: 1,
         max_state_bytes: 1_000,
         ..ReplicaSettings::default()
     };
-    let node = Replica::new(
-        NodeId(1),
+    let node = single(
         Arc::new(MemEngine::new()),
         Arc::new(MemEngine::new()),
-        &settings,
-        ring,
-    )
-    .unwrap();
+        settings,
+    );
     let prune = kv_clock::PrunePolicy::default();
     let empty = VectorClock::new();
     // Siblings accumulate until the state would pass the limit: that
@@ -274,18 +266,7 @@ fn undecodable_states_are_quarantined_and_the_node_starts() {
     let engine = Arc::new(MemEngine::new());
     let hints = Arc::new(MemEngine::new());
     engine.put(b"bad", b"\x07not a state").unwrap();
-    let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(
-        ConsistentHashRing::builder()
-            .vnodes(8)
-            .nodes([NodeId(1)])
-            .build()
-            .unwrap(),
-    );
-    let settings = ReplicaSettings {
-        n: 1,
-        ..ReplicaSettings::default()
-    };
-    let node = Replica::new(NodeId(1), engine.clone(), hints, &settings, ring).unwrap();
+    let node = single(engine.clone(), hints, ReplicaSettings::default());
     assert_eq!(node.hints().quarantined(), 1);
     assert_eq!(
         node.hints().quarantine_entries().unwrap(),
@@ -309,13 +290,7 @@ async fn cluster_run(seed: u64, ops: usize) -> (usize, usize) {
         ..Config::default()
     };
     let mut c = Cluster::new(4, config);
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (rng >> 33) % n
-    };
+    let mut next = seeded(seed);
     let keys: Vec<Vec<u8>> = (0..8).map(|i| format!("d:{i}").into_bytes()).collect();
     let mut dots: BTreeMap<(Vec<u8>, Dot), usize> = BTreeMap::new();
     let mut last_read: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -376,18 +351,7 @@ async fn cluster_run(seed: u64, ops: usize) -> (usize, usize) {
             }
         }
     }
-    for round in 0.. {
-        let mut changed = 0;
-        for node in &c.nodes {
-            let (report, errors) = node.anti_entropy_round(64).await;
-            assert!(errors.is_empty(), "seed {seed}: {errors:?}");
-            changed += report.keys_pushed;
-        }
-        if changed == 0 {
-            break;
-        }
-        assert!(round < 5, "seed {seed}: anti-entropy did not converge");
-    }
+    c.converge(seed).await;
     for key in &keys {
         let states: Vec<_> = c
             .replicas(key)

@@ -101,6 +101,23 @@ impl Cluster {
         self.nodes[(id.0 - 1) as usize] = node;
     }
 
+    /// Runs anti-entropy rounds on every node until one pushes nothing
+    /// (at most five), failing the test on any exchange error.
+    async fn converge(&self, seed: u64) {
+        for round in 0.. {
+            let mut changed = 0;
+            for node in &self.nodes {
+                let (report, errors) = node.anti_entropy_round(64).await;
+                assert!(errors.is_empty(), "seed {seed}: {errors:?}");
+                changed += report.keys_pushed;
+            }
+            if changed == 0 {
+                return;
+            }
+            assert!(round < 5, "seed {seed}: anti-entropy did not converge");
+        }
+    }
+
     /// Node `id`'s disks are replaced by empty ones and it restarts.
     fn wipe(&mut self, id: NodeId) {
         self.restore(id, MemEngine::new(), MemEngine::new());
@@ -646,6 +663,17 @@ async fn anti_entropy_alone_converges_replicas_after_a_partition() {
     assert_eq!(with_siblings, both_sides);
 }
 
+/// A seeded generator: each call draws a number below its argument.
+fn seeded(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    }
+}
+
 /// Per key: every value written, with the dot that created it.
 type Written = Vec<(Vec<u8>, (kv_core::ActorId, u64))>;
 
@@ -703,13 +731,7 @@ async fn random_history(seed: u64, ops: usize) {
         ..Config::default()
     };
     let c = Cluster::new(5, config);
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (rng >> 33) % n
-    };
+    let mut next = seeded(seed);
     let keys: Vec<Vec<u8>> = (0..24).map(|i| format!("h:{i}").into_bytes()).collect();
     // Per key: every value written, with the dot that created it.
     let mut written: BTreeMap<Vec<u8>, Written> = BTreeMap::new();
@@ -802,18 +824,7 @@ async fn random_history(seed: u64, ops: usize) {
     for node in &c.nodes {
         node.deliver_hints(100_000).await.unwrap();
     }
-    for round in 0.. {
-        let mut changed = 0;
-        for node in &c.nodes {
-            let (report, errors) = node.anti_entropy_round(64).await;
-            assert!(errors.is_empty(), "seed {seed}: {errors:?}");
-            changed += report.keys_pushed;
-        }
-        if changed == 0 {
-            break;
-        }
-        assert!(round < 5, "seed {seed}: anti-entropy did not converge");
-    }
+    c.converge(seed).await;
     check_history(&c, &keys, &contexts, &written, seed, "after healing");
     // Collect every tombstone past its grace period, then run repair
     // again: no delete may come undone and no value may change.
