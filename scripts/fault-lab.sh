@@ -336,7 +336,7 @@ violations=$(sed -n 's/^violations: //p' "$work/bench.txt")
 converged=$(sed -n 's/^converged: \([0-9.]*\) s.*/\1/p' "$work/bench.txt")
 echo
 echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, sloppy quorum $sloppy, work in $work)"
-[ "$mode" = loopback ] && echo "note: loopback variant, no network partitions (kill -9 and SIGSTOP only)"
+[ "$mode" = loopback ] && echo "note: loopback variant, no network partitions (kill -9, SIGSTOP and the disk faults only)"
 echo "operations: ${ops:-0}"
 echo "acknowledged writes: ${acked:-0}"
 echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]} wipe=${faults[wipe]} backup=${faults[backup]} restore=${faults[restore]} diskfull=${faults[diskfull]} (node $full_node reported its storage failing ${refused} times)"
