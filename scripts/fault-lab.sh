@@ -119,7 +119,7 @@ setup_loopback() {
 }
 
 if [ "$mode" = netns ] && ! setup_netns; then
-    echo "fault-lab: network namespaces cannot be made here; running the loopback variant (kill -9 and SIGSTOP only)"
+    echo "fault-lab: network namespaces cannot be made here; running the loopback variant (no partitions)"
     cleanup
     mode=loopback
 fi
