@@ -14,11 +14,15 @@
 #
 #   scripts/fault-lab.sh [--duration SECS] [--fault-every SECS] [--seed N]
 #                        [--grace SECS] [--loopback] [--strict]
+#                        [--min-write-availability PERCENT]
 #
 # --strict turns sloppy quorum off (W=2, R=2, N=3) and has the checker also
 # hold every read to every write acknowledged before it began. --grace is
 # the tombstone grace period (20 s); backups are restored only while they
 # are younger than it, as an operator must (docs/operations.md).
+# --min-write-availability fails the lab when fewer writes than that
+# succeed (the report prints availability, reads and writes apart, and
+# where the failures came from: scripts/error-breakdown.py).
 #
 # 180 s by default (CI); --duration 600 for a soak. Needs root for the
 # namespaces; without them (or with --loopback) the nodes run on 127.0.0.1
@@ -29,6 +33,7 @@ duration=180
 every=8
 seed=1
 grace=20
+min_write=0
 mode=netns
 strict=()
 sloppy=true
@@ -38,9 +43,10 @@ while [ $# -gt 0 ]; do
         --fault-every) every=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
         --grace) grace=$2; shift 2 ;;
+        --min-write-availability) min_write=$2; shift 2 ;;
         --loopback) mode=loopback; shift ;;
         --strict) strict=(--strict --w 2 --r 2); sloppy=false; shift ;;
-        -h|--help) sed -n 2,26p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,30p "$0"; exit 0 ;;
         *) echo "fault-lab: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -172,9 +178,20 @@ node_list=$(for i in $(seq 1 $nodes); do printf '%s,' "${addr[$i]}"; done)
     --seed "$seed" "${strict[@]}" >"$work/bench.txt" 2>"$work/bench.err" &
 bench_pid=$!
 
+# The fault log (faults.tsv): kind, node, start and end in Unix ms, for
+# scripts/error-breakdown.py.
+now_ms() { date +%s%3N; }
+log_fault() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(now_ms)" >>"$work/faults.tsv"; }
+part_start=""
+part_nodes=""
+
 heal() {
     if [ "$mode" = netns ]; then
         for i in $(seq 1 $nodes); do ip netns exec "kvlab$i" iptables -F; done
+    fi
+    if [ -n "$part_start" ]; then
+        for n in $part_nodes; do log_fault partition "$n" "$part_start"; done
+        part_start=""
     fi
 }
 
@@ -190,11 +207,14 @@ partition() {
             ip netns exec "kvlab$a" iptables -A OUTPUT -d "${ip[$b]}" -j DROP
         done
     done
+    part_start=$(now_ms)
+    part_nodes="${minority[*]}"
     echo "$(date +%T) partition: {${minority[*]}} from the rest"
 }
 
 kill9() {
     local i=$((RANDOM % nodes + 1))
+    fault_node=$i
     kill -9 "${pid[$i]}" 2>/dev/null || true
     gone "${pid[$i]}"
     echo "$(date +%T) kill -9 node $i"
@@ -207,6 +227,7 @@ kill9() {
 # restarted with the same id on an empty one.
 wipe() {
     local i=$disk_node
+    fault_node=$i
     kill -9 "${pid[$i]}" 2>/dev/null || true
     gone "${pid[$i]}"
     rm -rf "$work/n$i"
@@ -221,6 +242,7 @@ wipe() {
 # an operator's restore must be (docs/operations.md).
 restore() {
     local i=$disk_node
+    fault_node=$i
     kill -9 "${pid[$i]}" 2>/dev/null || true
     gone "${pid[$i]}"
     rm -rf "$work/backup"
@@ -243,6 +265,7 @@ restore() {
 # says so in gossip and steps aside), is freed, and the node restarted.
 disk_full() {
     local i=$full_node
+    fault_node=$i
     dd if=/dev/zero of="$work/n$i/filler" bs=1M >/dev/null 2>&1 || true
     echo "$(date +%T) disk of node $i full"
     local failing=false
@@ -268,6 +291,7 @@ disk_full() {
 
 pause() {
     local i=$((RANDOM % nodes + 1))
+    fault_node=$i
     kill -STOP "${pid[$i]}" 2>/dev/null || true
     echo "$(date +%T) SIGSTOP node $i"
     sleep $((RANDOM % 4 + 1))
@@ -296,6 +320,8 @@ while [ $SECONDS -lt $((end - every)) ] && kill -0 $bench_pid 2>/dev/null; do
         choice=${kinds[$((RANDOM % ${#kinds[@]}))]}
     fi
     fired=$((fired + 1))
+    fault_start=$(now_ms)
+    fault_node=0
     case $choice in
         partition) partition; faults[partition]=$((faults[partition] + 1)) ;;
         kill9) kill9; faults[kill9]=$((faults[kill9] + 1)) ;;
@@ -304,6 +330,10 @@ while [ $SECONDS -lt $((end - every)) ] && kill -0 $bench_pid 2>/dev/null; do
         wipe) wipe; faults[wipe]=$((faults[wipe] + 1)) ;;
         restore) restore ;;
         diskfull) disk_full; faults[diskfull]=$((faults[diskfull] + 1)) ;;
+    esac
+    case $choice in
+        partition | heal) ;;
+        *) log_fault "$choice" "$fault_node" "$fault_start" ;;
     esac
     sleep "$every"
 done
@@ -343,9 +373,20 @@ echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faul
 echo "tombstone grace: $grace s; tombstones collected: at least $reaped; keys with nothing left at any replica at the end: ${collected:-0}"
 [ "$small_disk" = true ] || echo "note: no tmpfs could be mounted; the disk-full nemesis did not run"
 echo "violations: ${violations:-unknown}"
+availability=$(sed -n 's/^availability: //p' "$work/bench.txt")
+write_share=$(sed -n 's/^availability: .*writes=\([0-9.]*\)%.*/\1/p' "$work/bench.txt")
+echo "availability: ${availability:-unknown} (successful over attempted)"
+if [ -f "$work/faults.tsv" ] && python3 "$root/scripts/error-breakdown.py" "$work/history.jsonl" "$work/faults.tsv" >"$work/breakdown.txt" 2>&1; then
+    echo "where the failures came from ($work/breakdown.txt):"
+    sed -n '/^failures by fault (/,/^$/p' "$work/breakdown.txt"
+fi
 echo "converged after the final heal: ${converged:-unknown} s"
 if [ "$status" != 0 ] || [ "${violations:-1}" != 0 ]; then
     echo "fault-lab: FAILED (kv-bench exit $status); see $work/bench.err and $work/n*.log" >&2
     tail -20 "$work/bench.err" >&2 || true
+    exit 1
+fi
+if [ -n "$write_share" ] && awk -v got="$write_share" -v min="$min_write" 'BEGIN { exit !(got < min) }'; then
+    echo "fault-lab: FAILED: write availability ${write_share}% is below --min-write-availability ${min_write}%" >&2
     exit 1
 fi

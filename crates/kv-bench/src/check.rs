@@ -72,6 +72,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                 acked,
                 invoke_us,
                 complete_us,
+                ..
             } => {
                 let key = unhex(key)?;
                 let context = unhex(context)?;
@@ -106,6 +107,8 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                 invoke_us,
                 complete_us,
             } => reads.push((unhex(key)?, values, *invoke_us, *complete_us)),
+            // A failed read says nothing about the data.
+            Event::ReadFailed { .. } => {}
             Event::Final { key, replicas } => {
                 let mut states = Vec::new();
                 for (node, state) in replicas {
@@ -177,6 +180,7 @@ mod tests {
             strict,
             value_size: 32,
             max_siblings: 100,
+            started_unix_ms: None,
         }
     }
 
@@ -216,6 +220,7 @@ mod tests {
             acked: Some((1, dot)),
             invoke_us: at,
             complete_us: at + 1,
+            error: None,
         }
     }
 
@@ -274,6 +279,7 @@ mod tests {
                 acked: None,
                 invoke_us: 0,
                 complete_us: 1,
+                error: None,
             },
         ];
         assert!(check(&bad_context).unwrap_err().contains("context"));

@@ -29,6 +29,10 @@ pub enum Event {
         value_size: usize,
         /// The cluster's sibling bound.
         max_siblings: usize,
+        /// When the run began (milliseconds since the Unix epoch), to
+        /// line operations up with a fault log; absent in older files.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_unix_ms: Option<u64>,
     },
     /// A put or delete.
     Write {
@@ -41,6 +45,21 @@ pub enum Event {
         /// The new version's dot when acknowledged; `None` when the
         /// outcome is unknown (failed or timed out).
         acked: Option<(u64, u64)>,
+        /// Microseconds since the run began, at invocation.
+        invoke_us: u64,
+        /// ... and at completion.
+        complete_us: u64,
+        /// Why it failed, when it did: the error's class, a colon, the
+        /// message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A get that failed.
+    ReadFailed {
+        /// The key, hex.
+        key: String,
+        /// The error's class, a colon, the message.
+        error: String,
         /// Microseconds since the run began, at invocation.
         invoke_us: u64,
         /// ... and at completion.
@@ -145,6 +164,7 @@ mod tests {
                 strict: true,
                 value_size: 100,
                 max_siblings: 100,
+                started_unix_ms: Some(1_800_000_000_000),
             },
             Event::Write {
                 key: hex(b"k"),
@@ -153,6 +173,22 @@ mod tests {
                 acked: Some((1, 1)),
                 invoke_us: 5,
                 complete_us: 9,
+                error: None,
+            },
+            Event::Write {
+                key: hex(b"k"),
+                value: Some(8),
+                context: String::new(),
+                acked: None,
+                invoke_us: 6,
+                complete_us: 11,
+                error: Some("timeout: deadline".into()),
+            },
+            Event::ReadFailed {
+                key: hex(b"k"),
+                error: "unavailable/read-quorum: 1 of 2".into(),
+                invoke_us: 7,
+                complete_us: 8,
             },
             Event::Read {
                 key: hex(b"k"),

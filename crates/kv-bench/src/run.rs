@@ -2,7 +2,7 @@
 //! measured phase (closed or open loop), and, when a history is recorded,
 //! the converged final state of every key written.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +77,8 @@ pub struct OpStats {
     pub latency: Histogram<u64>,
     /// Operations that failed.
     pub errors: u64,
+    /// Failures by class (see [`error_class`]).
+    pub error_classes: BTreeMap<&'static str, u64>,
 }
 
 impl OpStats {
@@ -84,12 +86,58 @@ impl OpStats {
         OpStats {
             latency: new_histogram(),
             errors: 0,
+            error_classes: BTreeMap::new(),
         }
     }
 
     fn merge(&mut self, other: &OpStats) {
         let _ = self.latency.add(&other.latency);
         self.errors += other.errors;
+        for (class, n) in &other.error_classes {
+            *self.error_classes.entry(class).or_default() += n;
+        }
+    }
+
+    /// Counts one outcome that took `micros`.
+    fn count(&mut self, result: &Result<(), ClientError>, micros: u64) {
+        match result {
+            Ok(()) => {
+                let _ = self.latency.record(micros);
+            }
+            Err(e) => {
+                self.errors += 1;
+                *self.error_classes.entry(error_class(e)).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// What kind of failure a client error is, for reports and histories:
+/// `timeout` (the node did not answer in time: the outcome of a write is
+/// unknown), `unavailable/write-quorum` and `unavailable/read-quorum` (the
+/// coordinator answered but too few replicas did), `unavailable/connect`
+/// (no connection to the node), `unavailable/other`, `overloaded`,
+/// `invalid`, `other`.
+pub fn error_class(error: &ClientError) -> &'static str {
+    match error {
+        ClientError::Timeout(_) => "timeout",
+        ClientError::Unavailable { message, .. } => {
+            if message.contains("write quorum") {
+                "unavailable/write-quorum"
+            } else if message.contains("read quorum") {
+                "unavailable/read-quorum"
+            } else if message.contains("transport error")
+                || message.contains("connect")
+                || message.contains("unreachable")
+            {
+                "unavailable/connect"
+            } else {
+                "unavailable/other"
+            }
+        }
+        ClientError::Overloaded(_) => "overloaded",
+        ClientError::InvalidArgument(_) => "invalid",
+        _ => "other",
     }
 }
 
@@ -167,6 +215,37 @@ impl RunReport {
                 s.errors
             ));
         }
+        // Availability: operations that succeeded over those attempted,
+        // reads and writes (updates, read-modify-writes, deletes) apart.
+        let share = |ops: &[Op]| {
+            let (mut done, mut failed) = (0u64, 0u64);
+            for op in ops {
+                let s = &self.per_op[op.index()];
+                done += s.latency.len();
+                failed += s.errors;
+            }
+            match done + failed {
+                0 => "-".to_string(),
+                all => format!("{:.3}%", 100.0 * done as f64 / all as f64),
+            }
+        };
+        out.push_str(&format!(
+            "availability: reads={} writes={}\n",
+            share(&[Op::Read]),
+            share(&[Op::Update, Op::ReadModifyWrite, Op::Delete])
+        ));
+        let classes: Vec<String> = Op::ALL
+            .iter()
+            .flat_map(|op| {
+                self.per_op[op.index()]
+                    .error_classes
+                    .iter()
+                    .map(move |(class, n)| format!("{}.{class}={n}", op.name()))
+            })
+            .collect();
+        if !classes.is_empty() {
+            out.push_str(&format!("errors_by_class: {}\n", classes.join(" ")));
+        }
         out
     }
 }
@@ -241,6 +320,10 @@ impl Shared {
                     .map(|w| (w.version.actor, w.version.counter)),
                 invoke_us: invoke,
                 complete_us: complete,
+                error: result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e}", error_class(e))),
             });
         }
         let written = result?;
@@ -251,7 +334,20 @@ impl Shared {
     async fn read(&self, record: u64) -> Result<Context, ClientError> {
         let k = key(record);
         let invoke = self.micros();
-        let read = self.client.get(&k).await?;
+        let read = match self.client.get(&k).await {
+            Ok(read) => read,
+            Err(e) => {
+                if self.recorder.is_some() {
+                    self.record(Event::ReadFailed {
+                        key: hex(&k),
+                        error: format!("{}: {e}", error_class(&e)),
+                        invoke_us: invoke,
+                        complete_us: self.micros(),
+                    });
+                }
+                return Err(e);
+            }
+        };
         let complete = self.micros();
         if self.recorder.is_some() {
             self.record(Event::Read {
@@ -315,13 +411,7 @@ async fn closed_loop(
                 let (op, record) = make(&mut rng, i);
                 let started = Instant::now();
                 let result = shared.op(op, record).await;
-                let s = &mut stats[op.index()];
-                match result {
-                    Ok(()) => {
-                        let _ = s.latency.record(started.elapsed().as_micros() as u64);
-                    }
-                    Err(_) => s.errors += 1,
-                }
+                stats[op.index()].count(&result, started.elapsed().as_micros() as u64);
                 bar.inc(1);
             }
         }));
@@ -379,12 +469,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                         let result = shared.op(op, record).await;
                         let mut stats = stats.lock();
                         if let Some(s) = stats.get_mut(op.index()) {
-                            match result {
-                                Ok(()) => {
-                                    let _ = s.latency.record(due.elapsed().as_micros() as u64);
-                                }
-                                Err(_) => s.errors += 1,
-                            }
+                            s.count(&result, due.elapsed().as_micros() as u64);
                         }
                         bar.inc(1);
                     }
@@ -466,6 +551,10 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         strict: config.strict,
         value_size: config.value_size,
         max_siblings: config.max_siblings,
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64),
     });
     if config.load {
         let b = bar(config.progress, config.records, "load");
@@ -609,4 +698,57 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
         shared.record(event);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classed_and_availability_is_reported_apart() {
+        let unavailable = |message: &str| ClientError::Unavailable {
+            tried: 1,
+            message: message.into(),
+        };
+        assert_eq!(
+            error_class(&unavailable("write quorum not reached: 1 of 2")),
+            "unavailable/write-quorum"
+        );
+        assert_eq!(
+            error_class(&unavailable("read quorum not reached: 1 of 2")),
+            "unavailable/read-quorum"
+        );
+        assert_eq!(
+            error_class(&unavailable("10.77.0.3:7001: transport error")),
+            "unavailable/connect"
+        );
+        assert_eq!(error_class(&ClientError::Timeout("late".into())), "timeout");
+        let mut per_op: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::new()).collect();
+        for i in 0..1000u64 {
+            let result = if i < 3 {
+                Err(ClientError::Timeout("late".into()))
+            } else {
+                Ok(())
+            };
+            per_op[Op::Update.index()].count(&result, 100);
+            per_op[Op::Read.index()].count(&Ok(()), 50);
+        }
+        per_op[Op::Delete.index()].count(&Err(unavailable("write quorum not reached")), 9);
+        let report = RunReport {
+            elapsed: Duration::from_secs(1),
+            per_op,
+            final_keys: 0,
+            converged_in: None,
+        };
+        let text = report.render();
+        // 997 + 0 of 1001 writes; every read.
+        assert!(
+            text.contains("availability: reads=100.000% writes=99.600%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("errors_by_class: update.timeout=3 delete.unavailable/write-quorum=1"),
+            "{text}"
+        );
+    }
 }
