@@ -21,7 +21,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 use std::time::Duration;
@@ -172,6 +172,9 @@ pub struct ClientConfig {
     /// Time allowed to connect to a node (1 s).
     pub connect_timeout: Duration,
     /// Nodes tried per request, at most, when they answer Unavailable (3).
+    /// A node that could not even be connected to never received the
+    /// request, so it is skipped without counting: a request is always
+    /// tried on a node it can reach, even with `attempts = 1`.
     pub attempts: usize,
     /// Write quorum sent with writes; `None` for the cluster's W.
     pub w: Option<u32>,
@@ -221,11 +224,12 @@ struct Node {
 /// A client of a kv cluster. Cheap to clone; clones share connections.
 ///
 /// Requests go to the nodes round robin (any node coordinates any key).
-/// A node that answers Unavailable, or cannot be reached, is skipped for
-/// the next one, up to [`ClientConfig::attempts`] nodes. Note that a write
-/// retried this way may have been applied by the first node too: with an
-/// empty context it then shows as two equal siblings, which a resolver
-/// folds back into one.
+/// A node that answers Unavailable is skipped for the next one, up to
+/// [`ClientConfig::attempts`] nodes; a node that cannot be connected to is
+/// skipped without counting (it never received the request). Note that a
+/// write retried after an Unavailable answer may have been applied by the
+/// first node too: with an empty context it then shows as two equal
+/// siblings, which a resolver folds back into one.
 #[derive(Clone)]
 pub struct Client {
     nodes: Arc<Vec<Node>>,
@@ -233,6 +237,8 @@ pub struct Client {
     config: ClientConfig,
     routes: Arc<RwLock<Option<Routes>>>,
     refreshing: Arc<AtomicBool>,
+    /// Recent read latency in microseconds (0: none timed yet).
+    read_micros: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -245,6 +251,16 @@ impl std::fmt::Debug for Client {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether an Unavailable message says the request never left this
+/// client: the connection to the node could not be made (refused, or no
+/// route), so retrying it elsewhere cannot apply it twice.
+fn never_sent(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("tcp connect error")
+        || message.contains("connection refused")
+        || message.contains("error trying to connect")
 }
 
 fn classify(status: &tonic::Status) -> ClientError {
@@ -313,6 +329,7 @@ impl Client {
             config,
             routes: Arc::new(RwLock::new(None)),
             refreshing: Arc::new(AtomicBool::new(false)),
+            read_micros: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -406,6 +423,22 @@ impl Client {
         routes.index.get(&first.0).copied()
     }
 
+    /// The nodes to try for `key`, in order: its coordinator first when
+    /// known, then the others round robin.
+    fn order(&self, key: &[u8]) -> Vec<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let routed = self.route(key);
+        let count = self.nodes.len();
+        routed
+            .into_iter()
+            .chain(
+                (0..count)
+                    .map(|i| (start + i) % count)
+                    .filter(|&i| Some(i) != routed),
+            )
+            .collect()
+    }
+
     /// Runs `call` against nodes until one answers something other than
     /// Unavailable: the key's coordinator first when known, then the
     /// others round robin.
@@ -415,23 +448,25 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         self.refresh_routes();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let routed = self.route(key);
+        let order = self.order(key);
         let count = self.nodes.len();
-        let order = routed.into_iter().chain(
-            (0..count)
-                .map(|i| (start + i) % count)
-                .filter(|&i| Some(i) != routed),
-        );
         let attempts = self.config.attempts.clamp(1, count);
+        let (mut counted, mut tried) = (0, 0);
         let mut last = String::new();
-        for index in order.take(attempts) {
+        for index in order {
+            if counted == attempts {
+                break;
+            }
             let node = &self.nodes[index];
             let (addr, client) = (&node.addr, &node.kv);
+            tried += 1;
             match call(client.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(status) => match classify(&status) {
                     ClientError::Unavailable { message, .. } => {
+                        if !never_sent(&message) {
+                            counted += 1;
+                        }
                         last = format!("{addr}: {message}");
                     }
                     other => return Err(other),
@@ -439,7 +474,7 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable {
-            tried: attempts,
+            tried,
             message: last,
         })
     }
@@ -448,23 +483,101 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
+    ///
+    /// Reads are hedged: when the first node has not answered within a
+    /// few times the recent read latency (a paused or cut-off node), the
+    /// same read goes to the next node too and the first answer wins. A
+    /// read changes nothing, so asking twice is safe.
     pub async fn get(&self, key: &[u8]) -> Result<Versioned, ClientError> {
-        let r = self.config.r.unwrap_or(0);
-        self.with_retry(key, |mut c| {
-            let request = GetRequest {
-                key: key.to_vec(),
-                r,
-            };
-            async move { c.get(request).await }
-        })
-        .await
-        .map(|reply| {
-            let reply = reply.into_inner();
-            Versioned {
-                values: reply.values,
-                context: Context(reply.context),
+        use futures_util::StreamExt as _;
+        let request = GetRequest {
+            key: key.to_vec(),
+            r: self.config.r.unwrap_or(0),
+        };
+        self.refresh_routes();
+        let mut order = self.order(key).into_iter();
+        // Reads may always go to a second node; more only as configured.
+        let budget = self.config.attempts.max(2).min(self.nodes.len());
+        let call = |index: usize| {
+            let mut client = self.nodes[index].kv.clone();
+            let request = request.clone();
+            async move {
+                let started = std::time::Instant::now();
+                (index, client.get(request).await, started.elapsed())
             }
-        })
+        };
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut sent = 0;
+        if let Some(first) = order.next() {
+            pending.push(call(first));
+            sent += 1;
+        }
+        let mut last = String::new();
+        loop {
+            let hedge = tokio::time::sleep(self.hedge_delay());
+            tokio::select! {
+                done = pending.next() => {
+                    let Some((index, result, took)) = done else {
+                        return Err(ClientError::Unavailable { tried: sent, message: last });
+                    };
+                    match result {
+                        Ok(reply) => {
+                            self.observe_read(took);
+                            let reply = reply.into_inner();
+                            return Ok(Versioned {
+                                values: reply.values,
+                                context: Context(reply.context),
+                            });
+                        }
+                        Err(status) => match classify(&status) {
+                            ClientError::Unavailable { message, .. }
+                            | ClientError::Timeout(message) => {
+                                last = format!("{}: {message}", self.nodes[index].addr);
+                                if sent < budget && let Some(next) = order.next() {
+                                    pending.push(call(next));
+                                    sent += 1;
+                                }
+                            }
+                            other => return Err(other),
+                        },
+                    }
+                }
+                () = hedge, if sent < budget && sent == pending.len() => {
+                    if let Some(next) = order.next() {
+                        pending.push(call(next));
+                        sent += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a read waits before it is hedged on another node: three
+    /// times the recent read latency, between 10 ms and half the request
+    /// timeout (50 ms before any read has been timed).
+    fn hedge_delay(&self) -> Duration {
+        let recent = self.read_micros.load(Ordering::Relaxed);
+        let delay = if recent == 0 {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_micros(recent.saturating_mul(3))
+        };
+        delay.clamp(
+            Duration::from_millis(10),
+            (self.config.request_timeout / 2).max(Duration::from_millis(10)),
+        )
+    }
+
+    /// Folds a read's latency into the recent average (weight 1/8).
+    fn observe_read(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.read_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(7).saturating_add(sample)) / 8
+        };
+        self.read_micros.store(new, Ordering::Relaxed);
     }
 
     /// Writes `value`, superseding what `context` (from a read) covers;

@@ -109,6 +109,24 @@ async fn requests_go_to_another_node_when_one_is_down() {
         let got = client.get(&key).await.unwrap();
         assert_eq!(got.values, vec![i.to_le_bytes().to_vec()]);
     }
+    // A node that refuses connections never received the request: it is
+    // skipped even with one attempt allowed (the request cannot be applied
+    // twice), and the message of a refused connection says so.
+    let once = Client::new(
+        [dead.as_str(), addrs[2].as_str()],
+        ClientConfig {
+            attempts: 1,
+            route_by_key: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 0..4u32 {
+        let key = format!("once:{i}").into_bytes();
+        once.put(&key, i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {i} with one attempt: {e}"));
+    }
     // With only dead nodes, the error says how many were tried.
     let client = Client::new([dead.as_str()], ClientConfig::default()).unwrap();
     match client.get(b"x").await.unwrap_err() {
@@ -175,6 +193,45 @@ async fn routing_by_key_skips_the_forwarding_hop() {
         60,
         "every put went straight to its coordinator"
     );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sent_to_a_node_that_never_answers_is_hedged_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    // A node that takes connections and never answers (a paused process).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let live = nodes[0].addr.to_string();
+    let writer = Client::new([live.as_str()], ClientConfig::default()).unwrap();
+    let reader = Client::new(
+        [silent_addr.as_str(), live.as_str()],
+        ClientConfig {
+            // One attempt and no routing: without hedging, every read that
+            // starts at the silent node would time out and fail.
+            attempts: 1,
+            route_by_key: false,
+            request_timeout: std::time::Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 0..6u32 {
+        let key = format!("hedge:{i}").into_bytes();
+        writer
+            .put(&key, i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        let got = reader
+            .get(&key)
+            .await
+            .unwrap_or_else(|e| panic!("read {i}: {e}"));
+        assert_eq!(got.values, vec![i.to_le_bytes().to_vec()]);
+    }
+    drop(silent);
     for n in nodes {
         n.shutdown().await.unwrap();
     }
