@@ -55,6 +55,14 @@ pub struct Config {
     pub anti_entropy_fanout: usize,
     /// Between hint deliveries and tombstone collections (1 s).
     pub maintenance_interval: Duration,
+    /// With sloppy quorum, a write waits this many times the recent
+    /// replica latency for a replica before it also sends the state to a
+    /// fallback with a hint, so W is met without waiting for failure
+    /// detection (4).
+    pub hedge_factor: u32,
+    /// The shortest such wait (10 ms); the longest is half the request
+    /// timeout.
+    pub hedge_floor: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +85,8 @@ impl Default for Config {
             anti_entropy_interval: Duration::from_secs(10),
             anti_entropy_fanout: 256,
             maintenance_interval: Duration::from_secs(1),
+            hedge_factor: 4,
+            hedge_floor: Duration::from_millis(10),
         }
     }
 }

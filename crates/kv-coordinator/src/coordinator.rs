@@ -178,6 +178,9 @@ pub struct Coordinator<E, T, P> {
     /// Stores concurrent writes coordinated here as one engine batch
     /// (started on first use, on the runtime of that use).
     local_writes: parking_lot::Mutex<Option<LocalWrites>>,
+    /// Recent time for a replica to take a write, in microseconds (0:
+    /// none timed yet).
+    replica_micros: std::sync::atomic::AtomicU64,
 }
 
 /// The batcher of writes coordinated at this node.
@@ -224,6 +227,7 @@ where
             membership,
             metrics: Arc::new(Metrics::default()),
             local_writes: parking_lot::Mutex::new(None),
+            replica_micros: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -372,6 +376,30 @@ where
                 },
             },
         }
+    }
+
+    /// How long a write waits for a replica before it also sends the state
+    /// to a fallback with a hint: `hedge_factor` times the recent replica
+    /// latency, at least `hedge_floor`, at most half the request timeout.
+    fn hedge_delay(&self) -> std::time::Duration {
+        let recent = self.replica_micros.load(std::sync::atomic::Ordering::Relaxed);
+        let floor = self.config.hedge_floor;
+        let ceiling = (self.config.request_timeout / 2).max(floor);
+        std::time::Duration::from_micros(recent.saturating_mul(u64::from(self.config.hedge_factor)))
+            .clamp(floor, ceiling)
+    }
+
+    /// Folds a replica's answer time into the recent average (weight 1/8).
+    fn observe_replica(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.replica_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(7).saturating_add(sample)) / 8
+        };
+        self.replica_micros.store(new, Ordering::Relaxed);
     }
 
     /// The replica to try after `failed` refused a request without
@@ -604,8 +632,9 @@ where
                 bytes.clone(),
             );
             tokio::spawn(async move {
+                let started = Instant::now();
                 let result = transport.replicate(target, key, bytes, hint_for).await;
-                let _ = tx.send((target, hint_for, result)).await;
+                let _ = tx.send((target, hint_for, result, started.elapsed())).await;
             });
         };
         let mut outstanding = 0;
@@ -627,23 +656,51 @@ where
         }
         let mut acked = 1;
         let mut answered = Vec::new();
+        // A replica that has not answered within a few times the recent
+        // replica latency (paused, cut off, overloaded) gets a hinted
+        // fallback without waiting for failure detection, so W is met.
+        let mut hedge_at = (!fallbacks.is_empty()).then(|| Instant::now() + self.hedge_delay());
+        let mut hinted: Vec<NodeId> = Vec::new();
         while acked < w && outstanding > 0 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((target, hint_for, result))) => {
+            let wake = hedge_at.filter(|&h| h < deadline).unwrap_or(deadline);
+            match tokio::time::timeout_at(wake, rx.recv()).await {
+                Ok(Some((target, hint_for, result, took))) => {
                     outstanding -= 1;
                     answered.push(hint_for.unwrap_or(target));
                     match result {
-                        Ok(()) => acked += 1,
+                        Ok(()) => {
+                            acked += 1;
+                            if hint_for.is_none() {
+                                self.observe_replica(took);
+                            }
+                        }
                         Err(_) => {
                             failed.push(target);
                             // A replica that failed gets a hinted fallback.
                             if hint_for.is_none()
+                                && !hinted.contains(&target)
                                 && let Some(fallback) = fallbacks.pop_front()
                             {
                                 send(fallback, Some(target));
+                                hinted.push(target);
                                 outstanding += 1;
                             }
                         }
+                    }
+                }
+                Err(_) if hedge_at == Some(wake) => {
+                    hedge_at = None;
+                    for &peer in &others {
+                        if answered.contains(&peer) || failed.contains(&peer) || hinted.contains(&peer) {
+                            continue;
+                        }
+                        let Some(fallback) = fallbacks.pop_front() else {
+                            break;
+                        };
+                        send(fallback, Some(peer));
+                        hinted.push(peer);
+                        outstanding += 1;
+                        Metrics::add(&self.metrics.replica_writes_hedged, 1);
                     }
                 }
                 Ok(None) | Err(_) => break,
@@ -657,7 +714,7 @@ where
                 let (transport, key, bytes) = (self.transport.clone(), key.to_vec(), bytes.clone());
                 tokio::spawn(async move {
                     while outstanding > 0 {
-                        let Ok(Some((target, hint_for, result))) =
+                        let Ok(Some((target, hint_for, result, _))) =
                             tokio::time::timeout_at(deadline, rx.recv()).await
                         else {
                             return;
@@ -665,6 +722,7 @@ where
                         outstanding -= 1;
                         if result.is_err()
                             && hint_for.is_none()
+                            && !hinted.contains(&target)
                             && let Some(fallback) = fallbacks.pop_front()
                         {
                             let _ = transport

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub reaps_unconfirmed: AtomicU64,
     /// Tombstones this node collected as the keys' coordinator.
     pub tombstones_collected: AtomicU64,
+    /// Replica writes also sent to a fallback with a hint because the
+    /// replica had not answered within the hedge delay.
+    pub replica_writes_hedged: AtomicU64,
 }
 
 impl Metrics {

@@ -18,6 +18,8 @@ use crate::replica::Replica;
 #[derive(Debug, Default)]
 struct Faults {
     down: BTreeSet<NodeId>,
+    /// Nodes whose messages are held (alive, but not answering).
+    paused: BTreeSet<NodeId>,
     /// Unordered pairs that cannot talk.
     cut: BTreeSet<(NodeId, NodeId)>,
     drop_rate: f64,
@@ -89,6 +91,18 @@ impl<E> SimNetwork<E> {
         self.faults.lock().drop_rate = rate;
     }
 
+    /// Pauses a node (or resumes it): messages to and from it are held
+    /// for an hour, and it still counts as alive (a SIGSTOPped process,
+    /// before failure detection notices).
+    pub fn set_paused(&self, node: NodeId, paused: bool) {
+        let mut f = self.faults.lock();
+        if paused {
+            f.paused.insert(node);
+        } else {
+            f.paused.remove(&node);
+        }
+    }
+
     /// Delays every message by this much.
     pub fn set_delay(&self, delay: Duration) {
         self.faults.lock().delay = delay;
@@ -118,6 +132,9 @@ impl<E> SimNetwork<E> {
                 f.dropped += 1;
                 return Err(TransportError::Timeout(to));
             }
+        }
+        if f.paused.contains(&to) || f.paused.contains(&from) {
+            return Ok(Duration::from_secs(3600));
         }
         Ok(f.delay)
     }

@@ -55,3 +55,34 @@ async fn a_node_whose_storage_fails_steps_aside_and_writes_go_on() {
         .count();
     assert_eq!(missed, 0, "every key the sick node replicates reached it");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_does_not_answer_is_replaced_by_a_hinted_fallback_within_the_request() {
+    use kv_coordinator::Metrics;
+    let c = Cluster::new(5, Config::default());
+    let key = b"hedged";
+    let replicas = c.replicas(key);
+    let coordinator = c.coordinator(key);
+    // A replica that is alive as far as anyone knows but never answers
+    // (a paused process): W=3 needs a third node.
+    let paused = replicas[2];
+    c.network.set_paused(paused, true);
+    let started = tokio::time::Instant::now();
+    let written = coordinator.put(key, b"v", &[], Some(3)).await;
+    assert!(written.is_ok(), "{written:?}");
+    assert!(
+        started.elapsed() < coordinator.config().request_timeout,
+        "met W before the request timed out"
+    );
+    assert_eq!(Metrics::get(&coordinator.metrics().replica_writes_hedged), 1);
+    // The fallback keeps the write for the paused replica, and delivers it
+    // once the replica answers again.
+    c.network.set_paused(paused, false);
+    let mut delivered = 0;
+    for node in &c.nodes {
+        delivered += node.deliver_hints(100).await.unwrap();
+    }
+    assert_eq!(delivered, 1);
+    let state = c.node(paused).replica().state(key).unwrap();
+    assert_eq!(state.values().flatten().count(), 1);
+}
