@@ -382,7 +382,9 @@ where
     /// to a fallback with a hint: `hedge_factor` times the recent replica
     /// latency, at least `hedge_floor`, at most half the request timeout.
     fn hedge_delay(&self) -> std::time::Duration {
-        let recent = self.replica_micros.load(std::sync::atomic::Ordering::Relaxed);
+        let recent = self
+            .replica_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
         let floor = self.config.hedge_floor;
         let ceiling = (self.config.request_timeout / 2).max(floor);
         std::time::Duration::from_micros(recent.saturating_mul(u64::from(self.config.hedge_factor)))
@@ -691,7 +693,10 @@ where
                 Err(_) if hedge_at == Some(wake) => {
                     hedge_at = None;
                     for &peer in &others {
-                        if answered.contains(&peer) || failed.contains(&peer) || hinted.contains(&peer) {
+                        if answered.contains(&peer)
+                            || failed.contains(&peer)
+                            || hinted.contains(&peer)
+                        {
                             continue;
                         }
                         let Some(fallback) = fallbacks.pop_front() else {

@@ -74,7 +74,10 @@ async fn a_replica_that_does_not_answer_is_replaced_by_a_hinted_fallback_within_
         started.elapsed() < coordinator.config().request_timeout,
         "met W before the request timed out"
     );
-    assert_eq!(Metrics::get(&coordinator.metrics().replica_writes_hedged), 1);
+    assert_eq!(
+        Metrics::get(&coordinator.metrics().replica_writes_hedged),
+        1
+    );
     // The fallback keeps the write for the paused replica, and delivers it
     // once the replica answers again.
     c.network.set_paused(paused, false);
