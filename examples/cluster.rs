@@ -46,7 +46,10 @@ async fn run(args: Args) -> Result<(), String> {
         .enumerate()
         .map(|(i, a)| (NodeId(i as u64 + 1), a.clone()))
         .collect();
-    let mut nodes = Vec::new();
+    // Every listener first, then the nodes side by side: each start waits
+    // for the clock to pass its epoch (under a second), and they wait
+    // together, so the cluster answers as a whole.
+    let mut starts = Vec::new();
     for (id, addr) in &members {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             format!("cannot listen on {addr} ({e}); is another cluster running? try --base-port")
@@ -63,8 +66,13 @@ async fn run(args: Args) -> Result<(), String> {
             ..NodeConfig::new(*id, data_dir.join(format!("n{}", id.0)))
         }
         .with_gossip_interval(Duration::from_millis(500));
-        let node = start(config, listener)
+        starts.push((*id, tokio::spawn(start(config, listener))));
+    }
+    let mut nodes = Vec::new();
+    for (id, started) in starts {
+        let node = started
             .await
+            .map_err(|e| format!("node {id}: {e}"))?
             .map_err(|e| format!("node {id}: {e}"))?;
         let maintenance = node.coordinator().spawn_maintenance();
         let http_addr = format!("127.0.0.1:{}", u64::from(args.base_port) + 1000 + id.0 - 1);
