@@ -352,17 +352,7 @@ async fn cluster_run(seed: u64, ops: usize) -> (usize, usize) {
         }
     }
     c.converge(seed).await;
-    for key in &keys {
-        let states: Vec<_> = c
-            .replicas(key)
-            .iter()
-            .map(|&r| c.node(r).replica().state(key).unwrap())
-            .collect();
-        assert!(
-            states.windows(2).all(|w| w[0] == w[1]),
-            "seed {seed}: replicas of {key:?} differ"
-        );
-    }
+    c.assert_agree(&keys, &format!("seed {seed}"));
     (written, collected)
 }
 

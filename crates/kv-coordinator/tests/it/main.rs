@@ -118,6 +118,22 @@ impl Cluster {
         }
     }
 
+    /// Asserts that every replica of each of `keys` holds the same state.
+    fn assert_agree(&self, keys: &[Vec<u8>], what: &str) {
+        for key in keys {
+            let states: Vec<_> = self
+                .replicas(key)
+                .iter()
+                .map(|&r| self.node(r).replica().state(key).unwrap())
+                .collect();
+            assert!(
+                states.windows(2).all(|w| w[0] == w[1]),
+                "{what}: replicas of {:?} differ",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
     /// Node `id`'s disks are replaced by empty ones and it restarts.
     fn wipe(&mut self, id: NodeId) {
         self.restore(id, MemEngine::new(), MemEngine::new());
@@ -643,18 +659,7 @@ async fn anti_entropy_alone_converges_replicas_after_a_partition() {
         total.exchange_bytes,
         started.elapsed()
     );
-    for key in &keys {
-        let states: Vec<_> = c
-            .replicas(key)
-            .iter()
-            .map(|&r| c.node(r).replica().state(key).unwrap())
-            .collect();
-        assert!(
-            states.windows(2).all(|w| w[0] == w[1]),
-            "replicas of {:?} differ",
-            String::from_utf8_lossy(key)
-        );
-    }
+    c.assert_agree(&keys, "after anti-entropy");
     // Keys written on both sides keep both writes as siblings.
     let with_siblings = keys
         .iter()
