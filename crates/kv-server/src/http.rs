@@ -153,6 +153,12 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
     );
     counter(
         &mut out,
+        "kv_replica_writes_hedged_total",
+        "Replica writes also sent to a hinted fallback because the replica had not answered within the hedge delay.",
+        Metrics::get(&m.replica_writes_hedged),
+    );
+    counter(
+        &mut out,
         "kv_reaps_unconfirmed_total",
         "Tombstone collections postponed because a replica did not confirm.",
         Metrics::get(&m.reaps_unconfirmed),
