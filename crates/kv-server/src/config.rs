@@ -101,6 +101,12 @@ pub struct ServerConfig {
     /// Between hint deliveries and tombstone collections, in milliseconds
     /// (1,000).
     pub maintenance_interval_ms: Option<u64>,
+    /// A write waits this many times the recent replica latency for a replica
+    /// before it also sends the state to a fallback with a hint (4).
+    pub hedge_factor: Option<u32>,
+    /// The shortest such wait, in milliseconds (10); the longest is half the
+    /// request timeout.
+    pub hedge_floor_ms: Option<u64>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -161,6 +167,8 @@ impl ServerConfig {
             maintenance_interval_ms: over
                 .maintenance_interval_ms
                 .or(self.maintenance_interval_ms),
+            hedge_factor: over.hedge_factor.or(self.hedge_factor),
+            hedge_floor_ms: over.hedge_floor_ms.or(self.hedge_floor_ms),
         }
     }
 
@@ -315,6 +323,15 @@ impl ServerConfig {
         if let Some(ms) = self.maintenance_interval_ms {
             coordinator.maintenance_interval = Duration::from_millis(ms);
         }
+        if let Some(factor) = self.hedge_factor {
+            if factor == 0 {
+                return Err(bad("hedge_factor must be at least 1"));
+            }
+            coordinator.hedge_factor = factor;
+        }
+        if let Some(ms) = self.hedge_floor_ms {
+            coordinator.hedge_floor = Duration::from_millis(ms);
+        }
         // A state must travel between nodes in one message, and fit the
         // engine's value limit (1 GiB).
         let wire_room = crate::transport::MAX_MESSAGE_BYTES - coordinator.max_key_bytes - 4096;
@@ -447,6 +464,8 @@ max_value_bytes = 100000
 max_state_bytes = 400000
 max_hint_bytes = 5000000
 maintenance_interval_ms = 250
+hedge_factor = 6
+hedge_floor_ms = 20
 "#,
         )
         .unwrap();
@@ -459,6 +478,10 @@ maintenance_interval_ms = 250
         );
         assert_eq!(c.max_hint_bytes, 5_000_000);
         assert_eq!(c.maintenance_interval, Duration::from_millis(250));
+        assert_eq!(
+            (c.hedge_factor, c.hedge_floor),
+            (6, Duration::from_millis(20))
+        );
         // Limits that disagree are refused, naming the setting.
         for (bad, name) in [
             (
@@ -482,6 +505,13 @@ maintenance_interval_ms = 250
                     ..config.clone()
                 },
                 "node_id",
+            ),
+            (
+                ServerConfig {
+                    hedge_factor: Some(0),
+                    ..config.clone()
+                },
+                "hedge_factor",
             ),
         ] {
             let err = bad.validate().unwrap_err().to_string();

@@ -116,6 +116,12 @@ struct Args {
     /// Between hint deliveries and tombstone collections, in milliseconds (1,000).
     #[arg(long)]
     maintenance_interval_ms: Option<u64>,
+    /// A write waits this many times the recent replica latency for a replica before it also sends the state to a fallback with a hint (4).
+    #[arg(long)]
+    hedge_factor: Option<u32>,
+    /// The shortest such wait, in milliseconds (10); the longest is half the request timeout.
+    #[arg(long)]
+    hedge_floor_ms: Option<u64>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -160,6 +166,8 @@ async fn run(args: Args) -> Result<(), String> {
         max_state_bytes: args.max_state_bytes,
         max_hint_bytes: args.max_hint_bytes,
         maintenance_interval_ms: args.maintenance_interval_ms,
+        hedge_factor: args.hedge_factor,
+        hedge_floor_ms: args.hedge_floor_ms,
     };
     let merged = file.overridden_by(flags);
     init_logs(merged.log.as_deref())?;
