@@ -156,6 +156,12 @@ start_node() {
     disown "${pid[$i]}"
 }
 
+# SIGKILLs node $1 and waits until it is gone.
+kill_node() {
+    kill -9 "${pid[$1]}" 2>/dev/null || true
+    gone "${pid[$1]}"
+}
+
 gone() {
     for _ in $(seq 1 100); do
         kill -0 "$1" 2>/dev/null || return 0
@@ -216,8 +222,7 @@ partition() {
 kill9() {
     local i=$((RANDOM % nodes + 1))
     fault_node=$i
-    kill -9 "${pid[$i]}" 2>/dev/null || true
-    gone "${pid[$i]}"
+    kill_node "$i"
     echo "$(date +%T) kill -9 node $i"
     sleep $((RANDOM % 3 + 1))
     start_node "$i"
@@ -229,8 +234,7 @@ kill9() {
 wipe() {
     local i=$disk_node
     fault_node=$i
-    kill -9 "${pid[$i]}" 2>/dev/null || true
-    gone "${pid[$i]}"
+    kill_node "$i"
     rm -rf "$work/n$i"
     start_node "$i"
     echo "$(date +%T) wipe node $i: restarted on an empty data directory"
@@ -244,8 +248,7 @@ wipe() {
 restore() {
     local i=$disk_node
     fault_node=$i
-    kill -9 "${pid[$i]}" 2>/dev/null || true
-    gone "${pid[$i]}"
+    kill_node "$i"
     rm -rf "$work/backup"
     cp -a "$work/n$i" "$work/backup"
     start_node "$i"
@@ -253,8 +256,7 @@ restore() {
     faults[backup]=$((faults[backup] + 1))
     local age=$((RANDOM % 5 + 2))
     sleep "$age"
-    kill -9 "${pid[$i]}" 2>/dev/null || true
-    gone "${pid[$i]}"
+    kill_node "$i"
     rm -rf "$work/n$i"
     mv "$work/backup" "$work/n$i"
     start_node "$i"
@@ -284,8 +286,7 @@ disk_full() {
         echo "$(date +%T) node $i reports its storage failing"
     fi
     rm -f "$work/n$i/filler"
-    kill -9 "${pid[$i]}" 2>/dev/null || true
-    gone "${pid[$i]}"
+    kill_node "$i"
     start_node "$i"
     echo "$(date +%T) disk of node $i freed; node restarted"
 }

@@ -114,6 +114,14 @@ fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
     }
 }
 
+/// Where [`Coordinator::dispatch`] sent a request.
+enum Dispatched {
+    /// This node coordinates it.
+    Here,
+    /// Another node did, and answered this.
+    There(NodeId, ClientReply),
+}
+
 /// A failure reply for a request nobody applied.
 fn not_applied(message: String) -> ClientReply {
     ClientReply::Failed {
@@ -178,9 +186,8 @@ pub struct Coordinator<E, T, P> {
     /// Stores concurrent writes coordinated here as one engine batch
     /// (started on first use, on the runtime of that use).
     local_writes: parking_lot::Mutex<Option<LocalWrites>>,
-    /// Recent time for a replica to take a write, in microseconds (0:
-    /// none timed yet).
-    replica_micros: std::sync::atomic::AtomicU64,
+    /// How long replicas have recently taken to take a write.
+    replica_latency: crate::RecentLatency,
 }
 
 /// The batcher of writes coordinated at this node.
@@ -227,7 +234,7 @@ where
             membership,
             metrics: Arc::new(Metrics::default()),
             local_writes: parking_lot::Mutex::new(None),
-            replica_micros: std::sync::atomic::AtomicU64::new(0),
+            replica_latency: crate::RecentLatency::default(),
         })
     }
 
@@ -352,56 +359,55 @@ where
         context: &[u8],
         w: Option<usize>,
     ) -> Result<PutResult> {
-        let Some(coordinator) = self.route(key)? else {
-            return self.local_write(key, value, context, w).await;
-        };
-        let op = ClientOp::Put {
+        let op = || ClientOp::Put {
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             context: context.to_vec(),
             w: w.map(|w| w as u32),
         };
-        match self.forward(coordinator, op.clone()).await {
-            Forwarded::Reply(reply) => written(coordinator, reply),
-            Forwarded::Unreachable => self.local_write(key, value, context, w).await,
-            Forwarded::NotApplied(message) => match self.next_coordinator(key, coordinator) {
-                None => written(coordinator, not_applied(message)),
-                Some(next) if next == self.replica.id() => {
-                    self.local_write(key, value, context, w).await
-                }
-                Some(next) => match self.forward(next, op).await {
-                    Forwarded::Reply(reply) => written(next, reply),
-                    Forwarded::Unreachable => self.local_write(key, value, context, w).await,
-                    Forwarded::NotApplied(message) => written(next, not_applied(message)),
-                },
-            },
+        match self.dispatch(key, op).await? {
+            Dispatched::Here => self.local_write(key, value, context, w).await,
+            Dispatched::There(node, reply) => written(node, reply),
         }
+    }
+
+    /// Where a request for `key` is coordinated: here, or forwarded (`op`
+    /// makes the request, only when it is) with the coordinator's reply. A
+    /// coordinator that cannot be reached leaves it to this node when it is
+    /// a healthy replica; one that applied nothing (its storage refuses
+    /// writes) passes it to the next live replica, once.
+    async fn dispatch(&self, key: &[u8], op: impl FnOnce() -> ClientOp) -> Result<Dispatched> {
+        let Some(coordinator) = self.route(key)? else {
+            return Ok(Dispatched::Here);
+        };
+        let op = op();
+        let message = match self.forward(coordinator, op.clone()).await {
+            Forwarded::Reply(reply) => return Ok(Dispatched::There(coordinator, reply)),
+            Forwarded::Unreachable => return Ok(Dispatched::Here),
+            Forwarded::NotApplied(message) => message,
+        };
+        Ok(match self.next_coordinator(key, coordinator) {
+            None => Dispatched::There(coordinator, not_applied(message)),
+            Some(next) if next == self.replica.id() => Dispatched::Here,
+            Some(next) => match self.forward(next, op).await {
+                Forwarded::Reply(reply) => Dispatched::There(next, reply),
+                Forwarded::Unreachable => Dispatched::Here,
+                Forwarded::NotApplied(message) => Dispatched::There(next, not_applied(message)),
+            },
+        })
     }
 
     /// How long a write waits for a replica before it also sends the state
     /// to a fallback with a hint: `hedge_factor` times the recent replica
     /// latency, at least `hedge_floor`, at most half the request timeout.
     fn hedge_delay(&self) -> std::time::Duration {
-        let recent = self
-            .replica_micros
-            .load(std::sync::atomic::Ordering::Relaxed);
         let floor = self.config.hedge_floor;
-        let ceiling = (self.config.request_timeout / 2).max(floor);
-        std::time::Duration::from_micros(recent.saturating_mul(u64::from(self.config.hedge_factor)))
-            .clamp(floor, ceiling)
-    }
-
-    /// Folds a replica's answer time into the recent average (weight 1/8).
-    fn observe_replica(&self, took: std::time::Duration) {
-        use std::sync::atomic::Ordering;
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.replica_micros.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            (old.saturating_mul(7).saturating_add(sample)) / 8
-        };
-        self.replica_micros.store(new, Ordering::Relaxed);
+        self.replica_latency.scaled(
+            self.config.hedge_factor,
+            floor,
+            self.config.request_timeout / 2,
+            floor,
+        )
     }
 
     /// The replica to try after `failed` refused a request without
@@ -673,7 +679,7 @@ where
                         Ok(()) => {
                             acked += 1;
                             if hint_for.is_none() {
-                                self.observe_replica(took);
+                                self.replica_latency.observe(took);
                             }
                         }
                         Err(_) => {
@@ -1138,36 +1144,19 @@ where
     /// storage errors from this node's engine.
     pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
         let started = Instant::now();
-        let result = match self.route(key) {
-            Ok(Some(coordinator)) => {
-                let op = ClientOp::Get {
-                    key: key.to_vec(),
-                    r: r.map(|r| r as u32),
-                };
-                let read = |node: NodeId, reply: ClientReply| match reply {
-                    ClientReply::Read { values, context } => Ok(GetResult { values, context }),
-                    other => written(node, other).map(|_| GetResult {
-                        values: Vec::new(),
-                        context: Vec::new(),
-                    }),
-                };
-                match self.forward(coordinator, op.clone()).await {
-                    Forwarded::Reply(reply) => read(coordinator, reply),
-                    Forwarded::Unreachable => self.get_inner(key, r).await,
-                    Forwarded::NotApplied(message) => {
-                        match self.next_coordinator(key, coordinator) {
-                            None => read(coordinator, not_applied(message)),
-                            Some(next) if next == self.replica.id() => self.get_inner(key, r).await,
-                            Some(next) => match self.forward(next, op).await {
-                                Forwarded::Reply(reply) => read(next, reply),
-                                Forwarded::Unreachable => self.get_inner(key, r).await,
-                                Forwarded::NotApplied(message) => read(next, not_applied(message)),
-                            },
-                        }
-                    }
-                }
+        let op = || ClientOp::Get {
+            key: key.to_vec(),
+            r: r.map(|r| r as u32),
+        };
+        let result = match self.dispatch(key, op).await {
+            Ok(Dispatched::Here) => self.get_inner(key, r).await,
+            Ok(Dispatched::There(_, ClientReply::Read { values, context })) => {
+                Ok(GetResult { values, context })
             }
-            Ok(None) => self.get_inner(key, r).await,
+            Ok(Dispatched::There(node, other)) => written(node, other).map(|_| GetResult {
+                values: Vec::new(),
+                context: Vec::new(),
+            }),
             Err(e) => Err(e),
         };
         self.metrics.get.observe(started.elapsed(), &result);

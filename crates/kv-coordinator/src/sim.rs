@@ -62,12 +62,7 @@ impl<E> SimNetwork<E> {
 
     /// Takes a node down (or brings it back).
     pub fn set_down(&self, node: NodeId, down: bool) {
-        let mut f = self.faults.lock();
-        if down {
-            f.down.insert(node);
-        } else {
-            f.down.remove(&node);
-        }
+        toggle(&mut self.faults.lock().down, node, down);
     }
 
     /// Whether a node is down.
@@ -77,13 +72,7 @@ impl<E> SimNetwork<E> {
 
     /// Cuts (or restores) the link between `a` and `b`.
     pub fn set_cut(&self, a: NodeId, b: NodeId, cut: bool) {
-        let pair = (a.min(b), a.max(b));
-        let mut f = self.faults.lock();
-        if cut {
-            f.cut.insert(pair);
-        } else {
-            f.cut.remove(&pair);
-        }
+        toggle(&mut self.faults.lock().cut, (a.min(b), a.max(b)), cut);
     }
 
     /// Drops this share of messages (seeded).
@@ -95,12 +84,7 @@ impl<E> SimNetwork<E> {
     /// for an hour, and it still counts as alive (a SIGSTOPped process,
     /// before failure detection notices).
     pub fn set_paused(&self, node: NodeId, paused: bool) {
-        let mut f = self.faults.lock();
-        if paused {
-            f.paused.insert(node);
-        } else {
-            f.paused.remove(&node);
-        }
+        toggle(&mut self.faults.lock().paused, node, paused);
     }
 
     /// Delays every message by this much.
@@ -145,6 +129,15 @@ impl<E> SimNetwork<E> {
             .get(&node)
             .cloned()
             .ok_or(TransportError::Unreachable(node))
+    }
+}
+
+/// Puts `item` in `set` (`on`) or takes it out.
+fn toggle<T: Ord>(set: &mut BTreeSet<T>, item: T, on: bool) {
+    if on {
+        set.insert(item);
+    } else {
+        set.remove(&item);
     }
 }
 

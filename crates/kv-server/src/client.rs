@@ -21,7 +21,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 use std::time::Duration;
@@ -237,8 +237,8 @@ pub struct Client {
     config: ClientConfig,
     routes: Arc<RwLock<Option<Routes>>>,
     refreshing: Arc<AtomicBool>,
-    /// Recent read latency in microseconds (0: none timed yet).
-    read_micros: Arc<AtomicU64>,
+    /// How long reads have recently taken.
+    read_latency: Arc<kv_coordinator::RecentLatency>,
 }
 
 impl std::fmt::Debug for Client {
@@ -329,7 +329,7 @@ impl Client {
             config,
             routes: Arc::new(RwLock::new(None)),
             refreshing: Arc::new(AtomicBool::new(false)),
-            read_micros: Arc::new(AtomicU64::new(0)),
+            read_latency: Arc::new(kv_coordinator::RecentLatency::default()),
         })
     }
 
@@ -522,7 +522,7 @@ impl Client {
                     };
                     match result {
                         Ok(reply) => {
-                            self.observe_read(took);
+                            self.read_latency.observe(took);
                             let reply = reply.into_inner();
                             return Ok(Versioned {
                                 values: reply.values,
@@ -556,28 +556,12 @@ impl Client {
     /// times the recent read latency, between 10 ms and half the request
     /// timeout (50 ms before any read has been timed).
     fn hedge_delay(&self) -> Duration {
-        let recent = self.read_micros.load(Ordering::Relaxed);
-        let delay = if recent == 0 {
-            Duration::from_millis(50)
-        } else {
-            Duration::from_micros(recent.saturating_mul(3))
-        };
-        delay.clamp(
+        self.read_latency.scaled(
+            3,
             Duration::from_millis(10),
-            (self.config.request_timeout / 2).max(Duration::from_millis(10)),
+            self.config.request_timeout / 2,
+            Duration::from_millis(50),
         )
-    }
-
-    /// Folds a read's latency into the recent average (weight 1/8).
-    fn observe_read(&self, took: Duration) {
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.read_micros.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            (old.saturating_mul(7).saturating_add(sample)) / 8
-        };
-        self.read_micros.store(new, Ordering::Relaxed);
     }
 
     /// Writes `value`, superseding what `context` (from a read) covers;

@@ -109,35 +109,34 @@ impl Partitioner for LiveRing {
 /// replica.
 #[derive(Debug, Default)]
 pub struct GossipView {
-    states: RwLock<HashMap<NodeId, Liveness>>,
-    unhealthy: RwLock<std::collections::HashSet<NodeId>>,
+    /// Per node: its liveness, and whether its storage refuses writes.
+    states: RwLock<HashMap<NodeId, (Liveness, bool)>>,
 }
 
 impl GossipView {
     /// What gossip last said of `node`.
     pub fn state(&self, node: NodeId) -> Option<Liveness> {
-        self.states.read().get(&node).copied()
+        self.states.read().get(&node).map(|&(state, _)| state)
     }
 
     /// Whether `node` says its storage refuses writes.
     pub fn is_unhealthy(&self, node: NodeId) -> bool {
-        self.unhealthy.read().contains(&node)
+        self.states.read().get(&node).is_some_and(|&(_, sick)| sick)
     }
 
     fn set(&self, node: NodeId, state: Liveness, unhealthy: bool) {
-        self.states.write().insert(node, state);
-        if unhealthy {
-            self.unhealthy.write().insert(node);
-        } else if self.is_unhealthy(node) {
-            self.unhealthy.write().remove(&node);
-        }
+        self.states.write().insert(node, (state, unhealthy));
     }
 }
 
 impl MembershipView for GossipView {
     fn is_alive(&self, node: NodeId) -> bool {
-        !matches!(self.state(node), Some(Liveness::Dead | Liveness::Left))
-            && !self.is_unhealthy(node)
+        match self.states.read().get(&node) {
+            Some(&(state, unhealthy)) => {
+                !matches!(state, Liveness::Dead | Liveness::Left) && !unhealthy
+            }
+            None => true,
+        }
     }
 }
 

@@ -118,19 +118,27 @@ impl Cluster {
         }
     }
 
-    /// Asserts that every replica of each of `keys` holds the same state.
-    fn assert_agree(&self, keys: &[Vec<u8>], what: &str) {
-        for key in keys {
-            let states: Vec<_> = self
-                .replicas(key)
-                .iter()
-                .map(|&r| self.node(r).replica().state(key).unwrap())
-                .collect();
+    /// The state every replica of `key` holds, asserting they agree.
+    fn agreed_state(&self, key: &[u8], what: &str) -> kv_coordinator::Siblings {
+        let mut states = self
+            .replicas(key)
+            .into_iter()
+            .map(|r| self.node(r).replica().state(key).unwrap());
+        let first = states.next().unwrap_or_default();
+        for other in states {
             assert!(
-                states.windows(2).all(|w| w[0] == w[1]),
+                other == first,
                 "{what}: replicas of {:?} differ",
                 String::from_utf8_lossy(key)
             );
+        }
+        first
+    }
+
+    /// Asserts that every replica of each of `keys` holds the same state.
+    fn assert_agree(&self, keys: &[Vec<u8>], what: &str) {
+        for key in keys {
+            self.agreed_state(key, what);
         }
     }
 
@@ -694,16 +702,8 @@ fn check_history(
 ) {
     use std::collections::BTreeSet;
     for key in keys {
-        let states: Vec<_> = c
-            .replicas(key)
-            .iter()
-            .map(|&r| c.node(r).replica().state(key).unwrap())
-            .collect();
-        assert!(
-            states.windows(2).all(|w| w[0] == w[1]),
-            "seed {seed}, {stage}: replicas of {key:?} differ"
-        );
-        let present: BTreeSet<Vec<u8>> = states[0].values().flatten().cloned().collect();
+        let state = c.agreed_state(key, &format!("seed {seed}, {stage}"));
+        let present: BTreeSet<Vec<u8>> = state.values().flatten().cloned().collect();
         let issued = contexts.get(key).cloned().unwrap_or_default();
         let expected: BTreeSet<Vec<u8>> = written
             .get(key)

@@ -181,42 +181,31 @@ fn partitioned_minority_is_suspected_and_refutes_after_healing() {
 #[test]
 fn a_member_that_turns_unhealthy_is_known_as_such_and_back() {
     let mut sim = cluster(10, Network::default(), 17);
-    let says_unhealthy = |s: &Sim, want: bool| {
-        s.running().filter(|(i, _)| *i != 4).all(|(_, g)| {
-            g.member(NodeId(4))
-                .is_some_and(|m| m.meta.unhealthy == want && m.status == Status::Alive)
-        })
+    // Runs until every other member sees member 4 alive and `want`.
+    let spreads = |sim: &mut Sim, want: bool, what: &str| {
+        let seen = sim.run_until(Duration::from_secs(60), |s| {
+            s.running().filter(|(i, _)| *i != 4).all(|(_, g)| {
+                g.member(NodeId(4))
+                    .is_some_and(|m| m.meta.unhealthy == want && m.status == Status::Alive)
+            })
+        });
+        assert!(seen.is_some(), "{what} did not spread");
     };
     let mut meta = sim.node(4).unwrap().me().meta.clone();
     meta.unhealthy = true;
     sim.set_meta(4, meta.clone());
-    assert!(
-        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, true))
-            .is_some(),
-        "the news did not spread"
-    );
+    spreads(&mut sim, true, "the news");
     meta.unhealthy = false;
     sim.set_meta(4, meta.clone());
-    assert!(
-        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, false))
-            .is_some(),
-        "the recovery did not spread"
-    );
+    spreads(&mut sim, false, "the recovery");
     // Unhealthy again, then restarted (as an operator does after freeing
     // the disk): the fresh member starts at incarnation 0, below what the
     // others hold, and must still replace the stale news.
     meta.unhealthy = true;
     sim.set_meta(4, meta);
-    assert!(
-        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, true))
-            .is_some()
-    );
+    spreads(&mut sim, true, "the news again");
     sim.restart(4, 0).unwrap();
-    assert!(
-        sim.run_until(Duration::from_secs(60), |s| says_unhealthy(s, false))
-            .is_some(),
-        "a restarted member's news did not replace the stale news"
-    );
+    spreads(&mut sim, false, "a restarted member's news");
 }
 
 #[test]
