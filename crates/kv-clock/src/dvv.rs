@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use kv_core::ActorId;
+use kv_core::{ActorId, WriteTag};
 
 use crate::codec::ValueCodec;
 use crate::error::{CounterOverflow, DecodeError, Result};
@@ -39,6 +39,28 @@ pub struct Sibling<V> {
     pub dot: Dot,
     /// The value (a tombstone, if `V` can express one).
     pub value: V,
+    /// The client's name for the write, when it gave one: two siblings
+    /// with the same tag id are two copies of one write (attempts that
+    /// reached different coordinators), and only one is kept.
+    pub write: Option<WriteTag>,
+}
+
+/// A superseded copy of a retried write: its tag id and dot, and when
+/// this state learnt that it was superseded (seconds).
+///
+/// Another copy of the same write (an earlier attempt that reached a node
+/// that was down or cut off) may still be on its way; when it arrives it
+/// is recognised by its id and dropped, instead of coming back as a
+/// sibling of the write that superseded it. Kept for the pruning policy's
+/// `old` (the tombstone grace, as the store sets it), like a tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Retired {
+    /// The write's tag id.
+    pub id: u64,
+    /// The dot of the copy that was superseded.
+    pub dot: Dot,
+    /// When it was superseded (seconds of the recording node's clock).
+    pub stamp: u64,
 }
 
 /// The versions of one key that no other version supersedes, with the
@@ -84,8 +106,12 @@ pub struct Sibling<V> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DvvSet<V> {
     context: VectorClock,
-    /// Sorted by dot, dots unique, each covered by `context`.
+    /// Sorted by dot, dots unique, each covered by `context`; no two
+    /// share a write tag id.
     siblings: Vec<Sibling<V>>,
+    /// Superseded copies of retried writes, sorted by id, ids unique;
+    /// each dot covered by `context`.
+    retired: Vec<Retired>,
 }
 
 impl<V> Default for DvvSet<V> {
@@ -93,12 +119,19 @@ impl<V> Default for DvvSet<V> {
         DvvSet {
             context: VectorClock::new(),
             siblings: Vec::new(),
+            retired: Vec::new(),
         }
     }
 }
 
-/// Encoding format version of a sibling set.
-const DVV_VERSION: u8 = 1;
+/// Encoding format version of a sibling set: 2 adds write tags and the
+/// retired list; 1 (no tags) still decodes.
+const DVV_VERSION: u8 = 2;
+const DVV_VERSION_UNTAGGED: u8 = 1;
+
+/// Sibling flags in the encoding.
+const HAS_WRITE_ID: u8 = 1;
+const IS_RETRY: u8 = 2;
 
 impl<V> DvvSet<V> {
     /// A key with no versions.
@@ -120,6 +153,26 @@ impl<V> DvvSet<V> {
     /// The surviving siblings with their dots, in dot order.
     pub fn siblings(&self) -> &[Sibling<V>] {
         &self.siblings
+    }
+
+    /// Superseded copies of retried writes still remembered.
+    pub fn retired(&self) -> &[Retired] {
+        &self.retired
+    }
+
+    /// The dot under which write `id` is stored here: a surviving
+    /// sibling's, or a superseded copy's when it is remembered.
+    pub fn find_write(&self, id: u64) -> Option<Dot> {
+        self.siblings
+            .iter()
+            .find(|s| s.write.is_some_and(|w| w.id == id))
+            .map(|s| s.dot)
+            .or_else(|| {
+                self.retired
+                    .binary_search_by_key(&id, |r| r.id)
+                    .ok()
+                    .map(|i| self.retired[i].dot)
+            })
     }
 
     /// How many siblings survive.
@@ -173,6 +226,33 @@ impl<V> DvvSet<V> {
         value: V,
         now: u64,
     ) -> std::result::Result<Dot, CounterOverflow> {
+        self.update_tagged(client_context, actor, floor, value, None, now)
+    }
+
+    /// [`update_above`](Self::update_above) for a write the client named
+    /// with `write` (see [`WriteTag`]). When this state already holds that
+    /// write (an earlier attempt reached this replica), or remembers that
+    /// a copy of it was superseded, nothing new is stored: the context is
+    /// folded in as the first attempt did, and the dot it got is returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`update_above`](Self::update_above).
+    pub fn update_tagged(
+        &mut self,
+        client_context: &VectorClock,
+        actor: impl Into<ActorId>,
+        floor: u64,
+        value: V,
+        write: Option<WriteTag>,
+        now: u64,
+    ) -> std::result::Result<Dot, CounterOverflow> {
+        if let Some(tag) = write
+            && let Some(dot) = self.find_write(tag.id)
+        {
+            self.discard(client_context, now);
+            return Ok(dot);
+        }
         let actor = actor.into();
         let counter = self
             .context
@@ -181,8 +261,7 @@ impl<V> DvvSet<V> {
             .max(floor)
             .checked_add(1)
             .ok_or(CounterOverflow { actor })?;
-        self.siblings
-            .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
+        self.drop_covered(client_context, now);
         // A client's context carries no timestamps: what it teaches this
         // state was learnt now (a zero stamp would look ancient to
         // pruning, which would then forget it at once).
@@ -195,7 +274,7 @@ impl<V> DvvSet<V> {
         // The new dot is above every dot of `actor` held, so it sorts after
         // them; insert keeping the dot order.
         let at = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(at, Sibling { dot, value });
+        self.siblings.insert(at, Sibling { dot, value, write });
         Ok(dot)
     }
 
@@ -203,14 +282,37 @@ impl<V> DvvSet<V> {
     /// and folds the context in. This is what a replica does when it learns
     /// of a context with no new value; deletes in the store write a tombstone
     /// value through [`DvvSet::update`] instead, so that they replicate.
-    pub fn discard(&mut self, client_context: &VectorClock) {
-        self.siblings
-            .retain(|s| !client_context.covers(s.dot.actor, s.dot.counter));
-        self.context.merge(client_context);
+    /// `now` stamps what the context teaches and what it retires.
+    pub fn discard(&mut self, client_context: &VectorClock, now: u64) {
+        self.drop_covered(client_context, now);
+        for e in client_context.entries() {
+            let stamp = if e.timestamp == 0 { now } else { e.timestamp };
+            self.context.observe(e.actor, e.counter, stamp);
+        }
+    }
+
+    /// Drops the siblings `context` covers, remembering the retried
+    /// writes among them (see [`Retired`]).
+    fn drop_covered(&mut self, context: &VectorClock, now: u64) {
+        let mut retired = Vec::new();
+        self.siblings.retain(|s| {
+            let covered = context.covers(s.dot.actor, s.dot.counter);
+            if covered && let Some(tag) = s.write.filter(|t| t.retry) {
+                retired.push(Retired {
+                    id: tag.id,
+                    dot: s.dot,
+                    stamp: now,
+                });
+            }
+            !covered
+        });
+        for r in retired {
+            insert_retired(&mut self.retired, r);
+        }
     }
 
     /// Prunes the context by `policy` at time `now` and returns how many
-    /// entries were removed. Actors with a surviving sibling, and `keep`
+    /// entries were removed. Actors with a surviving sibling or a remembered retired copy, and `keep`
     /// (the local coordinator, whose counter must never go backwards), are
     /// never pruned, so every sibling stays covered and no dot is reissued.
     ///
@@ -221,10 +323,16 @@ impl<V> DvvSet<V> {
     /// clock entries only for a while.
     pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: impl Into<ActorId>) -> usize {
         let keep = keep.into();
-        let siblings = &self.siblings;
-        let kept = |actor: ActorId| actor == keep || siblings.iter().any(|s| s.dot.actor == actor);
-        let mut removed = self.context.prune(policy, now, kept);
         let old = policy.old.as_secs();
+        // A retired write's other copies have had the grace to arrive.
+        self.retired.retain(|r| now.saturating_sub(r.stamp) <= old);
+        let (siblings, retired) = (&self.siblings, &self.retired);
+        let kept = |actor: ActorId| {
+            actor == keep
+                || siblings.iter().any(|s| s.dot.actor == actor)
+                || retired.iter().any(|r| r.dot.actor == actor)
+        };
+        let mut removed = self.context.prune(policy, now, kept);
         let retired: Vec<ActorId> = self
             .context
             .entries()
@@ -280,8 +388,10 @@ impl<V> DvvSet<V> {
                 .map(|s| Sibling {
                     dot: s.dot,
                     value: f(s.value),
+                    write: s.write,
                 })
                 .collect(),
+            retired: self.retired,
         }
     }
 }
@@ -292,7 +402,17 @@ impl<V: Clone> DvvSet<V> {
     /// A sibling survives if the other side holds it too, or if the other
     /// side's context does not cover its dot (the other side has not seen
     /// it, so it cannot have superseded it). Contexts merge by maximum.
-    /// Commutative, associative and idempotent.
+    ///
+    /// Copies of one tagged write (see [`WriteTag`]) become one: a copy
+    /// whose write either side remembers as superseded goes, and of the
+    /// copies that remain the one with the smallest dot stays (the others'
+    /// dots stay covered, so they never come back).
+    ///
+    /// Commutative and idempotent; untagged states merge associatively
+    /// too (a join). With tags, the order of merges can decide whether a
+    /// copy of a retried write outlives a write that superseded another
+    /// copy, but replicas still converge: once contexts agree, a merge
+    /// only removes.
     pub fn sync(&mut self, other: &DvvSet<V>) {
         let (a, b) = (&self.siblings, &other.siblings);
         let mut merged = Vec::with_capacity(a.len().max(b.len()));
@@ -319,7 +439,11 @@ impl<V: Clone> DvvSet<V> {
                     j += 1;
                 }
                 Ordering::Equal => {
-                    merged.push(a[i].clone());
+                    let mut s = a[i].clone();
+                    if let (Some(mine), Some(theirs)) = (&mut s.write, b[j].write) {
+                        mine.retry |= theirs.retry;
+                    }
+                    merged.push(s);
                     i += 1;
                     j += 1;
                 }
@@ -327,6 +451,45 @@ impl<V: Clone> DvvSet<V> {
         }
         self.siblings = merged;
         self.context.merge(&other.context);
+        for r in &other.retired {
+            insert_retired(&mut self.retired, *r);
+        }
+        self.collapse_copies();
+    }
+
+    /// Drops copies of retired writes, and keeps one copy (the smallest
+    /// dot, marked as met by a retry) of a write held more than once.
+    fn collapse_copies(&mut self) {
+        if self.siblings.iter().all(|s| s.write.is_none()) {
+            return;
+        }
+        let retired = &self.retired;
+        self.siblings.retain(|s| {
+            s.write
+                .is_none_or(|t| retired.binary_search_by_key(&t.id, |r| r.id).is_err())
+        });
+        // Siblings are in dot order, so the first copy of each id is the
+        // one kept.
+        let mut seen: Vec<u64> = Vec::new();
+        let mut doubled: Vec<u64> = Vec::new();
+        self.siblings.retain(|s| match s.write {
+            Some(t) if seen.contains(&t.id) => {
+                doubled.push(t.id);
+                false
+            }
+            Some(t) => {
+                seen.push(t.id);
+                true
+            }
+            None => true,
+        });
+        for s in &mut self.siblings {
+            if let Some(t) = &mut s.write
+                && doubled.contains(&t.id)
+            {
+                t.retry = true;
+            }
+        }
     }
 
     /// The merge of `self` and `other` as a new state.
@@ -347,7 +510,21 @@ impl<V: ValueCodec> DvvSet<V> {
         for sibling in &self.siblings {
             put_varint(out, sibling.dot.actor.0);
             put_varint(out, sibling.dot.counter);
+            match sibling.write {
+                None => out.push(0),
+                Some(tag) => {
+                    out.push(HAS_WRITE_ID | if tag.retry { IS_RETRY } else { 0 });
+                    out.extend_from_slice(&tag.id.to_le_bytes());
+                }
+            }
             sibling.value.encode_value(out);
+        }
+        put_varint(out, self.retired.len() as u64);
+        for r in &self.retired {
+            out.extend_from_slice(&r.id.to_le_bytes());
+            put_varint(out, r.dot.actor.0);
+            put_varint(out, r.dot.counter);
+            put_varint(out, r.stamp);
         }
     }
 
@@ -367,7 +544,16 @@ impl<V: ValueCodec> DvvSet<V> {
     /// short, trailing bytes, counts that cannot fit).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut reader = Reader::new(bytes);
-        reader.version(DVV_VERSION, "sibling set version")?;
+        let tagged = match bytes.first() {
+            Some(&DVV_VERSION_UNTAGGED) => {
+                reader.version(DVV_VERSION_UNTAGGED, "sibling set version")?;
+                false
+            }
+            _ => {
+                reader.version(DVV_VERSION, "sibling set version")?;
+                true
+            }
+        };
         let context = VectorClock::decode_from(&mut reader)?;
         let count = reader.count("sibling count", 3)?;
         let mut siblings: Vec<Sibling<V>> = Vec::with_capacity(count);
@@ -388,11 +574,102 @@ impl<V: ValueCodec> DvvSet<V> {
                     what: "sibling order (dots must ascend)",
                 });
             }
+            let write = if tagged {
+                decode_tag(&mut reader)?
+            } else {
+                None
+            };
+            if let Some(tag) = write
+                && siblings
+                    .iter()
+                    .any(|s| s.write.is_some_and(|t| t.id == tag.id))
+            {
+                return Err(DecodeError::Invalid {
+                    offset: at,
+                    what: "sibling write id (two siblings with one id)",
+                });
+            }
             let value = V::decode_value(&mut reader)?;
-            siblings.push(Sibling { dot, value });
+            siblings.push(Sibling { dot, value, write });
+        }
+        let mut retired: Vec<Retired> = Vec::new();
+        if tagged {
+            let count = reader.count("retired count", 11)?;
+            retired.reserve(count);
+            for _ in 0..count {
+                let at = reader.position();
+                let id =
+                    u64::from_le_bytes(reader.bytes(8, "retired write id")?.try_into().map_err(
+                        |_| DecodeError::Invalid {
+                            offset: at,
+                            what: "retired write id",
+                        },
+                    )?);
+                let actor = ActorId(reader.varint("retired actor")?);
+                let counter = reader.varint("retired counter")?;
+                let stamp = reader.varint("retired stamp")?;
+                if counter == 0 || !context.covers(actor, counter) {
+                    return Err(DecodeError::Invalid {
+                        offset: at,
+                        what: "retired dot (zero, or not covered by the context)",
+                    });
+                }
+                if retired.last().is_some_and(|last| last.id >= id) {
+                    return Err(DecodeError::Invalid {
+                        offset: at,
+                        what: "retired order (ids must ascend)",
+                    });
+                }
+                retired.push(Retired {
+                    id,
+                    dot: Dot { actor, counter },
+                    stamp,
+                });
+            }
         }
         reader.finish()?;
-        Ok(DvvSet { context, siblings })
+        Ok(DvvSet {
+            context,
+            siblings,
+            retired,
+        })
+    }
+}
+
+/// Reads a sibling's write tag (a flags byte, then the id when present).
+fn decode_tag(reader: &mut Reader<'_>) -> Result<Option<WriteTag>> {
+    let at = reader.position();
+    let flags = reader.u8("sibling flags")?;
+    if flags & !(HAS_WRITE_ID | IS_RETRY) != 0 || flags == IS_RETRY {
+        return Err(DecodeError::Invalid {
+            offset: at,
+            what: "sibling flags",
+        });
+    }
+    if flags & HAS_WRITE_ID == 0 {
+        return Ok(None);
+    }
+    let bytes = reader.bytes(8, "sibling write id")?;
+    let id = u64::from_le_bytes(bytes.try_into().map_err(|_| DecodeError::Invalid {
+        offset: at,
+        what: "sibling write id",
+    })?);
+    Ok(Some(WriteTag {
+        id,
+        retry: flags & IS_RETRY != 0,
+    }))
+}
+
+/// Adds `r` to a list sorted by id: for an id already there, the smaller
+/// dot and the later stamp (so that merges commute).
+fn insert_retired(list: &mut Vec<Retired>, r: Retired) {
+    match list.binary_search_by_key(&r.id, |x| x.id) {
+        Ok(i) => {
+            let x = &mut list[i];
+            x.dot = x.dot.min(r.dot);
+            x.stamp = x.stamp.max(r.stamp);
+        }
+        Err(i) => list.insert(i, r),
     }
 }
 

@@ -127,6 +127,22 @@ impl fmt::Display for Token {
     }
 }
 
+/// A client's name for one logical write, the same on every attempt of
+/// it: a write sent again (its first attempt's answer was lost, or came too
+/// late) carries the tag of the first, so the store keeps one version of it
+/// whichever nodes took the attempts.
+///
+/// `id` is chosen by the client at random (64 bits: two writes of one key
+/// never share it in practice); `retry` marks every attempt after the
+/// first, the ones that may meet an earlier copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteTag {
+    /// The write's identity, the same on every attempt.
+    pub id: u64,
+    /// Whether this is a later attempt (or a copy that met another copy).
+    pub retry: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ mod range;
 mod replication;
 mod storage;
 
-pub use ids::{ActorId, NodeId, Token};
+pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
 pub use replication::{ClientOp, ClientReply, MembershipView, Transport, TransportError};

@@ -3,4 +3,5 @@
 
 mod codec;
 mod laws;
+mod retries;
 mod scenarios;
