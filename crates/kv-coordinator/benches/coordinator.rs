@@ -103,6 +103,7 @@ fn bench_coordinator(c: &mut Criterion) {
                     key: keys[(i + j) & 1023].clone(),
                     value: Some(vec![3u8; 100]),
                     context: kv_clock::VectorClock::new(),
+                    write: None,
                 })
                 .collect();
             i = (i + 64) & 1023;

@@ -116,8 +116,12 @@ fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
 
 /// Where [`Coordinator::dispatch`] sent a request.
 enum Dispatched {
-    /// This node coordinates it.
-    Here,
+    /// This node coordinates it; `after_forward` when a forward was sent
+    /// and went unanswered first.
+    Here {
+        /// Whether a forwarded attempt went unanswered before.
+        after_forward: bool,
+    },
     /// Another node did, and answered this.
     There(NodeId, ClientReply),
 }
@@ -330,11 +334,7 @@ where
         context: &[u8],
         w: Option<usize>,
     ) -> Result<PutResult> {
-        let started = Instant::now();
-        let result = self.routed_write(key, Some(value), context, w).await;
-        self.metrics.put.observe(started.elapsed(), &result);
-        self.count_quorum(&result);
-        result
+        self.write_once(key, Some(value), context, w, None).await
     }
 
     /// Deletes `key`: a tombstone that supersedes what `context` covers.
@@ -343,9 +343,36 @@ where
     ///
     /// As [`put`](Self::put).
     pub async fn delete(&self, key: &[u8], context: &[u8], w: Option<usize>) -> Result<PutResult> {
+        self.write_once(key, None, context, w, None).await
+    }
+
+    /// A write (`value: None`: a delete) that the client may send more
+    /// than once, to any node: every attempt carries the same `write` tag
+    /// (a later attempt with `retry` set), and the store keeps one version
+    /// of it. An attempt that reaches a replica already holding the write
+    /// stores nothing new and answers with the first attempt's dot; copies
+    /// stored by attempts at different coordinators become one version
+    /// wherever they meet. `None` is an ordinary write.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn write_once(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
+    ) -> Result<PutResult> {
         let started = Instant::now();
-        let result = self.routed_write(key, None, context, w).await;
-        self.metrics.delete.observe(started.elapsed(), &result);
+        let result = self.routed_write(key, value, context, w, write).await;
+        let histogram = if value.is_some() {
+            &self.metrics.put
+        } else {
+            &self.metrics.delete
+        };
+        histogram.observe(started.elapsed(), &result);
         self.count_quorum(&result);
         result
     }
@@ -358,15 +385,29 @@ where
         value: Option<&[u8]>,
         context: &[u8],
         w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
     ) -> Result<PutResult> {
         let op = || ClientOp::Put {
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             context: context.to_vec(),
             w: w.map(|w| w as u32),
+            write,
         };
-        match self.dispatch(key, op).await? {
-            Dispatched::Here => self.local_write(key, value, context, w).await,
+        // An attempt the client sent again may have been stored by the
+        // coordinator it tried first, which may be paused or cut off:
+        // this node takes it itself when it can (the copies are one write).
+        let here = write.is_some_and(|t| t.retry);
+        match self.dispatch(key, here, op).await? {
+            Dispatched::Here { after_forward } => {
+                // A forwarded attempt that went unanswered may have been
+                // stored there: this one is a retry of it.
+                let write = write.map(|t| kv_core::WriteTag {
+                    retry: t.retry || after_forward,
+                    ..t
+                });
+                self.local_write(key, value, context, w, write).await
+            }
             Dispatched::There(node, reply) => written(node, reply),
         }
     }
@@ -375,23 +416,44 @@ where
     /// makes the request, only when it is) with the coordinator's reply. A
     /// coordinator that cannot be reached leaves it to this node when it is
     /// a healthy replica; one that applied nothing (its storage refuses
-    /// writes) passes it to the next live replica, once.
-    async fn dispatch(&self, key: &[u8], op: impl FnOnce() -> ClientOp) -> Result<Dispatched> {
-        let Some(coordinator) = self.route(key)? else {
-            return Ok(Dispatched::Here);
+    /// writes) passes it to the next live replica, once. With `here`,
+    /// this node coordinates whenever it is a healthy replica.
+    async fn dispatch(
+        &self,
+        key: &[u8],
+        here: bool,
+        op: impl FnOnce() -> ClientOp,
+    ) -> Result<Dispatched> {
+        let route = if here && self.healthy_replica(key)? {
+            None
+        } else {
+            self.route(key)?
+        };
+        let Some(coordinator) = route else {
+            return Ok(Dispatched::Here {
+                after_forward: false,
+            });
         };
         let op = op();
         let message = match self.forward(coordinator, op.clone()).await {
             Forwarded::Reply(reply) => return Ok(Dispatched::There(coordinator, reply)),
-            Forwarded::Unreachable => return Ok(Dispatched::Here),
+            Forwarded::Unreachable => {
+                return Ok(Dispatched::Here {
+                    after_forward: true,
+                });
+            }
             Forwarded::NotApplied(message) => message,
         };
         Ok(match self.next_coordinator(key, coordinator) {
             None => Dispatched::There(coordinator, not_applied(message)),
-            Some(next) if next == self.replica.id() => Dispatched::Here,
+            Some(next) if next == self.replica.id() => Dispatched::Here {
+                after_forward: false,
+            },
             Some(next) => match self.forward(next, op).await {
                 Forwarded::Reply(reply) => Dispatched::There(next, reply),
-                Forwarded::Unreachable => Dispatched::Here,
+                Forwarded::Unreachable => Dispatched::Here {
+                    after_forward: true,
+                },
                 Forwarded::NotApplied(message) => Dispatched::There(next, not_applied(message)),
             },
         })
@@ -437,6 +499,7 @@ where
         value: Option<&[u8]>,
         context: &[u8],
         w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
     ) -> Result<PutResult> {
         if let Some(value) = value
             && value.len() > self.config.max_value_bytes
@@ -447,7 +510,8 @@ where
                 self.config.max_value_bytes
             )));
         }
-        self.write(key, value.map(<[u8]>::to_vec), context, w).await
+        self.write(key, value.map(<[u8]>::to_vec), context, w, write)
+            .await
     }
 
     /// Where a request for `key` should be coordinated: `None` for here
@@ -477,6 +541,17 @@ where
             // be stale), or coordinate here when there is no other.
             None => replicas.iter().copied().find(|&r| r != me),
         })
+    }
+
+    /// Whether this node is a replica of `key` and its storage takes
+    /// writes.
+    fn healthy_replica(&self, key: &[u8]) -> Result<bool> {
+        self.check_key(key)?;
+        Ok(self
+            .ring
+            .preference_list(key, self.config.n)?
+            .contains(&self.replica.id())
+            && self.replica.health().is_ok())
     }
 
     /// Sends a request to its coordinator (one hop).
@@ -539,28 +614,27 @@ where
         match op {
             ClientOp::Put {
                 key,
-                value: Some(value),
+                value,
                 context,
                 w,
+                write,
             } => {
                 let started = Instant::now();
                 let result = self
-                    .local_write(&key, Some(&value), &context, w.map(|w| w as usize))
+                    .local_write(
+                        &key,
+                        value.as_deref(),
+                        &context,
+                        w.map(|w| w as usize),
+                        write,
+                    )
                     .await;
-                self.metrics.put.observe(started.elapsed(), &result);
-                result.map_or_else(failed, PutResult::into_reply)
-            }
-            ClientOp::Put {
-                key,
-                value: None,
-                context,
-                w,
-            } => {
-                let started = Instant::now();
-                let result = self
-                    .local_write(&key, None, &context, w.map(|w| w as usize))
-                    .await;
-                self.metrics.delete.observe(started.elapsed(), &result);
+                let histogram = if value.is_some() {
+                    &self.metrics.put
+                } else {
+                    &self.metrics.delete
+                };
+                histogram.observe(started.elapsed(), &result);
                 result.map_or_else(failed, PutResult::into_reply)
             }
             ClientOp::Get { key, r } => {
@@ -590,6 +664,7 @@ where
         value: Value,
         context: &[u8],
         w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
     ) -> Result<PutResult> {
         self.check_key(key)?;
         let w = w.unwrap_or(self.config.w);
@@ -607,6 +682,7 @@ where
             key: key.to_vec(),
             value,
             context,
+            write,
         };
         let (state, dot) = self
             .local_writes()
@@ -1148,8 +1224,11 @@ where
             key: key.to_vec(),
             r: r.map(|r| r as u32),
         };
-        let result = match self.dispatch(key, op).await {
-            Ok(Dispatched::Here) => self.get_inner(key, r).await,
+        // Any replica reads as well as the first (a read asks R of them
+        // either way), and a read sent to a second replica because the
+        // first was slow must not be forwarded back to it.
+        let result = match self.dispatch(key, true, op).await {
+            Ok(Dispatched::Here { .. }) => self.get_inner(key, r).await,
             Ok(Dispatched::There(_, ClientReply::Read { values, context })) => {
                 Ok(GetResult { values, context })
             }

@@ -32,6 +32,9 @@ pub struct Update {
     pub value: Value,
     /// What the writer saw (the empty clock for a blind write).
     pub context: VectorClock,
+    /// The client's name for the write, when it may send it again: an
+    /// attempt that finds its write already here stores nothing new.
+    pub write: Option<kv_core::WriteTag>,
 }
 
 /// A key's stored state before a batch (`None`: absent), after it, and
@@ -658,6 +661,7 @@ impl<E: StorageEngine> Replica<E> {
             key: key.to_vec(),
             value,
             context: context.clone(),
+            write: None,
         };
         self.coordinate_many(vec![update], max_siblings, prune)
             .pop()
@@ -679,26 +683,37 @@ impl<E: StorageEngine> Replica<E> {
         let mut writes = Vec::with_capacity(updates.len());
         for u in updates {
             owned.push(u.key);
-            writes.push((Some(u.value), u.context));
+            writes.push((Some(u.value), u.context, u.write));
         }
         let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let now = now_secs();
         self.apply_many(&keys, |i, state| {
-            let (value, context) = &mut writes[i];
+            let (value, context, write) = &mut writes[i];
             // Under the key's lock: every counter this actor issued for
             // the key is at most `issued`, whatever the state remembers.
             let issued = self.issued.load(Ordering::SeqCst);
             check_context(context, self.actor, issued)?;
             let dot = state
-                .update_above(context, self.actor, issued, value.take().flatten(), now)
+                .update_tagged(
+                    context,
+                    self.actor,
+                    issued,
+                    value.take().flatten(),
+                    *write,
+                    now,
+                )
                 .map_err(|e| Error::InvalidInput(e.to_string()))?;
-            if dot.counter > MAX_COUNTER {
-                return Err(Error::InvalidInput(format!(
-                    "{} has issued {MAX_COUNTER} dots in this epoch; restart the node to take a new epoch",
-                    self.actor
-                )));
+            // An attempt that found its write answers with that write's
+            // dot, which another actor may have issued.
+            if dot.actor == self.actor {
+                if dot.counter > MAX_COUNTER {
+                    return Err(Error::InvalidInput(format!(
+                        "{} has issued {MAX_COUNTER} dots in this epoch; restart the node to take a new epoch",
+                        self.actor
+                    )));
+                }
+                self.issued.fetch_max(dot.counter, Ordering::SeqCst);
             }
-            self.issued.fetch_max(dot.counter, Ordering::SeqCst);
             let pruned = state.prune(prune, now, self.actor);
             self.clock_entries_pruned
                 .fetch_add(pruned as u64, Ordering::Relaxed);

@@ -36,6 +36,9 @@ pub enum ClientOp {
         context: Vec<u8>,
         /// Per-request W.
         w: Option<u32>,
+        /// The client's name for the write, when it may send it again
+        /// (see [`WriteTag`](crate::WriteTag)).
+        write: Option<crate::WriteTag>,
     },
     /// A read.
     Get {

@@ -1,6 +1,8 @@
 //! The Rust client SDK: get, put and delete with causal contexts, sibling
 //! resolution by a function of yours, one multiplexed connection per node,
-//! and retry on another node when one is unavailable.
+//! and hedged, safely retried requests: a node that is down, paused or
+//! slow is joined by the next replica, and a write sent twice is stored
+//! once.
 //!
 //! ```no_run
 //! use kv_server::client::{Client, ClientConfig};
@@ -171,11 +173,21 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Time allowed to connect to a node (1 s).
     pub connect_timeout: Duration,
-    /// Nodes tried per request, at most, when they answer Unavailable (3).
-    /// A node that could not even be connected to never received the
-    /// request, so it is skipped without counting: a request is always
-    /// tried on a node it can reach, even with `attempts = 1`.
+    /// Nodes asked per request, at most (3): the next one is asked when
+    /// one answers Unavailable or times out, or is slow (see
+    /// `hedge_factor`). A node that could not even be connected to never
+    /// received the request, so it is skipped without counting: a request
+    /// is always tried on a node it can reach, even with `attempts = 1`.
+    /// Reads always may ask two. Every attempt of a write carries the same
+    /// write tag, so a write asked of two nodes is stored once.
     pub attempts: usize,
+    /// A request not answered within this many times the recent latency
+    /// of its kind (reads, writes) is also sent to the next node (4); 0
+    /// turns hedging off (the next node is then asked only after a
+    /// failure or the request timeout).
+    pub hedge_factor: u32,
+    /// The shortest wait before hedging (20 ms).
+    pub hedge_floor: Duration,
     /// Write quorum sent with writes; `None` for the cluster's W.
     pub w: Option<u32>,
     /// Read quorum sent with reads; `None` for the cluster's R.
@@ -192,6 +204,8 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             attempts: 3,
+            hedge_factor: 4,
+            hedge_floor: Duration::from_millis(20),
             w: None,
             r: None,
             route_by_key: true,
@@ -223,13 +237,15 @@ struct Node {
 
 /// A client of a kv cluster. Cheap to clone; clones share connections.
 ///
-/// Requests go to the nodes round robin (any node coordinates any key).
-/// A node that answers Unavailable is skipped for the next one, up to
-/// [`ClientConfig::attempts`] nodes; a node that cannot be connected to is
-/// skipped without counting (it never received the request). Note that a
-/// write retried after an Unavailable answer may have been applied by the
-/// first node too: with an empty context it then shows as two equal
-/// siblings, which a resolver folds back into one.
+/// Requests go to the key's replicas (its coordinator first) once the
+/// client has learned the ring, to the nodes round robin before (any node
+/// coordinates any key). A node that answers Unavailable, times out, or
+/// is slower than a few times the recent latency is joined by the next
+/// one, up to [`ClientConfig::attempts`] nodes; a node that cannot be
+/// connected to is skipped without counting (it never received the
+/// request). Every attempt of one write carries the same random
+/// [`kv_core::WriteTag`], so a write that reached two coordinators (the
+/// first answered too late, or its answer was lost) is stored once.
 #[derive(Clone)]
 pub struct Client {
     nodes: Arc<Vec<Node>>,
@@ -239,6 +255,29 @@ pub struct Client {
     refreshing: Arc<AtomicBool>,
     /// How long reads have recently taken.
     read_latency: Arc<kv_coordinator::RecentLatency>,
+    /// How long writes have recently taken.
+    write_latency: Arc<kv_coordinator::RecentLatency>,
+    /// Where write tags come from.
+    write_ids: Arc<WriteIds>,
+}
+
+/// Random write tag ids: a keyed hash (SipHash with a random key per
+/// client, from the standard library's `RandomState`) of a counter, so
+/// ids are unpredictable, never repeat within a client, and differ
+/// between clients.
+#[derive(Default)]
+struct WriteIds {
+    keys: std::collections::hash_map::RandomState,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl WriteIds {
+    /// A fresh id, never 0 (0 means "no tag" on the wire).
+    fn next(&self) -> u64 {
+        use std::hash::BuildHasher as _;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.keys.hash_one(n).max(1)
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -330,6 +369,8 @@ impl Client {
             routes: Arc::new(RwLock::new(None)),
             refreshing: Arc::new(AtomicBool::new(false)),
             read_latency: Arc::new(kv_coordinator::RecentLatency::default()),
+            write_latency: Arc::new(kv_coordinator::RecentLatency::default()),
+            write_ids: Arc::new(WriteIds::default()),
         })
     }
 
@@ -409,74 +450,116 @@ impl Client {
         self.routes.read().is_some()
     }
 
-    /// The index among the nodes of `key`'s first replica whose storage
-    /// takes writes, if known.
-    fn route(&self, key: &[u8]) -> Option<usize> {
+    /// The indexes among the nodes of `key`'s replicas, those whose
+    /// storage takes writes first, in preference order, if known.
+    fn replicas(&self, key: &[u8]) -> Vec<usize> {
         use kv_core::Partitioner as _;
         let routes = self.routes.read();
-        let routes = routes.as_ref()?;
-        let replicas = routes.ring.preference_list(key, routes.n).ok()?;
-        let first = replicas
+        let Some(routes) = routes.as_ref() else {
+            return Vec::new();
+        };
+        let Ok(replicas) = routes.ring.preference_list(key, routes.n) else {
+            return Vec::new();
+        };
+        let (healthy, failing): (Vec<&kv_core::NodeId>, Vec<_>) = replicas
             .iter()
-            .find(|r| !routes.unhealthy.contains(&r.0))
-            .or(replicas.first())?;
-        routes.index.get(&first.0).copied()
-    }
-
-    /// The nodes to try for `key`, in order: its coordinator first when
-    /// known, then the others round robin.
-    fn order(&self, key: &[u8]) -> Vec<usize> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let routed = self.route(key);
-        let count = self.nodes.len();
-        routed
+            .partition(|r| !routes.unhealthy.contains(&r.0));
+        healthy
             .into_iter()
-            .chain(
-                (0..count)
-                    .map(|i| (start + i) % count)
-                    .filter(|&i| Some(i) != routed),
-            )
+            .chain(failing)
+            .filter_map(|r| routes.index.get(&r.0).copied())
             .collect()
     }
 
-    /// Runs `call` against nodes until one answers something other than
-    /// Unavailable: the key's coordinator first when known, then the
-    /// others round robin.
-    async fn with_retry<T, F, Fut>(&self, key: &[u8], mut call: F) -> Result<T, ClientError>
+    /// The nodes to try for `key`, in order: its replicas when known (its
+    /// coordinator first), then the others round robin.
+    fn order(&self, key: &[u8]) -> Vec<usize> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order = self.replicas(key);
+        let count = self.nodes.len();
+        let others: Vec<usize> = (0..count)
+            .map(|i| (start + i) % count)
+            .filter(|i| !order.contains(i))
+            .collect();
+        order.extend(others);
+        order
+    }
+
+    /// Sends a request for `key` to its nodes in [`order`](Self::order)
+    /// until one answers: to the next node when one fails with Unavailable
+    /// or a timeout, and also, hedging, when none has answered within
+    /// [`hedge_delay`](Self::hedge_delay) (a paused or cut-off node); the
+    /// first answer wins. At most `budget` nodes are asked; a node that
+    /// could not even be connected to never received the request and does
+    /// not count. `call` gets the node and whether an earlier attempt was
+    /// sent (a write's retry flag).
+    async fn hedged<T, F, Fut>(
+        &self,
+        key: &[u8],
+        budget: usize,
+        latency: &kv_coordinator::RecentLatency,
+        call: F,
+    ) -> Result<T, ClientError>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Channel>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        use futures_util::StreamExt as _;
         self.refresh_routes();
-        let order = self.order(key);
-        let count = self.nodes.len();
-        let attempts = self.config.attempts.clamp(1, count);
-        let (mut counted, mut tried) = (0, 0);
-        let mut last = String::new();
-        for index in order {
-            if counted == attempts {
-                break;
+        let mut order = self.order(key).into_iter();
+        let budget = budget.clamp(1, self.nodes.len());
+        let call = |index: usize, again: bool| {
+            let attempt = call(self.nodes[index].kv.clone(), again);
+            async move {
+                let started = std::time::Instant::now();
+                (index, attempt.await, started.elapsed())
             }
-            let node = &self.nodes[index];
-            let (addr, client) = (&node.addr, &node.kv);
-            tried += 1;
-            match call(client.clone()).await {
-                Ok(value) => return Ok(value),
-                Err(status) => match classify(&status) {
-                    ClientError::Unavailable { message, .. } => {
-                        if !never_sent(&message) {
-                            counted += 1;
+        };
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let (mut counted, mut tried) = (0, 0);
+        if let Some(first) = order.next() {
+            pending.push(call(first, false));
+            (counted, tried) = (1, 1);
+        }
+        let mut last = String::new();
+        loop {
+            let hedge = tokio::time::sleep(self.hedge_delay(latency));
+            tokio::select! {
+                done = pending.next() => {
+                    let Some((index, result, took)) = done else {
+                        return Err(ClientError::Unavailable { tried, message: last });
+                    };
+                    let status = match result {
+                        Ok(value) => {
+                            latency.observe(took);
+                            return Ok(value);
                         }
-                        last = format!("{addr}: {message}");
+                        Err(status) => status,
+                    };
+                    match classify(&status) {
+                        ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
+                            if never_sent(&message) {
+                                counted -= 1;
+                            }
+                            last = format!("{}: {message}", self.nodes[index].addr);
+                            if counted < budget && let Some(next) = order.next() {
+                                pending.push(call(next, true));
+                                counted += 1;
+                                tried += 1;
+                            }
+                        }
+                        other => return Err(other),
                     }
-                    other => return Err(other),
-                },
+                }
+                () = hedge, if self.config.hedge_factor > 0 && counted < budget && !pending.is_empty() => {
+                    if let Some(next) = order.next() {
+                        pending.push(call(next, true));
+                        counted += 1;
+                        tried += 1;
+                    }
+                }
             }
         }
-        Err(ClientError::Unavailable {
-            tried,
-            message: last,
-        })
     }
 
     /// Reads `key`: every live sibling and the context.
@@ -489,84 +572,93 @@ impl Client {
     /// same read goes to the next node too and the first answer wins. A
     /// read changes nothing, so asking twice is safe.
     pub async fn get(&self, key: &[u8]) -> Result<Versioned, ClientError> {
-        use futures_util::StreamExt as _;
         let request = GetRequest {
             key: key.to_vec(),
             r: self.config.r.unwrap_or(0),
         };
-        self.refresh_routes();
-        let mut order = self.order(key).into_iter();
         // Reads may always go to a second node; more only as configured.
-        let budget = self.config.attempts.max(2).min(self.nodes.len());
-        let call = |index: usize| {
-            let mut client = self.nodes[index].kv.clone();
-            let request = request.clone();
-            async move {
-                let started = std::time::Instant::now();
-                (index, client.get(request).await, started.elapsed())
-            }
-        };
-        let mut pending = futures_util::stream::FuturesUnordered::new();
-        let mut sent = 0;
-        if let Some(first) = order.next() {
-            pending.push(call(first));
-            sent += 1;
-        }
-        let mut last = String::new();
-        loop {
-            let hedge = tokio::time::sleep(self.hedge_delay());
-            tokio::select! {
-                done = pending.next() => {
-                    let Some((index, result, took)) = done else {
-                        return Err(ClientError::Unavailable { tried: sent, message: last });
-                    };
-                    match result {
-                        Ok(reply) => {
-                            self.read_latency.observe(took);
-                            let reply = reply.into_inner();
-                            return Ok(Versioned {
-                                values: reply.values,
-                                context: Context(reply.context),
-                            });
-                        }
-                        Err(status) => match classify(&status) {
-                            ClientError::Unavailable { message, .. }
-                            | ClientError::Timeout(message) => {
-                                last = format!("{}: {message}", self.nodes[index].addr);
-                                if sent < budget && let Some(next) = order.next() {
-                                    pending.push(call(next));
-                                    sent += 1;
-                                }
-                            }
-                            other => return Err(other),
-                        },
-                    }
-                }
-                () = hedge, if sent < budget && sent == pending.len() => {
-                    if let Some(next) = order.next() {
-                        pending.push(call(next));
-                        sent += 1;
-                    }
-                }
-            }
-        }
+        let budget = self.config.attempts.max(2);
+        let reply = self
+            .hedged(key, budget, &self.read_latency, |mut c, _| {
+                let request = request.clone();
+                async move { c.get(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Versioned {
+            values: reply.values,
+            context: Context(reply.context),
+        })
     }
 
-    /// How long a read waits before it is hedged on another node: three
-    /// times the recent read latency, between 10 ms and half the request
-    /// timeout (50 ms before any read has been timed).
-    fn hedge_delay(&self) -> Duration {
-        self.read_latency.scaled(
-            3,
-            Duration::from_millis(10),
+    /// How long a request waits before it is hedged on another node:
+    /// [`ClientConfig::hedge_factor`] times the recent latency, at least
+    /// [`ClientConfig::hedge_floor`], at most half the request timeout
+    /// (four times the floor before any request has been timed).
+    fn hedge_delay(&self, latency: &kv_coordinator::RecentLatency) -> Duration {
+        let floor = self.config.hedge_floor;
+        latency.scaled(
+            self.config.hedge_factor,
+            floor,
             self.config.request_timeout / 2,
-            Duration::from_millis(50),
+            floor * 4,
         )
+    }
+
+    /// A write (`None`: a delete) under one fresh [`kv_core::WriteTag`]
+    /// for all its attempts: hedged and retried like a read, and stored
+    /// once however many nodes took it.
+    async fn write(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &[u8],
+    ) -> Result<Written, ClientError> {
+        let w = self.config.w.unwrap_or(0);
+        let write_id = self.write_ids.next();
+        let reply = self
+            .hedged(
+                key,
+                self.config.attempts,
+                &self.write_latency,
+                |mut c, retry| {
+                    let (key, context) = (key.to_vec(), context.to_vec());
+                    let value = value.clone();
+                    async move {
+                        match value {
+                            Some(value) => {
+                                c.put(PutRequest {
+                                    key,
+                                    value,
+                                    context,
+                                    w,
+                                    write_id,
+                                    retry,
+                                })
+                                .await
+                            }
+                            None => {
+                                c.delete(DeleteRequest {
+                                    key,
+                                    context,
+                                    w,
+                                    write_id,
+                                    retry,
+                                })
+                                .await
+                            }
+                        }
+                    }
+                },
+            )
+            .await?;
+        Ok(written(reply.into_inner()))
     }
 
     /// Writes `value`, superseding what `context` (from a read) covers;
     /// `None` supersedes nothing, so an existing value stays as a sibling.
-    /// Returns the new version and its context.
+    /// Returns the new version and its context. The write may be sent to
+    /// more than one node (see [`Client`]); it is stored once.
     ///
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
@@ -576,19 +668,8 @@ impl Client {
         value: Vec<u8>,
         context: Option<&Context>,
     ) -> Result<Written, ClientError> {
-        let w = self.config.w.unwrap_or(0);
-        let context = context.map(|c| c.0.clone()).unwrap_or_default();
-        self.with_retry(key, |mut c| {
-            let request = PutRequest {
-                key: key.to_vec(),
-                value: value.clone(),
-                context: context.clone(),
-                w,
-            };
-            async move { c.put(request).await }
-        })
-        .await
-        .map(|reply| written(reply.into_inner()))
+        let context = context.map(|c| c.0.as_slice()).unwrap_or_default();
+        self.write(key, Some(value), context).await
     }
 
     /// Deletes what `context` covers (a tombstone, itself a version).
@@ -596,17 +677,7 @@ impl Client {
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
     pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
-        let w = self.config.w.unwrap_or(0);
-        self.with_retry(key, |mut c| {
-            let request = DeleteRequest {
-                key: key.to_vec(),
-                context: context.0.clone(),
-                w,
-            };
-            async move { c.delete(request).await }
-        })
-        .await
-        .map(|reply| written(reply.into_inner()))
+        self.write(key, None, &context.0).await
     }
 
     /// Reads `key`; when it has siblings, merges them with `resolve` and

@@ -10,7 +10,9 @@
 //! 2. **No phantom**: every value present was written by some put.
 //! 3. **No corruption**: a present version with an acknowledged write's
 //!    dot holds that write's value.
-//! 4. **No lost write**: an acknowledged write is present, or a write
+//! 4. **No lost write**: an acknowledged write is present (at its dot, or
+//!    as another copy of it: an attempt that reached another coordinator,
+//!    kept when the copies met), or a write
 //!    (of any outcome) that began after it was issued with a context
 //!    covering it. A write whose outcome is unknown (timed out,
 //!    unavailable) may or may not be there. An acknowledged delete may be
@@ -25,6 +27,9 @@
 //!    cover the dot only if its coordinator numbered it at or below a
 //!    counter it had issued before: a reused dot, which replicas that
 //!    hold the older one silently drop.
+//! 8. **No returning copy**: a write that an acknowledged write's context
+//!    superseded (through the copy it acknowledged) is not present as
+//!    another copy (an attempt stored by another coordinator).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -186,6 +191,12 @@ pub fn check(
                     }
                 }
                 None if w.value.is_none() => {}
+                // Another copy of the same write (values are unique): an
+                // earlier attempt that reached another coordinator, kept
+                // when the copies met.
+                None if present
+                    .iter()
+                    .any(|(_, _, value)| value.map(Vec::as_slice) == w.value.as_deref()) => {}
                 None => {
                     let superseded = contexts
                         .iter()
@@ -225,6 +236,26 @@ pub fn check(
                         "dot {actor}:{counter} is present though an acknowledged write's context covered it"
                     ));
                 }
+            }
+        }
+        // 8. No returning copy: a write superseded through one copy does
+        // not live on as another copy.
+        for w in &writes {
+            let (Outcome::Acked(actor, counter), Some(value)) = (w.outcome, w.value.as_ref()) else {
+                continue;
+            };
+            let copy = present
+                .iter()
+                .find(|(a, c, v)| (*a, *c) != (actor, counter) && *v == Some(value));
+            if let Some((a, c, _)) = copy
+                && contexts.iter().any(|(ctx, x)| {
+                    matches!(x.outcome, Outcome::Acked(..)) && ctx.covers(actor, counter)
+                })
+            {
+                bad(format!(
+                    "the write of {:?} was superseded at dot {actor}:{counter}, but another copy of it is present at dot {a}:{c}",
+                    String::from_utf8_lossy(value)
+                ));
             }
         }
         // 6. Sibling bound.
@@ -406,5 +437,51 @@ mod tests {
         unique.push(write(Some(b"b"), &[], acked(1 << 32 | 1, 1), 200));
         let report = check(&unique, &last(b"k", &fresh), 10);
         assert!(report.violations.is_empty(), "{:?}", report.violations);
+    }
+
+    #[test]
+    fn a_retried_write_counts_once_and_a_returning_copy_is_caught() {
+        let empty = VectorClock::new();
+        let tag = |retry| Some(kv_core::WriteTag { id: 7, retry });
+        // The first attempt of "a" is stored by node 1, whose answer is
+        // lost; the retry is stored and acknowledged by node 2.
+        let mut at_1 = Siblings::new();
+        at_1.update_tagged(&empty, NodeId(1), 0, Some(b"a".to_vec()), tag(false), 0)
+            .unwrap();
+        let mut at_2 = Siblings::new();
+        at_2.update_tagged(&empty, NodeId(2), 0, Some(b"a".to_vec()), tag(true), 0)
+            .unwrap();
+        let writes = vec![write(Some(b"a"), &[], acked(2, 1), 0)];
+        // Merged, node 1's copy (the smaller dot) stands for the write.
+        let merged = at_1.synced(&at_2);
+        assert_eq!(merged.siblings()[0].dot.actor, ActorId(1));
+        let report = check(&writes, &last(b"k", &merged), 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+
+        // A client overwrites the acknowledged copy, having read only it;
+        // node 1's copy must not come back beside the new value. The
+        // store remembers the superseded retry, so it does not.
+        let read = at_2.context().clone();
+        let mut overwritten = at_2.clone();
+        overwritten
+            .update_tagged(&read, NodeId(2), 0, Some(b"b".to_vec()), None, 1)
+            .unwrap();
+        let mut history = writes.clone();
+        history.push(write(Some(b"b"), &context_of(&at_2), acked(2, 2), 100));
+        let converged = overwritten.synced(&at_1);
+        let report = check(&history, &last(b"k", &converged), 10);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        // Had the first copy come back (a store without that memory), the
+        // checker says so.
+        let returned = state_after(&[(Some(b"a"), &empty, 1)]).synced(&overwritten);
+        let report = check(&history, &last(b"k", &returned), 10);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.what.contains("another copy")),
+            "{:?}",
+            report.violations
+        );
     }
 }

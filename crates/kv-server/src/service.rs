@@ -146,7 +146,13 @@ where
         let r = request.into_inner();
         let put = self
             .coordinator
-            .put(&r.key, &r.value, &r.context, quorum(r.w))
+            .write_once(
+                &r.key,
+                Some(&r.value),
+                &r.context,
+                quorum(r.w),
+                write_tag(r.write_id, r.retry),
+            )
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(put_reply(put)))
@@ -157,11 +163,22 @@ where
         let r = request.into_inner();
         let put = self
             .coordinator
-            .delete(&r.key, &r.context, quorum(r.w))
+            .write_once(
+                &r.key,
+                None,
+                &r.context,
+                quorum(r.w),
+                write_tag(r.write_id, r.retry),
+            )
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(put_reply(put)))
     }
+}
+
+/// A request's write tag: `None` for id 0 (the client gave none).
+pub(crate) fn write_tag(id: u64, retry: bool) -> Option<kv_core::WriteTag> {
+    (id != 0).then_some(kv_core::WriteTag { id, retry })
 }
 
 /// The replies of a long-lived internal stream.
@@ -351,6 +368,7 @@ impl Internal for InternalService {
                 value: put.value,
                 context: put.context,
                 w: (r.quorum > 0).then_some(r.quorum),
+                write: write_tag(put.write_id, put.retry),
             },
             None => ClientOp::Get {
                 key: r.key,

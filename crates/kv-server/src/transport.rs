@@ -461,9 +461,15 @@ impl Transport for GrpcTransport {
                 value,
                 context,
                 w,
+                write,
             } => ForwardRequest {
                 key,
-                put: Some(PutOp { value, context }),
+                put: Some(PutOp {
+                    value,
+                    context,
+                    write_id: write.map_or(0, |t| t.id),
+                    retry: write.is_some_and(|t| t.retry),
+                }),
                 quorum: w.unwrap_or(0),
             },
             ClientOp::Get { key, r } => ForwardRequest {

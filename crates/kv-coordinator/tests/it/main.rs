@@ -995,6 +995,7 @@ impl PutContext for Node {
                 value: Some(value.to_vec()),
                 context: context.to_vec(),
                 w: None,
+                write: None,
             })
             .await
         {
@@ -1265,6 +1266,7 @@ fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
             key,
             value,
             context,
+            write: None,
         });
     }
     let singles: Vec<_> = updates

@@ -59,6 +59,7 @@ async fn put(c: &mut KvClient<Channel>, key: &[u8], value: &[u8], context: &[u8]
         value: value.to_vec(),
         context: context.to_vec(),
         w: 0,
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -111,6 +112,7 @@ async fn put_and_get_through_every_node() {
             key: key.to_vec(),
             context: merged.context,
             w: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -131,30 +133,35 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             value: b"v".to_vec(),
             context: vec![],
             w: 0,
+            ..Default::default()
         },
         PutRequest {
             key: vec![b'k'; 70 << 10],
             value: b"v".to_vec(),
             context: vec![],
             w: 0,
+            ..Default::default()
         },
         PutRequest {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             context: vec![0xff, 0xee],
             w: 0,
+            ..Default::default()
         },
         PutRequest {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             context: vec![],
             w: 7,
+            ..Default::default()
         },
         PutRequest {
             key: b"k".to_vec(),
             value: vec![0; (16 << 20) + 1],
             context: vec![],
             w: 0,
+            ..Default::default()
         },
     ];
     for case in cases {
@@ -250,6 +257,7 @@ async fn metrics_and_status_over_http() {
             value: b"v".to_vec(),
             context: vec![],
             w: 0,
+            ..Default::default()
         })
         .await;
     // Gossip reports every member alive soon after start.

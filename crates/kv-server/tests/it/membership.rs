@@ -62,6 +62,7 @@ async fn a_node_joins_with_its_ranges_and_another_leaves_without_loss() {
                     value: i.to_le_bytes().to_vec(),
                     context: vec![],
                     w: 0,
+                    ..Default::default()
                 })
                 .await;
             if reply.is_ok() {

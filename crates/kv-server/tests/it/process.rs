@@ -116,6 +116,7 @@ async fn kill_nine_during_writes_loses_no_acknowledged_write() {
             value: i.to_le_bytes().to_vec(),
             context: vec![],
             w: 2,
+            ..Default::default()
         };
         match writer.put(request).await {
             Ok(_) => acked.push((key, i)),
@@ -260,6 +261,7 @@ async fn write_keys(writer: &mut KvClient<Channel>, prefix: &str, w: u32) -> Vec
                 value: (i as u32).to_le_bytes().to_vec(),
                 context: vec![],
                 w,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("write {i} (w={w}): {e}"));
@@ -531,6 +533,7 @@ async fn a_node_that_lost_its_disk_loses_no_write_it_coordinates_afterwards() {
                     value: value.clone(),
                     context: vec![],
                     w: 2,
+                    ..Default::default()
                 })
                 .await;
             if put.is_ok() {
