@@ -302,8 +302,24 @@ fn never_sent(message: &str) -> bool {
         || message.contains("error trying to connect")
 }
 
+/// Whether `status` is this client's transport failing rather than an
+/// answer from the node.
+fn broken_connection(status: &tonic::Status) -> bool {
+    let message = status.message();
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Internal | Code::ResourceExhausted
+    ) && (message.starts_with("transport error") || message.starts_with("h2 protocol error"))
+}
+
 fn classify(status: &tonic::Status) -> ClientError {
     let message = status.message().to_string();
+    // The connection broke under the request (the node was killed, or
+    // closed the connection): tonic reports that as Unknown ("transport
+    // error") or by the HTTP/2 reason, not as Unavailable.
+    if broken_connection(status) {
+        return ClientError::Unavailable { tried: 1, message };
+    }
     match status.code() {
         Code::InvalidArgument => ClientError::InvalidArgument(message),
         Code::DeadlineExceeded | Code::Cancelled => ClientError::Timeout(message),
@@ -760,6 +776,23 @@ mod tests {
         assert!(matches!(
             classify(&tonic::Status::unavailable("x")),
             ClientError::Unavailable { .. }
+        ));
+        // A connection that broke under the request is not an answer.
+        for status in [
+            tonic::Status::unknown("transport error"),
+            tonic::Status::resource_exhausted("h2 protocol error: http2 error"),
+            tonic::Status::internal("h2 protocol error: error reading a body from connection"),
+        ] {
+            assert!(
+                matches!(classify(&status), ClientError::Unavailable { .. }),
+                "{status:?}"
+            );
+        }
+        assert!(matches!(
+            classify(&tonic::Status::resource_exhausted(
+                "overloaded: 512 requests in flight"
+            )),
+            ClientError::Overloaded(_)
         ));
     }
 

@@ -241,7 +241,8 @@ pub fn check(
         // 8. No returning copy: a write superseded through one copy does
         // not live on as another copy.
         for w in &writes {
-            let (Outcome::Acked(actor, counter), Some(value)) = (w.outcome, w.value.as_ref()) else {
+            let (Outcome::Acked(actor, counter), Some(value)) = (w.outcome, w.value.as_ref())
+            else {
                 continue;
             };
             let copy = present

@@ -264,11 +264,22 @@ where
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
         .add_service(kv)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))
 }
+
+/// Streams a client may open and reset before the server accepts them,
+/// per connection, before the connection is closed with ENHANCE_YOUR_CALM
+/// (h2's guard against "rapid reset" floods; its default is 20). A node
+/// that was paused or slow comes back to every request that clients and
+/// peers hedged elsewhere and then cancelled: with 20, it dropped the
+/// whole connection, and every request on it, right as it recovered.
+/// Accepting a reset stream costs little, and requests in flight are
+/// bounded separately (`max_in_flight`).
+const PENDING_ACCEPT_RESETS: usize = 1024;
 
 /// Opens the node's engines, builds its coordinator, joins gossip, and
 /// serves the client, internal and admin services on `listener` until shut
@@ -418,6 +429,7 @@ where
     let admin = AdminServer::new(AdminService::new(cluster.clone()));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
             .http2_keepalive_interval(Some(Duration::from_millis(500)))
             .http2_keepalive_timeout(Some(Duration::from_secs(1)))
             .add_service(kv)
