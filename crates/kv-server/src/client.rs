@@ -509,11 +509,20 @@ impl Client {
     /// could not even be connected to never received the request and does
     /// not count. `call` gets the node and whether an earlier attempt was
     /// sent (a write's retry flag).
+    ///
+    /// With `settle`, an attempt that wins waits for the attempts sent
+    /// after it to finish too (each within the request timeout; earlier
+    /// attempts are left, they were given up on): when a write's first
+    /// attempt wins against its hedge, the hedge's copy is then stored
+    /// before anyone can read the acknowledged one and overwrite it, so
+    /// the two copies meet (and become one) instead of the hedge's copy
+    /// arriving after the overwrite.
     async fn hedged<T, F, Fut>(
         &self,
         key: &[u8],
         budget: usize,
         latency: &kv_coordinator::RecentLatency,
+        settle: bool,
         call: F,
     ) -> Result<T, ClientError>
     where
@@ -524,30 +533,43 @@ impl Client {
         self.refresh_routes();
         let mut order = self.order(key).into_iter();
         let budget = budget.clamp(1, self.nodes.len());
-        let call = |index: usize, again: bool| {
-            let attempt = call(self.nodes[index].kv.clone(), again);
+        // Attempt `n` (from 0) to node `index`.
+        let call = |index: usize, n: usize| {
+            let attempt = call(self.nodes[index].kv.clone(), n > 0);
             async move {
                 let started = std::time::Instant::now();
-                (index, attempt.await, started.elapsed())
+                (n, index, attempt.await, started.elapsed())
             }
         };
         let mut pending = futures_util::stream::FuturesUnordered::new();
         let (mut counted, mut tried) = (0, 0);
         if let Some(first) = order.next() {
-            pending.push(call(first, false));
+            pending.push(call(first, 0));
             (counted, tried) = (1, 1);
         }
         let mut last = String::new();
+        let mut finished: Vec<usize> = Vec::new();
         loop {
             let hedge = tokio::time::sleep(self.hedge_delay(latency));
             tokio::select! {
                 done = pending.next() => {
-                    let Some((index, result, took)) = done else {
+                    let Some((n, index, result, took)) = done else {
                         return Err(ClientError::Unavailable { tried, message: last });
                     };
+                    finished.push(n);
                     let status = match result {
                         Ok(value) => {
                             latency.observe(took);
+                            // Attempts are numbered in the order sent, and
+                            // `tried` of them were sent.
+                            let mut waiting: Vec<usize> =
+                                (n + 1..tried).filter(|m| !finished.contains(m)).collect();
+                            while settle
+                                && !waiting.is_empty()
+                                && let Some((m, ..)) = pending.next().await
+                            {
+                                waiting.retain(|&x| x != m);
+                            }
                             return Ok(value);
                         }
                         Err(status) => status,
@@ -559,7 +581,7 @@ impl Client {
                             }
                             last = format!("{}: {message}", self.nodes[index].addr);
                             if counted < budget && let Some(next) = order.next() {
-                                pending.push(call(next, true));
+                                pending.push(call(next, tried));
                                 counted += 1;
                                 tried += 1;
                             }
@@ -569,7 +591,7 @@ impl Client {
                 }
                 () = hedge, if self.config.hedge_factor > 0 && counted < budget && !pending.is_empty() => {
                     if let Some(next) = order.next() {
-                        pending.push(call(next, true));
+                        pending.push(call(next, tried));
                         counted += 1;
                         tried += 1;
                     }
@@ -595,7 +617,7 @@ impl Client {
         // Reads may always go to a second node; more only as configured.
         let budget = self.config.attempts.max(2);
         let reply = self
-            .hedged(key, budget, &self.read_latency, |mut c, _| {
+            .hedged(key, budget, &self.read_latency, false, |mut c, _| {
                 let request = request.clone();
                 async move { c.get(request).await }
             })
@@ -637,6 +659,7 @@ impl Client {
                 key,
                 self.config.attempts,
                 &self.write_latency,
+                true,
                 |mut c, retry| {
                     let (key, context) = (key.to_vec(), context.to_vec());
                     let value = value.clone();

@@ -238,3 +238,130 @@ async fn a_read_sent_to_a_node_that_never_answers_is_answered_by_another() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A TCP proxy to `target` that, once `swallow` is set, still delivers
+/// what clients send but drops every byte of the answers: a coordinator
+/// that stores a write and whose answer never arrives (a broken return
+/// path, or a node killed right after storing).
+async fn answer_swallowing_proxy(
+    target: std::net::SocketAddr,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let swallow = swallow.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !swallow.load(Ordering::SeqCst)
+                        && client_write.write_all(&buf[..n]).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_lost_is_taken_by_another_node_and_stored_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let swallow = std::sync::Arc::new(AtomicBool::new(false));
+    let proxy = answer_swallowing_proxy(nodes[0].addr, swallow.clone()).await;
+    let client = Client::new(
+        [proxy.as_str(), &nodes[1].addr.to_string()],
+        ClientConfig {
+            attempts: 2,
+            route_by_key: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // Two reads open both connections (requests start round robin), so
+    // the write below starts at the proxy.
+    client.get(b"warm").await.unwrap();
+    client.get(b"warm").await.unwrap();
+    swallow.store(true, Ordering::SeqCst);
+    // A key that the node behind the proxy coordinates (it stores the
+    // first attempt itself rather than forwarding it).
+    let owned_by_first = |k: &Vec<u8>| {
+        use kv_core::Partitioner as _;
+        nodes[0]
+            .coordinator()
+            .ring()
+            .preference_list(k, 3)
+            .is_ok_and(|r| r[0] == nodes[0].id)
+    };
+    let key = (0..)
+        .map(|i| format!("lost-answer:{i}").into_bytes())
+        .find(owned_by_first)
+        .unwrap();
+    let key = key.as_slice();
+    let written = client.put(key, b"once".to_vec(), None).await.unwrap();
+    // Node 1 stored the first attempt (its answer went nowhere) and
+    // replicated it; the hedged second attempt, at node 2, found it or
+    // stored a copy that became one with it.
+    let reader = Client::new([nodes[2].addr.to_string()], ClientConfig::default()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let states: Vec<_> = nodes
+            .iter()
+            .map(|n| n.coordinator().replica().state(key).unwrap())
+            .collect();
+        let settled = states.iter().all(|s| s == &states[0] && s.len() == 1);
+        if settled {
+            let kept = &states[0].siblings()[0];
+            assert_eq!(kept.value.as_deref(), Some(&b"once"[..]));
+            assert!(
+                states[0].context().covers(
+                    kv_core::ActorId(written.version.actor),
+                    written.version.counter
+                ),
+                "the acknowledged copy is covered"
+            );
+            assert!(
+                states[0]
+                    .context()
+                    .entries()
+                    .iter()
+                    .any(|e| e.actor.node() == nodes[0].id),
+                "the first attempt was stored by the node behind the proxy"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas did not settle on one version: {states:?}"
+        );
+        // Anti-entropy and the write's own replication bring the copies
+        // together; reading repairs too.
+        let _ = reader.get(key).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reader.get(key).await.unwrap().values,
+        vec![b"once".to_vec()]
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
