@@ -45,14 +45,18 @@ pub struct Sibling<V> {
     pub write: Option<WriteTag>,
 }
 
-/// A superseded copy of a retried write: its tag id and dot, and when
-/// this state learnt that it was superseded (seconds).
+/// A superseded copy of a tagged write: its tag id and dot, and when this
+/// state learnt that it was superseded (seconds).
 ///
-/// Another copy of the same write (an earlier attempt that reached a node
-/// that was down or cut off) may still be on its way; when it arrives it
-/// is recognised by its id and dropped, instead of coming back as a
-/// sibling of the write that superseded it. Kept for the pruning policy's
-/// `old` (the tombstone grace, as the store sets it), like a tombstone.
+/// Another copy of the same write may still be on its way; when it
+/// arrives it is recognised by its id and dropped, instead of coming back
+/// as a sibling of the write that superseded it. A copy that met a retry
+/// (`lasting`: an earlier attempt may be on a node that is down or cut
+/// off) is remembered for the pruning policy's `old` (the tombstone grace,
+/// as the store sets it), like a tombstone. Any other tagged copy is
+/// remembered briefly ([`BRIEF_SECS`], at most [`BRIEF_CAP`] per key, the
+/// newest): long enough for a hedged attempt still being stored elsewhere
+/// to arrive, without a record per overwrite for the grace period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Retired {
     /// The write's tag id.
@@ -61,7 +65,15 @@ pub struct Retired {
     pub dot: Dot,
     /// When it was superseded (seconds of the recording node's clock).
     pub stamp: u64,
+    /// Whether it is kept for the grace period (the copy met a retry).
+    pub lasting: bool,
 }
+
+/// How long a superseded copy of a write that met no retry is remembered.
+pub const BRIEF_SECS: u64 = 60;
+
+/// How many superseded copies of writes that met no retry a key remembers.
+pub const BRIEF_CAP: usize = 8;
 
 /// The versions of one key that no other version supersedes, with the
 /// causal context that covers them: a dotted version vector set.
@@ -291,17 +303,18 @@ impl<V> DvvSet<V> {
         }
     }
 
-    /// Drops the siblings `context` covers, remembering the retried
+    /// Drops the siblings `context` covers, remembering the tagged
     /// writes among them (see [`Retired`]).
     fn drop_covered(&mut self, context: &VectorClock, now: u64) {
         let mut retired = Vec::new();
         self.siblings.retain(|s| {
             let covered = context.covers(s.dot.actor, s.dot.counter);
-            if covered && let Some(tag) = s.write.filter(|t| t.retry) {
+            if covered && let Some(tag) = s.write {
                 retired.push(Retired {
                     id: tag.id,
                     dot: s.dot,
                     stamp: now,
+                    lasting: tag.retry,
                 });
             }
             !covered
@@ -309,6 +322,7 @@ impl<V> DvvSet<V> {
         for r in retired {
             insert_retired(&mut self.retired, r);
         }
+        cap_brief(&mut self.retired);
     }
 
     /// Prunes the context by `policy` at time `now` and returns how many
@@ -324,8 +338,11 @@ impl<V> DvvSet<V> {
     pub fn prune(&mut self, policy: &PrunePolicy, now: u64, keep: impl Into<ActorId>) -> usize {
         let keep = keep.into();
         let old = policy.old.as_secs();
-        // A retired write's other copies have had the grace to arrive.
-        self.retired.retain(|r| now.saturating_sub(r.stamp) <= old);
+        // A retired write's other copies have had the time to arrive.
+        self.retired.retain(|r| {
+            let age = now.saturating_sub(r.stamp);
+            age <= if r.lasting { old } else { BRIEF_SECS }
+        });
         let (siblings, retired) = (&self.siblings, &self.retired);
         let kept = |actor: ActorId| {
             actor == keep
@@ -454,6 +471,7 @@ impl<V: Clone> DvvSet<V> {
         for r in &other.retired {
             insert_retired(&mut self.retired, *r);
         }
+        cap_brief(&mut self.retired);
         self.collapse_copies();
     }
 
@@ -525,6 +543,7 @@ impl<V: ValueCodec> DvvSet<V> {
             put_varint(out, r.dot.actor.0);
             put_varint(out, r.dot.counter);
             put_varint(out, r.stamp);
+            out.push(u8::from(r.lasting));
         }
     }
 
@@ -559,15 +578,11 @@ impl<V: ValueCodec> DvvSet<V> {
         let mut siblings: Vec<Sibling<V>> = Vec::with_capacity(count);
         for _ in 0..count {
             let at = reader.position();
-            let actor = ActorId(reader.varint("sibling actor")?);
-            let counter = reader.varint("sibling counter")?;
-            let dot = Dot { actor, counter };
-            if counter == 0 || !context.covers(actor, counter) {
-                return Err(DecodeError::Invalid {
-                    offset: at,
-                    what: "sibling dot (zero, or not covered by the context)",
-                });
-            }
+            let dot = read_dot(
+                &mut reader,
+                &context,
+                "sibling dot (zero, or not covered by the context)",
+            )?;
             if siblings.last().is_some_and(|last| last.dot >= dot) {
                 return Err(DecodeError::Invalid {
                     offset: at,
@@ -594,26 +609,28 @@ impl<V: ValueCodec> DvvSet<V> {
         }
         let mut retired: Vec<Retired> = Vec::new();
         if tagged {
-            let count = reader.count("retired count", 11)?;
+            let count = reader.count("retired count", 12)?;
             retired.reserve(count);
             for _ in 0..count {
                 let at = reader.position();
-                let id =
-                    u64::from_le_bytes(reader.bytes(8, "retired write id")?.try_into().map_err(
-                        |_| DecodeError::Invalid {
-                            offset: at,
-                            what: "retired write id",
-                        },
-                    )?);
-                let actor = ActorId(reader.varint("retired actor")?);
-                let counter = reader.varint("retired counter")?;
+                let id = read_id(&mut reader, "retired write id")?;
+                let dot = read_dot(
+                    &mut reader,
+                    &context,
+                    "retired dot (zero, or not covered by the context)",
+                )?;
                 let stamp = reader.varint("retired stamp")?;
-                if counter == 0 || !context.covers(actor, counter) {
-                    return Err(DecodeError::Invalid {
-                        offset: at,
-                        what: "retired dot (zero, or not covered by the context)",
-                    });
-                }
+                let flag_at = reader.position();
+                let lasting = match reader.u8("retired flags")? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            offset: flag_at,
+                            what: "retired flags",
+                        });
+                    }
+                };
                 if retired.last().is_some_and(|last| last.id >= id) {
                     return Err(DecodeError::Invalid {
                         offset: at,
@@ -622,8 +639,9 @@ impl<V: ValueCodec> DvvSet<V> {
                 }
                 retired.push(Retired {
                     id,
-                    dot: Dot { actor, counter },
+                    dot,
                     stamp,
+                    lasting,
                 });
             }
         }
@@ -649,15 +667,30 @@ fn decode_tag(reader: &mut Reader<'_>) -> Result<Option<WriteTag>> {
     if flags & HAS_WRITE_ID == 0 {
         return Ok(None);
     }
-    let bytes = reader.bytes(8, "sibling write id")?;
-    let id = u64::from_le_bytes(bytes.try_into().map_err(|_| DecodeError::Invalid {
-        offset: at,
-        what: "sibling write id",
-    })?);
+    let id = read_id(reader, "sibling write id")?;
     Ok(Some(WriteTag {
         id,
         retry: flags & IS_RETRY != 0,
     }))
+}
+
+/// Reads a write tag id (8 bytes, little-endian).
+fn read_id(reader: &mut Reader<'_>, what: &'static str) -> Result<u64> {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(reader.bytes(8, what)?);
+    Ok(u64::from_le_bytes(id))
+}
+
+/// Reads a dot (actor, counter), which must be non-zero and covered by
+/// `context`.
+fn read_dot(reader: &mut Reader<'_>, context: &VectorClock, what: &'static str) -> Result<Dot> {
+    let at = reader.position();
+    let actor = ActorId(reader.varint("dot actor")?);
+    let counter = reader.varint("dot counter")?;
+    if counter == 0 || !context.covers(actor, counter) {
+        return Err(DecodeError::Invalid { offset: at, what });
+    }
+    Ok(Dot { actor, counter })
 }
 
 /// Adds `r` to a list sorted by id: for an id already there, the smaller
@@ -668,9 +701,27 @@ fn insert_retired(list: &mut Vec<Retired>, r: Retired) {
             let x = &mut list[i];
             x.dot = x.dot.min(r.dot);
             x.stamp = x.stamp.max(r.stamp);
+            x.lasting |= r.lasting;
         }
         Err(i) => list.insert(i, r),
     }
+}
+
+/// Keeps the newest [`BRIEF_CAP`] brief records (by stamp, then id) and
+/// every lasting one.
+fn cap_brief(list: &mut Vec<Retired>) {
+    let brief = list.iter().filter(|r| !r.lasting).count();
+    if brief <= BRIEF_CAP {
+        return;
+    }
+    let mut ranks: Vec<(u64, u64)> = list
+        .iter()
+        .filter(|r| !r.lasting)
+        .map(|r| (r.stamp, r.id))
+        .collect();
+    ranks.sort_unstable_by(|a, b| b.cmp(a));
+    let cut = ranks[BRIEF_CAP - 1];
+    list.retain(|r| r.lasting || (r.stamp, r.id) >= cut);
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ mod prune;
 mod vclock;
 
 pub use codec::ValueCodec;
-pub use dvv::{Dot, DvvSet, Retired, Sibling};
+pub use dvv::{BRIEF_CAP, BRIEF_SECS, Dot, DvvSet, Retired, Sibling};
 pub use error::{CounterOverflow, DecodeError, Result};
 pub use kv_core::codec::Reader;
 pub use prune::{PrunePolicy, PrunePolicyError};

@@ -1,7 +1,7 @@
 //! Retried writes: every attempt of a write carries one tag, and the
 //! store keeps one version of it whichever coordinators took the attempts.
 
-use kv_clock::{DvvSet, PrunePolicy, VectorClock};
+use kv_clock::{BRIEF_CAP, BRIEF_SECS, DvvSet, PrunePolicy, VectorClock};
 use kv_core::{NodeId, WriteTag};
 use proptest::prelude::*;
 
@@ -106,12 +106,48 @@ fn the_memory_of_a_superseded_retry_lasts_the_grace_period() {
     assert_eq!(key.retired().len(), 1, "young: kept");
     key.prune(&policy, 101 + old, B);
     assert!(key.retired().is_empty(), "older than the grace: gone");
-    // An untagged or first-attempt copy leaves no memory when superseded.
+    // A first attempt that met no retry is remembered briefly, and at
+    // most BRIEF_CAP of them per key; an untagged write not at all.
     let mut plain = DvvSet::new();
     plain.update_tagged(&empty, B, 0, 1, first(8), 0).unwrap();
     let read = plain.context().clone();
     plain.update(&read, B, 2, 0).unwrap();
+    assert_eq!(plain.retired().len(), 1);
+    assert!(!plain.retired()[0].lasting);
+    plain.prune(&policy, BRIEF_SECS, B);
+    assert_eq!(plain.retired().len(), 1);
+    plain.prune(&policy, BRIEF_SECS + 1, B);
     assert!(plain.retired().is_empty());
+    for id in 100..120 {
+        let read = plain.context().clone();
+        plain.update_tagged(&read, B, 0, 3, first(id), id).unwrap();
+    }
+    let kept: Vec<u64> = plain.retired().iter().map(|r| r.id).collect();
+    assert_eq!(
+        kept,
+        (111..119).collect::<Vec<_>>(),
+        "the newest {BRIEF_CAP}"
+    );
+    let read = plain.context().clone();
+    plain.update(&read, B, 4, 200).unwrap();
+    assert_eq!(plain.retired().len(), BRIEF_CAP);
+}
+
+#[test]
+fn a_hedged_copy_stored_after_the_first_was_overwritten_does_not_return() {
+    let empty = VectorClock::new();
+    // The first attempt, at A, is acknowledged; the hedge, at B, is still
+    // being stored when a client reads A's copy and overwrites it.
+    let mut at_a = DvvSet::new();
+    at_a.update_tagged(&empty, A, 0, 1, first(5), 10).unwrap();
+    let read = at_a.context().clone();
+    at_a.update_tagged(&read, A, 0, 2, first(6), 11).unwrap();
+    let mut at_b = DvvSet::new();
+    at_b.update_tagged(&empty, B, 0, 1, again(5), 10).unwrap();
+    // The hedge's copy reaches A: it is recognised and dropped.
+    let merged = at_a.synced(&at_b);
+    assert_eq!(values(&merged), [2]);
+    assert_eq!(merged, at_b.synced(&at_a));
 }
 
 #[test]
