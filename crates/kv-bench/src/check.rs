@@ -72,6 +72,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                 acked,
                 invoke_us,
                 complete_us,
+                write_id,
                 ..
             } => {
                 let key = unhex(key)?;
@@ -99,6 +100,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
                         Some((actor, counter)) => Outcome::Acked(ActorId(*actor), *counter),
                         None => Outcome::Unknown,
                     },
+                    write_id: *write_id,
                 });
             }
             Event::Read {
@@ -221,6 +223,7 @@ mod tests {
             invoke_us: at,
             complete_us: at + 1,
             error: None,
+            write_id: 0,
         }
     }
 
@@ -280,6 +283,7 @@ mod tests {
                 invoke_us: 0,
                 complete_us: 1,
                 error: None,
+                write_id: 0,
             },
         ];
         assert!(check(&bad_context).unwrap_err().contains("context"));

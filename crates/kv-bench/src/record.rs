@@ -53,6 +53,9 @@ pub enum Event {
         /// message.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The write's tag id when acknowledged (0: unknown).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        write_id: u64,
     },
     /// A get that failed.
     ReadFailed {
@@ -127,6 +130,12 @@ impl Recorder {
     }
 }
 
+/// Whether a number is zero (fields serialised only when set).
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Reads a history file; a line that does not parse is an error naming it.
 ///
 /// # Errors
@@ -174,6 +183,7 @@ mod tests {
                 invoke_us: 5,
                 complete_us: 9,
                 error: None,
+                write_id: 0,
             },
             Event::Write {
                 key: hex(b"k"),
@@ -183,6 +193,7 @@ mod tests {
                 invoke_us: 6,
                 complete_us: 11,
                 error: Some("timeout: deadline".into()),
+                write_id: 0,
             },
             Event::ReadFailed {
                 key: hex(b"k"),

@@ -324,6 +324,7 @@ impl Shared {
                     .as_ref()
                     .err()
                     .map(|e| format!("{}: {e}", error_class(e))),
+                write_id: result.as_ref().map_or(0, |w| w.write_id),
             });
         }
         let written = result?;

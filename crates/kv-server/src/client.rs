@@ -121,10 +121,14 @@ pub struct Written {
     pub context: Context,
     /// The new version.
     pub version: Version,
+    /// The write's tag id, the same on every attempt of it (see
+    /// [`kv_core::WriteTag`]).
+    pub write_id: u64,
 }
 
-fn written(reply: crate::proto::PutReply) -> Written {
+fn written(reply: crate::proto::PutReply, write_id: u64) -> Written {
     Written {
+        write_id,
         context: Context(reply.context),
         version: Version {
             actor: reply.dot_actor,
@@ -691,7 +695,7 @@ impl Client {
                 },
             )
             .await?;
-        Ok(written(reply.into_inner()))
+        Ok(written(reply.into_inner(), write_id))
     }
 
     /// Writes `value`, superseding what `context` (from a read) covers;

@@ -12,7 +12,9 @@
 //!    dot holds that write's value.
 //! 4. **No lost write**: an acknowledged write is present (at its dot, or
 //!    as another copy of it: an attempt that reached another coordinator,
-//!    kept when the copies met), or a write
+//!    kept when the copies met), or superseded through another copy (the
+//!    state remembers the write's tag among its superseded copies), or a
+//!    write
 //!    (of any outcome) that began after it was issued with a context
 //!    covering it. A write whose outcome is unknown (timed out,
 //!    unavailable) may or may not be there. An acknowledged delete may be
@@ -60,6 +62,8 @@ pub struct Write {
     pub outcome: Outcome,
     /// When the client sent it (any monotonic clock, microseconds).
     pub invoke_us: u64,
+    /// The write's tag id (0: unknown).
+    pub write_id: u64,
     /// When the client had its answer (same clock).
     pub complete_us: u64,
 }
@@ -198,9 +202,13 @@ pub fn check(
                     .iter()
                     .any(|(_, _, value)| value.map(Vec::as_slice) == w.value.as_deref()) => {}
                 None => {
+                    // Superseded: through the acknowledged copy, or
+                    // through another copy of it, which the state
+                    // remembers by the write's tag.
                     let superseded = contexts
                         .iter()
-                        .any(|(c, x)| x.invoke_us > w.invoke_us && c.covers(actor, counter));
+                        .any(|(c, x)| x.invoke_us > w.invoke_us && c.covers(actor, counter))
+                        || (w.write_id != 0 && state.retired().iter().any(|r| r.id == w.write_id));
                     if !superseded {
                         bad(format!(
                             "acknowledged write of {:?} at dot {actor}:{counter} is lost",
@@ -310,6 +318,7 @@ mod tests {
             value: value.map(<[u8]>::to_vec),
             context: context.to_vec(),
             outcome,
+            write_id: 0,
             invoke_us: at,
             complete_us: at + 10,
         }

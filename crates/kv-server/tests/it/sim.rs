@@ -260,6 +260,7 @@ fn run(seed: u64, ops: u64) -> history::Report {
                         None => client.delete(&key, &context).await,
                     };
                     let complete_us = micros_since(sim_start);
+                    let write_id = result.as_ref().map_or(0, |w| w.write_id);
                     let outcome = match result {
                         Ok(w) => Outcome::Acked(ActorId(w.version.actor), w.version.counter),
                         Err(ClientError::InvalidArgument(e)) => {
@@ -272,6 +273,7 @@ fn run(seed: u64, ops: u64) -> history::Report {
                         value,
                         context: context.0,
                         outcome,
+                        write_id,
                         invoke_us,
                         complete_us,
                     });
