@@ -43,6 +43,28 @@ pub struct Sibling<V> {
     /// with the same tag id are two copies of one write (attempts that
     /// reached different coordinators), and only one is kept.
     pub write: Option<WriteTag>,
+    /// The dots of the other copies of this write that were merged into
+    /// this one (ascending; empty for an untagged write). A context that
+    /// covers any of them has seen the write, so supersedes this sibling
+    /// as it would the copy it saw.
+    pub copies: Vec<Dot>,
+}
+
+impl<V> Sibling<V> {
+    /// Whether `context` covers this sibling's dot or the dot of any
+    /// other copy of its write.
+    pub fn covered_by(&self, context: &VectorClock) -> bool {
+        context.covers(self.dot.actor, self.dot.counter)
+            || self
+                .copies
+                .iter()
+                .any(|d| context.covers(d.actor, d.counter))
+    }
+
+    /// The write tag's id, if any.
+    fn id(&self) -> Option<u64> {
+        self.write.map(|t| t.id)
+    }
 }
 
 /// A superseded copy of a tagged write: its tag id and dot, and when this
@@ -144,6 +166,7 @@ const DVV_VERSION_UNTAGGED: u8 = 1;
 /// Sibling flags in the encoding.
 const HAS_WRITE_ID: u8 = 1;
 const IS_RETRY: u8 = 2;
+const HAS_COPIES: u8 = 4;
 
 impl<V> DvvSet<V> {
     /// A key with no versions.
@@ -286,7 +309,15 @@ impl<V> DvvSet<V> {
         // The new dot is above every dot of `actor` held, so it sorts after
         // them; insert keeping the dot order.
         let at = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(at, Sibling { dot, value, write });
+        self.siblings.insert(
+            at,
+            Sibling {
+                dot,
+                value,
+                write,
+                copies: Vec::new(),
+            },
+        );
         Ok(dot)
     }
 
@@ -308,7 +339,7 @@ impl<V> DvvSet<V> {
     fn drop_covered(&mut self, context: &VectorClock, now: u64) {
         let mut retired = Vec::new();
         self.siblings.retain(|s| {
-            let covered = context.covers(s.dot.actor, s.dot.counter);
+            let covered = s.covered_by(context);
             if covered && let Some(tag) = s.write {
                 retired.push(Retired {
                     id: tag.id,
@@ -406,6 +437,7 @@ impl<V> DvvSet<V> {
                     dot: s.dot,
                     value: f(s.value),
                     write: s.write,
+                    copies: s.copies,
                 })
                 .collect(),
             retired: self.retired,
@@ -431,8 +463,16 @@ impl<V: Clone> DvvSet<V> {
     /// copy, but replicas still converge: once contexts agree, a merge
     /// only removes.
     pub fn sync(&mut self, other: &DvvSet<V>) {
+        let mut superseded = superseded_writes(self, other);
+        // Writes either side remembers as superseded.
+        superseded.extend(self.retired.iter().chain(&other.retired).map(|r| r.id));
+        superseded.sort_unstable();
+        superseded.dedup();
         let (a, b) = (&self.siblings, &other.siblings);
         let mut merged = Vec::with_capacity(a.len().max(b.len()));
+        // Copies dropped because their write was superseded, remembered
+        // below like any superseded copy.
+        let mut gone: Vec<(u64, Dot, bool)> = Vec::new();
         let (mut i, mut j) = (0, 0);
         while i < a.len() || j < b.len() {
             let order = match (a.get(i), b.get(j)) {
@@ -443,16 +483,31 @@ impl<V: Clone> DvvSet<V> {
             match order {
                 Ordering::Less => {
                     let s = &a[i];
-                    if !other.context.covers(s.dot.actor, s.dot.counter) {
+                    if other.keeps(s, &superseded) {
                         merged.push(s.clone());
+                    } else if let Some(t) = s.write {
+                        gone.push((t.id, s.dot, t.retry));
                     }
                     i += 1;
                 }
                 Ordering::Greater => {
                     let s = &b[j];
-                    if !self.context.covers(s.dot.actor, s.dot.counter) {
+                    if self.keeps(s, &superseded) {
                         merged.push(s.clone());
+                    } else if let Some(t) = s.write {
+                        gone.push((t.id, s.dot, t.retry));
                     }
+                    j += 1;
+                }
+                Ordering::Equal if a[i].id().is_some_and(|id| superseded.contains(&id)) => {
+                    if let Some(t) = a[i].write {
+                        gone.push((
+                            t.id,
+                            a[i].dot,
+                            t.retry || b[j].write.is_some_and(|u| u.retry),
+                        ));
+                    }
+                    i += 1;
                     j += 1;
                 }
                 Ordering::Equal => {
@@ -460,6 +515,7 @@ impl<V: Clone> DvvSet<V> {
                     if let (Some(mine), Some(theirs)) = (&mut s.write, b[j].write) {
                         mine.retry |= theirs.retry;
                     }
+                    merge_dots(&mut s.copies, &b[j].copies);
                     merged.push(s);
                     i += 1;
                     j += 1;
@@ -471,28 +527,70 @@ impl<V: Clone> DvvSet<V> {
         for r in &other.retired {
             insert_retired(&mut self.retired, *r);
         }
+        for (id, dot, lasting) in gone {
+            // Stamped with when the merged context last heard of the
+            // copy's coordinator: the same on both sides of a merge.
+            let stamp = self
+                .context
+                .entries()
+                .iter()
+                .find(|e| e.actor == dot.actor)
+                .map_or(0, |e| e.timestamp);
+            insert_retired(
+                &mut self.retired,
+                Retired {
+                    id,
+                    dot,
+                    stamp,
+                    lasting,
+                },
+            );
+        }
         cap_brief(&mut self.retired);
         self.collapse_copies();
     }
 
-    /// Drops copies of retired writes, and keeps one copy (the smallest
-    /// dot, marked as met by a retry) of a write held more than once.
+    /// Whether a sibling the other side holds survives a merge with this
+    /// state. Untagged: this state has not seen its dot. Tagged: its write
+    /// is not among the `superseded` (see [`superseded_writes`]).
+    fn keeps(&self, s: &Sibling<V>, superseded: &[u64]) -> bool {
+        match s.id() {
+            None => !self.context.covers(s.dot.actor, s.dot.counter),
+            Some(id) => !superseded.contains(&id),
+        }
+    }
+
+    /// The dots this state's siblings claim for write `id`: their own and
+    /// their copies'.
+    fn claims(&self, id: u64) -> impl Iterator<Item = Dot> + '_ {
+        self.siblings
+            .iter()
+            .filter(move |s| s.id() == Some(id))
+            .flat_map(|s| std::iter::once(s.dot).chain(s.copies.iter().copied()))
+    }
+
+    /// Whether this state has seen `dot` of write `id` and holds no
+    /// sibling claiming it: that copy was superseded here (a context that
+    /// covers a dot no sibling carries saw it and wrote over it).
+    fn superseded_here(&self, id: u64, dot: Dot) -> bool {
+        self.context.covers(dot.actor, dot.counter) && !self.claims(id).any(|d| d == dot)
+    }
+
+    /// Keeps one copy (the smallest dot, marked as met by a retry, with
+    /// the others' dots as its copies) of a write held more than once.
     fn collapse_copies(&mut self) {
         if self.siblings.iter().all(|s| s.write.is_none()) {
             return;
         }
-        let retired = &self.retired;
-        self.siblings.retain(|s| {
-            s.write
-                .is_none_or(|t| retired.binary_search_by_key(&t.id, |r| r.id).is_err())
-        });
         // Siblings are in dot order, so the first copy of each id is the
         // one kept.
         let mut seen: Vec<u64> = Vec::new();
-        let mut doubled: Vec<u64> = Vec::new();
+        let mut doubled: Vec<(u64, Vec<Dot>)> = Vec::new();
         self.siblings.retain(|s| match s.write {
             Some(t) if seen.contains(&t.id) => {
-                doubled.push(t.id);
+                let mut dots = s.copies.clone();
+                merge_dots(&mut dots, &[s.dot]);
+                doubled.push((t.id, dots));
                 false
             }
             Some(t) => {
@@ -502,11 +600,16 @@ impl<V: Clone> DvvSet<V> {
             None => true,
         });
         for s in &mut self.siblings {
-            if let Some(t) = &mut s.write
-                && doubled.contains(&t.id)
-            {
-                t.retry = true;
+            if let Some(t) = &mut s.write {
+                for (id, dots) in &doubled {
+                    if *id == t.id {
+                        t.retry = true;
+                        merge_dots(&mut s.copies, dots);
+                    }
+                }
             }
+            let own = s.dot;
+            s.copies.retain(|d| *d != own);
         }
     }
 
@@ -531,8 +634,20 @@ impl<V: ValueCodec> DvvSet<V> {
             match sibling.write {
                 None => out.push(0),
                 Some(tag) => {
-                    out.push(HAS_WRITE_ID | if tag.retry { IS_RETRY } else { 0 });
+                    let copies = if sibling.copies.is_empty() {
+                        0
+                    } else {
+                        HAS_COPIES
+                    };
+                    out.push(HAS_WRITE_ID | copies | if tag.retry { IS_RETRY } else { 0 });
                     out.extend_from_slice(&tag.id.to_le_bytes());
+                    if !sibling.copies.is_empty() {
+                        put_varint(out, sibling.copies.len() as u64);
+                        for d in &sibling.copies {
+                            put_varint(out, d.actor.0);
+                            put_varint(out, d.counter);
+                        }
+                    }
                 }
             }
             sibling.value.encode_value(out);
@@ -589,10 +704,10 @@ impl<V: ValueCodec> DvvSet<V> {
                     what: "sibling order (dots must ascend)",
                 });
             }
-            let write = if tagged {
-                decode_tag(&mut reader)?
+            let (write, copies) = if tagged {
+                decode_tag(&mut reader, &context, dot)?
             } else {
-                None
+                (None, Vec::new())
             };
             if let Some(tag) = write
                 && siblings
@@ -605,7 +720,12 @@ impl<V: ValueCodec> DvvSet<V> {
                 });
             }
             let value = V::decode_value(&mut reader)?;
-            siblings.push(Sibling { dot, value, write });
+            siblings.push(Sibling {
+                dot,
+                value,
+                write,
+                copies,
+            });
         }
         let mut retired: Vec<Retired> = Vec::new();
         if tagged {
@@ -654,24 +774,89 @@ impl<V: ValueCodec> DvvSet<V> {
     }
 }
 
-/// Reads a sibling's write tag (a flags byte, then the id when present).
-fn decode_tag(reader: &mut Reader<'_>) -> Result<Option<WriteTag>> {
+/// Reads a sibling's write tag and its other copies' dots (a flags byte,
+/// then the id and the dots when present); `dot` is the sibling's own.
+fn decode_tag(
+    reader: &mut Reader<'_>,
+    context: &VectorClock,
+    dot: Dot,
+) -> Result<(Option<WriteTag>, Vec<Dot>)> {
     let at = reader.position();
     let flags = reader.u8("sibling flags")?;
-    if flags & !(HAS_WRITE_ID | IS_RETRY) != 0 || flags == IS_RETRY {
+    if flags & !(HAS_WRITE_ID | IS_RETRY | HAS_COPIES) != 0
+        || (flags != 0 && flags & HAS_WRITE_ID == 0)
+    {
         return Err(DecodeError::Invalid {
             offset: at,
             what: "sibling flags",
         });
     }
     if flags & HAS_WRITE_ID == 0 {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let id = read_id(reader, "sibling write id")?;
-    Ok(Some(WriteTag {
+    let mut copies = Vec::new();
+    if flags & HAS_COPIES != 0 {
+        let count = reader.count("copy count", 2)?;
+        if count == 0 {
+            return Err(DecodeError::Invalid {
+                offset: at,
+                what: "copy count (zero with the flag set)",
+            });
+        }
+        for _ in 0..count {
+            let copy_at = reader.position();
+            let d = read_dot(
+                reader,
+                context,
+                "copy dot (zero, or not covered by the context)",
+            )?;
+            if d == dot || copies.last().is_some_and(|last| *last >= d) {
+                return Err(DecodeError::Invalid {
+                    offset: copy_at,
+                    what: "copy dots (must ascend, and differ from the sibling's)",
+                });
+            }
+            copies.push(d);
+        }
+    }
+    let tag = WriteTag {
         id,
         retry: flags & IS_RETRY != 0,
-    }))
+    };
+    Ok((Some(tag), copies))
+}
+
+/// The tagged writes that one side of a merge has superseded through any
+/// copy either side knows of: the side's context covers the copy's dot and
+/// none of its siblings claims it. Every copy of such a write goes, even
+/// one the superseding side never saw (an attempt stored elsewhere), so a
+/// write overwritten through one copy does not live on as another.
+fn superseded_writes<V: Clone>(a: &DvvSet<V>, b: &DvvSet<V>) -> Vec<u64> {
+    let mut ids: Vec<u64> = a
+        .siblings
+        .iter()
+        .chain(&b.siblings)
+        .filter_map(Sibling::id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.retain(|&id| {
+        let known: Vec<Dot> = a.claims(id).chain(b.claims(id)).collect();
+        known
+            .iter()
+            .any(|&d| a.superseded_here(id, d) || b.superseded_here(id, d))
+    });
+    ids
+}
+
+/// Adds `more` to the ascending, duplicate-free `dots`.
+fn merge_dots(dots: &mut Vec<Dot>, more: &[Dot]) {
+    for d in more {
+        if let Err(at) = dots.binary_search(d) {
+            dots.insert(at, *d);
+        }
+    }
 }
 
 /// Reads a write tag id (8 bytes, little-endian).
