@@ -441,6 +441,12 @@ impl<E: StorageEngine> Replica<E> {
         self.trees.with(peer, f)
     }
 
+    /// How many peers this replica keeps an anti-entropy tree for (the
+    /// nodes it shares keys with).
+    pub fn trees_kept(&self) -> usize {
+        self.trees.count()
+    }
+
     /// Leaf buckets of the anti-entropy trees.
     pub fn merkle_leaves(&self) -> u32 {
         self.trees.leaves()

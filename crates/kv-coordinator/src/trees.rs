@@ -61,11 +61,19 @@ impl Trees {
         self.by_peer.lock().clear();
     }
 
-    /// Runs `f` on the tree for `peer` (an empty one if none yet).
+    /// Runs `f` on the tree for `peer` (an empty one if none yet). Only
+    /// a stored change makes a tree, for the ring's peers of the key: an
+    /// exchange asked by any other sender (a node that shares no key with
+    /// this one, or a stranger naming made-up ids) is answered from the
+    /// empty tree and allocates nothing.
     pub(crate) fn with<R>(&self, peer: NodeId, f: impl FnOnce(&MerkleTree) -> R) -> R {
-        let mut trees = self.by_peer.lock();
-        let tree = trees.entry(peer).or_insert_with(|| self.empty.clone());
-        f(tree)
+        let trees = self.by_peer.lock();
+        f(trees.get(&peer).unwrap_or(&self.empty))
+    }
+
+    /// How many peers have a tree.
+    pub(crate) fn count(&self) -> usize {
+        self.by_peer.lock().len()
     }
 
     /// The bucket a key falls in (the same for every tree).

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod codec;
+pub mod files;
 mod ids;
 mod partitioner;
 mod range;

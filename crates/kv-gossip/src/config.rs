@@ -38,6 +38,11 @@ pub struct Config {
     /// (push-pull anti-entropy), which repairs whatever piggybacked gossip
     /// missed (10 s).
     pub push_pull_interval: Duration,
+    /// Members this node keeps track of, itself included (1,024): news of
+    /// further members is ignored and counted
+    /// ([`Gossip::members_refused`](crate::Gossip::members_refused)), so a
+    /// stranger that invents members cannot grow the table without bound.
+    pub max_members: usize,
 }
 
 impl Default for Config {
@@ -54,6 +59,7 @@ impl Default for Config {
             forget_after: Duration::from_secs(600),
             reclaim_interval: Duration::from_secs(5),
             push_pull_interval: Duration::from_secs(10),
+            max_members: 1024,
         }
     }
 }
@@ -85,6 +91,11 @@ impl Config {
         if self.retransmit_multiplier == 0 {
             return Err(Error::InvalidConfig(
                 "retransmit_multiplier must be at least 1".into(),
+            ));
+        }
+        if self.max_members < 2 {
+            return Err(Error::InvalidConfig(
+                "max_members must be at least 2".into(),
             ));
         }
         if self.max_piggyback == 0 {

@@ -106,6 +106,8 @@ pub struct Gossip {
     next_join: Duration,
     next_reclaim: Duration,
     next_push_pull: Duration,
+    /// News of new members ignored because the table was full.
+    members_refused: u64,
 }
 
 impl Gossip {
@@ -142,7 +144,14 @@ impl Gossip {
             next_join: Duration::ZERO,
             next_reclaim: Duration::ZERO,
             next_push_pull: config_push_pull_start(seed),
+            members_refused: 0,
         })
+    }
+
+    /// News of new members ignored since start because the table held
+    /// [`Config::max_members`] already.
+    pub fn members_refused(&self) -> u64 {
+        self.members_refused
     }
 
     /// This member's own state.
@@ -611,6 +620,10 @@ impl Gossip {
             return;
         }
         let Some(entry) = self.members.get_mut(&update.id) else {
+            if self.members.len() + 1 >= self.config.max_members {
+                self.members_refused += 1;
+                return;
+            }
             let event = match update.status {
                 Status::Alive => Some(Event::Joined(update.clone())),
                 Status::Suspect => Some(Event::Suspect(update.clone())),

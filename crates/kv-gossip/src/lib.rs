@@ -71,4 +71,4 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use gossip::{Event, Gossip};
 pub use member::{Member, Meta, Status, Update, supersedes};
-pub use message::{Body, Message, Outgoing};
+pub use message::{Body, MAX_INCARNATION, Message, Outgoing};

@@ -74,6 +74,24 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The largest incarnation a message may carry: a member raises its
+/// incarnation once per refutation, so no honest member comes near it, and
+/// a forged one near `u64::MAX` would leave the real member unable to
+/// refute (its next incarnation would overflow).
+pub const MAX_INCARNATION: u64 = 1 << 48;
+
+fn read_incarnation(r: &mut Reader<'_>) -> std::result::Result<u64, DecodeError> {
+    let at = r.position();
+    let incarnation = r.varint("incarnation")?;
+    if incarnation > MAX_INCARNATION {
+        return Err(DecodeError::Invalid {
+            offset: at,
+            what: "incarnation (above 2^48)",
+        });
+    }
+    Ok(incarnation)
+}
+
 fn read_str(r: &mut Reader<'_>, what: &'static str) -> std::result::Result<String, DecodeError> {
     let at = r.position();
     let len = r.count(what, 1)?;
@@ -164,7 +182,7 @@ impl Message {
             5 => Body::JoinReply,
             6 => Body::Suspect {
                 target: NodeId(r.varint("target")?),
-                incarnation: r.varint("incarnation")?,
+                incarnation: read_incarnation(&mut r)?,
             },
             _ => {
                 return Err(DecodeError::Invalid {
@@ -180,7 +198,7 @@ impl Message {
         for _ in 0..count {
             let id = NodeId(r.varint("member id")?);
             let addr = read_str(&mut r, "member address")?;
-            let incarnation = r.varint("incarnation")?;
+            let incarnation = read_incarnation(&mut r)?;
             let status_at = r.position();
             let status = Status::from_code(r.u8("status")?).ok_or(DecodeError::Invalid {
                 offset: status_at,

@@ -456,9 +456,10 @@ impl Iterator for Scan {
 impl Inner {
     fn open(dir: PathBuf, opts: Options) -> Result<Inner> {
         let fs = opts.fs.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        kv_core::files::create_private_dir(&dir)
+            .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
-        let lock = File::options()
+        let lock = kv_core::files::private_file()
             .create(true)
             .truncate(false)
             .write(true)

@@ -141,7 +141,7 @@ fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
 
 impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
+        let file = kv_core::files::private_file()
             .write(true)
             .create(true)
             .truncate(true)

@@ -175,7 +175,7 @@ pub fn take_epoch(dir: &Path, node: NodeId, now_secs: u64) -> Result<Identity, I
         let path = path.to_path_buf();
         move |source| IdentityError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    kv_core::files::create_private_dir(dir).map_err(io(dir))?;
     let stored = load(dir)?;
     if let Some(stored) = stored
         && stored.node != node
@@ -197,7 +197,12 @@ pub fn take_epoch(dir: &Path, node: NodeId, now_secs: u64) -> Result<Identity, I
     };
     let identity = Identity { node, epoch };
     let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut file = kv_core::files::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     file.write_all(identity.encode().as_bytes())
         .map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;

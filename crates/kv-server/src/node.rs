@@ -265,6 +265,7 @@ where
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(kv)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -280,6 +281,12 @@ where
 /// Accepting a reset stream costs little, and requests in flight are
 /// bounded separately (`max_in_flight`).
 const PENDING_ACCEPT_RESETS: usize = 1024;
+
+/// Requests one connection may have open at once (HTTP/2 concurrent
+/// streams; h2's default is unbounded). A client's SDK multiplexes every
+/// request to a node on one connection, so this bounds what one client
+/// connection can hold open on a node, beside `max_in_flight` for all.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Opens the node's engines, builds its coordinator, joins gossip, and
 /// serves the client, internal and admin services on `listener` until shut
@@ -430,6 +437,7 @@ where
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(Duration::from_millis(500)))
             .http2_keepalive_timeout(Some(Duration::from_secs(1)))
             .add_service(kv)

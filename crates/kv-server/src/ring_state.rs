@@ -153,9 +153,13 @@ pub fn load(dir: &Path) -> Result<Option<RingState>, RingStateError> {
 ///
 /// [`RingStateError`] for an I/O error.
 pub fn store(dir: &Path, state: &RingState) -> Result<(), RingStateError> {
-    std::fs::create_dir_all(dir)?;
+    kv_core::files::create_private_dir(dir)?;
     let tmp = dir.join("ring.tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = kv_core::files::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     file.write_all(&encode_ring_file(state))?;
     file.sync_all()?;
     drop(file);

@@ -193,12 +193,29 @@ async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// The most items one batch (or one message of a stream) of replica
+/// writes or reads may carry: peers send at most 256 (the transport's
+/// batch), and a larger one is a request built to make this node work
+/// or allocate for it alone.
+pub(crate) const MAX_BATCH_ITEMS: usize = 1024;
+
+/// Refuses a batch of more than [`MAX_BATCH_ITEMS`].
+fn check_batch(items: usize, what: &str) -> Result<(), Status> {
+    if items > MAX_BATCH_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {items} {what}, above the limit of {MAX_BATCH_ITEMS}"
+        )));
+    }
+    Ok(())
+}
+
 /// Merges a batch of replica writes as one engine batch; one result per
 /// item.
 async fn apply_replicas(
     replica: Arc<kv_coordinator::Replica<Engine>>,
     batch: ReplicateBatchRequest,
 ) -> Result<BatchReply, Status> {
+    check_batch(batch.items.len(), "replica writes")?;
     let items: Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> = batch
         .items
         .into_iter()
@@ -220,15 +237,31 @@ async fn read_states(
     replica: Arc<kv_coordinator::Replica<Engine>>,
     batch: ReadBatchRequest,
 ) -> Result<ReadBatchReply, Status> {
+    check_batch(batch.keys.len(), "keys")?;
     let keys = batch.keys;
     let items = engine_read(&replica, move |r| {
-        keys.iter()
-            .map(|key| Ok(read_reply(&r.state(key)?)))
-            .collect::<kv_coordinator::Result<Vec<_>>>()
+        let mut bytes = 0usize;
+        let mut items = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let item = read_reply(&r.state(key)?);
+            bytes += key.len() + item.state.as_ref().map_or(0, Vec::len);
+            if bytes > MAX_REPLY_BYTES {
+                return Err(kv_coordinator::Error::InvalidInput(format!(
+                    "the states of these {} keys take more than {MAX_REPLY_BYTES} bytes: ask for fewer at a time",
+                    keys.len()
+                )));
+            }
+            items.push(item);
+        }
+        Ok(items)
     })
     .await?;
     Ok(ReadBatchReply { items })
 }
+
+/// The most state bytes one batch of replica reads answers with: what fits
+/// in a message with room to spare.
+const MAX_REPLY_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES - (1 << 20);
 
 /// A replica's answer for one key: its state, or none if it holds nothing.
 fn read_reply(state: &kv_coordinator::Siblings) -> ReadReply {

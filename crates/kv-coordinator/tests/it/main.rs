@@ -1308,3 +1308,22 @@ fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
     drop(batched);
     assert_eq!(make(engine).tombstone_keys(), expected);
 }
+
+#[test]
+fn an_exchange_asked_by_a_stranger_allocates_no_tree() {
+    let engine = Arc::new(MemEngine::new());
+    let replica = replica_of_node_1(engine);
+    let kept = replica.trees_kept();
+    // A well-formed first round of an exchange, from ids that share no
+    // key with node 1.
+    let mut exchange = kv_merkle::Exchange::new(replica.merkle_leaves(), 8).unwrap();
+    let empty = kv_merkle::MerkleTree::new(replica.merkle_leaves()).unwrap();
+    let kv_merkle::Step::Send(compare) = exchange.poll(&empty).unwrap() else {
+        panic!("an exchange starts by sending");
+    };
+    let request = kv_merkle::Message::Compare(compare).encode();
+    for stranger in 1_000..1_100 {
+        replica.answer_exchange(NodeId(stranger), &request).unwrap();
+    }
+    assert_eq!(replica.trees_kept(), kept, "no tree per made-up id");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kv_core::NodeId;
 use kv_gossip::sim::{Network, Sim};
-use kv_gossip::{Config, Message, Status};
+use kv_gossip::{Body, Config, Gossip, Message, Meta, Status};
 use proptest::prelude::*;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -261,4 +261,65 @@ proptest! {
     fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = Message::decode(&bytes);
     }
+}
+
+/// A stranger's news about a member, as it would send it.
+fn invented(id: u64, incarnation: u64) -> kv_gossip::Update {
+    kv_gossip::Member {
+        id: NodeId(id),
+        addr: format!("10.0.0.{}:7000", id % 250),
+        incarnation,
+        status: kv_gossip::Status::Alive,
+        meta: kv_gossip::Meta::default(),
+    }
+}
+
+#[test]
+fn invented_members_stop_at_the_cap_and_are_counted() {
+    let config = Config {
+        max_members: 8,
+        ..Config::default()
+    };
+    let mut node = Gossip::new(config, NodeId(1), "n1".into(), Meta::default(), 7).unwrap();
+    // One message announcing 100 members nobody started.
+    let message = Message {
+        from: NodeId(1000),
+        from_addr: "stranger".into(),
+        body: Body::Ping { seq: 1 },
+        updates: (2..102).map(|id| invented(id, 0)).collect(),
+    };
+    node.handle(message, Duration::ZERO);
+    // The table holds at most 8 (this node included); the rest is
+    // counted, not kept.
+    assert_eq!(node.members().len(), 8, "{:?}", node.members());
+    assert_eq!(node.members_refused(), 93);
+}
+
+#[test]
+fn an_incarnation_near_the_end_of_the_counter_is_refused() {
+    let mut good = Message {
+        from: NodeId(2),
+        from_addr: "n2".into(),
+        body: Body::Suspect {
+            target: NodeId(3),
+            incarnation: kv_gossip::MAX_INCARNATION,
+        },
+        updates: vec![invented(3, kv_gossip::MAX_INCARNATION)],
+    };
+    assert!(Message::decode(&good.encode()).is_ok(), "2^48 is allowed");
+    // In an update: a forged u64::MAX would leave member 3 unable to
+    // refute (its next incarnation would overflow).
+    good.updates = vec![invented(3, u64::MAX)];
+    let err = Message::decode(&good.encode()).unwrap_err().to_string();
+    assert!(err.contains("incarnation"), "{err}");
+    // In a suspicion.
+    let forged = Message {
+        body: Body::Suspect {
+            target: NodeId(3),
+            incarnation: kv_gossip::MAX_INCARNATION + 1,
+        },
+        updates: vec![],
+        ..good
+    };
+    assert!(Message::decode(&forged.encode()).is_err());
 }

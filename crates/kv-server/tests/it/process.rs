@@ -576,3 +576,103 @@ async fn a_node_that_lost_its_disk_loses_no_write_it_coordinates_afterwards() {
     );
     drop(children);
 }
+
+/// Every file under `dir` is readable by its owner only, and every
+/// directory the node created too.
+#[cfg(unix)]
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            assert_private(&path);
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_oversized_or_forged_requests_are_refused_and_the_node_serves_on() {
+    use kv_server::proto::{
+        GossipRequest, ReadBatchRequest, ReplicateBatchRequest, ReplicateRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(1);
+    let _nodes = Nodes(vec![spawn_kvd(1, &ports, dir.path())]);
+    let mut kv = connect(ports[0]).await;
+    kv.put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        w: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut internal = internal(ports[0]).await;
+    // One read batch naming one key 100,000 times: refused before any
+    // read, not answered with 100,000 copies of its state.
+    let huge = ReadBatchRequest {
+        keys: vec![b"k".to_vec(); 100_000],
+    };
+    let refused = internal.read_batch(huge).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("limit"), "{}", refused.message());
+    // A replica-write batch of 2,000 items.
+    let items = (0..2_000)
+        .map(|i| ReplicateRequest {
+            key: format!("x{i}").into_bytes(),
+            state: Vec::new(),
+            hint_for: None,
+        })
+        .collect();
+    let refused = internal
+        .replicate_batch(ReplicateBatchRequest { items })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // Gossip claiming node 1 at incarnation u64::MAX (node 1 could never
+    // refute it): refused as it decodes.
+    let forged = kv_gossip::Message {
+        from: kv_core::NodeId(9),
+        from_addr: "127.0.0.1:9".into(),
+        body: kv_gossip::Body::Ping { seq: 1 },
+        updates: vec![kv_gossip::Member {
+            id: kv_core::NodeId(1),
+            addr: "127.0.0.1:9".into(),
+            incarnation: u64::MAX,
+            status: kv_gossip::Status::Dead,
+            meta: kv_gossip::Meta::default(),
+        }],
+    };
+    let refused = internal
+        .gossip(GossipRequest {
+            message: forged.encode(),
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("incarnation"), "{refused:?}");
+    // The node serves on, and still thinks itself alive.
+    let got = kv
+        .get(GetRequest {
+            key: b"k".to_vec(),
+            r: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.values, vec![b"v".to_vec()]);
+    assert!(
+        status(ports[0])
+            .await
+            .members
+            .iter()
+            .all(|m| m.state != "dead")
+    );
+    // Its files are its own.
+    #[cfg(unix)]
+    assert_private(&dir.path().join("n1"));
+}
