@@ -243,50 +243,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn replay(ops: &[Op]) -> Vec<DvvSet<u32>> {
-    let mut replicas = vec![DvvSet::new(); REPLICAS];
-    let mut writes: Vec<(u32, VectorClock)> = Vec::new();
-    for (n, op) in ops.iter().enumerate() {
-        match *op {
-            Op::Write { at, read_from } => {
-                let ctx = read_from
-                    .map(|r| replicas[r].context().clone())
-                    .unwrap_or_default();
-                let value = n as u32;
-                replicas[at]
-                    .update_tagged(
-                        &ctx,
-                        NodeId(at as u64),
-                        0,
-                        value,
-                        first(value.into()),
-                        n as u64,
-                    )
-                    .unwrap();
-                writes.push((value, ctx));
-            }
-            Op::Retry { at, of } => {
-                if writes.is_empty() {
-                    continue;
-                }
-                let (value, ctx) = writes[of % writes.len()].clone();
-                replicas[at]
-                    .update_tagged(
-                        &ctx,
-                        NodeId(at as u64),
-                        0,
-                        value,
-                        again(value.into()),
-                        n as u64,
-                    )
-                    .unwrap();
-            }
-            Op::Sync { from, to } => {
-                let src = replicas[from].clone();
-                replicas[to].sync(&src);
-            }
-        }
-    }
-    replicas
+    replay_tracked(ops).0
 }
 
 /// As [`replay`], also returning each value's copies' dots and every
@@ -311,7 +268,14 @@ fn replay_tracked(
                     .unwrap_or_default();
                 let value = n as u32;
                 let dot = replicas[at]
-                    .update_tagged(&ctx, NodeId(at as u64), 0, value, first(value.into()), 0)
+                    .update_tagged(
+                        &ctx,
+                        NodeId(at as u64),
+                        0,
+                        value,
+                        first(value.into()),
+                        n as u64,
+                    )
                     .unwrap();
                 dots.entry(value).or_default().push(dot);
                 contexts.push(ctx.clone());
@@ -323,7 +287,14 @@ fn replay_tracked(
                 }
                 let (value, ctx) = writes[of % writes.len()].clone();
                 let dot = replicas[at]
-                    .update_tagged(&ctx, NodeId(at as u64), 0, value, again(value.into()), 0)
+                    .update_tagged(
+                        &ctx,
+                        NodeId(at as u64),
+                        0,
+                        value,
+                        again(value.into()),
+                        n as u64,
+                    )
                     .unwrap();
                 dots.entry(value).or_default().push(dot);
             }
