@@ -463,11 +463,21 @@ impl<V: Clone> DvvSet<V> {
     /// copy, but replicas still converge: once contexts agree, a merge
     /// only removes.
     pub fn sync(&mut self, other: &DvvSet<V>) {
-        let mut superseded = superseded_writes(self, other);
-        // Writes either side remembers as superseded.
-        superseded.extend(self.retired.iter().chain(&other.retired).map(|r| r.id));
-        superseded.sort_unstable();
-        superseded.dedup();
+        // Untagged states (writers that give no tags) merge as before,
+        // without the bookkeeping of copies.
+        let tagged = self
+            .siblings
+            .iter()
+            .chain(&other.siblings)
+            .any(|s| s.write.is_some());
+        let mut superseded = Vec::new();
+        if tagged {
+            superseded = superseded_writes(self, other);
+            // Writes either side remembers as superseded.
+            superseded.extend(self.retired.iter().chain(&other.retired).map(|r| r.id));
+            superseded.sort_unstable();
+            superseded.dedup();
+        }
         let (a, b) = (&self.siblings, &other.siblings);
         let mut merged = Vec::with_capacity(a.len().max(b.len()));
         // Copies dropped because their write was superseded, remembered

@@ -367,12 +367,8 @@ where
     ) -> Result<PutResult> {
         let started = Instant::now();
         let result = self.routed_write(key, value, context, w, write).await;
-        let histogram = if value.is_some() {
-            &self.metrics.put
-        } else {
-            &self.metrics.delete
-        };
-        histogram.observe(started.elapsed(), &result);
+        self.write_histogram(value.is_some())
+            .observe(started.elapsed(), &result);
         self.count_quorum(&result);
         result
     }
@@ -629,12 +625,8 @@ where
                         write,
                     )
                     .await;
-                let histogram = if value.is_some() {
-                    &self.metrics.put
-                } else {
-                    &self.metrics.delete
-                };
-                histogram.observe(started.elapsed(), &result);
+                self.write_histogram(value.is_some())
+                    .observe(started.elapsed(), &result);
                 result.map_or_else(failed, PutResult::into_reply)
             }
             ClientOp::Get { key, r } => {
@@ -646,6 +638,15 @@ where
                     context: g.context,
                 })
             }
+        }
+    }
+
+    /// The latency histogram of a put (`true`) or a delete.
+    fn write_histogram(&self, put: bool) -> &crate::metrics::OpMetrics {
+        if put {
+            &self.metrics.put
+        } else {
+            &self.metrics.delete
         }
     }
 

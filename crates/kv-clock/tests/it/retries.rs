@@ -257,53 +257,39 @@ fn replay_tracked(
     Vec<VectorClock>,
 ) {
     let mut replicas = vec![DvvSet::new(); REPLICAS];
+    // Each write's value and the context its client sent.
     let mut writes: Vec<(u32, VectorClock)> = Vec::new();
     let mut dots: std::collections::BTreeMap<u32, Vec<kv_clock::Dot>> = Default::default();
-    let mut contexts = Vec::new();
     for (n, op) in ops.iter().enumerate() {
-        match *op {
+        // An attempt: where, which write, with which tag.
+        let (at, value, ctx, tag) = match *op {
             Op::Write { at, read_from } => {
                 let ctx = read_from
                     .map(|r| replicas[r].context().clone())
                     .unwrap_or_default();
                 let value = n as u32;
-                let dot = replicas[at]
-                    .update_tagged(
-                        &ctx,
-                        NodeId(at as u64),
-                        0,
-                        value,
-                        first(value.into()),
-                        n as u64,
-                    )
-                    .unwrap();
-                dots.entry(value).or_default().push(dot);
-                contexts.push(ctx.clone());
-                writes.push((value, ctx));
+                writes.push((value, ctx.clone()));
+                (at, value, ctx, first(value.into()))
             }
             Op::Retry { at, of } => {
                 if writes.is_empty() {
                     continue;
                 }
                 let (value, ctx) = writes[of % writes.len()].clone();
-                let dot = replicas[at]
-                    .update_tagged(
-                        &ctx,
-                        NodeId(at as u64),
-                        0,
-                        value,
-                        again(value.into()),
-                        n as u64,
-                    )
-                    .unwrap();
-                dots.entry(value).or_default().push(dot);
+                (at, value, ctx, again(value.into()))
             }
             Op::Sync { from, to } => {
                 let src = replicas[from].clone();
                 replicas[to].sync(&src);
+                continue;
             }
-        }
+        };
+        let dot = replicas[at]
+            .update_tagged(&ctx, NodeId(at as u64), 0, value, tag, n as u64)
+            .unwrap();
+        dots.entry(value).or_default().push(dot);
     }
+    let contexts = writes.into_iter().map(|(_, ctx)| ctx).collect();
     (replicas, dots, contexts)
 }
 
