@@ -315,10 +315,24 @@ impl Cluster {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for bytes that are not a gossip message.
-    pub fn receive_gossip(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Status> {
+    /// `InvalidArgument` for bytes that are not a gossip message;
+    /// `PermissionDenied` when `sender` (the node the connection's
+    /// certificate names, when nodes authenticate) is not the message's.
+    pub fn receive_gossip(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        sender: Option<NodeId>,
+    ) -> Result<(), Status> {
         let message = kv_gossip::Message::decode(bytes)
             .map_err(|e| Status::invalid_argument(format!("gossip message: {e}")))?;
+        if let Some(sender) = sender
+            && message.from != sender
+        {
+            return Err(Status::permission_denied(format!(
+                "gossip from {} over {sender}'s certificate",
+                message.from
+            )));
+        }
         let now = self.now();
         let (out, events) = {
             let mut g = self.gossip.lock();
@@ -372,8 +386,10 @@ impl Cluster {
                     "storage health changed; writes are routed accordingly"
                 );
             }
-            if state == Liveness::Alive {
-                self.transport.set_address(member.id, member.addr.clone());
+            match state {
+                Liveness::Alive => self.transport.set_address(member.id, member.addr.clone()),
+                Liveness::Left => self.transport.forget(member.id),
+                _ => {}
             }
             self.view.set(member.id, state, member.meta.unhealthy);
         }
@@ -489,6 +505,11 @@ impl Cluster {
         blocking(move || replica.rebuild_trees()).await?;
         self.handoff_pending.store(true, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Whether `node` owns tokens in the ring this node holds.
+    pub fn in_ring(&self, node: NodeId) -> bool {
+        self.state.lock().members.iter().any(|m| m.id == node.0)
     }
 
     /// Answers a peer's ring query.

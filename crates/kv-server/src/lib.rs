@@ -51,6 +51,7 @@ pub mod http;
 pub mod identity;
 mod node;
 pub mod ring_state;
+pub mod security;
 mod service;
 mod status;
 mod transport;

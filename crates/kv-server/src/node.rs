@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub vnodes: u32,
     /// Memtable size of the data engine.
     pub memtable_bytes: usize,
+    /// TLS between nodes and for clients, tokens, and the gate in front of
+    /// the services (default: none of them: for tests and loopback only).
+    pub security: crate::security::Security,
 }
 
 impl NodeConfig {
@@ -95,6 +98,7 @@ impl NodeConfig {
             durability: Durability::Always,
             vnodes: 150,
             memtable_bytes: 64 << 20,
+            security: crate::security::Security::default(),
         }
     }
 
@@ -139,6 +143,9 @@ pub enum NodeError {
     /// The gRPC server failed while serving.
     #[error("serve: {0}")]
     Serve(String),
+    /// The TLS settings were refused.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The data directory's identity could not be renewed.
     #[error("{0}")]
     Identity(#[from] crate::identity::IdentityError),
@@ -368,10 +375,10 @@ where
     } else {
         ring_of(&state)?
     }));
-    let transport = Arc::new(GrpcTransport::with_connect(
-        config.coordinator.request_timeout,
-        connect,
-    ));
+    let transport = Arc::new(
+        GrpcTransport::with_connect(config.coordinator.request_timeout, connect)
+            .with_tls(config.security.tls.clone()),
+    );
     for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());
     }
@@ -434,8 +441,21 @@ where
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(cluster.clone()));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.security.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
+    }
+    if config.security.insecure {
+        tracing::warn!(
+            node = config.id.0,
+            "running insecure: no TLS or authentication; anyone who reaches this node's port can read, write, and change the cluster"
+        );
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
+            .layer(config.security.gate())
             .http2_max_pending_accept_reset_streams(Some(PENDING_ACCEPT_RESETS))
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(Duration::from_millis(500)))

@@ -19,6 +19,7 @@ use crate::proto::{
     ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest, ReplicateBatchRequest,
     ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
 };
+use crate::security::calling_node;
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
 
@@ -447,6 +448,7 @@ impl Internal for InternalService {
         &self,
         request: Request<MerkleRequest>,
     ) -> Result<Response<MerkleReply>, Status> {
+        same_sender(&request, request.get_ref().from)?;
         let r = request.into_inner();
         let answer = self
             .coordinator
@@ -460,6 +462,7 @@ impl Internal for InternalService {
         &self,
         request: Request<BucketRequest>,
     ) -> Result<Response<BucketReply>, Status> {
+        same_sender(&request, request.get_ref().from)?;
         let r = request.into_inner();
         let replica = self.coordinator.replica().clone();
         let states = blocking(move || replica.bucket_states(NodeId(r.from), &r.buckets)).await?;
@@ -479,7 +482,9 @@ impl Internal for InternalService {
     }
 
     async fn gossip(&self, request: Request<GossipRequest>) -> Result<Response<Ack>, Status> {
-        self.cluster.receive_gossip(&request.into_inner().message)?;
+        let sender = calling_node(&request);
+        self.cluster
+            .receive_gossip(&request.into_inner().message, sender)?;
         Ok(Response::new(Ack {}))
     }
 
@@ -493,6 +498,16 @@ impl Internal for InternalService {
         &self,
         request: Request<RingState>,
     ) -> Result<Response<InstallReply>, Status> {
+        // A ring comes from a node that owns tokens in it or in the ring it
+        // replaces (a join, a leave, or one passing a newer ring on).
+        if let Some(node) = calling_node(&request) {
+            let offered = request.get_ref();
+            if !offered.members.iter().any(|m| m.id == node.0) && !self.cluster.in_ring(node) {
+                return Err(Status::permission_denied(format!(
+                    "{node} owns tokens in neither this node's ring nor the one offered"
+                )));
+            }
+        }
         let accepted = self.cluster.install(request.into_inner()).await?;
         Ok(Response::new(InstallReply {
             accepted,
@@ -511,6 +526,17 @@ impl Internal for InternalService {
     async fn transfer(&self, request: Request<TransferRequest>) -> Result<Response<Ack>, Status> {
         self.cluster.accept_transfer(request.into_inner()).await?;
         Ok(Response::new(Ack {}))
+    }
+}
+
+/// Refuses a request whose claimed sender is not the node its
+/// certificate names (when nodes authenticate).
+fn same_sender<T>(request: &Request<T>, claimed: u64) -> Result<(), Status> {
+    match calling_node(request) {
+        Some(node) if node.0 != claimed => Err(Status::permission_denied(format!(
+            "request claims to come from node {claimed} over {node}'s certificate"
+        ))),
+        _ => Ok(()),
     }
 }
 

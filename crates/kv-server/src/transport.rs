@@ -9,6 +9,8 @@ use kv_core::{ClientOp, ClientReply, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::security::NodeTls;
+
 use crate::proto::internal_client::InternalClient;
 use futures_util::future::BoxFuture;
 
@@ -291,6 +293,8 @@ pub struct GrpcTransport {
     stream_clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
     timeout: Duration,
     connect: Connect,
+    /// Mutual TLS with peers, when on.
+    tls: Option<NodeTls>,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -317,20 +321,28 @@ fn internal_client(
     addr: &str,
     timeout: Duration,
     connect: &Connect,
+    tls: Option<(&NodeTls, &str)>,
 ) -> Option<InternalClient<Channel>> {
-    internal_endpoint(addr, timeout, connect, true)
+    internal_endpoint(addr, timeout, connect, true, tls)
 }
 
 /// A client for `addr`; calls time out after `timeout` when `deadline`.
+/// With `tls`, the connection is mutual TLS: this node presents its
+/// certificate, and the peer's must carry the given name.
 fn internal_endpoint(
     addr: &str,
     timeout: Duration,
     connect: &Connect,
     deadline: bool,
+    tls: Option<(&NodeTls, &str)>,
 ) -> Option<InternalClient<Channel>> {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .ok()?
         .connect_timeout(timeout.min(Duration::from_secs(2)));
+    if let Some((tls, name)) = tls {
+        endpoint = endpoint.tls_config(tls.peer(name)).ok()?;
+    }
     if deadline {
         endpoint = endpoint.timeout(timeout);
     }
@@ -345,6 +357,10 @@ fn internal_endpoint(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
 }
+
+/// Clients kept by address at most (gossip names addresses); beyond it the
+/// cache starts over (channels are made again on demand).
+const MAX_CACHED_BY_ADDR: usize = 1024;
 
 impl GrpcTransport {
     /// A transport over TCP that gives up on a call after `timeout`.
@@ -363,7 +379,33 @@ impl GrpcTransport {
             stream_clients: Mutex::new(HashMap::new()),
             timeout,
             connect,
+            tls: None,
         }
+    }
+
+    /// This transport, speaking mutual TLS with `tls` (none: plaintext).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<NodeTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Drops every connection and the address of `node` (it left the
+    /// cluster): nothing is kept for a node that is gone.
+    pub fn forget(&self, node: NodeId) {
+        let addr = self.addresses.lock().remove(&node);
+        self.clients.lock().remove(&node);
+        self.stream_clients.lock().remove(&node);
+        self.replicas.forget(node);
+        self.reads.forget(node);
+        if let Some(addr) = addr {
+            self.by_addr.lock().remove(&addr);
+        }
+    }
+
+    /// Peers whose connections are cached (for tests and metrics).
+    pub fn cached_peers(&self) -> usize {
+        self.clients.lock().len() + self.by_addr.lock().len()
     }
 
     /// Where `node` listens (replaces a previous address).
@@ -389,7 +431,9 @@ impl GrpcTransport {
         let addr = self
             .address(node)
             .ok_or(TransportError::Unreachable(node))?;
-        let client = internal_client(&addr, self.timeout, &self.connect)
+        let name = crate::security::certs::node_name(node);
+        let tls = self.tls.as_ref().map(|t| (t, name.as_str()));
+        let client = internal_client(&addr, self.timeout, &self.connect, tls)
             .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
@@ -402,7 +446,9 @@ impl GrpcTransport {
         let addr = self
             .address(node)
             .ok_or(TransportError::Unreachable(node))?;
-        let client = internal_endpoint(&addr, self.timeout, &self.connect, false)
+        let name = crate::security::certs::node_name(node);
+        let tls = self.tls.as_ref().map(|t| (t, name.as_str()));
+        let client = internal_endpoint(&addr, self.timeout, &self.connect, false, tls)
             .ok_or(TransportError::Unreachable(node))?;
         self.stream_clients.lock().insert(node, client.clone());
         Ok(client)
@@ -414,9 +460,17 @@ impl GrpcTransport {
         if let Some(client) = self.by_addr.lock().get(addr) {
             return Ok(client.clone());
         }
-        let client = internal_client(addr, BULK_TIMEOUT, &self.connect)
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| (t, crate::security::certs::ANY_NODE));
+        let client = internal_client(addr, BULK_TIMEOUT, &self.connect, tls)
             .ok_or_else(|| tonic::Status::invalid_argument(format!("bad address {addr:?}")))?;
-        self.by_addr.lock().insert(addr.to_string(), client.clone());
+        let mut cached = self.by_addr.lock();
+        if cached.len() >= MAX_CACHED_BY_ADDR {
+            cached.clear();
+        }
+        cached.insert(addr.to_string(), client.clone());
         Ok(client)
     }
 
