@@ -7,12 +7,14 @@
 //! `--run-for <seconds>`). Talk to it with `kvctl`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use kv::core::NodeId;
+use kv_server::security::certs::CertsDir;
+use kv_server::security::{NodeTls, Role, Security, TokenTable};
 use kv_server::{NodeConfig, start};
 
 #[derive(Debug, Parser)]
@@ -30,6 +32,45 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     run_for: Option<u64>,
+    /// Where the throwaway CA, node certificates and admin token go
+    /// (made anew at each start; default: kv-example-cluster in the
+    /// system's temporary directory). `kvctl` finds them through
+    /// KV_CERTS_DIR.
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// No TLS and no tokens (to compare; loopback only).
+    #[arg(long)]
+    plaintext: bool,
+}
+
+/// A fresh CA, a certificate per node and an admin token in `dir` (what a
+/// real deployment makes with `kvctl certs` and `kvctl token`).
+fn make_credentials(dir: &Path, nodes: u64) -> Result<Security, String> {
+    let files = CertsDir(dir.to_path_buf());
+    // Only a directory this example made before is emptied.
+    if dir.exists() {
+        if !files.ca_cert().exists() {
+            return Err(format!(
+                "{} exists and holds no ca.pem: not ours to overwrite; give --certs-dir",
+                dir.display()
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let e = |e: kv_server::security::SecurityError| e.to_string();
+    files.init(30).map_err(e)?;
+    for id in 1..=nodes {
+        files
+            .issue_node(NodeId(id), &["127.0.0.1".to_string()], 30)
+            .map_err(e)?;
+    }
+    let token = files.add_token("admin", Role::Admin).map_err(e)?;
+    files.write_admin_token(&token).map_err(e)?;
+    let tokens = std::fs::read_to_string(files.tokens()).map_err(|e| e.to_string())?;
+    Ok(Security {
+        tokens: TokenTable::from_toml(&tokens).map_err(e)?,
+        ..Security::default()
+    })
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -38,6 +79,15 @@ async fn run(args: Args) -> Result<(), String> {
         .data_dir
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
+    let certs_dir = args
+        .certs_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("kv-example-cluster"));
+    let security = if args.plaintext {
+        Security::default()
+    } else {
+        make_credentials(&certs_dir, args.nodes)?
+    };
     let addrs: Vec<String> = (0..args.nodes)
         .map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i))
         .collect();
@@ -54,8 +104,15 @@ async fn run(args: Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             format!("cannot listen on {addr} ({e}); is another cluster running? try --base-port")
         })?;
+        let mut security = security.clone();
+        if !args.plaintext {
+            let (cert, key) = CertsDir(certs_dir.clone()).node(*id);
+            let ca = CertsDir(certs_dir.clone()).ca_cert();
+            security.tls = Some(NodeTls::load(&ca, &cert, &key).map_err(|e| e.to_string())?);
+        }
         let config = NodeConfig {
             members: members.clone(),
+            security,
             coordinator: kv_coordinator::Config {
                 n: 3.min(args.nodes as usize),
                 w: 2.min(args.nodes as usize),
@@ -83,6 +140,7 @@ async fn run(args: Args) -> Result<(), String> {
             node.coordinator().clone(),
             node.cluster().clone(),
             http_listener,
+            kv_server::http::HttpSettings::default(),
         );
         nodes.push((node, maintenance, http));
     }
@@ -98,6 +156,17 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     let first = &addrs[0];
+    println!();
+    if args.plaintext {
+        println!("no TLS, no tokens (--plaintext)");
+    } else {
+        println!(
+            "TLS between nodes and for clients, tokens for clients: a throwaway CA, node certificates and an admin token in {}",
+            certs_dir.display()
+        );
+        println!("kvctl finds them with:");
+        println!("  export KV_CERTS_DIR={}", certs_dir.display());
+    }
     println!();
     println!("try, in another terminal:");
     println!("  cargo run --release -p kv-server --bin kvctl -- --node {first} put user:1 alice");
@@ -116,8 +185,17 @@ async fn run(args: Args) -> Result<(), String> {
     let next = u64::from(args.base_port) + args.nodes;
     println!();
     println!("add a node (it streams its ranges, then serves them):");
+    let certs = if args.plaintext {
+        String::new()
+    } else {
+        println!(
+            "  cargo run --release -p kv-server --bin kvctl -- certs node --id {}",
+            args.nodes + 1
+        );
+        " --certs-dir $KV_CERTS_DIR".to_string()
+    };
     println!(
-        "  cargo run --release -p kv-server --bin kvd -- --node-id {} --listen 127.0.0.1:{next} \\\n      --data-dir /tmp/kv-n{} --seed {first} --join",
+        "  cargo run --release -p kv-server --bin kvd -- --node-id {} --listen 127.0.0.1:{next} \\\n      --data-dir /tmp/kv-n{} --seed {first} --join{certs}",
         args.nodes + 1,
         args.nodes + 1
     );

@@ -29,7 +29,9 @@ use parking_lot::RwLock;
 use std::time::Duration;
 
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+
+use crate::security::AuthChannel;
 
 use crate::proto::kv_client::KvClient;
 use crate::proto::{DeleteRequest, GetRequest, PutRequest};
@@ -200,6 +202,9 @@ pub struct ClientConfig {
     /// coordinator), learned from the cluster's ring, which saves the
     /// forwarding hop (true).
     pub route_by_key: bool,
+    /// TLS (the cluster CA to trust, a client certificate) and a token;
+    /// default: plaintext, no token (a node on loopback without security).
+    pub credentials: crate::security::ClientCredentials,
 }
 
 impl Default for ClientConfig {
@@ -213,6 +218,7 @@ impl Default for ClientConfig {
             w: None,
             r: None,
             route_by_key: true,
+            credentials: crate::security::ClientCredentials::default(),
         }
     }
 }
@@ -235,8 +241,8 @@ struct Routes {
 
 struct Node {
     addr: String,
-    kv: KvClient<Channel>,
-    channel: Channel,
+    kv: KvClient<AuthChannel>,
+    channel: AuthChannel,
 }
 
 /// A client of a kv cluster. Cheap to clone; clones share connections.
@@ -362,18 +368,24 @@ impl Client {
                 "Client::new must be called inside a Tokio runtime".into(),
             ));
         }
+        let bearer = config
+            .credentials
+            .bearer()
+            .map_err(ClientError::InvalidArgument)?;
         let mut nodes = Vec::new();
         for addr in addrs {
             let addr = addr.as_ref().to_string();
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ClientError::InvalidArgument(format!("address {addr:?}: {e}")))?
+            let endpoint = config
+                .credentials
+                .endpoint(&addr)
+                .map_err(ClientError::InvalidArgument)?
                 .connect_timeout(config.connect_timeout)
                 .timeout(config.request_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true);
-            let channel = connect(endpoint);
+            let channel = InterceptedService::new(connect(endpoint), bearer.clone());
             let kv = KvClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -530,7 +542,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(KvClient<Channel>, bool) -> Fut,
+        F: Fn(KvClient<AuthChannel>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         use futures_util::StreamExt as _;

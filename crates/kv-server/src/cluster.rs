@@ -167,6 +167,8 @@ pub struct ClusterSettings {
     pub data_dir: PathBuf,
     /// Seeds gossip's random choices (`None`: from the clock).
     pub seed: Option<u64>,
+    /// How the node protects its services (shown in status and metrics).
+    pub posture: crate::security::Posture,
 }
 
 /// What a hand-off pass did.
@@ -505,6 +507,11 @@ impl Cluster {
         blocking(move || replica.rebuild_trees()).await?;
         self.handoff_pending.store(true, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// How the node protects its services.
+    pub fn posture(&self) -> crate::security::Posture {
+        self.settings.posture
     }
 
     /// Whether `node` owns tokens in the ring this node holds.
@@ -1059,6 +1066,9 @@ impl Cluster {
             n: n as u32,
             members: members.into_values().collect(),
             ring: Some(state),
+            tls: self.settings.posture.tls,
+            authenticates: self.settings.posture.authenticates,
+            insecure: self.settings.posture.insecure,
         })
     }
 

@@ -9,6 +9,8 @@ use kv_lsm::Durability;
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
+use crate::security::certs::CertsDir;
+use crate::security::{NodeTls, Security, TokenTable};
 
 /// A node's configuration, as read from TOML (every field optional in the
 /// file; flags override it).
@@ -107,6 +109,25 @@ pub struct ServerConfig {
     /// The shortest such wait, in milliseconds (10); the longest is half the
     /// request timeout.
     pub hedge_floor_ms: Option<u64>,
+    /// A certificates directory (`kvctl certs`): `ca.pem`,
+    /// `node-<id>.pem` and `node-<id>.key` turn TLS on, and `tokens.toml`,
+    /// when present, is the token table. `tls_*` and `tokens_file` override
+    /// single files.
+    pub certs_dir: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), issued by the cluster CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The token table: `[[token]]` entries with `name`, `role` and
+    /// `sha256` (see `kv_server::security::TokenTable`).
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without TLS on an address other than loopback (false): anyone
+    /// who reaches the port can then read, write and change the cluster.
+    pub insecure: Option<bool>,
+    /// `/metrics` and the status page ask for a token (any role) (false).
+    pub http_token: Option<bool>,
 }
 
 /// Why a configuration was refused (each message names the setting).
@@ -169,6 +190,13 @@ impl ServerConfig {
                 .or(self.maintenance_interval_ms),
             hedge_factor: over.hedge_factor.or(self.hedge_factor),
             hedge_floor_ms: over.hedge_floor_ms.or(self.hedge_floor_ms),
+            certs_dir: over.certs_dir.or(self.certs_dir),
+            tls_ca: over.tls_ca.or(self.tls_ca),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            tokens_file: over.tokens_file.or(self.tokens_file),
+            insecure: over.insecure.or(self.insecure),
+            http_token: over.http_token.or(self.http_token),
         }
     }
 
@@ -348,6 +376,7 @@ impl ServerConfig {
             return Err(bad("vnodes must be at least 1"));
         }
         let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
+        let security = self.security(id, listen)?;
         Ok((
             NodeConfig {
                 members: members
@@ -363,10 +392,73 @@ impl ServerConfig {
                 durability,
                 vnodes,
                 memtable_bytes,
+                security,
                 ..node
             },
             listen,
         ))
+    }
+
+    /// The node's TLS material and tokens, read from their files, and the
+    /// rule that a node reachable from other machines is secure unless told
+    /// otherwise.
+    fn security(&self, id: NodeId, listen: SocketAddr) -> Result<Security, ConfigError> {
+        let dir = self.certs_dir.clone().map(CertsDir);
+        let (cert, key) = match &dir {
+            Some(d) => {
+                let (c, k) = d.node(id);
+                (Some(c), Some(k))
+            }
+            None => (None, None),
+        };
+        let ca = self.tls_ca.clone().or(dir.as_ref().map(CertsDir::ca_cert));
+        let cert = self.tls_cert.clone().or(cert);
+        let key = self.tls_key.clone().or(key);
+        let tls = match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(NodeTls::load(&ca, &cert, &key).map_err(|e| bad(format!("TLS: {e}")))?)
+            }
+            (None, None, None) => None,
+            _ => return Err(bad("TLS needs tls_ca, tls_cert and tls_key (or certs_dir)")),
+        };
+        let tokens_file = self.tokens_file.clone().or_else(|| {
+            dir.as_ref()
+                .map(CertsDir::tokens)
+                .filter(|path| path.exists())
+        });
+        let tokens = match tokens_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| bad(format!("tokens_file {}: {e}", path.display())))?;
+                TokenTable::from_toml(&text)
+                    .map_err(|e| bad(format!("tokens_file {}: {e}", path.display())))?
+            }
+            None => TokenTable::default(),
+        };
+        let insecure = self.insecure.unwrap_or(false);
+        if insecure && tls.is_some() {
+            return Err(bad("insecure and TLS both given: drop one"));
+        }
+        if tls.is_none() && !insecure && !listen.ip().is_loopback() {
+            return Err(bad(format!(
+                "refusing to serve on {listen} without TLS: give certs_dir (or tls_ca, tls_cert, tls_key; `kvctl certs` makes them), or insecure = true (--insecure) to let anyone who reaches the port read, write and change the cluster"
+            )));
+        }
+        if let Some(http) = self.http_addr()?
+            && !http.ip().is_loopback()
+            && !insecure
+            && !(self.http_token.unwrap_or(false) && !tokens.is_empty())
+        {
+            return Err(bad(format!(
+                "refusing to serve /metrics and the status page on {http} to anyone: set http_token = true (with a tokens file), bind it to loopback, or give --insecure"
+            )));
+        }
+        Ok(Security {
+            tls,
+            tokens,
+            insecure,
+            http_token: self.http_token.unwrap_or(false),
+        })
     }
 }
 

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use kv_coordinator::{Histogram, Metrics, OpMetrics};
@@ -12,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
+use crate::security::{Security, TokenTable};
 use crate::service::NodeCoordinator;
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -77,6 +80,25 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
     for (op, o) in ops {
         histogram(&mut out, op, &o.latency);
     }
+    let posture = cluster.posture();
+    gauge(
+        &mut out,
+        "kv_tls_enabled",
+        "1 when connections are TLS and nodes prove themselves by certificate.",
+        u64::from(posture.tls),
+    );
+    gauge(
+        &mut out,
+        "kv_auth_enabled",
+        "1 when clients and operators must prove a role (token or client certificate).",
+        u64::from(posture.authenticates),
+    );
+    gauge(
+        &mut out,
+        "kv_insecure",
+        "1 when the node was started with --insecure: anyone who reaches it may do anything.",
+        u64::from(posture.insecure),
+    );
     counter(
         &mut out,
         "kv_quorum_failures_total",
@@ -318,9 +340,27 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
             escape(&e.to_string())
         ),
     };
+    let posture = cluster.posture();
+    let security = if posture.insecure {
+        "<p><b>INSECURE</b>: started with --insecure: no TLS, no authentication; anyone who reaches this node can read, write and change the cluster.</p>".to_string()
+    } else {
+        format!(
+            "<p>TLS {}; clients {}</p>",
+            if posture.tls {
+                "on"
+            } else {
+                "off (loopback only)"
+            },
+            if posture.authenticates {
+                "authenticated"
+            } else {
+                "not authenticated"
+            }
+        )
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kv node {me}</title></head><body>\
-         <h1>kv node {me}</h1>{health}\
+         <h1>kv node {me}</h1>{health}{security}\
          <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
          <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
@@ -344,19 +384,84 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
     )
 }
 
-/// Serves `/metrics` and `/` on `listener` until the task is aborted.
+/// How the HTTP endpoint protects itself.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// When set, every request needs `authorization: Bearer <token>` with
+    /// a token of this table (any role).
+    pub tokens: Option<TokenTable>,
+    /// Connections served at once; more are closed as they arrive (64).
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers (5 s); a client
+    /// that trickles them is disconnected.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            tokens: None,
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The settings a node's security asks for: a token when
+    /// `http_token` is on.
+    pub fn of(security: &Security) -> Self {
+        HttpSettings {
+            tokens: security.http_token.then(|| security.tokens.clone()),
+            ..HttpSettings::default()
+        }
+    }
+}
+
+/// Whether a request may see the pages.
+fn admitted(tokens: Option<&TokenTable>, headers: &HeaderMap) -> bool {
+    let Some(tokens) = tokens else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| tokens.check(token.trim()).is_some())
+}
+
+fn refused() -> axum::response::Response {
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this node's metrics and status need `authorization: Bearer <token>`\n",
+    )
+        .into_response()
+}
+
+/// Serves `/metrics` and the status page (`/`) on `listener` until the
+/// returned task is aborted: HTTP/1.1, at most
+/// [`HttpSettings::max_connections`] connections, each with a header read
+/// timeout, and a token when the settings ask for one.
 pub fn serve(
     coordinator: Arc<NodeCoordinator>,
     cluster: Arc<Cluster>,
     listener: TcpListener,
+    settings: HttpSettings,
 ) -> JoinHandle<()> {
     let (for_metrics, cluster_for_metrics) = (coordinator.clone(), cluster.clone());
+    let tokens = settings.tokens.clone();
+    let tokens_for_metrics = tokens.clone();
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let (c, k) = (for_metrics.clone(), cluster_for_metrics.clone());
+                let tokens = tokens_for_metrics.clone();
                 async move {
+                    if !admitted(tokens.as_ref(), &headers) {
+                        return refused();
+                    }
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                         render_metrics(&c, &k),
@@ -367,12 +472,44 @@ pub fn serve(
         )
         .route(
             "/",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let (c, k) = (coordinator.clone(), cluster.clone());
-                async move { Html(render_status(&c, &k)) }
+                let tokens = tokens.clone();
+                async move {
+                    if !admitted(tokens.as_ref(), &headers) {
+                        return refused();
+                    }
+                    Html(render_status(&c, &k)).into_response()
+                }
             }),
         );
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection that died
+                    // before it was accepted: wait a little, go on.
+                    tracing::debug!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let timeout = settings.header_read_timeout;
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = connection.await;
+                drop(slot);
+            });
+        }
     })
 }

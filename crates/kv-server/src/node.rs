@@ -421,6 +421,7 @@ where
             ring_sync: config.ring_sync,
             data_dir: config.data_dir.clone(),
             seed: config.gossip_seed,
+            posture: config.security.posture(),
         },
         state,
         ring,

@@ -7,13 +7,19 @@
 //! kvctl --node 127.0.0.1:7001 status | ring [--ranges] | hints
 //! kvctl --node 127.0.0.1:7004 join     # make this node an owner
 //! kvctl --node 127.0.0.1:7004 leave    # hand its ranges away and stop it
+//! kvctl --certs-dir DIR certs init|node|client ...   # a cluster CA and certificates
+//! kvctl --certs-dir DIR token new --name NAME --role read|write|admin
 //! ```
+//! A secured cluster: `--certs-dir DIR` (or `KV_CERTS_DIR`) names the
+//! directory with the cluster CA (`ca.pem`) and, when present, the admin
+//! token (`admin.token`); `--token` (or `KV_TOKEN`) gives another token.
 //! A put without a context on an existing key makes a concurrent sibling
 //! (as in Riak); send the context of a read to supersede what it saw.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +27,9 @@ use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::proto::admin_client::AdminClient;
 use kv_server::proto::{ChangeReply, Empty};
+use kv_server::security::certs::CertsDir;
+use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", about = "Talk to a kv node")]
@@ -31,8 +40,75 @@ struct Args {
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Certificates directory: the cluster CA (ca.pem) turns TLS on, and
+    /// admin.token, when present, is the token sent.
+    #[arg(long, global = true, env = "KV_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Token to send (wins over admin.token).
+    #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Present the client certificate client-<NAME>.pem of the certificates directory.
+    #[arg(long, global = true)]
+    client_cert: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA in the certificates directory.
+    Init {
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Issue a node's certificate (node-<ID>.pem and .key).
+    Node {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// Other names or addresses the certificate is valid for (repeat).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Issue a client certificate (client-<NAME>.pem and .key) with a role.
+    Client {
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long)]
+        role: Role,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token: its hash goes to tokens.toml (restart the nodes to
+    /// load it), the token is printed once.
+    New {
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long)]
+        role: Role,
+    },
+    /// Print the tokens.toml entry of a token read from stdin.
+    Hash {
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long)]
+        role: Role,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +153,16 @@ enum Command {
     Join,
     /// Hand the node's ranges to the others; the node then stops.
     Leave,
+    /// Make the cluster CA and certificates (no node is contacted).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Make tokens (no node is contacted).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
 }
 
 /// Renders the outcome of a write.
@@ -95,18 +181,101 @@ fn fail(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// What this invocation presents to the node.
+fn credentials(args: &Args) -> Result<ClientCredentials, String> {
+    match &args.certs_dir {
+        Some(dir) => {
+            ClientCredentials::from_dir(dir, args.client_cert.as_deref(), args.token.clone())
+                .map_err(|e| format!("{e} (--certs-dir / KV_CERTS_DIR)"))
+        }
+        None if args.client_cert.is_some() => {
+            Err("--client-cert needs --certs-dir (or KV_CERTS_DIR)".into())
+        }
+        None => Ok(ClientCredentials {
+            token: args.token.clone(),
+            ..ClientCredentials::default()
+        }),
+    }
+}
+
+/// Certificates and tokens, made locally.
+fn local(dir: Option<&std::path::Path>, command: Command) -> Result<String, String> {
+    let dir = CertsDir(
+        dir.ok_or("give the certificates directory: --certs-dir DIR (or KV_CERTS_DIR)")?
+            .to_path_buf(),
+    );
+    let e = |e: kv_server::security::SecurityError| e.to_string();
+    Ok(match command {
+        Command::Certs { command } => match command {
+            CertsCommand::Init { days } => {
+                dir.init(days).map_err(e)?;
+                format!(
+                    "cluster CA made: {} (give to every node and client) and {} (keep it where certificates are issued; nodes do not need it)\n",
+                    dir.ca_cert().display(),
+                    dir.ca_key().display()
+                )
+            }
+            CertsCommand::Node { id, hosts, days } => {
+                let (cert, key) = dir.issue_node(NodeId(id), &hosts, days).map_err(e)?;
+                format!(
+                    "node {id}: {} and {}\nstart it with: kvd --node-id {id} --certs-dir {} ...\n",
+                    cert.display(),
+                    key.display(),
+                    dir.0.display()
+                )
+            }
+            CertsCommand::Client { name, role, days } => {
+                let (cert, key) = dir.issue_client(&name, role, days).map_err(e)?;
+                format!(
+                    "client {name} ({role}): {} and {}\nuse it with: kvctl --certs-dir {} --client-cert {name} ...\n",
+                    cert.display(),
+                    key.display(),
+                    dir.0.display()
+                )
+            }
+        },
+        Command::Token { command } => match command {
+            TokenCommand::New { name, role } => {
+                let token = dir.add_token(&name, role).map_err(e)?;
+                format!(
+                    "{token}\n(the token of {name}, role {role}: shown once; its hash is in {}; restart the nodes to load it)\n",
+                    dir.tokens().display()
+                )
+            }
+            TokenCommand::Hash { name, role } => {
+                let mut token = String::new();
+                std::io::stdin()
+                    .read_line(&mut token)
+                    .map_err(|e| format!("reading the token from stdin: {e}"))?;
+                TokenEntry {
+                    name,
+                    role: role.to_string(),
+                    sha256: hash_token(token.trim()),
+                }
+                .to_toml()
+            }
+        },
+        _ => return Err("not a local command".into()),
+    })
+}
+
 /// Runs an operator command.
-async fn admin(node: &str, json: bool, command: Command) -> Result<String, String> {
+async fn admin(
+    node: &str,
+    json: bool,
+    credentials: &ClientCredentials,
+    command: Command,
+) -> Result<String, String> {
     // Join and leave stream data: they may take minutes.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{node}"))
-        .map_err(|e| format!("{node}: {e}"))?
+    let endpoint = credentials
+        .endpoint(node)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .timeout(std::time::Duration::from_secs(600));
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot reach {node}: {e}"))?;
-    let mut client = AdminClient::new(channel);
+    let mut client = AdminClient::new(InterceptedService::new(channel, credentials.bearer()?));
     let mut out = String::new();
     match command {
         Command::Status => {
@@ -124,13 +293,22 @@ async fn admin(node: &str, json: bool, command: Command) -> Result<String, Strin
                     .collect();
                 let json = serde_json::json!({
                     "node": s.node, "ring_epoch": s.ring_epoch, "n": s.n, "members": members,
+                    "tls": s.tls, "authenticates": s.authenticates, "insecure": s.insecure,
                 });
                 let _ = writeln!(out, "{json}");
             } else {
                 let _ = writeln!(
                     out,
-                    "node {} sees ring epoch {}, N={}",
-                    s.node, s.ring_epoch, s.n
+                    "node {} sees ring epoch {}, N={}; {}",
+                    s.node,
+                    s.ring_epoch,
+                    s.n,
+                    match (s.insecure, s.tls, s.authenticates) {
+                        (true, _, _) => "INSECURE (--insecure: no TLS, no authentication)",
+                        (false, true, _) => "TLS, clients authenticated",
+                        (false, false, true) => "no TLS (loopback), clients authenticated",
+                        (false, false, false) => "no TLS, no authentication (loopback)",
+                    }
                 );
                 let _ = writeln!(
                     out,
@@ -261,7 +439,11 @@ async fn admin(node: &str, json: bool, command: Command) -> Result<String, Strin
             let r = client.leave(Empty {}).await.map_err(fail)?.into_inner();
             out = changed(json, node, "left", &r);
         }
-        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. } => {
+        Command::Put { .. }
+        | Command::Get { .. }
+        | Command::Delete { .. }
+        | Command::Certs { .. }
+        | Command::Token { .. } => {
             return Err("not an operator command".into());
         }
     }
@@ -286,15 +468,20 @@ fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
 
 /// Runs one command and returns what it prints.
 async fn run(args: Args) -> Result<String, String> {
+    if matches!(args.command, Command::Certs { .. } | Command::Token { .. }) {
+        return local(args.certs_dir.as_deref(), args.command);
+    }
+    let credentials = credentials(&args)?;
     if !matches!(
         args.command,
         Command::Put { .. } | Command::Get { .. } | Command::Delete { .. }
     ) {
-        return admin(&args.node, args.json, args.command).await;
+        return admin(&args.node, args.json, &credentials, args.command).await;
     }
     let config = ClientConfig {
         attempts: 1,
         route_by_key: false,
+        credentials: credentials.clone(),
         ..ClientConfig::default()
     };
     let client = Client::new([&args.node], config).map_err(|e| e.to_string())?;
@@ -355,7 +542,7 @@ async fn run(args: Args) -> Result<String, String> {
             }
             out
         }
-        other => return admin(&args.node, args.json, other).await,
+        other => return admin(&args.node, args.json, &credentials, other).await,
     };
     Ok(output)
 }

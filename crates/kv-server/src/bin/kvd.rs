@@ -122,6 +122,27 @@ struct Args {
     /// The shortest such wait, in milliseconds (10); the longest is half the request timeout.
     #[arg(long)]
     hedge_floor_ms: Option<u64>,
+    /// Certificates directory (`kvctl certs`): ca.pem, node-<id>.pem/.key turn TLS on; tokens.toml, when present, holds the tokens.
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The token table (`[[token]]` name, role, sha256).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address: anyone who reaches the port can read, write and change the cluster.
+    #[arg(long)]
+    insecure: bool,
+    /// /metrics and the status page ask for a token.
+    #[arg(long)]
+    http_token: bool,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -168,6 +189,13 @@ async fn run(args: Args) -> Result<(), String> {
         maintenance_interval_ms: args.maintenance_interval_ms,
         hedge_factor: args.hedge_factor,
         hedge_floor_ms: args.hedge_floor_ms,
+        certs_dir: args.certs_dir,
+        tls_ca: args.tls_ca,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tokens_file: args.tokens_file,
+        insecure: args.insecure.then_some(true),
+        http_token: args.http_token.then_some(true),
     };
     let merged = file.overridden_by(flags);
     init_logs(merged.log.as_deref())?;
@@ -177,6 +205,12 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
     let id = node.id;
+    let security = node.security.clone();
+    if security.insecure {
+        eprintln!(
+            "kvd: WARNING: node {id} runs --insecure: no TLS, no authentication; anyone who reaches {listen} can read, write and change the cluster"
+        );
+    }
     let running = kv_server::start(node, listener)
         .await
         .map_err(|e| e.to_string())?;
@@ -191,6 +225,7 @@ async fn run(args: Args) -> Result<(), String> {
                 running.coordinator().clone(),
                 running.cluster().clone(),
                 listener,
+                kv_server::http::HttpSettings::of(&security),
             ))
         }
         None => None,

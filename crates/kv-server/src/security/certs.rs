@@ -186,7 +186,9 @@ impl Authority {
         let mut names = vec![ANY_NODE.to_string(), node_name(id)];
         names.extend(hosts.iter().cloned());
         let mut params = CertificateParams::new(names).map_err(rc("host name"))?;
-        params.subject_alt_names.push(uri(&format!("kv://node/{}", id.0))?);
+        params
+            .subject_alt_names
+            .push(uri(&format!("kv://node/{}", id.0))?);
         params
             .distinguished_name
             .push(DnType::CommonName, format!("kv node {}", id.0));
@@ -226,10 +228,9 @@ impl Authority {
 }
 
 fn uri(text: &str) -> Result<SanType, SecurityError> {
-    Ok(SanType::URI(
-        text.try_into()
-            .map_err(|e: rcgen::Error| SecurityError::Certificate(format!("{text}: {e}")))?,
-    ))
+    Ok(SanType::URI(text.try_into().map_err(
+        |e: rcgen::Error| SecurityError::Certificate(format!("{text}: {e}")),
+    )?))
 }
 
 /// Who the certificate `der` names (its `kv://` URI), if anyone.
@@ -254,7 +255,11 @@ pub fn identity_of(der: &[u8]) -> Result<Option<CertIdentity>, SecurityError> {
 }
 
 fn parse_identity(rest: &str) -> Result<CertIdentity, SecurityError> {
-    let bad = || SecurityError::Certificate(format!("certificate name kv://{rest} is not kv://node/<id> or kv://client/<role>/<name>"));
+    let bad = || {
+        SecurityError::Certificate(format!(
+            "certificate name kv://{rest} is not kv://node/<id> or kv://client/<role>/<name>"
+        ))
+    };
     let mut parts = rest.split('/');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("node"), Some(id), None, None) => {
@@ -315,6 +320,111 @@ impl CertsDir {
         Authority::from_pem(&read(&self.ca_cert())?, &read(&self.ca_key())?)
     }
 
+    /// Creates the directory (readable by its owner only) with a new CA,
+    /// valid for `days`; refuses a directory that already holds one.
+    ///
+    /// # Errors
+    /// [`SecurityError`] if a CA exists there or a file cannot be written.
+    pub fn init(&self, days: u64) -> Result<(), SecurityError> {
+        if self.ca_cert().exists() {
+            return Err(SecurityError::Io(format!(
+                "{} exists: this directory already has a CA",
+                self.ca_cert().display()
+            )));
+        }
+        let (_, issued) = Authority::create("kv cluster CA", Validity::days(days))?;
+        self.write((&self.ca_cert(), &self.ca_key()), &issued)
+    }
+
+    /// Issues node `id`'s certificate (also valid for `hosts`) with the
+    /// directory's CA and writes it; returns the certificate's and key's
+    /// paths.
+    ///
+    /// # Errors
+    /// [`SecurityError`] if the CA cannot be read or the node's files exist.
+    pub fn issue_node(
+        &self,
+        id: NodeId,
+        hosts: &[String],
+        days: u64,
+    ) -> Result<(PathBuf, PathBuf), SecurityError> {
+        let issued = self
+            .authority()?
+            .issue_node(id, hosts, Validity::days(days))?;
+        let (cert, key) = self.node(id);
+        self.write((&cert, &key), &issued)?;
+        Ok((cert, key))
+    }
+
+    /// Issues a client certificate for `name` with `role` and writes it;
+    /// returns the certificate's and key's paths.
+    ///
+    /// # Errors
+    /// [`SecurityError`] if the CA cannot be read or the files exist.
+    pub fn issue_client(
+        &self,
+        name: &str,
+        role: Role,
+        days: u64,
+    ) -> Result<(PathBuf, PathBuf), SecurityError> {
+        let issued = self
+            .authority()?
+            .issue_client(name, role, Validity::days(days))?;
+        let (cert, key) = self.client(name);
+        self.write((&cert, &key), &issued)?;
+        Ok((cert, key))
+    }
+
+    /// A new token for `name` with `role`: its hash is appended to the
+    /// directory's `tokens.toml` (which the nodes read at start); the
+    /// token itself is returned, and stored nowhere else.
+    ///
+    /// # Errors
+    /// [`SecurityError`] if `name` already has a token, or the file cannot
+    /// be written.
+    pub fn add_token(&self, name: &str, role: Role) -> Result<String, SecurityError> {
+        use std::io::Write as _;
+        let path = self.tokens();
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path, &e)),
+        };
+        let token = super::new_token()?;
+        let entry = super::TokenEntry {
+            name: name.to_string(),
+            role: role.to_string(),
+            sha256: super::hash_token(&token),
+        };
+        // The file with the new entry must still be a valid table (a name
+        // given twice is refused here, not at the nodes' next start).
+        let text = format!(
+            "{existing}{}{}",
+            if existing.is_empty() { "" } else { "\n" },
+            entry.to_toml()
+        );
+        super::TokenTable::from_toml(&text)?;
+        kv_core::files::create_private_dir(&self.0).map_err(|e| io(&self.0, &e))?;
+        let mut file = kv_core::files::private_file()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io(&path, &e))?;
+        file.write_all(text[existing.len()..].as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io(&path, &e))?;
+        Ok(token)
+    }
+
+    /// Writes `token` to `admin.token` (readable by its owner only), where
+    /// `kvctl --certs-dir` finds it; refuses to overwrite one.
+    ///
+    /// # Errors
+    /// [`SecurityError::Io`] if the file exists or cannot be written.
+    pub fn write_admin_token(&self, token: &str) -> Result<(), SecurityError> {
+        write_new(&self.admin_token(), &format!("{token}\n"))
+    }
+
     /// Writes a certificate and its key (the key readable by its owner
     /// only), refusing to overwrite either.
     ///
@@ -371,7 +481,9 @@ mod tests {
             identity_of(&der(&node.cert_pem)).unwrap(),
             Some(CertIdentity::Node(NodeId(7)))
         );
-        let client = ca.issue_client("ops", Role::Admin, Validity::days(1)).unwrap();
+        let client = ca
+            .issue_client("ops", Role::Admin, Validity::days(1))
+            .unwrap();
         assert_eq!(
             identity_of(&der(&client.cert_pem)).unwrap(),
             Some(CertIdentity::Client {
@@ -379,7 +491,10 @@ mod tests {
                 role: Role::Admin
             })
         );
-        assert!(ca.issue_client("a/b", Role::Read, Validity::days(1)).is_err());
+        assert!(
+            ca.issue_client("a/b", Role::Read, Validity::days(1))
+                .is_err()
+        );
         assert!(parse_identity("node/x").is_err());
         assert!(parse_identity("client/root/x").is_err());
         assert!(parse_identity("node/1/2").is_err());

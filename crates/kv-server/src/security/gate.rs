@@ -156,11 +156,9 @@ impl Policy {
             (Caller::Anyone, Need::Role(needed)) => Status::unauthenticated(format!(
                 "{name} needs a token or client certificate with the {needed} role"
             )),
-            (Caller::Client { name: who, role }, Need::Role(needed)) => {
-                Status::permission_denied(format!(
-                    "{who} has the {role} role; {name} needs {needed}"
-                ))
-            }
+            (Caller::Client { name: who, role }, Need::Role(needed)) => Status::permission_denied(
+                format!("{who} has the {role} role; {name} needs {needed}"),
+            ),
             (Caller::Node(id), Need::Role(_)) => Status::permission_denied(format!(
                 "{name} is for clients; node {id}'s certificate is not a client credential"
             )),
@@ -223,10 +221,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self
-            .policy
-            .admit(request.uri().path(), cert, authorization)
-        {
+        match self.policy.admit(request.uri().path(), cert, authorization) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Either::Left(self.inner.call(request))
@@ -251,17 +246,21 @@ mod tests {
     use crate::security::{TokenEntry, hash_token};
 
     fn policy(tls: bool) -> Policy {
-        let text: String = [("reader", "read", "r"), ("writer", "write", "w"), ("ops", "admin", "a")]
-            .iter()
-            .map(|(name, role, token)| {
-                TokenEntry {
-                    name: (*name).into(),
-                    role: (*role).into(),
-                    sha256: hash_token(token),
-                }
-                .to_toml()
-            })
-            .collect();
+        let text: String = [
+            ("reader", "read", "r"),
+            ("writer", "write", "w"),
+            ("ops", "admin", "a"),
+        ]
+        .iter()
+        .map(|(name, role, token)| {
+            TokenEntry {
+                name: (*name).into(),
+                role: (*role).into(),
+                sha256: hash_token(token),
+            }
+            .to_toml()
+        })
+        .collect();
         Policy {
             tokens: TokenTable::from_toml(&text).unwrap(),
             clients_authenticate: true,
@@ -288,10 +287,22 @@ mod tests {
             ("/kv.v1.Kv/Put", Some(b"Bearer w"), Ok),
             ("/kv.v1.Admin/Leave", Some(b"Bearer w"), PermissionDenied),
             ("/kv.v1.Admin/Hints", Some(b"Bearer w"), PermissionDenied),
-            ("/kv.v1.Internal/InstallRing", Some(b"Bearer w"), PermissionDenied),
+            (
+                "/kv.v1.Internal/InstallRing",
+                Some(b"Bearer w"),
+                PermissionDenied,
+            ),
             ("/kv.v1.Admin/Leave", Some(b"Bearer a"), Ok),
-            ("/kv.v1.Internal/InstallRing", Some(b"Bearer a"), PermissionDenied),
-            ("/kv.v1.Internal/Gossip", Some(b"Bearer a"), PermissionDenied),
+            (
+                "/kv.v1.Internal/InstallRing",
+                Some(b"Bearer a"),
+                PermissionDenied,
+            ),
+            (
+                "/kv.v1.Internal/Gossip",
+                Some(b"Bearer a"),
+                PermissionDenied,
+            ),
             ("/kv.v1.Internal/Read", Some(b"Bearer a"), Ok),
             ("/kv.v1.Internal/Read", Some(b"Bearer w"), PermissionDenied),
             ("/kv.v1.Internal/Gossip", None, PermissionDenied),
@@ -311,7 +322,10 @@ mod tests {
             clients_authenticate: false,
             nodes_authenticate: false,
         };
-        assert_eq!(open.admit("/kv.v1.Admin/Leave", None, None), Result::Ok(Caller::Anyone));
+        assert_eq!(
+            open.admit("/kv.v1.Admin/Leave", None, None),
+            Result::Ok(Caller::Anyone)
+        );
         // A certificate that is not one is refused, not taken as nobody.
         assert_eq!(
             code(policy(true).admit("/kv.v1.Kv/Get", Some(b"garbage"), None)),

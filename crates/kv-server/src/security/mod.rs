@@ -153,9 +153,31 @@ pub struct Security {
     /// Runs without TLS or authentication on purpose (`--insecure`); shown
     /// in the status and in `/metrics`.
     pub insecure: bool,
+    /// `/metrics` and the status page ask for a token (any role).
+    pub http_token: bool,
+}
+
+/// How a node protects its services, in three flags (status, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Posture {
+    /// Connections are TLS; nodes prove themselves with certificates.
+    pub tls: bool,
+    /// Clients and operators must prove a role.
+    pub authenticates: bool,
+    /// Started with `--insecure` on purpose.
+    pub insecure: bool,
 }
 
 impl Security {
+    /// The three flags of this node's protection.
+    pub fn posture(&self) -> Posture {
+        Posture {
+            tls: self.tls.is_some(),
+            authenticates: self.authenticates(),
+            insecure: self.insecure,
+        }
+    }
+
     /// Whether clients and operators must prove a role: a token table is
     /// set, or TLS is on (then a client certificate also proves one).
     pub fn authenticates(&self) -> bool {
@@ -317,7 +339,10 @@ impl std::fmt::Debug for Bearer {
 }
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()

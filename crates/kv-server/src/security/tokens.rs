@@ -186,11 +186,14 @@ mod tests {
         assert!(e.to_string().contains("root"), "{e}");
         let e = table(&[("ops", "read", "x"), ("ops", "write", "y")]).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
-        let e = TokenTable::from_toml("[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"abc\"\n")
-            .unwrap_err();
+        let e =
+            TokenTable::from_toml("[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"abc\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("64 hex"), "{e}");
-        let e = TokenTable::from_toml("[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"zz\"\nextra = 1\n")
-            .unwrap_err();
+        let e = TokenTable::from_toml(
+            "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"zz\"\nextra = 1\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("extra"), "{e}");
         assert!(TokenTable::from_toml("").unwrap().is_empty());
     }

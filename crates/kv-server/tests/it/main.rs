@@ -247,6 +247,7 @@ async fn metrics_and_status_over_http() {
         nodes[0].coordinator().clone(),
         nodes[0].cluster().clone(),
         listener,
+        kv_server::http::HttpSettings::default(),
     );
     let mut c = client(&nodes[0]).await;
     put(&mut c, b"m", b"v", b"").await;
