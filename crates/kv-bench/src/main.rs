@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kv_bench::run::{RunConfig, run};
 use kv_bench::workload::{Distribution, Workload};
+use kv_server::security::ClientCredentials;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +87,13 @@ struct Args {
     /// Seconds to wait for replicas to converge before reading final states.
     #[arg(long, default_value_t = 120)]
     converge_secs: u64,
+    /// Certificates directory of a secured cluster (ca.pem; admin.token
+    /// when present).
+    #[arg(long, env = "KV_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Token to send (wins over admin.token).
+    #[arg(long, env = "KV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,7 +124,16 @@ fn check(path: &std::path::Path) -> Result<bool, String> {
 }
 
 async fn bench(args: Args) -> Result<bool, String> {
+    let credentials = match &args.certs_dir {
+        Some(dir) => ClientCredentials::from_dir(dir, None, args.token.clone())
+            .map_err(|e| format!("{e} (--certs-dir / KV_CERTS_DIR)"))?,
+        None => ClientCredentials {
+            token: args.token.clone(),
+            ..ClientCredentials::default()
+        },
+    };
     let config = RunConfig {
+        credentials,
         nodes: args.nodes,
         workload: args.workload,
         distribution: args.distribution,

@@ -15,10 +15,12 @@ use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::proto::admin_client::AdminClient;
 use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::{Empty, ReadRequest};
+use kv_server::security::AuthChannel;
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::record::{Event, Recorder, hex};
 use crate::workload::{Distribution, KeyChooser, Op, Workload, key, value, value_id};
@@ -68,6 +70,9 @@ pub struct RunConfig {
     pub converge: Duration,
     /// Show progress bars.
     pub progress: bool,
+    /// TLS and token for the nodes (the checker's replica reads need the
+    /// admin role).
+    pub credentials: kv_server::security::ClientCredentials,
 }
 
 /// Latencies and errors of one kind of operation.
@@ -525,6 +530,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
             // Retries and hedges are safe for recorded histories too:
             // every attempt of a write carries one write tag, so a value
             // stored by two coordinators is one version.
+            credentials: config.credentials.clone(),
             ..ClientConfig::default()
         },
     )
@@ -621,9 +627,14 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
 /// records those states.
 async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), String> {
     let first = &shared.config.nodes[0];
-    let mut admin = AdminClient::connect(format!("http://{first}"))
+    let credentials = &shared.config.credentials;
+    let bearer = credentials.bearer()?;
+    let channel = credentials
+        .endpoint(first)?
+        .connect()
         .await
         .map_err(|e| format!("{first}: {e}"))?;
+    let mut admin = AdminClient::new(InterceptedService::new(channel, bearer.clone()));
     let status = admin
         .status(Empty {})
         .await
@@ -631,13 +642,19 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
         .into_inner();
     let ring = kv_server::ring_state::ring_of(&status.ring.unwrap_or_default())
         .map_err(|e| e.to_string())?;
-    let mut peers: HashMap<u64, InternalClient<tonic::transport::Channel>> = HashMap::new();
+    let mut peers: HashMap<u64, InternalClient<AuthChannel>> = HashMap::new();
     for m in &status.members {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", m.addr))
-            .map_err(|e| format!("{}: {e}", m.addr))?
+        let endpoint = credentials
+            .endpoint(&m.addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2));
-        peers.insert(m.id, InternalClient::new(endpoint.connect_lazy()));
+        peers.insert(
+            m.id,
+            InternalClient::new(InterceptedService::new(
+                endpoint.connect_lazy(),
+                bearer.clone(),
+            )),
+        );
     }
     let n = status.n as usize;
     let deadline = Instant::now() + shared.config.converge;

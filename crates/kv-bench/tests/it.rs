@@ -53,6 +53,7 @@ fn config(
         timeout: Duration::from_secs(5),
         converge: Duration::from_secs(30),
         progress: false,
+        credentials: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@
 mod membership;
 mod process;
 mod sdk;
+mod security;
 mod sim;
 
 use kv_core::NodeId;

@@ -16,7 +16,7 @@ use kv_server::proto::kv_client::KvClient;
 use kv_server::proto::{Empty, GetRequest, PutRequest, ReadRequest, StatusReply};
 use tonic::transport::Channel;
 
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -28,7 +28,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 /// Starts `kvd` as node `id` on `ports[id - 1]` with the cluster's test
 /// settings and `extra` flags.
-fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Child {
+pub(crate) fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvd"));
     cmd.arg("--node-id")
         .arg(id.to_string())
@@ -57,7 +57,7 @@ fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Child {
 }
 
 /// `--member` flags naming the first `count` ports as nodes 1..=count.
-fn members(ports: &[u16], count: usize) -> Vec<String> {
+pub(crate) fn members(ports: &[u16], count: usize) -> Vec<String> {
     ports[..count]
         .iter()
         .enumerate()
@@ -211,7 +211,7 @@ async fn internal(port: u16) -> InternalClient<Channel> {
 }
 
 /// Polls `check` until it holds; fails after `secs` seconds naming `what`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -271,7 +271,7 @@ async fn write_keys(writer: &mut KvClient<Channel>, prefix: &str, w: u32) -> Vec
 
 /// The `kvd` processes of a test, killed when it ends, however it ends
 /// (a failed assertion must not leave nodes running).
-struct Nodes(Vec<Child>);
+pub(crate) struct Nodes(pub(crate) Vec<Child>);
 
 impl std::ops::Deref for Nodes {
     type Target = Vec<Child>;
