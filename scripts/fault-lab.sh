@@ -8,7 +8,11 @@
 # the same id (a replaced disk), backs node 5's directory up and later
 # restarts it from that older copy (a restored backup, a lost tail), and
 # fills node 4's disk (a small tmpfs) until its engine refuses writes, then
-# frees it and restarts the node. At the end everything heals, kv-bench
+# frees it and restarts the node, and a stranger tries the nodes' ports
+# (plaintext, another CA's certificate, a guessed token, a read token
+# writing, a write token making a node leave, /metrics without a token):
+# every attempt must be refused. The nodes run with mutual TLS and tokens
+# (a CA made for the run). At the end everything heals, kv-bench
 # waits until every written key is identical at all its replicas, and the
 # checker runs over the history: any violation fails the lab.
 #
@@ -65,7 +69,7 @@ work=$(mktemp -d /tmp/kv-fault-lab.XXXXXX)
 nodes=5
 RANDOM=$seed
 declare -a addr pid prefix ip http
-declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0 [wipe]=0 [backup]=0 [restore]=0 [diskfull]=0)
+declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0 [wipe]=0 [backup]=0 [restore]=0 [diskfull]=0 [stranger]=0)
 # The node whose disk is wiped and restored, and the one whose disk fills.
 disk_node=5
 full_node=4
@@ -73,6 +77,7 @@ full_node=4
 small_disk=false
 # How many times the full node said its storage was failing.
 refused=0
+breaches=0
 
 cleanup() {
     for i in $(seq 1 $nodes); do
@@ -135,6 +140,23 @@ fi
 members=()
 for i in $(seq 1 $nodes); do members+=(--member "$i@${addr[$i]}"); done
 
+# The cluster's CA, a certificate per node, and tokens: admin (kv-bench's
+# checker reads replicas; kvctl status), read and write (the stranger's).
+kvctl=$root/target/release/kvctl
+certs=$work/certs
+"$kvctl" --certs-dir "$certs" certs init --days 2 >/dev/null
+for i in $(seq 1 $nodes); do "$kvctl" --certs-dir "$certs" certs node --id "$i" --days 2 >/dev/null; done
+"$kvctl" --certs-dir "$certs" token new --name lab --role admin | head -1 >"$certs/admin.token"
+"$kvctl" --certs-dir "$certs" token new --name reader --role read | head -1 >"$work/read.token"
+"$kvctl" --certs-dir "$certs" token new --name writer --role write | head -1 >"$work/write.token"
+export KV_CERTS_DIR=$certs
+# The stranger: a CA of its own, an admin client certificate from it, and
+# the cluster's CA certificate (so that it does trust the nodes).
+stranger_certs=$work/stranger
+"$kvctl" --certs-dir "$stranger_certs" certs init --days 2 >/dev/null
+"$kvctl" --certs-dir "$stranger_certs" certs client --name mallory --role admin --days 2 >/dev/null
+cp "$certs/ca.pem" "$stranger_certs/ca.pem"
+
 # A 1 MiB memtable on the small disk: its engine writes tables and new
 # log segments often, so a full disk shows within seconds.
 if mkdir -p "$work/n$full_node" && mount -t tmpfs -o size=96m kvlabdisk "$work/n$full_node" 2>/dev/null; then
@@ -147,7 +169,7 @@ start_node() {
     [ "$i" = "$full_node" ] && [ "$small_disk" = true ] && extra=(--memtable-mib 1)
     # shellcheck disable=SC2086
     ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" --http "${http[$i]}" \
-        "${members[@]}" --durability always --gossip-interval-ms 300 \
+        --certs-dir "$certs" --http-token "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
         --tombstone-grace-secs "$grace" --maintenance-interval-ms 500 \
         --sloppy-quorum "$sloppy" "${extra[@]}" >>"$work/n$i.log" 2>&1 &
@@ -170,7 +192,6 @@ gone() {
 }
 
 for i in $(seq 1 $nodes); do start_node "$i"; done
-kvctl=$root/target/release/kvctl
 for i in $(seq 1 $nodes); do
     for _ in $(seq 1 100); do
         timeout 5 "$kvctl" --node "${addr[$i]}" status >/dev/null 2>&1 && break
@@ -291,6 +312,36 @@ disk_full() {
     echo "$(date +%T) disk of node $i freed; node restarted"
 }
 
+# A stranger on a node's port: every attempt must be refused; one that
+# is not counts as a breach and fails the lab.
+stranger() {
+    local i=$((RANDOM % nodes + 1))
+    fault_node=$i
+    local a=${addr[$i]} got=""
+    env -u KV_CERTS_DIR timeout 5 "$kvctl" --node "$a" put lab:stranger x >/dev/null 2>&1 && got+=" plaintext-put"
+    KV_CERTS_DIR=$stranger_certs timeout 5 "$kvctl" --node "$a" --client-cert mallory hints >/dev/null 2>&1 && got+=" other-ca-hints"
+    timeout 5 "$kvctl" --node "$a" --token kv_guess get lab:stranger >/dev/null 2>&1 && got+=" guessed-token-get"
+    timeout 5 "$kvctl" --node "$a" --token "$(cat "$work/read.token")" put lab:stranger x >/dev/null 2>&1 && got+=" read-token-put"
+    timeout 5 "$kvctl" --node "$a" --token "$(cat "$work/write.token")" leave >/dev/null 2>&1 && got+=" write-token-leave"
+    # shellcheck disable=SC2086
+    ${prefix[$i]} python3 -c "
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen('http://${http[$i]}/metrics', timeout=5)
+except urllib.error.HTTPError as e:
+    sys.exit(0 if e.code == 401 else 1)
+except Exception:
+    sys.exit(0)
+sys.exit(1)
+" || got+=" metrics-without-token"
+    if [ -n "$got" ]; then
+        breaches=$((breaches + 1))
+        echo "$(date +%T) stranger on node $i's port got through:$got" >&2
+    else
+        echo "$(date +%T) stranger on node $i's port: all 6 attempts refused"
+    fi
+}
+
 pause() {
     local i=$((RANDOM % nodes + 1))
     fault_node=$i
@@ -305,7 +356,7 @@ end=$((SECONDS + duration))
 sleep 3
 # Every kind of fault fires once, in a seeded order, before the rest are
 # drawn at random, so a short run still sees each.
-kinds=(kill9 pause wipe restore)
+kinds=(kill9 pause wipe restore stranger)
 [ "$mode" = netns ] && kinds+=(partition heal)
 [ "$small_disk" = true ] && kinds+=(diskfull)
 schedule=()
@@ -339,6 +390,7 @@ while [ $SECONDS -lt $((end - every)) ] && kill -0 $bench_pid 2>/dev/null; do
         wipe) wipe; faults[wipe]=$((faults[wipe] + 1)) ;;
         restore) restore ;;
         diskfull) disk_full; faults[diskfull]=$((faults[diskfull] + 1)) ;;
+        stranger) stranger; faults[stranger]=$((faults[stranger] + 1)) ;;
     esac
     case $choice in
         partition | heal) ;;
@@ -363,7 +415,9 @@ reaped=0
 for i in $(seq 1 $nodes); do
     n=$(${prefix[$i]} python3 -c "
 import urllib.request
-text = urllib.request.urlopen('http://${http[$i]}/metrics', timeout=5).read().decode()
+token = open('$certs/admin.token').read().strip()
+request = urllib.request.Request('http://${http[$i]}/metrics', headers={'Authorization': 'Bearer ' + token})
+text = urllib.request.urlopen(request, timeout=5).read().decode()
 print(sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith('kv_tombstones_collected_total')))
 " 2>/dev/null || echo 0)
     reaped=$((reaped + n))
@@ -378,7 +432,7 @@ echo "fault lab report (mode $mode, $duration s, seed $seed, $nodes nodes, slopp
 [ "$mode" = loopback ] && echo "note: loopback variant, no network partitions (kill -9, SIGSTOP and the disk faults only)"
 echo "operations: ${ops:-0}"
 echo "acknowledged writes: ${acked:-0}"
-echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]} wipe=${faults[wipe]} backup=${faults[backup]} restore=${faults[restore]} diskfull=${faults[diskfull]} (node $full_node reported its storage failing ${refused} times)"
+echo "faults: partition=${faults[partition]} kill9=${faults[kill9]} pause=${faults[pause]} heal=${faults[heal]} wipe=${faults[wipe]} backup=${faults[backup]} restore=${faults[restore]} diskfull=${faults[diskfull]} stranger=${faults[stranger]} (node $full_node reported its storage failing ${refused} times; strangers got through ${breaches} times)"
 echo "tombstone grace: $grace s; tombstones collected: at least $reaped; keys with nothing left at any replica at the end: ${collected:-0}"
 [ "$small_disk" = true ] || echo "note: no tmpfs could be mounted; the disk-full nemesis did not run"
 echo "violations: ${violations:-unknown}"
@@ -393,6 +447,10 @@ echo "converged after the final heal: ${converged:-unknown} s"
 if [ "$status" != 0 ] || [ "${violations:-1}" != 0 ]; then
     echo "fault-lab: FAILED (kv-bench exit $status); see $work/bench.err and $work/n*.log" >&2
     tail -20 "$work/bench.err" >&2 || true
+    exit 1
+fi
+if [ "$breaches" != 0 ]; then
+    echo "fault-lab: FAILED: a stranger got through $breaches times (see above)" >&2
     exit 1
 fi
 if [ -n "$write_share" ] && awk -v got="$write_share" -v min="$min_write" 'BEGIN { exit !(got < min) }'; then

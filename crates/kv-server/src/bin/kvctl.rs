@@ -466,8 +466,23 @@ fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
     }
 }
 
-/// Runs one command and returns what it prints.
+/// Runs one command and returns what it prints; a failure that looks like
+/// missing credentials says which.
 async fn run(args: Args) -> Result<String, String> {
+    let plaintext = args.certs_dir.is_none();
+    let no_token = args.token.is_none();
+    run_command(args).await.map_err(|message| {
+        if plaintext && (message.contains("transport error") || message.contains("connection")) {
+            format!("{message}\n(if the node speaks TLS: --certs-dir DIR or KV_CERTS_DIR with its CA, ca.pem)")
+        } else if message.contains("Unauthenticated") && no_token {
+            format!("{message}\n(a token: --token or KV_TOKEN, or admin.token in the certificates directory)")
+        } else {
+            message
+        }
+    })
+}
+
+async fn run_command(args: Args) -> Result<String, String> {
     if matches!(args.command, Command::Certs { .. } | Command::Token { .. }) {
         return local(args.certs_dir.as_deref(), args.command);
     }
