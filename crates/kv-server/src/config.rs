@@ -447,7 +447,7 @@ impl ServerConfig {
         if let Some(http) = self.http_addr()?
             && !http.ip().is_loopback()
             && !insecure
-            && !(self.http_token.unwrap_or(false) && !tokens.is_empty())
+            && (!self.http_token.unwrap_or(false) || tokens.is_empty())
         {
             return Err(bad(format!(
                 "refusing to serve /metrics and the status page on {http} to anyone: set http_token = true (with a tokens file), bind it to loopback, or give --insecure"

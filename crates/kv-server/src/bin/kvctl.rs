@@ -47,7 +47,7 @@ struct Args {
     /// Token to send (wins over admin.token).
     #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Present the client certificate client-<NAME>.pem of the certificates directory.
+    /// Present the client certificate client-NAME.pem of the certificates directory.
     #[arg(long, global = true)]
     client_cert: Option<String>,
     #[command(subcommand)]
@@ -62,7 +62,7 @@ enum CertsCommand {
         #[arg(long, default_value_t = 3650)]
         days: u64,
     },
-    /// Issue a node's certificate (node-<ID>.pem and .key).
+    /// Issue a node's certificate (node-ID.pem and .key).
     Node {
         /// The node's id.
         #[arg(long)]
@@ -74,7 +74,7 @@ enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: u64,
     },
-    /// Issue a client certificate (client-<NAME>.pem and .key) with a role.
+    /// Issue a client certificate (client-NAME.pem and .key) with a role.
     Client {
         /// Who holds it.
         #[arg(long)]

@@ -122,7 +122,7 @@ struct Args {
     /// The shortest such wait, in milliseconds (10); the longest is half the request timeout.
     #[arg(long)]
     hedge_floor_ms: Option<u64>,
-    /// Certificates directory (`kvctl certs`): ca.pem, node-<id>.pem/.key turn TLS on; tokens.toml, when present, holds the tokens.
+    /// Certificates directory (`kvctl certs`): ca.pem and node-ID.pem/.key turn TLS on; tokens.toml, when present, holds the tokens.
     #[arg(long)]
     certs_dir: Option<PathBuf>,
     /// The cluster CA's certificate (PEM).

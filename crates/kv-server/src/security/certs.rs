@@ -410,7 +410,7 @@ impl CertsDir {
             .create(true)
             .open(&path)
             .map_err(|e| io(&path, &e))?;
-        file.write_all(text[existing.len()..].as_bytes())
+        file.write_all(&text.as_bytes()[existing.len()..])
             .and_then(|()| file.sync_all())
             .map_err(|e| io(&path, &e))?;
         Ok(token)
