@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark table of docs/benchmarks.md: three kvd on 127.0.0.1
 # (N=3, W=2, R=2), kv-bench with 100-byte values and 64 requests in
-# flight, workloads a, b, c and w, for each durability policy given.
+# flight, workloads a, b, c and w, for each durability policy and
+# security given (plaintext, or tls: mutual TLS between the nodes, TLS and
+# a token for kv-bench).
 #
 #   scripts/bench.sh [--durability "always interval:100"] [--records N] [--ops N]
 #                    [--workloads "a b c w"] [--rate OPS_PER_S (open loop)]
+#                    [--security "plaintext tls"]
 set -euo pipefail
 
 durabilities="always interval:100"
@@ -12,6 +15,7 @@ records=100000
 ops=300000
 workloads="a b c w"
 rate=()
+securities="plaintext"
 while [ $# -gt 0 ]; do
     case "$1" in
         --durability) durabilities=$2; shift 2 ;;
@@ -19,7 +23,8 @@ while [ $# -gt 0 ]; do
         --ops) ops=$2; shift 2 ;;
         --workloads) workloads=$2; shift 2 ;;
         --rate) rate=(--rate "$2"); shift 2 ;;
-        -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+        --security) securities=$2; shift 2 ;;
+        -h|--help) sed -n 2,11p "$0"; exit 0 ;;
         *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -31,14 +36,16 @@ work=$(mktemp -d /tmp/kv-bench.XXXXXX)
 trap 'stop_nodes; rm -rf "$work"' EXIT
 
 for durability in $durabilities; do
-    start_three_nodes "$work/$durability" "$durability"
+  for security in $securities; do
+    start_three_nodes "$work/$durability-$security" "$durability" "$security"
     load=""
     for w in $workloads; do
-        echo "== durability $durability, workload $w"
+        echo "== durability $durability, security $security, workload $w"
         target/release/kv-bench --nodes "$NODES" \
             --workload "$w" --records "$records" --ops "$ops" --concurrency 64 \
             --value-size 100 --w 2 --r 2 "${rate[@]}" $load
         load="--no-load"
     done
     stop_nodes
+  done
 done

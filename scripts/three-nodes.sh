@@ -1,7 +1,10 @@
 # Sourced by bench.sh and profile.sh: three kvd on 127.0.0.1:7001-7003
 # (N=3), built in release, stopped on exit.
 #
-#   start_three_nodes DIR DURABILITY   # data in DIR/n1..n3, logs beside
+#   start_three_nodes DIR DURABILITY [tls]   # data in DIR/n1..n3, logs beside;
+#                                      # tls: a CA, node certificates and an
+#                                      # admin token in DIR/certs, exported
+#                                      # as KV_CERTS_DIR for kvctl and kv-bench
 #   stop_nodes
 #   NODES                              # the kv-bench --nodes list
 
@@ -11,12 +14,24 @@ pids=()
 cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
 
 start_three_nodes() {
-    local dir=$1 durability=$2
+    local dir=$1 durability=$2 security=${3:-plaintext}
+    local tls=()
     mkdir -p "$dir"
+    unset KV_CERTS_DIR
+    if [ "$security" = tls ]; then
+        target/release/kvctl --certs-dir "$dir/certs" certs init --days 2 >/dev/null
+        for i in 1 2 3; do
+            target/release/kvctl --certs-dir "$dir/certs" certs node --id "$i" --days 2 >/dev/null
+        done
+        target/release/kvctl --certs-dir "$dir/certs" token new --name bench --role admin \
+            | head -1 >"$dir/certs/admin.token"
+        tls=(--certs-dir "$dir/certs")
+        export KV_CERTS_DIR=$dir/certs
+    fi
     for i in 1 2 3; do
         target/release/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
             --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
-            --durability "$durability" --log warn >"$dir/n$i.log" 2>&1 &
+            --durability "$durability" --log warn "${tls[@]}" >"$dir/n$i.log" 2>&1 &
         pids+=($!)
     done
     for i in 1 2 3; do

@@ -608,3 +608,26 @@ impl Transport for GrpcTransport {
         Ok(reply.into_inner().reaped)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forgotten_peer_leaves_no_address_or_channel_and_the_address_cache_is_bounded() {
+        let t = GrpcTransport::new(Duration::from_millis(100));
+        t.set_address(NodeId(2), "127.0.0.1:9".into());
+        t.client(NodeId(2)).unwrap();
+        t.bulk("127.0.0.1:9").unwrap();
+        assert_eq!(t.cached_peers(), 2);
+        t.forget(NodeId(2));
+        assert_eq!(t.cached_peers(), 0);
+        assert!(t.address(NodeId(2)).is_none());
+        assert!(t.client(NodeId(2)).is_err(), "no address, no channel");
+        // Gossip names addresses; however many, the cache stays bounded.
+        for i in 0..MAX_CACHED_BY_ADDR + 10 {
+            t.bulk(&format!("127.0.0.1:{}", 10_000 + i)).unwrap();
+            assert!(t.cached_peers() <= MAX_CACHED_BY_ADDR);
+        }
+    }
+}

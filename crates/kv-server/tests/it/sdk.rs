@@ -365,3 +365,75 @@ async fn a_write_whose_answer_is_lost_is_taken_by_another_node_and_stored_once()
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_speaks_tls_with_a_token_and_routes_by_key() {
+    use kv_core::NodeId;
+    use kv_server::security::certs::CertsDir;
+    use kv_server::security::{ClientCredentials, NodeTls, Role, Security, TokenTable};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = CertsDir(dir.path().join("certs"));
+    certs.init(1).unwrap();
+    for id in 1..=3 {
+        certs.issue_node(NodeId(id), &[], 1).unwrap();
+    }
+    let token = certs.add_token("app", Role::Write).unwrap();
+    let tokens = TokenTable::from_toml(&std::fs::read_to_string(certs.tokens()).unwrap()).unwrap();
+    let nodes = kv_server::start_local(3, dir.path(), |config| {
+        let (cert, key) = certs.node(config.id);
+        kv_server::NodeConfig {
+            security: Security {
+                tls: Some(NodeTls::load(&certs.ca_cert(), &cert, &key).unwrap()),
+                tokens: tokens.clone(),
+                ..Security::default()
+            },
+            ..config
+        }
+    })
+    .await
+    .unwrap();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let credentials = ClientCredentials::from_dir(&certs.0, None, Some(token)).unwrap();
+    let client = Client::new(
+        &addrs,
+        ClientConfig {
+            credentials: credentials.clone(),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // Replication between the nodes runs over mutual TLS: a W=3 write
+    // needs every replica.
+    let client = client.with_quorums(Some(3), Some(3));
+    for i in 0..20u32 {
+        let key = format!("tls:{i}");
+        client
+            .put(key.as_bytes(), i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.get(key.as_bytes()).await.unwrap().values,
+            vec![i.to_le_bytes().to_vec()]
+        );
+    }
+    // The same client without the token is refused, not served.
+    let anonymous = Client::new(
+        &addrs,
+        ClientConfig {
+            credentials: ClientCredentials {
+                token: None,
+                ..credentials
+            },
+            attempts: 1,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    match anonymous.get(b"tls:1").await {
+        Err(ClientError::Other { code, .. }) => assert_eq!(code, tonic::Code::Unauthenticated),
+        other => panic!("a client without a token: {other:?}"),
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

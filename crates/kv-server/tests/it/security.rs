@@ -139,9 +139,16 @@ async fn gossip_code(
     match internal.gossip(request).await {
         Ok(_) => Ok(Code::Ok),
         // A certificate the server refuses fails the handshake; with TLS
-        // 1.3 the client learns it on its first request.
-        Err(s) if s.code() == Code::Unknown || s.code() == Code::Unavailable => {
-            Err(s.message().to_string())
+        // 1.3 the client learns it on its first request, as a connection
+        // that broke under it (Unknown, Unavailable or Cancelled, by timing),
+        // never as an answer of the service.
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::Unknown | Code::Unavailable | Code::Cancelled
+            ) =>
+        {
+            Err(format!("{:?}: {}", s.code(), s.message()))
         }
         Err(s) => Ok(s.code()),
     }
