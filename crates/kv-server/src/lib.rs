@@ -6,7 +6,8 @@
 //! address serves the client service (`Kv`: get, put, delete with contexts
 //! and siblings), the internal service (replication, anti-entropy, gossip,
 //! ring changes, range streaming) and the admin service (`kvctl status`,
-//! `hints`, `join`, `leave`); [`http`] serves metrics and a status page.
+//! `hints`, `join`, `leave`), each method open only to the callers its
+//! role allows ([`security`]); [`http`] serves metrics and a status page.
 //!
 //! - [`start`] assembles and runs a node from a [`NodeConfig`]
 //!   ([`ServerConfig`] reads one from TOML and flags, as `kvd` does);
@@ -14,6 +15,8 @@
 //!   nodes composed from the crates with other engines or transports;
 //! - [`cluster`]: membership, the versioned ring, joins, leaves, hand-off;
 //! - [`client`]: the Rust client SDK;
+//! - [`security`]: mutual TLS between nodes, tokens and client
+//!   certificates with roles, and the gate in front of the services;
 //! - [`to_status`]: coordinator errors as gRPC statuses, in one place.
 //!
 //! Not here: the storage engine (`kv-lsm`), replication logic

@@ -243,26 +243,15 @@ pub(crate) fn calling_node<T>(request: &tonic::Request<T>) -> Option<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::{TokenEntry, hash_token};
 
     fn policy(tls: bool) -> Policy {
-        let text: String = [
-            ("reader", "read", "r"),
-            ("writer", "write", "w"),
-            ("ops", "admin", "a"),
-        ]
-        .iter()
-        .map(|(name, role, token)| {
-            TokenEntry {
-                name: (*name).into(),
-                role: (*role).into(),
-                sha256: hash_token(token),
-            }
-            .to_toml()
-        })
-        .collect();
         Policy {
-            tokens: TokenTable::from_toml(&text).unwrap(),
+            tokens: crate::security::tokens::table_of(&[
+                ("reader", "read", "r"),
+                ("writer", "write", "w"),
+                ("ops", "admin", "a"),
+            ])
+            .unwrap(),
             clients_authenticate: true,
             nodes_authenticate: tls,
         }

@@ -149,24 +149,28 @@ pub fn new_token() -> Result<String, SecurityError> {
     ))
 }
 
+/// A table of `(name, role, token)` entries, as a token file holds them.
+#[cfg(test)]
+pub(crate) fn table_of(entries: &[(&str, &str, &str)]) -> Result<TokenTable, SecurityError> {
+    let text: String = entries
+        .iter()
+        .map(|(name, role, token)| {
+            TokenEntry {
+                name: (*name).into(),
+                role: (*role).into(),
+                sha256: hash_token(token),
+            }
+            .to_toml()
+        })
+        .collect();
+    TokenTable::from_toml(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table(entries: &[(&str, &str, &str)]) -> Result<TokenTable, SecurityError> {
-        let text: String = entries
-            .iter()
-            .map(|(name, role, token)| {
-                TokenEntry {
-                    name: (*name).into(),
-                    role: (*role).into(),
-                    sha256: hash_token(token),
-                }
-                .to_toml()
-            })
-            .collect();
-        TokenTable::from_toml(&text)
-    }
+    use super::table_of as table;
 
     #[test]
     fn a_token_is_known_by_its_hash_with_its_role() {
