@@ -416,7 +416,10 @@ impl ServerConfig {
         let key = self.tls_key.clone().or(key);
         let tls = match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => {
-                Some(NodeTls::load(&ca, &cert, &key).map_err(|e| bad(format!("TLS: {e}")))?)
+                let tls = NodeTls::load(&ca, &cert, &key).map_err(|e| bad(format!("TLS: {e}")))?;
+                crate::security::certs::check_node_cert(&tls.cert_pem, id)
+                    .map_err(|e| bad(format!("TLS ({}): {e}", cert.display())))?;
+                Some(tls)
             }
             (None, None, None) => None,
             _ => return Err(bad("TLS needs tls_ca, tls_cert and tls_key (or certs_dir)")),

@@ -99,6 +99,14 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
         "1 when the node was started with --insecure: anyone who reaches it may do anything.",
         u64::from(posture.insecure),
     );
+    if let Some(expires) = posture.cert_expires {
+        gauge(
+            &mut out,
+            "kv_tls_certificate_expiry_timestamp_seconds",
+            "When this node's certificate expires (Unix time); renew it before (kvctl certs node).",
+            expires,
+        );
+    }
     counter(
         &mut out,
         "kv_quorum_failures_total",

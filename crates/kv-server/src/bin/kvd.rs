@@ -211,6 +211,17 @@ async fn run(args: Args) -> Result<(), String> {
             "kvd: WARNING: node {id} runs --insecure: no TLS, no authentication; anyone who reaches {listen} can read, write and change the cluster"
         );
     }
+    if let Some(expires) = security.posture().cert_expires {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let days = expires.saturating_sub(now) / 86_400;
+        if days < 14 {
+            eprintln!(
+                "kvd: WARNING: node {id}'s certificate expires in {days} days: renew it (kvctl certs node) and restart"
+            );
+        }
+    }
     let running = kv_server::start(node, listener)
         .await
         .map_err(|e| e.to_string())?;

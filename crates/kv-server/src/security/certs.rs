@@ -254,6 +254,62 @@ pub fn identity_of(der: &[u8]) -> Result<Option<CertIdentity>, SecurityError> {
     Ok(None)
 }
 
+/// When the certificate in `cert_pem` expires, in Unix seconds.
+pub fn expiry_of(cert_pem: &str) -> Option<u64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
+/// Checks that `cert_pem` is node `id`'s certificate and valid now (a node
+/// must not start with a certificate its peers will refuse); returns when
+/// it expires, in Unix seconds.
+///
+/// # Errors
+/// [`SecurityError::Certificate`] naming what is wrong: not PEM, not a
+/// certificate, another node's, a client's, not yet or no longer valid.
+pub fn check_node_cert(cert_pem: &str, id: NodeId) -> Result<u64, SecurityError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| SecurityError::Certificate(format!("node certificate is not PEM: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+        .map_err(|e| SecurityError::Certificate(format!("node certificate: {e}")))?;
+    match identity_of(&pem.contents)? {
+        Some(CertIdentity::Node(named)) if named == id => {}
+        Some(other) => {
+            return Err(SecurityError::Certificate(format!(
+                "the certificate is for {other:?}, not node {}",
+                id.0
+            )));
+        }
+        None => {
+            return Err(SecurityError::Certificate(
+                "the certificate names no node (kv://node/<id>): issue one with kvctl certs node"
+                    .into(),
+            ));
+        }
+    }
+    let validity = cert.validity();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let not_before = u64::try_from(validity.not_before.timestamp()).unwrap_or(0);
+    let not_after = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+    if now < not_before {
+        return Err(SecurityError::Certificate(format!(
+            "node {}'s certificate is valid only from {} (Unix seconds; is the clock right?)",
+            id.0, not_before
+        )));
+    }
+    if now > not_after {
+        return Err(SecurityError::Certificate(format!(
+            "node {}'s certificate expired {} s ago: issue a new one (kvctl certs node)",
+            id.0,
+            now - not_after
+        )));
+    }
+    Ok(not_after)
+}
+
 fn parse_identity(rest: &str) -> Result<CertIdentity, SecurityError> {
     let bad = || {
         SecurityError::Certificate(format!(
@@ -499,6 +555,27 @@ mod tests {
         assert!(parse_identity("client/root/x").is_err());
         assert!(parse_identity("node/1/2").is_err());
         assert!(identity_of(b"not a certificate").is_err());
+        // A node starts only with its own certificate, valid now.
+        let expires = check_node_cert(&node.cert_pem, NodeId(7)).unwrap();
+        assert!(expires > 0);
+        let e = check_node_cert(&node.cert_pem, NodeId(8)).unwrap_err();
+        assert!(e.to_string().contains("not node 8"), "{e}");
+        let e = check_node_cert(&client.cert_pem, NodeId(7)).unwrap_err();
+        assert!(e.to_string().contains("Client"), "{e}");
+        let day = Duration::from_secs(86_400);
+        let old = ca
+            .issue_node(
+                NodeId(7),
+                &[],
+                Validity {
+                    not_before: SystemTime::now() - 3 * day,
+                    not_after: SystemTime::now() - day,
+                },
+            )
+            .unwrap();
+        let e = check_node_cert(&old.cert_pem, NodeId(7)).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert!(check_node_cert("garbage", NodeId(7)).is_err());
         // A CA loaded back from its PEM files issues certificates that
         // name their holder the same way.
         let (_, files) = Authority::create("test CA", Validity::days(1)).unwrap();

@@ -157,7 +157,7 @@ pub struct Security {
     pub http_token: bool,
 }
 
-/// How a node protects its services, in three flags (status, metrics).
+/// How a node protects its services (status, metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Posture {
     /// Connections are TLS; nodes prove themselves with certificates.
@@ -166,15 +166,21 @@ pub struct Posture {
     pub authenticates: bool,
     /// Started with `--insecure` on purpose.
     pub insecure: bool,
+    /// When this node's certificate expires (Unix seconds), with TLS.
+    pub cert_expires: Option<u64>,
 }
 
 impl Security {
-    /// The three flags of this node's protection.
+    /// This node's protection, in three flags and a date.
     pub fn posture(&self) -> Posture {
         Posture {
             tls: self.tls.is_some(),
             authenticates: self.authenticates(),
             insecure: self.insecure,
+            cert_expires: self
+                .tls
+                .as_ref()
+                .and_then(|t| certs::expiry_of(&t.cert_pem)),
         }
     }
 

@@ -402,10 +402,35 @@ async fn a_node_off_loopback_without_tls_refuses_to_start_and_insecure_says_so()
         stderr.contains("without TLS") && stderr.contains("--insecure"),
         "{stderr}"
     );
+    // 16b. Node 1 given node 9's certificate: exits naming the mismatch,
+    // instead of starting with a certificate its peers would refuse.
+    let certs = make_creds(root.path(), 1);
+    let (cert9, key9) = certs.dir.node(NodeId(9));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kvd"))
+        .args([
+            "--node-id",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{}", ports[0]),
+        ])
+        .arg("--data-dir")
+        .arg(root.path().join("n1"))
+        .args(["--member", &format!("1@127.0.0.1:{}", ports[0])])
+        .arg("--tls-ca")
+        .arg(certs.dir.ca_cert())
+        .arg("--tls-cert")
+        .arg(cert9)
+        .arg("--tls-key")
+        .arg(key9)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not node 1"), "{stderr}");
     // 17. --insecure (here on loopback): it starts, warns, and says so in
     // its status and metrics; /metrics with --http-token refuses a request
     // without the token.
-    let creds = make_creds(root.path(), 1);
+    let creds = certs;
     let tokens = creds.dir.tokens().display().to_string();
     let http = format!("127.0.0.1:{}", ports[1]);
     let _node = Nodes(vec![kvd(
