@@ -1,0 +1,196 @@
+//! The write path: requests queue, the first writer leads, and the
+//! leader appends the whole group to the commit log with one write (and
+//! one sync, as durability asks) before applying it to the memtable.
+
+use super::*;
+
+pub(super) enum SlotOp {
+    Batch(WriteBatch),
+    /// One put or delete, key and value in one buffer (the key is the first
+    /// `key_len` bytes), handed to the memtable without a copy.
+    Single {
+        data: Vec<u8>,
+        key_len: usize,
+        tombstone: bool,
+    },
+    /// Freeze the memtable (for `flush`).
+    Rotate,
+}
+
+/// Where a queued request stands.
+pub(super) enum SlotState {
+    Waiting,
+    /// The previous leader handed leadership to this request's writer.
+    Lead,
+    Done(Result<()>),
+}
+
+/// One request in the write queue.
+pub(super) struct Slot {
+    op: Mutex<Option<SlotOp>>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+pub(super) struct Queue {
+    pending: VecDeque<Arc<Slot>>,
+    leader: bool,
+}
+
+impl Inner {
+    pub(super) fn check_limits(&self, batch: &WriteBatch) -> Result<()> {
+        for op in batch.ops() {
+            let key = op.key();
+            if key.len() > self.opts.max_key_bytes {
+                return Err(Error::TooLarge {
+                    what: "key",
+                    len: key.len(),
+                    limit: self.opts.max_key_bytes,
+                });
+            }
+            if let BatchOp::Put { value, .. } = op
+                && value.len() > self.opts.max_value_bytes
+            {
+                return Err(Error::TooLarge {
+                    what: "value",
+                    len: value.len(),
+                    limit: self.opts.max_value_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `op` and returns its result. The first writer to find no
+    /// leader commits every queued request as one group (one log write,
+    /// one fsync), wakes the group's members, and hands leadership to the
+    /// next queued writer.
+    pub(super) fn submit(&self, op: SlotOp) -> Result<()> {
+        self.check_open()?;
+        let slot = Arc::new(Slot {
+            op: Mutex::new(Some(op)),
+            state: Mutex::new(SlotState::Waiting),
+        });
+        {
+            let mut queue = self.queue.lock();
+            queue.pending.push_back(slot.clone());
+            if queue.leader {
+                drop(queue);
+                let mut done = self.done_lock.lock();
+                loop {
+                    let state = std::mem::replace(&mut *slot.state.lock(), SlotState::Waiting);
+                    match state {
+                        SlotState::Done(result) => return result,
+                        SlotState::Lead => break,
+                        SlotState::Waiting => self.done_cond.wait(&mut done),
+                    }
+                }
+            } else {
+                queue.leader = true;
+            }
+        }
+        // Leader: our request is still queued; commit everything queued.
+        let group: Vec<Arc<Slot>> = self.queue.lock().pending.drain(..).collect();
+        let outcome = self.commit_group(&group);
+        if let Err(err) = &outcome
+            && !matches!(err, Error::Closed | Error::Poisoned(_))
+        {
+            self.poison(err);
+        }
+        let mut own = Ok(());
+        for member in &group {
+            let result = match &outcome {
+                Ok(()) => Ok(()),
+                Err(Error::Closed) => Err(Error::Closed),
+                Err(err) => Err(Error::Poisoned(err.to_string())),
+            };
+            if Arc::ptr_eq(member, &slot) {
+                own = result;
+            } else {
+                *member.state.lock() = SlotState::Done(result);
+            }
+        }
+        {
+            let mut queue = self.queue.lock();
+            match queue.pending.front() {
+                Some(next) => *next.state.lock() = SlotState::Lead,
+                None => queue.leader = false,
+            }
+        }
+        let _done = self.done_lock.lock();
+        self.done_cond.notify_all();
+        own
+    }
+
+    /// Writes a group to the log (one write, one fsync under `Always`),
+    /// then to the memtable, then makes it visible.
+    pub(super) fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.check_poison()?;
+        let mut ops: Vec<SlotOp> = group.iter().filter_map(|s| s.op.lock().take()).collect();
+        let force_rotate = ops.iter().any(|op| matches!(op, SlotOp::Rotate));
+        let mut log = self.log.lock();
+        self.make_room(&mut log, force_rotate)?;
+        let mut seq = log.last_seq;
+        let mut any = false;
+        for op in &ops {
+            match op {
+                SlotOp::Batch(batch) => {
+                    log.writer.add_batch(seq + 1, batch);
+                    seq += batch.len() as u64;
+                    any = true;
+                }
+                SlotOp::Single {
+                    data,
+                    key_len,
+                    tombstone,
+                } => {
+                    let (key, value) = data.split_at(*key_len);
+                    log.writer
+                        .add_single(seq + 1, key, (!tombstone).then_some(value));
+                    seq += 1;
+                    any = true;
+                }
+                SlotOp::Rotate => {}
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        log.writer.write_buffered()?;
+        if self.opts.durability == Durability::Always {
+            log.writer.sync()?;
+            self.counters.log_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
+        let mem = self.sv.read().mem.clone();
+        let mut next = log.last_seq;
+        for op in ops.drain(..) {
+            match op {
+                SlotOp::Batch(batch) => {
+                    for op in batch.ops() {
+                        next += 1;
+                        match op {
+                            BatchOp::Put { key, value } => mem.insert(key, next, Some(value)),
+                            BatchOp::Delete { key } => mem.insert(key, next, None),
+                        }
+                    }
+                }
+                SlotOp::Single {
+                    data,
+                    key_len,
+                    tombstone,
+                } => {
+                    next += 1;
+                    mem.insert_owned(data, key_len, next, tombstone);
+                }
+                SlotOp::Rotate => {}
+            }
+        }
+        log.last_seq = seq;
+        self.visible_seq.store(seq, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,512 @@
+//! The engine: its public API ([`LsmEngine`]), the shared state of its
+//! threads (`Inner`), and where each part of the work lives:
+//! `group_commit` (the write path), `segments` (commit-log segments and
+//! the interval syncer), `flush` (memtables to tables), `read` (gets and
+//! scans), `recovery` (opening). Compaction is `crate::compaction`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::cache::BlockCache;
+use crate::compaction;
+use crate::error::{Error, Result};
+use crate::fs::FileSystem;
+use crate::iter::{InternalIter, MergingIter, UserIter};
+use crate::log::{LogWriter, SegmentEnd, decode_batch, scan_segment, segment_name};
+use crate::manifest::{self, Manifest, ManifestState, VersionEdit};
+use crate::memtable::{MemIter, Memtable};
+use crate::options::{Durability, LsmEngineBuilder, Options, RecoveryMode};
+use crate::table::{Table, TableBuilder, table_name};
+use crate::version::{TableHandle, Version};
+
+mod flush;
+mod group_commit;
+mod read;
+mod recovery;
+mod segments;
+
+use group_commit::{Queue, SlotOp};
+use segments::prepare_segment;
+
+/// Log segments kept for reuse instead of deleted.
+const RECYCLE_SEGMENTS: usize = 2;
+/// How long a stalled writer or idle thread waits before re-checking.
+const WAIT: Duration = Duration::from_millis(50);
+
+/// What readers see: the memtables and the tables, swapped as one.
+#[derive(Debug)]
+pub(crate) struct SuperVersion {
+    pub(crate) mem: Arc<Memtable>,
+    /// Frozen memtables, newest first.
+    pub(crate) imms: Vec<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+}
+
+/// The commit log, used only by the current write leader.
+#[derive(Debug)]
+struct LogState {
+    writer: LogWriter,
+    /// Last sequence number assigned.
+    last_seq: u64,
+}
+
+/// The manifest and the state it describes, changed together.
+#[derive(Debug)]
+pub(crate) struct ManifestCtl {
+    pub(crate) manifest: Manifest,
+    pub(crate) state: ManifestState,
+}
+
+/// Counters, readable through [`LsmEngine::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) flushes: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) compaction_bytes_written: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) write_groups: AtomicU64,
+    pub(crate) log_syncs: AtomicU64,
+}
+
+/// Figures about an engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Tables per level.
+    pub tables_per_level: Vec<usize>,
+    /// Table bytes per level.
+    pub bytes_per_level: Vec<u64>,
+    /// Bytes in the live memtable and the frozen ones.
+    pub memtable_bytes: u64,
+    /// Frozen memtables waiting for flush.
+    pub immutable_memtables: usize,
+    /// Memtables flushed since open.
+    pub flushes: u64,
+    /// Compactions run since open.
+    pub compactions: u64,
+    /// Bytes written by compactions since open.
+    pub compaction_bytes_written: u64,
+    /// Times a writer waited for flush or compaction.
+    pub stalls: u64,
+    /// Commit groups written (each shares one log write and fsync).
+    pub write_groups: u64,
+    /// Commit-log fsyncs.
+    pub log_syncs: u64,
+    /// Last sequence number visible to readers.
+    pub last_sequence: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) cache: Arc<BlockCache>,
+    _lock: File,
+    queue: Mutex<Queue>,
+    /// Waiting writers sleep here; a finished group is announced with one
+    /// `notify_all` (one system call, however large the group).
+    done_lock: Mutex<()>,
+    done_cond: Condvar,
+    log: Mutex<LogState>,
+    visible_seq: AtomicU64,
+    pub(crate) sv: RwLock<Arc<SuperVersion>>,
+    /// Guards background wake-ups and stalls.
+    pub(crate) bg: Mutex<()>,
+    pub(crate) bg_cond: Condvar,
+    pub(crate) manifest: Mutex<ManifestCtl>,
+    pub(crate) next_file: AtomicU64,
+    poison: Mutex<Option<String>>,
+    poisoned: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
+    /// Serialises compactions (background and manual).
+    pub(crate) compacting: Mutex<()>,
+    recycled: Mutex<Vec<PathBuf>>,
+    pub(crate) counters: Counters,
+}
+
+/// An LSM storage engine: a commit log, a memtable, and levels of sorted
+/// tables compacted in the background.
+///
+/// ```
+/// use kv_core::StorageEngine;
+/// use kv_lsm::LsmEngine;
+///
+/// let dir = tempfile::tempdir()?;
+/// {
+///     let engine = LsmEngine::builder(dir.path()).open()?;
+///     engine.put(b"hello", b"world")?;
+/// }
+/// // Reopened, the write is still there.
+/// let engine = LsmEngine::builder(dir.path()).open()?;
+/// assert_eq!(engine.get(b"hello")?, Some(b"world".to_vec()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LsmEngine {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for LsmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LsmEngine")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LsmEngine {
+    /// A builder for an engine in directory `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> LsmEngineBuilder {
+        LsmEngineBuilder::new(path)
+    }
+
+    pub(crate) fn open_with(dir: PathBuf, opts: Options) -> Result<Self> {
+        let inner = Arc::new(Inner::open(dir, opts)?);
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: fn(&Inner)| {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || f(&inner))
+                .map_err(|e| Error::io("spawn thread", name.to_string(), e))
+        };
+        threads.push(spawn("lsm-flush", Inner::flush_loop)?);
+        threads.push(spawn("lsm-compact", compaction::compaction_loop)?);
+        if let Durability::Interval(_) = inner.opts.durability {
+            threads.push(spawn("lsm-sync", Inner::sync_loop)?);
+        }
+        Ok(LsmEngine {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Applies `batch` atomically (see [`StorageEngine::write`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] for a key or value over the limits;
+    /// [`Error::Poisoned`] after an earlier failed sync; I/O errors from the
+    /// commit log (which poison the engine).
+    pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
+        self.inner.check_limits(&batch)?;
+        if batch.is_empty() {
+            return self.inner.check_open();
+        }
+        self.inner.submit(SlotOp::Batch(batch))
+    }
+
+    /// Sets `key` to `value` (one write; cheaper than a batch of one).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_batch`](Self::write_batch).
+    pub fn put_value(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.single(key, Some(value))
+    }
+
+    /// Removes `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_batch`](Self::write_batch).
+    pub fn delete_key(&self, key: &[u8]) -> Result<()> {
+        self.single(key, None)
+    }
+
+    fn single(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let limits = &self.inner.opts;
+        if key.len() > limits.max_key_bytes {
+            return Err(Error::TooLarge {
+                what: "key",
+                len: key.len(),
+                limit: limits.max_key_bytes,
+            });
+        }
+        let value_bytes = value.unwrap_or_default();
+        if value_bytes.len() > limits.max_value_bytes {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: value_bytes.len(),
+                limit: limits.max_value_bytes,
+            });
+        }
+        let mut data = Vec::with_capacity(key.len() + value_bytes.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value_bytes);
+        self.inner.submit(SlotOp::Single {
+            data,
+            key_len: key.len(),
+            tombstone: value.is_none(),
+        })
+    }
+
+    /// The value of `key`.
+    ///
+    /// # Errors
+    ///
+    /// An I/O or corruption error from a table (a block that fails its
+    /// checksum).
+    pub fn get_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    /// Freezes the memtable, writes every frozen memtable to a table and
+    /// makes the log durable; returns when that is done.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error writing or syncing the log, a table or the manifest; the
+    /// engine is then poisoned.
+    pub fn flush_all(&self) -> Result<()> {
+        self.inner.submit(SlotOp::Rotate)?;
+        self.inner.wait_for(|sv| sv.imms.is_empty())
+    }
+
+    /// Compacts every table down to one level, dropping overwritten
+    /// versions and tombstones. Returns when done.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from compaction; the engine is then poisoned.
+    pub fn compact_all(&self) -> Result<()> {
+        self.flush_all()?;
+        compaction::compact_all(&self.inner)
+    }
+
+    /// Waits until no background compaction is due.
+    ///
+    /// # Errors
+    ///
+    /// The error that poisoned the engine, if a background flush or compaction
+    /// failed.
+    pub fn wait_for_compactions(&self) -> Result<()> {
+        loop {
+            self.inner.check_poison()?;
+            let idle = {
+                let version = self.inner.sv.read().version.clone();
+                compaction::pick(&self.inner, &version).is_none()
+            };
+            if idle {
+                // A compaction may still be running: take its lock.
+                let _running = self.inner.compacting.lock();
+                let version = self.inner.sv.read().version.clone();
+                if compaction::pick(&self.inner, &version).is_none() {
+                    return Ok(());
+                }
+            }
+            let mut bg = self.inner.bg.lock();
+            self.inner.bg_cond.notify_all();
+            self.inner.bg_cond.wait_for(&mut bg, WAIT);
+        }
+    }
+
+    /// Figures about the engine.
+    pub fn stats(&self) -> EngineStats {
+        let inner = &self.inner;
+        let sv = inner.sv.read().clone();
+        let c = &inner.counters;
+        EngineStats {
+            tables_per_level: sv.version.levels.iter().map(Vec::len).collect(),
+            bytes_per_level: (0..sv.version.levels.len())
+                .map(|l| sv.version.level_bytes(l))
+                .collect(),
+            memtable_bytes: (sv.mem.approximate_bytes()
+                + sv.imms.iter().map(|m| m.approximate_bytes()).sum::<usize>())
+                as u64,
+            immutable_memtables: sv.imms.len(),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            compaction_bytes_written: c.compaction_bytes_written.load(Ordering::Relaxed),
+            stalls: c.stalls.load(Ordering::Relaxed),
+            write_groups: c.write_groups.load(Ordering::Relaxed),
+            log_syncs: c.log_syncs.load(Ordering::Relaxed),
+            last_sequence: inner.visible_seq.load(Ordering::Acquire),
+        }
+    }
+
+    /// The directory the engine lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Stops the background threads and makes the log durable. Dropping the
+    /// engine does the same but cannot report a failure.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error from the final flush or sync, or the error that poisoned
+    /// the engine.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _bg = self.inner.bg.lock();
+            self.inner.bg_cond.notify_all();
+        }
+        for handle in self.threads.lock().drain(..) {
+            let _ = handle.join();
+        }
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut log = self.inner.log.lock();
+        log.writer.write_buffered()?;
+        log.writer.sync()
+    }
+}
+
+impl Drop for LsmEngine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl StorageEngine for LsmEngine {
+    fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.get(key)?)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> std::result::Result<(), StorageError> {
+        Ok(self.put_value(key, value)?)
+    }
+
+    fn delete(&self, key: &[u8]) -> std::result::Result<(), StorageError> {
+        Ok(self.delete_key(key)?)
+    }
+
+    fn write(&self, batch: WriteBatch) -> std::result::Result<(), StorageError> {
+        Ok(self.write_batch(batch)?)
+    }
+
+    fn scan(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> std::result::Result<ScanIter<'_>, StorageError> {
+        let iter = self.inner.scan(start, end)?;
+        Ok(Box::new(iter.map(|r| r.map_err(StorageError::from))))
+    }
+
+    fn flush(&self) -> std::result::Result<(), StorageError> {
+        Ok(self.flush_all()?)
+    }
+
+    fn last_sequence(&self) -> SeqNo {
+        SeqNo(self.inner.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// Reads look in the memtables and in memory-mapped tables through the
+    /// block cache; no lock is held across I/O.
+    fn inline_reads(&self) -> bool {
+        true
+    }
+
+    /// Poisoned once a commit, flush or compaction failed (a full disk, a
+    /// failed fsync): the engine refuses writes until it is reopened.
+    fn health(&self) -> std::result::Result<(), StorageError> {
+        Ok(self.inner.check_poison()?)
+    }
+}
+
+impl Inner {
+    /// Records `edit` in the manifest, durably; the caller holds the
+    /// manifest lock (`ctl`) so edits and the state they build stay in order.
+    pub(crate) fn log_edit(&self, ctl: &mut ManifestCtl, edit: &VersionEdit) -> Result<()> {
+        ctl.state
+            .apply(edit)
+            .map_err(|reason| Error::corrupt(&self.dir, reason))?;
+        let state = ctl.state.clone();
+        ctl.manifest
+            .log_edit(edit, &state, || self.new_file_number())
+    }
+
+    /// Replaces what readers see with `change(current)`, reading and
+    /// writing under one lock so that concurrent flushes, compactions and
+    /// memtable switches never undo each other.
+    pub(crate) fn swap_super(&self, change: impl FnOnce(&SuperVersion) -> SuperVersion) {
+        let mut slot = self.sv.write();
+        let next = change(&slot);
+        *slot = Arc::new(next);
+    }
+
+    pub(crate) fn new_file_number(&self) -> u64 {
+        self.next_file.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.check_poison()
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            let reason = self.poison.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned(reason));
+        }
+        Ok(())
+    }
+
+    /// Refuses every later write: state on disk can no longer be vouched for.
+    pub(crate) fn poison(&self, err: &Error) {
+        let mut poison = self.poison.lock();
+        if poison.is_none() {
+            *poison = Some(err.to_string());
+        }
+        self.poisoned.store(true, Ordering::SeqCst);
+        let _bg = self.bg.lock();
+        self.bg_cond.notify_all();
+    }
+}
+
+/// Writes the newest version of every key of `mem` to level-0 table
+/// `number`. `None` for an empty memtable.
+pub(crate) fn write_l0(
+    dir: &Path,
+    fs: &Arc<dyn FileSystem>,
+    opts: &Options,
+    mem: &Memtable,
+    number: u64,
+) -> Result<Option<crate::table::TableMeta>> {
+    if mem.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join(table_name(number));
+    let file = fs
+        .create(&path)
+        .map_err(|e| Error::io("create table", &path, e))?;
+    let mut builder = TableBuilder::new(
+        file,
+        &path,
+        number,
+        opts.block_bytes,
+        opts.bloom_bits_per_key,
+    );
+    let mut last: Option<Vec<u8>> = None;
+    let mut result = Ok(());
+    mem.for_each(|key, seq, value| {
+        if result.is_err() || last.as_deref() == Some(key) {
+            return;
+        }
+        result = builder.add(key, seq, value);
+        last = Some(key.to_vec());
+    });
+    result?;
+    let meta = builder.finish()?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(Some(meta))
+}
