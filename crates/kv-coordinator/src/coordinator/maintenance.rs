@@ -1,0 +1,51 @@
+//! The maintenance timer: hints, tombstones and anti-entropy on their
+//! intervals.
+
+use super::*;
+
+impl<E, T, P> Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// Starts the background maintenance of this node: every
+    /// `maintenance_interval` it delivers hints and collects tombstones;
+    /// every `anti_entropy_interval` it runs one anti-entropy exchange with
+    /// the next live peer, round robin (so repair traffic stays bounded).
+    /// The task ends when the coordinator is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let (tick, ae_every) = (
+            self.config.maintenance_interval,
+            self.config.anti_entropy_interval,
+        );
+        tokio::spawn(async move {
+            let mut next_ae = Instant::now() + ae_every;
+            let mut turn = 0usize;
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(this) = weak.upgrade() else { return };
+                let _ = this.deliver_hints(10_000).await;
+                let _ = this.collect_tombstones(wall_clock_secs()).await;
+                if Instant::now() >= next_ae {
+                    next_ae = Instant::now() + ae_every;
+                    let me = this.replica.id();
+                    let peers: Vec<NodeId> = this
+                        .ring
+                        .nodes()
+                        .into_iter()
+                        .filter(|&p| p != me && this.membership.is_alive(p))
+                        .collect();
+                    if !peers.is_empty() {
+                        let peer = peers[turn % peers.len()];
+                        turn = turn.wrapping_add(1);
+                        let _ = this
+                            .anti_entropy_with(peer, this.config.anti_entropy_fanout)
+                            .await;
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,315 @@
+//! The coordinator: quorum writes and reads over the replicas of a key.
+//!
+//! Here: the [`Coordinator`] and its results. Beside, one concept a file:
+//! `routing` (who coordinates, forwarding), `write` (the write quorum,
+//! sloppy quorum, hedging), `read` (the read quorum and read repair),
+//! `handoff` (hint delivery), `anti_entropy`, `gc` (tombstone collection),
+//! `maintenance` (the timer that runs the last three).
+
+use kv_clock::VectorClock;
+use kv_core::{
+    ClientOp, ClientReply, MembershipView, NodeId, Partitioner, StorageEngine, Transport,
+};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::batch::{Batcher, RunBatch};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::replica::{Replica, Siblings, Update, Value};
+
+mod anti_entropy;
+mod gc;
+mod handoff;
+mod maintenance;
+mod read;
+mod routing;
+mod write;
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetResult {
+    /// The live values: one, several siblings, or none (absent or deleted).
+    pub values: Vec<Vec<u8>>,
+    /// The context to send with the next write of this key, which then
+    /// supersedes exactly what this read saw.
+    pub context: Vec<u8>,
+}
+
+/// What an anti-entropy exchange did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Buckets found to differ.
+    pub buckets: usize,
+    /// Keys whose state was fetched from the peer and merged here.
+    pub keys_pulled: usize,
+    /// Keys whose merged state was sent to the peer.
+    pub keys_pushed: usize,
+    /// Bytes of exchange messages (both directions), not counting states.
+    pub exchange_bytes: u64,
+}
+
+impl std::ops::AddAssign for RepairReport {
+    fn add_assign(&mut self, other: Self) {
+        self.buckets += other.buckets;
+        self.keys_pulled += other.keys_pulled;
+        self.keys_pushed += other.keys_pushed;
+        self.exchange_bytes += other.exchange_bytes;
+    }
+}
+
+/// Runs a call into the storage engine on tokio's blocking pool, so that
+/// engine work (an fsync under `Durability::Always`) never stalls the
+/// threads that serve requests.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Peer(format!("engine task failed: {e}")))?
+}
+
+/// Runs a read of the storage engine: inline when the engine says its
+/// reads never wait on I/O ([`StorageEngine::inline_reads`]), which saves
+/// two thread switches per read; otherwise like [`off_runtime`].
+async fn engine_read<E: StorageEngine + 'static, T: Send + 'static>(
+    replica: &Arc<Replica<E>>,
+    f: impl FnOnce(&Replica<E>) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if replica.engine().inline_reads() {
+        f(replica)
+    } else {
+        let replica = replica.clone();
+        off_runtime(move || f(&replica)).await
+    }
+}
+
+fn wall_clock_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A write's result from a forwarded reply.
+fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
+    match reply {
+        ClientReply::Written { context, dot } => Ok(PutResult {
+            context,
+            dot: kv_clock::Dot {
+                actor: dot.0,
+                counter: dot.1,
+            },
+        }),
+        ClientReply::Failed {
+            invalid, message, ..
+        } => Err(Error::Forwarded {
+            node,
+            invalid,
+            message,
+        }),
+        ClientReply::Read { .. } => Err(Error::Forwarded {
+            node,
+            invalid: false,
+            message: "answered a write with a read".into(),
+        }),
+    }
+}
+
+/// Where [`Coordinator::dispatch`] sent a request.
+enum Dispatched {
+    /// This node coordinates it; `after_forward` when a forward was sent
+    /// and went unanswered first.
+    Here {
+        /// Whether a forwarded attempt went unanswered before.
+        after_forward: bool,
+    },
+    /// Another node did, and answered this.
+    There(NodeId, ClientReply),
+}
+
+/// Something that coordinates forwarded client requests (a node's
+/// coordinator, as seen by transports that deliver them).
+#[async_trait::async_trait]
+pub trait ClientHandler: Send + Sync {
+    /// Coordinates a forwarded request here.
+    async fn handle_forwarded(&self, op: ClientOp) -> ClientReply;
+}
+
+#[async_trait::async_trait]
+impl<E, T, P> ClientHandler for Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    async fn handle_forwarded(&self, op: ClientOp) -> ClientReply {
+        self.coordinate(op).await
+    }
+}
+
+/// What a write returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    /// The context of the new state (for a later write).
+    pub context: Vec<u8>,
+    /// The new version's dot (the coordinator and its counter).
+    pub dot: kv_clock::Dot,
+}
+
+impl PutResult {
+    fn into_reply(self) -> ClientReply {
+        ClientReply::Written {
+            context: self.context,
+            dot: (self.dot.actor, self.dot.counter),
+        }
+    }
+}
+
+/// Coordinates requests for the keys this node replicates.
+///
+/// Writes: a new version at this node (the coordinator is a replica), then
+/// the new state to the other replicas in parallel; success after W
+/// acknowledgements, this node's included. Reads: the replicas' states,
+/// merged after R answers; replicas that answered with less are repaired
+/// after the reply. Every wait is bounded by the request timeout.
+pub struct Coordinator<E, T, P> {
+    config: Config,
+    replica: Arc<Replica<E>>,
+    transport: Arc<T>,
+    ring: Arc<P>,
+    membership: Arc<dyn MembershipView>,
+    metrics: Arc<Metrics>,
+    /// Stores concurrent writes coordinated here as one engine batch
+    /// (started on first use, on the runtime of that use).
+    local_writes: parking_lot::Mutex<Option<LocalWrites>>,
+    /// How long replicas have recently taken to take a write.
+    replica_latency: crate::RecentLatency,
+}
+
+/// The batcher of writes coordinated at this node.
+type LocalWrites = Batcher<Update, Result<(Siblings, kv_clock::Dot)>>;
+
+/// Most writes stored in one engine batch.
+const LOCAL_BATCH_MAX: usize = 128;
+
+/// Engine batches of coordinated writes under way at once (one can be
+/// syncing while the next is built).
+const LOCAL_BATCHES_IN_FLIGHT: usize = 1;
+
+fn encode_context(state: &Siblings) -> Vec<u8> {
+    let mut out = Vec::new();
+    state.context().encode_into(&mut out, false);
+    out
+}
+
+impl<E, T, P> Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// A coordinator for `replica`'s node; `membership` says which nodes
+    /// are believed alive (for sloppy quorums and hint delivery).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] if `config` does not validate.
+    pub fn new(
+        config: Config,
+        replica: Arc<Replica<E>>,
+        transport: Arc<T>,
+        ring: Arc<P>,
+        membership: Arc<dyn MembershipView>,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Coordinator {
+            config,
+            replica,
+            transport,
+            ring,
+            membership,
+            metrics: Arc::new(Metrics::default()),
+            local_writes: parking_lot::Mutex::new(None),
+            replica_latency: crate::RecentLatency::default(),
+        })
+    }
+
+    /// The batcher of local writes, started (again) if it is not running.
+    fn local_writes(&self) -> LocalWrites {
+        let mut slot = self.local_writes.lock();
+        if let Some(batcher) = slot.as_ref().filter(|b| !b.is_stopped()) {
+            return batcher.clone();
+        }
+        // The driver holds the replica weakly, so a dropped node releases
+        // its engine at once.
+        let replica = Arc::downgrade(&self.replica);
+        let (max, prune) = (self.config.max_siblings, self.config.effective_prune());
+        let run: RunBatch<Update, Result<(Siblings, kv_clock::Dot)>> =
+            Arc::new(move |updates: Vec<Update>| {
+                let (replica, prune) = (replica.upgrade(), prune.clone());
+                Box::pin(async move {
+                    let Some(replica) = replica else {
+                        return Vec::new();
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        replica.coordinate_many(updates, max, &prune)
+                    })
+                    .await
+                    .unwrap_or_default()
+                })
+            });
+        let batcher = Batcher::spawn(LOCAL_BATCH_MAX, LOCAL_BATCHES_IN_FLIGHT, run);
+        *slot = Some(batcher.clone());
+        batcher
+    }
+
+    /// What this coordinator has counted.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The ring this coordinator places keys with.
+    pub fn ring(&self) -> &Arc<P> {
+        &self.ring
+    }
+
+    /// Whether `node` is believed alive.
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.membership.is_alive(node)
+    }
+
+    /// This node's replica.
+    pub fn replica(&self) -> &Arc<Replica<E>> {
+        &self.replica
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidInput("empty key".into()));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(Error::InvalidInput(format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                self.config.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The replicas of `key`, this node first-class among them.
+    fn replicas(&self, key: &[u8]) -> Result<Vec<NodeId>> {
+        let replicas = self.ring.preference_list(key, self.config.n)?;
+        if !replicas.contains(&self.replica.id()) {
+            return Err(Error::NotReplica(replicas));
+        }
+        Ok(replicas)
+    }
+}

@@ -1,0 +1,150 @@
+//! The read path: R answers merged, and the replicas that were behind
+//! repaired.
+
+use super::*;
+
+impl<E, T, P> Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// Reads `key` from R replicas (this one included) and merges them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad key or R out of range;
+    /// [`Error::ReadQuorum`] when fewer than R replicas answered in time;
+    /// storage errors from this node's engine.
+    pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+        let started = Instant::now();
+        let op = || ClientOp::Get {
+            key: key.to_vec(),
+            r: r.map(|r| r as u32),
+        };
+        // Any replica reads as well as the first (a read asks R of them
+        // either way), and a read sent to a second replica because the
+        // first was slow must not be forwarded back to it.
+        let result = match self.dispatch(key, true, op).await {
+            Ok(Dispatched::Here { .. }) => self.get_inner(key, r).await,
+            Ok(Dispatched::There(_, ClientReply::Read { values, context })) => {
+                Ok(GetResult { values, context })
+            }
+            Ok(Dispatched::There(node, other)) => written(node, other).map(|_| GetResult {
+                values: Vec::new(),
+                context: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        };
+        self.metrics.get.observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        if let Ok(got) = &result {
+            Metrics::add(&self.metrics.siblings_returned, got.values.len() as u64);
+            if got.values.len() > 1 {
+                Metrics::add(&self.metrics.reads_with_siblings, 1);
+            }
+        }
+        result
+    }
+
+    pub(super) async fn get_inner(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+        self.check_key(key)?;
+        let r = r.unwrap_or(self.config.r);
+        self.config.check_quorum("r", r)?;
+        let replicas = self.replicas(key)?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let local = {
+            let key = key.to_vec();
+            engine_read(&self.replica, move |r| r.state(&key)).await?
+        };
+        let others: Vec<NodeId> = replicas
+            .into_iter()
+            .filter(|&n| n != self.replica.id())
+            .collect();
+        let (tx, mut rx) = mpsc::channel(others.len().max(1));
+        for &peer in &others {
+            let (transport, tx, key) = (self.transport.clone(), tx.clone(), key.to_vec());
+            tokio::spawn(async move {
+                let result = transport.read(peer, key).await;
+                let _ = tx.send((peer, result)).await;
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(NodeId, Siblings)> = vec![(self.replica.id(), local)];
+        let mut failed = Vec::new();
+        while answers.len() < r {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((peer, Ok(state)))) => {
+                    let state = match state {
+                        Some(bytes) => match Siblings::from_bytes(&bytes) {
+                            Ok(s) => s,
+                            Err(_) => {
+                                failed.push(peer);
+                                continue;
+                            }
+                        },
+                        None => Siblings::new(),
+                    };
+                    answers.push((peer, state));
+                }
+                Ok(Some((peer, Err(_)))) => failed.push(peer),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if answers.len() < r {
+            let timed_out = others
+                .into_iter()
+                .filter(|p| !failed.contains(p) && !answers.iter().any(|(a, _)| a == p))
+                .collect();
+            return Err(Error::ReadQuorum {
+                answered: answers.len(),
+                needed: r,
+                failed,
+                timed_out,
+            });
+        }
+        let mut merged = Siblings::new();
+        for (_, state) in &answers {
+            merged.sync(state);
+        }
+        self.read_repair(key, &merged, &answers).await;
+        Ok(GetResult {
+            values: merged.values().flatten().cloned().collect(),
+            context: encode_context(&merged),
+        })
+    }
+
+    /// Sends the merged state to every replica that answered with less:
+    /// after the reply, or before it with `read_repair_blocking`.
+    pub(super) async fn read_repair(
+        &self,
+        key: &[u8],
+        merged: &Siblings,
+        answers: &[(NodeId, Siblings)],
+    ) {
+        let bytes = merged.to_bytes();
+        let mut pending = Vec::new();
+        for (node, state) in answers {
+            if state == merged {
+                continue;
+            }
+            Metrics::add(&self.metrics.read_repairs, 1);
+            if *node == self.replica.id() {
+                let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());
+                let _ = off_runtime(move || replica.merge(&key, &merged)).await;
+                continue;
+            }
+            let (transport, peer, key, bytes) =
+                (self.transport.clone(), *node, key.to_vec(), bytes.clone());
+            pending.push(tokio::spawn(async move {
+                let _ = transport.replicate(peer, key, bytes, None).await;
+            }));
+        }
+        if self.config.read_repair_blocking {
+            let deadline = Instant::now() + self.config.request_timeout;
+            for task in pending {
+                let _ = tokio::time::timeout_at(deadline, task).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Who coordinates a request: the key's first healthy replica; a request
+//! that arrives elsewhere is forwarded (or, retried, coordinated where it
+//! lands), and a client request is answered from whichever path ran.
+
+use super::*;
+
+/// The outcome of forwarding a request.
+enum Forwarded {
+    Reply(ClientReply),
+    /// The coordinator could not be reached and this node is a healthy
+    /// replica.
+    Unreachable,
+    /// The coordinator applied nothing (its storage refuses writes):
+    /// another replica may take the request. The coordinator's message.
+    NotApplied(String),
+}
+
+/// A failure reply for a request nobody applied.
+fn not_applied(message: String) -> ClientReply {
+    ClientReply::Failed {
+        invalid: false,
+        not_applied: true,
+        message,
+    }
+}
+
+impl<E, T, P> Coordinator<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// A write (`value: None`: a delete) that the client may send more
+    /// than once, to any node: every attempt carries the same `write` tag
+    /// (a later attempt with `retry` set), and the store keeps one version
+    /// of it. An attempt that reaches a replica already holding the write
+    /// stores nothing new and answers with the first attempt's dot; copies
+    /// stored by attempts at different coordinators become one version
+    /// wherever they meet. `None` is an ordinary write.
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn write_once(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
+    ) -> Result<PutResult> {
+        let started = Instant::now();
+        let result = self.routed_write(key, value, context, w, write).await;
+        self.write_histogram(value.is_some())
+            .observe(started.elapsed(), &result);
+        self.count_quorum(&result);
+        result
+    }
+
+    /// A write (`None`: a delete) coordinated here, or forwarded to the
+    /// key's coordinator.
+    pub(super) async fn routed_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
+    ) -> Result<PutResult> {
+        let op = || ClientOp::Put {
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            context: context.to_vec(),
+            w: w.map(|w| w as u32),
+            write,
+        };
+        // An attempt the client sent again may have been stored by the
+        // coordinator it tried first, which may be paused or cut off:
+        // this node takes it itself when it can (the copies are one write).
+        let here = write.is_some_and(|t| t.retry);
+        match self.dispatch(key, here, op).await? {
+            Dispatched::Here { after_forward } => {
+                // A forwarded attempt that went unanswered may have been
+                // stored there: this one is a retry of it.
+                let write = write.map(|t| kv_core::WriteTag {
+                    retry: t.retry || after_forward,
+                    ..t
+                });
+                self.local_write(key, value, context, w, write).await
+            }
+            Dispatched::There(node, reply) => written(node, reply),
+        }
+    }
+
+    /// Where a request for `key` is coordinated: here, or forwarded (`op`
+    /// makes the request, only when it is) with the coordinator's reply. A
+    /// coordinator that cannot be reached leaves it to this node when it is
+    /// a healthy replica; one that applied nothing (its storage refuses
+    /// writes) passes it to the next live replica, once. With `here`,
+    /// this node coordinates whenever it is a healthy replica.
+    pub(super) async fn dispatch(
+        &self,
+        key: &[u8],
+        here: bool,
+        op: impl FnOnce() -> ClientOp,
+    ) -> Result<Dispatched> {
+        let route = if here && self.healthy_replica(key)? {
+            None
+        } else {
+            self.route(key)?
+        };
+        let Some(coordinator) = route else {
+            return Ok(Dispatched::Here {
+                after_forward: false,
+            });
+        };
+        let op = op();
+        let message = match self.forward(coordinator, op.clone()).await {
+            Forwarded::Reply(reply) => return Ok(Dispatched::There(coordinator, reply)),
+            Forwarded::Unreachable => {
+                return Ok(Dispatched::Here {
+                    after_forward: true,
+                });
+            }
+            Forwarded::NotApplied(message) => message,
+        };
+        Ok(match self.next_coordinator(key, coordinator) {
+            None => Dispatched::There(coordinator, not_applied(message)),
+            Some(next) if next == self.replica.id() => Dispatched::Here {
+                after_forward: false,
+            },
+            Some(next) => match self.forward(next, op).await {
+                Forwarded::Reply(reply) => Dispatched::There(next, reply),
+                Forwarded::Unreachable => Dispatched::Here {
+                    after_forward: true,
+                },
+                Forwarded::NotApplied(message) => Dispatched::There(next, not_applied(message)),
+            },
+        })
+    }
+
+    /// How long a write waits for a replica before it also sends the state
+    /// to a fallback with a hint: `hedge_factor` times the recent replica
+    /// latency, at least `hedge_floor`, at most half the request timeout.
+    pub(super) fn hedge_delay(&self) -> std::time::Duration {
+        let floor = self.config.hedge_floor;
+        self.replica_latency.scaled(
+            self.config.hedge_factor,
+            floor,
+            self.config.request_timeout / 2,
+            floor,
+        )
+    }
+
+    /// The replica to try after `failed` refused a request without
+    /// applying it: the next one of `key`'s preference list that is alive
+    /// (this node when it is a healthy replica).
+    pub(super) fn next_coordinator(&self, key: &[u8], failed: NodeId) -> Option<NodeId> {
+        let me = self.replica.id();
+        let me_healthy = self.replica.health().is_ok();
+        self.ring
+            .preference_list(key, self.config.n)
+            .ok()?
+            .into_iter()
+            .find(|&r| {
+                r != failed
+                    && if r == me {
+                        me_healthy
+                    } else {
+                        self.membership.is_alive(r)
+                    }
+            })
+    }
+
+    /// A write coordinated by this node.
+    pub(super) async fn local_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
+    ) -> Result<PutResult> {
+        if let Some(value) = value
+            && value.len() > self.config.max_value_bytes
+        {
+            return Err(Error::InvalidInput(format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.config.max_value_bytes
+            )));
+        }
+        self.write(key, value.map(<[u8]>::to_vec), context, w, write)
+            .await
+    }
+
+    /// Where a request for `key` should be coordinated: `None` for here
+    /// (this node is the first healthy replica, or a replica and no other
+    /// is healthy), or the node to forward it to. When this node is no
+    /// replica and believes every replica down, the first replica is tried
+    /// anyway: liveness may be stale, and only a replica can coordinate.
+    /// A node whose storage refuses writes steps aside: it coordinates
+    /// nothing while another replica may.
+    pub(super) fn route(&self, key: &[u8]) -> Result<Option<NodeId>> {
+        self.check_key(key)?;
+        let replicas = self.ring.preference_list(key, self.config.n)?;
+        let me = self.replica.id();
+        let me_healthy = self.replica.health().is_ok();
+        let first = replicas.iter().copied().find(|&r| {
+            if r == me {
+                me_healthy
+            } else {
+                self.membership.is_alive(r)
+            }
+        });
+        Ok(match first {
+            Some(c) if c == me => None,
+            Some(c) => Some(c),
+            None if replicas.contains(&me) && me_healthy => None,
+            // Nobody is known healthy: try another replica (liveness may
+            // be stale), or coordinate here when there is no other.
+            None => replicas.iter().copied().find(|&r| r != me),
+        })
+    }
+
+    /// Whether this node is a replica of `key` and its storage takes
+    /// writes.
+    pub(super) fn healthy_replica(&self, key: &[u8]) -> Result<bool> {
+        self.check_key(key)?;
+        Ok(self
+            .ring
+            .preference_list(key, self.config.n)?
+            .contains(&self.replica.id())
+            && self.replica.health().is_ok())
+    }
+
+    /// Sends a request to its coordinator (one hop).
+    async fn forward(&self, coordinator: NodeId, op: ClientOp) -> Forwarded {
+        let me = self.replica.id();
+        let could_coordinate = {
+            let key = match &op {
+                ClientOp::Put { key, .. } | ClientOp::Get { key, .. } => key,
+            };
+            self.ring
+                .preference_list(key, self.config.n)
+                .is_ok_and(|r| r.contains(&me))
+                && self.replica.health().is_ok()
+        };
+        match tokio::time::timeout(
+            self.config.request_timeout,
+            self.transport.forward(coordinator, op),
+        )
+        .await
+        {
+            Ok(Ok(ClientReply::Failed {
+                not_applied: true,
+                message,
+                ..
+            })) => Forwarded::NotApplied(message),
+            Ok(Ok(reply)) => Forwarded::Reply(reply),
+            // The coordinator is unreachable: a replica coordinates itself.
+            _ if could_coordinate => Forwarded::Unreachable,
+            Ok(Err(e)) => Forwarded::Reply(ClientReply::Failed {
+                invalid: false,
+                not_applied: false,
+                message: e.to_string(),
+            }),
+            Err(_) => Forwarded::Reply(ClientReply::Failed {
+                invalid: false,
+                not_applied: false,
+                message: format!("{coordinator} did not answer in time"),
+            }),
+        }
+    }
+
+    /// Coordinates a request forwarded by another node: here, never
+    /// forwarded again (one hop, no loops).
+    pub async fn coordinate(&self, op: ClientOp) -> ClientReply {
+        // A forwarded request this node cannot coordinate (the sender's
+        // ring is older or newer) is a routing failure, not bad input: the
+        // client may retry elsewhere.
+        let failed = |e: Error| ClientReply::Failed {
+            invalid: matches!(e, Error::InvalidInput(_)),
+            // A storage error at the coordinator happens before anything
+            // is stored (the local write is one atomic engine batch).
+            not_applied: matches!(e, Error::Storage(_)),
+            message: e.to_string(),
+        };
+        // A node whose storage refuses writes takes none: the sender tries
+        // the next replica (it may not know yet, gossip takes a moment).
+        if let (ClientOp::Put { .. }, Err(e)) = (&op, self.replica.health()) {
+            return not_applied(format!("{} cannot take writes: {e}", self.replica.id()));
+        }
+        match op {
+            ClientOp::Put {
+                key,
+                value,
+                context,
+                w,
+                write,
+            } => {
+                let started = Instant::now();
+                let result = self
+                    .local_write(
+                        &key,
+                        value.as_deref(),
+                        &context,
+                        w.map(|w| w as usize),
+                        write,
+                    )
+                    .await;
+                self.write_histogram(value.is_some())
+                    .observe(started.elapsed(), &result);
+                result.map_or_else(failed, PutResult::into_reply)
+            }
+            ClientOp::Get { key, r } => {
+                let started = Instant::now();
+                let result = self.get_inner(&key, r.map(|r| r as usize)).await;
+                self.metrics.get.observe(started.elapsed(), &result);
+                result.map_or_else(failed, |g| ClientReply::Read {
+                    values: g.values,
+                    context: g.context,
+                })
+            }
+        }
+    }
+}
