@@ -22,7 +22,9 @@
 //! Not here: the storage engine (`kv-lsm`), replication logic
 //! (`kv-coordinator`), the gossip state machine (`kv-gossip`).
 //!
-//! Three nodes on 127.0.0.1, a client, a write and a read:
+//! Three nodes on 127.0.0.1, a client, a write and a read (`start_local`
+//! and the `history` checker come with the `test-util` feature, for tests
+//! and checkers, not for nodes):
 //!
 //! ```
 //! use kv_server::client::{Client, ClientConfig};
@@ -49,6 +51,7 @@
 pub mod client;
 pub mod cluster;
 mod config;
+#[cfg(feature = "test-util")]
 pub mod history;
 pub mod http;
 pub mod identity;
@@ -60,9 +63,10 @@ mod status;
 mod transport;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
+#[cfg(feature = "test-util")]
+pub use node::start_local;
 pub use node::{
-    NodeConfig, NodeError, RunningNode, serve_client_api, shutdown_signal, start, start_local,
-    start_on,
+    NodeConfig, NodeError, RunningNode, serve_client_api, shutdown_signal, start, start_on,
 };
 pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
 pub use status::to_status;

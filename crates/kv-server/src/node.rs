@@ -491,6 +491,7 @@ where
 ///
 /// # Errors
 /// A node that cannot bind or start.
+#[cfg(feature = "test-util")]
 pub async fn start_local(
     size: u64,
     dir: &std::path::Path,
