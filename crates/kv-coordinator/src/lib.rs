@@ -10,7 +10,8 @@
 //!
 //! - [`Replica`]: the local versioned store.
 //! - [`Coordinator`]: `put`, `get`, `delete` with per-request W and R.
-//! - [`sim`]: an in-process network that can drop, delay and partition.
+//! - `sim` (feature `test-util`): an in-process network that can drop,
+//!   delay and partition, for tests, benches and in-process examples.
 //!
 //! Built so far: quorum writes and reads, siblings, read repair, sloppy
 //! quorum with durable hinted handoff, Merkle anti-entropy (one tree per
@@ -66,6 +67,7 @@ mod hints;
 mod latency;
 mod metrics;
 mod replica;
+#[cfg(feature = "test-util")]
 pub mod sim;
 mod trees;
 
