@@ -17,7 +17,7 @@ use crate::proto::{
     FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
     InstallReply, KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadBatchReply,
     ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest, ReplicateBatchRequest,
-    ReplicateRequest, RingQuery, RingState, StatusReply, TransferRequest,
+    RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -347,22 +347,6 @@ impl InternalService {
 
 #[tonic::async_trait]
 impl Internal for InternalService {
-    async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<Ack>, Status> {
-        let r = request.into_inner();
-        let replica = self.coordinator.replica().clone();
-        blocking(move || replica.receive(&r.key, &r.state, r.hint_for.map(NodeId))).await?;
-        Ok(Response::new(Ack {}))
-    }
-
-    async fn replicate_batch(
-        &self,
-        request: Request<ReplicateBatchRequest>,
-    ) -> Result<Response<BatchReply>, Status> {
-        let reply =
-            apply_replicas(self.coordinator.replica().clone(), request.into_inner()).await?;
-        Ok(Response::new(reply))
-    }
-
     type ReplicateStreamStream = ReplyStream<BatchReply>;
 
     async fn replicate_stream(
@@ -433,14 +417,6 @@ impl Internal for InternalService {
                 ..ForwardReply::default()
             },
         };
-        Ok(Response::new(reply))
-    }
-
-    async fn read_batch(
-        &self,
-        request: Request<ReadBatchRequest>,
-    ) -> Result<Response<ReadBatchReply>, Status> {
-        let reply = read_states(self.coordinator.replica().clone(), request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 

@@ -19,7 +19,7 @@ use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::kv_client::KvClient;
 use kv_server::proto::{
     DeleteRequest, FetchRequest, GetReply, GetRequest, GossipRequest, MerkleRequest, PutRequest,
-    ReplicateRequest, RingState,
+    ReplicateBatchRequest, ReplicateRequest, RingState,
 };
 use kv_server::{NodeConfig, RunningNode};
 use tokio::net::TcpListener;
@@ -181,14 +181,27 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let mut peer = InternalClient::connect(format!("http://{}", nodes[0].addr))
         .await
         .unwrap();
-    let refused = [
-        peer.replicate(ReplicateRequest {
-            key: b"k".to_vec(),
+    // A garbage state in a replica-write batch: that item fails, with a
+    // reason.
+    let batch = ReplicateBatchRequest {
+        items: vec![ReplicateRequest {
+            key: b"garbage".to_vec(),
             state: vec![0xde, 0xad],
             hint_for: None,
-        })
+        }],
+    };
+    let reply = peer
+        .replicate_stream(futures_util::stream::iter([batch]))
         .await
-        .map(|_| ()),
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .expect("one reply per request");
+    assert_eq!(reply.errors.len(), 1);
+    assert!(!reply.errors[0].is_empty(), "a garbage state is refused");
+    let refused = [
         peer.merkle_exchange(MerkleRequest {
             from: 99,
             request: vec![1, 2, 3],

@@ -618,7 +618,14 @@ async fn a_strangers_oversized_or_forged_requests_are_refused_and_the_node_serve
     let huge = ReadBatchRequest {
         keys: vec![b"k".to_vec(); 100_000],
     };
-    let refused = internal.read_batch(huge).await.unwrap_err();
+    let refused = first_reply_error(
+        internal
+            .read_stream(futures_util::stream::iter([huge]))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("limit"), "{}", refused.message());
     // A replica-write batch of 2,000 items.
@@ -629,10 +636,16 @@ async fn a_strangers_oversized_or_forged_requests_are_refused_and_the_node_serve
             hint_for: None,
         })
         .collect();
-    let refused = internal
-        .replicate_batch(ReplicateBatchRequest { items })
-        .await
-        .unwrap_err();
+    let refused = first_reply_error(
+        internal
+            .replicate_stream(futures_util::stream::iter([ReplicateBatchRequest {
+                items,
+            }]))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     // Gossip claiming node 1 at incarnation u64::MAX (node 1 could never
     // refute it): refused as it decodes.
@@ -675,4 +688,13 @@ async fn a_strangers_oversized_or_forged_requests_are_refused_and_the_node_serve
     // Its files are its own.
     #[cfg(unix)]
     assert_private(&dir.path().join("n1"));
+}
+
+/// The error a stream's first reply carries (a refused request is answered
+/// on the stream, which stays open for the next one).
+async fn first_reply_error<T: std::fmt::Debug>(mut replies: tonic::Streaming<T>) -> tonic::Status {
+    match replies.message().await {
+        Err(status) => status,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
 }

@@ -347,12 +347,15 @@ async fn a_secured_cluster_refuses_strangers_forgers_and_roles_beyond_their_righ
     assert_eq!(get_code(&cert_reader, p).await, Ok(Code::Ok));
     assert_eq!(put_code(&cert_reader, p).await, Ok(Code::PermissionDenied));
     // 15. A node's oversized read batch: InvalidArgument before any read.
-    let refused = InternalClient::new(channel(&creds.node(1), p).await.unwrap())
-        .read_batch(ReadBatchRequest {
-            keys: vec![b"k".to_vec(); 100_000],
-        })
+    let huge = ReadBatchRequest {
+        keys: vec![b"k".to_vec(); 100_000],
+    };
+    let mut replies = InternalClient::new(channel(&creds.node(1), p).await.unwrap())
+        .read_stream(futures_util::stream::iter([huge]))
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
+    let refused = replies.message().await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     // The node serves on, its view of the cluster untouched.
     let status = AdminClient::new(channel(&admin, p).await.unwrap())
