@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_core::Partitioner as _;
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
-use kv_server::proto::admin_client::AdminClient;
+use kv_server::endpoint::{ConnectSettings, admin_client, internal_client};
 use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::{Empty, ReadRequest};
 use kv_server::security::AuthChannel;
@@ -623,6 +623,12 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     })
 }
 
+/// The checker's connections: each replica read is short, and a node that
+/// does not answer within 2 s is asked again on the next round.
+fn checker_connection() -> ConnectSettings {
+    ConnectSettings::client(Duration::from_secs(1), Duration::from_secs(2))
+}
+
 /// Waits until every written key's replicas hold the same state, then
 /// records those states.
 async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), String> {
@@ -630,11 +636,11 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
     let credentials = &shared.config.credentials;
     let bearer = credentials.bearer()?;
     let channel = credentials
-        .endpoint(first)?
+        .endpoint(first, &checker_connection())?
         .connect()
         .await
         .map_err(|e| format!("{first}: {e}"))?;
-    let mut admin = AdminClient::new(InterceptedService::new(channel, bearer.clone()));
+    let mut admin = admin_client(InterceptedService::new(channel, bearer.clone()));
     let status = admin
         .status(Empty {})
         .await
@@ -644,13 +650,10 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     let mut peers: HashMap<u64, InternalClient<AuthChannel>> = HashMap::new();
     for m in &status.members {
-        let endpoint = credentials
-            .endpoint(&m.addr)?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2));
+        let endpoint = credentials.endpoint(&m.addr, &checker_connection())?;
         peers.insert(
             m.id,
-            InternalClient::new(InterceptedService::new(
+            internal_client(InterceptedService::new(
                 endpoint.connect_lazy(),
                 bearer.clone(),
             )),

@@ -33,9 +33,9 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::security::AuthChannel;
 
+use crate::endpoint::{ConnectSettings, kv_client};
 use crate::proto::kv_client::KvClient;
 use crate::proto::{DeleteRequest, GetRequest, PutRequest};
-use crate::transport::MAX_MESSAGE_BYTES;
 
 /// The causal context of a read or write: opaque bytes to send back with
 /// the next write of the key.
@@ -377,18 +377,13 @@ impl Client {
             let addr = addr.as_ref().to_string();
             let endpoint = config
                 .credentials
-                .endpoint(&addr)
-                .map_err(ClientError::InvalidArgument)?
-                .connect_timeout(config.connect_timeout)
-                .timeout(config.request_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(2))
-                .keep_alive_while_idle(true);
+                .endpoint(
+                    &addr,
+                    &ConnectSettings::client(config.connect_timeout, config.request_timeout),
+                )
+                .map_err(ClientError::InvalidArgument)?;
             let channel = InterceptedService::new(connect(endpoint), bearer.clone());
-            let kv = KvClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let kv = kv_client(channel.clone());
             nodes.push(Node { addr, kv, channel });
         }
         if nodes.is_empty() {
@@ -438,7 +433,7 @@ impl Client {
         tokio::spawn(async move {
             for i in 0..nodes.len() {
                 let node = &nodes[(start + i) % nodes.len()];
-                let mut admin = crate::proto::admin_client::AdminClient::new(node.channel.clone());
+                let mut admin = crate::endpoint::admin_client(node.channel.clone());
                 let Ok(status) = admin.status(crate::proto::Empty {}).await else {
                     continue;
                 };

@@ -51,6 +51,7 @@
 pub mod client;
 pub mod cluster;
 mod config;
+pub mod endpoint;
 #[cfg(feature = "test-util")]
 pub mod history;
 pub mod http;

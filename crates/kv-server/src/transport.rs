@@ -9,6 +9,7 @@ use kv_core::{ClientOp, ClientReply, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::endpoint::{self, ConnectSettings};
 use crate::security::NodeTls;
 
 use crate::proto::internal_client::InternalClient;
@@ -19,9 +20,7 @@ use crate::proto::{
     ReadBatchRequest, ReapRequest, ReplicateBatchRequest, ReplicateRequest,
 };
 
-/// Largest message either side sends or accepts (64 MiB: a value of up to
-/// 16 MiB with its siblings).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use crate::endpoint::MAX_MESSAGE_BYTES;
 
 /// Makes a channel from an endpoint: how this process reaches others.
 /// The default connects over TCP ([`Endpoint::connect_lazy`]); a
@@ -337,25 +336,13 @@ fn internal_endpoint(
     tls: Option<(&NodeTls, &str)>,
 ) -> Option<InternalClient<Channel>> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .ok()?
-        .connect_timeout(timeout.min(Duration::from_secs(2)));
-    if let Some((tls, name)) = tls {
-        endpoint = endpoint.tls_config(tls.peer(name)).ok()?;
-    }
-    if deadline {
-        endpoint = endpoint.timeout(timeout);
-    }
-    let endpoint = endpoint
-        .http2_keep_alive_interval(Duration::from_millis(500))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    Some(
-        InternalClient::new(connect(endpoint))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    )
+    let endpoint = ConnectSettings::peer(timeout, deadline)
+        .endpoint(
+            format!("{scheme}://{addr}"),
+            tls.map(|(tls, name)| tls.peer(name)),
+        )
+        .ok()?;
+    Some(endpoint::internal_client(connect(endpoint)))
 }
 
 /// Clients kept by address at most (gossip names addresses); beyond it the

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
-use kv_server::proto::admin_client::AdminClient;
+use kv_server::endpoint::{ConnectSettings, admin_client};
 use kv_server::proto::{ChangeReply, Empty};
 use kv_server::security::certs::CertsDir;
 use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
@@ -266,16 +266,12 @@ async fn admin(
     credentials: &ClientCredentials,
     command: Command,
 ) -> Result<String, String> {
-    // Join and leave stream data: they may take minutes.
-    let endpoint = credentials
-        .endpoint(node)?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(600));
+    let endpoint = credentials.endpoint(node, &ConnectSettings::operator())?;
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot reach {node}: {e}"))?;
-    let mut client = AdminClient::new(InterceptedService::new(channel, credentials.bearer()?));
+    let mut client = admin_client(InterceptedService::new(channel, credentials.bearer()?));
     let mut out = String::new();
     match command {
         Command::Status => {

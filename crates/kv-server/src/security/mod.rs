@@ -303,19 +303,17 @@ impl ClientCredentials {
         Some(tls)
     }
 
-    /// An endpoint for the node at `addr` with TLS as configured.
+    /// An endpoint for the node at `addr` with TLS as configured and the
+    /// given timeouts and keepalives.
     ///
     /// # Errors
     /// The address or the TLS settings are refused.
-    pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url(addr))
-            .map_err(|e| format!("address {addr:?}: {e}"))?;
-        match self.tls() {
-            Some(tls) => endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("TLS for {addr}: {e}")),
-            None => Ok(endpoint),
-        }
+    pub fn endpoint(
+        &self,
+        addr: &str,
+        settings: &crate::endpoint::ConnectSettings,
+    ) -> Result<tonic::transport::Endpoint, String> {
+        settings.endpoint(self.url(addr), self.tls())
     }
 
     /// What adds the token to each request.

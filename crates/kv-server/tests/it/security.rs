@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use kv_core::NodeId;
+use kv_server::endpoint::ConnectSettings;
 use kv_server::proto::admin_client::AdminClient;
 use kv_server::proto::internal_client::InternalClient;
 use kv_server::proto::kv_client::KvClient;
@@ -76,10 +77,10 @@ impl Creds {
 }
 
 async fn channel(creds: &ClientCredentials, port: u16) -> Result<AuthChannel, String> {
-    let endpoint = creds
-        .endpoint(&format!("127.0.0.1:{port}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5));
+    let endpoint = creds.endpoint(
+        &format!("127.0.0.1:{port}"),
+        &ConnectSettings::client(Duration::from_secs(2), Duration::from_secs(5)),
+    )?;
     let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
     Ok(InterceptedService::new(channel, creds.bearer()?))
 }
