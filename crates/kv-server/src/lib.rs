@@ -62,6 +62,7 @@ pub mod security;
 mod service;
 mod status;
 mod transport;
+mod wire;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};
 #[cfg(feature = "test-util")]

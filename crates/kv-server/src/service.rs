@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
-use kv_core::{ClientOp, ClientReply, NodeId, Partitioner, StorageEngine, Transport};
+use kv_core::{NodeId, Partitioner, StorageEngine, Transport};
 use kv_lsm::LsmEngine;
 use tonic::{Request, Response, Status};
 
@@ -22,6 +22,7 @@ use crate::proto::{
 use crate::security::calling_node;
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
+use crate::wire;
 
 /// The storage engine of a node (shared with its hint store's engine type).
 pub type Engine = Arc<LsmEngine>;
@@ -55,7 +56,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 fn quorum(n: u32) -> Option<usize> {
-    (n > 0).then_some(n as usize)
+    wire::quorum(n).map(|n| n as usize)
 }
 
 /// Admission control: at most `limit` client requests in flight on a
@@ -152,7 +153,7 @@ where
                 Some(&r.value),
                 &r.context,
                 quorum(r.w),
-                write_tag(r.write_id, r.retry),
+                wire::write_tag(r.write_id, r.retry),
             )
             .await
             .map_err(|e| to_status(&e))?;
@@ -169,17 +170,12 @@ where
                 None,
                 &r.context,
                 quorum(r.w),
-                write_tag(r.write_id, r.retry),
+                wire::write_tag(r.write_id, r.retry),
             )
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(put_reply(put)))
     }
-}
-
-/// A request's write tag: `None` for id 0 (the client gave none).
-pub(crate) fn write_tag(id: u64, retry: bool) -> Option<kv_core::WriteTag> {
-    (id != 0).then_some(kv_core::WriteTag { id, retry })
 }
 
 /// The replies of a long-lived internal stream.
@@ -379,44 +375,8 @@ impl Internal for InternalService {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
-        let r = request.into_inner();
-        let op = match r.put {
-            Some(put) => ClientOp::Put {
-                key: r.key,
-                value: put.value,
-                context: put.context,
-                w: (r.quorum > 0).then_some(r.quorum),
-                write: write_tag(put.write_id, put.retry),
-            },
-            None => ClientOp::Get {
-                key: r.key,
-                r: (r.quorum > 0).then_some(r.quorum),
-            },
-        };
-        let reply = match self.coordinator.coordinate(op).await {
-            ClientReply::Written { context, dot } => ForwardReply {
-                context,
-                dot_actor: dot.0.0,
-                dot_counter: dot.1,
-                ..ForwardReply::default()
-            },
-            ClientReply::Read { values, context } => ForwardReply {
-                values,
-                context,
-                read: true,
-                ..ForwardReply::default()
-            },
-            ClientReply::Failed {
-                invalid,
-                not_applied,
-                message,
-            } => ForwardReply {
-                error: Some(message),
-                invalid,
-                not_applied,
-                ..ForwardReply::default()
-            },
-        };
+        let op = wire::client_op(request.into_inner());
+        let reply = wire::forward_reply(self.coordinator.coordinate(op).await);
         Ok(Response::new(reply))
     }
 

@@ -16,8 +16,8 @@ use crate::proto::internal_client::InternalClient;
 use futures_util::future::BoxFuture;
 
 use crate::proto::{
-    BatchReply, BucketRequest, ForwardRequest, MerkleRequest, PutOp, ReadBatchReply,
-    ReadBatchRequest, ReapRequest, ReplicateBatchRequest, ReplicateRequest,
+    BatchReply, BucketRequest, MerkleRequest, ReadBatchReply, ReadBatchRequest, ReapRequest,
+    ReplicateBatchRequest, ReplicateRequest,
 };
 
 pub use crate::endpoint::MAX_MESSAGE_BYTES;
@@ -496,50 +496,14 @@ impl Transport for GrpcTransport {
     }
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
-        let request = match op {
-            ClientOp::Put {
-                key,
-                value,
-                context,
-                w,
-                write,
-            } => ForwardRequest {
-                key,
-                put: Some(PutOp {
-                    value,
-                    context,
-                    write_id: write.map_or(0, |t| t.id),
-                    retry: write.is_some_and(|t| t.retry),
-                }),
-                quorum: w.unwrap_or(0),
-            },
-            ClientOp::Get { key, r } => ForwardRequest {
-                key,
-                put: None,
-                quorum: r.unwrap_or(0),
-            },
-        };
+        let request = crate::wire::forward_request(op);
         let reply = self
             .client(to)?
             .forward(request)
             .await
             .map_err(unreachable(to))?
             .into_inner();
-        Ok(match (reply.error, reply.read) {
-            (Some(message), _) => ClientReply::Failed {
-                invalid: reply.invalid,
-                not_applied: reply.not_applied,
-                message,
-            },
-            (None, true) => ClientReply::Read {
-                values: reply.values,
-                context: reply.context,
-            },
-            (None, false) => ClientReply::Written {
-                context: reply.context,
-                dot: (kv_core::ActorId(reply.dot_actor), reply.dot_counter),
-            },
-        })
+        Ok(crate::wire::client_reply(reply))
     }
 
     async fn merkle_exchange(
