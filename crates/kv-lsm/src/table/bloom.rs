@@ -1,5 +1,9 @@
 //! Bloom filters over user keys, hashed with SipHash-1-3 under fixed keys
-//! (so the bits mean the same in every build).
+//! (so the bits mean the same in every build). Not the `bloomfilter`
+//! crate: it hashes through `std::hash::Hash`, whose bytes for a slice
+//! depend on the platform's `usize` and are not promised stable across
+//! compilers, so another build could misread a table's filter
+//! (docs/lsm-format.md, "Filter block").
 //!
 //! Layout: the bit array, then one byte with the number of probes `k`.
 //! Probe `i` tests bit `(h1 + i * h2) mod m` (double hashing, Kirsch and
