@@ -64,6 +64,68 @@ pub enum Error {
     /// A stored state failed to decode.
     #[error("stored state of a key is corrupt: {0}")]
     Corrupt(String),
+    /// A task of this node that did the work (the engine's thread, the
+    /// local write batcher) panicked or was cancelled.
+    #[error("a task of this node failed: {0}")]
+    Task(String),
+}
+
+/// What kind of failure an [`Error`] is: what a caller may do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong; the same request fails again anywhere.
+    Invalid,
+    /// Replicas or peers did not answer enough, or this node is not the
+    /// place for the request: the same request may succeed later or on
+    /// another node.
+    Unavailable,
+    /// As `Unavailable`, but only because replicas were slow: the write may
+    /// still land.
+    TimedOut,
+    /// This node's engine cannot serve (poisoned, closed, an I/O error):
+    /// another node may.
+    LocalStorage,
+    /// Stored data is damaged; retrying cannot help.
+    Corrupt,
+    /// A bug or a failed task of this node.
+    Internal,
+}
+
+impl Error {
+    /// The kind of this failure; status codes and retry decisions come
+    /// from it, never from the message.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput(_)
+            | Error::Forwarded { invalid: true, .. }
+            | Error::Storage(StorageError::InvalidInput(_)) => ErrorKind::Invalid,
+            Error::WriteQuorum {
+                failed, timed_out, ..
+            }
+            | Error::ReadQuorum {
+                failed, timed_out, ..
+            } if failed.is_empty() && !timed_out.is_empty() => ErrorKind::TimedOut,
+            Error::WriteQuorum { .. }
+            | Error::ReadQuorum { .. }
+            | Error::NotReplica(_)
+            | Error::Forwarded { .. }
+            | Error::Peer(_)
+            | Error::Placement(PartitionerError::EmptyRing) => ErrorKind::Unavailable,
+            Error::Placement(_) => ErrorKind::Internal,
+            Error::Storage(StorageError::Corruption(_)) | Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Storage(_) => ErrorKind::LocalStorage,
+            Error::Task(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether sending the same request again, here or to another node,
+    /// may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::LocalStorage
+        )
+    }
 }
 
 /// `Result` with this crate's [`Error`].

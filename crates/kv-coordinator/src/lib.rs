@@ -73,7 +73,7 @@ mod trees;
 
 pub use config::Config;
 pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairReport};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use hints::{Hint, HintLimits, HintStore};
 pub use latency::RecentLatency;
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};

@@ -580,12 +580,12 @@ impl<E: StorageEngine> Replica<E> {
         if !changes.is_empty()
             && let Err(e) = self.engine.write(batch)
         {
-            let message = e.to_string();
+            // Every item the batch carried fails with the engine's own
+            // error, its kind kept (a poisoned engine is not a passing
+            // I/O error).
             return results
                 .into_iter()
-                .map(|r| {
-                    r.and_then(|_| Err(Error::Storage(kv_core::StorageError::Io(message.clone()))))
-                })
+                .map(|r| r.and_then(|_| Err(Error::Storage(e.clone()))))
                 .collect();
         }
         if !changes.is_empty() {

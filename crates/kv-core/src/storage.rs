@@ -86,7 +86,7 @@ impl WriteBatch {
 }
 
 /// Why a storage operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The request itself is invalid (for example a key over the size

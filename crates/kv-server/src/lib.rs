@@ -71,7 +71,7 @@ pub use node::{
     NodeConfig, NodeError, RunningNode, serve_client_api, shutdown_signal, start, start_on,
 };
 pub use service::{AdminService, Engine, InFlight, InternalService, KvService, NodeCoordinator};
-pub use status::to_status;
+pub use status::{cluster_status, to_status};
 pub use transport::{Connect, GrpcTransport, MAX_MESSAGE_BYTES, tcp_connect};
 
 /// Code generated from `proto/kv.proto`.

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use crate::cluster::{Cluster, ClusterSettings, GossipView, LiveRing};
+use crate::cluster::{Cluster, ClusterError, ClusterSettings, GossipView, LiveRing};
 use crate::proto::RingState;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::internal_server::InternalServer;
@@ -545,13 +545,8 @@ fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {
                     );
                     return;
                 }
-                Err(e)
-                    if e.code() == tonic::Code::FailedPrecondition
-                        && e.message().contains("already owns") =>
-                {
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e.message(), "join failed; retrying"),
+                Err(ClusterError::AlreadyMember { .. }) => return,
+                Err(e) => tracing::warn!(error = %e, "join failed; retrying"),
             }
         }
     })

@@ -49,10 +49,22 @@ pub(crate) async fn engine_read<T: Send + 'static>(
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
+    off_runtime(f).await.map_err(|e| to_status(&e))
+}
+
+/// Runs a blocking engine call off the async runtime; a task that
+/// panicked or was cancelled is [`kv_coordinator::Error::Task`].
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
+) -> kv_coordinator::Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
-        .map_err(|e| to_status(&e))
+        .map_err(|e| engine_task_failed(&e))?
+}
+
+/// A blocking engine task that panicked or was cancelled.
+fn engine_task_failed(e: &tokio::task::JoinError) -> kv_coordinator::Error {
+    kv_coordinator::Error::Task(format!("the engine task: {e}"))
 }
 
 fn quorum(n: u32) -> Option<usize> {
@@ -220,7 +232,7 @@ async fn apply_replicas(
         .collect();
     let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
         .await
-        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?;
+        .map_err(|e| to_status(&engine_task_failed(&e)))?;
     Ok(BatchReply {
         errors: results
             .into_iter()

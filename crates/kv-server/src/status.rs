@@ -1,36 +1,51 @@
 //! Coordinator errors as gRPC statuses, in one place.
 
-use kv_coordinator::Error;
+use kv_coordinator::{Error, ErrorKind};
+
+use crate::cluster::ClusterError;
 use tonic::{Code, Status};
 
-/// The status a client sees for a coordinator error:
-/// `InvalidArgument` for bad input, `Unavailable` for missed quorums (with
-/// how many acknowledged), `DeadlineExceeded` when replicas did not answer
-/// in time, `Internal` for local failures. (Overload, `ResourceExhausted`,
-/// is decided before a request reaches the coordinator:
-/// [`InFlight`](crate::InFlight).)
+/// The status a client sees for a coordinator error, from its
+/// [`ErrorKind`]: `InvalidArgument` for bad input, `Unavailable` for missed
+/// quorums (with how many acknowledged) and for a node whose engine cannot
+/// serve (the client tries another), `DeadlineExceeded` when replicas did
+/// not answer in time, `DataLoss` for damaged stored data, `Internal` for
+/// bugs. (Overload, `ResourceExhausted`, is decided before a request
+/// reaches the coordinator: [`InFlight`](crate::InFlight).)
 pub fn to_status(err: &Error) -> Status {
+    let code = match err.kind() {
+        ErrorKind::Invalid => Code::InvalidArgument,
+        ErrorKind::Unavailable | ErrorKind::LocalStorage => Code::Unavailable,
+        ErrorKind::TimedOut => Code::DeadlineExceeded,
+        ErrorKind::Corrupt => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+/// The status an operator, a peer or a joining node sees for a cluster
+/// error: the kinds of [`ClusterError`] as codes, a peer's own status
+/// passed on, a replica's error as [`to_status`] maps it.
+pub fn cluster_status(err: &ClusterError) -> Status {
     let code = match err {
-        Error::InvalidInput(_) => Code::InvalidArgument,
-        Error::NotReplica(_) => Code::Unavailable,
-        Error::Forwarded { invalid: true, .. } => Code::InvalidArgument,
-        Error::WriteQuorum {
-            failed, timed_out, ..
+        ClusterError::Invalid(_) => Code::InvalidArgument,
+        ClusterError::Impersonation(_) => Code::PermissionDenied,
+        ClusterError::AlreadyMember { .. } | ClusterError::Precondition(_) => {
+            Code::FailedPrecondition
         }
-        | Error::ReadQuorum {
-            failed, timed_out, ..
-        } if failed.is_empty() && !timed_out.is_empty() => Code::DeadlineExceeded,
-        Error::WriteQuorum { .. }
-        | Error::ReadQuorum { .. }
-        | Error::Forwarded { .. }
-        | Error::Peer(_) => Code::Unavailable,
-        Error::Storage(kv_core::StorageError::InvalidInput(_)) => Code::InvalidArgument,
-        Error::Storage(kv_core::StorageError::Poisoned(_) | kv_core::StorageError::Io(_)) => {
-            Code::Unavailable
-        }
+        ClusterError::Conflict(_) => Code::Aborted,
+        ClusterError::Unavailable(_) => Code::Unavailable,
+        ClusterError::Peer(status) => status.code(),
+        ClusterError::Replica(e) => return to_status(e),
         _ => Code::Internal,
     };
     Status::new(code, err.to_string())
+}
+
+impl From<ClusterError> for Status {
+    fn from(err: ClusterError) -> Self {
+        cluster_status(&err)
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +81,53 @@ mod tests {
             Code::Unavailable,
             "a request that reached a non-replica may be retried elsewhere"
         );
+        let poisoned = Error::Storage(kv_core::StorageError::Poisoned("disk full".into()));
+        assert_eq!(to_status(&poisoned).code(), Code::Unavailable);
+        let damaged = Error::Corrupt("bad varint".into());
+        assert_eq!(to_status(&damaged).code(), Code::DataLoss);
+        let panicked = Error::Task("the engine task: panicked".into());
+        assert_eq!(to_status(&panicked).code(), Code::Internal);
+        let bad = Error::Storage(kv_core::StorageError::InvalidInput("key too long".into()));
+        assert_eq!(to_status(&bad).code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn cluster_codes() {
+        let cases = [
+            (
+                ClusterError::Invalid("no range".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                ClusterError::Impersonation("gossip from 3 over 2's certificate".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                ClusterError::AlreadyMember {
+                    node: NodeId(2),
+                    epoch: 4,
+                },
+                Code::FailedPrecondition,
+            ),
+            (ClusterError::Conflict("a newer ring".into()), Code::Aborted),
+            (
+                ClusterError::Unavailable("no replica".into()),
+                Code::Unavailable,
+            ),
+            (
+                ClusterError::Peer(Status::resource_exhausted("busy")),
+                Code::ResourceExhausted,
+            ),
+            (
+                ClusterError::Replica(Error::InvalidInput("bad state".into())),
+                Code::InvalidArgument,
+            ),
+            (ClusterError::internal("ring file"), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(!status.message().is_empty());
+        }
     }
 }

@@ -26,8 +26,12 @@ where
             loop {
                 tokio::time::sleep(tick).await;
                 let Some(this) = weak.upgrade() else { return };
-                let _ = this.deliver_hints(10_000).await;
-                let _ = this.collect_tombstones(wall_clock_secs()).await;
+                if let Err(e) = this.deliver_hints(10_000).await {
+                    warn_failed("hint delivery", None, &e);
+                }
+                if let Err(e) = this.collect_tombstones(wall_clock_secs()).await {
+                    warn_failed("tombstone collection", None, &e);
+                }
                 if Instant::now() >= next_ae {
                     next_ae = Instant::now() + ae_every;
                     let me = this.replica.id();
@@ -40,12 +44,35 @@ where
                     if !peers.is_empty() {
                         let peer = peers[turn % peers.len()];
                         turn = turn.wrapping_add(1);
-                        let _ = this
+                        if let Err(e) = this
                             .anti_entropy_with(peer, this.config.anti_entropy_fanout)
-                            .await;
+                            .await
+                        {
+                            warn_failed("anti-entropy", Some(peer), &e);
+                        }
                     }
                 }
             }
         })
+    }
+}
+
+/// Background work has no caller to hand its error to: it goes to the log,
+/// with its kind, and the work is tried again on the next tick.
+fn warn_failed(work: &str, peer: Option<NodeId>, error: &Error) {
+    match peer {
+        Some(peer) => tracing::warn!(
+            work,
+            peer = peer.0,
+            kind = ?error.kind(),
+            %error,
+            "maintenance failed; tried again on a later tick"
+        ),
+        None => tracing::warn!(
+            work,
+            kind = ?error.kind(),
+            %error,
+            "maintenance failed; tried again on the next tick"
+        ),
     }
 }

@@ -68,7 +68,7 @@ async fn off_runtime<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Peer(format!("engine task failed: {e}")))?
+        .map_err(|e| Error::Task(format!("the engine task: {e}")))?
 }
 
 /// Runs a read of the storage engine: inline when the engine says its

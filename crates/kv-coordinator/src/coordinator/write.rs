@@ -84,7 +84,7 @@ where
             .local_writes()
             .call(update)
             .await
-            .map_err(|_| Error::Peer("engine task failed".into()))??;
+            .map_err(|e| Error::Task(format!("the local write batch: {e}")))??;
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.

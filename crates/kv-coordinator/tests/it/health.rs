@@ -89,3 +89,53 @@ async fn a_replica_that_does_not_answer_is_replaced_by_a_hinted_fallback_within_
     let state = c.node(paused).replica().state(key).unwrap();
     assert_eq!(state.values().flatten().count(), 1);
 }
+
+#[test]
+fn a_replica_batch_into_a_poisoned_engine_fails_as_poisoned_not_as_a_passing_io_error() {
+    use std::sync::Arc;
+
+    use kv_coordinator::{Error, ErrorKind, Replica, ReplicaSettings};
+    use kv_core::StorageError;
+    use kv_testkit::MemEngine;
+
+    let data = Arc::new(MemEngine::new());
+    let ring = Arc::new(
+        kv_ring::ConsistentHashRing::builder()
+            .nodes([NodeId(1)])
+            .build()
+            .unwrap(),
+    );
+    let replica = Replica::new(
+        NodeId(1),
+        data.clone(),
+        Arc::new(MemEngine::new()),
+        &ReplicaSettings::default(),
+        ring,
+    )
+    .unwrap();
+    let (state, _) = replica
+        .coordinate(
+            b"a",
+            Some(b"1".to_vec()),
+            &kv_clock::VectorClock::default(),
+            10,
+            &kv_clock::PrunePolicy::default(),
+        )
+        .unwrap();
+    data.refuse_writes(Some("no space left on device".into()));
+    let items = vec![
+        (b"a".to_vec(), state.to_bytes(), None),
+        (b"b".to_vec(), state.to_bytes(), None),
+    ];
+    let results = replica.receive_many(&items);
+    assert_eq!(results.len(), 2);
+    for result in results {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::Storage(StorageError::Poisoned(ref m)) if m.contains("no space")),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::LocalStorage);
+        assert!(err.is_retryable(), "another node may take the write");
+    }
+}

@@ -15,13 +15,13 @@ impl Cluster {
         self: &Arc<Self>,
         bytes: &[u8],
         sender: Option<NodeId>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ClusterError> {
         let message = kv_gossip::Message::decode(bytes)
-            .map_err(|e| Status::invalid_argument(format!("gossip message: {e}")))?;
+            .map_err(|e| ClusterError::Invalid(format!("gossip message: {e}")))?;
         if let Some(sender) = sender
             && message.from != sender
         {
-            return Err(Status::permission_denied(format!(
+            return Err(ClusterError::Impersonation(format!(
                 "gossip from {} over {sender}'s certificate",
                 message.from
             )));

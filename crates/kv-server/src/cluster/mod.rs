@@ -37,16 +37,16 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::proto::{
     ChangeReply, FetchRequest, GossipRequest, HintCount, HintsReply, InstallReply, KeyState,
     MemberStatus, Range, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::ring_state::{self, ring_of, state_of};
-use crate::service::{NodeCoordinator, blocking};
+use crate::service::{NodeCoordinator, off_runtime};
 use crate::transport::GrpcTransport;
 
+mod error;
 mod membership;
 mod operator;
 mod rebalance;
@@ -206,8 +206,10 @@ pub struct Cluster {
     left: watch::Sender<bool>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+pub use error::ClusterError;
+
+fn internal(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::internal(e)
 }
 
 impl Cluster {

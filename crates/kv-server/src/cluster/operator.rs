@@ -14,7 +14,7 @@ impl Cluster {
     /// # Errors
     ///
     /// `Internal` if the ring state does not give a ring.
-    pub fn status(&self) -> Result<StatusReply, Status> {
+    pub fn status(&self) -> Result<StatusReply, ClusterError> {
         let (state, ring) = self.current_ring()?;
         let n = self.settings.n;
         let owned = if ring.is_empty() {
@@ -77,9 +77,9 @@ impl Cluster {
     /// # Errors
     ///
     /// Storage errors from the hint store, as `Internal`.
-    pub async fn hints(&self) -> Result<HintsReply, Status> {
+    pub async fn hints(&self) -> Result<HintsReply, ClusterError> {
         let replica = self.coordinator.replica().clone();
-        let counts = blocking(move || replica.hints().counts()).await?;
+        let counts = off_runtime(move || replica.hints().counts()).await?;
         let hints = self.coordinator.replica().hints();
         Ok(HintsReply {
             owners: counts

@@ -30,7 +30,7 @@ impl Cluster {
     /// `FailedPrecondition` if this node already owns ranges; `Aborted` if
     /// another ring change won meanwhile; `Unavailable` if a range could not be
     /// fetched from its replicas.
-    pub async fn join(self: &Arc<Self>) -> Result<ChangeReply, Status> {
+    pub async fn join(self: &Arc<Self>) -> Result<ChangeReply, ClusterError> {
         let _one = self.changing.lock().await;
         // No hand-off pass while the ranges arrive: until the new ring is
         // installed this node owns nothing, and a pass would hand the
@@ -40,14 +40,14 @@ impl Cluster {
         let (before_state, before) = self.current_ring()?;
         let me = self.settings.id;
         if before.node_spec(me).is_some() {
-            return Err(Status::failed_precondition(format!(
-                "node {me} already owns ranges (ring epoch {})",
-                before_state.epoch
-            )));
+            return Err(ClusterError::AlreadyMember {
+                node: me,
+                epoch: before_state.epoch,
+            });
         }
         if before_state.members.is_empty() {
-            return Err(Status::unavailable(
-                "no ring known yet: the seeds have not answered",
+            return Err(ClusterError::Unavailable(
+                "no ring known yet: the seeds have not answered".into(),
             ));
         }
         let mut after = before.clone();
@@ -79,7 +79,7 @@ impl Cluster {
                 .iter()
                 .find(|mv| !mv.from.iter().any(|s| answered.contains(s)))
             {
-                return Err(Status::unavailable(format!(
+                return Err(ClusterError::Unavailable(format!(
                     "join: no replica of range {:?} answered; the ring is unchanged",
                     mv.range
                 )));
@@ -97,7 +97,7 @@ impl Cluster {
         state: RingState,
         streamed: u64,
         ranges: u32,
-    ) -> Result<ChangeReply, Status> {
+    ) -> Result<ChangeReply, ClusterError> {
         let targets: Vec<String> = {
             let mut t: BTreeSet<String> = self.peers().into_iter().collect();
             t.extend(state.members.iter().map(|m| m.addr.clone()));
@@ -105,13 +105,13 @@ impl Cluster {
             t.into_iter().collect()
         };
         if !self.install(state.clone()).await? {
-            return Err(Status::aborted(
-                "a newer ring arrived during the change; retry",
+            return Err(ClusterError::Conflict(
+                "a newer ring arrived during the change; retry".into(),
             ));
         }
         let conflicts = self.push_ring(&state, targets).await;
         if !conflicts.is_empty() {
-            return Err(Status::aborted(format!(
+            return Err(ClusterError::Conflict(format!(
                 "a concurrent ring change at {}; retry",
                 conflicts.join(", ")
             )));
@@ -124,7 +124,11 @@ impl Cluster {
     }
 
     /// Pulls every key of `ranges` from `source` into this replica.
-    pub(super) async fn pull(&self, source: NodeId, ranges: &[TokenRange]) -> Result<u64, Status> {
+    pub(super) async fn pull(
+        &self,
+        source: NodeId,
+        ranges: &[TokenRange],
+    ) -> Result<u64, ClusterError> {
         let mut client = self.transport.bulk_node(source)?;
         let ranges: Vec<Range> = ranges.iter().map(to_range).collect();
         let mut after = None;
@@ -140,7 +144,7 @@ impl Cluster {
                 .into_inner();
             keys += page.states.len() as u64;
             let replica = self.coordinator.replica().clone();
-            blocking(move || {
+            off_runtime(move || {
                 for s in page.states {
                     replica.merge_bytes(&s.key, &s.state)?;
                 }
@@ -163,14 +167,14 @@ impl Cluster {
     pub async fn fetch_page(
         &self,
         request: FetchRequest,
-    ) -> Result<(Vec<KeyState>, Option<Vec<u8>>), Status> {
+    ) -> Result<(Vec<KeyState>, Option<Vec<u8>>), ClusterError> {
         if request.ranges.is_empty() {
-            return Err(Status::invalid_argument("fetch: no range given"));
+            return Err(ClusterError::Invalid("fetch: no range given".into()));
         }
         let ranges: Vec<TokenRange> = request.ranges.iter().map(from_range).collect();
         let replica = self.coordinator.replica().clone();
         let limit = (request.limit as usize).clamp(1, 10_000);
-        let (page, next) = blocking(move || {
+        let (page, next) = off_runtime(move || {
             replica.range_page(&ranges, request.after.as_deref(), limit, PAGE_BYTES)
         })
         .await?;
@@ -188,15 +192,16 @@ impl Cluster {
     ///
     /// `InvalidArgument` for a state that does not decode; storage errors as
     /// `Internal`.
-    pub async fn accept_transfer(&self, request: TransferRequest) -> Result<(), Status> {
+    pub async fn accept_transfer(&self, request: TransferRequest) -> Result<(), ClusterError> {
         let replica = self.coordinator.replica().clone();
-        blocking(move || {
+        off_runtime(move || {
             for s in request.states {
                 replica.merge_bytes(&s.key, &s.state)?;
             }
             Ok(())
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Sends `states` to `target`.
@@ -204,7 +209,7 @@ impl Cluster {
         &self,
         target: NodeId,
         states: Vec<KeyState>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ClusterError> {
         let mut client = self.transport.bulk_node(target)?;
         client.transfer(TransferRequest { states }).await?;
         Ok(())
@@ -221,20 +226,20 @@ impl Cluster {
     /// `FailedPrecondition` for the last node or one that owns nothing;
     /// `Aborted` if another ring change won meanwhile; `Unavailable` if a range
     /// could not be handed to its new replicas.
-    pub async fn leave(self: &Arc<Self>) -> Result<ChangeReply, Status> {
+    pub async fn leave(self: &Arc<Self>) -> Result<ChangeReply, ClusterError> {
         let _one = self.changing.lock().await;
         self.refresh_ring().await;
         let (before_state, before) = self.current_ring()?;
         let me = self.settings.id;
         if before.node_spec(me).is_none() {
-            return Err(Status::failed_precondition(format!(
+            return Err(ClusterError::Precondition(format!(
                 "node {me} owns no ranges (ring epoch {})",
                 before_state.epoch
             )));
         }
         if before.node_count() < 2 {
-            return Err(Status::failed_precondition(
-                "the last node of the ring cannot leave: its data would have nowhere to go",
+            return Err(ClusterError::Precondition(
+                "the last node of the ring cannot leave: its data would have nowhere to go".into(),
             ));
         }
         let after = before.without_node(me).map_err(internal)?;
@@ -251,9 +256,9 @@ impl Cluster {
         let mut streamed = 0u64;
         for (target, ranges) in by_target {
             streamed += self.push_ranges(target, &ranges).await.map_err(|e| {
-                Status::unavailable(format!(
+                ClusterError::Unavailable(format!(
                     "leave: node {target} did not take its ranges ({}); the ring is unchanged",
-                    e.message()
+                    e
                 ))
             })?;
         }
@@ -271,7 +276,7 @@ impl Cluster {
             report = self.handoff_pass().await?;
         }
         if report.remaining > 0 {
-            return Err(Status::unavailable(format!(
+            return Err(ClusterError::Unavailable(format!(
                 "left the ring (epoch {}), but {} keys could not be handed off yet; \
                  the node keeps running and retrying",
                 reply.epoch, report.remaining
@@ -293,14 +298,14 @@ impl Cluster {
         &self,
         target: NodeId,
         ranges: &[TokenRange],
-    ) -> Result<u64, Status> {
+    ) -> Result<u64, ClusterError> {
         let mut after: Option<Vec<u8>> = None;
         let mut keys = 0u64;
         loop {
             let replica = self.coordinator.replica().clone();
             let ranges = ranges.to_vec();
             let from = after.take();
-            let (page, next) = blocking(move || {
+            let (page, next) = off_runtime(move || {
                 replica.range_page(&ranges, from.as_deref(), PAGE_KEYS as usize, PAGE_BYTES)
             })
             .await?;
@@ -325,7 +330,7 @@ impl Cluster {
     ///
     /// Storage errors as `Internal`; keys whose new replicas cannot be reached
     /// stay here for the next pass.
-    pub async fn handoff_pass(&self) -> Result<Handoff, Status> {
+    pub async fn handoff_pass(&self) -> Result<Handoff, ClusterError> {
         let _one = self.handoff_running.lock().await;
         self.handoff_pending.store(false, Ordering::Relaxed);
         let full = [TokenRange::full(Token(0))];
@@ -335,7 +340,7 @@ impl Cluster {
         loop {
             let replica = self.coordinator.replica().clone();
             let from = after.take();
-            let (page, next) = blocking(move || {
+            let (page, next) = off_runtime(move || {
                 let (page, next) =
                     replica.range_page(&full, from.as_deref(), PAGE_KEYS as usize, PAGE_BYTES)?;
                 Ok((
@@ -383,7 +388,7 @@ impl Cluster {
                 let replica = self.coordinator.replica().clone();
                 let kept = (page_len - done.len()) as u64;
                 let done_len = done.len() as u64;
-                let moved = blocking(move || {
+                let moved = off_runtime(move || {
                     let mut moved = 0u64;
                     for (key, state) in &done {
                         moved += u64::from(replica.reap(key, state)?);

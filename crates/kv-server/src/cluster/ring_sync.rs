@@ -41,12 +41,12 @@ impl Cluster {
     ///
     /// `InvalidArgument` for a state that is not a valid ring; `Internal` if it
     /// cannot be persisted.
-    pub async fn install(&self, state: RingState) -> Result<bool, Status> {
+    pub async fn install(&self, state: RingState) -> Result<bool, ClusterError> {
         let _one = self.installing.lock().await;
         if state.epoch <= self.epoch() {
             return Ok(false);
         }
-        let ring = ring_of(&state).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ring = ring_of(&state).map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let dir = self.settings.data_dir.clone();
         let persisted = state.clone();
         tokio::task::spawn_blocking(move || ring_state::store(&dir, &persisted))
@@ -66,7 +66,7 @@ impl Cluster {
         self.ring.set(ring);
         *self.state.lock() = state;
         let replica = self.coordinator.replica().clone();
-        blocking(move || replica.rebuild_trees()).await?;
+        off_runtime(move || replica.rebuild_trees()).await?;
         self.handoff_pending.store(true, Ordering::Relaxed);
         Ok(true)
     }
@@ -162,7 +162,7 @@ impl Cluster {
         }
     }
 
-    pub(super) fn current_ring(&self) -> Result<(RingState, ConsistentHashRing), Status> {
+    pub(super) fn current_ring(&self) -> Result<(RingState, ConsistentHashRing), ClusterError> {
         let state = self.ring_state();
         if state.members.is_empty() {
             return Ok((

@@ -169,10 +169,18 @@ async fn a_node_joins_with_its_ranges_and_another_leaves_without_loss() {
 async fn ring_changes_are_refused_when_they_make_no_sense() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(1, dir.path()).await;
-    let status = nodes[0].cluster().join().await.unwrap_err();
+    let refused = nodes[0].cluster().join().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            kv_server::cluster::ClusterError::AlreadyMember { .. }
+        ),
+        "{refused:?}"
+    );
+    let status = tonic::Status::from(refused);
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("already owns"), "{status}");
-    let status = nodes[0].cluster().leave().await.unwrap_err();
+    let status = tonic::Status::from(nodes[0].cluster().leave().await.unwrap_err());
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("last node"), "{status}");
     assert_eq!(nodes[0].cluster().epoch(), 1);
