@@ -130,13 +130,76 @@ pub struct ServerConfig {
     pub http_token: Option<bool>,
 }
 
-/// Why a configuration was refused (each message names the setting).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
+/// Why a configuration was refused; each message names the setting, and
+/// [`setting`](ConfigError::setting) gives it to programs.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML does not parse, or names a setting that does not exist.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A required setting is absent.
+    #[error("invalid configuration: {message}")]
+    Missing {
+        /// The setting.
+        setting: &'static str,
+        /// What to give.
+        message: String,
+    },
+    /// A setting's value is refused.
+    #[error("invalid configuration: {message}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The node's credentials cannot be loaded or do not fit it, or the
+    /// settings would serve the cluster to anyone.
+    #[error("invalid configuration: {message}")]
+    Security {
+        /// The setting.
+        setting: &'static str,
+        /// Why.
+        message: String,
+    },
+}
 
-fn bad(message: impl Into<String>) -> ConfigError {
-    ConfigError(message.into())
+impl ConfigError {
+    fn parse(message: impl Into<String>) -> Self {
+        ConfigError::Parse(message.into())
+    }
+
+    /// The setting refused, when one is to blame.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Parse(_) => None,
+            ConfigError::Missing { setting, .. }
+            | ConfigError::Invalid { setting, .. }
+            | ConfigError::Security { setting, .. } => Some(setting),
+        }
+    }
+}
+
+fn missing(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Missing {
+        setting,
+        message: message.into(),
+    }
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+fn security(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Security {
+        setting,
+        message: message.into(),
+    }
 }
 
 impl ServerConfig {
@@ -146,7 +209,7 @@ impl ServerConfig {
     ///
     /// [`ConfigError`] for TOML that does not parse or unknown settings.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| bad(e.to_string()))
+        toml::from_str(text).map_err(|e| ConfigError::parse(e.to_string()))
     }
 
     /// `self` with every field `over` sets replaced.
@@ -208,7 +271,7 @@ impl ServerConfig {
     pub fn http_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         self.http
             .as_deref()
-            .map(|a| a.parse().map_err(|e| bad(format!("http: {e}"))))
+            .map(|a| a.parse().map_err(|e| invalid("http", format!("http: {e}"))))
             .transpose()
     }
 
@@ -218,23 +281,26 @@ impl ServerConfig {
     ///
     /// [`ConfigError`] naming the first missing or invalid setting.
     pub fn validate(&self) -> Result<(NodeConfig, SocketAddr), ConfigError> {
-        let id = NodeId(self.node_id.ok_or_else(|| bad("node_id is required"))?);
+        let id = NodeId(
+            self.node_id
+                .ok_or_else(|| missing("node_id", "node_id is required"))?,
+        );
         if id.0 > kv_core::ActorId::MAX_NODE {
-            return Err(bad(format!(
-                "node_id must be at most {}",
-                kv_core::ActorId::MAX_NODE
-            )));
+            return Err(invalid(
+                "node_id",
+                format!("node_id must be at most {}", kv_core::ActorId::MAX_NODE),
+            ));
         }
         let listen: SocketAddr = self
             .listen
             .as_deref()
-            .ok_or_else(|| bad("listen is required (for example 127.0.0.1:7001)"))?
+            .ok_or_else(|| missing("listen", "listen is required (for example 127.0.0.1:7001)"))?
             .parse()
-            .map_err(|e| bad(format!("listen: {e}")))?;
+            .map_err(|e| invalid("listen", format!("listen: {e}")))?;
         let data_dir = self
             .data_dir
             .clone()
-            .ok_or_else(|| bad("data_dir is required"))?;
+            .ok_or_else(|| missing("data_dir", "data_dir is required"))?;
         let members = self
             .members
             .as_deref()
@@ -246,15 +312,16 @@ impl ServerConfig {
         ids.sort_unstable();
         ids.dedup();
         if ids.len() != members.len() {
-            return Err(bad("members lists a node id twice"));
+            return Err(invalid("members", "members lists a node id twice"));
         }
         let seeds = self.seeds.clone().unwrap_or_default();
         for seed in &seeds {
             seed.parse::<SocketAddr>()
-                .map_err(|e| bad(format!("seed {seed:?}: {e}")))?;
+                .map_err(|e| invalid("seeds", format!("seed {seed:?}: {e}")))?;
         }
         if members.is_empty() && seeds.is_empty() {
-            return Err(bad(
+            return Err(missing(
+                "members",
                 "give members (id@host:port, the initial ring) or seeds (host:port of running nodes)",
             ));
         }
@@ -263,41 +330,48 @@ impl ServerConfig {
             && *addr != listen
             && !listen.ip().is_unspecified()
         {
-            return Err(bad(format!(
-                "node {} is listed at {addr} in members but listens on {listen}",
-                id.0
-            )));
+            return Err(invalid(
+                "listen",
+                format!(
+                    "node {} is listed at {addr} in members but listens on {listen}",
+                    id.0
+                ),
+            ));
         }
         let advertise = match &self.advertise {
             Some(a) => Some(
                 a.parse::<SocketAddr>()
-                    .map_err(|e| bad(format!("advertise: {e}")))?
+                    .map_err(|e| invalid("advertise", format!("advertise: {e}")))?
                     .to_string(),
             ),
             None if listen.ip().is_unspecified() => {
-                return Err(bad(format!(
-                    "listen {listen} is not an address peers can reach: set advertise"
-                )));
+                return Err(missing(
+                    "advertise",
+                    format!("listen {listen} is not an address peers can reach: set advertise"),
+                ));
             }
             None => None,
         };
         let weight = self.weight.unwrap_or(1);
         if weight == 0 {
-            return Err(bad("weight must be at least 1"));
+            return Err(invalid("weight", "weight must be at least 1"));
         }
         let mut node = NodeConfig::new(id, data_dir);
         if let Some(ms) = self.gossip_interval_ms {
             if ms < 10 {
-                return Err(bad("gossip_interval_ms must be at least 10"));
+                return Err(invalid(
+                    "gossip_interval_ms",
+                    "gossip_interval_ms must be at least 10",
+                ));
             }
             node = node.with_gossip_interval(Duration::from_millis(ms));
         }
         node.gossip
             .validate()
-            .map_err(|e| bad(format!("gossip: {e}")))?;
+            .map_err(|e| invalid("gossip_interval_ms", format!("gossip: {e}")))?;
         if let Some(limit) = self.max_in_flight {
             if limit == 0 {
-                return Err(bad("max_in_flight must be at least 1"));
+                return Err(invalid("max_in_flight", "max_in_flight must be at least 1"));
             }
             node.max_in_flight = limit;
         }
@@ -353,7 +427,7 @@ impl ServerConfig {
         }
         if let Some(factor) = self.hedge_factor {
             if factor == 0 {
-                return Err(bad("hedge_factor must be at least 1"));
+                return Err(invalid("hedge_factor", "hedge_factor must be at least 1"));
             }
             coordinator.hedge_factor = factor;
         }
@@ -364,16 +438,21 @@ impl ServerConfig {
         // engine's value limit (1 GiB).
         let wire_room = crate::transport::MAX_MESSAGE_BYTES - coordinator.max_key_bytes - 4096;
         if coordinator.max_state_bytes > wire_room {
-            return Err(bad(format!(
-                "max_state_bytes ({}) must leave room for the key in one {}-byte message: at most {wire_room}",
-                coordinator.max_state_bytes,
-                crate::transport::MAX_MESSAGE_BYTES
-            )));
+            return Err(invalid(
+                "max_state_bytes",
+                format!(
+                    "max_state_bytes ({}) must leave room for the key in one {}-byte message: at most {wire_room}",
+                    coordinator.max_state_bytes,
+                    crate::transport::MAX_MESSAGE_BYTES
+                ),
+            ));
         }
-        coordinator.validate().map_err(|e| bad(e.to_string()))?;
+        coordinator
+            .validate()
+            .map_err(|e| invalid("coordinator", e.to_string()))?;
         let vnodes = self.vnodes.unwrap_or(150);
         if vnodes == 0 {
-            return Err(bad("vnodes must be at least 1"));
+            return Err(invalid("vnodes", "vnodes must be at least 1"));
         }
         let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
         let security = self.security(id, listen)?;
@@ -416,13 +495,19 @@ impl ServerConfig {
         let key = self.tls_key.clone().or(key);
         let tls = match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => {
-                let tls = NodeTls::load(&ca, &cert, &key).map_err(|e| bad(format!("TLS: {e}")))?;
+                let tls = NodeTls::load(&ca, &cert, &key)
+                    .map_err(|e| security("tls_cert", format!("TLS: {e}")))?;
                 crate::security::certs::check_node_cert(&tls.cert_pem, id)
-                    .map_err(|e| bad(format!("TLS ({}): {e}", cert.display())))?;
+                    .map_err(|e| security("tls_cert", format!("TLS ({}): {e}", cert.display())))?;
                 Some(tls)
             }
             (None, None, None) => None,
-            _ => return Err(bad("TLS needs tls_ca, tls_cert and tls_key (or certs_dir)")),
+            _ => {
+                return Err(security(
+                    "tls_ca",
+                    "TLS needs tls_ca, tls_cert and tls_key (or certs_dir)",
+                ));
+            }
         };
         let tokens_file = self.tokens_file.clone().or_else(|| {
             dir.as_ref()
@@ -431,30 +516,47 @@ impl ServerConfig {
         });
         let tokens = match tokens_file {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| bad(format!("tokens_file {}: {e}", path.display())))?;
-                TokenTable::from_toml(&text)
-                    .map_err(|e| bad(format!("tokens_file {}: {e}", path.display())))?
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    security(
+                        "tokens_file",
+                        format!("tokens_file {}: {e}", path.display()),
+                    )
+                })?;
+                TokenTable::from_toml(&text).map_err(|e| {
+                    security(
+                        "tokens_file",
+                        format!("tokens_file {}: {e}", path.display()),
+                    )
+                })?
             }
             None => TokenTable::default(),
         };
         let insecure = self.insecure.unwrap_or(false);
         if insecure && tls.is_some() {
-            return Err(bad("insecure and TLS both given: drop one"));
+            return Err(security(
+                "insecure",
+                "insecure and TLS both given: drop one",
+            ));
         }
         if tls.is_none() && !insecure && !listen.ip().is_loopback() {
-            return Err(bad(format!(
-                "refusing to serve on {listen} without TLS: give certs_dir (or tls_ca, tls_cert, tls_key; `kvctl certs` makes them), or insecure = true (--insecure) to let anyone who reaches the port read, write and change the cluster"
-            )));
+            return Err(security(
+                "insecure",
+                format!(
+                    "refusing to serve on {listen} without TLS: give certs_dir (or tls_ca, tls_cert, tls_key; `kvctl certs` makes them), or insecure = true (--insecure) to let anyone who reaches the port read, write and change the cluster"
+                ),
+            ));
         }
         if let Some(http) = self.http_addr()?
             && !http.ip().is_loopback()
             && !insecure
             && (!self.http_token.unwrap_or(false) || tokens.is_empty())
         {
-            return Err(bad(format!(
-                "refusing to serve /metrics and the status page on {http} to anyone: set http_token = true (with a tokens file), bind it to loopback, or give --insecure"
-            )));
+            return Err(security(
+                "http_token",
+                format!(
+                    "refusing to serve /metrics and the status page on {http} to anyone: set http_token = true (with a tokens file), bind it to loopback, or give --insecure"
+                ),
+            ));
         }
         Ok(Security {
             tls,
@@ -468,13 +570,16 @@ impl ServerConfig {
 fn parse_member(text: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
     let (id, addr) = text
         .split_once('@')
-        .ok_or_else(|| bad(format!("member {text:?} is not id@host:port")))?;
-    let id: u64 = id
-        .parse()
-        .map_err(|_| bad(format!("member {text:?}: {id:?} is not a node id")))?;
+        .ok_or_else(|| invalid("members", format!("member {text:?} is not id@host:port")))?;
+    let id: u64 = id.parse().map_err(|_| {
+        invalid(
+            "members",
+            format!("member {text:?}: {id:?} is not a node id"),
+        )
+    })?;
     let addr: SocketAddr = addr
         .parse()
-        .map_err(|e| bad(format!("member {text:?}: {e}")))?;
+        .map_err(|e| invalid("members", format!("member {text:?}: {e}")))?;
     Ok((NodeId(id), addr))
 }
 
@@ -490,9 +595,10 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
         "never" => Ok(Durability::Never),
         other => match other.strip_prefix("interval:").map(str::parse::<u64>) {
             Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval(Duration::from_millis(ms))),
-            _ => Err(bad(format!(
-                "durability {other:?}: use always, never or interval:<ms>"
-            ))),
+            _ => Err(invalid(
+                "durability",
+                format!("durability {other:?}: use always, never or interval:<ms>"),
+            )),
         },
     }
 }
@@ -539,6 +645,29 @@ durability = "interval:50"
         assert!(!node.coordinator.sloppy_quorum);
         assert_eq!(node.coordinator.max_siblings, 1000);
         assert!(good().validate().unwrap().0.coordinator.sloppy_quorum);
+    }
+
+    #[test]
+    fn errors_name_their_setting_and_kind() {
+        let mut c = good();
+        c.listen = None;
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { .. }), "{err:?}");
+        assert_eq!(err.setting(), Some("listen"));
+        let mut c = good();
+        c.weight = Some(0);
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+        assert_eq!(err.setting(), Some("weight"));
+        let mut c = good();
+        c.listen = Some("10.1.2.3:7002".into());
+        c.advertise = Some("10.1.2.3:7002".into());
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Security { .. }), "{err:?}");
+        assert_eq!(err.setting(), Some("insecure"));
+        let err = ServerConfig::from_toml("no_such_setting = 1").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+        assert_eq!(err.setting(), None);
     }
 
     #[test]
