@@ -9,13 +9,13 @@ use std::time::Duration;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use kv_coordinator::{Histogram, Metrics, OpMetrics};
+use kv_coordinator::{Histogram, Metrics, OpMetrics, Replica};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
-use crate::security::{Security, TokenTable};
-use crate::service::NodeCoordinator;
+use crate::security::{Posture, Security, TokenTable};
+use crate::service::{Engine, NodeCoordinator};
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
@@ -57,8 +57,19 @@ fn histogram(out: &mut String, op: &str, h: &Histogram) {
 
 /// The Prometheus text exposition of a node.
 pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> String {
-    let m = coordinator.metrics();
     let mut out = String::with_capacity(8 << 10);
+    let m = coordinator.metrics();
+    requests(&mut out, m);
+    security(&mut out, &cluster.posture());
+    replication(&mut out, m, coordinator.replica());
+    health(&mut out, coordinator.replica());
+    engine(&mut out, coordinator.replica().engine());
+    membership(&mut out, cluster);
+    out
+}
+
+/// Client requests: counts, errors, latency, by operation.
+fn requests(out: &mut String, m: &Metrics) {
     let ops: [(&str, &OpMetrics); 3] = [("get", &m.get), ("put", &m.put), ("delete", &m.delete)];
     out.push_str("# HELP kv_requests_total Client requests, by operation.\n# TYPE kv_requests_total counter\n");
     for (op, o) in ops {
@@ -78,161 +89,175 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
     }
     out.push_str("# HELP kv_request_duration_seconds Client request latency.\n# TYPE kv_request_duration_seconds histogram\n");
     for (op, o) in ops {
-        histogram(&mut out, op, &o.latency);
+        histogram(out, op, &o.latency);
     }
-    let posture = cluster.posture();
+}
+
+/// What protects the node: TLS, authentication, the certificate's expiry.
+fn security(out: &mut String, posture: &Posture) {
     gauge(
-        &mut out,
+        out,
         "kv_tls_enabled",
         "1 when connections are TLS and nodes prove themselves by certificate.",
         u64::from(posture.tls),
     );
     gauge(
-        &mut out,
+        out,
         "kv_auth_enabled",
         "1 when clients and operators must prove a role (token or client certificate).",
         u64::from(posture.authenticates),
     );
     gauge(
-        &mut out,
+        out,
         "kv_insecure",
         "1 when the node was started with --insecure: anyone who reaches it may do anything.",
         u64::from(posture.insecure),
     );
     if let Some(expires) = posture.cert_expires {
         gauge(
-            &mut out,
+            out,
             "kv_tls_certificate_expiry_timestamp_seconds",
             "When this node's certificate expires (Unix time); renew it before (kvctl certs node).",
             expires,
         );
     }
+}
+
+/// Quorums, repairs, siblings, hints and tombstone collection.
+fn replication(out: &mut String, m: &Metrics, replica: &Replica<Engine>) {
     counter(
-        &mut out,
+        out,
         "kv_quorum_failures_total",
         "Requests that missed their quorum.",
         Metrics::get(&m.quorum_failures),
     );
     counter(
-        &mut out,
+        out,
         "kv_read_repairs_total",
         "Replicas repaired after a read.",
         Metrics::get(&m.read_repairs),
     );
     counter(
-        &mut out,
+        out,
         "kv_anti_entropy_keys_repaired_total",
         "Keys changed by anti-entropy.",
         Metrics::get(&m.keys_repaired),
     );
     counter(
-        &mut out,
+        out,
         "kv_siblings_returned_total",
         "Siblings returned by reads.",
         Metrics::get(&m.siblings_returned),
     );
     counter(
-        &mut out,
+        out,
         "kv_reads_with_siblings_total",
         "Reads that returned more than one sibling.",
         Metrics::get(&m.reads_with_siblings),
     );
-    let replica = coordinator.replica();
     let hints = replica.hints();
     gauge(
-        &mut out,
+        out,
         "kv_hints_pending",
         "Hints held for other nodes.",
         hints.len() as u64,
     );
     counter(
-        &mut out,
+        out,
         "kv_hints_stored_total",
         "Hints stored since start.",
         hints.stored(),
     );
     counter(
-        &mut out,
+        out,
         "kv_hints_delivered_total",
         "Hints delivered since start.",
         Metrics::get(&m.hints_delivered),
     );
     gauge(
-        &mut out,
+        out,
         "kv_hints_bytes",
         "Bytes of hinted states pending.",
         hints.bytes(),
     );
     counter(
-        &mut out,
+        out,
         "kv_hints_expired_total",
         "Hints dropped unsent because they outlived the tombstone grace period.",
         hints.expired(),
     );
     gauge(
-        &mut out,
+        out,
         "kv_quarantined_states",
         "Stored states set aside because they did not decode.",
         hints.quarantined(),
     );
     counter(
-        &mut out,
+        out,
         "kv_tombstones_collected_total",
         "Tombstones collected by this node as their keys' coordinator.",
         Metrics::get(&m.tombstones_collected),
     );
     counter(
-        &mut out,
+        out,
         "kv_replica_writes_hedged_total",
         "Replica writes also sent to a hinted fallback because the replica had not answered within the hedge delay.",
         Metrics::get(&m.replica_writes_hedged),
     );
     counter(
-        &mut out,
+        out,
         "kv_reaps_unconfirmed_total",
         "Tombstone collections postponed because a replica did not confirm.",
         Metrics::get(&m.reaps_unconfirmed),
     );
+}
+
+/// Whether the node's storage accepts writes, and what it dropped.
+fn health(out: &mut String, replica: &Replica<Engine>) {
     let health = replica.health();
     gauge(
-        &mut out,
+        out,
         "kv_node_healthy",
         "1 while this node's storage accepts writes; 0 once it refuses them (the node then coordinates nothing and peers route around it).",
         u64::from(health.is_ok()),
     );
     gauge(
-        &mut out,
+        out,
         "kv_node_epoch",
         "This start's epoch (the actor of the dots this node issues is the node in it).",
         u64::from(replica.actor().epoch()),
     );
     gauge(
-        &mut out,
+        out,
         "kv_dots_issued",
         "The largest dot counter this node has issued in this epoch.",
         replica.issued(),
     );
     counter(
-        &mut out,
+        out,
         "kv_siblings_dropped_total",
         "Siblings dropped by the sibling cap.",
         replica.siblings_dropped(),
     );
     counter(
-        &mut out,
+        out,
         "kv_clock_entries_pruned_total",
         "Clock entries pruned.",
         replica.clock_entries_pruned(),
     );
-    let stats = replica.engine().stats();
+}
+
+/// The storage engine: memtables, tables and bytes per level, stalls, syncs.
+fn engine(out: &mut String, engine: &Engine) {
+    let stats = engine.stats();
     gauge(
-        &mut out,
+        out,
         "kv_lsm_memtable_bytes",
         "Bytes in memtables.",
         stats.memtable_bytes,
     );
     gauge(
-        &mut out,
+        out,
         "kv_lsm_immutable_memtables",
         "Memtables waiting for flush.",
         stats.immutable_memtables as u64,
@@ -248,35 +273,39 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
         let _ = writeln!(out, "kv_lsm_level_bytes{{level=\"{level}\"}} {n}");
     }
     counter(
-        &mut out,
+        out,
         "kv_lsm_flushes_total",
         "Memtables flushed.",
         stats.flushes,
     );
     counter(
-        &mut out,
+        out,
         "kv_lsm_compactions_total",
         "Compactions run.",
         stats.compactions,
     );
     counter(
-        &mut out,
+        out,
         "kv_lsm_compaction_bytes_written_total",
         "Bytes written by compactions.",
         stats.compaction_bytes_written,
     );
     counter(
-        &mut out,
+        out,
         "kv_lsm_write_stalls_total",
         "Writes that waited for flush or compaction.",
         stats.stalls,
     );
     counter(
-        &mut out,
+        out,
         "kv_lsm_log_syncs_total",
         "Commit-log fsyncs.",
         stats.log_syncs,
     );
+}
+
+/// Members by state, the ring, hand-off.
+fn membership(out: &mut String, cluster: &Cluster) {
     let status = cluster.status().ok();
     let members = status
         .as_ref()
@@ -290,24 +319,23 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
         let _ = writeln!(out, "kv_members{{state=\"{state}\"}} {count}");
     }
     gauge(
-        &mut out,
+        out,
         "kv_ring_epoch",
         "Epoch of the ring this node holds.",
         cluster.epoch(),
     );
     gauge(
-        &mut out,
+        out,
         "kv_ring_members",
         "Nodes that own ranges.",
         members.iter().filter(|m| m.in_ring).count() as u64,
     );
     counter(
-        &mut out,
+        out,
         "kv_handoff_keys_total",
         "Keys handed to their new replicas after a ring change.",
         cluster.handed_off(),
     );
-    out
 }
 
 fn escape(text: &str) -> String {

@@ -8,106 +8,21 @@ impl Inner {
         let fs = opts.fs.clone();
         kv_core::files::create_private_dir(&dir)
             .map_err(|e| Error::io("create directory", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = kv_core::files::private_file()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
-        }
+        let lock = lock_dir(&dir)?;
         let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
         let (mut state, old_manifest) = match manifest::recover(&dir, fs.as_ref())? {
             Some((state, number)) => (state, Some(number)),
             None => (ManifestState::empty(), None),
         };
 
-        // Open the live tables.
-        let mut version = Version::empty();
-        for (level, metas) in state.levels.iter().enumerate() {
-            for meta in metas {
-                let path = dir.join(table_name(meta.number));
-                let table = Table::open(&path, meta.number, cache.clone())?;
-                if table.meta().size != meta.size {
-                    return Err(Error::corrupt(
-                        &path,
-                        format!(
-                            "size {} differs from the manifest's {}",
-                            table.meta().size,
-                            meta.size
-                        ),
-                    ));
-                }
-                version.levels[level].push(TableHandle::new(table, fs.clone(), cache.clone()));
-            }
-        }
-        version.normalize();
+        let mut version = open_tables(&dir, &state, &fs, &cache)?;
 
         // Replay the logs the manifest still needs.
-        let mut logs = list_numbered(&dir, ".log")?;
-        logs.retain(|&n| n >= state.log_number);
-        let mut next_file = state.next_file.max(logs.last().map_or(0, |n| n + 1));
-        let mut mem = Memtable::new(0);
-        let mut last_seq = state.last_seq;
-        let mut added = Vec::new();
-        let mut discard_from = None;
-        for (i, &number) in logs.iter().enumerate() {
-            if discard_from.is_some() {
-                break;
-            }
-            let path = dir.join(segment_name(number));
-            let bytes = std::fs::read(&path).map_err(|e| Error::io("read commit log", &path, e))?;
-            let contents = scan_segment(&bytes, number);
-            let is_last = i + 1 == logs.len();
-            let cut = match &contents.end {
-                SegmentEnd::Clean => None,
-                SegmentEnd::Torn { offset, reason } if is_last => {
-                    let _ = (offset, reason);
-                    Some(contents.valid_len)
-                }
-                SegmentEnd::Torn { offset, reason } | SegmentEnd::Corrupt { offset, reason } => {
-                    if opts.recovery == RecoveryMode::Strict {
-                        return Err(Error::LogCorruption {
-                            segment: path,
-                            offset: *offset,
-                            reason: reason.clone(),
-                        });
-                    }
-                    discard_from = Some(i + 1);
-                    Some(contents.valid_len)
-                }
-            };
-            for record in &contents.records {
-                let ops =
-                    decode_batch(&bytes[record.clone()]).map_err(|e| Error::LogCorruption {
-                        segment: path.clone(),
-                        offset: record.start as u64,
-                        reason: format!("checksummed batch does not decode: {e}"),
-                    })?;
-                for op in ops {
-                    mem.insert(op.key, op.seq, op.value);
-                    last_seq = last_seq.max(op.seq);
-                }
-                if mem.approximate_bytes() >= opts.memtable_bytes {
-                    let meta = write_l0(&dir, &fs, &opts, &mem, next_file)?;
-                    next_file += 1;
-                    added.extend(meta);
-                    mem = Memtable::new(0);
-                }
-            }
-            if let Some(len) = cut {
-                fs.truncate(&path, len)
-                    .map_err(|e| Error::io("truncate commit log", &path, e))?;
-            }
-        }
-        if !mem.is_empty() {
-            added.extend(write_l0(&dir, &fs, &opts, &mem, next_file)?);
-            next_file += 1;
-        }
+        let Replayed {
+            added,
+            last_seq,
+            mut next_file,
+        } = replay_logs(&dir, &fs, &opts, &state)?;
 
         // The new segment, and a manifest that no longer needs the old ones.
         let log_number = next_file;
@@ -222,4 +137,133 @@ pub(super) fn remove_strays(
         }
     }
     let _ = fs.sync_dir(dir);
+}
+
+/// Takes the directory's `LOCK` file: one engine per directory.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let lock_path = dir.join("LOCK");
+    let lock = kv_core::files::private_file()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
+    }
+}
+
+/// Opens the tables the manifest lists, checking each one's size.
+fn open_tables(
+    dir: &Path,
+    state: &ManifestState,
+    fs: &Arc<dyn FileSystem>,
+    cache: &Arc<BlockCache>,
+) -> Result<Version> {
+    let mut version = Version::empty();
+    for (level, metas) in state.levels.iter().enumerate() {
+        for meta in metas {
+            let path = dir.join(table_name(meta.number));
+            let table = Table::open(&path, meta.number, cache.clone())?;
+            if table.meta().size != meta.size {
+                return Err(Error::corrupt(
+                    &path,
+                    format!(
+                        "size {} differs from the manifest's {}",
+                        table.meta().size,
+                        meta.size
+                    ),
+                ));
+            }
+            version.levels[level].push(TableHandle::new(table, fs.clone(), cache.clone()));
+        }
+    }
+    version.normalize();
+    Ok(version)
+}
+
+/// What replaying the commit log left: the level-0 tables it wrote, the
+/// last sequence number seen, the next free file number.
+struct Replayed {
+    added: Vec<crate::table::TableMeta>,
+    last_seq: u64,
+    next_file: u64,
+}
+
+/// Replays the commit-log segments the manifest still needs into level-0
+/// tables: a torn tail of the last segment is cut off; damage before it
+/// fails a strict open, or, when recovery may skip, ends the replay there
+/// (the later segments are dropped).
+fn replay_logs(
+    dir: &Path,
+    fs: &Arc<dyn FileSystem>,
+    opts: &Options,
+    state: &ManifestState,
+) -> Result<Replayed> {
+    let mut logs = list_numbered(dir, ".log")?;
+    logs.retain(|&n| n >= state.log_number);
+    let mut next_file = state.next_file.max(logs.last().map_or(0, |n| n + 1));
+    let mut mem = Memtable::new(0);
+    let mut last_seq = state.last_seq;
+    let mut added = Vec::new();
+    let mut discard_from = None;
+    for (i, &number) in logs.iter().enumerate() {
+        if discard_from.is_some() {
+            break;
+        }
+        let path = dir.join(segment_name(number));
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read commit log", &path, e))?;
+        let contents = scan_segment(&bytes, number);
+        let is_last = i + 1 == logs.len();
+        let cut = match &contents.end {
+            SegmentEnd::Clean => None,
+            SegmentEnd::Torn { offset, reason } if is_last => {
+                let _ = (offset, reason);
+                Some(contents.valid_len)
+            }
+            SegmentEnd::Torn { offset, reason } | SegmentEnd::Corrupt { offset, reason } => {
+                if opts.recovery == RecoveryMode::Strict {
+                    return Err(Error::LogCorruption {
+                        segment: path,
+                        offset: *offset,
+                        reason: reason.clone(),
+                    });
+                }
+                discard_from = Some(i + 1);
+                Some(contents.valid_len)
+            }
+        };
+        for record in &contents.records {
+            let ops = decode_batch(&bytes[record.clone()]).map_err(|e| Error::LogCorruption {
+                segment: path.clone(),
+                offset: record.start as u64,
+                reason: format!("checksummed batch does not decode: {e}"),
+            })?;
+            for op in ops {
+                mem.insert(op.key, op.seq, op.value);
+                last_seq = last_seq.max(op.seq);
+            }
+            if mem.approximate_bytes() >= opts.memtable_bytes {
+                let meta = write_l0(dir, fs, opts, &mem, next_file)?;
+                next_file += 1;
+                added.extend(meta);
+                mem = Memtable::new(0);
+            }
+        }
+        if let Some(len) = cut {
+            fs.truncate(&path, len)
+                .map_err(|e| Error::io("truncate commit log", &path, e))?;
+        }
+    }
+    if !mem.is_empty() {
+        added.extend(write_l0(dir, fs, opts, &mem, next_file)?);
+        next_file += 1;
+    }
+    Ok(Replayed {
+        added,
+        last_seq,
+        next_file,
+    })
 }

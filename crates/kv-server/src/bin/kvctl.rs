@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::endpoint::{ConnectSettings, admin_client};
-use kv_server::proto::{ChangeReply, Empty};
+use kv_server::proto::{ChangeReply, Empty, HintsReply, StatusReply};
 use kv_server::security::certs::CertsDir;
 use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
 use tonic::service::interceptor::InterceptedService;
@@ -272,168 +272,26 @@ async fn admin(
         .await
         .map_err(|e| format!("cannot reach {node}: {e}"))?;
     let mut client = admin_client(InterceptedService::new(channel, credentials.bearer()?));
-    let mut out = String::new();
-    match command {
+    let out = match command {
         Command::Status => {
             let s = client.status(Empty {}).await.map_err(fail)?.into_inner();
-            if json {
-                let members: Vec<_> = s
-                    .members
-                    .iter()
-                    .map(|m| {
-                        serde_json::json!({
-                            "id": m.id, "addr": m.addr, "state": m.state, "zone": m.zone,
-                            "owned": m.owned, "in_ring": m.in_ring, "unhealthy": m.unhealthy,
-                        })
-                    })
-                    .collect();
-                let json = serde_json::json!({
-                    "node": s.node, "ring_epoch": s.ring_epoch, "n": s.n, "members": members,
-                    "tls": s.tls, "authenticates": s.authenticates, "insecure": s.insecure,
-                });
-                let _ = writeln!(out, "{json}");
-            } else {
-                let _ = writeln!(
-                    out,
-                    "node {} sees ring epoch {}, N={}; {}",
-                    s.node,
-                    s.ring_epoch,
-                    s.n,
-                    match (s.insecure, s.tls, s.authenticates) {
-                        (true, _, _) => "INSECURE (--insecure: no TLS, no authentication)",
-                        (false, true, _) => "TLS, clients authenticated",
-                        (false, false, true) => "no TLS (loopback), clients authenticated",
-                        (false, false, false) => "no TLS, no authentication (loopback)",
-                    }
-                );
-                let _ = writeln!(
-                    out,
-                    "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} ring",
-                    "node", "address", "state", "zone", "owned", "storage"
-                );
-                for m in &s.members {
-                    let _ = writeln!(
-                        out,
-                        "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {:<9} {}",
-                        m.id,
-                        m.addr,
-                        m.state,
-                        m.zone.as_deref().unwrap_or("-"),
-                        m.owned * 100.0,
-                        if m.unhealthy { "FAILING" } else { "ok" },
-                        if m.in_ring { "owner" } else { "-" }
-                    );
-                }
-            }
+            render_status(json, &s)
         }
         Command::Ring { ranges } => {
             let s = client.status(Empty {}).await.map_err(fail)?.into_inner();
-            let state = s.ring.unwrap_or_default();
-            if state.members.is_empty() {
-                return Err(format!("{node} knows no ring yet"));
-            }
-            let ring = kv_server::ring_state::ring_of(&state).map_err(|e| e.to_string())?;
-            let primary = ring.ownership();
-            let replicated = ring
-                .replicated_ownership(s.n as usize)
-                .map_err(|e| e.to_string())?;
-            let mut rows = Vec::new();
-            for m in &state.members {
-                let id = NodeId(m.id);
-                rows.push(serde_json::json!({
-                    "id": m.id, "addr": m.addr, "tokens": m.tokens.len(), "weight": m.weight,
-                    "primary": primary.get(&id).copied().unwrap_or(0.0),
-                    "replicated": replicated.get(&id).copied().unwrap_or(0.0),
-                }));
-            }
-            let mut listed = Vec::new();
-            if ranges {
-                for (token, _) in ring.token_owners() {
-                    let replicas = ring
-                        .preference_list_for_token(token, s.n as usize)
-                        .map_err(|e| e.to_string())?;
-                    listed.push((token, replicas));
-                }
-            }
-            if json {
-                let ranges: Vec<_> = listed
-                    .iter()
-                    .map(|(t, r)| {
-                        serde_json::json!({
-                            "end": t.0, "replicas": r.iter().map(|n| n.0).collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                let json = serde_json::json!({
-                    "epoch": state.epoch, "vnodes": state.vnodes, "n": s.n,
-                    "members": rows, "ranges": ranges,
-                });
-                let _ = writeln!(out, "{json}");
-            } else {
-                let _ = writeln!(
-                    out,
-                    "ring epoch {}, {} tokens, N={}",
-                    state.epoch,
-                    ring.token_count(),
-                    s.n
-                );
-                let _ = writeln!(
-                    out,
-                    "{:>6}  {:<22} {:>7} {:>9} {:>11}",
-                    "node", "address", "tokens", "primary", "replicated"
-                );
-                for m in &state.members {
-                    let id = NodeId(m.id);
-                    let _ = writeln!(
-                        out,
-                        "{:>6}  {:<22} {:>7} {:>8.2}% {:>10.2}%",
-                        m.id,
-                        m.addr,
-                        m.tokens.len(),
-                        primary.get(&id).copied().unwrap_or(0.0) * 100.0,
-                        replicated.get(&id).copied().unwrap_or(0.0) * 100.0,
-                    );
-                }
-                if ranges {
-                    let _ = writeln!(out, "ranges (each ends at its token):");
-                    for (token, replicas) in &listed {
-                        let names: Vec<String> = replicas.iter().map(ToString::to_string).collect();
-                        let _ = writeln!(out, "  {:#018x}  {}", token.0, names.join(" "));
-                    }
-                }
-            }
+            render_ring(node, json, ranges, s)?
         }
         Command::Hints => {
             let h = client.hints(Empty {}).await.map_err(fail)?.into_inner();
-            if json {
-                let owners: Vec<_> = h
-                    .owners
-                    .iter()
-                    .map(|o| serde_json::json!({ "owner": o.owner, "pending": o.pending }))
-                    .collect();
-                let json = serde_json::json!({
-                    "owners": owners, "stored": h.stored, "delivered": h.delivered,
-                });
-                let _ = writeln!(out, "{json}");
-            } else {
-                let pending: u64 = h.owners.iter().map(|o| o.pending).sum();
-                let _ = writeln!(
-                    out,
-                    "{pending} hints pending ({} stored, {} delivered since start)",
-                    h.stored, h.delivered
-                );
-                for o in &h.owners {
-                    let _ = writeln!(out, "  for node {}: {}", o.owner, o.pending);
-                }
-            }
+            render_hints(json, &h)
         }
         Command::Join => {
             let r = client.join(Empty {}).await.map_err(fail)?.into_inner();
-            out = changed(json, node, "joined", &r);
+            changed(json, node, "joined", &r)
         }
         Command::Leave => {
             let r = client.leave(Empty {}).await.map_err(fail)?.into_inner();
-            out = changed(json, node, "left", &r);
+            changed(json, node, "left", &r)
         }
         Command::Put { .. }
         | Command::Get { .. }
@@ -442,8 +300,170 @@ async fn admin(
         | Command::Token { .. } => {
             return Err("not an operator command".into());
         }
+    };
+    Ok(out)
+}
+
+/// `kvctl status`: the members as one node sees them.
+fn render_status(json: bool, s: &StatusReply) -> String {
+    let mut out = String::new();
+    if json {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id, "addr": m.addr, "state": m.state, "zone": m.zone,
+                    "owned": m.owned, "in_ring": m.in_ring, "unhealthy": m.unhealthy,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "node": s.node, "ring_epoch": s.ring_epoch, "n": s.n, "members": members,
+            "tls": s.tls, "authenticates": s.authenticates, "insecure": s.insecure,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(
+            out,
+            "node {} sees ring epoch {}, N={}; {}",
+            s.node,
+            s.ring_epoch,
+            s.n,
+            match (s.insecure, s.tls, s.authenticates) {
+                (true, _, _) => "INSECURE (--insecure: no TLS, no authentication)",
+                (false, true, _) => "TLS, clients authenticated",
+                (false, false, true) => "no TLS (loopback), clients authenticated",
+                (false, false, false) => "no TLS, no authentication (loopback)",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} ring",
+            "node", "address", "state", "zone", "owned", "storage"
+        );
+        for m in &s.members {
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {:<9} {}",
+                m.id,
+                m.addr,
+                m.state,
+                m.zone.as_deref().unwrap_or("-"),
+                m.owned * 100.0,
+                if m.unhealthy { "FAILING" } else { "ok" },
+                if m.in_ring { "owner" } else { "-" }
+            );
+        }
+    }
+    out
+}
+
+/// `kvctl ring`: members, shares, and with `ranges` every range's replicas.
+fn render_ring(node: &str, json: bool, ranges: bool, s: StatusReply) -> Result<String, String> {
+    let mut out = String::new();
+    let state = s.ring.unwrap_or_default();
+    if state.members.is_empty() {
+        return Err(format!("{node} knows no ring yet"));
+    }
+    let ring = kv_server::ring_state::ring_of(&state).map_err(|e| e.to_string())?;
+    let primary = ring.ownership();
+    let replicated = ring
+        .replicated_ownership(s.n as usize)
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for m in &state.members {
+        let id = NodeId(m.id);
+        rows.push(serde_json::json!({
+            "id": m.id, "addr": m.addr, "tokens": m.tokens.len(), "weight": m.weight,
+            "primary": primary.get(&id).copied().unwrap_or(0.0),
+            "replicated": replicated.get(&id).copied().unwrap_or(0.0),
+        }));
+    }
+    let mut listed = Vec::new();
+    if ranges {
+        for (token, _) in ring.token_owners() {
+            let replicas = ring
+                .preference_list_for_token(token, s.n as usize)
+                .map_err(|e| e.to_string())?;
+            listed.push((token, replicas));
+        }
+    }
+    if json {
+        let ranges: Vec<_> = listed
+            .iter()
+            .map(|(t, r)| {
+                serde_json::json!({
+                    "end": t.0, "replicas": r.iter().map(|n| n.0).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "epoch": state.epoch, "vnodes": state.vnodes, "n": s.n,
+            "members": rows, "ranges": ranges,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let _ = writeln!(
+            out,
+            "ring epoch {}, {} tokens, N={}",
+            state.epoch,
+            ring.token_count(),
+            s.n
+        );
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<22} {:>7} {:>9} {:>11}",
+            "node", "address", "tokens", "primary", "replicated"
+        );
+        for m in &state.members {
+            let id = NodeId(m.id);
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<22} {:>7} {:>8.2}% {:>10.2}%",
+                m.id,
+                m.addr,
+                m.tokens.len(),
+                primary.get(&id).copied().unwrap_or(0.0) * 100.0,
+                replicated.get(&id).copied().unwrap_or(0.0) * 100.0,
+            );
+        }
+        if ranges {
+            let _ = writeln!(out, "ranges (each ends at its token):");
+            for (token, replicas) in &listed {
+                let names: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+                let _ = writeln!(out, "  {:#018x}  {}", token.0, names.join(" "));
+            }
+        }
     }
     Ok(out)
+}
+
+/// `kvctl hints`: hints pending per target.
+fn render_hints(json: bool, h: &HintsReply) -> String {
+    let mut out = String::new();
+    if json {
+        let owners: Vec<_> = h
+            .owners
+            .iter()
+            .map(|o| serde_json::json!({ "owner": o.owner, "pending": o.pending }))
+            .collect();
+        let json = serde_json::json!({
+            "owners": owners, "stored": h.stored, "delivered": h.delivered,
+        });
+        let _ = writeln!(out, "{json}");
+    } else {
+        let pending: u64 = h.owners.iter().map(|o| o.pending).sum();
+        let _ = writeln!(
+            out,
+            "{pending} hints pending ({} stored, {} delivered since start)",
+            h.stored, h.delivered
+        );
+        for o in &h.owners {
+            let _ = writeln!(out, "  for node {}: {}", o.owner, o.pending);
+        }
+    }
+    out
 }
 
 fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
