@@ -1,6 +1,7 @@
 //! Tombstone collection: a delete older than the grace, held by every
 //! replica, is removed everywhere.
 
+use super::decide::{may_collect, tombstone_time};
 use super::*;
 
 impl<E, T, P> Coordinator<E, T, P>
@@ -33,33 +34,19 @@ where
                 }
             };
             let state = Siblings::from_bytes(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-            if state.is_empty() || state.values().any(Option::is_some) {
+            let Some(newest) = tombstone_time(&state) else {
                 continue;
-            }
+            };
             let replicas = self.ring.preference_list(&key, self.config.n)?;
             if replicas.first() != Some(&me) {
                 continue;
             }
             examined += 1;
-            // The newest tombstone's time: its dot's entry in the context.
-            let newest = state
-                .siblings()
-                .iter()
-                .filter_map(|s| {
-                    state
-                        .context()
-                        .entries()
-                        .iter()
-                        .find(|e| e.actor == s.dot.actor)
-                        .map(|e| e.timestamp)
-                })
-                .max()
-                .unwrap_or(u64::MAX);
             let hinted = {
                 let (r, k) = (self.replica.clone(), key.clone());
                 off_runtime(move || r.hints().holds_key(&k)).await?
             };
-            if now_secs.saturating_sub(newest) < grace || hinted {
+            if !may_collect(true, newest, now_secs, grace, hinted) {
                 continue;
             }
             let mut everywhere = true;

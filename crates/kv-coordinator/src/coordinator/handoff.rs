@@ -1,6 +1,7 @@
 //! Hinted hand-off: hints delivered to their owners when alive,
 //! retargeted when an owner left the key's replicas, dropped past the grace.
 
+use super::decide::{HintAction, hint_action, hint_expired};
 use super::*;
 
 impl<E, T, P> Coordinator<E, T, P>
@@ -46,19 +47,20 @@ where
         };
         let in_ring = self.ring.nodes();
         for owner in owners {
-            if !in_ring.is_empty() && !in_ring.contains(&owner) {
-                delivered += self.retarget_hints(owner, batch, cutoff).await?;
-                continue;
-            }
-            if !self.membership.is_alive(owner) {
-                continue;
+            match hint_action(&in_ring, owner, self.membership.is_alive(owner)) {
+                HintAction::Retarget => {
+                    delivered += self.retarget_hints(owner, batch, cutoff).await?;
+                    continue;
+                }
+                HintAction::Keep => continue,
+                HintAction::Deliver => {}
             }
             let pending = {
                 let r = self.replica.clone();
                 off_runtime(move || r.hints().pending(owner, batch)).await?
             };
             for hint in pending {
-                if hint.stored_at < cutoff {
+                if hint_expired(hint.stored_at, cutoff) {
                     self.hint_expired(owner, hint).await?;
                     continue;
                 }
@@ -116,7 +118,7 @@ where
         let me = self.replica.id();
         let mut delivered = 0;
         for hint in pending {
-            if hint.stored_at < cutoff {
+            if hint_expired(hint.stored_at, cutoff) {
                 self.hint_expired(owner, hint).await?;
                 continue;
             }

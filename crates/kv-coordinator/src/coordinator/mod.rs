@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::replica::{Replica, Siblings, Update, Value};
 
 mod anti_entropy;
+mod decide;
 mod gc;
 mod handoff;
 mod maintenance;

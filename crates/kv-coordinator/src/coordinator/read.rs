@@ -1,6 +1,7 @@
 //! The read path: R answers merged, and the replicas that were behind
 //! repaired.
 
+use super::decide::{ReadTally, stale_replicas};
 use super::*;
 
 impl<E, T, P> Coordinator<E, T, P>
@@ -70,43 +71,14 @@ where
             });
         }
         drop(tx);
-        let mut answers: Vec<(NodeId, Siblings)> = vec![(self.replica.id(), local)];
-        let mut failed = Vec::new();
-        while answers.len() < r {
+        let mut tally = ReadTally::new(r, self.replica.id(), local);
+        while !tally.is_met() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((peer, Ok(state)))) => {
-                    let state = match state {
-                        Some(bytes) => match Siblings::from_bytes(&bytes) {
-                            Ok(s) => s,
-                            Err(_) => {
-                                failed.push(peer);
-                                continue;
-                            }
-                        },
-                        None => Siblings::new(),
-                    };
-                    answers.push((peer, state));
-                }
-                Ok(Some((peer, Err(_)))) => failed.push(peer),
+                Ok(Some((peer, answer))) => tally.answer(peer, answer),
                 Ok(None) | Err(_) => break,
             }
         }
-        if answers.len() < r {
-            let timed_out = others
-                .into_iter()
-                .filter(|p| !failed.contains(p) && !answers.iter().any(|(a, _)| a == p))
-                .collect();
-            return Err(Error::ReadQuorum {
-                answered: answers.len(),
-                needed: r,
-                failed,
-                timed_out,
-            });
-        }
-        let mut merged = Siblings::new();
-        for (_, state) in &answers {
-            merged.sync(state);
-        }
+        let (merged, answers) = tally.finish(&others)?;
         self.read_repair(key, &merged, &answers).await;
         Ok(GetResult {
             values: merged.values().flatten().cloned().collect(),
@@ -124,18 +96,15 @@ where
     ) {
         let bytes = merged.to_bytes();
         let mut pending = Vec::new();
-        for (node, state) in answers {
-            if state == merged {
-                continue;
-            }
+        for node in stale_replicas(merged, answers) {
             Metrics::add(&self.metrics.read_repairs, 1);
-            if *node == self.replica.id() {
+            if node == self.replica.id() {
                 let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());
                 let _ = off_runtime(move || replica.merge(&key, &merged)).await;
                 continue;
             }
             let (transport, peer, key, bytes) =
-                (self.transport.clone(), *node, key.to_vec(), bytes.clone());
+                (self.transport.clone(), node, key.to_vec(), bytes.clone());
             pending.push(tokio::spawn(async move {
                 let _ = transport.replicate(peer, key, bytes, None).await;
             }));
