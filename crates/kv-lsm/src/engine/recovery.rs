@@ -148,12 +148,28 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| Error::io("open", &lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
+    // A lock can be held for a moment by no engine at all: a child process
+    // forked elsewhere in this program holds a copy of every descriptor
+    // until it execs (they close on exec). So a busy lock is asked again
+    // for up to half a second before the directory counts as taken.
+    let mut tries = 0;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(dir.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+        }
     }
 }
+
+/// Times a busy `LOCK` is asked again, 10 ms apart.
+const LOCK_TRIES: u32 = 50;
 
 /// Opens the tables the manifest lists, checking each one's size.
 fn open_tables(
