@@ -7,7 +7,7 @@ use kv_core::{NodeId, StorageEngine};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::replica::Siblings;
+use crate::versions::Siblings;
 
 /// How much a [`HintStore`] holds at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,7 @@ mod replica;
 #[cfg(feature = "test-util")]
 pub mod sim;
 mod trees;
+mod versions;
 
 pub use config::Config;
 pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairReport};

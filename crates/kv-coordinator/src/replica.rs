@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kv_clock::{DvvSet, VectorClock};
+use kv_clock::VectorClock;
 use kv_core::{ActorId, NodeId, StorageEngine};
 use parking_lot::Mutex;
 
@@ -15,12 +15,7 @@ use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::trees::{Trees, digest};
 
-/// A sibling's value: `None` is a tombstone (a delete is a version like
-/// any other).
-pub type Value = Option<Vec<u8>>;
-
-/// One key's versions.
-pub type Siblings = DvvSet<Value>;
+pub use crate::versions::{Siblings, Value};
 
 /// A write to coordinate: `value` (a tombstone for `None`) supersedes
 /// exactly what `context` covers.

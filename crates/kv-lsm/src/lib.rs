@@ -40,7 +40,6 @@
 //! ```
 
 mod cache;
-mod compaction;
 mod engine;
 mod error;
 mod fs;
@@ -52,10 +51,10 @@ mod options;
 mod table;
 mod version;
 
-pub use engine::{EngineStats, LsmEngine};
+pub use engine::{EngineStats, LsmEngine, LsmEngineBuilder};
 pub use error::{Error, Result};
 pub use fs::{FaultFs, FileSystem, StdFs, WritableFile};
-pub use options::{Durability, LsmEngineBuilder, Options, RecoveryMode};
+pub use options::{Durability, Options, RecoveryMode};
 
 /// The engine's interface and batch type, from `kv-core`, so a program
 /// that embeds the engine needs no other crate.

@@ -56,6 +56,7 @@ pub mod endpoint;
 pub mod history;
 pub mod http;
 pub mod identity;
+mod local;
 mod node;
 pub mod ring_state;
 pub mod security;

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
 use kv_core::{NodeId, Partitioner, StorageEngine, Transport};
-use kv_lsm::LsmEngine;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, LiveRing};
+use crate::cluster::Cluster;
+pub use crate::local::{Engine, NodeCoordinator};
+use crate::local::{LiveRing, off_runtime};
 
 use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
@@ -23,12 +24,6 @@ use crate::security::calling_node;
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
 use crate::wire;
-
-/// The storage engine of a node (shared with its hint store's engine type).
-pub type Engine = Arc<LsmEngine>;
-
-/// A node's coordinator with the concrete types of the server.
-pub type NodeCoordinator = Coordinator<Engine, GrpcTransport, LiveRing>;
 
 /// Runs a read of the node's engine: inline, since `LsmEngine` reads never
 /// wait on I/O ([`kv_core::StorageEngine::inline_reads`]), else like
@@ -50,21 +45,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
     off_runtime(f).await.map_err(|e| to_status(&e))
-}
-
-/// Runs a blocking engine call off the async runtime; a task that
-/// panicked or was cancelled is [`kv_coordinator::Error::Task`].
-pub(crate) async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> kv_coordinator::Result<T> + Send + 'static,
-) -> kv_coordinator::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| engine_task_failed(&e))?
-}
-
-/// A blocking engine task that panicked or was cancelled.
-fn engine_task_failed(e: &tokio::task::JoinError) -> kv_coordinator::Error {
-    kv_coordinator::Error::Task(format!("the engine task: {e}"))
 }
 
 fn quorum(n: u32) -> Option<usize> {
@@ -230,9 +210,9 @@ async fn apply_replicas(
         .into_iter()
         .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
         .collect();
-    let results = tokio::task::spawn_blocking(move || replica.receive_many(&items))
+    let results = off_runtime(move || Ok(replica.receive_many(&items)))
         .await
-        .map_err(|e| to_status(&engine_task_failed(&e)))?;
+        .map_err(|e| to_status(&e))?;
     Ok(BatchReply {
         errors: results
             .into_iter()

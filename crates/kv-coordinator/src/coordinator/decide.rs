@@ -7,7 +7,7 @@
 use kv_core::NodeId;
 
 use crate::error::Error;
-use crate::replica::Siblings;
+use crate::versions::Siblings;
 
 /// A read's answers as they arrive, until R of them are in.
 #[derive(Debug)]

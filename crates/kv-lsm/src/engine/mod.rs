@@ -2,7 +2,8 @@
 //! threads (`Inner`), and where each part of the work lives:
 //! `group_commit` (the write path), `segments` (commit-log segments and
 //! the interval syncer), `flush` (memtables to tables), `read` (gets and
-//! scans), `recovery` (opening). Compaction is `crate::compaction`.
+//! scans), `recovery` (opening), `compaction` (leveled compaction on its
+//! own thread).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,17 +18,19 @@ use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch}
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::cache::BlockCache;
-use crate::compaction;
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::iter::{InternalIter, MergingIter, UserIter};
 use crate::log::{LogWriter, SegmentEnd, decode_batch, scan_segment, segment_name};
 use crate::manifest::{self, Manifest, ManifestState, VersionEdit};
 use crate::memtable::{MemIter, Memtable};
-use crate::options::{Durability, LsmEngineBuilder, Options, RecoveryMode};
+use crate::options::{Durability, Options, RecoveryMode};
 use crate::table::{Table, TableBuilder, table_name};
 use crate::version::{TableHandle, Version};
+pub use builder::LsmEngineBuilder;
 
+mod builder;
+mod compaction;
 mod flush;
 mod group_commit;
 mod read;

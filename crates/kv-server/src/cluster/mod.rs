@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use kv_core::{MembershipView, NodeId, Partitioner, PartitionerError, Token, TokenRange};
+use kv_core::{MembershipView, NodeId, Partitioner, Token, TokenRange};
 use kv_gossip::{Event, Gossip, Meta, Outgoing, Status as Liveness};
 use kv_ring::{ConsistentHashRing, NodeSpec, RingDiff, TokenStrategy};
 use parking_lot::{Mutex, RwLock};
@@ -38,12 +38,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use crate::local::LiveRing;
+use crate::local::{NodeCoordinator, off_runtime};
 use crate::proto::{
     ChangeReply, FetchRequest, GossipRequest, HintCount, HintsReply, InstallReply, KeyState,
     MemberStatus, Range, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::ring_state::{self, ring_of, state_of};
-use crate::service::{NodeCoordinator, off_runtime};
 use crate::transport::GrpcTransport;
 
 mod error;
@@ -51,57 +52,6 @@ mod membership;
 mod operator;
 mod rebalance;
 mod ring_sync;
-
-/// The ring the coordinator places keys with; replaced, never edited, when
-/// the cluster's ring changes.
-#[derive(Debug)]
-pub struct LiveRing {
-    current: RwLock<Arc<ConsistentHashRing>>,
-}
-
-impl LiveRing {
-    /// Starts with `ring`.
-    pub fn new(ring: ConsistentHashRing) -> Self {
-        LiveRing {
-            current: RwLock::new(Arc::new(ring)),
-        }
-    }
-
-    /// The ring now.
-    pub fn current(&self) -> Arc<ConsistentHashRing> {
-        self.current.read().clone()
-    }
-
-    fn set(&self, ring: ConsistentHashRing) {
-        *self.current.write() = Arc::new(ring);
-    }
-}
-
-impl Partitioner for LiveRing {
-    fn token(&self, key: &[u8]) -> Token {
-        self.current.read().token(key)
-    }
-
-    fn preference_list_for_token(
-        &self,
-        token: Token,
-        n: usize,
-    ) -> Result<Vec<NodeId>, PartitionerError> {
-        self.current.read().preference_list_for_token(token, n)
-    }
-
-    fn replicated_ranges(
-        &self,
-        node: NodeId,
-        n: usize,
-    ) -> Result<Vec<TokenRange>, PartitionerError> {
-        self.current.read().replicated_ranges(node, n)
-    }
-
-    fn nodes(&self) -> Vec<NodeId> {
-        self.current.read().nodes()
-    }
-}
 
 /// Liveness as gossip reports it. A node not heard of yet counts as alive
 /// (a request to it fails fast if it is not, and the write falls back to a

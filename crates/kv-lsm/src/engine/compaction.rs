@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::{Inner, SuperVersion};
+use super::{Inner, SuperVersion};
 use crate::error::{Error, Result};
 use crate::iter::{InternalIter, MergingIter};
 use crate::manifest::{LEVELS, VersionEdit};
