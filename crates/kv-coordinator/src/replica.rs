@@ -48,7 +48,7 @@ pub const MAX_COUNTER: u64 = 1 << 48;
 /// This node's copy of the keys it replicates.
 ///
 /// Coordinated writes get a fresh dot at this node; states from peers are
-/// merged with [`DvvSet::sync`]. Each change is a read-modify-write of the
+/// merged with [`DvvSet::sync`](kv_clock::DvvSet::sync). Each change is a read-modify-write of the
 /// key's encoded sibling set under a per-key lock.
 ///
 /// Dots are unique for the life of the cluster: the actor is this node in
