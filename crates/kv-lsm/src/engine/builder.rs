@@ -87,7 +87,7 @@ impl LsmEngineBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] for bad options; I/O errors; [`Error::Locked`]
+    /// [`Error::InvalidOption`](crate::Error::InvalidOption) for bad options; I/O errors; [`Error::Locked`](crate::Error::Locked)
     /// if another engine holds the directory; a corruption error naming segment
     /// and offset if the commit log is damaged before its end (see
     /// [`RecoveryMode`]).
