@@ -4,6 +4,8 @@
 //! may be collected, what to do with a hint. Each is tested here without
 //! a runtime, a network or an engine.
 
+use std::collections::VecDeque;
+
 use kv_core::NodeId;
 
 use crate::error::Error;
@@ -161,6 +163,197 @@ pub(crate) fn hint_expired(stored_at: u64, cutoff: u64) -> bool {
     stored_at < cutoff
 }
 
+/// One replica write to send: to `target`, holding it for `hint_for` when
+/// `target` is a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Where the state goes.
+    pub(crate) target: NodeId,
+    /// The replica it stands in for, when it is a hinted fallback.
+    pub(crate) hint_for: Option<NodeId>,
+}
+
+/// A write's acknowledgements as they arrive, until W of them are in, and
+/// which fallbacks (sloppy quorum) get a hinted copy: for a replica known
+/// down, one that failed, or, once the hedge delay passed, one that is
+/// silent. The coordinator's own write counts as the first
+/// acknowledgement.
+#[derive(Debug)]
+pub(crate) struct WriteTally {
+    needed: usize,
+    acked: usize,
+    outstanding: usize,
+    others: Vec<NodeId>,
+    answered: Vec<NodeId>,
+    failed: Vec<NodeId>,
+    hinted: Vec<NodeId>,
+    fallbacks: VecDeque<NodeId>,
+}
+
+impl WriteTally {
+    /// A write that needs `w` acknowledgements, to the replicas `others`
+    /// (this node excluded), with `fallbacks` in order; `down` says which
+    /// replicas are known down (they go straight to a fallback, when there
+    /// is one). Returns the sends to make now.
+    pub(crate) fn new(
+        w: usize,
+        others: Vec<NodeId>,
+        fallbacks: VecDeque<NodeId>,
+        down: impl Fn(NodeId) -> bool,
+    ) -> (Self, Vec<Delivery>) {
+        let mut tally = WriteTally {
+            needed: w,
+            acked: 1,
+            outstanding: 0,
+            others,
+            answered: Vec::new(),
+            failed: Vec::new(),
+            hinted: Vec::new(),
+            fallbacks,
+        };
+        let mut sends = Vec::new();
+        for i in 0..tally.others.len() {
+            let peer = tally.others[i];
+            if down(peer) {
+                match tally.fallbacks.pop_front() {
+                    Some(fallback) => sends.push(Delivery {
+                        target: fallback,
+                        hint_for: Some(peer),
+                    }),
+                    None => {
+                        tally.failed.push(peer);
+                        continue;
+                    }
+                }
+            } else {
+                sends.push(Delivery {
+                    target: peer,
+                    hint_for: None,
+                });
+            }
+            tally.outstanding += 1;
+        }
+        (tally, sends)
+    }
+
+    /// Whether W acknowledgements are in.
+    pub(crate) fn is_met(&self) -> bool {
+        self.acked >= self.needed
+    }
+
+    /// Whether to keep waiting: W is not met and answers are still due.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.is_met() && self.outstanding > 0
+    }
+
+    /// Answers still due.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Whether a fallback is left to hedge with.
+    pub(crate) fn can_hedge(&self) -> bool {
+        !self.fallbacks.is_empty()
+    }
+
+    /// The answer of `target` (standing in for `hint_for`, if a fallback).
+    /// A replica that failed gets a hinted fallback once, if one is left:
+    /// that send is returned.
+    pub(crate) fn answer(
+        &mut self,
+        target: NodeId,
+        hint_for: Option<NodeId>,
+        ok: bool,
+    ) -> Option<Delivery> {
+        self.outstanding -= 1;
+        self.answered.push(hint_for.unwrap_or(target));
+        if ok {
+            self.acked += 1;
+            return None;
+        }
+        self.failed.push(target);
+        self.fallback_for_failed(target, hint_for)
+    }
+
+    /// After W was met: a replica that fails still gets its hinted
+    /// fallback, so the write reaches N nodes. The caller sends that one
+    /// itself and does not wait for it here (it is not outstanding).
+    pub(crate) fn late_answer(
+        &mut self,
+        target: NodeId,
+        hint_for: Option<NodeId>,
+        ok: bool,
+    ) -> Option<Delivery> {
+        self.outstanding -= 1;
+        if ok {
+            return None;
+        }
+        // The caller sends this one itself and does not wait for it here.
+        let fallback = self.fallback_for_failed(target, hint_for)?;
+        self.outstanding -= 1;
+        Some(fallback)
+    }
+
+    /// A hinted fallback for `target`, which failed, unless it was itself
+    /// a fallback or already has one; counted as outstanding.
+    fn fallback_for_failed(
+        &mut self,
+        target: NodeId,
+        hint_for: Option<NodeId>,
+    ) -> Option<Delivery> {
+        if hint_for.is_some() || self.hinted.contains(&target) {
+            return None;
+        }
+        let fallback = self.fallbacks.pop_front()?;
+        self.hinted.push(target);
+        self.outstanding += 1;
+        Some(Delivery {
+            target: fallback,
+            hint_for: Some(target),
+        })
+    }
+
+    /// The hedge delay passed: every replica that has neither answered nor
+    /// failed nor been hinted gets a hinted fallback, while fallbacks last.
+    pub(crate) fn hedge(&mut self) -> Vec<Delivery> {
+        let mut sends = Vec::new();
+        for &peer in &self.others {
+            if self.answered.contains(&peer)
+                || self.failed.contains(&peer)
+                || self.hinted.contains(&peer)
+            {
+                continue;
+            }
+            let Some(fallback) = self.fallbacks.pop_front() else {
+                break;
+            };
+            sends.push(Delivery {
+                target: fallback,
+                hint_for: Some(peer),
+            });
+            self.hinted.push(peer);
+            self.outstanding += 1;
+        }
+        sends
+    }
+
+    /// Short of W: the quorum error, naming who failed and who never
+    /// answered.
+    pub(crate) fn error(&self) -> Error {
+        Error::WriteQuorum {
+            acked: self.acked,
+            needed: self.needed,
+            failed: self.failed.clone(),
+            timed_out: self
+                .others
+                .iter()
+                .copied()
+                .filter(|p| !self.answered.contains(p) && !self.failed.contains(p))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +449,85 @@ mod tests {
         assert_eq!(hint_action(&[], NodeId(3), true), Deliver, "no ring yet");
         assert!(hint_expired(10, 20));
         assert!(!hint_expired(20, 20));
+    }
+
+    fn nodes(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().map(|&i| NodeId(i)).collect()
+    }
+
+    fn to(target: u64, hint_for: Option<u64>) -> Delivery {
+        Delivery {
+            target: NodeId(target),
+            hint_for: hint_for.map(NodeId),
+        }
+    }
+
+    #[test]
+    fn a_write_is_met_at_w_counting_the_coordinator() {
+        let (mut t, sends) = WriteTally::new(2, nodes(&[2, 3]), VecDeque::new(), |_| false);
+        assert_eq!(sends, vec![to(2, None), to(3, None)]);
+        assert!(t.waiting());
+        assert_eq!(t.answer(NodeId(3), None, true), None);
+        assert!(t.is_met());
+        assert!(!t.waiting());
+        assert_eq!(t.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_down_replica_goes_to_a_fallback_and_without_one_it_has_failed() {
+        let (t, sends) = WriteTally::new(3, nodes(&[2, 3]), nodes(&[4]).into(), |n| n != NodeId(2));
+        assert_eq!(sends, vec![to(2, None), to(4, Some(3))]);
+        assert_eq!(t.outstanding(), 2);
+        let (t, sends) = WriteTally::new(3, nodes(&[2, 3]), VecDeque::new(), |n| n == NodeId(3));
+        assert_eq!(sends, vec![to(2, None)]);
+        match t.error() {
+            Error::WriteQuorum {
+                failed,
+                timed_out,
+                acked,
+                needed,
+            } => {
+                assert_eq!((acked, needed), (1, 3));
+                assert_eq!(failed, nodes(&[3]));
+                assert_eq!(timed_out, nodes(&[2]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_replica_gets_one_hinted_fallback_and_a_failed_fallback_none() {
+        let (mut t, _) = WriteTally::new(3, nodes(&[2, 3]), nodes(&[4, 5]).into(), |_| false);
+        assert_eq!(t.answer(NodeId(2), None, false), Some(to(4, Some(2))));
+        assert_eq!(
+            t.answer(NodeId(4), Some(NodeId(2)), false),
+            None,
+            "no fallback for a fallback"
+        );
+        assert_eq!(t.answer(NodeId(3), None, true), None);
+        assert!(!t.is_met());
+        assert!(!t.waiting(), "nothing left to wait for");
+        assert!(matches!(t.error(), Error::WriteQuorum { acked: 2, .. }));
+    }
+
+    #[test]
+    fn hedging_covers_only_the_silent_and_stops_when_fallbacks_run_out() {
+        let (mut t, _) = WriteTally::new(4, nodes(&[2, 3, 4]), nodes(&[5]).into(), |_| false);
+        assert_eq!(t.answer(NodeId(2), None, true), None);
+        assert!(t.can_hedge());
+        assert_eq!(t.hedge(), vec![to(5, Some(3))]);
+        assert!(!t.can_hedge());
+        assert_eq!(t.hedge(), Vec::new());
+        assert_eq!(t.outstanding(), 3);
+    }
+
+    #[test]
+    fn after_w_a_late_failure_still_gets_its_fallback() {
+        let (mut t, _) = WriteTally::new(2, nodes(&[2, 3]), nodes(&[4]).into(), |_| false);
+        t.answer(NodeId(2), None, true);
+        assert!(t.is_met());
+        assert_eq!(t.late_answer(NodeId(3), None, false), Some(to(4, Some(3))));
+        assert_eq!(t.outstanding(), 0, "the late fallback is not waited for");
+        assert!(!t.can_hedge());
     }
 }

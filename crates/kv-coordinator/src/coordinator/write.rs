@@ -1,6 +1,7 @@
 //! The write path: a new version made at this replica, sent to the
 //! others, acknowledged at W; sloppy quorum and hedged fallbacks with hints.
 
+use super::decide::{Delivery, WriteTally};
 use super::*;
 
 impl<E, T, P> Coordinator<E, T, P>
@@ -88,7 +89,7 @@ where
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.
-        let mut fallbacks: std::collections::VecDeque<NodeId> = if self.config.sloppy_quorum {
+        let fallbacks: std::collections::VecDeque<NodeId> = if self.config.sloppy_quorum {
             self.ring
                 .preference_list(key, usize::MAX)?
                 .into_iter()
@@ -104,7 +105,7 @@ where
             .collect();
         // Every replica gets the state, whether or not we wait for it.
         let (tx, mut rx) = mpsc::channel(2 * others.len().max(1));
-        let send = |target: NodeId, hint_for: Option<NodeId>| {
+        let send = |to: Delivery| {
             let (transport, tx, key, bytes) = (
                 self.transport.clone(),
                 tx.clone(),
@@ -113,122 +114,74 @@ where
             );
             tokio::spawn(async move {
                 let started = Instant::now();
-                let result = transport.replicate(target, key, bytes, hint_for).await;
-                let _ = tx.send((target, hint_for, result, started.elapsed())).await;
+                let result = transport
+                    .replicate(to.target, key, bytes, to.hint_for)
+                    .await;
+                let _ = tx.send((to, result.is_ok(), started.elapsed())).await;
             });
         };
-        let mut outstanding = 0;
-        let mut failed = Vec::new();
-        for &peer in &others {
-            let down = self.config.sloppy_quorum && !self.membership.is_alive(peer);
-            if down {
-                match fallbacks.pop_front() {
-                    Some(fallback) => send(fallback, Some(peer)),
-                    None => {
-                        failed.push(peer);
-                        continue;
-                    }
-                }
-            } else {
-                send(peer, None);
-            }
-            outstanding += 1;
-        }
-        let mut acked = 1;
-        let mut answered = Vec::new();
+        let sloppy = self.config.sloppy_quorum;
+        let (mut tally, sends) = WriteTally::new(w, others, fallbacks, |peer| {
+            sloppy && !self.membership.is_alive(peer)
+        });
+        sends.into_iter().for_each(&send);
         // A replica that has not answered within a few times the recent
         // replica latency (paused, cut off, overloaded) gets a hinted
         // fallback without waiting for failure detection, so W is met.
-        let mut hedge_at = (!fallbacks.is_empty()).then(|| Instant::now() + self.hedge_delay());
-        let mut hinted: Vec<NodeId> = Vec::new();
-        while acked < w && outstanding > 0 {
+        let mut hedge_at = tally
+            .can_hedge()
+            .then(|| Instant::now() + self.hedge_delay());
+        while tally.waiting() {
             let wake = hedge_at.filter(|&h| h < deadline).unwrap_or(deadline);
             match tokio::time::timeout_at(wake, rx.recv()).await {
-                Ok(Some((target, hint_for, result, took))) => {
-                    outstanding -= 1;
-                    answered.push(hint_for.unwrap_or(target));
-                    match result {
-                        Ok(()) => {
-                            acked += 1;
-                            if hint_for.is_none() {
-                                self.replica_latency.observe(took);
-                            }
-                        }
-                        Err(_) => {
-                            failed.push(target);
-                            // A replica that failed gets a hinted fallback.
-                            if hint_for.is_none()
-                                && !hinted.contains(&target)
-                                && let Some(fallback) = fallbacks.pop_front()
-                            {
-                                send(fallback, Some(target));
-                                hinted.push(target);
-                                outstanding += 1;
-                            }
-                        }
+                Ok(Some((to, ok, took))) => {
+                    if ok && to.hint_for.is_none() {
+                        self.replica_latency.observe(took);
+                    }
+                    if let Some(fallback) = tally.answer(to.target, to.hint_for, ok) {
+                        send(fallback);
                     }
                 }
                 Err(_) if hedge_at == Some(wake) => {
                     hedge_at = None;
-                    for &peer in &others {
-                        if answered.contains(&peer)
-                            || failed.contains(&peer)
-                            || hinted.contains(&peer)
-                        {
-                            continue;
-                        }
-                        let Some(fallback) = fallbacks.pop_front() else {
-                            break;
-                        };
-                        send(fallback, Some(peer));
-                        hinted.push(peer);
-                        outstanding += 1;
+                    for fallback in tally.hedge() {
+                        send(fallback);
                         Metrics::add(&self.metrics.replica_writes_hedged, 1);
                     }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        if acked >= w {
-            // The rest still answer: a replica that fails after W was met
-            // gets its hinted fallback all the same, so the write still
-            // reaches N nodes (the request does not wait for it).
-            if outstanding > 0 && !fallbacks.is_empty() {
-                let (transport, key, bytes) = (self.transport.clone(), key.to_vec(), bytes.clone());
-                tokio::spawn(async move {
-                    while outstanding > 0 {
-                        let Ok(Some((target, hint_for, result, _))) =
-                            tokio::time::timeout_at(deadline, rx.recv()).await
-                        else {
-                            return;
-                        };
-                        outstanding -= 1;
-                        if result.is_err()
-                            && hint_for.is_none()
-                            && !hinted.contains(&target)
-                            && let Some(fallback) = fallbacks.pop_front()
-                        {
-                            let _ = transport
-                                .replicate(fallback, key.clone(), bytes.clone(), Some(target))
-                                .await;
-                        }
+        if !tally.is_met() {
+            return Err(tally.error());
+        }
+        // The rest still answer: a replica that fails after W was met gets
+        // its hinted fallback all the same, so the write still reaches N
+        // nodes (the request does not wait for it).
+        if tally.outstanding() > 0 && tally.can_hedge() {
+            let (transport, key, bytes) = (self.transport.clone(), key.to_vec(), bytes.clone());
+            tokio::spawn(async move {
+                while tally.outstanding() > 0 {
+                    let Ok(Some((to, ok, _))) = tokio::time::timeout_at(deadline, rx.recv()).await
+                    else {
+                        return;
+                    };
+                    if let Some(fallback) = tally.late_answer(to.target, to.hint_for, ok) {
+                        let _ = transport
+                            .replicate(
+                                fallback.target,
+                                key.clone(),
+                                bytes.clone(),
+                                fallback.hint_for,
+                            )
+                            .await;
                     }
-                });
-            }
-            return Ok(PutResult {
-                context: encode_context(&state),
-                dot,
+                }
             });
         }
-        let timed_out = others
-            .into_iter()
-            .filter(|p| !answered.contains(p) && !failed.contains(p))
-            .collect();
-        Err(Error::WriteQuorum {
-            acked,
-            needed: w,
-            failed,
-            timed_out,
+        Ok(PutResult {
+            context: encode_context(&state),
+            dot,
         })
     }
 }
