@@ -89,45 +89,38 @@ impl ConnectSettings {
     }
 }
 
-/// A `Kv` client over `channel` that sends and accepts messages up to
-/// [`MAX_MESSAGE_BYTES`].
-pub fn kv_client<T>(channel: T) -> KvClient<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
-    KvClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+/// A constructor of a generated client with the message size limit (the
+/// generated clients share no trait that would let one function serve).
+macro_rules! limited_client {
+    ($(#[$doc:meta])* $name:ident -> $client:ident) => {
+        $(#[$doc])*
+        pub fn $name<T>(channel: T) -> $client<T>
+        where
+            T: tonic::client::GrpcService<tonic::body::Body>,
+            T::Error: Into<StdError>,
+            T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+            <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+        {
+            $client::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        }
+    };
 }
 
-/// An `Internal` client over `channel` with the message size limit.
-pub fn internal_client<T>(channel: T) -> InternalClient<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
-    InternalClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// An `Admin` client over `channel` with the message size limit.
-pub fn admin_client<T>(channel: T) -> AdminClient<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
-    AdminClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
+limited_client!(
+    /// A `Kv` client over `channel` that sends and accepts messages up to
+    /// [`MAX_MESSAGE_BYTES`].
+    kv_client -> KvClient
+);
+limited_client!(
+    /// An `Internal` client over `channel` with the message size limit.
+    internal_client -> InternalClient
+);
+limited_client!(
+    /// An `Admin` client over `channel` with the message size limit.
+    admin_client -> AdminClient
+);
 
 #[cfg(test)]
 mod tests {

@@ -117,18 +117,12 @@ pub(crate) fn tombstone_time(state: &Siblings) -> Option<u64> {
     )
 }
 
-/// Whether a tombstone written at `written` may be collected by this node
-/// at `now`: it is the key's first replica, the grace has passed, and no
-/// hint for the key waits here (it could carry an older write that the
-/// tombstone must still cover). The replicas' agreement is asked after.
-pub(crate) fn may_collect(
-    first_replica: bool,
-    written: u64,
-    now: u64,
-    grace: u64,
-    hinted: bool,
-) -> bool {
-    first_replica && now.saturating_sub(written) >= grace && !hinted
+/// Whether a tombstone written at `written` may be collected at `now` by
+/// the key's first replica: the grace has passed, and no hint for the key
+/// waits here (it could carry an older write that the tombstone must still
+/// cover). The replicas' agreement is asked after.
+pub(crate) fn may_collect(written: u64, now: u64, grace: u64, hinted: bool) -> bool {
+    now.saturating_sub(written) >= grace && !hinted
 }
 
 /// What to do with the hints this node holds for one owner.
@@ -194,13 +188,14 @@ impl WriteTally {
     /// A write that needs `w` acknowledgements, to the replicas `others`
     /// (this node excluded), with `fallbacks` in order; `down` says which
     /// replicas are known down (they go straight to a fallback, when there
-    /// is one). Returns the sends to make now.
+    /// is one). `send` is given each delivery to make now.
     pub(crate) fn new(
         w: usize,
         others: Vec<NodeId>,
         fallbacks: VecDeque<NodeId>,
         down: impl Fn(NodeId) -> bool,
-    ) -> (Self, Vec<Delivery>) {
+        mut send: impl FnMut(Delivery),
+    ) -> Self {
         let mut tally = WriteTally {
             needed: w,
             acked: 1,
@@ -211,29 +206,21 @@ impl WriteTally {
             hinted: Vec::new(),
             fallbacks,
         };
-        let mut sends = Vec::new();
         for i in 0..tally.others.len() {
             let peer = tally.others[i];
-            if down(peer) {
-                match tally.fallbacks.pop_front() {
-                    Some(fallback) => sends.push(Delivery {
-                        target: fallback,
-                        hint_for: Some(peer),
-                    }),
-                    None => {
-                        tally.failed.push(peer);
-                        continue;
-                    }
-                }
-            } else {
-                sends.push(Delivery {
+            if !down(peer) {
+                send(Delivery {
                     target: peer,
                     hint_for: None,
                 });
+                tally.outstanding += 1;
+            } else if let Some(fallback) = tally.hint(peer) {
+                send(fallback);
+            } else {
+                tally.failed.push(peer);
             }
-            tally.outstanding += 1;
         }
-        (tally, sends)
+        tally
     }
 
     /// Whether W acknowledgements are in.
@@ -275,27 +262,8 @@ impl WriteTally {
         self.fallback_for_failed(target, hint_for)
     }
 
-    /// After W was met: a replica that fails still gets its hinted
-    /// fallback, so the write reaches N nodes. The caller sends that one
-    /// itself and does not wait for it here (it is not outstanding).
-    pub(crate) fn late_answer(
-        &mut self,
-        target: NodeId,
-        hint_for: Option<NodeId>,
-        ok: bool,
-    ) -> Option<Delivery> {
-        self.outstanding -= 1;
-        if ok {
-            return None;
-        }
-        // The caller sends this one itself and does not wait for it here.
-        let fallback = self.fallback_for_failed(target, hint_for)?;
-        self.outstanding -= 1;
-        Some(fallback)
-    }
-
     /// A hinted fallback for `target`, which failed, unless it was itself
-    /// a fallback or already has one; counted as outstanding.
+    /// a fallback or already has one.
     fn fallback_for_failed(
         &mut self,
         target: NodeId,
@@ -304,37 +272,37 @@ impl WriteTally {
         if hint_for.is_some() || self.hinted.contains(&target) {
             return None;
         }
+        self.hint(target)
+    }
+
+    /// The next fallback, holding a hint for `peer`, if one is left;
+    /// counted as outstanding, and `peer` as hinted (it gets no second).
+    fn hint(&mut self, peer: NodeId) -> Option<Delivery> {
         let fallback = self.fallbacks.pop_front()?;
-        self.hinted.push(target);
+        self.hinted.push(peer);
         self.outstanding += 1;
         Some(Delivery {
             target: fallback,
-            hint_for: Some(target),
+            hint_for: Some(peer),
         })
     }
 
     /// The hedge delay passed: every replica that has neither answered nor
     /// failed nor been hinted gets a hinted fallback, while fallbacks last.
-    pub(crate) fn hedge(&mut self) -> Vec<Delivery> {
-        let mut sends = Vec::new();
-        for &peer in &self.others {
+    pub(crate) fn hedge(&mut self, mut send: impl FnMut(Delivery)) {
+        for i in 0..self.others.len() {
+            let peer = self.others[i];
             if self.answered.contains(&peer)
                 || self.failed.contains(&peer)
                 || self.hinted.contains(&peer)
             {
                 continue;
             }
-            let Some(fallback) = self.fallbacks.pop_front() else {
+            let Some(fallback) = self.hint(peer) else {
                 break;
             };
-            sends.push(Delivery {
-                target: fallback,
-                hint_for: Some(peer),
-            });
-            self.hinted.push(peer);
-            self.outstanding += 1;
+            send(fallback);
         }
-        sends
     }
 
     /// Short of W: the quorum error, naming who failed and who never
@@ -421,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_old_tombstone_held_by_the_first_replica_without_hints_is_collected() {
+    fn only_an_old_tombstone_without_hints_is_collected() {
         let value = written(1 << 32, Some(b"v"), 100);
         assert_eq!(tombstone_time(&value), None);
         assert_eq!(tombstone_time(&Siblings::new()), None);
@@ -429,13 +397,9 @@ mod tests {
         let at = tombstone_time(&deleted).unwrap();
         assert_eq!(at, 100);
         let grace = 50;
-        assert!(may_collect(true, at, 150, grace, false));
-        assert!(!may_collect(true, at, 149, grace, false), "grace not over");
-        assert!(
-            !may_collect(false, at, 1_000, grace, false),
-            "not the first"
-        );
-        assert!(!may_collect(true, at, 1_000, grace, true), "a hint waits");
+        assert!(may_collect(at, 150, grace, false));
+        assert!(!may_collect(at, 149, grace, false), "grace not over");
+        assert!(!may_collect(at, 1_000, grace, true), "a hint waits");
     }
 
     #[test]
@@ -462,9 +426,29 @@ mod tests {
         }
     }
 
+    /// A tally and the deliveries it asked for at the start.
+    fn tally(
+        w: usize,
+        others: &[u64],
+        fallbacks: &[u64],
+        down: impl Fn(NodeId) -> bool,
+    ) -> (WriteTally, Vec<Delivery>) {
+        let mut sends = Vec::new();
+        let t = WriteTally::new(w, nodes(others), nodes(fallbacks).into(), down, |d| {
+            sends.push(d);
+        });
+        (t, sends)
+    }
+
+    fn hedged(t: &mut WriteTally) -> Vec<Delivery> {
+        let mut sends = Vec::new();
+        t.hedge(|d| sends.push(d));
+        sends
+    }
+
     #[test]
     fn a_write_is_met_at_w_counting_the_coordinator() {
-        let (mut t, sends) = WriteTally::new(2, nodes(&[2, 3]), VecDeque::new(), |_| false);
+        let (mut t, sends) = tally(2, &[2, 3], &[], |_| false);
         assert_eq!(sends, vec![to(2, None), to(3, None)]);
         assert!(t.waiting());
         assert_eq!(t.answer(NodeId(3), None, true), None);
@@ -475,10 +459,15 @@ mod tests {
 
     #[test]
     fn a_down_replica_goes_to_a_fallback_and_without_one_it_has_failed() {
-        let (t, sends) = WriteTally::new(3, nodes(&[2, 3]), nodes(&[4]).into(), |n| n != NodeId(2));
+        let (mut t, sends) = tally(3, &[2, 3], &[4, 5, 6], |n| n != NodeId(2));
         assert_eq!(sends, vec![to(2, None), to(4, Some(3))]);
         assert_eq!(t.outstanding(), 2);
-        let (t, sends) = WriteTally::new(3, nodes(&[2, 3]), VecDeque::new(), |n| n == NodeId(3));
+        assert_eq!(
+            hedged(&mut t),
+            vec![to(5, Some(2))],
+            "the silent replica is hedged; the down one has its fallback already"
+        );
+        let (t, sends) = tally(3, &[2, 3], &[], |n| n == NodeId(3));
         assert_eq!(sends, vec![to(2, None)]);
         match t.error() {
             Error::WriteQuorum {
@@ -497,7 +486,7 @@ mod tests {
 
     #[test]
     fn a_failed_replica_gets_one_hinted_fallback_and_a_failed_fallback_none() {
-        let (mut t, _) = WriteTally::new(3, nodes(&[2, 3]), nodes(&[4, 5]).into(), |_| false);
+        let (mut t, _) = tally(3, &[2, 3], &[4, 5], |_| false);
         assert_eq!(t.answer(NodeId(2), None, false), Some(to(4, Some(2))));
         assert_eq!(
             t.answer(NodeId(4), Some(NodeId(2)), false),
@@ -512,22 +501,24 @@ mod tests {
 
     #[test]
     fn hedging_covers_only_the_silent_and_stops_when_fallbacks_run_out() {
-        let (mut t, _) = WriteTally::new(4, nodes(&[2, 3, 4]), nodes(&[5]).into(), |_| false);
+        let (mut t, _) = tally(4, &[2, 3, 4], &[5], |_| false);
         assert_eq!(t.answer(NodeId(2), None, true), None);
         assert!(t.can_hedge());
-        assert_eq!(t.hedge(), vec![to(5, Some(3))]);
+        assert_eq!(hedged(&mut t), vec![to(5, Some(3))]);
         assert!(!t.can_hedge());
-        assert_eq!(t.hedge(), Vec::new());
+        assert_eq!(hedged(&mut t), Vec::new());
         assert_eq!(t.outstanding(), 3);
     }
 
     #[test]
     fn after_w_a_late_failure_still_gets_its_fallback() {
-        let (mut t, _) = WriteTally::new(2, nodes(&[2, 3]), nodes(&[4]).into(), |_| false);
+        let (mut t, _) = tally(2, &[2, 3], &[4], |_| false);
         t.answer(NodeId(2), None, true);
         assert!(t.is_met());
-        assert_eq!(t.late_answer(NodeId(3), None, false), Some(to(4, Some(3))));
-        assert_eq!(t.outstanding(), 0, "the late fallback is not waited for");
+        assert_eq!(t.answer(NodeId(3), None, false), Some(to(4, Some(3))));
+        assert_eq!(t.outstanding(), 1, "the fallback's answer is still due");
+        assert_eq!(t.answer(NodeId(4), Some(NodeId(3)), true), None);
+        assert_eq!(t.outstanding(), 0);
         assert!(!t.can_hedge());
     }
 }

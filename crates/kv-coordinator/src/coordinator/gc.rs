@@ -46,7 +46,7 @@ where
                 let (r, k) = (self.replica.clone(), key.clone());
                 off_runtime(move || r.hints().holds_key(&k)).await?
             };
-            if !may_collect(true, newest, now_secs, grace, hinted) {
+            if !may_collect(newest, now_secs, grace, hinted) {
                 continue;
             }
             let mut everywhere = true;

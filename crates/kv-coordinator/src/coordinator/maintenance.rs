@@ -60,19 +60,11 @@ where
 /// Background work has no caller to hand its error to: it goes to the log,
 /// with its kind, and the work is tried again on the next tick.
 fn warn_failed(work: &str, peer: Option<NodeId>, error: &Error) {
-    match peer {
-        Some(peer) => tracing::warn!(
-            work,
-            peer = peer.0,
-            kind = ?error.kind(),
-            %error,
-            "maintenance failed; tried again on a later tick"
-        ),
-        None => tracing::warn!(
-            work,
-            kind = ?error.kind(),
-            %error,
-            "maintenance failed; tried again on the next tick"
-        ),
-    }
+    tracing::warn!(
+        work,
+        peer = ?peer.map(|p| p.0),
+        kind = ?error.kind(),
+        %error,
+        "maintenance failed; tried again on a later tick"
+    );
 }

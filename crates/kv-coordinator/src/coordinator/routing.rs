@@ -280,7 +280,7 @@ where
         // ring is older or newer) is a routing failure, not bad input: the
         // client may retry elsewhere.
         let failed = |e: Error| ClientReply::Failed {
-            invalid: matches!(e, Error::InvalidInput(_)),
+            invalid: e.kind() == crate::ErrorKind::Invalid,
             // A storage error at the coordinator happens before anything
             // is stored (the local write is one atomic engine batch).
             not_applied: matches!(e, Error::Storage(_)),

@@ -105,26 +105,20 @@ where
             .collect();
         // Every replica gets the state, whether or not we wait for it.
         let (tx, mut rx) = mpsc::channel(2 * others.len().max(1));
-        let send = |to: Delivery| {
-            let (transport, tx, key, bytes) = (
-                self.transport.clone(),
-                tx.clone(),
-                key.to_vec(),
-                bytes.clone(),
-            );
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let result = transport
-                    .replicate(to.target, key, bytes, to.hint_for)
-                    .await;
-                let _ = tx.send((to, result.is_ok(), started.elapsed())).await;
-            });
+        let fanout = Fanout {
+            transport: self.transport.clone(),
+            tx,
+            key: key.to_vec(),
+            bytes,
         };
         let sloppy = self.config.sloppy_quorum;
-        let (mut tally, sends) = WriteTally::new(w, others, fallbacks, |peer| {
-            sloppy && !self.membership.is_alive(peer)
-        });
-        sends.into_iter().for_each(&send);
+        let mut tally = WriteTally::new(
+            w,
+            others,
+            fallbacks,
+            |peer| sloppy && !self.membership.is_alive(peer),
+            |to| fanout.send(to),
+        );
         // A replica that has not answered within a few times the recent
         // replica latency (paused, cut off, overloaded) gets a hinted
         // fallback without waiting for failure detection, so W is met.
@@ -139,15 +133,15 @@ where
                         self.replica_latency.observe(took);
                     }
                     if let Some(fallback) = tally.answer(to.target, to.hint_for, ok) {
-                        send(fallback);
+                        fanout.send(fallback);
                     }
                 }
                 Err(_) if hedge_at == Some(wake) => {
                     hedge_at = None;
-                    for fallback in tally.hedge() {
-                        send(fallback);
+                    tally.hedge(|to| {
+                        fanout.send(to);
                         Metrics::add(&self.metrics.replica_writes_hedged, 1);
-                    }
+                    });
                 }
                 Ok(None) | Err(_) => break,
             }
@@ -159,22 +153,14 @@ where
         // its hinted fallback all the same, so the write still reaches N
         // nodes (the request does not wait for it).
         if tally.outstanding() > 0 && tally.can_hedge() {
-            let (transport, key, bytes) = (self.transport.clone(), key.to_vec(), bytes.clone());
             tokio::spawn(async move {
                 while tally.outstanding() > 0 {
                     let Ok(Some((to, ok, _))) = tokio::time::timeout_at(deadline, rx.recv()).await
                     else {
                         return;
                     };
-                    if let Some(fallback) = tally.late_answer(to.target, to.hint_for, ok) {
-                        let _ = transport
-                            .replicate(
-                                fallback.target,
-                                key.clone(),
-                                bytes.clone(),
-                                fallback.hint_for,
-                            )
-                            .await;
+                    if let Some(fallback) = tally.answer(to.target, to.hint_for, ok) {
+                        fanout.send(fallback);
                     }
                 }
             });
@@ -183,5 +169,37 @@ where
             context: encode_context(&state),
             dot,
         })
+    }
+}
+
+/// A replica's answer to one delivery: whether it took the state, and how
+/// long it took.
+type Answer = (Delivery, bool, std::time::Duration);
+
+/// Sends one write's state to replicas and fallbacks; each answer comes
+/// back on `tx`, to the request while it waits for W and to a background
+/// task after.
+struct Fanout<T> {
+    transport: Arc<T>,
+    tx: mpsc::Sender<Answer>,
+    key: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+impl<T: Transport + 'static> Fanout<T> {
+    fn send(&self, to: Delivery) {
+        let (transport, tx, key, bytes) = (
+            self.transport.clone(),
+            self.tx.clone(),
+            self.key.clone(),
+            self.bytes.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = transport
+                .replicate(to.target, key, bytes, to.hint_for)
+                .await;
+            let _ = tx.send((to, result.is_ok(), started.elapsed())).await;
+        });
     }
 }

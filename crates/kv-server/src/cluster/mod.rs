@@ -158,10 +158,6 @@ pub struct Cluster {
 
 pub use error::ClusterError;
 
-fn internal(e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::internal(e)
-}
-
 impl Cluster {
     /// The cluster part of a node whose coordinator places keys with
     /// `ring` and judges liveness with `view`; `state` is the ring it

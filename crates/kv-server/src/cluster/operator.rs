@@ -20,7 +20,8 @@ impl Cluster {
         let owned = if ring.is_empty() {
             BTreeMap::new()
         } else {
-            ring.replicated_ownership(n).map_err(internal)?
+            ring.replicated_ownership(n)
+                .map_err(ClusterError::internal)?
         };
         let mut members: BTreeMap<u64, MemberStatus> = BTreeMap::new();
         for m in &state.members {

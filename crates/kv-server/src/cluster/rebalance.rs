@@ -51,11 +51,12 @@ impl Cluster {
             ));
         }
         let mut after = before.clone();
-        after.join(self.spec()).map_err(internal)?;
+        after.join(self.spec()).map_err(ClusterError::internal)?;
         let mut streamed = 0u64;
         let ranges;
         {
-            let diff = RingDiff::between(&before, &after, self.settings.n).map_err(internal)?;
+            let diff = RingDiff::between(&before, &after, self.settings.n)
+                .map_err(ClusterError::internal)?;
             let gained: Vec<_> = diff.moves().iter().filter(|m| m.to.contains(&me)).collect();
             ranges = gained.len() as u32;
             let mut by_source: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
@@ -242,8 +243,9 @@ impl Cluster {
                 "the last node of the ring cannot leave: its data would have nowhere to go".into(),
             ));
         }
-        let after = before.without_node(me).map_err(internal)?;
-        let diff = RingDiff::between(&before, &after, self.settings.n).map_err(internal)?;
+        let after = before.without_node(me).map_err(ClusterError::internal)?;
+        let diff =
+            RingDiff::between(&before, &after, self.settings.n).map_err(ClusterError::internal)?;
         let mut by_target: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
         let mut ranges = 0u32;
         for mv in diff.moves().iter().filter(|m| m.from.contains(&me)) {

@@ -51,8 +51,8 @@ impl Cluster {
         let persisted = state.clone();
         tokio::task::spawn_blocking(move || ring_state::store(&dir, &persisted))
             .await
-            .map_err(internal)?
-            .map_err(internal)?;
+            .map_err(ClusterError::internal)?
+            .map_err(ClusterError::internal)?;
         for m in &state.members {
             if m.id != self.settings.id.0 {
                 self.transport.set_address(NodeId(m.id), m.addr.clone());
@@ -171,10 +171,10 @@ impl Cluster {
                     state.vnodes.max(self.settings.vnodes),
                     TokenStrategy::Balanced,
                 )
-                .map_err(internal)?,
+                .map_err(ClusterError::internal)?,
             ));
         }
-        let ring = ring_of(&state).map_err(internal)?;
+        let ring = ring_of(&state).map_err(ClusterError::internal)?;
         Ok((state, ring))
     }
 }
