@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Replica writes also sent to a fallback with a hint because the
     /// replica had not answered within the hedge delay.
     pub replica_writes_hedged: AtomicU64,
+    /// Reads that also asked the replicas not asked at first because those
+    /// asked had not answered within the hedge delay.
+    pub replica_reads_hedged: AtomicU64,
 }
 
 impl Metrics {

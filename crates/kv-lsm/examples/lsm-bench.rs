@@ -25,8 +25,9 @@
 //! fillrandom engine=kv-lsm ops_per_sec=123456 p50_us=3.1 p99_us=8.0 space_amp=1.12
 //! ```
 //!
-//! `space_amp` is the bytes of the engine's files (tables, live log,
-//! manifest; kv-lsm's reserved log segments kept for reuse are not counted)
+//! `space_amp` is the bytes the engine's directory takes on disk (every
+//! file's allocated blocks, as `du` counts them: tables, commit log
+//! segments with their reserved space and those kept for reuse, manifest)
 //! divided by the logical bytes (`distinct keys * (16 + value size)`),
 //! measured after the fill has been flushed and compactions have settled.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -149,16 +150,7 @@ impl Bench for Lsm {
         ))
     }
     fn disk_bytes(&self, dir: &Path) -> u64 {
-        // Tables, the live segment's written bytes and the manifest.
-        let mut total = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.ends_with(".sst") || name.starts_with("MANIFEST") {
-                total += entry.metadata().unwrap().len();
-            }
-        }
-        total
+        dir_bytes(dir)
     }
 }
 
@@ -197,8 +189,11 @@ impl Bench for Fjall {
     }
 }
 
-#[cfg(feature = "peers")]
+/// Bytes the directory takes on disk, as `du` counts them: the blocks
+/// allocated to every file under it, preallocated and reserved space
+/// included.
 fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
@@ -206,7 +201,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         total += if meta.is_dir() {
             dir_bytes(&entry.path())
         } else {
-            meta.len()
+            meta.blocks() * 512
         };
     }
     total

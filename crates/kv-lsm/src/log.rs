@@ -33,7 +33,7 @@
 //! the log is cut). Otherwise it is a torn tail, which is truncated.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kv_core::codec::{DecodeError, DecodeResult, Reader, put_varint};
 use kv_core::{BatchOp, WriteBatch};
@@ -144,6 +144,10 @@ pub(crate) struct LogWriter {
     offset: u64,
     /// Records framed but not yet written.
     buffer: Vec<u8>,
+    /// Bytes of the file reserved on disk (preallocated) so far.
+    reserved: u64,
+    /// Bytes reserved at a time ahead of the writes; 0 reserves nothing.
+    reserve_step: u64,
 }
 
 impl LogWriter {
@@ -154,15 +158,38 @@ impl LogWriter {
             number,
             offset: 0,
             buffer: Vec::with_capacity(64 * 1024),
+            reserved: 0,
+            reserve_step: 0,
+        }
+    }
+
+    /// Keeps `step` bytes reserved on disk ahead of the writes, one step at
+    /// a time, starting now: appends inside reserved space change neither
+    /// the file's size nor its block map, so a data sync has no metadata
+    /// to write but once per step, and the segment never takes more than
+    /// one step beyond what it holds.
+    pub(crate) fn reserve_in_steps(&mut self, step: u64) {
+        self.reserve_step = step;
+        self.reserve(self.len());
+    }
+
+    /// Reserves space up to past `end`, when the step is set and `end`
+    /// is beyond what is reserved. A failure only costs speed (the writes
+    /// themselves report a full disk), so it is not an error.
+    fn reserve(&mut self, end: u64) {
+        if self.reserve_step == 0 || end < self.reserved {
+            return;
+        }
+        let target = (end / self.reserve_step + 1) * self.reserve_step;
+        if self.file.preallocate(target).is_ok() {
+            self.reserved = target;
+        } else {
+            self.reserve_step = 0;
         }
     }
 
     pub(crate) fn number(&self) -> u64 {
         self.number
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Bytes in the segment, written or buffered.
@@ -212,17 +239,13 @@ impl LogWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.reserve(self.len());
         let result = self.file.write_all(&self.buffer);
         // A failed write leaves an unknown prefix on disk; the caller
         // poisons the engine, so the buffer can be dropped either way.
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
         result.map_err(|e| Error::io("write commit log", &self.path, e))
-    }
-
-    /// Reserves disk space for the segment.
-    pub(crate) fn preallocate(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.preallocate(len)
     }
 
     /// Ends the segment: writes what is buffered, then the terminator (an

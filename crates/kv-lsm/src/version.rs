@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::fs::FileSystem;
 use crate::iter::InternalIter;
 use crate::manifest::LEVELS;
-use crate::table::{Table, TableIter, TableMeta};
+use crate::table::{KeyHash, Table, TableIter, TableMeta};
 
 /// A live table. When a compaction retires it, it is marked obsolete, and
 /// its file is deleted when the last reader (iterator or version) lets go.
@@ -96,8 +96,9 @@ impl Version {
 
     /// The newest version of `key` numbered `<= seq` in the tables.
     pub(crate) fn get(&self, key: &[u8], seq: u64) -> Result<Option<Option<Vec<u8>>>> {
+        let hash = KeyHash::of(key);
         for table in &self.levels[0] {
-            if let Some(found) = table.table.get(key, seq)? {
+            if let Some(found) = table.table.get_hashed(key, hash, seq)? {
                 return Ok(Some(found));
             }
         }
@@ -105,7 +106,7 @@ impl Version {
             let i = level.partition_point(|t| t.meta().largest.0.as_slice() < key);
             if let Some(table) = level.get(i)
                 && table.meta().smallest.0.as_slice() <= key
-                && let Some(found) = table.table.get(key, seq)?
+                && let Some(found) = table.table.get_hashed(key, hash, seq)?
             {
                 return Ok(Some(found));
             }

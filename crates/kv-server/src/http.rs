@@ -206,6 +206,12 @@ fn replication(out: &mut String, m: &Metrics, replica: &Replica<Engine>) {
     );
     counter(
         out,
+        "kv_replica_reads_hedged_total",
+        "Reads that also asked the remaining replicas because those asked had not answered within the hedge delay.",
+        Metrics::get(&m.replica_reads_hedged),
+    );
+    counter(
+        out,
         "kv_reaps_unconfirmed_total",
         "Tombstone collections postponed because a replica did not confirm.",
         Metrics::get(&m.reaps_unconfirmed),

@@ -11,23 +11,58 @@ use kv_core::NodeId;
 use crate::error::Error;
 use crate::versions::Siblings;
 
-/// A read's answers as they arrive, until R of them are in.
+/// A read's answers as they arrive, until R of them are in. This node's
+/// own state is the first answer; of the other replicas only R-1 are
+/// asked at first (those believed alive first), and one more for each that
+/// fails, or all the rest once the hedge delay passes with answers still
+/// due.
 #[derive(Debug)]
 pub(crate) struct ReadTally {
     needed: usize,
     answers: Vec<(NodeId, Siblings)>,
     failed: Vec<NodeId>,
+    /// The other replicas in the order they are asked.
+    others: Vec<NodeId>,
+    /// How many of `others` were asked.
+    asked: usize,
+    outstanding: usize,
 }
 
 impl ReadTally {
     /// A read that needs `r` answers, this node's own `local` state the
-    /// first of them.
-    pub(crate) fn new(r: usize, me: NodeId, local: Siblings) -> Self {
-        ReadTally {
+    /// first of them, from the replicas `others` (this node excluded);
+    /// `down` says which are believed down (asked last). `ask` is given
+    /// each replica to ask now.
+    pub(crate) fn new(
+        r: usize,
+        me: NodeId,
+        local: Siblings,
+        mut others: Vec<NodeId>,
+        down: impl Fn(NodeId) -> bool,
+        ask: impl FnMut(NodeId),
+    ) -> Self {
+        // Stable: the preference order holds within the alive and the down.
+        others.sort_by_key(|&peer| down(peer));
+        let mut tally = ReadTally {
             needed: r,
             answers: vec![(me, local)],
             failed: Vec::new(),
+            others,
+            asked: 0,
+            outstanding: 0,
+        };
+        tally.ask_more(r.saturating_sub(1), ask);
+        tally
+    }
+
+    /// Asks up to `count` replicas not asked yet.
+    fn ask_more(&mut self, count: usize, mut ask: impl FnMut(NodeId)) {
+        let until = (self.asked + count).min(self.others.len());
+        for &peer in &self.others[self.asked..until] {
+            ask(peer);
         }
+        self.outstanding += until - self.asked;
+        self.asked = until;
     }
 
     /// Whether R answers are in.
@@ -35,35 +70,56 @@ impl ReadTally {
         self.answers.len() >= self.needed
     }
 
+    /// Whether to keep waiting: R is not met and answers are still due.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.is_met() && self.outstanding > 0
+    }
+
+    /// Whether a replica is left that was not asked.
+    pub(crate) fn can_hedge(&self) -> bool {
+        self.asked < self.others.len()
+    }
+
+    /// The replicas never asked.
+    pub(crate) fn unasked(&self) -> &[NodeId] {
+        &self.others[self.asked..]
+    }
+
     /// A peer's answer: its stored state (`None`: it holds nothing), or a
-    /// failure. A state that does not decode counts as a failure.
-    pub(crate) fn answer<X>(&mut self, peer: NodeId, answer: Result<Option<Vec<u8>>, X>) {
+    /// failure. A state that does not decode counts as a failure, and a
+    /// failure asks the next replica not asked yet (through `ask`).
+    pub(crate) fn answer<X>(
+        &mut self,
+        peer: NodeId,
+        answer: Result<Option<Vec<u8>>, X>,
+        ask: impl FnMut(NodeId),
+    ) {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let state = match answer {
-            Ok(None) => Siblings::new(),
-            Ok(Some(bytes)) => match Siblings::from_bytes(&bytes) {
-                Ok(state) => state,
-                Err(_) => {
-                    self.failed.push(peer);
-                    return;
-                }
-            },
-            Err(_) => {
-                self.failed.push(peer);
-                return;
-            }
+            Ok(None) => Some(Siblings::new()),
+            Ok(Some(bytes)) => Siblings::from_bytes(&bytes).ok(),
+            Err(_) => None,
         };
-        self.answers.push((peer, state));
+        match state {
+            Some(state) => self.answers.push((peer, state)),
+            None => {
+                self.failed.push(peer);
+                self.ask_more(1, ask);
+            }
+        }
+    }
+
+    /// The hedge delay passed short of R: every replica not asked yet is
+    /// asked.
+    pub(crate) fn hedge(&mut self, ask: impl FnMut(NodeId)) {
+        self.ask_more(self.others.len(), ask);
     }
 
     /// The merged state and the answers it came from, or, short of R,
-    /// the quorum error naming who failed and who never answered among
-    /// `asked`.
-    pub(crate) fn finish(
-        self,
-        asked: &[NodeId],
-    ) -> Result<(Siblings, Vec<(NodeId, Siblings)>), Error> {
+    /// the quorum error naming who failed and who, asked, never answered.
+    pub(crate) fn finish(self) -> Result<(Siblings, Vec<(NodeId, Siblings)>), Error> {
         if !self.is_met() {
-            let timed_out = asked
+            let timed_out = self.others[..self.asked]
                 .iter()
                 .copied()
                 .filter(|p| !self.failed.contains(p) && !self.answers.iter().any(|(a, _)| a == p))
@@ -83,13 +139,23 @@ impl ReadTally {
     }
 }
 
-/// The replicas a read repairs: those whose answer is not the merged state.
-pub(crate) fn stale_replicas(merged: &Siblings, answers: &[(NodeId, Siblings)]) -> Vec<NodeId> {
-    answers
+/// The replicas a read repairs: those whose answer is not the merged
+/// state, and, when any answer was not, the replicas not asked as well
+/// (disagreement among the asked is a sign the others may be behind too).
+pub(crate) fn stale_replicas(
+    merged: &Siblings,
+    answers: &[(NodeId, Siblings)],
+    unasked: &[NodeId],
+) -> Vec<NodeId> {
+    let mut stale: Vec<NodeId> = answers
         .iter()
         .filter(|(_, state)| state != merged)
         .map(|(node, _)| *node)
-        .collect()
+        .collect();
+    if !stale.is_empty() {
+        stale.extend_from_slice(unasked);
+    }
+    stale
 }
 
 /// When the newest tombstone of a state that holds only tombstones was
@@ -327,6 +393,7 @@ mod tests {
     use super::*;
     use kv_clock::VectorClock;
     use kv_core::ActorId;
+    use std::cell::RefCell;
 
     fn written(actor: u64, value: Option<&[u8]>, at: u64) -> Siblings {
         let mut s = Siblings::new();
@@ -340,25 +407,57 @@ mod tests {
         s
     }
 
-    #[test]
-    fn a_read_is_met_at_r_and_merges_what_it_got() {
-        let a = written(1 << 32, Some(b"a"), 100);
-        let mut tally = ReadTally::new(2, NodeId(1), a.clone());
-        assert!(!tally.is_met());
-        tally.answer::<()>(NodeId(2), Ok(None));
-        assert!(tally.is_met());
-        let (merged, answers) = tally.finish(&[NodeId(2), NodeId(3)]).unwrap();
-        assert_eq!(merged, a);
-        assert_eq!(stale_replicas(&merged, &answers), vec![NodeId(2)]);
+    fn asked(log: &RefCell<Vec<NodeId>>) -> Vec<NodeId> {
+        std::mem::take(&mut *log.borrow_mut())
     }
 
     #[test]
-    fn garbage_and_failures_do_not_count_and_the_silent_are_named() {
-        let mut tally = ReadTally::new(3, NodeId(1), Siblings::new());
-        tally.answer(NodeId(2), Ok::<_, ()>(Some(vec![0xde, 0xad])));
-        tally.answer(NodeId(3), Err("unreachable"));
-        assert!(!tally.is_met());
-        match tally.finish(&[NodeId(2), NodeId(3), NodeId(4)]) {
+    fn a_read_asks_r_minus_one_alive_replicas_and_merges_what_it_got() {
+        let a = written(1 << 32, Some(b"a"), 100);
+        let log = RefCell::new(Vec::new());
+        let ask = |p: NodeId| log.borrow_mut().push(p);
+        // Node 2 is believed down: node 3 is asked first.
+        let mut tally = ReadTally::new(
+            2,
+            NodeId(1),
+            a.clone(),
+            vec![NodeId(2), NodeId(3)],
+            |p| p == NodeId(2),
+            ask,
+        );
+        assert_eq!(asked(&log), vec![NodeId(3)]);
+        assert!(tally.waiting());
+        assert_eq!(tally.unasked(), &[NodeId(2)]);
+        tally.answer::<()>(NodeId(3), Ok(Some(a.to_bytes())), ask);
+        assert!(tally.is_met() && !tally.waiting());
+        assert!(asked(&log).is_empty(), "no one else asked");
+        let unasked = tally.unasked().to_vec();
+        let (merged, answers) = tally.finish().unwrap();
+        assert_eq!(merged, a);
+        assert!(
+            stale_replicas(&merged, &answers, &unasked).is_empty(),
+            "agreement repairs nothing, not even the unasked"
+        );
+    }
+
+    #[test]
+    fn a_failure_asks_the_next_replica_and_the_hedge_asks_the_rest() {
+        let log = RefCell::new(Vec::new());
+        let ask = |p: NodeId| log.borrow_mut().push(p);
+        let others = vec![NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+        let mut tally = ReadTally::new(3, NodeId(1), Siblings::new(), others, |_| false, ask);
+        assert_eq!(asked(&log), vec![NodeId(2), NodeId(3)]);
+        // Garbage is a failure: node 4 is asked in its place.
+        tally.answer(NodeId(2), Ok::<_, ()>(Some(vec![0xde, 0xad])), ask);
+        assert_eq!(asked(&log), vec![NodeId(4)]);
+        assert!(tally.waiting());
+        tally.hedge(ask);
+        assert_eq!(asked(&log), vec![NodeId(5)]);
+        assert!(!tally.can_hedge());
+        tally.answer(NodeId(4), Err("unreachable"), ask);
+        assert!(asked(&log).is_empty(), "no one left to ask");
+        assert!(tally.waiting(), "nodes 3 and 5 still due");
+        match tally.finish() {
             Err(Error::ReadQuorum {
                 answered,
                 needed,
@@ -366,25 +465,44 @@ mod tests {
                 timed_out,
             }) => {
                 assert_eq!((answered, needed), (1, 3));
-                assert_eq!(failed, vec![NodeId(2), NodeId(3)]);
-                assert_eq!(timed_out, vec![NodeId(4)]);
+                assert_eq!(failed, vec![NodeId(2), NodeId(4)]);
+                assert_eq!(timed_out, vec![NodeId(3), NodeId(5)]);
             }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn concurrent_answers_merge_into_siblings_and_every_replica_behind_is_repaired() {
+    fn r_of_one_asks_no_one() {
+        let log = RefCell::new(Vec::new());
+        let tally = ReadTally::new(
+            1,
+            NodeId(1),
+            Siblings::new(),
+            vec![NodeId(2), NodeId(3)],
+            |_| false,
+            |p: NodeId| log.borrow_mut().push(p),
+        );
+        assert!(log.borrow().is_empty());
+        assert!(tally.is_met() && !tally.waiting());
+    }
+
+    #[test]
+    fn disagreement_merges_into_siblings_and_repairs_the_unasked_too() {
         let a = written(1 << 32, Some(b"a"), 100);
         let b = written(2 << 32, Some(b"b"), 100);
-        let mut tally = ReadTally::new(3, NodeId(1), a.clone());
-        tally.answer::<()>(NodeId(2), Ok(Some(b.to_bytes())));
-        tally.answer::<()>(NodeId(3), Ok(Some(a.to_bytes())));
-        let (merged, answers) = tally.finish(&[NodeId(2), NodeId(3)]).unwrap();
+        let ask = |_: NodeId| {};
+        let others = vec![NodeId(2), NodeId(3), NodeId(4)];
+        let mut tally = ReadTally::new(3, NodeId(1), a.clone(), others, |_| false, ask);
+        tally.answer::<()>(NodeId(2), Ok(Some(b.to_bytes())), ask);
+        tally.answer::<()>(NodeId(3), Ok(Some(a.to_bytes())), ask);
+        let unasked = tally.unasked().to_vec();
+        assert_eq!(unasked, vec![NodeId(4)]);
+        let (merged, answers) = tally.finish().unwrap();
         assert_eq!(merged.values().count(), 2);
         assert_eq!(
-            stale_replicas(&merged, &answers),
-            vec![NodeId(1), NodeId(2), NodeId(3)]
+            stale_replicas(&merged, &answers, &unasked),
+            vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)]
         );
     }
 

@@ -63,40 +63,63 @@ where
             .filter(|&n| n != self.replica.id())
             .collect();
         let (tx, mut rx) = mpsc::channel(others.len().max(1));
-        for &peer in &others {
+        let ask = |peer: NodeId| {
             let (transport, tx, key) = (self.transport.clone(), tx.clone(), key.to_vec());
             tokio::spawn(async move {
                 let result = transport.read(peer, key).await;
                 let _ = tx.send((peer, result)).await;
             });
-        }
-        drop(tx);
-        let mut tally = ReadTally::new(r, self.replica.id(), local);
-        while !tally.is_met() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((peer, answer))) => tally.answer(peer, answer),
+        };
+        // R-1 other replicas are asked, not all of them: one more for each
+        // that fails, and the rest if those are slow.
+        let mut tally = ReadTally::new(
+            r,
+            self.replica.id(),
+            local,
+            others,
+            |peer| !self.membership.is_alive(peer),
+            ask,
+        );
+        let mut hedge_at = tally
+            .can_hedge()
+            .then(|| Instant::now() + self.hedge_delay());
+        while tally.waiting() {
+            let wake = hedge_at.filter(|&h| h < deadline).unwrap_or(deadline);
+            match tokio::time::timeout_at(wake, rx.recv()).await {
+                Ok(Some((peer, answer))) => tally.answer(peer, answer, ask),
+                Err(_) if hedge_at == Some(wake) => {
+                    hedge_at = None;
+                    tally.hedge(|peer| {
+                        ask(peer);
+                        Metrics::add(&self.metrics.replica_reads_hedged, 1);
+                    });
+                }
                 Ok(None) | Err(_) => break,
             }
         }
-        let (merged, answers) = tally.finish(&others)?;
-        self.read_repair(key, &merged, &answers).await;
+        let unasked = tally.unasked().to_vec();
+        let (merged, answers) = tally.finish()?;
+        self.read_repair(key, &merged, &answers, &unasked).await;
         Ok(GetResult {
             values: merged.values().flatten().cloned().collect(),
             context: encode_context(&merged),
         })
     }
 
-    /// Sends the merged state to every replica that answered with less:
-    /// after the reply, or before it with `read_repair_blocking`.
+    /// Sends the merged state to every replica that answered with less
+    /// and, when the answers disagreed, to the replicas not asked (they
+    /// merge it with whatever they hold, so a replica that was ahead loses
+    /// nothing): after the reply, or before it with `read_repair_blocking`.
     pub(super) async fn read_repair(
         &self,
         key: &[u8],
         merged: &Siblings,
         answers: &[(NodeId, Siblings)],
+        unasked: &[NodeId],
     ) {
         let bytes = merged.to_bytes();
         let mut pending = Vec::new();
-        for node in stale_replicas(merged, answers) {
+        for node in stale_replicas(merged, answers, unasked) {
             Metrics::add(&self.metrics.read_repairs, 1);
             if node == self.replica.id() {
                 let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());

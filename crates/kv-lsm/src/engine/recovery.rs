@@ -50,7 +50,7 @@ impl Inner {
             .create(&segment_path)
             .map_err(|e| Error::io("create commit log", &segment_path, e))?;
         let mut writer = LogWriter::new(file, segment_path.clone(), log_number);
-        prepare_segment(&mut writer, &opts)?;
+        prepare_segment(&mut writer, &opts);
         let manifest = Manifest::create(&dir, fs.clone(), manifest_number, &state, old_manifest)?;
         remove_strays(&dir, fs.as_ref(), &state, log_number, manifest_number);
 

@@ -3,12 +3,12 @@
 
 use super::*;
 
-/// Sizes a new segment so that appends within it change no metadata.
-pub(super) fn prepare_segment(writer: &mut LogWriter, opts: &Options) -> Result<()> {
-    let path = writer.path().to_path_buf();
-    writer
-        .preallocate((opts.memtable_bytes as u64).saturating_mul(2))
-        .map_err(|e| Error::io("preallocate commit log", &path, e))
+/// Reserves a segment's disk space a sixteenth of a memtable at a time
+/// (256 KiB to 4 MiB), so appends rarely change metadata and a segment
+/// takes little more space than it holds.
+pub(super) fn prepare_segment(writer: &mut LogWriter, opts: &Options) {
+    let step = (opts.memtable_bytes as u64 / 16).clamp(256 << 10, 4 << 20);
+    writer.reserve_in_steps(step);
 }
 
 impl Inner {
@@ -56,7 +56,6 @@ impl Inner {
         let number = self.new_file_number();
         let path = self.dir.join(segment_name(number));
         let recycled = self.recycled.lock().pop();
-        let fresh = recycled.is_none();
         let file = match recycled {
             Some(old) => {
                 self.fs
@@ -72,9 +71,9 @@ impl Inner {
                 .map_err(|e| Error::io("create commit log", &path, e))?,
         };
         let mut writer = LogWriter::new(file, path, number);
-        if fresh {
-            prepare_segment(&mut writer, &self.opts)?;
-        }
+        // A recycled segment's blocks are already allocated up to its old
+        // size: reserving within them changes nothing.
+        prepare_segment(&mut writer, &self.opts);
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("fsync directory", &self.dir, e))?;

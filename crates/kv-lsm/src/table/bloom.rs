@@ -19,6 +19,18 @@ fn hash(key: &[u8]) -> (u32, u32) {
     (h as u32, (h >> 32) as u32 | 1)
 }
 
+/// A key's filter hash, computed once and probed against every table a
+/// point read looks at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyHash(u32, u32);
+
+impl KeyHash {
+    pub(crate) fn of(key: &[u8]) -> Self {
+        let (h1, h2) = hash(key);
+        KeyHash(h1, h2)
+    }
+}
+
 /// Builds a filter from key hashes.
 #[derive(Debug)]
 pub(crate) struct BloomBuilder {
@@ -85,12 +97,29 @@ impl Bloom {
     }
 
     /// False only if `key` is certainly absent.
+    #[cfg(test)]
     pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+        self.may_contain_hash(KeyHash::of(key))
+    }
+
+    /// False only if the key hashed to `hash` is certainly absent.
+    pub(crate) fn may_contain_hash(&self, hash: KeyHash) -> bool {
         if self.k == 0 || self.bits.is_empty() {
             return true;
         }
+        let KeyHash(mut h, h2) = hash;
         let m = (self.bits.len() * 8) as u64;
-        let (mut h, h2) = hash(key);
+        if let Ok(m) = u32::try_from(m) {
+            // The same bits as below, with a 32-bit division.
+            for _ in 0..self.k {
+                let bit = (h % m) as usize;
+                if self.bits[bit / 8] & (1 << (bit % 8)) == 0 {
+                    return false;
+                }
+                h = h.wrapping_add(h2);
+            }
+            return true;
+        }
         for _ in 0..self.k {
             let bit = (u64::from(h) % m) as usize;
             if self.bits[bit / 8] & (1 << (bit % 8)) == 0 {

@@ -7,6 +7,7 @@ mod bloom;
 mod builder;
 mod reader;
 
+pub(crate) use bloom::KeyHash;
 pub(crate) use builder::TableBuilder;
 pub(crate) use reader::{Table, TableIter};
 

@@ -17,7 +17,7 @@ use kv_core::codec::{DecodeError, DecodeResult, Reader};
 use memmap2::Mmap;
 
 use super::block::BlockCursor;
-use super::bloom::Bloom;
+use super::bloom::{Bloom, KeyHash};
 use super::{FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION, TableMeta};
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
@@ -248,12 +248,18 @@ impl Table {
     }
 
     /// The newest version of `key` numbered `<= seq`: `Some(None)` for a
-    /// tombstone, `None` if the table holds none.
-    pub(crate) fn get(&self, key: &[u8], seq: u64) -> Result<Option<Option<Vec<u8>>>> {
+    /// tombstone, `None` if the table holds none. The key's filter hash is computed once by the caller, for every
+    /// table it looks at.
+    pub(crate) fn get_hashed(
+        &self,
+        key: &[u8],
+        hash: KeyHash,
+        seq: u64,
+    ) -> Result<Option<Option<Vec<u8>>>> {
         if key < self.meta.smallest.0.as_slice() || key > self.meta.largest.0.as_slice() {
             return Ok(None);
         }
-        if !self.bloom.may_contain(key) {
+        if !self.bloom.may_contain_hash(hash) {
             return Ok(None);
         }
         let i = self.block_for(key, seq);

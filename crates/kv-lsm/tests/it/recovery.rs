@@ -294,3 +294,53 @@ fn log_segments_are_removed_once_flushed() {
     assert!(logs <= 3, "{logs} segments left");
     assert!(engine.stats().flushes >= 5);
 }
+
+/// Bytes a file takes on disk (allocated blocks, preallocation included).
+fn on_disk(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn log_segments_take_about_what_they_hold_and_one_is_kept_for_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 MiB memtable reserves the log 256 KiB at a time.
+    let step = 256 << 10;
+    let engine = LsmEngine::builder(dir.path())
+        .memtable_bytes(4 << 20)
+        .open()
+        .unwrap();
+    let value = vec![7u8; 1000];
+    for i in 0..1_500u32 {
+        engine.put(format!("k{i:06}").as_bytes(), &value).unwrap();
+    }
+    engine.flush().unwrap();
+    let logs = files(dir.path(), ".log");
+    let live = logs.last().unwrap();
+    // 1.5 MB written, then flushed: the live segment is new and holds at
+    // most one step; before the flush, the old one held what was written
+    // and at most one step more.
+    assert!(on_disk(live) <= step + 4096, "{}", on_disk(live));
+    for i in 1_500..6_000u32 {
+        engine.put(format!("k{i:06}").as_bytes(), &value).unwrap();
+    }
+    // Memtables filled and flushed: the live segment (which may be a
+    // reused one, keeping its old size) and one kept for reuse, each about
+    // one memtable's worth of records at most (they were reserved twice a
+    // memtable up front before).
+    engine.flush().unwrap();
+    let logs = files(dir.path(), ".log");
+    assert!(logs.len() <= 2, "{logs:?}");
+    let per_segment = (4 << 20) * 11 / 10 + step;
+    for log in &logs {
+        assert!(
+            on_disk(log) <= per_segment,
+            "{}: {}",
+            log.display(),
+            on_disk(log)
+        );
+    }
+    drop(engine);
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    assert_eq!(count(&engine), 6_000, "nothing lost in reused segments");
+}
