@@ -114,10 +114,6 @@ pub(crate) struct Inner {
     pub(crate) cache: Arc<BlockCache>,
     _lock: File,
     queue: Mutex<Queue>,
-    /// Waiting writers sleep here; a finished group is announced with one
-    /// `notify_all` (one system call, however large the group).
-    done_lock: Mutex<()>,
-    done_cond: Condvar,
     log: Mutex<LogState>,
     visible_seq: AtomicU64,
     pub(crate) sv: RwLock<Arc<SuperVersion>>,

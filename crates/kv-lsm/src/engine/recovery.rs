@@ -60,8 +60,6 @@ impl Inner {
             cache,
             _lock: lock,
             queue: Mutex::new(Queue::default()),
-            done_lock: Mutex::new(()),
-            done_cond: Condvar::new(),
             log: Mutex::new(LogState { writer, last_seq }),
             visible_seq: AtomicU64::new(last_seq),
             sv: RwLock::new(Arc::new(SuperVersion {
