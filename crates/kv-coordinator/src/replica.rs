@@ -492,10 +492,14 @@ impl<E: StorageEngine> Replica<E> {
             return results;
         }
         let keys: Vec<&[u8]> = merges.iter().map(|(i, _)| items[*i].0.as_slice()).collect();
-        let merged = self.apply_many(&keys, |j, state| {
-            state.sync(&merges[j].1);
-            Ok(())
-        });
+        let merged = self.apply_many(
+            &keys,
+            |j, state| {
+                state.sync(&merges[j].1);
+                Ok(())
+            },
+            |_| {},
+        );
         for ((i, _), result) in merges.iter().zip(merged) {
             results[*i] = result;
         }
@@ -510,10 +514,13 @@ impl<E: StorageEngine> Replica<E> {
     /// digests hash) is written in one engine batch: one commit-log record,
     /// one sync. Returns each change's result; a change that failed leaves
     /// its key as it was, and a failed engine write fails them all.
+    /// `announce` is given the changes' results once they are made, before
+    /// the engine write (still under the keys' locks).
     fn apply_many<T>(
         &self,
         keys: &[&[u8]],
         mut change: impl FnMut(usize, &mut Siblings) -> Result<T>,
+        announce: impl FnOnce(&[Result<T>]),
     ) -> Vec<Result<T>> {
         let mut stripes: Vec<usize> = keys.iter().map(|k| stripe(k)).collect();
         stripes.sort_unstable();
@@ -564,6 +571,7 @@ impl<E: StorageEngine> Replica<E> {
             };
             results.push(outcome);
         }
+        announce(&results);
         let mut batch = kv_core::WriteBatch::new();
         let mut changes = Vec::new();
         for (key, (before, after, deletes_only)) in current {
@@ -680,6 +688,23 @@ impl<E: StorageEngine> Replica<E> {
         max_siblings: usize,
         prune: &kv_clock::PrunePolicy,
     ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
+        self.coordinate_many_announced(updates, max_siblings, prune, |_| {})
+    }
+
+    /// As [`coordinate_many`](Self::coordinate_many), giving `announce`
+    /// each write's new state and dot as soon as they are made, before they
+    /// are stored (and synced): a coordinator can send them to the other
+    /// replicas while its own copy is being written. That is safe for the
+    /// dots: each one's counter is already below this actor's `issued`
+    /// mark, so a local write that then fails never lets the counter be
+    /// issued again, and a crash before the sync restarts in a new epoch.
+    pub fn coordinate_many_announced(
+        &self,
+        updates: Vec<Update>,
+        max_siblings: usize,
+        prune: &kv_clock::PrunePolicy,
+        announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
+    ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
         let mut owned = Vec::with_capacity(updates.len());
         let mut writes = Vec::with_capacity(updates.len());
         for u in updates {
@@ -688,7 +713,9 @@ impl<E: StorageEngine> Replica<E> {
         }
         let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let now = now_secs();
-        self.apply_many(&keys, |i, state| {
+        self.apply_many(
+            &keys,
+            |i, state| {
             let (value, context, write) = &mut writes[i];
             // Under the key's lock: every counter this actor issued for
             // the key is at most `issued`, whatever the state remembers.
@@ -722,7 +749,9 @@ impl<E: StorageEngine> Replica<E> {
             self.siblings_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed);
             Ok((state.clone(), dot))
-        })
+            },
+            announce,
+        )
     }
 
     /// Merges a peer's state of `key` into ours; returns the merged state.
@@ -732,10 +761,14 @@ impl<E: StorageEngine> Replica<E> {
     /// Storage errors, or [`Error::Corrupt`] for a stored state that does not
     /// decode.
     pub fn merge(&self, key: &[u8], incoming: &Siblings) -> Result<Siblings> {
-        self.apply_many(&[key], |_, state| {
-            state.sync(incoming);
-            Ok(state.clone())
-        })
+        self.apply_many(
+            &[key],
+            |_, state| {
+                state.sync(incoming);
+                Ok(state.clone())
+            },
+            |_| {},
+        )
         .pop()
         .unwrap_or_else(|| Err(Error::Corrupt("a batch of one gave no result".into())))
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 /// A [`StorageEngine`] held in memory: a `BTreeMap` behind a lock.
 ///
@@ -14,6 +14,9 @@ use parking_lot::RwLock;
 #[derive(Debug, Default)]
 pub struct MemEngine {
     state: RwLock<State>,
+    /// Set: writes wait (a slow disk) until it is cleared.
+    held: Mutex<bool>,
+    released: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +51,13 @@ impl MemEngine {
         self.state.write().refusing = reason;
     }
 
+    /// While `hold` is true, every write waits before it is applied (a
+    /// disk that stalls); false lets the waiting writes through.
+    pub fn hold_writes(&self, hold: bool) {
+        *self.held.lock() = hold;
+        self.released.notify_all();
+    }
+
     /// A copy of what the engine holds now: a backup to restore later, or
     /// the synced prefix a crash falls back to.
     pub fn snapshot(&self) -> MemEngine {
@@ -58,6 +68,7 @@ impl MemEngine {
                 seq: state.seq,
                 refusing: None,
             }),
+            ..MemEngine::default()
         }
     }
 }
@@ -68,6 +79,12 @@ impl StorageEngine for MemEngine {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        {
+            let mut held = self.held.lock();
+            while *held {
+                self.released.wait(&mut held);
+            }
+        }
         let mut state = self.state.write();
         if let Some(reason) = &state.refusing {
             return Err(StorageError::Poisoned(reason.clone()));

@@ -190,7 +190,14 @@ pub struct Coordinator<E, T, P> {
 }
 
 /// The batcher of writes coordinated at this node.
-type LocalWrites = Batcher<Update, Result<(Siblings, kv_clock::Dot)>>;
+type LocalWrites = Batcher<LocalWrite, Result<(Siblings, kv_clock::Dot)>>;
+
+/// A write for this node's replica, and where to announce its new state and
+/// dot as soon as they are made (before they are stored).
+type LocalWrite = (
+    Update,
+    tokio::sync::oneshot::Sender<(Siblings, kv_clock::Dot)>,
+);
 
 /// Most writes stored in one engine batch.
 const LOCAL_BATCH_MAX: usize = 128;
@@ -247,15 +254,22 @@ where
         // its engine at once.
         let replica = Arc::downgrade(&self.replica);
         let (max, prune) = (self.config.max_siblings, self.config.effective_prune());
-        let run: RunBatch<Update, Result<(Siblings, kv_clock::Dot)>> =
-            Arc::new(move |updates: Vec<Update>| {
+        let run: RunBatch<LocalWrite, Result<(Siblings, kv_clock::Dot)>> =
+            Arc::new(move |writes: Vec<LocalWrite>| {
                 let (replica, prune) = (replica.upgrade(), prune.clone());
                 Box::pin(async move {
                     let Some(replica) = replica else {
                         return Vec::new();
                     };
+                    let (updates, announce): (Vec<Update>, Vec<_>) = writes.into_iter().unzip();
                     tokio::task::spawn_blocking(move || {
-                        replica.coordinate_many(updates, max, &prune)
+                        replica.coordinate_many_announced(updates, max, &prune, |made| {
+                            for (made, to) in made.iter().zip(announce) {
+                                if let Ok(made) = made {
+                                    let _ = to.send(made.clone());
+                                }
+                            }
+                        })
                     })
                     .await
                     .unwrap_or_default()

@@ -81,11 +81,33 @@ where
             context,
             write,
         };
-        let (state, dot) = self
-            .local_writes()
-            .call(update)
-            .await
-            .map_err(|e| Error::Task(format!("the local write batch: {e}")))??;
+        // The new version goes to the other replicas as soon as it is made,
+        // while this node stores (and syncs) its own copy: the two waits
+        // overlap instead of adding up.
+        let (announce, announced) = tokio::sync::oneshot::channel();
+        let local_writes = self.local_writes();
+        let local = local_writes.call((update, announce));
+        tokio::pin!(local);
+        let local_done = |result: std::result::Result<_, crate::batch::Stopped>| {
+            result.map_err(|e| Error::Task(format!("the local write batch: {e}")))?
+        };
+        let mut stored = false;
+        let (state, dot) = tokio::select! {
+            biased;
+            made = announced => match made {
+                Ok(made) => made,
+                // Not made (refused, or the engine failed before): the
+                // batch's result says why.
+                Err(_) => {
+                    stored = true;
+                    local_done((&mut local).await)?
+                }
+            },
+            result = &mut local => {
+                stored = true;
+                local_done(result)?
+            }
+        };
         let bytes = state.to_bytes();
         // Fallbacks for a sloppy quorum: the healthy nodes after the
         // preference list, clockwise.
@@ -125,25 +147,41 @@ where
         let mut hedge_at = tally
             .can_hedge()
             .then(|| Instant::now() + self.hedge_delay());
-        while tally.waiting() {
+        // This node's own copy counts as the first acknowledgement; the
+        // answer waits for it whatever the others do (a write acknowledged
+        // or failed on quorum is stored at its coordinator, which a read
+        // there then sees).
+        let mut replicas_due = true;
+        while (replicas_due && tally.waiting()) || !stored {
             let wake = hedge_at.filter(|&h| h < deadline).unwrap_or(deadline);
-            match tokio::time::timeout_at(wake, rx.recv()).await {
-                Ok(Some((to, ok, took))) => {
-                    if ok && to.hint_for.is_none() {
-                        self.replica_latency.observe(took);
-                    }
-                    if let Some(fallback) = tally.answer(to.target, to.hint_for, ok) {
-                        fanout.send(fallback);
+            tokio::select! {
+                biased;
+                result = &mut local, if !stored => {
+                    // A failure fails the write (the others may hold it: a
+                    // retry with the same write tag is stored once).
+                    local_done(result)?;
+                    stored = true;
+                }
+                answer = tokio::time::timeout_at(wake, rx.recv()), if replicas_due && tally.waiting() => {
+                    match answer {
+                        Ok(Some((to, ok, took))) => {
+                            if ok && to.hint_for.is_none() {
+                                self.replica_latency.observe(took);
+                            }
+                            if let Some(fallback) = tally.answer(to.target, to.hint_for, ok) {
+                                fanout.send(fallback);
+                            }
+                        }
+                        Err(_) if hedge_at == Some(wake) => {
+                            hedge_at = None;
+                            tally.hedge(|to| {
+                                fanout.send(to);
+                                Metrics::add(&self.metrics.replica_writes_hedged, 1);
+                            });
+                        }
+                        Ok(None) | Err(_) => replicas_due = false,
                     }
                 }
-                Err(_) if hedge_at == Some(wake) => {
-                    hedge_at = None;
-                    tally.hedge(|to| {
-                        fanout.send(to);
-                        Metrics::add(&self.metrics.replica_writes_hedged, 1);
-                    });
-                }
-                Ok(None) | Err(_) => break,
             }
         }
         if !tally.is_met() {

@@ -1327,3 +1327,48 @@ fn an_exchange_asked_by_a_stranger_allocates_no_tree() {
     }
     assert_eq!(replica.trees_kept(), kept, "no tree per made-up id");
 }
+
+#[tokio::test(start_paused = true)]
+async fn replicas_get_a_write_while_its_coordinator_still_stores_it() {
+    let c = Cluster::new(3, Config::default());
+    let key = b"overlap";
+    let replicas = c.replicas(key);
+    let (disk, _) = c.disks[(replicas[0].0 - 1) as usize].clone();
+    // The coordinator's disk stalls. (Time stands still meanwhile: a
+    // blocking write keeps the paused clock from advancing, so the test
+    // yields to the other tasks instead of sleeping.)
+    disk.hold_writes(true);
+    // Released however the test ends: a held write would keep the runtime
+    // from shutting down after a failed assertion.
+    struct Release(Engine);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_writes(false);
+        }
+    }
+    let _release = Release(disk.clone());
+    let put = c.node(replicas[0]).put(key, b"v", b"", None);
+    tokio::pin!(put);
+    let mut yields = 0;
+    // The others store the new version meanwhile: the two waits overlap.
+    while replicas[1..].iter().any(|&r| c.stored(r, key).is_empty()) {
+        assert!(yields < 10_000, "the replicas never got the write");
+        tokio::select! {
+            biased;
+            result = &mut put => panic!("answered before its coordinator stored it: {result:?}"),
+            () = tokio::task::yield_now() => yields += 1,
+        }
+    }
+    // The answer waits for the coordinator's own copy.
+    for _ in 0..1_000 {
+        tokio::select! {
+            biased;
+            result = &mut put => panic!("answered before its coordinator stored it: {result:?}"),
+            () = tokio::task::yield_now() => {}
+        }
+    }
+    assert!(disk.get(key).unwrap().is_none(), "the coordinator's write waits");
+    disk.hold_writes(false);
+    put.await.unwrap();
+    assert_eq!(c.stored(replicas[0], key), vec![b"v".to_vec()]);
+}
