@@ -94,6 +94,9 @@ struct Args {
     /// Token to send (wins over admin.token).
     #[arg(long, env = "KV_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// One call per operation instead of the SDK's pipeline per node.
+    #[arg(long)]
+    no_pipeline: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +136,7 @@ async fn bench(args: Args) -> Result<bool, String> {
         },
     };
     let config = RunConfig {
+        pipeline: !args.no_pipeline,
         credentials,
         nodes: args.nodes,
         workload: args.workload,

@@ -73,6 +73,9 @@ pub struct RunConfig {
     /// TLS and token for the nodes (the checker's replica reads need the
     /// admin role).
     pub credentials: kv_server::security::ClientCredentials,
+    /// Send operations on one pipeline per node instead of one call each
+    /// (the SDK's default).
+    pub pipeline: bool,
 }
 
 /// Latencies and errors of one kind of operation.
@@ -531,6 +534,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
             // every attempt of a write carries one write tag, so a value
             // stored by two coordinators is one version.
             credentials: config.credentials.clone(),
+            pipeline: config.pipeline,
             ..ClientConfig::default()
         },
     )

@@ -54,6 +54,7 @@ fn config(
         converge: Duration::from_secs(30),
         progress: false,
         credentials: Default::default(),
+        pipeline: true,
     }
 }
 
@@ -87,6 +88,14 @@ async fn a_recorded_run_passes_the_checker() {
     assert_eq!(checked.violations(), 0, "{checked:?}");
     assert!(checked.reads_checked > 1_000);
     assert!(checked.history.acked > 1_000);
+
+    // The same without pipelines: one call per operation.
+    let mut unary = config(&nodes, Workload::A, None);
+    unary.pipeline = false;
+    unary.load = false;
+    unary.ops = 300;
+    let report = run(unary).await.unwrap();
+    assert_eq!((report.ops(), report.errors()), (300, 0));
 
     // An open-loop run of updates at a fixed rate.
     let mut open = config(&nodes, Workload::W, None);

@@ -34,8 +34,11 @@ use tonic::service::interceptor::InterceptedService;
 use crate::security::AuthChannel;
 
 use crate::endpoint::{ConnectSettings, kv_client};
+use crate::pipeline::Pipe;
 use crate::proto::kv_client::KvClient;
-use crate::proto::{DeleteRequest, GetRequest, PutRequest};
+use crate::proto::pipelined_op::Op;
+use crate::proto::pipelined_result::Result as Outcome;
+use crate::proto::{DeleteRequest, GetReply, GetRequest, PutReply, PutRequest};
 
 /// The causal context of a read or write: opaque bytes to send back with
 /// the next write of the key.
@@ -205,6 +208,11 @@ pub struct ClientConfig {
     /// TLS (the cluster CA to trust, a client certificate) and a token;
     /// default: plaintext, no token (a node on loopback without security).
     pub credentials: crate::security::ClientCredentials,
+    /// Send reads and writes on one long-lived stream per node (a
+    /// pipeline: operations under way together share messages) instead of
+    /// one call each (true). Hedging, retries and timeouts are the same
+    /// either way.
+    pub pipeline: bool,
 }
 
 impl Default for ClientConfig {
@@ -219,6 +227,7 @@ impl Default for ClientConfig {
             r: None,
             route_by_key: true,
             credentials: crate::security::ClientCredentials::default(),
+            pipeline: true,
         }
     }
 }
@@ -239,10 +248,41 @@ struct Routes {
     fetched: std::time::Instant,
 }
 
+#[derive(Clone)]
 struct Node {
     addr: String,
     kv: KvClient<AuthChannel>,
     channel: AuthChannel,
+    /// The node's pipeline, when pipelining is on.
+    pipe: Option<Arc<Pipe>>,
+}
+
+impl Node {
+    async fn get(&self, request: GetRequest, timeout: Duration) -> Result<GetReply, tonic::Status> {
+        let Some(pipe) = &self.pipe else {
+            return Ok(self.kv.clone().get(request).await?.into_inner());
+        };
+        match pipe.call(Op::Get(request), timeout).await? {
+            Outcome::Get(reply) => Ok(reply),
+            _ => Err(tonic::Status::internal("a read answered as a write")),
+        }
+    }
+
+    async fn write(&self, op: Op, timeout: Duration) -> Result<PutReply, tonic::Status> {
+        let Some(pipe) = &self.pipe else {
+            let mut kv = self.kv.clone();
+            let reply = match op {
+                Op::Put(request) => kv.put(request).await?,
+                Op::Delete(request) => kv.delete(request).await?,
+                Op::Get(_) => return Err(tonic::Status::internal("a read sent as a write")),
+            };
+            return Ok(reply.into_inner());
+        };
+        match pipe.call(op, timeout).await? {
+            Outcome::Put(reply) => Ok(reply),
+            _ => Err(tonic::Status::internal("a write answered as a read")),
+        }
+    }
 }
 
 /// A client of a kv cluster. Cheap to clone; clones share connections.
@@ -384,7 +424,28 @@ impl Client {
                 .map_err(ClientError::InvalidArgument)?;
             let channel = InterceptedService::new(connect(endpoint), bearer.clone());
             let kv = kv_client(channel.clone());
-            nodes.push(Node { addr, kv, channel });
+            let pipe = if config.pipeline {
+                // A connection of its own, without a per-call deadline
+                // (it would end the stream; each operation has its own).
+                let settings = ConnectSettings {
+                    request_timeout: None,
+                    ..ConnectSettings::client(config.connect_timeout, config.request_timeout)
+                };
+                let endpoint = config
+                    .credentials
+                    .endpoint(&addr, &settings)
+                    .map_err(ClientError::InvalidArgument)?;
+                let channel = InterceptedService::new(connect(endpoint), bearer.clone());
+                Some(Arc::new(Pipe::new(kv_client(channel), addr.clone())))
+            } else {
+                None
+            };
+            nodes.push(Node {
+                addr,
+                kv,
+                channel,
+                pipe,
+            });
         }
         if nodes.is_empty() {
             return Err(ClientError::InvalidArgument("no node address given".into()));
@@ -537,7 +598,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(KvClient<AuthChannel>, bool) -> Fut,
+        F: Fn(Node, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         use futures_util::StreamExt as _;
@@ -546,7 +607,7 @@ impl Client {
         let budget = budget.clamp(1, self.nodes.len());
         // Attempt `n` (from 0) to node `index`.
         let call = |index: usize, n: usize| {
-            let attempt = call(self.nodes[index].kv.clone(), n > 0);
+            let attempt = call(self.nodes[index].clone(), n > 0);
             async move {
                 let started = std::time::Instant::now();
                 (n, index, attempt.await, started.elapsed())
@@ -628,12 +689,12 @@ impl Client {
         // Reads may always go to a second node; more only as configured.
         let budget = self.config.attempts.max(2);
         let reply = self
-            .hedged(key, budget, &self.read_latency, false, |mut c, _| {
+            .hedged(key, budget, &self.read_latency, false, |node, _| {
                 let request = request.clone();
-                async move { c.get(request).await }
+                let timeout = self.config.request_timeout;
+                async move { node.get(request, timeout).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(Versioned {
             values: reply.values,
             context: Context(reply.context),
@@ -671,38 +732,31 @@ impl Client {
                 self.config.attempts,
                 &self.write_latency,
                 true,
-                |mut c, retry| {
+                |node, retry| {
                     let (key, context) = (key.to_vec(), context.to_vec());
-                    let value = value.clone();
-                    async move {
-                        match value {
-                            Some(value) => {
-                                c.put(PutRequest {
-                                    key,
-                                    value,
-                                    context,
-                                    w,
-                                    write_id,
-                                    retry,
-                                })
-                                .await
-                            }
-                            None => {
-                                c.delete(DeleteRequest {
-                                    key,
-                                    context,
-                                    w,
-                                    write_id,
-                                    retry,
-                                })
-                                .await
-                            }
-                        }
-                    }
+                    let op = match value.clone() {
+                        Some(value) => Op::Put(PutRequest {
+                            key,
+                            value,
+                            context,
+                            w,
+                            write_id,
+                            retry,
+                        }),
+                        None => Op::Delete(DeleteRequest {
+                            key,
+                            context,
+                            w,
+                            write_id,
+                            retry,
+                        }),
+                    };
+                    let timeout = self.config.request_timeout;
+                    async move { node.write(op, timeout).await }
                 },
             )
             .await?;
-        Ok(written(reply.into_inner(), write_id))
+        Ok(written(reply, write_id))
     }
 
     /// Writes `value`, superseding what `context` (from a read) covers;

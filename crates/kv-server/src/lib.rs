@@ -58,6 +58,7 @@ pub mod http;
 pub mod identity;
 mod local;
 mod node;
+pub mod pipeline;
 pub mod ring_state;
 pub mod security;
 mod service;

@@ -267,7 +267,13 @@ where
     P: kv_core::Partitioner + Send + Sync + 'static,
 {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let kv = KvServer::new(KvService::new(coordinator, max_in_flight))
+    // Pipelines end when shutdown starts, so it does not wait for clients.
+    let (stop_streams, stopping) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
+    let kv = KvServer::new(KvService::new(coordinator, max_in_flight).stop_streams_on(stopping))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
@@ -431,9 +437,11 @@ where
     )?);
     let (tx, rx) = oneshot::channel::<()>();
     let (stop_streams, stopping) = watch::channel(false);
-    let kv = KvServer::new(KvService::new(coordinator.clone(), config.max_in_flight))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let kv = KvServer::new(
+        KvService::new(coordinator.clone(), config.max_in_flight).stop_streams_on(stopping.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let internal = InternalServer::new(InternalService::new(
         coordinator.clone(),
         cluster.clone(),

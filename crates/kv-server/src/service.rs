@@ -16,9 +16,9 @@ use crate::proto::kv_server::Kv;
 use crate::proto::{
     Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply,
     FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
-    InstallReply, KeyState, MerkleReply, MerkleRequest, PutReply, PutRequest, ReadBatchReply,
-    ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest, ReplicateBatchRequest,
-    RingQuery, RingState, StatusReply, TransferRequest,
+    InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest, PutReply,
+    PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest,
+    ReplicateBatchRequest, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -92,6 +92,9 @@ impl InFlight {
 pub struct KvService<E = Engine, T = GrpcTransport, P = LiveRing> {
     coordinator: Arc<Coordinator<E, T, P>>,
     in_flight: InFlight,
+    /// Becomes true when the node stops (never, unless set with
+    /// [`KvService::stop_streams_on`]).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<E, T, P> Clone for KvService<E, T, P> {
@@ -99,6 +102,7 @@ impl<E, T, P> Clone for KvService<E, T, P> {
         KvService {
             coordinator: self.coordinator.clone(),
             in_flight: self.in_flight.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -110,7 +114,70 @@ impl<E, T, P> KvService<E, T, P> {
         KvService {
             coordinator,
             in_flight: InFlight::new(max_in_flight),
+            // The sender is gone: never stopping.
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Ends the service's pipelines once `stopping` becomes true (after
+    /// the operations under way answer), so that a graceful shutdown does
+    /// not wait for clients to close them.
+    #[must_use]
+    pub fn stop_streams_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
+    }
+}
+
+impl<E, T, P> KvService<E, T, P>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    /// A read, whether it came as a call of its own or in a pipeline.
+    pub(crate) async fn read(&self, r: GetRequest) -> Result<GetReply, Status> {
+        let _slot = self.in_flight.enter()?;
+        let got = self
+            .coordinator
+            .get(&r.key, quorum(r.r))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(GetReply {
+            values: got.values,
+            context: got.context,
+        })
+    }
+
+    /// A put (`value`) or a delete (`None`), whether it came as a call of
+    /// its own or in a pipeline.
+    pub(crate) async fn write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: u32,
+        write_id: u64,
+        retry: bool,
+    ) -> Result<PutReply, Status> {
+        let _slot = self.in_flight.enter()?;
+        let put = self
+            .coordinator
+            .write_once(
+                key,
+                value,
+                context,
+                quorum(w),
+                wire::write_tag(write_id, retry),
+            )
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(put_reply(put))
+    }
+
+    /// Becomes true when the node stops: pipelines then end.
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.clone()
     }
 }
 
@@ -122,51 +189,32 @@ where
     P: Partitioner + Send + Sync + 'static,
 {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let _slot = self.in_flight.enter()?;
-        let r = request.into_inner();
-        let got = self
-            .coordinator
-            .get(&r.key, quorum(r.r))
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(GetReply {
-            values: got.values,
-            context: got.context,
-        }))
+        Ok(Response::new(self.read(request.into_inner()).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
-        let _slot = self.in_flight.enter()?;
         let r = request.into_inner();
-        let put = self
-            .coordinator
-            .write_once(
-                &r.key,
-                Some(&r.value),
-                &r.context,
-                quorum(r.w),
-                wire::write_tag(r.write_id, r.retry),
-            )
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(put_reply(put)))
+        let reply = self
+            .write(&r.key, Some(&r.value), &r.context, r.w, r.write_id, r.retry)
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
-        let _slot = self.in_flight.enter()?;
         let r = request.into_inner();
-        let put = self
-            .coordinator
-            .write_once(
-                &r.key,
-                None,
-                &r.context,
-                quorum(r.w),
-                wire::write_tag(r.write_id, r.retry),
-            )
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(put_reply(put)))
+        let reply = self
+            .write(&r.key, None, &r.context, r.w, r.write_id, r.retry)
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type PipelineStream = ReplyStream<PipelineReply>;
+
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Ok(Response::new(crate::pipeline::serve(self.clone(), request)))
     }
 }
 
@@ -176,7 +224,7 @@ pub(crate) type ReplyStream<T> =
 
 /// Completes once `stopping` is true (never, if its sender is gone
 /// without saying so).
-async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     if stopping.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }

@@ -1367,7 +1367,10 @@ async fn replicas_get_a_write_while_its_coordinator_still_stores_it() {
             () = tokio::task::yield_now() => {}
         }
     }
-    assert!(disk.get(key).unwrap().is_none(), "the coordinator's write waits");
+    assert!(
+        disk.get(key).unwrap().is_none(),
+        "the coordinator's write waits"
+    );
     disk.hold_writes(false);
     put.await.unwrap();
     assert_eq!(c.stored(replicas[0], key), vec![b"v".to_vec()]);

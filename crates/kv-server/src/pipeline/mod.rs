@@ -1,0 +1,60 @@
+//! Pipelines: many client operations on one long-lived gRPC stream, each
+//! named by an id, their results coming back as they finish, several per
+//! message. One call per operation costs an HTTP/2 stream, its headers and
+//! a round of wake-ups at both ends; on a pipeline, operations that are
+//! under way together share messages, so the cost per operation falls as
+//! load rises (the same self-clocking as the replica streams).
+//!
+//! [`serve`] is the node's half; [`Pipe`] is the client's.
+
+mod dial;
+mod serve;
+
+pub use dial::Pipe;
+pub(crate) use serve::serve;
+
+use tonic::Status;
+
+use crate::proto::OpError;
+
+/// The most operations one pipeline message may carry (either way).
+pub const MAX_PIPELINED_OPS: usize = 1024;
+
+/// A failed operation as it travels in a pipeline.
+fn op_error(status: &Status) -> OpError {
+    OpError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
+}
+
+/// The status a pipelined operation failed with, as the unary call would
+/// have failed.
+fn op_status(error: &OpError) -> Status {
+    Status::new(tonic::Code::from_i32(error.code), error.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_cross_a_pipeline_unchanged() {
+        for status in [
+            Status::unavailable("no replica answered"),
+            Status::resource_exhausted("overloaded"),
+            Status::invalid_argument("empty key"),
+            Status::permission_denied("reader has the read role; Put needs write"),
+        ] {
+            let back = op_status(&op_error(&status));
+            assert_eq!(back.code(), status.code());
+            assert_eq!(back.message(), status.message());
+        }
+        // A code from a newer peer is Unknown, not a panic.
+        let odd = op_status(&OpError {
+            code: 99,
+            message: "what".into(),
+        });
+        assert_eq!(odd.code(), tonic::Code::Unknown);
+    }
+}

@@ -1,0 +1,130 @@
+//! The node's half of a pipeline.
+
+use kv_core::{Partitioner, StorageEngine, Transport};
+use tokio::sync::mpsc;
+use tonic::{Request, Status};
+
+use super::{MAX_PIPELINED_OPS, op_error};
+use crate::proto::pipelined_op::Op;
+use crate::proto::pipelined_result::Result as Outcome;
+use crate::proto::{PipelineReply, PipelineRequest, PipelinedOp, PipelinedResult};
+use crate::security::{Caller, Role};
+use crate::service::{KvService, ReplyStream, stopped};
+
+/// Whether the caller of a pipeline may write in it: the gate admitted it
+/// with the read role at least; a client credential must also carry the
+/// write role (no gate, or one that authenticates no client, admits all).
+fn may_write(caller: Option<&Caller>) -> bool {
+    match caller {
+        Some(Caller::Client { role, .. }) => role.allows(Role::Write),
+        Some(Caller::Node(_) | Caller::Anyone) | None => true,
+    }
+}
+
+/// Serves one pipeline: every operation of every inbound message runs as
+/// its own task (admitted like a call of its own), and the replies stream
+/// carries their results as they finish, as many per message as are ready.
+/// The replies end once the inbound stream has ended (or the node stops)
+/// and every operation under way has answered.
+pub(crate) fn serve<E, T, P>(
+    service: KvService<E, T, P>,
+    request: Request<tonic::Streaming<PipelineRequest>>,
+) -> ReplyStream<PipelineReply>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    let writes = may_write(request.extensions().get::<Caller>());
+    let mut inbound = request.into_inner();
+    let (done, results) = mpsc::unbounded_channel::<PipelinedResult>();
+    let mut stopping = service.stopping();
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                () = stopped(&mut stopping) => break,
+            };
+            let Ok(Some(message)) = message else {
+                break;
+            };
+            if message.ops.len() > MAX_PIPELINED_OPS {
+                let refusal = Status::invalid_argument(format!(
+                    "a pipeline message of {} operations, above the limit of {MAX_PIPELINED_OPS}",
+                    message.ops.len()
+                ));
+                for op in message.ops {
+                    let _ = done.send(failed(op.id, &refusal));
+                }
+                continue;
+            }
+            for op in message.ops {
+                let (service, done) = (service.clone(), done.clone());
+                tokio::spawn(async move {
+                    let _ = done.send(run(&service, op, writes).await);
+                });
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(
+        results,
+        |mut results| async move {
+            let first = results.recv().await?;
+            let mut ready = vec![first];
+            while ready.len() < MAX_PIPELINED_OPS {
+                match results.try_recv() {
+                    Ok(next) => ready.push(next),
+                    Err(_) => break,
+                }
+            }
+            Some((Ok(PipelineReply { results: ready }), results))
+        },
+    ))
+}
+
+fn failed(id: u64, status: &Status) -> PipelinedResult {
+    PipelinedResult {
+        id,
+        result: Some(Outcome::Error(op_error(status))),
+    }
+}
+
+/// One operation, as the unary call would run it.
+async fn run<E, T, P>(
+    service: &KvService<E, T, P>,
+    op: PipelinedOp,
+    writes: bool,
+) -> PipelinedResult
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    let refused = || {
+        Status::permission_denied(
+            "this credential may read, not write: a write needs the write role",
+        )
+    };
+    let result = match op.op {
+        Some(Op::Get(r)) => service.read(r).await.map(Outcome::Get),
+        Some(Op::Put(_) | Op::Delete(_)) if !writes => Err(refused()),
+        Some(Op::Put(r)) => service
+            .write(&r.key, Some(&r.value), &r.context, r.w, r.write_id, r.retry)
+            .await
+            .map(Outcome::Put),
+        Some(Op::Delete(r)) => service
+            .write(&r.key, None, &r.context, r.w, r.write_id, r.retry)
+            .await
+            .map(Outcome::Put),
+        None => Err(Status::invalid_argument(
+            "a pipelined operation without an operation",
+        )),
+    };
+    match result {
+        Ok(outcome) => PipelinedResult {
+            id: op.id,
+            result: Some(outcome),
+        },
+        Err(status) => failed(op.id, &status),
+    }
+}
