@@ -437,3 +437,41 @@ async fn the_sdk_speaks_tls_with_a_token_and_routes_by_key() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_ends_when_its_node_stops_and_opens_again_to_the_node_restarted() {
+    use kv_core::NodeId;
+    use kv_server::NodeConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let node = cluster(1, dir.path()).await.remove(0);
+    let addr = node.addr;
+    let client = Client::new(
+        [addr.to_string()],
+        ClientConfig {
+            route_by_key: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap()
+    .with_quorums(Some(1), Some(1));
+    // Opens the client's pipeline to the node.
+    client.put(b"k", b"v1".to_vec(), None).await.unwrap();
+    // The node stops with the pipeline open: its shutdown does not wait
+    // for the client to close it.
+    tokio::time::timeout(std::time::Duration::from_secs(30), node.shutdown())
+        .await
+        .expect("the shutdown waited for the client's pipeline")
+        .unwrap();
+    assert!(client.get(b"k").await.is_err(), "nobody answers");
+    // The node restarts on its address and data: the next request opens a
+    // new pipeline.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let config = crate::test_settings(NodeConfig {
+        members: vec![(NodeId(1), addr.to_string())],
+        ..NodeConfig::new(NodeId(1), dir.path().join("n1"))
+    });
+    let node = kv_server::start(config, listener).await.unwrap();
+    assert_eq!(client.get(b"k").await.unwrap().values, vec![b"v1".to_vec()]);
+    client.put(b"k2", b"v2".to_vec(), None).await.unwrap();
+    node.shutdown().await.unwrap();
+}

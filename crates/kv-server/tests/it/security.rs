@@ -111,6 +111,49 @@ async fn put_code(creds: &ClientCredentials, port: u16) -> Result<Code, String> 
         .map_or_else(|s| s.code(), |_| Code::Ok))
 }
 
+/// The codes of one pipeline message through `creds`, in order: a get, a
+/// put, and an operation without an operation; or the code that refused
+/// the pipeline itself (`Err`).
+async fn pipeline_codes(creds: &ClientCredentials, port: u16) -> Result<Vec<Code>, Code> {
+    use kv_server::proto::pipelined_op::Op;
+    use kv_server::proto::pipelined_result::Result as Outcome;
+    use kv_server::proto::{PipelineRequest, PipelinedOp};
+    let mut kv = KvClient::new(channel(creds, port).await.unwrap());
+    let op = |id, op| PipelinedOp { id, op };
+    let get = Op::Get(GetRequest {
+        key: b"k".to_vec(),
+        r: 1,
+    });
+    let put = Op::Put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        w: 1,
+        ..Default::default()
+    });
+    let message = PipelineRequest {
+        ops: vec![op(1, Some(get)), op(2, Some(put)), op(3, None)],
+    };
+    let mut replies = kv
+        .pipeline(futures_util::stream::iter([message]))
+        .await
+        .map_err(|s| s.code())?
+        .into_inner();
+    let mut codes = vec![None; 3];
+    while let Some(reply) = replies.message().await.map_err(|s| s.code())? {
+        for result in reply.results {
+            codes[(result.id - 1) as usize] = Some(match result.result {
+                Some(Outcome::Error(e)) => Code::from_i32(e.code),
+                Some(_) => Code::Ok,
+                None => Code::Internal,
+            });
+        }
+    }
+    Ok(codes
+        .into_iter()
+        .map(|c| c.expect("every operation answered"))
+        .collect())
+}
+
 fn gossip_from(from: u64, incarnation: u64) -> GossipRequest {
     let message = kv_gossip::Message {
         from: NodeId(from),
@@ -304,6 +347,23 @@ async fn a_secured_cluster_refuses_strangers_forgers_and_roles_beyond_their_righ
     let reader = creds.token(&creds.read);
     assert_eq!(get_code(&reader, p).await, Ok(Code::Ok));
     assert_eq!(put_code(&reader, p).await, Ok(Code::PermissionDenied));
+    // The same in a pipeline: its writes are checked one by one.
+    assert_eq!(
+        pipeline_codes(&reader, p).await,
+        Ok(vec![
+            Code::Ok,
+            Code::PermissionDenied,
+            Code::InvalidArgument
+        ])
+    );
+    assert_eq!(
+        pipeline_codes(&creds.token(&creds.write), p).await,
+        Ok(vec![Code::Ok, Code::Ok, Code::InvalidArgument])
+    );
+    assert_eq!(
+        pipeline_codes(&anonymous, p).await,
+        Err(Code::Unauthenticated)
+    );
     // 11. A write token cannot make a node leave, read hints, or install a
     // ring.
     let writer = creds.token(&creds.write);
@@ -335,6 +395,7 @@ async fn a_secured_cluster_refuses_strangers_forgers_and_roles_beyond_their_righ
     );
     // 13. A node's certificate is not a client credential.
     assert_eq!(put_code(&node2, p).await, Ok(Code::PermissionDenied));
+    assert_eq!(pipeline_codes(&node2, p).await, Err(Code::PermissionDenied));
     // 14. A read-only client certificate (no token): reads, cannot put.
     let (cert, key) = creds.dir.client("reader");
     let cert_reader = ClientCredentials {
