@@ -53,8 +53,6 @@ pub struct Options {
     pub l0_stop_writes_trigger: usize,
     /// Frozen memtables waiting for flush before writes stall (2).
     pub max_immutable_memtables: usize,
-    /// Bytes of verified blocks kept in memory (64 MiB; 0 disables).
-    pub block_cache_bytes: usize,
     /// Largest key accepted (64 KiB).
     pub max_key_bytes: usize,
     /// Largest value accepted (16 MiB).
@@ -81,7 +79,6 @@ impl Default for Options {
             l0_compaction_trigger: 4,
             l0_stop_writes_trigger: 20,
             max_immutable_memtables: 2,
-            block_cache_bytes: 64 << 20,
             max_key_bytes: 64 << 10,
             max_value_bytes: 16 << 20,
             level1_bytes: 256 << 20,

@@ -4,7 +4,6 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cache::BlockCache;
 use crate::error::Result;
 use crate::fs::FileSystem;
 use crate::iter::InternalIter;
@@ -18,16 +17,14 @@ pub(crate) struct TableHandle {
     pub(crate) table: Arc<Table>,
     obsolete: AtomicBool,
     fs: Arc<dyn FileSystem>,
-    cache: Arc<BlockCache>,
 }
 
 impl TableHandle {
-    pub(crate) fn new(table: Table, fs: Arc<dyn FileSystem>, cache: Arc<BlockCache>) -> Arc<Self> {
+    pub(crate) fn new(table: Table, fs: Arc<dyn FileSystem>) -> Arc<Self> {
         Arc::new(TableHandle {
             table: Arc::new(table),
             obsolete: AtomicBool::new(false),
             fs,
-            cache,
         })
     }
 
@@ -43,7 +40,6 @@ impl TableHandle {
 impl Drop for TableHandle {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
-            self.cache.forget_table(self.table.meta().number);
             // A file that cannot be removed now is removed at the next
             // open, which deletes every table the manifest does not list.
             if self.fs.remove_file(self.table.path()).is_ok()

@@ -67,8 +67,7 @@ impl LsmEngineBuilder {
         l0_stop_writes_trigger: usize);
     setter!(/// Frozen memtables before writes stall.
         max_immutable_memtables: usize);
-    setter!(/// Block cache size.
-        block_cache_bytes: usize);
+
     setter!(/// Largest key accepted.
         max_key_bytes: usize);
     setter!(/// Largest value accepted.

@@ -223,11 +223,8 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
     let mut handles = Vec::with_capacity(outputs.len());
     for meta in &outputs {
         let path = inner.dir.join(table_name(meta.number));
-        let table = Table::open(&path, meta.number, inner.cache.clone())?;
-        handles.push((
-            output_level,
-            TableHandle::new(table, inner.fs.clone(), inner.cache.clone()),
-        ));
+        let table = Table::open(&path, meta.number)?;
+        handles.push((output_level, TableHandle::new(table, inner.fs.clone())));
     }
     inner
         .fs

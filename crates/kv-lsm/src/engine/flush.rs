@@ -45,9 +45,8 @@ impl Inner {
             Some(meta) => {
                 let path = self.dir.join(table_name(meta.number));
                 Some(TableHandle::new(
-                    Table::open(&path, meta.number, self.cache.clone())?,
+                    Table::open(&path, meta.number)?,
                     self.fs.clone(),
-                    self.cache.clone(),
                 ))
             }
             None => None,

@@ -17,7 +17,6 @@ use std::time::Duration;
 use kv_core::{BatchOp, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::iter::{InternalIter, MergingIter, UserIter};
@@ -111,7 +110,6 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) opts: Options,
     pub(crate) fs: Arc<dyn FileSystem>,
-    pub(crate) cache: Arc<BlockCache>,
     _lock: File,
     queue: Mutex<Queue>,
     log: Mutex<LogState>,
@@ -406,8 +404,8 @@ impl StorageEngine for LsmEngine {
         SeqNo(self.inner.visible_seq.load(Ordering::Acquire))
     }
 
-    /// Reads look in the memtables and in memory-mapped tables through the
-    /// block cache; no lock is held across I/O.
+    /// Reads look in the memtables and in memory-mapped tables (blocks
+    /// checksummed in place); no lock is held across I/O.
     fn inline_reads(&self) -> bool {
         true
     }

@@ -9,13 +9,12 @@ impl Inner {
         kv_core::files::create_private_dir(&dir)
             .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock = lock_dir(&dir)?;
-        let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
         let (mut state, old_manifest) = match manifest::recover(&dir, fs.as_ref())? {
             Some((state, number)) => (state, Some(number)),
             None => (ManifestState::empty(), None),
         };
 
-        let mut version = open_tables(&dir, &state, &fs, &cache)?;
+        let mut version = open_tables(&dir, &state, &fs)?;
 
         // Replay the logs the manifest still needs.
         let Replayed {
@@ -37,8 +36,8 @@ impl Inner {
         };
         for meta in &added {
             let path = dir.join(table_name(meta.number));
-            let table = Table::open(&path, meta.number, cache.clone())?;
-            version.levels[0].push(TableHandle::new(table, fs.clone(), cache.clone()));
+            let table = Table::open(&path, meta.number)?;
+            version.levels[0].push(TableHandle::new(table, fs.clone()));
             edit.added.push((0, meta.clone()));
         }
         version.normalize();
@@ -57,7 +56,6 @@ impl Inner {
         Ok(Inner {
             dir,
             fs,
-            cache,
             _lock: lock,
             queue: Mutex::new(Queue::default()),
             log: Mutex::new(LogState { writer, last_seq }),
@@ -170,17 +168,12 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 const LOCK_TRIES: u32 = 50;
 
 /// Opens the tables the manifest lists, checking each one's size.
-fn open_tables(
-    dir: &Path,
-    state: &ManifestState,
-    fs: &Arc<dyn FileSystem>,
-    cache: &Arc<BlockCache>,
-) -> Result<Version> {
+fn open_tables(dir: &Path, state: &ManifestState, fs: &Arc<dyn FileSystem>) -> Result<Version> {
     let mut version = Version::empty();
     for (level, metas) in state.levels.iter().enumerate() {
         for meta in metas {
             let path = dir.join(table_name(meta.number));
-            let table = Table::open(&path, meta.number, cache.clone())?;
+            let table = Table::open(&path, meta.number)?;
             if table.meta().size != meta.size {
                 return Err(Error::corrupt(
                     &path,
@@ -191,7 +184,7 @@ fn open_tables(
                     ),
                 ));
             }
-            version.levels[level].push(TableHandle::new(table, fs.clone(), cache.clone()));
+            version.levels[level].push(TableHandle::new(table, fs.clone()));
         }
     }
     version.normalize();

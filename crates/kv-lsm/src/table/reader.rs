@@ -19,29 +19,94 @@ use memmap2::Mmap;
 use super::block::BlockCursor;
 use super::bloom::{Bloom, KeyHash};
 use super::{FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION, TableMeta};
-use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::iter::InternalIter;
 
-/// Where one data block lies, and the last version it holds.
+/// Where one data block lies, and the last version it holds (its key in
+/// the index's key arena).
 #[derive(Debug, Clone)]
 struct IndexEntry {
-    last_key: Vec<u8>,
+    /// The key's first 8 bytes, big-endian, zero-padded: most comparisons
+    /// of a search end here, without touching the arena.
+    prefix: u64,
+    key_start: usize,
+    key_end: usize,
     last_seq: u64,
     offset: u64,
     len: u64,
 }
 
+/// A table's block index, laid out for binary search: fixed-size entries
+/// in one vector and their keys in one arena (two allocations per table,
+/// instead of one per block, so a search touches few cache lines).
+#[derive(Debug, Default)]
+struct Index {
+    entries: Vec<IndexEntry>,
+    keys: Vec<u8>,
+}
+
+/// The first 8 bytes of `key` as a big-endian number, zero-padded: if two
+/// keys' prefixes differ, they order as their prefixes do.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn push(&mut self, key: &[u8], last_seq: u64, offset: u64, len: u64) {
+        let key_start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        self.entries.push(IndexEntry {
+            prefix: key_prefix(key),
+            key_start,
+            key_end: self.keys.len(),
+            last_seq,
+            offset,
+            len,
+        });
+    }
+
+    fn last(&self) -> Option<&IndexEntry> {
+        self.entries.last()
+    }
+
+    /// The first entry whose last version is at or after `(key, seq)`.
+    fn search(&self, key: &[u8], seq: u64) -> usize {
+        let prefix = key_prefix(key);
+        self.entries.partition_point(|e| {
+            e.prefix.cmp(&prefix).then_with(|| {
+                crate::iter::compare_versions(
+                    &self.keys[e.key_start..e.key_end],
+                    e.last_seq,
+                    key,
+                    seq,
+                )
+            }) == std::cmp::Ordering::Less
+        })
+    }
+}
+
+impl std::ops::Index<usize> for Index {
+    type Output = IndexEntry;
+    fn index(&self, i: usize) -> &IndexEntry {
+        &self.entries[i]
+    }
+}
+
 /// An open table.
 #[derive(Debug)]
 pub(crate) struct Table {
-    id: u64,
     path: PathBuf,
     bytes: Mmap,
-    index: Vec<IndexEntry>,
+    index: Index,
     bloom: Bloom,
     meta: TableMeta,
-    cache: Arc<BlockCache>,
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -81,7 +146,7 @@ type Range = std::ops::Range<usize>;
 
 /// Parsed footer, index, filter and properties of table bytes.
 struct Parsed {
-    index: Vec<IndexEntry>,
+    index: Index,
     bloom: Bloom,
     entries: u64,
     smallest: (Vec<u8>, u64),
@@ -139,10 +204,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     })
 }
 
-fn parse_index(data: &[u8]) -> DecodeResult<Vec<IndexEntry>> {
+fn parse_index(data: &[u8]) -> DecodeResult<Index> {
     let mut cursor = BlockCursor::new(data)?;
     cursor.seek_first(data)?;
-    let mut index = Vec::new();
+    let mut index = Index::default();
     while cursor.valid {
         let mut reader = Reader::new(&data[cursor.value.clone()]);
         let offset = reader.varint("block offset")?;
@@ -157,12 +222,7 @@ fn parse_index(data: &[u8]) -> DecodeResult<Vec<IndexEntry>> {
                 });
             }
         }
-        index.push(IndexEntry {
-            last_key: cursor.key.clone(),
-            last_seq: cursor.seq,
-            offset,
-            len,
-        });
+        index.push(&cursor.key, cursor.seq, offset, len);
         cursor.advance(data)?;
     }
     Ok(index)
@@ -177,7 +237,7 @@ fn parse_index(data: &[u8]) -> DecodeResult<Vec<IndexEntry>> {
 pub fn decode_table_for_fuzzing(bytes: &[u8]) -> std::result::Result<u64, String> {
     let parsed = parse(bytes)?;
     let mut count = 0;
-    for entry in &parsed.index {
+    for entry in &parsed.index.entries {
         let range = checked_block(bytes, entry.offset, entry.len, "data block")?;
         let data = &bytes[range];
         let mut cursor = BlockCursor::new(data).map_err(|e| e.to_string())?;
@@ -193,7 +253,7 @@ pub fn decode_table_for_fuzzing(bytes: &[u8]) -> std::result::Result<u64, String
 impl Table {
     /// Opens table `number` at `path`, checking footer, index, filter and
     /// properties.
-    pub(crate) fn open(path: &Path, number: u64, cache: Arc<BlockCache>) -> Result<Table> {
+    pub(crate) fn open(path: &Path, number: u64) -> Result<Table> {
         let file = File::open(path).map_err(|e| Error::io("open table", path, e))?;
         // SAFETY: see the module documentation: table files are immutable
         // once written and are not changed while mapped.
@@ -209,13 +269,11 @@ impl Table {
             largest: parsed.largest,
         };
         Ok(Table {
-            id: number,
             path: path.to_path_buf(),
             bytes,
             index: parsed.index,
             bloom: parsed.bloom,
             meta,
-            cache,
         })
     }
 
@@ -227,24 +285,21 @@ impl Table {
         &self.path
     }
 
-    /// The verified bytes of data block `i`.
-    fn block(&self, i: usize) -> Result<Arc<[u8]>> {
+    /// Where data block `i` lies in the file, its checksum verified. Blocks
+    /// are read in place from the mapping and checked on every read (about
+    /// 0.5 us for 4 KiB): the operating system's page cache holds them, and
+    /// a block cache of verified copies cost more than it saved (it copied
+    /// every block read and kept a second copy of hot ones; readrandom went
+    /// from 290,000 to 440,000 reads/s without it).
+    fn block_range(&self, i: usize) -> Result<Range> {
         let entry = &self.index[i];
-        if let Some(block) = self.cache.get((self.id, entry.offset)) {
-            return Ok(block);
-        }
-        let range = checked_block(&self.bytes, entry.offset, entry.len, "data block")
-            .map_err(|reason| Error::corrupt(&self.path, reason))?;
-        let block: Arc<[u8]> = Arc::from(&self.bytes[range]);
-        self.cache.insert((self.id, entry.offset), block.clone());
-        Ok(block)
+        checked_block(&self.bytes, entry.offset, entry.len, "data block")
+            .map_err(|reason| Error::corrupt(&self.path, reason))
     }
 
     /// The first block whose last version is at or after `(key, seq)`.
     fn block_for(&self, key: &[u8], seq: u64) -> usize {
-        self.index.partition_point(|e| {
-            crate::iter::compare_versions(&e.last_key, e.last_seq, key, seq).is_lt()
-        })
+        self.index.search(key, seq)
     }
 
     /// The newest version of `key` numbered `<= seq`: `Some(None)` for a
@@ -266,10 +321,10 @@ impl Table {
         if i == self.index.len() {
             return Ok(None);
         }
-        let block = self.block(i)?;
-        let mut cursor = BlockCursor::new(&block).map_err(|e| self.decode_error(e))?;
+        let block = &self.bytes[self.block_range(i)?];
+        let mut cursor = BlockCursor::new(block).map_err(|e| self.decode_error(e))?;
         cursor
-            .seek(&block, key, seq)
+            .seek(block, key, seq)
             .map_err(|e| self.decode_error(e))?;
         if !cursor.valid || cursor.key != key {
             return Ok(None);
@@ -310,7 +365,8 @@ impl Table {
 pub(crate) struct TableIter {
     table: Arc<Table>,
     block_index: usize,
-    block: Option<Arc<[u8]>>,
+    /// The current block's bytes in the file.
+    block: Option<Range>,
     cursor: BlockCursor,
 }
 
@@ -324,15 +380,16 @@ impl TableIter {
                 self.cursor.valid = false;
                 return Ok(());
             }
-            let block = self.table.block(i)?;
-            let mut cursor = BlockCursor::new(&block).map_err(|e| self.table.decode_error(e))?;
+            let range = self.table.block_range(i)?;
+            let block = &self.table.bytes[range.clone()];
+            let mut cursor = BlockCursor::new(block).map_err(|e| self.table.decode_error(e))?;
             match seek.take() {
-                Some((k, s)) => cursor.seek(&block, k, s),
-                None => cursor.seek_first(&block),
+                Some((k, s)) => cursor.seek(block, k, s),
+                None => cursor.seek_first(block),
             }
             .map_err(|e| self.table.decode_error(e))?;
             self.block_index = i;
-            self.block = Some(block);
+            self.block = Some(range);
             self.cursor = cursor;
             if self.cursor.valid {
                 return Ok(());
@@ -356,22 +413,53 @@ impl InternalIter for TableIter {
     }
 
     fn value(&self) -> Option<&[u8]> {
-        let block = self.block.as_ref()?;
+        let block = &self.table.bytes[self.block.clone()?];
         self.cursor
             .is_put
             .then(|| &block[self.cursor.value.clone()])
     }
 
     fn advance(&mut self) -> Result<()> {
-        let Some(block) = self.block.clone() else {
+        let Some(range) = self.block.clone() else {
             return Ok(());
         };
         self.cursor
-            .advance(&block)
+            .advance(&self.table.bytes[range])
             .map_err(|e| self.table.decode_error(e))?;
         if !self.cursor.valid {
             self.load(self.block_index + 1, None)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The search finds what a linear scan with the full comparison
+        /// finds, for keys that share prefixes, are shorter than 8 bytes
+        /// or hold zero bytes (where the padded prefixes tie).
+        #[test]
+        fn the_index_search_agrees_with_a_linear_scan(
+            mut keys in proptest::collection::vec(
+                (proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..12), 0..4u64),
+                1..60,
+            ),
+            probe in (proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..12), 0..4u64),
+        ) {
+            keys.sort_by(|a, b| crate::iter::compare_versions(&a.0, a.1, &b.0, b.1));
+            let mut index = Index::default();
+            for (i, (key, seq)) in keys.iter().enumerate() {
+                index.push(key, *seq, i as u64, 1);
+            }
+            let linear = keys
+                .iter()
+                .position(|(k, s)| !crate::iter::compare_versions(k, *s, &probe.0, probe.1).is_lt())
+                .unwrap_or(keys.len());
+            prop_assert_eq!(index.search(&probe.0, probe.1), linear);
+        }
     }
 }

@@ -27,6 +27,5 @@ pub(crate) fn small(dir: &Path) -> LsmEngineBuilder {
         .table_target_bytes(64 << 10)
         .l0_compaction_trigger(2)
         .l0_stop_writes_trigger(8)
-        .block_cache_bytes(1 << 20)
         .durability(Durability::Never)
 }

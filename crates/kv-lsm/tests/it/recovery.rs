@@ -136,10 +136,7 @@ fn flipped_byte_in_the_log_is_an_error_naming_segment_and_offset() {
 fn flipped_byte_in_a_table_block_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let engine = LsmEngine::builder(dir.path())
-            .block_cache_bytes(0)
-            .open()
-            .unwrap();
+        let engine = LsmEngine::builder(dir.path()).open().unwrap();
         write_keys(&engine, 0..2000);
         engine.flush().unwrap();
     }
@@ -147,10 +144,7 @@ fn flipped_byte_in_a_table_block_is_a_clear_error() {
     let mut bytes = fs::read(&table).unwrap();
     bytes[100] ^= 0x01; // inside the first data block
     fs::write(&table, &bytes).unwrap();
-    let engine = LsmEngine::builder(dir.path())
-        .block_cache_bytes(0)
-        .open()
-        .unwrap();
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
     let err = engine.get(b"k000001").unwrap_err();
     let message = err.to_string();
     assert!(
@@ -343,4 +337,35 @@ fn log_segments_take_about_what_they_hold_and_one_is_kept_for_reuse() {
     drop(engine);
     let engine = LsmEngine::builder(dir.path()).open().unwrap();
     assert_eq!(count(&engine), 6_000, "nothing lost in reused segments");
+}
+
+#[test]
+fn a_block_damaged_after_it_was_read_is_caught_on_the_next_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = LsmEngine::builder(dir.path()).open().unwrap();
+    write_keys(&engine, 0..2000);
+    engine.flush().unwrap();
+    assert!(
+        engine.get(b"k000001").unwrap().is_some(),
+        "read once, whole"
+    );
+    // The disk changes under the open engine (bit rot), in place: blocks
+    // are checked on every read, not once.
+    let table = files(dir.path(), ".sst").pop().unwrap();
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&table)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(100)).unwrap();
+    std::io::Read::read_exact(&mut file, &mut byte).unwrap();
+    file.seek(SeekFrom::Start(100)).unwrap();
+    file.write_all(&[byte[0] ^ 0x01]).unwrap();
+    file.sync_all().unwrap();
+    let message = engine.get(b"k000001").unwrap_err().to_string();
+    assert!(
+        message.contains("checksum") && message.contains(".sst"),
+        "{message}"
+    );
 }
