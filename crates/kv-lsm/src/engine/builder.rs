@@ -67,6 +67,8 @@ impl LsmEngineBuilder {
         l0_stop_writes_trigger: usize);
     setter!(/// Frozen memtables before writes stall.
         max_immutable_memtables: usize);
+    setter!(/// Flushed log segments kept for reuse.
+        recycle_log_segments: usize);
 
     setter!(/// Largest key accepted.
         max_key_bytes: usize);

@@ -39,8 +39,6 @@ mod segments;
 use group_commit::{Queue, SlotOp};
 use segments::prepare_segment;
 
-/// Log segments kept for reuse instead of deleted.
-const RECYCLE_SEGMENTS: usize = 1;
 /// How long a stalled writer or idle thread waits before re-checking.
 const WAIT: Duration = Duration::from_millis(50);
 

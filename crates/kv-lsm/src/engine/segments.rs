@@ -101,7 +101,7 @@ impl Inner {
     pub(super) fn retire_segment(&self, number: u64) {
         let path = self.dir.join(segment_name(number));
         let mut recycled = self.recycled.lock();
-        if recycled.len() < RECYCLE_SEGMENTS {
+        if recycled.len() < self.opts.recycle_log_segments {
             recycled.push(path);
         } else if self.fs.remove_file(&path).is_ok() {
             // A deletion lost in a crash leaves a segment below the log

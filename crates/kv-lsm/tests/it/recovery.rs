@@ -302,6 +302,7 @@ fn log_segments_take_about_what_they_hold_and_one_is_kept_for_reuse() {
     let step = 256 << 10;
     let engine = LsmEngine::builder(dir.path())
         .memtable_bytes(4 << 20)
+        .recycle_log_segments(1)
         .open()
         .unwrap();
     let value = vec![7u8; 1000];
@@ -367,5 +368,30 @@ fn a_block_damaged_after_it_was_read_is_caught_on_the_next_read() {
     assert!(
         message.contains("checksum") && message.contains(".sst"),
         "{message}"
+    );
+}
+
+#[test]
+fn without_recycling_only_the_live_log_segment_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = 256 << 10;
+    let engine = LsmEngine::builder(dir.path())
+        .memtable_bytes(4 << 20)
+        .open()
+        .unwrap();
+    let value = vec![7u8; 1000];
+    for i in 0..6_000u32 {
+        engine.put(format!("k{i:06}").as_bytes(), &value).unwrap();
+    }
+    engine.flush().unwrap();
+    let logs = files(dir.path(), ".log");
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(on_disk(&logs[0]) <= step + 4096, "{}", on_disk(&logs[0]));
+    assert!(
+        LsmEngine::builder(dir.path())
+            .recycle_log_segments(17)
+            .open()
+            .is_err(),
+        "a bound on kept segments"
     );
 }
