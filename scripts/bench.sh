@@ -8,6 +8,9 @@
 #   scripts/bench.sh [--durability "always interval:100"] [--records N] [--ops N]
 #                    [--workloads "a b c w"] [--rate OPS_PER_S (open loop)]
 #                    [--security "plaintext tls"]
+#
+# KV_BIN_DIR=DIR runs the binaries in DIR instead of building this tree's
+# (a before/after comparison in one sitting).
 set -euo pipefail
 
 durabilities="always interval:100"
@@ -41,7 +44,7 @@ for durability in $durabilities; do
     load=""
     for w in $workloads; do
         echo "== durability $durability, security $security, workload $w"
-        target/release/kv-bench --nodes "$NODES" \
+        "$BIN"/kv-bench --nodes "$NODES" \
             --workload "$w" --records "$records" --ops "$ops" --concurrency 64 \
             --value-size 100 --w 2 --r 2 "${rate[@]}" $load
         load="--no-load"

@@ -30,14 +30,14 @@ cd "$root"
 work=$(mktemp -d /tmp/kv-cpu.XXXXXX)
 trap 'stop_nodes; rm -rf "$work"' EXIT
 start_three_nodes "$work" "$durability"
-target/release/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --ops 1 \
+"$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --ops 1 \
     --concurrency 64 --value-size 100 "${extra[@]}" >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 before=()
 for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done
-target/release/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --no-load \
+"$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --no-load \
     --duration-secs "$secs" --concurrency 64 --value-size 100 "${extra[@]}" > "$work/bench.out" &
 bench=$!
 # The client's own CPU, read just before it exits.

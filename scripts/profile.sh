@@ -34,9 +34,9 @@ work=$(mktemp -d /tmp/kv-profile.XXXXXX)
 trap 'stop_nodes; rm -rf "$work"' EXIT
 start_three_nodes "$work" "$durability"
 nodes=$NODES
-target/release/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --ops 1 \
+"$BIN"/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --ops 1 \
     --concurrency 64 --value-size 100 >/dev/null
-target/release/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --no-load \
+"$BIN"/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --no-load \
     --duration-secs "$secs" --concurrency "$concurrency" --value-size 100 "${rate[@]}" \
     2>/dev/null | grep -E '^(throughput|latency|errors):' &
 bench=$!

@@ -7,11 +7,20 @@
 #                                      # as KV_CERTS_DIR for kvctl and kv-bench
 #   stop_nodes
 #   NODES                              # the kv-bench --nodes list
+#   BIN                                # where kvd, kvctl and kv-bench are:
+#                                      # target/release (built here), or
+#                                      # $KV_BIN_DIR when set (binaries of
+#                                      # another commit, for before/after)
 
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 pids=()
 
-cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
+if [ -n "${KV_BIN_DIR:-}" ]; then
+    BIN=$KV_BIN_DIR
+else
+    cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
+    BIN=target/release
+fi
 
 start_three_nodes() {
     local dir=$1 durability=$2 security=${3:-plaintext}
@@ -19,24 +28,24 @@ start_three_nodes() {
     mkdir -p "$dir"
     unset KV_CERTS_DIR
     if [ "$security" = tls ]; then
-        target/release/kvctl --certs-dir "$dir/certs" certs init --days 2 >/dev/null
+        "$BIN"/kvctl --certs-dir "$dir/certs" certs init --days 2 >/dev/null
         for i in 1 2 3; do
-            target/release/kvctl --certs-dir "$dir/certs" certs node --id "$i" --days 2 >/dev/null
+            "$BIN"/kvctl --certs-dir "$dir/certs" certs node --id "$i" --days 2 >/dev/null
         done
-        target/release/kvctl --certs-dir "$dir/certs" token new --name bench --role admin \
+        "$BIN"/kvctl --certs-dir "$dir/certs" token new --name bench --role admin \
             | head -1 >"$dir/certs/admin.token"
         tls=(--certs-dir "$dir/certs")
         export KV_CERTS_DIR=$dir/certs
     fi
     for i in 1 2 3; do
-        target/release/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
+        "$BIN"/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
             --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
             --durability "$durability" --log warn "${tls[@]}" >"$dir/n$i.log" 2>&1 &
         pids+=($!)
     done
     for i in 1 2 3; do
         for _ in $(seq 1 100); do
-            timeout 5 target/release/kvctl --node "127.0.0.1:$((7000 + i))" status >/dev/null 2>&1 && break
+            timeout 5 "$BIN"/kvctl --node "127.0.0.1:$((7000 + i))" status >/dev/null 2>&1 && break
             sleep 0.1
         done
     done
