@@ -5,7 +5,8 @@
 //! under way together share messages, so the cost per operation falls as
 //! load rises (the same self-clocking as the replica streams).
 //!
-//! [`serve`] is the node's half; [`Pipe`] is the client's.
+//! `serve` (crate-private, behind `KvService`) is the node's half; [`Pipe`] is
+//! the client's.
 
 mod dial;
 mod serve;
