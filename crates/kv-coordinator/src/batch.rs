@@ -69,6 +69,22 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Batcher { queue }
     }
 
+    /// Queues `item` now and returns what waits for its output: the item
+    /// joins a batch whether or not the future is polled yet.
+    ///
+    /// # Errors
+    ///
+    /// The future fails with [`Stopped`] if the driver stopped or the
+    /// batch run gave no output for the item.
+    pub fn submit(&self, item: I) -> impl Future<Output = Result<O, Stopped>> + Send + 'static {
+        let (done, output) = oneshot::channel();
+        let queued = self.queue.send(Queued { item, done }).map_err(|_| Stopped);
+        async move {
+            queued?;
+            output.await.map_err(|_| Stopped)
+        }
+    }
+
     /// Queues `item` and waits for its output.
     ///
     /// # Errors
@@ -76,11 +92,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// [`Stopped`] if the driver stopped or the batch run gave no output
     /// for the item.
     pub async fn call(&self, item: I) -> Result<O, Stopped> {
-        let (done, output) = oneshot::channel();
-        self.queue
-            .send(Queued { item, done })
-            .map_err(|_| Stopped)?;
-        output.await.map_err(|_| Stopped)
+        self.submit(item).await
     }
 
     /// Whether the driver has stopped (a new call would fail).
@@ -101,13 +113,7 @@ async fn drive<I: Send + 'static, O: Send + 'static>(
             return;
         };
         // Whatever queued while waiting for a slot joins this batch.
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        let batch = with_ready(first, &mut queue, max_batch);
         let run = run.clone();
         tokio::spawn(async move {
             let (items, done): (Vec<I>, Vec<_>) =
@@ -120,6 +126,20 @@ async fn drive<I: Send + 'static, O: Send + 'static>(
             drop(slot);
         });
     }
+}
+
+/// `first` and whatever else `queue` holds right now, up to `max` in all:
+/// how every self-clocked batch here is gathered (no timer: a batch is
+/// whatever queued while the last one was under way).
+pub fn with_ready<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 #[cfg(test)]
@@ -151,6 +171,33 @@ mod tests {
         let sizes = batches.lock().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 20);
         assert!(sizes.iter().all(|&n| (1..=8).contains(&n)), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_submitted_item_is_queued_before_it_is_awaited() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let run: RunBatch<u32, u32> = {
+            let seen = seen.clone();
+            Arc::new(move |items: Vec<u32>| {
+                seen.lock().extend(items.iter().copied());
+                Box::pin(async move { items })
+            })
+        };
+        let batcher = Batcher::spawn(8, 1, run);
+        let first = batcher.submit(1);
+        assert_eq!(batcher.call(2).await, Ok(2));
+        assert_eq!(first.await, Ok(1));
+        assert_eq!(*seen.lock(), vec![1, 2], "queued in submission order");
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_ready_up_to_its_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 1..=5 {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(with_ready(0, &mut rx, 3), vec![0, 1, 2]);
+        assert_eq!(with_ready(9, &mut rx, 10), vec![9, 3, 4, 5]);
     }
 
     #[tokio::test]

@@ -110,8 +110,6 @@ trait Bench: Sync {
     fn scan_all(&self) -> u64;
     /// Flushes memtables and waits for compactions.
     fn settle(&self);
-    /// Bytes of the engine's files that count for space amplification.
-    fn disk_bytes(&self, dir: &Path) -> u64;
     /// Engine figures worth a line on stderr.
     fn report(&self) -> Option<String> {
         None
@@ -149,9 +147,6 @@ impl Bench for Lsm {
             s.write_groups, s.log_syncs, s.flushes, s.compactions, s.stalls, s.tables_per_level
         ))
     }
-    fn disk_bytes(&self, dir: &Path) -> u64 {
-        dir_bytes(dir)
-    }
 }
 
 #[cfg(feature = "peers")]
@@ -183,9 +178,6 @@ impl Bench for Fjall {
     fn settle(&self) {
         self.db.persist(fjall::PersistMode::SyncAll).unwrap();
         self.ks.rotate_memtable_and_wait().unwrap();
-    }
-    fn disk_bytes(&self, dir: &Path) -> u64 {
-        dir_bytes(dir)
     }
 }
 
@@ -395,7 +387,7 @@ fn main() -> ExitCode {
     };
     e.settle();
     let logical = n as f64 * (16 + args.value_size) as f64;
-    let space_amp = e.disk_bytes(&dir) as f64 / logical;
+    let space_amp = dir_bytes(&dir) as f64 / logical;
     println!(
         "{} engine={} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1} space_amp={:.2}",
         args.workload,

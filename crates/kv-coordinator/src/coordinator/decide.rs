@@ -25,7 +25,6 @@ pub(crate) struct ReadTally {
     others: Vec<NodeId>,
     /// How many of `others` were asked.
     asked: usize,
-    outstanding: usize,
 }
 
 impl ReadTally {
@@ -49,7 +48,6 @@ impl ReadTally {
             failed: Vec::new(),
             others,
             asked: 0,
-            outstanding: 0,
         };
         tally.ask_more(r.saturating_sub(1), ask);
         tally
@@ -61,7 +59,6 @@ impl ReadTally {
         for &peer in &self.others[self.asked..until] {
             ask(peer);
         }
-        self.outstanding += until - self.asked;
         self.asked = until;
     }
 
@@ -70,9 +67,15 @@ impl ReadTally {
         self.answers.len() >= self.needed
     }
 
+    /// Answers still due: replicas asked that neither answered nor failed
+    /// (this node's own answer was never asked for).
+    fn outstanding(&self) -> usize {
+        self.asked - (self.answers.len() - 1) - self.failed.len()
+    }
+
     /// Whether to keep waiting: R is not met and answers are still due.
     pub(crate) fn waiting(&self) -> bool {
-        !self.is_met() && self.outstanding > 0
+        !self.is_met() && self.outstanding() > 0
     }
 
     /// Whether a replica is left that was not asked.
@@ -94,7 +97,6 @@ impl ReadTally {
         answer: Result<Option<Vec<u8>>, X>,
         ask: impl FnMut(NodeId),
     ) {
-        self.outstanding = self.outstanding.saturating_sub(1);
         let state = match answer {
             Ok(None) => Some(Siblings::new()),
             Ok(Some(bytes)) => Siblings::from_bytes(&bytes).ok(),
@@ -110,7 +112,7 @@ impl ReadTally {
     }
 
     /// The hedge delay passed short of R: every replica not asked yet is
-    /// asked.
+    /// asked (see [`can_hedge`](Self::can_hedge)).
     pub(crate) fn hedge(&mut self, ask: impl FnMut(NodeId)) {
         self.ask_more(self.others.len(), ask);
     }

@@ -88,11 +88,13 @@ where
             match tokio::time::timeout_at(wake, rx.recv()).await {
                 Ok(Some((peer, answer))) => tally.answer(peer, answer, ask),
                 Err(_) if hedge_at == Some(wake) => {
+                    // Once per read (the counter counts reads), and only
+                    // with someone left to ask.
                     hedge_at = None;
-                    tally.hedge(|peer| {
-                        ask(peer);
+                    if tally.can_hedge() {
                         Metrics::add(&self.metrics.replica_reads_hedged, 1);
-                    });
+                        tally.hedge(ask);
+                    }
                 }
                 Ok(None) | Err(_) => break,
             }

@@ -85,27 +85,18 @@ where
         // while this node stores (and syncs) its own copy: the two waits
         // overlap instead of adding up.
         let (announce, announced) = tokio::sync::oneshot::channel();
-        let local_writes = self.local_writes();
-        let local = local_writes.call((update, announce));
+        let local = self.local_writes().submit((update, announce));
         tokio::pin!(local);
         let local_done = |result: std::result::Result<_, crate::batch::Stopped>| {
             result.map_err(|e| Error::Task(format!("the local write batch: {e}")))?
         };
         let mut stored = false;
-        let (state, dot) = tokio::select! {
-            biased;
-            made = announced => match made {
-                Ok(made) => made,
-                // Not made (refused, or the engine failed before): the
-                // batch's result says why.
-                Err(_) => {
-                    stored = true;
-                    local_done((&mut local).await)?
-                }
-            },
-            result = &mut local => {
+        let (state, dot) = match announced.await {
+            Ok(made) => made,
+            // Not made (refused, or the batch stopped): its result says why.
+            Err(_) => {
                 stored = true;
-                local_done(result)?
+                local_done((&mut local).await)?
             }
         };
         let bytes = state.to_bytes();

@@ -19,6 +19,17 @@ fn hash(key: &[u8]) -> (u32, u32) {
     (h as u32, (h >> 32) as u32 | 1)
 }
 
+/// The bit probe hash `h` tests in a filter of `m` bits: `h mod m`. With
+/// `m` below 2^32 the division is done in 32 bits (the same result, and
+/// cheaper); above, `h` is already below `m`.
+#[inline]
+fn probe_bit(h: u32, m: u64) -> usize {
+    match u32::try_from(m) {
+        Ok(m) => (h % m) as usize,
+        Err(_) => h as usize,
+    }
+}
+
 /// A key's filter hash, computed once and probed against every table a
 /// point read looks at.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +78,7 @@ impl BloomBuilder {
         for (h1, h2) in self.hashes {
             let mut h = h1;
             for _ in 0..k {
-                let bit = (u64::from(h) % m) as usize;
+                let bit = probe_bit(h, m);
                 out[start + bit / 8] |= 1 << (bit % 8);
                 h = h.wrapping_add(h2);
             }
@@ -109,19 +120,8 @@ impl Bloom {
         }
         let KeyHash(mut h, h2) = hash;
         let m = (self.bits.len() * 8) as u64;
-        if let Ok(m) = u32::try_from(m) {
-            // The same bits as below, with a 32-bit division.
-            for _ in 0..self.k {
-                let bit = (h % m) as usize;
-                if self.bits[bit / 8] & (1 << (bit % 8)) == 0 {
-                    return false;
-                }
-                h = h.wrapping_add(h2);
-            }
-            return true;
-        }
         for _ in 0..self.k {
-            let bit = (u64::from(h) % m) as usize;
+            let bit = probe_bit(h, m);
             if self.bits[bit / 8] & (1 << (bit % 8)) == 0 {
                 return false;
             }
@@ -152,6 +152,16 @@ mod tests {
             .count();
         let rate = false_positives as f64 / 100_000.0;
         assert!(rate < 0.015, "false positive rate {rate}");
+    }
+
+    #[test]
+    fn probes_follow_the_format_h_mod_m_at_every_filter_size() {
+        // docs/lsm-format.md: probe i tests bit (h1 + i * h2) mod m.
+        for m in [64u64, 1_000, 1 << 31, u64::from(u32::MAX), 1 << 33] {
+            for h in [0u32, 1, 63, 64, 999, 1 << 31, u32::MAX - 1, u32::MAX] {
+                assert_eq!(probe_bit(h, m) as u64, u64::from(h) % m, "h {h} m {m}");
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use kv_coordinator::batch::with_ready;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -122,13 +123,7 @@ async fn drive(
                     out = None;
                     continue;
                 };
-                let mut batch = vec![first];
-                while batch.len() < MAX_PIPELINED_OPS {
-                    match queued.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let batch = with_ready(first, &mut queued, MAX_PIPELINED_OPS);
                 let mut ops = Vec::with_capacity(batch.len());
                 for q in batch {
                     next_id += 1;

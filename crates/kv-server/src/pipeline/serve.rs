@@ -1,5 +1,6 @@
 //! The node's half of a pipeline.
 
+use kv_coordinator::batch::with_ready;
 use kv_core::{Partitioner, StorageEngine, Transport};
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
@@ -70,13 +71,7 @@ where
         results,
         |mut results| async move {
             let first = results.recv().await?;
-            let mut ready = vec![first];
-            while ready.len() < MAX_PIPELINED_OPS {
-                match results.try_recv() {
-                    Ok(next) => ready.push(next),
-                    Err(_) => break,
-                }
-            }
+            let ready = with_ready(first, &mut results, MAX_PIPELINED_OPS);
             Some((Ok(PipelineReply { results: ready }), results))
         },
     ))
