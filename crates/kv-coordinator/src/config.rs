@@ -53,6 +53,19 @@ pub struct Config {
     pub anti_entropy_interval: Duration,
     /// Nodes per message in anti-entropy exchanges (256).
     pub anti_entropy_fanout: usize,
+    /// Bytes of keys and states per page of an anti-entropy repair, about
+    /// (1 MiB): a peer answers the differing buckets' states in pages, so
+    /// no call carries or scans the whole store.
+    pub anti_entropy_page_bytes: u32,
+    /// Stored keys a peer looks at for one page at most (65,536).
+    pub anti_entropy_page_scan: u32,
+    /// How long one page (and one Merkle exchange step) may take (5 s);
+    /// repair has a timeout of its own, not the client request's.
+    pub anti_entropy_timeout: Duration,
+    /// Keys repaired per second at most, pulled and pushed together,
+    /// across every exchange of this node, so repair leaves room for
+    /// clients (100,000; 0 for no limit).
+    pub repair_keys_per_sec: u32,
     /// Between hint deliveries and tombstone collections (1 s).
     pub maintenance_interval: Duration,
     /// With sloppy quorum, a write waits this many times the recent
@@ -84,6 +97,10 @@ impl Default for Config {
             prune: PrunePolicy::default(),
             anti_entropy_interval: Duration::from_secs(10),
             anti_entropy_fanout: 256,
+            anti_entropy_page_bytes: 1 << 20,
+            anti_entropy_page_scan: 1 << 16,
+            anti_entropy_timeout: Duration::from_secs(5),
+            repair_keys_per_sec: 100_000,
             maintenance_interval: Duration::from_secs(1),
             hedge_factor: 4,
             hedge_floor: Duration::from_millis(10),
@@ -114,9 +131,12 @@ impl Config {
         if self.anti_entropy_interval.is_zero()
             || self.maintenance_interval.is_zero()
             || self.anti_entropy_fanout == 0
+            || self.anti_entropy_page_bytes == 0
+            || self.anti_entropy_page_scan == 0
+            || self.anti_entropy_timeout.is_zero()
         {
             return Err(Error::InvalidInput(
-                "maintenance intervals and fan-out must be positive".into(),
+                "maintenance intervals, anti-entropy fan-out, page sizes and timeout must be positive".into(),
             ));
         }
         if self.max_state_bytes < self.max_value_bytes + self.max_key_bytes {

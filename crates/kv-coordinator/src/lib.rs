@@ -73,7 +73,7 @@ mod trees;
 mod versions;
 
 pub use config::Config;
-pub use coordinator::{ClientHandler, Coordinator, GetResult, PutResult, RepairReport};
+pub use coordinator::{ClientHandler, Coordinator, GetResult, PeerRepair, PutResult, RepairReport};
 pub use error::{Error, ErrorKind, Result};
 pub use hints::{Hint, HintLimits, HintStore};
 pub use latency::RecentLatency;

@@ -414,21 +414,82 @@ impl<E: StorageEngine> Replica<E> {
         Ok(kv_merkle::Message::Differences(answer).encode())
     }
 
-    /// The states of the keys shared with `peer` that fall in `buckets`.
+    /// One page of the states of the keys shared with `peer` that fall in
+    /// the query's buckets (anti-entropy, both sides): the keys after
+    /// `query.after` up to `until` (inclusive; the end of the store when
+    /// `None`), until the page's byte or scan budget is spent. The page's
+    /// `next` is the last key it covers when a budget ended it, `None`
+    /// when it covers the whole interval.
     ///
     /// # Errors
     ///
     /// Storage errors.
-    pub fn bucket_states(&self, peer: NodeId, buckets: &[u32]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let wanted: std::collections::BTreeSet<u32> = buckets.iter().copied().collect();
-        let mut out = Vec::new();
-        for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
+    pub fn bucket_page(
+        &self,
+        peer: NodeId,
+        query: &kv_core::BucketQuery,
+        until: Option<&[u8]>,
+    ) -> Result<kv_core::BucketPage> {
+        let wanted: std::collections::BTreeSet<u32> = query.buckets.iter().copied().collect();
+        let start = query
+            .after
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let end = until.map_or(Bound::Unbounded, Bound::Included);
+        let (max_bytes, max_scanned) = (query.max_bytes as usize, query.max_scanned.max(1));
+        let mut page = kv_core::BucketPage::default();
+        let (mut bytes, mut scanned) = (0usize, 0u32);
+        let mut previous: Option<Vec<u8>> = None;
+        for item in self.engine.scan(start, end)? {
             let (key, state) = item?;
             if wanted.contains(&self.trees.bucket(&key)) && self.peers(&key).contains(&peer) {
-                out.push((key, state));
+                let size = key.len() + state.len();
+                // A state that would take the page past its budget starts
+                // the next one (a page holds at least one key).
+                if !page.states.is_empty() && bytes + size > max_bytes {
+                    page.next = previous;
+                    return Ok(page);
+                }
+                bytes += size;
+                page.states.push((key.clone(), state));
             }
+            scanned += 1;
+            if bytes >= max_bytes || scanned >= max_scanned {
+                page.next = Some(key);
+                return Ok(page);
+            }
+            previous = Some(key);
         }
-        Ok(out)
+        Ok(page)
+    }
+
+    /// Merges each of `items` (key, encoded state from a peer) into this
+    /// replica, all in one engine batch; returns per item whether the
+    /// stored state changed and the state as merged here.
+    ///
+    /// # Errors
+    ///
+    /// Per item: [`Error::InvalidInput`] for a state that does not decode,
+    /// storage errors.
+    pub fn merge_many(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<(bool, Vec<u8>)>> {
+        let incoming: Vec<std::result::Result<Siblings, String>> = items
+            .iter()
+            .map(|(_, state)| Siblings::from_bytes(state).map_err(|e| format!("peer state: {e}")))
+            .collect();
+        let keys: Vec<&[u8]> = items.iter().map(|(k, _)| k.as_slice()).collect();
+        self.apply_many(
+            &keys,
+            |j, state| {
+                let theirs = incoming[j]
+                    .as_ref()
+                    .map_err(|e| Error::InvalidInput(e.clone()))?;
+                let before = state.to_bytes();
+                state.sync(theirs);
+                let after = state.to_bytes();
+                Ok((before != after, after))
+            },
+            |_| {},
+        )
     }
 
     /// Runs `f` on this node's tree for `peer`.

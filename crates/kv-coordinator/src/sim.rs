@@ -232,13 +232,13 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         &self,
         to: NodeId,
         from: NodeId,
-        buckets: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError> {
+        query: kv_core::BucketQuery,
+    ) -> Result<kv_core::BucketPage, TransportError> {
         let delay = self.network.admit(self.me, to)?;
         in_flight(delay).await;
         let replica = self.network.replica(to)?;
         replica
-            .bucket_states(from, &buckets)
+            .bucket_page(from, &query, None)
             .map_err(|e| TransportError::Remote {
                 node: to,
                 message: e.to_string(),

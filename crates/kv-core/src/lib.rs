@@ -41,5 +41,7 @@ mod storage;
 pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
-pub use replication::{ClientOp, ClientReply, MembershipView, Transport, TransportError};
+pub use replication::{
+    BucketPage, BucketQuery, ClientOp, ClientReply, MembershipView, Transport, TransportError,
+};
 pub use storage::{BatchOp, KvPair, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};

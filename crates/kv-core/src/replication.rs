@@ -123,14 +123,42 @@ pub trait Transport: Send + Sync {
         request: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError>;
 
-    /// Anti-entropy: `to`'s states of the keys it shares with `from` that
-    /// fall in `buckets`.
+    /// Anti-entropy: one page of `to`'s states of the keys it shares with
+    /// `from` that fall in the query's buckets (see [`BucketQuery`]).
     async fn bucket_states(
         &self,
         to: NodeId,
         from: NodeId,
-        buckets: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError>;
+        query: BucketQuery,
+    ) -> Result<BucketPage, TransportError>;
+}
+
+/// Which page of a replica's anti-entropy bucket states to send: the keys
+/// after `after` in key order (from the first key when `None`), until the
+/// page holds about `max_bytes` of keys and states or the replica has
+/// looked at `max_scanned` keys, whichever comes first. Pages bound the
+/// work of one call however large the store or its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketQuery {
+    /// The differing Merkle buckets.
+    pub buckets: Vec<u32>,
+    /// Continue after this key.
+    pub after: Option<Vec<u8>>,
+    /// About how many bytes of keys and states one page may hold (at least
+    /// one key is always sent).
+    pub max_bytes: u32,
+    /// How many stored keys one page may look at.
+    pub max_scanned: u32,
+}
+
+/// One page of bucket states: every matching key in (`after`, `next`] of
+/// the query, or in (`after`, end) when `next` is `None` (the last page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketPage {
+    /// Keys and their encoded states, in key order.
+    pub states: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last key this page covers; `None` when the scan reached the end.
+    pub next: Option<Vec<u8>>,
 }
 
 /// Which nodes are believed alive (fed by gossip in the server).

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub max_hints: Option<usize>,
     /// Between anti-entropy exchanges, in milliseconds (10,000).
     pub anti_entropy_interval_ms: Option<u64>,
+    /// Keys anti-entropy repairs per second at most, pulled and pushed
+    /// together (100,000; 0 for no limit).
+    pub repair_keys_per_sec: Option<u32>,
     /// Memtable size in MiB (64).
     pub memtable_mib: Option<usize>,
     /// Log filter, as `info` or `warn,kv_server=debug`; `RUST_LOG` wins.
@@ -237,6 +240,7 @@ impl ServerConfig {
             anti_entropy_interval_ms: over
                 .anti_entropy_interval_ms
                 .or(self.anti_entropy_interval_ms),
+            repair_keys_per_sec: over.repair_keys_per_sec.or(self.repair_keys_per_sec),
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
             log: over.log.or(self.log),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
@@ -403,6 +407,9 @@ impl ServerConfig {
         }
         if let Some(ms) = self.anti_entropy_interval_ms {
             coordinator.anti_entropy_interval = Duration::from_millis(ms);
+        }
+        if let Some(rate) = self.repair_keys_per_sec {
+            coordinator.repair_keys_per_sec = rate;
         }
         if let Some(secs) = self.tombstone_grace_secs {
             coordinator.tombstone_grace = Duration::from_secs(secs);

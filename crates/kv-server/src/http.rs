@@ -62,6 +62,7 @@ pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> Strin
     requests(&mut out, m);
     security(&mut out, &cluster.posture());
     replication(&mut out, m, coordinator.replica());
+    anti_entropy(&mut out, coordinator);
     health(&mut out, coordinator.replica());
     engine(&mut out, coordinator.replica().engine());
     membership(&mut out, cluster);
@@ -310,6 +311,54 @@ fn engine(out: &mut String, engine: &Engine) {
     );
 }
 
+/// A per-peer metric: name, type, help, and its value for one peer.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&kv_coordinator::PeerRepair) -> Option<u64>,
+);
+
+/// Per peer: when anti-entropy last completed an exchange with it, what
+/// differed then, and what it repaired.
+fn anti_entropy(out: &mut String, coordinator: &NodeCoordinator) {
+    let peers = coordinator.anti_entropy_peers();
+    let families: [Family; 4] = [
+        (
+            "kv_anti_entropy_last_complete_timestamp_seconds",
+            "gauge",
+            "When the last anti-entropy exchange with the peer completed (Unix time); absent before the first.",
+            |p| p.last_complete_unix,
+        ),
+        (
+            "kv_anti_entropy_divergent_buckets",
+            "gauge",
+            "Merkle buckets that differed from the peer in the last exchange.",
+            |p| Some(p.divergent_buckets as u64),
+        ),
+        (
+            "kv_anti_entropy_peer_keys_repaired_total",
+            "counter",
+            "Keys repaired with the peer (changed here or pushed to it).",
+            |p| Some(p.keys_repaired),
+        ),
+        (
+            "kv_anti_entropy_exchange_failing",
+            "gauge",
+            "1 when the last anti-entropy exchange with the peer failed.",
+            |p| Some(u64::from(p.last_error.is_some())),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (peer, repair) in &peers {
+            if let Some(v) = value(repair) {
+                let _ = writeln!(out, "{name}{{peer=\"{}\"}} {v}", peer.0);
+            }
+        }
+    }
+}
+
 /// Members by state, the ring, hand-off.
 fn membership(out: &mut String, cluster: &Cluster) {
     let status = cluster.status().ok();
@@ -382,6 +431,24 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
             escape(&e.to_string())
         ),
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut repairs = String::new();
+    for (peer, r) in coordinator.anti_entropy_peers() {
+        let _ = write!(
+            repairs,
+            "<tr><td>{peer}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.last_complete_unix
+                .map_or("never".to_string(), |t| format!(
+                    "{} s ago",
+                    now.saturating_sub(t)
+                )),
+            r.divergent_buckets,
+            r.keys_repaired,
+            escape(r.last_error.as_deref().unwrap_or("-")),
+        );
+    }
     let posture = cluster.posture();
     let security = if posture.insecure {
         "<p><b>INSECURE</b>: started with --insecure: no TLS, no authentication; anyone who reaches this node can read, write and change the cluster.</p>".to_string()
@@ -406,6 +473,7 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
          <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
          <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
+         <table border=\"1\"><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
          <h2>Requests</h2><p>{} gets, {} puts, {} deletes, {} quorum failures</p>\
          <p><a href=\"/metrics\">metrics</a></p></body></html>",
         cluster.epoch(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
-use kv_core::{NodeId, Partitioner, StorageEngine, Transport};
+use kv_core::{BucketQuery, NodeId, Partitioner, StorageEngine, Transport};
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
@@ -18,7 +18,8 @@ use crate::proto::{
     FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
     InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest, PutReply,
     PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest,
-    ReplicateBatchRequest, RingQuery, RingState, StatusReply, TransferRequest,
+    RepairProgress, RepairRequest, ReplicateBatchRequest, RingQuery, RingState, StatusReply,
+    TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -300,6 +301,18 @@ async fn read_states(
 /// in a message with room to spare.
 const MAX_REPLY_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES - (1 << 20);
 
+/// The most bytes of states one page of anti-entropy bucket states holds
+/// (one larger state is sent alone).
+const MAX_PAGE_BYTES: u32 = 16 << 20;
+/// The most stored keys one such page looks at.
+const MAX_PAGE_SCAN: u32 = 1 << 20;
+
+/// A page budget a peer asked for: its default when it named none (0, as
+/// a peer that predates pages sends), and never above `cap`.
+fn page_budget(asked: u32, default: u32, cap: u32) -> u32 {
+    if asked == 0 { default } else { asked.min(cap) }
+}
+
 /// A replica's answer for one key: its state, or none if it holds nothing.
 fn read_reply(state: &kv_coordinator::Siblings) -> ReadReply {
     let stored = !state.is_empty() || !state.context().is_empty();
@@ -441,12 +454,20 @@ impl Internal for InternalService {
         same_sender(&request, request.get_ref().from)?;
         let r = request.into_inner();
         let replica = self.coordinator.replica().clone();
-        let states = blocking(move || replica.bucket_states(NodeId(r.from), &r.buckets)).await?;
+        let query = BucketQuery {
+            buckets: r.buckets,
+            after: r.after,
+            max_bytes: page_budget(r.max_bytes, 1 << 20, MAX_PAGE_BYTES),
+            max_scanned: page_budget(r.max_scanned, 1 << 16, MAX_PAGE_SCAN),
+        };
+        let page = blocking(move || replica.bucket_page(NodeId(r.from), &query, None)).await?;
         Ok(Response::new(BucketReply {
-            states: states
+            states: page
+                .states
                 .into_iter()
                 .map(|(key, state)| KeyState { key, state })
                 .collect(),
+            next: page.next,
         }))
     }
 
@@ -545,6 +566,20 @@ impl Admin for AdminService {
 
     async fn leave(&self, _: Request<Empty>) -> Result<Response<ChangeReply>, Status> {
         Ok(Response::new(self.cluster.leave().await?))
+    }
+
+    type RepairStream = ReplyStream<RepairProgress>;
+
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        let peer = request.into_inner().peer;
+        let progress = self.cluster.repair((peer != 0).then_some(NodeId(peer)))?;
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            progress,
+            |mut rx| async move { rx.recv().await.map(|p| (Ok(p), rx)) },
+        ))))
     }
 }
 

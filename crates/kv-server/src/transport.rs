@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::batch::{Batcher, RunBatch};
-use kv_core::{ClientOp, ClientReply, NodeId, Transport, TransportError};
+use kv_core::{BucketPage, BucketQuery, ClientOp, ClientReply, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
@@ -527,22 +527,24 @@ impl Transport for GrpcTransport {
         &self,
         to: NodeId,
         from: NodeId,
-        buckets: Vec<u32>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TransportError> {
+        query: BucketQuery,
+    ) -> Result<BucketPage, TransportError> {
         let reply = self
             .client(to)?
             .bucket_states(BucketRequest {
                 from: from.0,
-                buckets,
+                buckets: query.buckets,
+                after: query.after,
+                max_bytes: query.max_bytes,
+                max_scanned: query.max_scanned,
             })
             .await
-            .map_err(unreachable(to))?;
-        Ok(reply
-            .into_inner()
-            .states
-            .into_iter()
-            .map(|s| (s.key, s.state))
-            .collect())
+            .map_err(unreachable(to))?
+            .into_inner();
+        Ok(BucketPage {
+            states: reply.states.into_iter().map(|s| (s.key, s.state)).collect(),
+            next: reply.next,
+        })
     }
 
     async fn reap(

@@ -29,6 +29,8 @@ mod read;
 mod routing;
 mod write;
 
+pub use anti_entropy::PeerRepair;
+
 /// What a read returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetResult {
@@ -46,6 +48,8 @@ pub struct RepairReport {
     pub buckets: usize,
     /// Keys whose state was fetched from the peer and merged here.
     pub keys_pulled: usize,
+    /// Of those, keys whose state here changed by the merge.
+    pub keys_changed: usize,
     /// Keys whose merged state was sent to the peer.
     pub keys_pushed: usize,
     /// Bytes of exchange messages (both directions), not counting states.
@@ -56,6 +60,7 @@ impl std::ops::AddAssign for RepairReport {
     fn add_assign(&mut self, other: Self) {
         self.buckets += other.buckets;
         self.keys_pulled += other.keys_pulled;
+        self.keys_changed += other.keys_changed;
         self.keys_pushed += other.keys_pushed;
         self.exchange_bytes += other.exchange_bytes;
     }
@@ -187,6 +192,10 @@ pub struct Coordinator<E, T, P> {
     local_writes: parking_lot::Mutex<Option<LocalWrites>>,
     /// How long replicas have recently taken to take a write.
     replica_latency: crate::RecentLatency,
+    /// What anti-entropy knows of each peer.
+    repair_peers: parking_lot::Mutex<std::collections::BTreeMap<NodeId, PeerRepair>>,
+    /// The keys per second repair may move, shared by every exchange.
+    repair_pace: anti_entropy::Pace,
 }
 
 /// The batcher of writes coordinated at this node.
@@ -233,7 +242,6 @@ where
     ) -> Result<Self> {
         config.validate()?;
         Ok(Coordinator {
-            config,
             replica,
             transport,
             ring,
@@ -241,6 +249,9 @@ where
             metrics: Arc::new(Metrics::default()),
             local_writes: parking_lot::Mutex::new(None),
             replica_latency: crate::RecentLatency::default(),
+            repair_peers: parking_lot::Mutex::default(),
+            repair_pace: anti_entropy::Pace::new(config.repair_keys_per_sec),
+            config,
         })
     }
 

@@ -26,7 +26,9 @@ use clap::{Parser, Subcommand};
 use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::endpoint::{ConnectSettings, admin_client};
-use kv_server::proto::{ChangeReply, Empty, HintsReply, StatusReply};
+use kv_server::proto::{
+    ChangeReply, Empty, HintsReply, RepairProgress, RepairRequest, StatusReply,
+};
 use kv_server::security::certs::CertsDir;
 use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
 use tonic::service::interceptor::InterceptedService;
@@ -153,6 +155,13 @@ enum Command {
     Join,
     /// Hand the node's ranges to the others; the node then stops.
     Leave,
+    /// Repair the node now: anti-entropy with every peer it shares keys
+    /// with (both directions), with progress on stderr.
+    Repair {
+        /// Only this peer.
+        #[arg(long)]
+        peer: Option<u64>,
+    },
     /// Make the cluster CA and certificates (no node is contacted).
     Certs {
         #[command(subcommand)]
@@ -266,7 +275,16 @@ async fn admin(
     credentials: &ClientCredentials,
     command: Command,
 ) -> Result<String, String> {
-    let endpoint = credentials.endpoint(node, &ConnectSettings::operator())?;
+    let settings = match command {
+        // A repair takes as long as the data it moves; progress shows it
+        // is alive.
+        Command::Repair { .. } => ConnectSettings {
+            request_timeout: None,
+            ..ConnectSettings::operator()
+        },
+        _ => ConnectSettings::operator(),
+    };
+    let endpoint = credentials.endpoint(node, &settings)?;
     let channel = endpoint
         .connect()
         .await
@@ -292,6 +310,13 @@ async fn admin(
         Command::Leave => {
             let r = client.leave(Empty {}).await.map_err(fail)?.into_inner();
             changed(json, node, "left", &r)
+        }
+        Command::Repair { peer } => {
+            let request = RepairRequest {
+                peer: peer.unwrap_or(0),
+            };
+            let stream = client.repair(request).await.map_err(fail)?.into_inner();
+            repair(node, json, stream).await?
         }
         Command::Put { .. }
         | Command::Get { .. }
@@ -480,6 +505,90 @@ fn changed(json: bool, node: &str, what: &str, r: &ChangeReply) -> String {
             r.epoch, r.ranges, r.keys_streamed
         )
     }
+}
+
+/// `kvctl repair`: shows progress on stderr as it arrives (one line
+/// rewritten in place on a terminal, a line every few seconds otherwise)
+/// and returns one line per peer.
+async fn repair(
+    node: &str,
+    json: bool,
+    mut stream: tonic::Streaming<RepairProgress>,
+) -> Result<String, String> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut shown = started;
+    let mut out = String::new();
+    let mut failed = 0;
+    while let Some(p) = stream.message().await.map_err(fail)? {
+        let line = format!(
+            "[{}] peer {} ({}/{}): {} buckets differ, {} keys pulled ({} changed here), {} pushed, {:.0} keys/s",
+            bar(p.peers_done, p.peers_total, p.peer_done),
+            p.peer,
+            p.peers_done + 1,
+            p.peers_total,
+            p.buckets,
+            p.keys_pulled,
+            p.keys_changed,
+            p.keys_pushed,
+            (p.keys_pulled + p.keys_pushed) as f64 / started.elapsed().as_secs_f64().max(1e-3),
+        );
+        if !json && (p.peer_done || terminal || shown.elapsed().as_secs() >= 5) {
+            shown = std::time::Instant::now();
+            let mut err = std::io::stderr();
+            let _ = if terminal {
+                write!(err, "\r\x1b[2K{line}")
+            } else {
+                writeln!(err, "{line}")
+            };
+            let _ = err.flush();
+        }
+        if !p.peer_done {
+            continue;
+        }
+        if terminal && !json {
+            eprintln!();
+        }
+        failed += usize::from(!p.error.is_empty());
+        if json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "peer": p.peer, "ok": p.error.is_empty(), "error": p.error,
+                    "buckets": p.buckets, "keys_pulled": p.keys_pulled,
+                    "keys_changed": p.keys_changed, "keys_pushed": p.keys_pushed,
+                })
+            );
+        } else if p.error.is_empty() {
+            let _ = writeln!(
+                out,
+                "peer {}: repaired ({} buckets differed, {} keys changed here, {} pushed)",
+                p.peer, p.buckets, p.keys_changed, p.keys_pushed
+            );
+        } else {
+            let _ = writeln!(out, "peer {}: FAILED: {}", p.peer, p.error);
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{out}repair of {node}: {failed} peer exchange(s) failed; run it again once they are reachable"
+        ));
+    }
+    Ok(out)
+}
+
+/// A progress bar over peers, the current one half done.
+fn bar(done: u32, total: u32, peer_done: bool) -> String {
+    const WIDTH: u32 = 20;
+    let halves = 2 * done + if peer_done { 2 } else { 1 };
+    let filled = (halves * WIDTH / (2 * total.max(1))).min(WIDTH) as usize;
+    format!(
+        "{}{}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled)
+    )
 }
 
 /// Runs one command and returns what it prints; a failure that looks like

@@ -92,6 +92,9 @@ struct Args {
     /// Between anti-entropy exchanges, in milliseconds.
     #[arg(long)]
     anti_entropy_interval_ms: Option<u64>,
+    /// Keys anti-entropy repairs per second at most, pulled and pushed together (100,000; 0 for no limit).
+    #[arg(long)]
+    repair_keys_per_sec: Option<u32>,
     /// Memtable size in MiB.
     #[arg(long)]
     memtable_mib: Option<usize>,
@@ -179,6 +182,7 @@ async fn run(args: Args) -> Result<(), String> {
         durability: args.durability,
         max_hints: args.max_hints,
         anti_entropy_interval_ms: args.anti_entropy_interval_ms,
+        repair_keys_per_sec: args.repair_keys_per_sec,
         memtable_mib: args.memtable_mib,
         tombstone_grace_secs: args.tombstone_grace_secs,
         read_repair_blocking: args.read_repair_blocking,

@@ -21,7 +21,7 @@
 //! Here: the node's `Cluster`, the live ring and the gossip view. Beside:
 //! `membership` (gossip in and out), `ring_sync` (installing, asking for
 //! and pushing rings), `rebalance` (join, leave, range streaming, hand-off),
-//! `operator` (status and hints).
+//! `operator` (status and hints), `repair` (anti-entropy on demand).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -51,6 +51,7 @@ mod error;
 mod membership;
 mod operator;
 mod rebalance;
+mod repair;
 mod ring_sync;
 
 /// Liveness as gossip reports it. A node not heard of yet counts as alive

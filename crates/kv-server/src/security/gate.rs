@@ -61,9 +61,10 @@ fn need(path: &str) -> Option<Need> {
         "/kv.v1.Kv/Get" | "/kv.v1.Kv/Pipeline" => Need::Role(Role::Read),
         "/kv.v1.Kv/Put" | "/kv.v1.Kv/Delete" => Need::Role(Role::Write),
         "/kv.v1.Admin/Status" => Need::Role(Role::Read),
-        "/kv.v1.Admin/Hints" | "/kv.v1.Admin/Join" | "/kv.v1.Admin/Leave" => {
-            Need::Role(Role::Admin)
-        }
+        "/kv.v1.Admin/Hints"
+        | "/kv.v1.Admin/Join"
+        | "/kv.v1.Admin/Leave"
+        | "/kv.v1.Admin/Repair" => Need::Role(Role::Admin),
         "/kv.v1.Internal/Read" | "/kv.v1.Internal/GetRing" => Need::NodeOrRole(Role::Admin),
         p if p.starts_with("/kv.v1.Internal/") => Need::Node,
         _ => return None,
@@ -284,6 +285,8 @@ mod tests {
                 PermissionDenied,
             ),
             ("/kv.v1.Admin/Leave", Some(b"Bearer a"), Ok),
+            ("/kv.v1.Admin/Repair", Some(b"Bearer w"), PermissionDenied),
+            ("/kv.v1.Admin/Repair", Some(b"Bearer a"), Ok),
             (
                 "/kv.v1.Internal/InstallRing",
                 Some(b"Bearer a"),

@@ -8,6 +8,7 @@
 )]
 
 mod membership;
+mod operations;
 mod process;
 mod sdk;
 mod security;
@@ -296,9 +297,37 @@ async fn metrics_and_status_over_http() {
     assert!(metrics.contains("kv_ring_epoch 1"), "{metrics}");
     assert!(metrics.contains("kv_ring_members 3"));
     assert!(metrics.contains("kv_lsm_log_syncs_total"));
+    assert!(
+        !metrics.contains("kv_anti_entropy_last_complete_timestamp_seconds{"),
+        "no exchange yet: {metrics}"
+    );
+    // One exchange with node 2: its time, buckets and repairs per peer.
+    nodes[0]
+        .coordinator()
+        .anti_entropy_with(NodeId(2), 64)
+        .await
+        .unwrap();
+    let metrics = http_get(http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("kv_anti_entropy_last_complete_timestamp_seconds{peer=\"2\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kv_anti_entropy_divergent_buckets{peer=\"2\"} 0"));
+    assert!(metrics.contains("kv_anti_entropy_exchange_failing{peer=\"2\"} 0"));
     let status = http_get(http_addr, "/").await;
     assert!(status.contains("<h1>kv node n1</h1>"), "{status}");
     assert!(status.contains("(this node)"));
+    let row = status
+        .split("<tr><td>n2</td><td>")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        row.split("</td>")
+            .next()
+            .unwrap_or_default()
+            .ends_with(" s ago"),
+        "{status}"
+    );
     http.abort();
     for n in nodes {
         n.shutdown().await.unwrap();

@@ -76,7 +76,7 @@ fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
     kvd(id, ports, dir, &extra)
 }
 
-async fn connect(port: u16) -> KvClient<Channel> {
+pub(crate) async fn connect(port: u16) -> KvClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(client) = KvClient::connect(format!("http://127.0.0.1:{port}")).await {
@@ -196,14 +196,14 @@ async fn kill_nine_during_writes_loses_no_acknowledged_write() {
     drop(children);
 }
 
-async fn admin(port: u16) -> AdminClient<Channel> {
+pub(crate) async fn admin(port: u16) -> AdminClient<Channel> {
     connect(port).await;
     AdminClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap()
 }
 
-async fn internal(port: u16) -> InternalClient<Channel> {
+pub(crate) async fn internal(port: u16) -> InternalClient<Channel> {
     connect(port).await;
     InternalClient::connect(format!("http://127.0.0.1:{port}"))
         .await
@@ -223,7 +223,7 @@ where
     }
 }
 
-async fn status(port: u16) -> StatusReply {
+pub(crate) async fn status(port: u16) -> StatusReply {
     admin(port)
         .await
         .status(Empty {})
@@ -233,7 +233,7 @@ async fn status(port: u16) -> StatusReply {
 }
 
 /// Whether the node on `port` holds `value` for `key` in its own store.
-async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
+pub(crate) async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
     let reply = internal(port)
         .await
         .read(ReadRequest { key: key.to_vec() })
@@ -250,7 +250,11 @@ async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
 
 /// Writes keys `<prefix>0000` to `<prefix>0199` (value: the index) with
 /// write quorum `w` (0: the cluster's); every write must succeed.
-async fn write_keys(writer: &mut KvClient<Channel>, prefix: &str, w: u32) -> Vec<Vec<u8>> {
+pub(crate) async fn write_keys(
+    writer: &mut KvClient<Channel>,
+    prefix: &str,
+    w: u32,
+) -> Vec<Vec<u8>> {
     let keys: Vec<Vec<u8>> = (0..200u32)
         .map(|i| format!("{prefix}{i:04}").into_bytes())
         .collect();
