@@ -317,7 +317,11 @@ async fn metrics_and_status_over_http() {
     let status = http_get(http_addr, "/").await;
     assert!(status.contains("<h1>kv node n1</h1>"), "{status}");
     assert!(status.contains("(this node)"));
-    let row = status
+    let section = status
+        .split("<h2>Anti-entropy</h2>")
+        .nth(1)
+        .unwrap_or_default();
+    let row = section
         .split("<tr><td>n2</td><td>")
         .nth(1)
         .unwrap_or_default();
