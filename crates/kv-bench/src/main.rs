@@ -63,7 +63,8 @@ struct Args {
     /// Operations before measuring (default: a tenth of --ops, at most 10,000).
     #[arg(long)]
     warmup_ops: Option<u64>,
-    /// Stop measuring after this many seconds, even if --ops are not done.
+    /// Stop measuring after this many seconds, even if --ops are not done
+    /// (Ctrl-C also stops it, and what was measured is reported).
     #[arg(long)]
     duration_secs: Option<u64>,
     /// Skip the load phase (the records are already there).

@@ -433,7 +433,6 @@ async fn closed_loop(
 /// start, so queueing behind slow requests is measured.
 async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBar) -> Vec<OpStats> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let deadline = *shared.deadline.lock();
     let stats: Arc<Mutex<Vec<OpStats>>> =
         Arc::new(Mutex::new(Op::ALL.iter().map(|_| OpStats::new()).collect()));
     // At most `concurrency` operations are outstanding; one waiting for a
@@ -460,7 +459,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
             for i in 0..count {
                 let offset = interval.mul_f64(i as f64);
                 let due = tokio_start + offset;
-                if deadline.is_some_and(|d| due > d) {
+                if shared.deadline.lock().is_some_and(|d| due > d || Instant::now() >= d) {
                     return;
                 }
                 let now = start.elapsed();
@@ -594,6 +593,17 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     let b = bar(config.progress, config.ops, "run");
     let started = Instant::now();
     *shared.deadline.lock() = config.duration.map(|d| started + d);
+    // Ctrl-C (SIGINT) ends the measured phase now; what was measured is
+    // reported as if the duration had run out.
+    let interrupt = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: the measured phase stops here");
+                *shared.deadline.lock() = Some(Instant::now());
+            }
+        })
+    };
     let per_op = match config.rate {
         Some(rate) => open_loop(&shared, config.ops, rate, &b).await,
         None => {
@@ -606,6 +616,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         }
     };
     let elapsed = started.elapsed();
+    interrupt.abort();
     b.finish_and_clear();
     let mut final_keys = 0;
     let mut converged_in = None;
