@@ -414,6 +414,40 @@ impl ConsistentHashRing {
         Ok(next)
     }
 
+    /// The ring with `new` in `old`'s place: the same tokens, owned by the
+    /// new node (a dead node replaced by a new machine). Every key keeps
+    /// its replicas but for `old`, which becomes `new`; no other range
+    /// changes hands.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::UnknownNode`] if `old` is not in the ring;
+    /// [`RingError::DuplicateNode`] if `new` already is;
+    /// [`RingError::ZeroWeight`] for a weight of zero.
+    pub fn with_replacement(&self, old: NodeId, new: NodeSpec) -> Result<Self> {
+        if self.member_index(old).is_none() {
+            return Err(RingError::UnknownNode(old));
+        }
+        if new.id != old && self.member_index(new.id).is_some() {
+            return Err(RingError::DuplicateNode(new.id));
+        }
+        let assignments: Vec<(NodeSpec, Vec<Token>)> = self
+            .members
+            .iter()
+            .map(|m| {
+                let spec = if m.spec.id == old {
+                    new.clone()
+                } else {
+                    m.spec.clone()
+                };
+                (spec, self.tokens_of(m.spec.id))
+            })
+            .collect();
+        let mut ring = Self::from_tokens(self.vnodes, self.strategy, assignments)?;
+        ring.balance_replicas = self.balance_replicas;
+        Ok(ring)
+    }
+
     /// Virtual nodes per unit of weight.
     pub fn vnodes(&self) -> u32 {
         self.vnodes

@@ -54,6 +54,18 @@ fn bad_membership_changes_are_refused() {
         Err(RingError::UnknownNode(NodeId(9)))
     );
     assert_eq!(
+        r.with_replacement(NodeId(9), NodeId(10).into()),
+        Err(RingError::UnknownNode(NodeId(9)))
+    );
+    assert_eq!(
+        r.with_replacement(NodeId(1), NodeId(2).into()),
+        Err(RingError::DuplicateNode(NodeId(2)))
+    );
+    assert_eq!(
+        r.with_replacement(NodeId(1), NodeSpec::new(NodeId(9)).weight(0)),
+        Err(RingError::ZeroWeight(NodeId(9)))
+    );
+    assert_eq!(
         ConsistentHashRing::builder().vnodes(0).build(),
         Err(RingError::ZeroVnodes)
     );

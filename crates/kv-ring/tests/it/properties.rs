@@ -107,6 +107,26 @@ proptest! {
     }
 
     #[test]
+    fn a_replacement_takes_exactly_the_replaced_nodes_place(specs in members(), pick in any::<prop::sample::Index>(), n in 1usize..4, keys in prop::collection::vec(any::<Vec<u8>>(), 1..20)) {
+        let before = build(&specs);
+        let old = specs[pick.index(specs.len())].clone();
+        let new = NodeSpec { id: NodeId(5000), ..old.clone() };
+        let after = before.with_replacement(old.id, new.clone()).unwrap();
+        prop_assert_eq!(after.tokens_of(new.id), before.tokens_of(old.id));
+        prop_assert!(after.node_spec(old.id).is_none());
+        let swap = |id: NodeId| if id == old.id { new.id } else { id };
+        for key in &keys {
+            let was: Vec<NodeId> = before.preference_list(key, n).unwrap().into_iter().map(swap).collect();
+            prop_assert_eq!(after.preference_list(key, n).unwrap(), was);
+        }
+        let diff = RingDiff::between(&before, &after, n).unwrap();
+        for m in diff.moves() {
+            prop_assert_eq!(m.lost().collect::<Vec<_>>(), vec![old.id]);
+            prop_assert_eq!(m.gained().collect::<Vec<_>>(), vec![new.id]);
+        }
+    }
+
+    #[test]
     fn replicas_spread_over_zones(specs in members(), key in any::<Vec<u8>>(), n in 1usize..5) {
         let r = build(&specs);
         let zone_of = |id: NodeId| r.node_spec(id).unwrap().zone.clone();
