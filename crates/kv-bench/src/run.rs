@@ -459,7 +459,11 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
             for i in 0..count {
                 let offset = interval.mul_f64(i as f64);
                 let due = tokio_start + offset;
-                if shared.deadline.lock().is_some_and(|d| due > d || Instant::now() >= d) {
+                if shared
+                    .deadline
+                    .lock()
+                    .is_some_and(|d| due > d || Instant::now() >= d)
+                {
                     return;
                 }
                 let now = start.elapsed();

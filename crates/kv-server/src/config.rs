@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub weight: Option<u32>,
     /// Join the ring at start if this node is not in it (false).
     pub join: Option<bool>,
+    /// Take the place of this node id, gone for good, at start.
+    pub replace: Option<u64>,
     /// Gossip probe interval in milliseconds (1,000).
     pub gossip_interval_ms: Option<u64>,
     /// How often a peer is asked for a newer ring, in milliseconds (2,000).
@@ -228,6 +230,7 @@ impl ServerConfig {
             zone: over.zone.or(self.zone),
             weight: over.weight.or(self.weight),
             join: over.join.or(self.join),
+            replace: over.replace.or(self.replace),
             gossip_interval_ms: over.gossip_interval_ms.or(self.gossip_interval_ms),
             ring_sync_ms: over.ring_sync_ms.or(self.ring_sync_ms),
             vnodes: over.vnodes.or(self.vnodes),
@@ -474,6 +477,7 @@ impl ServerConfig {
                 zone: self.zone.clone(),
                 weight,
                 join: self.join.unwrap_or(false),
+                replace: self.replace.map(NodeId),
                 coordinator,
                 durability,
                 vnodes,

@@ -45,6 +45,9 @@ pub struct NodeConfig {
     pub weight: u32,
     /// Joins the ring at start when this node is not in it.
     pub join: bool,
+    /// Takes the place of this node, gone for good, at start (when this
+    /// node is not in the ring).
+    pub replace: Option<NodeId>,
     /// Gossip protocol settings.
     pub gossip: kv_gossip::Config,
     /// How often gossip timers advance.
@@ -88,6 +91,7 @@ impl NodeConfig {
             zone: None,
             weight: 1,
             join: false,
+            replace: None,
             gossip_tick: gossip.probe_interval / 10,
             gossip,
             ring_sync: Duration::from_secs(2),
@@ -477,8 +481,10 @@ where
             }),
     );
     let mut tasks = cluster.spawn();
-    if config.join {
-        tasks.push(spawn_join(&cluster));
+    if let Some(old) = config.replace {
+        tasks.push(spawn_change(&cluster, Change::Replace(old)));
+    } else if config.join {
+        tasks.push(spawn_change(&cluster, Change::Join));
     }
     Ok(RunningNode {
         id: config.id,
@@ -534,9 +540,18 @@ pub async fn start_local(
     Ok(nodes)
 }
 
-/// Joins the ring at start (config `join`), retrying until it succeeds or
-/// finds the node already in the ring.
-fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {
+/// A ring change a node makes at start.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// Config `join`.
+    Join,
+    /// Config `replace`.
+    Replace(NodeId),
+}
+
+/// Joins the ring, or takes a dead node's place in it, at start; retries
+/// until it succeeds or finds the node already in the ring.
+fn spawn_change(cluster: &Arc<Cluster>, change: Change) -> JoinHandle<()> {
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         loop {
@@ -544,17 +559,22 @@ fn spawn_join(cluster: &Arc<Cluster>) -> JoinHandle<()> {
             let Some(cluster) = weak.upgrade() else {
                 return;
             };
-            match cluster.join().await {
+            let outcome = match change {
+                Change::Join => cluster.join().await,
+                Change::Replace(old) => cluster.replace(old).await,
+            };
+            match outcome {
                 Ok(reply) => {
                     tracing::info!(
+                        ?change,
                         epoch = reply.epoch,
                         keys = reply.keys_streamed,
-                        "joined the ring"
+                        "took ranges in the ring"
                     );
                     return;
                 }
                 Err(ClusterError::AlreadyMember { .. }) => return,
-                Err(e) => tracing::warn!(error = %e, "join failed; retrying"),
+                Err(e) => tracing::warn!(?change, error = %e, "ring change failed; retrying"),
             }
         }
     })

@@ -16,10 +16,10 @@ use crate::proto::kv_server::Kv;
 use crate::proto::{
     Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply,
     FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
-    InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest, PutReply,
-    PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest,
-    RepairProgress, RepairRequest, ReplicateBatchRequest, RingQuery, RingState, StatusReply,
-    TransferRequest,
+    InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest,
+    ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest,
+    ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest,
+    RingProposal, RingQuery, RingState, StatusReply, TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -520,6 +520,16 @@ impl Internal for InternalService {
         Ok(Response::new(FetchReply { states, next }))
     }
 
+    async fn propose_ring(
+        &self,
+        request: Request<RingProposal>,
+    ) -> Result<Response<ProposalReply>, Status> {
+        same_sender(&request, request.get_ref().proposer)?;
+        Ok(Response::new(
+            self.cluster.answer_proposal(request.get_ref()),
+        ))
+    }
+
     async fn transfer(&self, request: Request<TransferRequest>) -> Result<Response<Ack>, Status> {
         self.cluster.accept_transfer(request.into_inner()).await?;
         Ok(Response::new(Ack {}))
@@ -566,6 +576,14 @@ impl Admin for AdminService {
 
     async fn leave(&self, _: Request<Empty>) -> Result<Response<ChangeReply>, Status> {
         Ok(Response::new(self.cluster.leave().await?))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let node = NodeId(request.into_inner().node);
+        Ok(Response::new(self.cluster.remove(node).await?))
     }
 
     type RepairStream = ReplyStream<RepairProgress>;

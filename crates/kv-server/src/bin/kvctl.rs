@@ -27,7 +27,7 @@ use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::endpoint::{ConnectSettings, admin_client};
 use kv_server::proto::{
-    ChangeReply, Empty, HintsReply, RepairProgress, RepairRequest, StatusReply,
+    ChangeReply, Empty, HintsReply, RemoveRequest, RepairProgress, RepairRequest, StatusReply,
 };
 use kv_server::security::certs::CertsDir;
 use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
@@ -155,6 +155,13 @@ enum Command {
     Join,
     /// Hand the node's ranges to the others; the node then stops.
     Leave,
+    /// Take a node that is gone for good out of the ring (run on any
+    /// other node): its ranges are copied from the surviving replicas to
+    /// their new owners first. A running node leaves instead.
+    Remove {
+        /// The dead node's id.
+        id: u64,
+    },
     /// Repair the node now: anti-entropy with every peer it shares keys
     /// with (both directions), with progress on stderr.
     Repair {
@@ -310,6 +317,14 @@ async fn admin(
         Command::Leave => {
             let r = client.leave(Empty {}).await.map_err(fail)?.into_inner();
             changed(json, node, "left", &r)
+        }
+        Command::Remove { id } => {
+            let r = client
+                .remove(RemoveRequest { node: id })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            changed(json, &format!("n{id}"), "removed", &r)
         }
         Command::Repair { peer } => {
             let request = RepairRequest {

@@ -49,6 +49,10 @@ struct Args {
     /// Join the ring at start if this node is not in it.
     #[arg(long)]
     join: bool,
+    /// Take the place (the tokens) of this node, which is gone for good:
+    /// its ranges are streamed from the surviving replicas first.
+    #[arg(long, value_name = "ID")]
+    replace: Option<u64>,
     /// Gossip probe interval in milliseconds.
     #[arg(long)]
     gossip_interval_ms: Option<u64>,
@@ -168,6 +172,7 @@ async fn run(args: Args) -> Result<(), String> {
         zone: args.zone,
         weight: args.weight,
         join: args.join.then_some(true),
+        replace: args.replace,
         gossip_interval_ms: args.gossip_interval_ms,
         ring_sync_ms: args.ring_sync_ms,
         log: args.log,

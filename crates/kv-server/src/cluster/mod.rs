@@ -21,7 +21,10 @@
 //! Here: the node's `Cluster`, the live ring and the gossip view. Beside:
 //! `membership` (gossip in and out), `ring_sync` (installing, asking for
 //! and pushing rings), `rebalance` (join, leave, range streaming, hand-off),
-//! `operator` (status and hints), `repair` (anti-entropy on demand).
+//! `recovery` (remove and replace dead nodes), `operator` (status and
+//! hints), `repair` (anti-entropy on demand),
+//! `proposal` (the promises that keep two ring changes from installing one
+//! epoch).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -50,7 +53,9 @@ use crate::transport::GrpcTransport;
 mod error;
 mod membership;
 mod operator;
+mod proposal;
 mod rebalance;
+mod recovery;
 mod repair;
 mod ring_sync;
 
@@ -155,6 +160,8 @@ pub struct Cluster {
     handed_off: AtomicU64,
     sync_turn: AtomicUsize,
     left: watch::Sender<bool>,
+    /// The next ring epoch as this node promised it to a change.
+    promise: Mutex<Option<proposal::Promise>>,
 }
 
 pub use error::ClusterError;
@@ -216,6 +223,7 @@ impl Cluster {
             handed_off: AtomicU64::new(0),
             sync_turn: AtomicUsize::new(0),
             left,
+            promise: Mutex::new(None),
         };
         Ok(cluster)
     }

@@ -52,6 +52,7 @@ impl Cluster {
         }
         let mut after = before.clone();
         after.join(self.spec()).map_err(ClusterError::internal)?;
+        let lease = self.propose(&before_state, format!("join of {me}")).await?;
         let mut streamed = 0u64;
         let ranges;
         {
@@ -89,6 +90,7 @@ impl Cluster {
         let state = state_of(before_state.epoch + 1, &after, |id| {
             self.addr_of(id).unwrap_or_default()
         });
+        lease.confirm().await?;
         self.commit(state, streamed, ranges).await
     }
 
@@ -244,6 +246,9 @@ impl Cluster {
             ));
         }
         let after = before.without_node(me).map_err(ClusterError::internal)?;
+        let lease = self
+            .propose(&before_state, format!("leave of {me}"))
+            .await?;
         let diff =
             RingDiff::between(&before, &after, self.settings.n).map_err(ClusterError::internal)?;
         let mut by_target: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
@@ -267,7 +272,9 @@ impl Cluster {
         let state = state_of(before_state.epoch + 1, &after, |id| {
             self.addr_of(id).unwrap_or_default()
         });
+        lease.confirm().await?;
         let reply = self.commit(state, streamed, ranges).await?;
+        drop(lease);
         // Whatever reached this node before every coordinator switched.
         let mut report = self.handoff_pass().await?;
         for _ in 0..20 {
@@ -318,6 +325,43 @@ impl Cluster {
                 .collect();
             self.transfer(target, states).await?;
             match next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Copies every key of `ranges` from `source` to `target` (either may
+    /// be this node): pages fetched from the one, handed to the other.
+    pub(super) async fn copy_ranges(
+        &self,
+        source: NodeId,
+        target: NodeId,
+        ranges: &[TokenRange],
+    ) -> Result<u64, ClusterError> {
+        let me = self.settings.id;
+        if target == me {
+            return self.pull(source, ranges).await;
+        }
+        if source == me {
+            return self.push_ranges(target, ranges).await;
+        }
+        let mut client = self.transport.bulk_node(source)?;
+        let wanted: Vec<Range> = ranges.iter().map(to_range).collect();
+        let mut after = None;
+        let mut keys = 0u64;
+        loop {
+            let page = client
+                .fetch_range(FetchRequest {
+                    ranges: wanted.clone(),
+                    after: after.take(),
+                    limit: PAGE_KEYS,
+                })
+                .await?
+                .into_inner();
+            keys += page.states.len() as u64;
+            self.transfer(target, page.states).await?;
+            match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(keys),
             }
