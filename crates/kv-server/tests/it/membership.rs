@@ -1,10 +1,12 @@
 //! Ring changes in one process: a node joins while writes go on and serves
 //! its ranges at once; old owners hand off what they no longer replicate;
-//! a node leaves and nothing is lost.
+//! a node leaves and nothing is lost; concurrent ring changes never
+//! install one epoch twice; remove and replace refuse what makes no sense.
 
 use kv_core::{NodeId, Partitioner};
 use kv_server::RunningNode;
-use kv_server::proto::GetRequest;
+use kv_server::cluster::ClusterError;
+use kv_server::proto::{ChangeReply, GetRequest};
 use tokio::net::TcpListener;
 
 use crate::{client, cluster, node_config, put};
@@ -184,6 +186,174 @@ async fn ring_changes_are_refused_when_they_make_no_sense() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("last node"), "{status}");
     assert_eq!(nodes[0].cluster().epoch(), 1);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Starts node `id` outside the ring, knowing node `seed`'s address.
+async fn outsider(id: u64, seed: &RunningNode, dir: &std::path::Path) -> RunningNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = kv_server::NodeConfig {
+        seeds: vec![seed.addr.to_string()],
+        ..node_config(NodeId(id), dir)
+    };
+    kv_server::start(config, listener).await.unwrap()
+}
+
+/// Runs `change` until it succeeds (a lost race releases its promises a
+/// moment later); fails after 40 tries.
+async fn until_done<F, Fut>(what: &str, mut change: F) -> ChangeReply
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<ChangeReply, ClusterError>>,
+{
+    for _ in 0..40 {
+        match change().await {
+            Ok(reply) => return reply,
+            Err(ClusterError::Conflict(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what} kept conflicting");
+}
+
+/// Of two changes started together on the same ring, at most one installs
+/// the next epoch; the other is refused before it moves anything, and the
+/// message names the change that holds the epoch.
+fn at_most_one_won(
+    a: &Result<ChangeReply, ClusterError>,
+    b: &Result<ChangeReply, ClusterError>,
+    epoch: u64,
+) -> usize {
+    for r in [a, b] {
+        match r {
+            Ok(reply) => assert_eq!(reply.epoch, epoch),
+            Err(ClusterError::Conflict(message)) => {
+                assert!(message.contains("retry"), "{message}")
+            }
+            Err(e) => panic!("a change failed otherwise: {e}"),
+        }
+    }
+    let won = usize::from(a.is_ok()) + usize::from(b.is_ok());
+    let show = |r: &Result<ChangeReply, ClusterError>| match r {
+        Ok(_) => "installed".to_string(),
+        Err(e) => format!("refused ({e})"),
+    };
+    println!("epoch {epoch}: {} / {}", show(a), show(b));
+    assert!(won <= 1, "two changes installed epoch {epoch}");
+    won
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_leaves_and_removes_never_install_one_epoch_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let mut c = client(&nodes[0]).await;
+    for i in 0..200u32 {
+        put(&mut c, &key(i), &i.to_le_bytes(), b"").await;
+    }
+    let n4 = outsider(4, &nodes[0], dir.path()).await;
+    let n5 = outsider(5, &nodes[0], dir.path()).await;
+    // Two joins at once.
+    let (a, b) = tokio::join!(n4.cluster().join(), n5.cluster().join());
+    let won = at_most_one_won(&a, &b, 2);
+    if a.is_err() {
+        until_done("join of 4", || n4.cluster().join()).await;
+    }
+    if b.is_err() {
+        until_done("join of 5", || n5.cluster().join()).await;
+    }
+    let _ = won;
+    let mut epoch = 3;
+    assert_eq!(n5.cluster().epoch().max(n4.cluster().epoch()), epoch);
+
+    // Node 5 dies for good; nodes 1 and 2 both remove it at once.
+    n5.shutdown().await.unwrap();
+    let (a, b) = tokio::join!(
+        nodes[0].cluster().remove(NodeId(5)),
+        nodes[1].cluster().remove(NodeId(5))
+    );
+    if at_most_one_won(&a, &b, epoch + 1) == 0 {
+        until_done("removal of 5", || nodes[0].cluster().remove(NodeId(5))).await;
+    }
+    epoch += 1;
+    // At once: node 4 leaves, node 6 joins.
+    let n6 = outsider(6, &nodes[0], dir.path()).await;
+    let (a, b) = tokio::join!(n4.cluster().leave(), n6.cluster().join());
+    at_most_one_won(&a, &b, epoch + 1);
+    if a.is_err() {
+        until_done("leave of 4", || n4.cluster().leave()).await;
+    }
+    if b.is_err() {
+        until_done("join of 6", || n6.cluster().join()).await;
+    }
+    epoch += 2;
+    assert_eq!(epoch, 6, "five changes, five new epochs");
+    // Every node holds the same ring, at epoch 6.
+    for n in nodes.iter().chain([&n6]) {
+        let mut state = n.cluster().ring_state();
+        for _ in 0..100 {
+            if state.epoch == epoch {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state = n.cluster().ring_state();
+        }
+        assert_eq!(state, nodes[0].cluster().ring_state(), "node {}", n.id);
+        let ids: Vec<u64> = state.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 6]);
+    }
+    // Nothing was lost on the way.
+    let mut c = client(&nodes[2]).await;
+    for i in 0..200u32 {
+        let got = c.get(GetRequest { key: key(i), r: 3 }).await.unwrap();
+        assert_eq!(got.into_inner().values, vec![i.to_le_bytes().to_vec()]);
+    }
+    n4.shutdown().await.unwrap();
+    n6.shutdown().await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_and_replace_refuse_what_makes_no_sense() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let code_and = |e: ClusterError| {
+        let s = tonic::Status::from(e);
+        (s.code(), s.message().to_string())
+    };
+    let (code, message) = code_and(nodes[0].cluster().remove(NodeId(1)).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("leave"), "{message}");
+    let (code, message) = code_and(nodes[0].cluster().remove(NodeId(9)).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("owns no ranges"), "{message}");
+    // A node that answers is not gone.
+    let (code, message) = code_and(nodes[0].cluster().remove(NodeId(2)).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("still answers"), "{message}");
+    let n4 = outsider(4, &nodes[0], dir.path()).await;
+    let (code, message) = code_and(n4.cluster().replace(NodeId(3)).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("still answers"), "{message}");
+    let (code, message) = code_and(n4.cluster().replace(NodeId(9)).await.unwrap_err());
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("nothing to replace"), "{message}");
+    let (code, _) = code_and(nodes[1].cluster().replace(NodeId(3)).await.unwrap_err());
+    assert_eq!(
+        code,
+        tonic::Code::FailedPrecondition,
+        "a member replaces nobody"
+    );
+    for n in &nodes {
+        assert_eq!(n.cluster().epoch(), 1, "nothing changed");
+    }
+    n4.shutdown().await.unwrap();
     for n in nodes {
         n.shutdown().await.unwrap();
     }
