@@ -50,7 +50,7 @@ mod options;
 mod table;
 mod version;
 
-pub use engine::{EngineStats, LsmEngine, LsmEngineBuilder};
+pub use engine::{Checkpoint, EngineStats, LsmEngine, LsmEngineBuilder};
 pub use error::{Error, Result};
 pub use fs::{FaultFs, FileSystem, StdFs, WritableFile};
 pub use options::{Durability, Options, RecoveryMode};

@@ -3,7 +3,7 @@
 //! `group_commit` (the write path), `segments` (commit-log segments and
 //! the interval syncer), `flush` (memtables to tables), `read` (gets and
 //! scans), `recovery` (opening), `compaction` (leveled compaction on its
-//! own thread).
+//! own thread), `checkpoint` (point-in-time copies).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -27,8 +27,10 @@ use crate::options::{Durability, Options, RecoveryMode};
 use crate::table::{Table, TableBuilder, table_name};
 use crate::version::{TableHandle, Version};
 pub use builder::LsmEngineBuilder;
+pub use checkpoint::Checkpoint;
 
 mod builder;
+mod checkpoint;
 mod compaction;
 mod flush;
 mod group_commit;

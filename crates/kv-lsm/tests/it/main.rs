@@ -6,6 +6,7 @@
     clippy::print_stdout
 )]
 
+mod checkpoint;
 mod concurrency;
 mod conformance;
 mod crash;
