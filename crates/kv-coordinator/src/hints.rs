@@ -152,6 +152,11 @@ impl<E: StorageEngine> HintStore<E> {
         Ok(store)
     }
 
+    /// The engine the hints are stored in (for backups).
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
     /// Hints pending.
     pub fn len(&self) -> usize {
         self.totals.lock().count

@@ -19,7 +19,8 @@ use crate::proto::{
     InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest,
     ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest,
     ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest,
-    RingProposal, RingQuery, RingState, StatusReply, TransferRequest,
+    RingProposal, RingQuery, RingState, SnapshotReply, SnapshotRequest, StatusReply,
+    TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -584,6 +585,14 @@ impl Admin for AdminService {
     ) -> Result<Response<ChangeReply>, Status> {
         let node = NodeId(request.into_inner().node);
         Ok(Response::new(self.cluster.remove(node).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotReply>, Status> {
+        let dir = request.into_inner().dir;
+        Ok(Response::new(self.cluster.snapshot(&dir).await?))
     }
 
     type RepairStream = ReplyStream<RepairProgress>;

@@ -57,8 +57,7 @@ impl LsmEngine {
             reason,
         };
         if dest.exists() {
-            let mut entries =
-                std::fs::read_dir(dest).map_err(|e| Error::io("list", dest, e))?;
+            let mut entries = std::fs::read_dir(dest).map_err(|e| Error::io("list", dest, e))?;
             if entries.next().is_some() {
                 return Err(refuse(format!(
                     "{} is not empty; a checkpoint goes to a new directory",

@@ -56,7 +56,11 @@ fn a_checkpoint_taken_under_writes_holds_a_prefix_of_every_writers_history() {
     drop(engine);
 
     let copy = LsmEngine::builder(&snap).open().unwrap();
-    assert_eq!(copy.get(b"after").unwrap(), None, "a later write is not in it");
+    assert_eq!(
+        copy.get(b"after").unwrap(),
+        None,
+        "a later write is not in it"
+    );
     for (w, &acked_before) in before.iter().enumerate() {
         let w = w as u64;
         // Every write acknowledged before the checkpoint...

@@ -27,7 +27,8 @@ use kv_core::{NodeId, Partitioner as _};
 use kv_server::client::{Client, ClientConfig, ClientError, Context};
 use kv_server::endpoint::{ConnectSettings, admin_client};
 use kv_server::proto::{
-    ChangeReply, Empty, HintsReply, RemoveRequest, RepairProgress, RepairRequest, StatusReply,
+    ChangeReply, Empty, HintsReply, RemoveRequest, RepairProgress, RepairRequest, SnapshotRequest,
+    StatusReply,
 };
 use kv_server::security::certs::CertsDir;
 use kv_server::security::{ClientCredentials, Role, TokenEntry, hash_token};
@@ -161,6 +162,12 @@ enum Command {
     Remove {
         /// The dead node's id.
         id: u64,
+    },
+    /// Make a consistent point-in-time copy of the node's data directory
+    /// without stopping it (starting kvd on the copy restores the node).
+    Snapshot {
+        /// Where: an absolute path on the node's machine, new or empty.
+        dir: String,
     },
     /// Repair the node now: anti-entropy with every peer it shares keys
     /// with (both directions), with progress on stderr.
@@ -325,6 +332,28 @@ async fn admin(
                 .map_err(fail)?
                 .into_inner();
             changed(json, &format!("n{id}"), "removed", &r)
+        }
+        Command::Snapshot { dir } => {
+            let r = client
+                .snapshot(SnapshotRequest { dir })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "ok": true, "dir": r.dir, "tables": r.tables, "linked": r.linked,
+                        "table_bytes": r.table_bytes, "log_bytes": r.log_bytes,
+                        "ring_epoch": r.ring_epoch,
+                    })
+                )
+            } else {
+                format!(
+                    "{node}: snapshot in {} ({} tables, {} hard-linked, {} table bytes, {} log bytes, ring epoch {})\nrestore: kvd --data-dir {} (same node id)\n",
+                    r.dir, r.tables, r.linked, r.table_bytes, r.log_bytes, r.ring_epoch, r.dir
+                )
+            }
         }
         Command::Repair { peer } => {
             let request = RepairRequest {

@@ -21,7 +21,7 @@
 //! Here: the node's `Cluster`, the live ring and the gossip view. Beside:
 //! `membership` (gossip in and out), `ring_sync` (installing, asking for
 //! and pushing rings), `rebalance` (join, leave, range streaming, hand-off),
-//! `recovery` (remove and replace dead nodes), `operator` (status and
+//! `recovery` (remove and replace dead nodes), `backup` (snapshots), `operator` (status and
 //! hints), `repair` (anti-entropy on demand),
 //! `proposal` (the promises that keep two ring changes from installing one
 //! epoch).
@@ -50,6 +50,7 @@ use crate::proto::{
 use crate::ring_state::{self, ring_of, state_of};
 use crate::transport::GrpcTransport;
 
+mod backup;
 mod error;
 mod membership;
 mod operator;

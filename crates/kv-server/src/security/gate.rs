@@ -65,7 +65,8 @@ fn need(path: &str) -> Option<Need> {
         | "/kv.v1.Admin/Join"
         | "/kv.v1.Admin/Leave"
         | "/kv.v1.Admin/Remove"
-        | "/kv.v1.Admin/Repair" => Need::Role(Role::Admin),
+        | "/kv.v1.Admin/Repair"
+        | "/kv.v1.Admin/Snapshot" => Need::Role(Role::Admin),
         "/kv.v1.Internal/Read" | "/kv.v1.Internal/GetRing" => Need::NodeOrRole(Role::Admin),
         p if p.starts_with("/kv.v1.Internal/") => Need::Node,
         _ => return None,
@@ -290,6 +291,8 @@ mod tests {
             ("/kv.v1.Admin/Repair", Some(b"Bearer a"), Ok),
             ("/kv.v1.Admin/Remove", Some(b"Bearer w"), PermissionDenied),
             ("/kv.v1.Admin/Remove", Some(b"Bearer a"), Ok),
+            ("/kv.v1.Admin/Snapshot", Some(b"Bearer w"), PermissionDenied),
+            ("/kv.v1.Admin/Snapshot", Some(b"Bearer a"), Ok),
             (
                 "/kv.v1.Internal/ProposeRing",
                 Some(b"Bearer a"),
