@@ -927,6 +927,34 @@ mod tests {
     const A: ActorId = ActorId(1);
     const B: ActorId = ActorId(2);
 
+    /// The previous format (version 1): no write tags, no retired list.
+    /// Nodes read it (docs/operations.md, "Upgrades"), so data written
+    /// before tags is served after an upgrade.
+    #[test]
+    fn the_previous_format_still_decodes() {
+        let mut key: DvvSet<Vec<u8>> = DvvSet::new();
+        key.update(&VectorClock::new(), A, b"old".to_vec(), 0)
+            .unwrap();
+        key.update(&VectorClock::new(), B, b"older".to_vec(), 0)
+            .unwrap();
+        let mut v1 = vec![DVV_VERSION_UNTAGGED];
+        key.context.encode_into(&mut v1, true);
+        put_varint(&mut v1, key.siblings.len() as u64);
+        for s in &key.siblings {
+            put_varint(&mut v1, s.dot.actor.0);
+            put_varint(&mut v1, s.dot.counter);
+            s.value.encode_value(&mut v1);
+        }
+        let read = DvvSet::<Vec<u8>>::from_bytes(&v1).unwrap();
+        assert_eq!(read, key);
+        // Written back, it is the current format.
+        assert_eq!(read.to_bytes()[0], DVV_VERSION);
+        // A version from the future is refused, not guessed at.
+        let mut future = v1.clone();
+        future[0] = DVV_VERSION + 1;
+        assert!(DvvSet::<Vec<u8>>::from_bytes(&future).is_err());
+    }
+
     #[test]
     fn update_without_context_on_existing_key_makes_a_sibling() {
         let mut key = DvvSet::new();

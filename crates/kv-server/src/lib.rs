@@ -64,6 +64,7 @@ pub mod security;
 mod service;
 mod status;
 mod transport;
+pub mod version;
 mod wire;
 
 pub use config::{ConfigError, ServerConfig, parse_durability};

@@ -25,6 +25,7 @@ use crate::proto::{
 use crate::security::calling_node;
 use crate::status::to_status;
 use crate::transport::GrpcTransport;
+use crate::version::Versions;
 use crate::wire;
 
 /// Runs a read of the node's engine: inline, since `LsmEngine` reads never
@@ -453,13 +454,27 @@ impl Internal for InternalService {
         request: Request<BucketRequest>,
     ) -> Result<Response<BucketReply>, Status> {
         same_sender(&request, request.get_ref().from)?;
+        // A peer from before pages (wire 1) expects every state at once.
+        let paged = request
+            .extensions()
+            .get::<Versions>()
+            .is_none_or(|v| v.wire >= 2);
         let r = request.into_inner();
         let replica = self.coordinator.replica().clone();
-        let query = BucketQuery {
-            buckets: r.buckets,
-            after: r.after,
-            max_bytes: page_budget(r.max_bytes, 1 << 20, MAX_PAGE_BYTES),
-            max_scanned: page_budget(r.max_scanned, 1 << 16, MAX_PAGE_SCAN),
+        let query = if paged {
+            BucketQuery {
+                buckets: r.buckets,
+                after: r.after,
+                max_bytes: page_budget(r.max_bytes, 1 << 20, MAX_PAGE_BYTES),
+                max_scanned: page_budget(r.max_scanned, 1 << 16, MAX_PAGE_SCAN),
+            }
+        } else {
+            BucketQuery {
+                buckets: r.buckets,
+                after: None,
+                max_bytes: MAX_REPLY_BYTES as u32,
+                max_scanned: u32::MAX,
+            }
         };
         let page = blocking(move || replica.bucket_page(NodeId(r.from), &query, None)).await?;
         Ok(Response::new(BucketReply {
@@ -481,8 +496,9 @@ impl Internal for InternalService {
 
     async fn gossip(&self, request: Request<GossipRequest>) -> Result<Response<Ack>, Status> {
         let sender = calling_node(&request);
+        let versions = request.extensions().get::<Versions>().copied();
         self.cluster
-            .receive_gossip(&request.into_inner().message, sender)?;
+            .receive_gossip(&request.into_inner().message, sender, versions)?;
         Ok(Response::new(Ack {}))
     }
 

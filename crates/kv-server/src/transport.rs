@@ -341,6 +341,8 @@ fn internal_endpoint(
             format!("{scheme}://{addr}"),
             tls.map(|(tls, name)| tls.peer(name)),
         )
+        .ok()?
+        .user_agent(crate::version::user_agent())
         .ok()?;
     Some(endpoint::internal_client(connect(endpoint)))
 }

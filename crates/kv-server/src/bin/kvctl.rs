@@ -384,6 +384,7 @@ fn render_status(json: bool, s: &StatusReply) -> String {
                 serde_json::json!({
                     "id": m.id, "addr": m.addr, "state": m.state, "zone": m.zone,
                     "owned": m.owned, "in_ring": m.in_ring, "unhealthy": m.unhealthy,
+                    "wire_version": m.wire_version, "format_version": m.format_version,
                 })
             })
             .collect();
@@ -408,19 +409,24 @@ fn render_status(json: bool, s: &StatusReply) -> String {
         );
         let _ = writeln!(
             out,
-            "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} ring",
-            "node", "address", "state", "zone", "owned", "storage"
+            "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} {:<9} ring",
+            "node", "address", "state", "zone", "owned", "storage", "versions"
         );
         for m in &s.members {
             let _ = writeln!(
                 out,
-                "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {:<9} {}",
+                "{:>6}  {:<22} {:<8} {:<8} {:>7.1}%  {:<9} {:<9} {}",
                 m.id,
                 m.addr,
                 m.state,
                 m.zone.as_deref().unwrap_or("-"),
                 m.owned * 100.0,
                 if m.unhealthy { "FAILING" } else { "ok" },
+                if m.wire_version == 0 {
+                    "?".to_string()
+                } else {
+                    format!("w{} f{}", m.wire_version, m.format_version)
+                },
                 if m.in_ring { "owner" } else { "-" }
             );
         }

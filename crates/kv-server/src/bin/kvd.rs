@@ -19,6 +19,11 @@ struct Args {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Validate the configuration (every setting, the certificates and
+    /// tokens loaded) and exit: 0 if it would start, 1 with the reason if
+    /// not. Binds nothing, writes nothing.
+    #[arg(long)]
+    check_config: bool,
     /// This node's id.
     #[arg(long)]
     node_id: Option<u64>,
@@ -153,6 +158,7 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let check = args.check_config;
     let file = match &args.config {
         Some(path) => {
             let text =
@@ -207,9 +213,25 @@ async fn run(args: Args) -> Result<(), String> {
         http_token: args.http_token.then_some(true),
     };
     let merged = file.overridden_by(flags);
-    init_logs(merged.log.as_deref())?;
+    if !check {
+        init_logs(merged.log.as_deref())?;
+    }
     let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
     let http = merged.http_addr().map_err(|e| e.to_string())?;
+    if check {
+        eprintln!(
+            "kvd: configuration ok: node {}, listen {listen}, data dir {}, {} initial members, TLS {}",
+            node.id,
+            node.data_dir.display(),
+            node.members.len(),
+            if node.security.tls.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+        );
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Cluster {
-    /// A gossip message from a peer.
+    /// A gossip message from a peer, with the versions its call announced.
     ///
     /// # Errors
     ///
@@ -15,6 +15,7 @@ impl Cluster {
         self: &Arc<Self>,
         bytes: &[u8],
         sender: Option<NodeId>,
+        versions: Option<crate::version::Versions>,
     ) -> Result<(), ClusterError> {
         let message = kv_gossip::Message::decode(bytes)
             .map_err(|e| ClusterError::Invalid(format!("gossip message: {e}")))?;
@@ -25,6 +26,9 @@ impl Cluster {
                 "gossip from {} over {sender}'s certificate",
                 message.from
             )));
+        }
+        if let Some(versions) = versions {
+            self.peer_versions.lock().insert(message.from, versions);
         }
         let now = self.now();
         let (out, events) = {

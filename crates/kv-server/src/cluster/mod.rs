@@ -163,6 +163,8 @@ pub struct Cluster {
     left: watch::Sender<bool>,
     /// The next ring epoch as this node promised it to a change.
     promise: Mutex<Option<proposal::Promise>>,
+    /// What each peer announced in its last gossip call.
+    peer_versions: Mutex<HashMap<NodeId, crate::version::Versions>>,
 }
 
 pub use error::ClusterError;
@@ -225,6 +227,7 @@ impl Cluster {
             sync_turn: AtomicUsize::new(0),
             left,
             promise: Mutex::new(None),
+            peer_versions: Mutex::new(HashMap::new()),
         };
         Ok(cluster)
     }

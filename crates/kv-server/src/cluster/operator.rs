@@ -35,6 +35,7 @@ impl Cluster {
                     owned: owned.get(&NodeId(m.id)).copied().unwrap_or(0.0),
                     in_ring: true,
                     unhealthy: false,
+                    ..MemberStatus::default()
                 },
             );
         }
@@ -54,6 +55,15 @@ impl Cluster {
             .into();
             if entry.zone.is_none() {
                 entry.zone = g.meta.zone.clone();
+            }
+            let versions = if g.id == self.settings.id {
+                Some(crate::version::Versions::OURS)
+            } else {
+                self.peer_versions.lock().get(&g.id).copied()
+            };
+            if let Some(v) = versions {
+                entry.wire_version = v.wire;
+                entry.format_version = v.format;
             }
             entry.unhealthy = if g.id == self.settings.id {
                 self.coordinator.replica().health().is_err()

@@ -217,6 +217,27 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Internal calls carry the calling node's versions: one too far
+        // from this node's is refused before anything is read.
+        if request.uri().path().starts_with("/kv.v1.Internal/") {
+            let versions = crate::version::Versions::from_user_agent(
+                request
+                    .headers()
+                    .get(http::header::USER_AGENT)
+                    .map(http::HeaderValue::as_bytes),
+            );
+            if let Err(why) = versions.check() {
+                tracing::warn!(
+                    path = request.uri().path(),
+                    why,
+                    "refused an incompatible peer"
+                );
+                return Either::Right(std::future::ready(Ok(
+                    Status::failed_precondition(why).into_http()
+                )));
+            }
+            request.extensions_mut().insert(versions);
+        }
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()

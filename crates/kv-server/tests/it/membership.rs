@@ -358,3 +358,53 @@ async fn remove_and_replace_refuse_what_makes_no_sense() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_announce_their_versions_and_one_too_far_is_refused_clearly() {
+    use kv_server::proto::RingQuery;
+    use kv_server::version::{FORMAT_VERSION, WIRE_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    // Every member's versions reach the others with its gossip.
+    let mut seen = false;
+    for _ in 0..100 {
+        let status = nodes[0].cluster().status().unwrap();
+        seen = status.members.len() == 3
+            && status
+                .members
+                .iter()
+                .all(|m| (m.wire_version, m.format_version) == (WIRE_VERSION, FORMAT_VERSION));
+        if seen {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "{:?}", nodes[0].cluster().status().unwrap().members);
+    let call = |agent: &'static str| {
+        let addr = nodes[0].addr;
+        async move {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .user_agent(agent)
+                .unwrap();
+            let mut client = kv_server::proto::internal_client::InternalClient::new(
+                endpoint.connect().await.unwrap(),
+            );
+            client.get_ring(RingQuery { known_epoch: 0 }).await
+        }
+    };
+    // A release two ahead: refused, saying why and what to do.
+    let refused = call("kv-node/9.0.0 wire/4 format/4").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("wire version 4")
+            && refused.message().contains("one release at a time"),
+        "{refused}"
+    );
+    // The release before (silent about versions) and the next are served.
+    assert!(call("tonic/0.14").await.is_ok());
+    assert!(call("kv-node/0.2.0 wire/3 format/2").await.is_ok());
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -338,3 +338,94 @@ async fn a_snapshot_restores_a_node_that_lost_its_disk_and_the_cluster_converges
     }
     drop(children);
 }
+
+/// The deployment files are what the tests run: every five-host TOML
+/// validates with real certificates and tokens, and the systemd unit's
+/// commands are ones kvd accepts.
+#[test]
+fn deploy_files_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.display().to_string();
+    let kvctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .arg("--certs-dir")
+            .arg(&certs)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kvctl {args:?}: {out:?}");
+    };
+    kvctl(&["certs", "init", "--days", "2"]);
+    for id in 1..=5 {
+        let host = format!("10.0.0.{id}");
+        kvctl(&[
+            "certs",
+            "node",
+            "--id",
+            &id.to_string(),
+            "--host",
+            &host,
+            "--days",
+            "2",
+        ]);
+    }
+    kvctl(&["token", "new", "--name", "ops", "--role", "admin"]);
+    let check = |command: &mut Command| {
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{command:?}: {err}");
+        err
+    };
+    for id in 1..=5 {
+        let toml = root.join(format!("deploy/five-hosts/n{id}.toml"));
+        let said = check(
+            Command::new(env!("CARGO_BIN_EXE_kvd"))
+                .arg("--config")
+                .arg(&toml)
+                .args(["--certs-dir", &certs_arg, "--check-config"]),
+        );
+        assert!(
+            said.contains(&format!(
+                "configuration ok: node n{id}, listen 10.0.0.{id}:7000"
+            )) && said.contains("5 initial members, TLS on"),
+            "{said}"
+        );
+    }
+    // A configuration that would not start is refused by the check.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "node_id = 1\nlisten = \"10.0.0.1:7000\"\nw = 9\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvd"))
+        .arg("--config")
+        .arg(&bad)
+        .args(["--certs-dir", &certs_arg, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The unit's ExecStartPre and ExecStart, with this build's kvd and the
+    // example's first node as /etc/kv/kvd.toml.
+    let unit = std::fs::read_to_string(root.join("deploy/kvd.service")).unwrap();
+    let commands: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ExecStartPre=")
+                .or(l.strip_prefix("ExecStart="))
+        })
+        .collect();
+    assert_eq!(commands.len(), 2, "{unit}");
+    let toml = root.join("deploy/five-hosts/n1.toml").display().to_string();
+    for line in commands {
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/kvd"), "{line}");
+        let args: Vec<String> = words
+            .map(|w| w.replace("/etc/kv/kvd.toml", &toml))
+            .filter(|w| w != "--check-config")
+            .collect();
+        check(Command::new(env!("CARGO_BIN_EXE_kvd")).args(&args).args([
+            "--certs-dir",
+            &certs_arg,
+            "--check-config",
+        ]));
+    }
+}
