@@ -58,6 +58,7 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. scripts/lab-lib.sh
 # One lab at a time: they share namespace names and addresses.
 exec 9>/tmp/kv-fault-lab.lock
 flock -n 9 || { echo "fault-lab: another fault lab is running" >&2; exit 2; }
@@ -90,35 +91,13 @@ cleanup() {
         for _ in 1 2 3 4 5; do umount "$work/n$full_node" 2>/dev/null && break; sleep 0.2; done
     fi
     if [ "$mode" = netns ]; then
-        for i in $(seq 1 $nodes); do ip netns del "kvlab$i" 2>/dev/null || true; done
-        ip link del kvlabbr 2>/dev/null || true
+        lab_netns_down "$nodes"
     fi
 }
 trap cleanup EXIT
 
 setup_netns() {
-    if ! command -v iptables >/dev/null 2>&1; then
-        echo "fault-lab: installing iptables"
-        (apt-get install -y -q iptables >/dev/null 2>&1 ||
-            (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iptables >/dev/null 2>&1)) || return 1
-    fi
-    cleanup
-    ip link add kvlabbr type bridge || return 1
-    ip addr add 10.77.0.254/24 dev kvlabbr
-    ip link set kvlabbr up
-    for i in $(seq 1 $nodes); do
-        ip netns add "kvlab$i" || return 1
-        ip link add "kvlabv$i" type veth peer name eth0 netns "kvlab$i"
-        ip link set "kvlabv$i" master kvlabbr up
-        ip netns exec "kvlab$i" ip addr add "10.77.0.$i/24" dev eth0
-        ip netns exec "kvlab$i" ip link set eth0 up
-        ip netns exec "kvlab$i" ip link set lo up
-        ip netns exec "kvlab$i" iptables -L >/dev/null 2>&1 || return 1
-        ip[$i]=10.77.0.$i
-        addr[$i]=10.77.0.$i:7001
-        http[$i]=10.77.0.$i:8001
-        prefix[$i]="ip netns exec kvlab$i"
-    done
+    lab_netns_up "$nodes"
 }
 
 setup_loopback() {
@@ -144,12 +123,9 @@ for i in $(seq 1 $nodes); do members+=(--member "$i@${addr[$i]}"); done
 # checker reads replicas; kvctl status), read and write (the stranger's).
 kvctl=$root/target/release/kvctl
 certs=$work/certs
-"$kvctl" --certs-dir "$certs" certs init --days 2 >/dev/null
-for i in $(seq 1 $nodes); do "$kvctl" --certs-dir "$certs" certs node --id "$i" --days 2 >/dev/null; done
-"$kvctl" --certs-dir "$certs" token new --name lab --role admin | head -1 >"$certs/admin.token"
+lab_certs "$certs" "$nodes"
 "$kvctl" --certs-dir "$certs" token new --name reader --role read | head -1 >"$work/read.token"
 "$kvctl" --certs-dir "$certs" token new --name writer --role write | head -1 >"$work/write.token"
-export KV_CERTS_DIR=$certs
 # The stranger: a CA of its own, an admin client certificate from it, and
 # the cluster's CA certificate (so that it does trust the nodes).
 stranger_certs=$work/stranger
@@ -168,7 +144,10 @@ start_node() {
     local extra=()
     [ "$i" = "$full_node" ] && [ "$small_disk" = true ] && extra=(--memtable-mib 1)
     # shellcheck disable=SC2086
-    ${prefix[$i]} "$kvd" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" --http "${http[$i]}" \
+    # The five-host example's configuration (deploy/), with the lab's
+    # addresses, directories and fault-friendly timings as flags on top.
+    ${prefix[$i]} "$kvd" --config "$root/deploy/five-hosts/n$i.toml" \
+        --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" --http "${http[$i]}" \
         --certs-dir "$certs" --http-token "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
         --tombstone-grace-secs "$grace" --maintenance-interval-ms 500 \
