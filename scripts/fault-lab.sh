@@ -151,9 +151,10 @@ start_node() {
         --certs-dir "$certs" --http-token "${members[@]}" --durability always --gossip-interval-ms 300 \
         --anti-entropy-interval-ms 2000 --request-timeout-ms 500 --max-siblings 1000 \
         --tombstone-grace-secs "$grace" --maintenance-interval-ms 500 \
-        --sloppy-quorum "$sloppy" "${extra[@]}" >>"$work/n$i.log" 2>&1 &
+        --sloppy-quorum "$sloppy" "${extra[@]}" >>"$work/n$i.log" 2>&1 9>&- &
     pid[$i]=$!
-    # Not a job of this shell: no "Killed" notices; waited for by polling.
+    # (The lab's lock, fd 9, is not passed on: a node left running must
+    # not hold it.) Not a job of this shell: no "Killed" notices; waited for by polling.
     disown "${pid[$i]}"
 }
 

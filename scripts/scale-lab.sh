@@ -69,7 +69,7 @@ start_node() {
     ${prefix[$i]} "$kvd" "${config[@]}" --node-id "$i" --listen "${addr[$i]}" --data-dir "$work/n$i" \
         --http "${http[$i]}" --http-token --certs-dir "$work/certs" "${cluster[@]}" --durability always \
         --gossip-interval-ms 300 --anti-entropy-interval-ms 2000 --vnodes 64 --log warn \
-        >>"$work/n$i.log" 2>&1 &
+        >>"$work/n$i.log" 2>&1 9>&- &
     pid[$i]=$!
     disown "${pid[$i]}"
 }
@@ -155,3 +155,4 @@ if [ "$status" != 0 ] || [ "${violations:-1}" != 0 ]; then
     tail -20 "$work/bench.err" >&2
     exit 1
 fi
+rm -rf "$work"
