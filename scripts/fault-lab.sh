@@ -5,7 +5,7 @@
 # a short grace), while a nemesis partitions a random minority (iptables
 # drops), heals, kills a node with SIGKILL and restarts it, pauses one with
 # SIGSTOP then SIGCONT, wipes node 5's data directory and restarts it with
-# the same id (a replaced disk), backs node 5's directory up and later
+# the same id (a replaced disk), snapshots node 5 while it serves and later
 # restarts it from that older copy (a restored backup, a lost tail), and
 # fills node 4's disk (a small tmpfs) until its engine refuses writes, then
 # frees it and restarts the node, and a stranger tries the nodes' ports
@@ -241,19 +241,25 @@ wipe() {
     echo "$(date +%T) wipe node $i: restarted on an empty data directory"
 }
 
-# Node $disk_node is backed up (killed, its directory copied, restarted),
-# and a few seconds of load later restarted from that copy: everything it
-# took since is gone from it, as after a restored backup or a crash that
-# lost an unsynced tail. The copy is younger than the tombstone grace, as
-# an operator's restore must be (docs/operations.md).
+# Node $disk_node is backed up while it serves (kvctl snapshot; a copy of
+# the stopped directory when the snapshot fails), and a few seconds of
+# load later restarted from that copy: everything it took since is gone
+# from it, as after a restored backup or a crash that lost an unsynced
+# tail. The copy is younger than the tombstone grace, as an operator's
+# restore must be (docs/operations.md).
 restore() {
     local i=$disk_node
     fault_node=$i
-    kill_node "$i"
     rm -rf "$work/backup"
-    cp -a "$work/n$i" "$work/backup"
-    start_node "$i"
-    echo "$(date +%T) backup of node $i taken"
+    if timeout 30 "$kvctl" --node "${addr[$i]}" snapshot "$work/backup" >/dev/null 2>&1; then
+        echo "$(date +%T) snapshot of node $i taken while it serves"
+    else
+        rm -rf "$work/backup"
+        kill_node "$i"
+        cp -a "$work/n$i" "$work/backup"
+        start_node "$i"
+        echo "$(date +%T) backup of node $i taken (stopped copy: the snapshot failed)"
+    fi
     faults[backup]=$((faults[backup] + 1))
     local age=$((RANDOM % 5 + 2))
     sleep "$age"
