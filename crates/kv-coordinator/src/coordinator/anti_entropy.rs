@@ -35,6 +35,9 @@ pub(crate) struct Pace {
     paid_until: parking_lot::Mutex<Option<Instant>>,
 }
 
+/// Keys merged in one engine batch during repair.
+const MERGE_BATCH: usize = 512;
+
 /// Work a pace lets through at once before it starts waiting.
 const PACE_BURST: Duration = Duration::from_millis(250);
 
@@ -243,10 +246,14 @@ where
             .into_iter()
             .filter(|(k, _)| within(k))
             .collect();
-        let merged = {
-            let (r, items) = (self.replica.clone(), pulled.clone());
-            off_runtime(move || Ok(r.merge_many(&items))).await?
-        };
+        // Merged in batches of a few hundred keys: a batch holds its keys'
+        // locks through its engine write, and clients' writes of those
+        // keys wait for it.
+        let mut merged = Vec::with_capacity(pulled.len());
+        for chunk in pulled.chunks(MERGE_BATCH) {
+            let (r, items) = (self.replica.clone(), chunk.to_vec());
+            merged.extend(off_runtime(move || Ok(r.merge_many(&items))).await?);
+        }
         let mut their_states: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(pulled.len());
         let mut push = Vec::new();
         let mut changed = 0usize;
