@@ -36,20 +36,8 @@ impl Cluster {
         // installed this node owns nothing, and a pass would hand the
         // pulled keys straight back to their old replicas and delete them.
         let _no_handoff = self.handoff_running.lock().await;
-        self.refresh_ring().await;
-        let (before_state, before) = self.current_ring()?;
+        let (before_state, before) = self.ring_to_enter().await?;
         let me = self.settings.id;
-        if before.node_spec(me).is_some() {
-            return Err(ClusterError::AlreadyMember {
-                node: me,
-                epoch: before_state.epoch,
-            });
-        }
-        if before_state.members.is_empty() {
-            return Err(ClusterError::Unavailable(
-                "no ring known yet: the seeds have not answered".into(),
-            ));
-        }
         let mut after = before.clone();
         after.join(self.spec()).map_err(ClusterError::internal)?;
         let lease = self.propose(&before_state, format!("join of {me}")).await?;
@@ -126,12 +114,45 @@ impl Cluster {
         })
     }
 
-    /// Pulls every key of `ranges` from `source` into this replica.
-    pub(super) async fn pull(
+    /// The newest ring, for a node that is about to enter it (a join or a
+    /// replacement).
+    ///
+    /// # Errors
+    ///
+    /// `FailedPrecondition` (`AlreadyMember`) if this node owns ranges in
+    /// it; `Unavailable` if no ring is known yet.
+    pub(super) async fn ring_to_enter(
+        &self,
+    ) -> Result<(RingState, ConsistentHashRing), ClusterError> {
+        self.refresh_ring().await;
+        let (state, ring) = self.current_ring()?;
+        let me = self.settings.id;
+        if ring.node_spec(me).is_some() {
+            return Err(ClusterError::AlreadyMember {
+                node: me,
+                epoch: state.epoch,
+            });
+        }
+        if state.members.is_empty() {
+            return Err(ClusterError::Unavailable(
+                "no ring known yet: the seeds have not answered".into(),
+            ));
+        }
+        Ok((state, ring))
+    }
+
+    /// Fetches every key of `ranges` from `source` page by page, handing
+    /// each page to `take`; returns the keys fetched.
+    async fn fetch_pages<F, Fut>(
         &self,
         source: NodeId,
         ranges: &[TokenRange],
-    ) -> Result<u64, ClusterError> {
+        mut take: F,
+    ) -> Result<u64, ClusterError>
+    where
+        F: FnMut(Vec<KeyState>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ClusterError>>,
+    {
         let mut client = self.transport.bulk_node(source)?;
         let ranges: Vec<Range> = ranges.iter().map(to_range).collect();
         let mut after = None;
@@ -146,19 +167,34 @@ impl Cluster {
                 .await?
                 .into_inner();
             keys += page.states.len() as u64;
-            let replica = self.coordinator.replica().clone();
-            off_runtime(move || {
-                for s in page.states {
-                    replica.merge_bytes(&s.key, &s.state)?;
-                }
-                Ok(())
-            })
-            .await?;
+            take(page.states).await?;
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(keys),
             }
         }
+    }
+
+    /// Pulls every key of `ranges` from `source` into this replica.
+    pub(super) async fn pull(
+        &self,
+        source: NodeId,
+        ranges: &[TokenRange],
+    ) -> Result<u64, ClusterError> {
+        self.fetch_pages(source, ranges, |states| {
+            let replica = self.coordinator.replica().clone();
+            async move {
+                off_runtime(move || {
+                    for s in states {
+                        replica.merge_bytes(&s.key, &s.state)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// Answers a page of range streaming.
@@ -346,26 +382,8 @@ impl Cluster {
         if source == me {
             return self.push_ranges(target, ranges).await;
         }
-        let mut client = self.transport.bulk_node(source)?;
-        let wanted: Vec<Range> = ranges.iter().map(to_range).collect();
-        let mut after = None;
-        let mut keys = 0u64;
-        loop {
-            let page = client
-                .fetch_range(FetchRequest {
-                    ranges: wanted.clone(),
-                    after: after.take(),
-                    limit: PAGE_KEYS,
-                })
-                .await?
-                .into_inner();
-            keys += page.states.len() as u64;
-            self.transfer(target, page.states).await?;
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(keys),
-            }
-        }
+        self.fetch_pages(source, ranges, |states| self.transfer(target, states))
+            .await
     }
 
     /// Hands the keys this node holds but does not replicate (after a ring

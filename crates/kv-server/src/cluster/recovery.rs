@@ -149,20 +149,8 @@ impl Cluster {
         let _one = self.changing.lock().await;
         // As in a join: no hand-off pass while the ranges arrive.
         let _no_handoff = self.handoff_running.lock().await;
-        self.refresh_ring().await;
-        let (before_state, before) = self.current_ring()?;
+        let (before_state, before) = self.ring_to_enter().await?;
         let me = self.settings.id;
-        if before.node_spec(me).is_some() {
-            return Err(ClusterError::AlreadyMember {
-                node: me,
-                epoch: before_state.epoch,
-            });
-        }
-        if before_state.members.is_empty() {
-            return Err(ClusterError::Unavailable(
-                "no ring known yet: the seeds have not answered".into(),
-            ));
-        }
         if before.node_spec(old).is_none() {
             return Err(ClusterError::Precondition(format!(
                 "node {old} owns no ranges (ring epoch {}): nothing to replace",

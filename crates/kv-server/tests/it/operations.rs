@@ -9,7 +9,7 @@ use std::process::Command;
 use kv_server::proto::{Empty, GetRequest};
 
 use crate::process::{
-    Nodes, connect, eventually, free_ports, kvd, members, status, stores, write_keys,
+    connect, eventually, free_ports, kvd, start_cluster, status, stores, write_keys,
 };
 
 /// Runs `kvctl` against the node on `port`; returns stdout, stderr and
@@ -34,19 +34,7 @@ async fn kvctl_repair_refills_a_node_whose_disk_was_replaced() {
     let ports = free_ports(3);
     // Background anti-entropy is off in practice (once in ten minutes):
     // only the operator's repair can refill node 3.
-    let mut extra = members(&ports, 3);
-    extra.extend([
-        "--anti-entropy-interval-ms".to_string(),
-        "600000".to_string(),
-    ]);
-    let mut children = Nodes(
-        (1..=3)
-            .map(|id| kvd(id, &ports, dir.path(), &extra))
-            .collect(),
-    );
-    for &p in &ports {
-        connect(p).await;
-    }
+    let (mut children, extra) = start_cluster(&ports, 3, dir.path(), 600000).await;
     let mut writer = connect(ports[0]).await;
     let keys = write_keys(&mut writer, "repair", 3).await;
     children[2].kill().unwrap();
@@ -115,19 +103,7 @@ async fn hints_for(port: u16, owner: u64) -> u64 {
 async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_owners() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(4);
-    let mut extra = members(&ports, 4);
-    extra.extend([
-        "--anti-entropy-interval-ms".to_string(),
-        "600000".to_string(),
-    ]);
-    let mut children = Nodes(
-        (1..=4)
-            .map(|id| kvd(id, &ports, dir.path(), &extra))
-            .collect(),
-    );
-    for &p in &ports {
-        connect(p).await;
-    }
+    let (mut children, _) = start_cluster(&ports, 4, dir.path(), 600000).await;
     let mut writer = connect(ports[0]).await;
     let before = write_keys(&mut writer, "rm", 3).await;
     // Node 4 dies for good; writes go on (W=2), hinted for it.
@@ -188,19 +164,7 @@ async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_ow
 async fn kvd_replace_takes_a_dead_nodes_place_holding_its_data_before_it_counts() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(4);
-    let mut extra = members(&ports, 3);
-    extra.extend([
-        "--anti-entropy-interval-ms".to_string(),
-        "600000".to_string(),
-    ]);
-    let mut children = Nodes(
-        (1..=3)
-            .map(|id| kvd(id, &ports, dir.path(), &extra))
-            .collect(),
-    );
-    for &p in &ports[..3] {
-        connect(p).await;
-    }
+    let (mut children, _) = start_cluster(&ports, 3, dir.path(), 600000).await;
     let mut writer = connect(ports[0]).await;
     let keys = write_keys(&mut writer, "re", 3).await;
     let tokens_of_3: Vec<u64> = status(ports[0])
@@ -271,16 +235,7 @@ async fn kvd_replace_takes_a_dead_nodes_place_holding_its_data_before_it_counts(
 async fn a_snapshot_restores_a_node_that_lost_its_disk_and_the_cluster_converges() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let mut extra = members(&ports, 3);
-    extra.extend(["--anti-entropy-interval-ms".to_string(), "300".to_string()]);
-    let mut children = Nodes(
-        (1..=3)
-            .map(|id| kvd(id, &ports, dir.path(), &extra))
-            .collect(),
-    );
-    for &p in &ports {
-        connect(p).await;
-    }
+    let (mut children, extra) = start_cluster(&ports, 3, dir.path(), 300).await;
     let mut writer = connect(ports[0]).await;
     let early = write_keys(&mut writer, "early", 3).await;
     let backup = dir.path().join("backup-n3");

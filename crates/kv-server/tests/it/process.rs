@@ -70,6 +70,27 @@ pub(crate) fn members(ports: &[u16], count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Starts nodes 1..=`count` on `ports` as the initial cluster, with
+/// anti-entropy every `anti_entropy_ms`, and waits until each answers;
+/// returns them and the flags they run with (to restart one alike).
+pub(crate) async fn start_cluster(
+    ports: &[u16],
+    count: usize,
+    dir: &Path,
+    anti_entropy_ms: u64,
+) -> (Nodes, Vec<String>) {
+    let mut extra = members(ports, count);
+    extra.extend([
+        "--anti-entropy-interval-ms".to_string(),
+        anti_entropy_ms.to_string(),
+    ]);
+    let children = Nodes((1..=count).map(|id| kvd(id, ports, dir, &extra)).collect());
+    for &p in &ports[..count] {
+        connect(p).await;
+    }
+    (children, extra)
+}
+
 fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
     let mut extra = members(ports, ports.len());
     extra.extend(["--anti-entropy-interval-ms".to_string(), "500".to_string()]);
@@ -495,19 +516,7 @@ async fn a_node_that_lost_its_disk_loses_no_write_it_coordinates_afterwards() {
     // repair refills it: its counters start from nothing.
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
-    let mut extra = members(&ports, 3);
-    extra.extend([
-        "--anti-entropy-interval-ms".to_string(),
-        "600000".to_string(),
-    ]);
-    let mut children = Nodes(
-        (1..=3)
-            .map(|id| kvd(id, &ports, dir.path(), &extra))
-            .collect(),
-    );
-    for &p in &ports {
-        connect(p).await;
-    }
+    let (mut children, extra) = start_cluster(&ports, 3, dir.path(), 600000).await;
     let mut through_3 = connect(ports[2]).await;
     let keys = write_keys(&mut through_3, "disk", 3).await;
     children[2].kill().unwrap();
