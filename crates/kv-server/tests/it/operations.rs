@@ -9,7 +9,7 @@ use std::process::Command;
 use kv_server::proto::{Empty, GetRequest};
 
 use crate::process::{
-    connect, eventually, free_ports, kvd, start_cluster, status, stores, write_keys,
+    connect, eventually, free_ports, kvd, lose_disk, start_cluster, status, stores, write_keys,
 };
 
 /// Runs `kvctl` against the node on `port`; returns stdout, stderr and
@@ -37,11 +37,7 @@ async fn kvctl_repair_refills_a_node_whose_disk_was_replaced() {
     let (mut children, extra) = start_cluster(&ports, 3, dir.path(), 600000).await;
     let mut writer = connect(ports[0]).await;
     let keys = write_keys(&mut writer, "repair", 3).await;
-    children[2].kill().unwrap();
-    children[2].wait().unwrap();
-    std::fs::remove_dir_all(dir.path().join("n3")).unwrap();
-    children[2] = kvd(3, &ports, dir.path(), &extra);
-    connect(ports[2]).await;
+    lose_disk(&mut children, 3, &ports, dir.path(), &extra).await;
     let mut held = 0;
     for (i, key) in keys.iter().enumerate() {
         held += usize::from(stores(ports[2], key, &(i as u32).to_le_bytes()).await);

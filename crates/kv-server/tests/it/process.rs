@@ -91,6 +91,22 @@ pub(crate) async fn start_cluster(
     (children, extra)
 }
 
+/// Node `id` loses its disk: killed with SIGKILL, its data directory
+/// deleted, restarted with the same id and `extra` flags on an empty one.
+pub(crate) async fn lose_disk(
+    children: &mut Nodes,
+    id: usize,
+    ports: &[u16],
+    dir: &Path,
+    extra: &[String],
+) {
+    children[id - 1].kill().unwrap();
+    children[id - 1].wait().unwrap();
+    std::fs::remove_dir_all(dir.join(format!("n{id}"))).unwrap();
+    children[id - 1] = kvd(id, ports, dir, extra);
+    connect(ports[id - 1]).await;
+}
+
 fn spawn_kvd(id: usize, ports: &[u16], dir: &Path) -> Child {
     let mut extra = members(ports, ports.len());
     extra.extend(["--anti-entropy-interval-ms".to_string(), "500".to_string()]);
@@ -519,10 +535,7 @@ async fn a_node_that_lost_its_disk_loses_no_write_it_coordinates_afterwards() {
     let (mut children, extra) = start_cluster(&ports, 3, dir.path(), 600000).await;
     let mut through_3 = connect(ports[2]).await;
     let keys = write_keys(&mut through_3, "disk", 3).await;
-    children[2].kill().unwrap();
-    children[2].wait().unwrap();
-    std::fs::remove_dir_all(dir.path().join("n3")).unwrap();
-    children[2] = kvd(3, &ports, dir.path(), &extra);
+    lose_disk(&mut children, 3, &ports, dir.path(), &extra).await;
     let mut through_3 = connect(ports[2]).await;
     let ring = kv_ring::ConsistentHashRing::builder()
         .vnodes(32)
