@@ -15,7 +15,8 @@ pub struct PeerRepair {
     /// When the last exchange with the peer completed (seconds since the
     /// Unix epoch), `None` before the first.
     pub last_complete_unix: Option<u64>,
-    /// Buckets that differed in the last exchange started (complete or not).
+    /// Buckets that differed in the last exchange whose trees were
+    /// compared (kept when a later exchange fails before comparing).
     pub divergent_buckets: usize,
     /// Keys repaired with this peer since start (changed here or pushed).
     pub keys_repaired: u64,
@@ -115,10 +116,18 @@ where
         mut observe: impl FnMut(&RepairReport) + Send,
     ) -> Result<RepairReport> {
         let mut report = RepairReport::default();
-        let result = self.exchange(peer, fanout, &mut report, &mut observe).await;
+        let mut compared = false;
+        let result = self
+            .exchange(peer, fanout, &mut report, &mut |r: &RepairReport| {
+                compared = true;
+                observe(r);
+            })
+            .await;
         let mut peers = self.repair_peers.lock();
         let entry = peers.entry(peer).or_default();
-        entry.divergent_buckets = report.buckets;
+        if compared {
+            entry.divergent_buckets = report.buckets;
+        }
         entry.keys_repaired += report.keys_changed as u64 + report.keys_pushed as u64;
         match &result {
             Ok(()) => {

@@ -45,35 +45,23 @@ impl LsmEngine {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] for a `dest` that holds anything or is the
-    /// engine's own directory; [`Error::Poisoned`] for an engine that
+    /// [`Error::InvalidOption`] for a `dest` that holds anything (the
+    /// engine's own directory among them); [`Error::Poisoned`] for an engine that
     /// cannot vouch for its files; I/O errors (a partial copy is left in
     /// `dest` for the caller to remove).
     pub fn checkpoint(&self, dest: &Path) -> Result<Checkpoint> {
         let inner = &self.inner;
         inner.check_poison()?;
-        let refuse = |reason: String| Error::InvalidOption {
-            option: "checkpoint directory",
-            reason,
-        };
-        if dest.exists() {
-            let mut entries = std::fs::read_dir(dest).map_err(|e| Error::io("list", dest, e))?;
-            if entries.next().is_some() {
-                return Err(refuse(format!(
-                    "{} is not empty; a checkpoint goes to a new directory",
-                    dest.display()
-                )));
+        kv_core::files::create_empty_private_dir(dest).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::InvalidOption {
+                    option: "checkpoint directory",
+                    reason: e.to_string(),
+                }
+            } else {
+                Error::io("create directory", dest, e)
             }
-        }
-        kv_core::files::create_private_dir(dest)
-            .map_err(|e| Error::io("create directory", dest, e))?;
-        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        if same(dest, &inner.dir) {
-            return Err(refuse("it is the engine's own directory".into()));
-        }
+        })?;
         // The last complete write: everything acknowledged is in the file.
         let (current, length) = {
             let mut log = inner.log.lock();

@@ -38,17 +38,13 @@ impl Cluster {
                 )),
                 other => ClusterError::internal(other),
             };
-            let empty = match std::fs::read_dir(&dest) {
-                Ok(mut entries) => entries.next().is_none(),
-                Err(_) => true,
-            };
-            if !empty {
-                return Err(ClusterError::Invalid(format!(
-                    "snapshot directory {} is not empty; a snapshot goes to a new directory",
-                    dest.display()
-                )));
-            }
-            kv_core::files::create_private_dir(&dest).map_err(ClusterError::internal)?;
+            kv_core::files::create_empty_private_dir(&dest).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    ClusterError::Invalid(format!("snapshot directory {e}"))
+                } else {
+                    ClusterError::internal(e)
+                }
+            })?;
             let data = replica
                 .engine()
                 .checkpoint(&dest.join("data"))

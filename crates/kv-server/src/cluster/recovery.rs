@@ -83,6 +83,37 @@ impl Cluster {
         Ok(copied)
     }
 
+    /// The part remove and replace share, once `after` is computed: the
+    /// promise of the next epoch, every range `gone` replicated copied
+    /// from the survivors to the nodes that gain it, the new ring
+    /// installed and pushed, and `gone` forgotten.
+    async fn take_over(
+        self: &Arc<Self>,
+        before_state: &RingState,
+        before: &ConsistentHashRing,
+        after: &ConsistentHashRing,
+        gone: NodeId,
+        what: &str,
+    ) -> Result<ChangeReply, ClusterError> {
+        let lease = self.propose(before_state, what.to_string()).await?;
+        let diff =
+            RingDiff::between(before, after, self.settings.n).map_err(ClusterError::internal)?;
+        let moves: Vec<_> = diff
+            .moves()
+            .iter()
+            .filter(|m| m.from.contains(&gone))
+            .cloned()
+            .collect();
+        let copied = self.copy_from_survivors(&moves, gone, what).await?;
+        let state = state_of(before_state.epoch + 1, after, |id| {
+            self.addr_of(id).unwrap_or_default()
+        });
+        lease.confirm().await?;
+        let reply = self.commit(state, copied, moves.len() as u32).await?;
+        self.transport.forget(gone);
+        Ok(reply)
+    }
+
     /// Takes `gone`, a node that is down for good, out of the ring (run on
     /// any other node): its ranges are copied from their surviving
     /// replicas to the nodes that gain them, then the ring without it is
@@ -113,23 +144,10 @@ impl Cluster {
         self.check_gone(gone, &before_state).await?;
         let after = before.without_node(gone).map_err(ClusterError::internal)?;
         let what = format!("removal of {gone}");
-        let lease = self.propose(&before_state, what.clone()).await?;
-        let diff =
-            RingDiff::between(&before, &after, self.settings.n).map_err(ClusterError::internal)?;
-        let moves: Vec<_> = diff
-            .moves()
-            .iter()
-            .filter(|m| m.from.contains(&gone))
-            .cloned()
-            .collect();
-        let copied = self.copy_from_survivors(&moves, gone, &what).await?;
-        let state = state_of(before_state.epoch + 1, &after, |id| {
-            self.addr_of(id).unwrap_or_default()
-        });
-        lease.confirm().await?;
-        let reply = self.commit(state, copied, moves.len() as u32).await?;
-        self.transport.forget(gone);
-        tracing::info!(node = %gone, epoch = reply.epoch, keys = copied, "removed a node");
+        let reply = self
+            .take_over(&before_state, &before, &after, gone, &what)
+            .await?;
+        tracing::info!(node = %gone, epoch = reply.epoch, keys = reply.keys_streamed, "removed a node");
         Ok(reply)
     }
 
@@ -162,18 +180,10 @@ impl Cluster {
             .with_replacement(old, self.spec())
             .map_err(ClusterError::internal)?;
         let what = format!("replacement of {old} by {me}");
-        let lease = self.propose(&before_state, what.clone()).await?;
-        let diff =
-            RingDiff::between(&before, &after, self.settings.n).map_err(ClusterError::internal)?;
-        let moves: Vec<_> = diff.moves().to_vec();
-        let copied = self.copy_from_survivors(&moves, old, &what).await?;
-        let state = state_of(before_state.epoch + 1, &after, |id| {
-            self.addr_of(id).unwrap_or_default()
-        });
-        lease.confirm().await?;
-        let reply = self.commit(state, copied, moves.len() as u32).await?;
-        self.transport.forget(old);
-        tracing::info!(%old, epoch = reply.epoch, keys = copied, "replaced a node");
+        let reply = self
+            .take_over(&before_state, &before, &after, old, &what)
+            .await?;
+        tracing::info!(%old, epoch = reply.epoch, keys = reply.keys_streamed, "replaced a node");
         Ok(reply)
     }
 }

@@ -247,6 +247,24 @@ async fn a_snapshot_restores_a_node_that_lost_its_disk_and_the_cluster_converges
     );
     let (_, err, ok) = kvctl(ports[2], &["snapshot", &backup_arg]);
     assert!(!ok && err.contains("not empty"), "{err}");
+    // The snapshot itself holds the data (checked on the copy, before any
+    // restore: anti-entropy could otherwise refill a restored node so fast
+    // that an empty snapshot would pass unnoticed).
+    {
+        let copy = kv_lsm::LsmEngine::builder(backup.join("data"))
+            .open()
+            .unwrap();
+        for (i, key) in early.iter().enumerate() {
+            let state = kv_core::StorageEngine::get(&copy, key).unwrap();
+            let held = state.is_some_and(|bytes| {
+                kv_coordinator::Siblings::from_bytes(&bytes)
+                    .unwrap()
+                    .values()
+                    .any(|v| v.as_deref() == Some((i as u32).to_le_bytes().as_slice()))
+            });
+            assert!(held, "the snapshot holds early key {i}");
+        }
+    }
     // Writes after the snapshot; then node 3 loses its disk and is
     // restored from the snapshot.
     let late = write_keys(&mut writer, "late", 2).await;
