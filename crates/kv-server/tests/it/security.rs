@@ -419,17 +419,19 @@ async fn a_secured_cluster_refuses_strangers_forgers_and_roles_beyond_their_righ
         .into_inner();
     let refused = replies.message().await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    // The node serves on, its view of the cluster untouched.
-    let status = AdminClient::new(channel(&admin, p).await.unwrap())
-        .status(Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        status.members.iter().filter(|m| m.state == "alive").count(),
-        3
-    );
-    assert!(status.ring_epoch < 1 << 40);
+    // The node serves on, its view of the cluster untouched (a member may
+    // be suspected for a moment on a loaded machine: the view must come
+    // back to three alive, and the ring stays the real one).
+    eventually(20, "three alive members after the attempts", || async {
+        let status = AdminClient::new(channel(&admin, p).await.unwrap())
+            .status(Empty {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.ring_epoch < 1 << 40);
+        status.members.iter().filter(|m| m.state == "alive").count() == 3
+    })
+    .await;
     assert_eq!(get_code(&reader, p).await, Ok(Code::Ok));
 }
 
