@@ -1,6 +1,6 @@
 //! Errors of the coordinator.
 
-use kv_core::{NodeId, PartitionerError, StorageError};
+use kv_core::{NodeId, PartitionerError, RemoteFailure, StorageError, TransportError};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,33 @@ impl Error {
             self.kind(),
             ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::LocalStorage
         )
+    }
+
+    /// This error as the peer that asked sees it: the failure of a replica
+    /// operation served for `node` (what a transport reports when this
+    /// node's replica fails a peer's request).
+    pub fn to_transport(&self, node: NodeId) -> TransportError {
+        TransportError::Remote {
+            node,
+            kind: self.kind().remote(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The kind a peer reports to the node that asked: bad input and
+    /// damaged data as themselves, a failed engine as storage, anything
+    /// else (a replica operation misses no quorum) as internal.
+    pub fn remote(self) -> RemoteFailure {
+        match self {
+            ErrorKind::Invalid => RemoteFailure::Invalid,
+            ErrorKind::LocalStorage => RemoteFailure::Storage,
+            ErrorKind::Corrupt => RemoteFailure::Corrupt,
+            ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::Internal => {
+                RemoteFailure::Internal
+            }
+        }
     }
 }
 

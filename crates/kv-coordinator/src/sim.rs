@@ -191,10 +191,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         }
         replica
             .receive(&key, &state, hint_for)
-            .map_err(|e| TransportError::Remote {
-                node: to,
-                message: e.to_string(),
-            })
+            .map_err(|e| e.to_transport(to))
     }
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
@@ -204,10 +201,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         if self.network.is_down(to) {
             return Err(TransportError::Unreachable(to));
         }
-        let state = replica.state(&key).map_err(|e| TransportError::Remote {
-            node: to,
-            message: e.to_string(),
-        })?;
+        let state = replica.state(&key).map_err(|e| e.to_transport(to))?;
         Ok((!state.is_empty() || !state.context().is_empty()).then(|| state.to_bytes()))
     }
 
@@ -222,10 +216,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         let replica = self.network.replica(to)?;
         replica
             .answer_exchange(from, &request)
-            .map_err(|e| TransportError::Remote {
-                node: to,
-                message: e.to_string(),
-            })
+            .map_err(|e| e.to_transport(to))
     }
 
     async fn bucket_states(
@@ -239,10 +230,7 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         let replica = self.network.replica(to)?;
         replica
             .bucket_page(from, &query, None)
-            .map_err(|e| TransportError::Remote {
-                node: to,
-                message: e.to_string(),
-            })
+            .map_err(|e| e.to_transport(to))
     }
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
@@ -269,9 +257,6 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         let replica = self.network.replica(to)?;
         replica
             .reap(&key, &expected)
-            .map_err(|e| TransportError::Remote {
-                node: to,
-                message: e.to_string(),
-            })
+            .map_err(|e| e.to_transport(to))
     }
 }

@@ -14,13 +14,75 @@ pub enum TransportError {
     #[error("{0} did not answer in time")]
     Timeout(NodeId),
     /// The peer answered with an error.
-    #[error("{node} failed: {message}")]
+    #[error("{node} failed ({kind}): {message}")]
     Remote {
         /// The peer.
         node: NodeId,
-        /// Its error.
+        /// What kind of failure the peer reported.
+        kind: RemoteFailure,
+        /// Its error, for people.
         message: String,
     },
+}
+
+impl TransportError {
+    /// Whether sending the same request to the same peer later may
+    /// succeed: it was down, slow, busy or its storage failed. A request
+    /// the peer found invalid, a peer whose data is damaged, and a peer
+    /// that refuses this node are not worth the retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TransportError::Unreachable(_) | TransportError::Timeout(_) => true,
+            TransportError::Remote { kind, .. } => kind.is_retryable(),
+        }
+    }
+}
+
+/// The kind of a failure a peer reported, so callers decide from the kind
+/// and never from the message. Carried on the wire; a peer too old to say
+/// reports [`Internal`](Self::Internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemoteFailure {
+    /// The peer found the request malformed (a state that does not
+    /// decode, a key over its limits): sending it again cannot help.
+    Invalid,
+    /// The peer's storage failed (poisoned, closed, an I/O error); another
+    /// replica, or the same one later, may take it.
+    Storage,
+    /// The peer's stored data is damaged.
+    Corrupt,
+    /// The peer refuses this node (not authorised, an incompatible
+    /// version, not a member).
+    Refused,
+    /// The peer is over a limit for now (too many requests in flight).
+    Busy,
+    /// Anything else: a bug or a failed task at the peer.
+    Internal,
+}
+
+impl RemoteFailure {
+    /// Whether the same request may succeed later (see
+    /// [`TransportError::is_retryable`]).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            RemoteFailure::Storage | RemoteFailure::Busy | RemoteFailure::Internal
+        )
+    }
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteFailure::Invalid => "invalid request",
+            RemoteFailure::Storage => "storage",
+            RemoteFailure::Corrupt => "corrupt data",
+            RemoteFailure::Refused => "refused",
+            RemoteFailure::Busy => "busy",
+            RemoteFailure::Internal => "internal",
+        })
+    }
 }
 
 /// A client request forwarded to the key's coordinator.

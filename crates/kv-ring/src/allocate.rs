@@ -21,7 +21,6 @@ use std::collections::BinaryHeap;
 use kv_core::NodeId;
 
 use crate::hash::mix64;
-use crate::ring::ConsistentHashRing;
 use crate::walk::{self, Zones};
 
 /// The ring's size in tokens.
@@ -68,20 +67,45 @@ enum Side {
     Tail,
 }
 
+/// What allocation reads of a ring: its tokens, who owns each, and each
+/// member's weight and zone. The ring lends it; allocation answers with
+/// placements or reassignments the ring applies, so neither module reaches
+/// into the other.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout<'a> {
+    /// Sorted ascending, unique.
+    pub(crate) tokens: &'a [u64],
+    /// `owners[i]` owns `tokens[i]`: a member index.
+    pub(crate) owners: &'a [u32],
+    /// Each member's weight, by member index.
+    pub(crate) weights: &'a [u32],
+    /// Each member's zone index, by member index.
+    pub(crate) member_zones: &'a [Option<u16>],
+    /// The zone names the indices refer to.
+    pub(crate) zones: &'a [String],
+}
+
+impl Layout<'_> {
+    fn members(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Tokens in the range of the vnode at `v`.
+    fn width(&self, v: usize) -> u128 {
+        walk::vnode_range(self.tokens, v).width()
+    }
+}
+
 /// Each member's target share in tokens, and the target of a node of
 /// `extra_weight` joining.
-fn targets(ring: &ConsistentHashRing, extra_weight: u32) -> (Vec<f64>, f64) {
-    let total: u64 = ring
-        .members
-        .iter()
-        .map(|m| u64::from(m.spec.weight))
-        .sum::<u64>()
-        + u64::from(extra_weight);
+fn targets(layout: &Layout<'_>, extra_weight: u32) -> (Vec<f64>, f64) {
+    let total: u64 =
+        layout.weights.iter().map(|&w| u64::from(w)).sum::<u64>() + u64::from(extra_weight);
     let per_weight = RING as f64 / total as f64;
-    let targets = ring
-        .members
+    let targets = layout
+        .weights
         .iter()
-        .map(|m| f64::from(m.spec.weight) * per_weight)
+        .map(|&w| f64::from(w) * per_weight)
         .collect();
     (targets, f64::from(extra_weight) * per_weight)
 }
@@ -144,16 +168,17 @@ struct Join {
 }
 
 impl Join {
-    fn new(ring: &ConsistentHashRing, weight: u32, zone: Option<&str>, replicas: usize) -> Self {
-        let (mut target, need) = targets(ring, weight);
+    fn new(layout: &Layout<'_>, weight: u32, zone: Option<&str>, replicas: usize) -> Self {
+        let (mut target, need) = targets(layout, weight);
         target.push(need);
-        let members = ring.members.len();
-        let mut zone_of = ring.member_zones.clone();
+        let members = layout.members();
+        let mut zone_of = layout.member_zones.to_vec();
         zone_of.push(zone.map(|z| {
-            ring.zones
+            layout
+                .zones
                 .iter()
                 .position(|known| known == z)
-                .unwrap_or(ring.zones.len()) as u16
+                .unwrap_or(layout.zones.len()) as u16
         }));
         let mut named: Vec<u16> = zone_of.iter().flatten().copied().collect();
         named.sort_unstable();
@@ -164,8 +189,8 @@ impl Join {
             named.len() + usize::from(zone_of.iter().any(Option::is_none))
         };
         let mut join = Join {
-            tokens: ring.tokens.clone(),
-            owners: ring.owners.clone(),
+            tokens: layout.tokens.to_vec(),
+            owners: layout.owners.to_vec(),
             own: vec![0.0; members + 1],
             rep: vec![0.0; members + 1],
             target,
@@ -425,29 +450,29 @@ impl Join {
     }
 }
 
-/// The placements of a node of `weight` joining `ring` with `count` vnodes,
-/// balancing replicated load over `replicas` nodes (0 or 1: primary only).
+/// The placements of node `id` of `weight` in `zone` joining the ring laid
+/// out as `layout` with `count` vnodes, balancing replicated load over
+/// `replicas` nodes (0 or 1: primary only).
 pub(crate) fn balanced_tokens(
-    ring: &ConsistentHashRing,
-    node: &crate::NodeSpec,
+    layout: &Layout<'_>,
+    (id, weight, zone): (NodeId, u32, Option<&str>),
     count: usize,
     replicas: usize,
 ) -> Vec<Placement> {
-    let (id, weight) = (node.id, node.weight);
-    if ring.tokens.is_empty() {
+    if layout.tokens.is_empty() {
         return evenly_spaced(id, count)
             .into_iter()
             .map(Placement::New)
             .collect();
     }
-    let members = ring.members.len();
+    let members = layout.members();
     // With as many replicas as nodes every node replicates everything.
     let replicas = if replicas <= 1 || replicas > members {
         0
     } else {
         replicas
     };
-    let mut join = Join::new(ring, weight, node.zone.as_deref(), replicas);
+    let mut join = Join::new(layout, weight, zone, replicas);
     let need = join.target[members];
 
     // Donors: members above their new target, most loaded first, at most
@@ -589,7 +614,8 @@ fn split_own(mut own: Vec<Span>, count: usize) -> Vec<u64> {
 }
 
 /// Reassigns the vnodes of member `leaving` to the other members, largest
-/// first, each to the member furthest below its target.
+/// first, each to the member furthest below its target: the new owner of
+/// each of its vnodes, as (vnode index, member index).
 ///
 /// Vnodes of the leaver that one replica walk of up to `replicas` nodes can
 /// span (fewer than `replicas - 1` other owners between them) go to the same
@@ -597,44 +623,44 @@ fn split_own(mut own: Vec<Span>, count: usize) -> Vec<u64> {
 /// meet one distinct node more and drop a replica that is not leaving. With
 /// that, for every replication factor up to `replicas`, only the leaving
 /// node's ranges change hands.
-pub(crate) fn hand_over(ring: &mut ConsistentHashRing, leaving: u32, replicas: usize) {
-    let leaving_weight = ring.members[leaving as usize].spec.weight;
-    let total_weight: f64 = ring.members.iter().map(|m| f64::from(m.spec.weight)).sum();
+pub(crate) fn hand_over(layout: &Layout<'_>, leaving: u32, replicas: usize) -> Vec<(usize, u32)> {
+    let leaving_weight = layout.weights[leaving as usize];
+    let total_weight: f64 = layout.weights.iter().map(|&w| f64::from(w)).sum();
     let per_weight = RING as f64 / (total_weight - f64::from(leaving_weight));
-    let mut owned = vec![0u128; ring.members.len()];
-    for v in 0..ring.tokens.len() {
-        owned[ring.owners[v] as usize] += ring.vnode_range(v).width();
+    let mut owned = vec![0u128; layout.members()];
+    for v in 0..layout.tokens.len() {
+        owned[layout.owners[v] as usize] += layout.width(v);
     }
     // Deficit in tokens, as an integer so the heap order is total.
-    let mut heap: BinaryHeap<(i128, Reverse<u32>)> = ring
-        .members
+    let mut heap: BinaryHeap<(i128, Reverse<u32>)> = layout
+        .weights
         .iter()
         .enumerate()
         .filter(|&(i, _)| i as u32 != leaving)
-        .map(|(i, m)| {
-            let target = f64::from(m.spec.weight) * per_weight;
+        .map(|(i, &w)| {
+            let target = f64::from(w) * per_weight;
             (target as i128 - owned[i] as i128, Reverse(i as u32))
         })
         .collect();
 
-    let groups = leaver_groups(&ring.owners, leaving, replicas.max(1));
+    let groups = leaver_groups(layout.owners, leaving, replicas.max(1));
     let mut sized: Vec<(u128, u64, Vec<usize>)> = groups
         .into_iter()
         .map(|g| {
-            let width = g.iter().map(|&v| ring.vnode_range(v).width()).sum();
-            (width, ring.tokens[g[0]], g)
+            let width = g.iter().map(|&v| layout.width(v)).sum();
+            (width, layout.tokens[g[0]], g)
         })
         .collect();
     sized.sort_by_key(|&(width, first, _)| (Reverse(width), first));
+    let mut moves = Vec::new();
     for (width, _, group) in sized {
         let Some((deficit, Reverse(member))) = heap.pop() else {
-            return;
+            break;
         };
-        for v in group {
-            ring.owners[v] = member;
-        }
+        moves.extend(group.into_iter().map(|v| (v, member)));
         heap.push((deficit - width as i128, Reverse(member)));
     }
+    moves
 }
 
 /// The leaver's vnodes grouped so that vnodes one walk of `replicas`
@@ -684,8 +710,8 @@ fn leaver_groups(owners: &[u32], leaving: u32, replicas: usize) -> Vec<Vec<usize
 
 /// Classic consistent hashing: tokens derived from (node, index) hashes,
 /// skipping any that collide with a token already in the ring.
-pub(crate) fn hashed_tokens(ring: &ConsistentHashRing, id: NodeId, count: usize) -> Vec<u64> {
-    let mut taken: std::collections::HashSet<u64> = ring.tokens.iter().copied().collect();
+pub(crate) fn hashed_tokens(layout: &Layout<'_>, id: NodeId, count: usize) -> Vec<u64> {
+    let mut taken: std::collections::HashSet<u64> = layout.tokens.iter().copied().collect();
     let mut tokens = Vec::with_capacity(count);
     let mut i = 0u64;
     while tokens.len() < count {
@@ -726,12 +752,21 @@ mod tests {
     #[test]
     fn modelled_cost_change_matches_the_exact_one() {
         for replicas in [2, 3, 4] {
-            let ring = ConsistentHashRing::builder()
-                .strategy(crate::TokenStrategy::Hashed)
-                .vnodes(20)
-                .nodes((1..=30).map(NodeId))
-                .build()
-                .unwrap();
+            // 30 nodes of 20 hashed tokens each.
+            let mut pairs: Vec<(u64, u32)> = (0..30u32)
+                .flat_map(|m| (0..20u64).map(move |i| (mix64(mix64(u64::from(m)) ^ i), m)))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup_by_key(|p| p.0);
+            let tokens: Vec<u64> = pairs.iter().map(|p| p.0).collect();
+            let owners: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+            let ring = Layout {
+                tokens: &tokens,
+                owners: &owners,
+                weights: &[1; 30],
+                member_zones: &[None; 30],
+                zones: &[],
+            };
             let join = Join::new(&ring, 1, None, replicas);
             let t = join.tokens.len();
             let mut scratch = Vec::new();

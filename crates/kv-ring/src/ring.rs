@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use kv_core::{NodeId, Partitioner, PartitionerError, Token, TokenRange};
 
-use crate::allocate::{self, Placement};
+use crate::allocate::{self, Layout, Placement};
 use crate::error::{Result, RingError};
 use crate::hash::token_of;
 use crate::walk::{self, Zones};
@@ -324,11 +324,16 @@ impl ConsistentHashRing {
         self.check_new(&node)?;
         let count = (self.vnodes as usize).saturating_mul(node.weight as usize);
         let id = node.id;
+        let weights = self.weights();
+        let layout = self.layout(&weights);
         let placements = match self.strategy {
-            TokenStrategy::Balanced => {
-                allocate::balanced_tokens(self, &node, count, self.balance_replicas)
-            }
-            TokenStrategy::Hashed => allocate::hashed_tokens(self, id, count)
+            TokenStrategy::Balanced => allocate::balanced_tokens(
+                &layout,
+                (id, node.weight, node.zone.as_deref()),
+                count,
+                self.balance_replicas,
+            ),
+            TokenStrategy::Hashed => allocate::hashed_tokens(&layout, id, count)
                 .into_iter()
                 .map(Placement::New)
                 .collect(),
@@ -385,7 +390,14 @@ impl ConsistentHashRing {
             return Ok(());
         }
         match self.strategy {
-            TokenStrategy::Balanced => allocate::hand_over(self, index, self.balance_replicas),
+            TokenStrategy::Balanced => {
+                let weights = self.weights();
+                let moves =
+                    allocate::hand_over(&self.layout(&weights), index, self.balance_replicas);
+                for (v, member) in moves {
+                    self.owners[v] = member;
+                }
+            }
             TokenStrategy::Hashed => {
                 let keep: Vec<bool> = self.owners.iter().map(|&o| o != index).collect();
                 let mut k = keep.iter();
@@ -512,13 +524,24 @@ impl ConsistentHashRing {
 
     /// The range owned by the virtual node at `index`.
     pub(crate) fn vnode_range(&self, index: usize) -> TokenRange {
-        let end = self.tokens[index];
-        let start = if index == 0 {
-            self.tokens[self.tokens.len() - 1]
-        } else {
-            self.tokens[index - 1]
-        };
-        TokenRange::new(Token(start), Token(end))
+        walk::vnode_range(&self.tokens, index)
+    }
+
+    /// Each member's weight, by member index (for [`layout`](Self::layout)).
+    fn weights(&self) -> Vec<u32> {
+        self.members.iter().map(|m| m.spec.weight).collect()
+    }
+
+    /// The ring as token allocation reads it, with `weights` from
+    /// [`weights`](Self::weights).
+    fn layout<'a>(&'a self, weights: &'a [u32]) -> Layout<'a> {
+        Layout {
+            tokens: &self.tokens,
+            owners: &self.owners,
+            weights,
+            member_zones: &self.member_zones,
+            zones: &self.zones,
+        }
     }
 
     /// Writes into `out` the member indices of the first `n` distinct

@@ -1,5 +1,19 @@
 //! Walking the ring clockwise to collect a preference list.
 
+use kv_core::{Token, TokenRange};
+
+/// The range owned by the virtual node at `index` of sorted `tokens`: from
+/// the previous token (exclusive, wrapping) to its own.
+pub(crate) fn vnode_range(tokens: &[u64], index: usize) -> TokenRange {
+    let end = tokens[index];
+    let start = if index == 0 {
+        tokens[tokens.len() - 1]
+    } else {
+        tokens[index - 1]
+    };
+    TokenRange::new(Token(start), Token(end))
+}
+
 /// The zones of the ring's members, for zone-aware walks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Zones<'a> {

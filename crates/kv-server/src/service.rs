@@ -14,9 +14,9 @@ use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FetchReply,
-    FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest, HintsReply,
-    InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest,
+    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FailureKind,
+    FetchReply, FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest,
+    HintsReply, InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest,
     ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest,
     ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest,
     RingProposal, RingQuery, RingState, SnapshotReply, SnapshotRequest, StatusReply,
@@ -264,12 +264,16 @@ async fn apply_replicas(
     let results = off_runtime(move || Ok(replica.receive_many(&items)))
         .await
         .map_err(|e| to_status(&e))?;
-    Ok(BatchReply {
-        errors: results
-            .into_iter()
-            .map(|r| r.err().map(|e| e.to_string()).unwrap_or_default())
-            .collect(),
-    })
+    let mut reply = BatchReply::default();
+    for result in results {
+        let (error, kind) = match result {
+            Ok(()) => (String::new(), FailureKind::Internal),
+            Err(e) => (e.to_string(), wire::failure_kind(e.kind().remote())),
+        };
+        reply.errors.push(error);
+        reply.kinds.push(kind as i32);
+    }
+    Ok(reply)
 }
 
 /// This replica's states of a batch of keys, in order.

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::batch::{Batcher, RunBatch};
-use kv_core::{BucketPage, BucketQuery, ClientOp, ClientReply, NodeId, Transport, TransportError};
+use kv_core::{
+    BucketPage, BucketQuery, ClientOp, ClientReply, NodeId, RemoteFailure, Transport,
+    TransportError,
+};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::endpoint::{self, ConnectSettings};
 use crate::security::NodeTls;
+use crate::wire;
 
 use crate::proto::internal_client::InternalClient;
 use futures_util::future::BoxFuture;
@@ -41,7 +45,8 @@ const BATCHES_IN_FLIGHT: usize = 1;
 
 /// The outcome of one batch call: one result per item (`Err` with the
 /// peer's reason), or the call's failure.
-type BatchOutcome<O> = BoxFuture<'static, Result<Vec<Result<O, String>>, tonic::Status>>;
+type BatchOutcome<O> =
+    BoxFuture<'static, Result<Vec<Result<O, (RemoteFailure, String)>>, tonic::Status>>;
 
 /// Sends one batch to a peer over its stream `S`, waiting at most the
 /// given time for the reply.
@@ -119,11 +124,18 @@ fn send_to<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'sta
             match send(stream, client, items, timeout).await {
                 Ok(results) if results.len() == count => results
                     .into_iter()
-                    .map(|r| r.map_err(|message| TransportError::Remote { node, message }))
+                    .map(|r| {
+                        r.map_err(|(kind, message)| TransportError::Remote {
+                            node,
+                            kind,
+                            message,
+                        })
+                    })
                     .collect(),
                 Ok(_) => {
                     let error = TransportError::Remote {
                         node,
+                        kind: RemoteFailure::Internal,
                         message: "a batch reply with the wrong number of items".into(),
                     };
                     (0..count).map(|_| Err(error.clone())).collect()
@@ -248,10 +260,18 @@ fn send_replicas(
                 timeout,
             )
             .await?;
+        let kinds = reply.kinds;
         Ok(reply
             .errors
             .into_iter()
-            .map(|e| if e.is_empty() { Ok(()) } else { Err(e) })
+            .enumerate()
+            .map(|(i, e)| {
+                if e.is_empty() {
+                    Ok(())
+                } else {
+                    Err((wire::remote_failure(kinds.get(i).copied()), e))
+                }
+            })
             .collect())
     })
 }
@@ -309,8 +329,9 @@ fn unreachable(node: NodeId) -> impl Fn(tonic::Status) -> TransportError {
     move |status| match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => TransportError::Timeout(node),
         tonic::Code::Unavailable => TransportError::Unreachable(node),
-        _ => TransportError::Remote {
+        code => TransportError::Remote {
             node,
+            kind: wire::status_failure(code),
             message: status.message().to_string(),
         },
     }

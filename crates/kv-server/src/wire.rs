@@ -2,11 +2,54 @@
 //! ways, in one place: a request forwarded to a key's coordinator is
 //! encoded by the transport and decoded by the internal service with the
 //! functions here, and the client service reads quorums and write tags
-//! the same way.
+//! the same way. Likewise the kinds of a peer's failures
+//! ([`RemoteFailure`]), as a batch reply carries them and as a status code
+//! says them.
 
-use kv_core::{ActorId, ClientOp, ClientReply, WriteTag};
+use kv_core::{ActorId, ClientOp, ClientReply, RemoteFailure, WriteTag};
+use tonic::Code;
 
-use crate::proto::{ForwardReply, ForwardRequest, PutOp};
+use crate::proto::{FailureKind, ForwardReply, ForwardRequest, PutOp};
+
+/// A failure kind as the wire carries it.
+pub(crate) fn failure_kind(kind: RemoteFailure) -> FailureKind {
+    match kind {
+        RemoteFailure::Invalid => FailureKind::Invalid,
+        RemoteFailure::Storage => FailureKind::Storage,
+        RemoteFailure::Corrupt => FailureKind::Corrupt,
+        RemoteFailure::Refused => FailureKind::Refused,
+        RemoteFailure::Busy => FailureKind::Busy,
+        _ => FailureKind::Internal,
+    }
+}
+
+/// A failure kind from the wire: an unknown or missing one (a newer or an
+/// older peer) is internal.
+pub(crate) fn remote_failure(kind: Option<i32>) -> RemoteFailure {
+    match kind.and_then(|k| FailureKind::try_from(k).ok()) {
+        Some(FailureKind::Invalid) => RemoteFailure::Invalid,
+        Some(FailureKind::Storage) => RemoteFailure::Storage,
+        Some(FailureKind::Corrupt) => RemoteFailure::Corrupt,
+        Some(FailureKind::Refused) => RemoteFailure::Refused,
+        Some(FailureKind::Busy) => RemoteFailure::Busy,
+        Some(FailureKind::Internal) | None => RemoteFailure::Internal,
+    }
+}
+
+/// The kind of failure a peer's status code says (codes for down and slow
+/// peers are not failures a peer reported; the transport maps them to
+/// unreachable and timed out before asking this).
+pub(crate) fn status_failure(code: Code) -> RemoteFailure {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => RemoteFailure::Invalid,
+        Code::DataLoss => RemoteFailure::Corrupt,
+        Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => {
+            RemoteFailure::Refused
+        }
+        Code::ResourceExhausted => RemoteFailure::Busy,
+        _ => RemoteFailure::Internal,
+    }
+}
 
 /// A per-request quorum: 0 on the wire means the node's default.
 pub(crate) fn quorum(n: u32) -> Option<u32> {
@@ -112,6 +155,31 @@ pub(crate) fn client_reply(reply: ForwardReply) -> ClientReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_kinds_survive_the_wire() {
+        for kind in [
+            RemoteFailure::Invalid,
+            RemoteFailure::Storage,
+            RemoteFailure::Corrupt,
+            RemoteFailure::Refused,
+            RemoteFailure::Busy,
+            RemoteFailure::Internal,
+        ] {
+            assert_eq!(remote_failure(Some(failure_kind(kind) as i32)), kind);
+        }
+        // An older peer sends no kind; a newer one may send a kind this
+        // build does not know.
+        assert_eq!(remote_failure(None), RemoteFailure::Internal);
+        assert_eq!(remote_failure(Some(99)), RemoteFailure::Internal);
+        assert_eq!(
+            status_failure(Code::InvalidArgument),
+            RemoteFailure::Invalid
+        );
+        assert_eq!(status_failure(Code::ResourceExhausted), RemoteFailure::Busy);
+        assert!(!status_failure(Code::PermissionDenied).is_retryable());
+        assert!(status_failure(Code::Internal).is_retryable());
+    }
 
     #[test]
     fn every_client_operation_survives_the_wire() {

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use kv_core::NodeId;
+use kv_core::{NodeId, RemoteFailure, TransportError};
 
 use crate::error::Error;
 use crate::versions::Siblings;
@@ -223,6 +223,30 @@ pub(crate) fn hint_action(ring: &[NodeId], owner: NodeId, owner_alive: bool) -> 
 /// back.
 pub(crate) fn hint_expired(stored_at: u64, cutoff: u64) -> bool {
     stored_at < cutoff
+}
+
+/// What delivering an owner's hints does after one send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailedHint {
+    /// The owner cannot take hints now (down, slow, busy, its storage
+    /// failing, refusing this node): no more are sent to it this round.
+    StopOwner,
+    /// The owner refused this hint itself (the state does not decode
+    /// there, or its own state of the key is damaged): the hint stays,
+    /// and the owner's next hints are still sent, so one bad hint does
+    /// not hold back the rest for ever.
+    SkipHint,
+}
+
+/// The step after a hint's send failed with `error`, by its kind.
+pub(crate) fn after_failed_hint(error: &TransportError) -> AfterFailedHint {
+    match error {
+        TransportError::Remote {
+            kind: RemoteFailure::Invalid | RemoteFailure::Corrupt,
+            ..
+        } => AfterFailedHint::SkipHint,
+        _ => AfterFailedHint::StopOwner,
+    }
 }
 
 /// One replica write to send: to `target`, holding it for `hint_for` when
@@ -533,6 +557,34 @@ mod tests {
         assert_eq!(hint_action(&[], NodeId(3), true), Deliver, "no ring yet");
         assert!(hint_expired(10, 20));
         assert!(!hint_expired(20, 20));
+    }
+
+    #[test]
+    fn a_hint_the_owner_rejects_does_not_hold_back_the_rest() {
+        let remote = |kind| TransportError::Remote {
+            node: NodeId(2),
+            kind,
+            message: String::new(),
+        };
+        use AfterFailedHint::*;
+        assert_eq!(after_failed_hint(&remote(RemoteFailure::Invalid)), SkipHint);
+        assert_eq!(after_failed_hint(&remote(RemoteFailure::Corrupt)), SkipHint);
+        for kind in [
+            RemoteFailure::Storage,
+            RemoteFailure::Busy,
+            RemoteFailure::Refused,
+            RemoteFailure::Internal,
+        ] {
+            assert_eq!(after_failed_hint(&remote(kind)), StopOwner, "{kind}");
+        }
+        assert_eq!(
+            after_failed_hint(&TransportError::Unreachable(NodeId(2))),
+            StopOwner
+        );
+        assert_eq!(
+            after_failed_hint(&TransportError::Timeout(NodeId(2))),
+            StopOwner
+        );
     }
 
     fn nodes(ids: &[u64]) -> Vec<NodeId> {

@@ -1,7 +1,7 @@
 //! Hinted hand-off: hints delivered to their owners when alive,
 //! retargeted when an owner left the key's replicas, dropped past the grace.
 
-use super::decide::{HintAction, hint_action, hint_expired};
+use super::decide::{AfterFailedHint, HintAction, after_failed_hint, hint_action, hint_expired};
 use super::*;
 
 impl<E, T, P> Coordinator<E, T, P>
@@ -70,8 +70,17 @@ where
                         .replicate(owner, hint.key.clone(), hint.state.clone(), None),
                 )
                 .await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    break;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if after_failed_hint(&e) == AfterFailedHint::SkipHint => {
+                        tracing::warn!(
+                            owner = %owner,
+                            error = %e,
+                            "the owner rejected a hint; it stays, and the owner's other hints go on"
+                        );
+                        continue;
+                    }
+                    _ => break,
                 }
                 delivered += usize::from(self.hint_delivered(owner, hint.key, hint.state).await?);
             }

@@ -437,6 +437,65 @@ async fn bad_input_is_refused_and_writes_nothing() {
     let _ = c.node(NodeId(1)).replica().engine().last_sequence();
 }
 
+/// While node 3 is down, one key grows there (a write it took on its
+/// own) so that merging that key's hint would pass the state size limit:
+/// node 3 refuses that hint as invalid. The hint stays held, and it does
+/// not stop the owner's other hints, which sort after it, from arriving.
+#[tokio::test(start_paused = true)]
+async fn a_hint_the_owner_refuses_stays_and_does_not_block_the_rest() {
+    let c = Cluster::new(
+        5,
+        Config {
+            max_key_bytes: 100,
+            max_value_bytes: 600,
+            max_state_bytes: 1_000,
+            ..Config::default()
+        },
+    );
+    let down = NodeId(3);
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("key:{i:04}").into_bytes())
+        .filter(|k| c.replicas(k).contains(&down))
+        .take(200)
+        .collect();
+    // The key whose hint every holder sends first to node 3.
+    let refused = keys.iter().min().unwrap().clone();
+    c.network.set_down(down, true);
+    for key in &keys {
+        let value = if *key == refused {
+            vec![b'h'; 550]
+        } else {
+            b"v".to_vec()
+        };
+        c.healthy_coordinator(key)
+            .put(key, &value, b"", None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(c.hints_pending(), 200);
+    c.node(down)
+        .replica()
+        .coordinate(
+            &refused,
+            Some(vec![b'o'; 550]),
+            &kv_clock::VectorClock::new(),
+            10,
+            &kv_clock::PrunePolicy::default(),
+        )
+        .unwrap();
+    c.network.set_down(down, false);
+    let mut delivered = 0;
+    for node in &c.nodes {
+        delivered += node.deliver_hints(10_000).await.unwrap();
+    }
+    assert_eq!(delivered, 199, "every hint but the refused one");
+    assert_eq!(c.hints_pending(), 1, "the refused hint is kept, not lost");
+    for key in keys.iter().filter(|k| **k != refused) {
+        assert_eq!(c.stored(down, key), vec![b"v".to_vec()]);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn sloppy_quorum_and_durable_hinted_handoff() {
     let mut c = Cluster::new(5, Config::default());
