@@ -288,6 +288,54 @@ impl ServerConfig {
     ///
     /// [`ConfigError`] naming the first missing or invalid setting.
     pub fn validate(&self) -> Result<(NodeConfig, SocketAddr), ConfigError> {
+        let (id, listen) = self.identity()?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or_else(|| missing("data_dir", "data_dir is required"))?;
+        let Addresses {
+            members,
+            seeds,
+            advertise,
+        } = self.addresses(id, listen)?;
+        let weight = self.weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(invalid("weight", "weight must be at least 1"));
+        }
+        let node = self.tune_node(NodeConfig::new(id, data_dir))?;
+        let durability = parse_durability(self.durability.as_deref().unwrap_or("always"))?;
+        let coordinator = self.coordinator()?;
+        let vnodes = self.vnodes.unwrap_or(150);
+        if vnodes == 0 {
+            return Err(invalid("vnodes", "vnodes must be at least 1"));
+        }
+        let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
+        let security = self.security(id, listen)?;
+        Ok((
+            NodeConfig {
+                members: members
+                    .into_iter()
+                    .map(|(id, addr)| (id, addr.to_string()))
+                    .collect(),
+                seeds,
+                advertise,
+                zone: self.zone.clone(),
+                weight,
+                join: self.join.unwrap_or(false),
+                replace: self.replace.map(NodeId),
+                coordinator,
+                durability,
+                vnodes,
+                memtable_bytes,
+                security,
+                ..node
+            },
+            listen,
+        ))
+    }
+
+    /// The node's id and the address it listens on.
+    fn identity(&self) -> Result<(NodeId, SocketAddr), ConfigError> {
         let id = NodeId(
             self.node_id
                 .ok_or_else(|| missing("node_id", "node_id is required"))?,
@@ -304,10 +352,12 @@ impl ServerConfig {
             .ok_or_else(|| missing("listen", "listen is required (for example 127.0.0.1:7001)"))?
             .parse()
             .map_err(|e| invalid("listen", format!("listen: {e}")))?;
-        let data_dir = self
-            .data_dir
-            .clone()
-            .ok_or_else(|| missing("data_dir", "data_dir is required"))?;
+        Ok((id, listen))
+    }
+
+    /// The initial ring's members, the seeds, and the address peers reach
+    /// this node at (when not the listen address).
+    fn addresses(&self, id: NodeId, listen: SocketAddr) -> Result<Addresses, ConfigError> {
         let members = self
             .members
             .as_deref()
@@ -359,11 +409,15 @@ impl ServerConfig {
             }
             None => None,
         };
-        let weight = self.weight.unwrap_or(1);
-        if weight == 0 {
-            return Err(invalid("weight", "weight must be at least 1"));
-        }
-        let mut node = NodeConfig::new(id, data_dir);
+        Ok(Addresses {
+            members,
+            seeds,
+            advertise,
+        })
+    }
+
+    /// `node` with the file's gossip, admission and ring sync settings.
+    fn tune_node(&self, mut node: NodeConfig) -> Result<NodeConfig, ConfigError> {
         if let Some(ms) = self.gossip_interval_ms {
             if ms < 10 {
                 return Err(invalid(
@@ -385,7 +439,12 @@ impl ServerConfig {
         if let Some(ms) = self.ring_sync_ms {
             node.ring_sync = Duration::from_millis(ms.max(10));
         }
-        let durability = parse_durability(self.durability.as_deref().unwrap_or("always"))?;
+        Ok(node)
+    }
+
+    /// The coordinator's settings: the defaults, overridden by the file,
+    /// checked together (a state must also fit one internode message).
+    fn coordinator(&self) -> Result<kv_coordinator::Config, ConfigError> {
         let mut coordinator = kv_coordinator::Config::default();
         if let Some(n) = self.n {
             coordinator.n = n;
@@ -460,33 +519,7 @@ impl ServerConfig {
         coordinator
             .validate()
             .map_err(|e| invalid("coordinator", e.to_string()))?;
-        let vnodes = self.vnodes.unwrap_or(150);
-        if vnodes == 0 {
-            return Err(invalid("vnodes", "vnodes must be at least 1"));
-        }
-        let memtable_bytes = self.memtable_mib.unwrap_or(64).saturating_mul(1 << 20);
-        let security = self.security(id, listen)?;
-        Ok((
-            NodeConfig {
-                members: members
-                    .into_iter()
-                    .map(|(id, addr)| (id, addr.to_string()))
-                    .collect(),
-                seeds,
-                advertise,
-                zone: self.zone.clone(),
-                weight,
-                join: self.join.unwrap_or(false),
-                replace: self.replace.map(NodeId),
-                coordinator,
-                durability,
-                vnodes,
-                memtable_bytes,
-                security,
-                ..node
-            },
-            listen,
-        ))
+        Ok(coordinator)
     }
 
     /// The node's TLS material and tokens, read from their files, and the
@@ -612,6 +645,16 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
             )),
         },
     }
+}
+
+/// Where a node's peers are, as the file gives them.
+struct Addresses {
+    /// The initial ring: id and address of each member.
+    members: Vec<(NodeId, SocketAddr)>,
+    /// Running nodes to learn the cluster from.
+    seeds: Vec<String>,
+    /// The address peers reach this node at, when not the listen address.
+    advertise: Option<String>,
 }
 
 #[cfg(test)]

@@ -126,38 +126,69 @@ pub fn check(
     }
     for (key, writes) in by_key {
         report.keys += 1;
-        let mut bad = |what: String| {
-            report.violations.push(Violation {
+        let found = match last.get(key) {
+            Some(replicas) => check_key(&writes, replicas, max_siblings),
+            None => vec!["no final state was read".into()],
+        };
+        report
+            .violations
+            .extend(found.into_iter().map(|what| Violation {
                 key: key.to_vec(),
                 what,
-            });
-        };
-        let Some(replicas) = last.get(key) else {
-            bad("no final state was read".into());
-            continue;
-        };
-        // 1. Convergence.
-        let first = replicas.first().and_then(|(_, s)| s.clone());
-        if let Some((node, _)) = replicas.iter().find(|(_, s)| *s != first) {
-            bad(format!(
-                "replica {node} differs from replica {}",
-                replicas[0].0
-            ));
-            continue;
-        }
-        let state = match first.as_deref().map(Siblings::from_bytes).transpose() {
-            Ok(state) => state.unwrap_or_default(),
-            Err(e) => {
-                bad(format!("stored state does not decode: {e}"));
-                continue;
-            }
-        };
-        let present: Vec<(ActorId, u64, Option<&Vec<u8>>)> = state
+            }));
+    }
+    report
+}
+
+/// The rules one key's `writes` and final `replicas` states break.
+fn check_key(writes: &[&Write], replicas: &ReplicaStates, max_siblings: usize) -> Vec<String> {
+    // 1. Convergence.
+    let first = replicas.first().and_then(|(_, s)| s.clone());
+    if let Some((node, _)) = replicas.iter().find(|(_, s)| *s != first) {
+        return vec![format!(
+            "replica {node} differs from replica {}",
+            replicas[0].0
+        )];
+    }
+    let state = match first.as_deref().map(Siblings::from_bytes).transpose() {
+        Ok(state) => state.unwrap_or_default(),
+        Err(e) => return vec![format!("stored state does not decode: {e}")],
+    };
+    let key = KeyHistory::new(writes, &state);
+    let mut bad = Vec::new();
+    key.no_phantom(&mut bad);
+    key.acknowledged_survive(&mut bad);
+    key.no_reused_dot(&mut bad);
+    key.no_resurrection(&mut bad);
+    key.no_returning_copy(&mut bad);
+    // 6. Sibling bound.
+    if key.present.len() > max_siblings {
+        bad.push(format!(
+            "{} siblings, above the bound of {max_siblings}",
+            key.present.len()
+        ));
+    }
+    bad
+}
+
+/// One key's writes and its converged state, as the rules read them.
+struct KeyHistory<'a> {
+    writes: &'a [&'a Write],
+    state: &'a Siblings,
+    /// The state's siblings: dot and value (`None`: a tombstone).
+    present: Vec<(ActorId, u64, Option<&'a Vec<u8>>)>,
+    /// Each write with a readable context, with it.
+    contexts: Vec<(VectorClock, &'a Write)>,
+}
+
+impl<'a> KeyHistory<'a> {
+    fn new(writes: &'a [&'a Write], state: &'a Siblings) -> Self {
+        let present = state
             .siblings()
             .iter()
             .map(|s| (s.dot.actor, s.dot.counter, s.value.as_ref()))
             .collect();
-        let contexts: Vec<(VectorClock, &Write)> = writes
+        let contexts = writes
             .iter()
             .filter_map(|w| {
                 if w.context.is_empty() {
@@ -167,50 +198,70 @@ pub fn check(
                 }
             })
             .collect();
-        // 2. No phantom.
-        let written: BTreeSet<&Vec<u8>> = writes.iter().filter_map(|w| w.value.as_ref()).collect();
-        for (actor, counter, value) in &present {
+        KeyHistory {
+            writes,
+            state,
+            present,
+            contexts,
+        }
+    }
+
+    /// Rule 2, no phantom: every value present was written.
+    fn no_phantom(&self, bad: &mut Vec<String>) {
+        let written: BTreeSet<&Vec<u8>> = self
+            .writes
+            .iter()
+            .filter_map(|w| w.value.as_ref())
+            .collect();
+        for (actor, counter, value) in &self.present {
             if let Some(v) = value
                 && !written.contains(v)
             {
-                bad(format!(
+                bad.push(format!(
                     "phantom value {:?} at dot {actor}:{counter}",
                     String::from_utf8_lossy(v)
                 ));
             }
         }
-        // 3 and 4. Acknowledged writes: present and intact, or superseded
-        // by a write that began after them.
-        for w in &writes {
+    }
+
+    /// Rules 3 and 4: acknowledged writes are present and intact, or superseded
+    /// by a write that began after them.
+    fn acknowledged_survive(&self, bad: &mut Vec<String>) {
+        for w in self.writes {
             let Outcome::Acked(actor, counter) = w.outcome else {
                 continue;
             };
-            match present
+            match self
+                .present
                 .iter()
                 .find(|(a, c, _)| *a == actor && *c == counter)
             {
                 Some((_, _, value)) => {
                     if value.map(Vec::as_slice) != w.value.as_deref() {
-                        bad(format!("dot {actor}:{counter} holds another value"));
+                        bad.push(format!("dot {actor}:{counter} holds another value"));
                     }
                 }
                 None if w.value.is_none() => {}
                 // Another copy of the same write (values are unique): an
                 // earlier attempt that reached another coordinator, kept
                 // when the copies met.
-                None if present
+                None if self
+                    .present
                     .iter()
                     .any(|(_, _, value)| value.map(Vec::as_slice) == w.value.as_deref()) => {}
                 None => {
                     // Superseded: through the acknowledged copy, or
                     // through another copy of it, which the state
                     // remembers by the write's tag.
-                    let superseded = contexts
+                    let superseded = self
+                        .contexts
                         .iter()
                         .any(|(c, x)| x.invoke_us > w.invoke_us && c.covers(actor, counter))
-                        || (w.write_id != 0 && state.retired().iter().any(|r| r.id == w.write_id));
+                        || (w.write_id != 0
+                            && self.state.retired().iter().any(|r| r.id == w.write_id));
                     if !superseded {
-                        bad(format!(
+                        bad.push(format!(
                             "acknowledged write of {:?} at dot {actor}:{counter} is lost",
                             String::from_utf8_lossy(w.value.as_deref().unwrap_or_default())
                         ));
@@ -218,64 +269,69 @@ pub fn check(
                 }
             }
         }
-        // 7. No reused dot.
-        for w in &writes {
+    }
+
+    /// Rule 7, no reused dot: no acknowledged write's dot was covered by a
+    /// context a write completed with before it began.
+    fn no_reused_dot(&self, bad: &mut Vec<String>) {
+        for w in self.writes {
             let Outcome::Acked(actor, counter) = w.outcome else {
                 continue;
             };
-            if let Some((_, x)) = contexts
+            if let Some((_, x)) = self
+                .contexts
                 .iter()
                 .find(|(c, x)| x.complete_us < w.invoke_us && c.covers(actor, counter))
             {
-                bad(format!(
-                    "dot {actor}:{counter} was issued again: a write that completed at {} us, before this one began at {} us, already covered it",
-                    x.complete_us, w.invoke_us
-                ));
+                bad.push(format!(
+                "dot {actor}:{counter} was issued again: a write that completed at {} us, before this one began at {} us, already covered it",
+                x.complete_us, w.invoke_us
+            ));
             }
         }
-        // 5. No resurrection.
-        for (c, w) in &contexts {
+    }
+
+    /// Rule 5, no resurrection: no dot an acknowledged write's context covered
+    /// is present.
+    fn no_resurrection(&self, bad: &mut Vec<String>) {
+        for (c, w) in &self.contexts {
             if !matches!(w.outcome, Outcome::Acked(..)) {
                 continue;
             }
-            for (actor, counter, _) in &present {
+            for (actor, counter, _) in &self.present {
                 if c.covers(*actor, *counter) {
-                    bad(format!(
-                        "dot {actor}:{counter} is present though an acknowledged write's context covered it"
-                    ));
+                    bad.push(format!(
+                    "dot {actor}:{counter} is present though an acknowledged write's context covered it"
+                ));
                 }
             }
         }
-        // 8. No returning copy: a write superseded through one copy does
-        // not live on as another copy.
-        for w in &writes {
+    }
+
+    /// Rule 8, no returning copy: a write superseded through one copy does not
+    /// live on as another copy.
+    fn no_returning_copy(&self, bad: &mut Vec<String>) {
+        for w in self.writes {
             let (Outcome::Acked(actor, counter), Some(value)) = (w.outcome, w.value.as_ref())
             else {
                 continue;
             };
-            let copy = present
+            let copy = self
+                .present
                 .iter()
                 .find(|(a, c, v)| (*a, *c) != (actor, counter) && *v == Some(value));
             if let Some((a, c, _)) = copy
-                && contexts.iter().any(|(ctx, x)| {
+                && self.contexts.iter().any(|(ctx, x)| {
                     matches!(x.outcome, Outcome::Acked(..)) && ctx.covers(actor, counter)
                 })
             {
-                bad(format!(
-                    "the write of {:?} was superseded at dot {actor}:{counter}, but another copy of it is present at dot {a}:{c}",
-                    String::from_utf8_lossy(value)
-                ));
+                bad.push(format!(
+                "the write of {:?} was superseded at dot {actor}:{counter}, but another copy of it is present at dot {a}:{c}",
+                String::from_utf8_lossy(value)
+            ));
             }
         }
-        // 6. Sibling bound.
-        if present.len() > max_siblings {
-            bad(format!(
-                "{} siblings, above the bound of {max_siblings}",
-                present.len()
-            ));
-        }
     }
-    report
 }
 
 #[cfg(test)]

@@ -339,6 +339,34 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let epoch = fresh_epoch(&config).await?;
+    let (coordinator, cluster) = assemble(&config, advertise, epoch, connect)?;
+    let Serving {
+        server,
+        shutdown: tx,
+        stop_streams,
+    } = serve(&config, &coordinator, &cluster, incoming)?;
+    let mut tasks = cluster.spawn();
+    if let Some(old) = config.replace {
+        tasks.push(spawn_change(&cluster, Change::Replace(old)));
+    } else if config.join {
+        tasks.push(spawn_change(&cluster, Change::Join));
+    }
+    Ok(RunningNode {
+        id: config.id,
+        addr,
+        coordinator,
+        cluster,
+        tasks,
+        shutdown: Some(tx),
+        stop_streams,
+        server: Some(server),
+    })
+}
+
+/// Takes a fresh epoch, durable before anything is coordinated, and waits
+/// until the clock passed it.
+async fn fresh_epoch(config: &NodeConfig) -> Result<u32, NodeError> {
     // A fresh epoch, durable before anything is coordinated: the dots this
     // start issues can collide with none issued before, whatever the data
     // directory lost or was restored from.
@@ -364,6 +392,11 @@ where
         epoch = identity.epoch,
         "took a new epoch"
     );
+    Ok(epoch)
+}
+
+/// The node's data and hint engines, opened.
+fn open_engines(config: &NodeConfig) -> Result<(Engine, Engine), NodeError> {
     let open = |dir: &str, memtable: usize, max_value: usize| -> Result<Engine, NodeError> {
         Ok(Arc::new(
             LsmEngine::builder(config.data_dir.join(dir))
@@ -379,7 +412,20 @@ where
     let max_state = config.coordinator.max_state_bytes;
     let data = open("data", config.memtable_bytes, max_state)?;
     let hints = open("hints", 4 << 20, max_state.saturating_add(64))?;
-    let state = initial_ring(&config)?;
+    Ok((data, hints))
+}
+
+/// The node's parts wired together: engines, ring, transport, replica,
+/// coordinator and cluster, in epoch `epoch`, advertised at `advertise`.
+fn assemble(
+    config: &NodeConfig,
+    advertise: String,
+    epoch: u32,
+    connect: Connect,
+) -> Result<(Arc<NodeCoordinator>, Arc<Cluster>), NodeError> {
+    let max_state = config.coordinator.max_state_bytes;
+    let (data, hints) = open_engines(config)?;
+    let state = initial_ring(config)?;
     let ring = Arc::new(LiveRing::new(if state.members.is_empty() {
         ConsistentHashRing::empty(config.vnodes, TokenStrategy::Balanced)?
     } else {
@@ -399,7 +445,7 @@ where
             bytes: config.coordinator.max_hint_bytes,
         },
         merkle_leaves: 1 << 12,
-        epoch: identity.epoch,
+        epoch,
         max_state_bytes: max_state,
     };
     let replica = Arc::new(Replica::new(
@@ -439,6 +485,23 @@ where
         transport,
         coordinator.clone(),
     )?);
+    Ok((coordinator, cluster))
+}
+
+/// The server task that answers the client, internal and admin services
+/// on the connections `incoming` yields, the sender that shuts it down,
+/// and the one that ends its long-lived streams.
+fn serve<I, IO, IE>(
+    config: &NodeConfig,
+    coordinator: &Arc<NodeCoordinator>,
+    cluster: &Arc<Cluster>,
+    incoming: I,
+) -> Result<Serving, NodeError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let (tx, rx) = oneshot::channel::<()>();
     let (stop_streams, stopping) = watch::channel(false);
     let kv = KvServer::new(
@@ -480,22 +543,20 @@ where
                 let _ = rx.await;
             }),
     );
-    let mut tasks = cluster.spawn();
-    if let Some(old) = config.replace {
-        tasks.push(spawn_change(&cluster, Change::Replace(old)));
-    } else if config.join {
-        tasks.push(spawn_change(&cluster, Change::Join));
-    }
-    Ok(RunningNode {
-        id: config.id,
-        addr,
-        coordinator,
-        cluster,
-        tasks,
-        shutdown: Some(tx),
+    Ok(Serving {
+        server,
+        shutdown: tx,
         stop_streams,
-        server: Some(server),
     })
+}
+
+/// A node's server task and its two off switches.
+struct Serving {
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Shuts the server down.
+    shutdown: oneshot::Sender<()>,
+    /// Ends the internal service's long-lived streams.
+    stop_streams: watch::Sender<bool>,
 }
 
 /// Starts `size` nodes on 127.0.0.1 (free ports) as one cluster, for
