@@ -347,11 +347,13 @@ impl<E: StorageEngine> Replica<E> {
         Ok(true)
     }
 
-    /// The keys stored here, with their states (for maintenance passes).
+    /// The keys stored here, with their states (with the `test-util`
+    /// feature: tests compare whole replicas).
     ///
     /// # Errors
     ///
     /// Storage errors.
+    #[cfg(feature = "test-util")]
     pub fn scan_states(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         for item in self.engine.scan(Bound::Unbounded, Bound::Unbounded)? {
@@ -471,7 +473,7 @@ impl<E: StorageEngine> Replica<E> {
     ///
     /// Per item: [`Error::InvalidInput`] for a state that does not decode,
     /// storage errors.
-    pub fn merge_many(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<(bool, Vec<u8>)>> {
+    pub(crate) fn merge_many(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<(bool, Vec<u8>)>> {
         let incoming: Vec<std::result::Result<Siblings, String>> = items
             .iter()
             .map(|(_, state)| Siblings::from_bytes(state).map_err(|e| format!("peer state: {e}")))
@@ -498,7 +500,8 @@ impl<E: StorageEngine> Replica<E> {
     }
 
     /// How many peers this replica keeps an anti-entropy tree for (the
-    /// nodes it shares keys with).
+    /// nodes it shares keys with; with the `test-util` feature).
+    #[cfg(feature = "test-util")]
     pub fn trees_kept(&self) -> usize {
         self.trees.count()
     }
@@ -759,7 +762,7 @@ impl<E: StorageEngine> Replica<E> {
     /// dots: each one's counter is already below this actor's `issued`
     /// mark, so a local write that then fails never lets the counter be
     /// issued again, and a crash before the sync restarts in a new epoch.
-    pub fn coordinate_many_announced(
+    pub(crate) fn coordinate_many_announced(
         &self,
         updates: Vec<Update>,
         max_siblings: usize,

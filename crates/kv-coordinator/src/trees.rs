@@ -72,6 +72,7 @@ impl Trees {
     }
 
     /// How many peers have a tree.
+    #[cfg(feature = "test-util")]
     pub(crate) fn count(&self) -> usize {
         self.by_peer.lock().len()
     }

@@ -5,14 +5,13 @@
 //! under way together share messages, so the cost per operation falls as
 //! load rises (the same self-clocking as the replica streams).
 //!
-//! `serve` (crate-private, behind `KvService`) is the node's half; [`Pipe`] is
-//! the client's.
+//! The node's half is `service::pipeline` (crate-private, behind
+//! `KvService`); [`Pipe`] is the client's. Both speak the limits and the
+//! error mapping here.
 
 mod dial;
-mod serve;
 
 pub use dial::Pipe;
-pub(crate) use serve::serve;
 
 use tonic::Status;
 
@@ -22,7 +21,7 @@ use crate::proto::OpError;
 pub const MAX_PIPELINED_OPS: usize = 1024;
 
 /// A failed operation as it travels in a pipeline.
-fn op_error(status: &Status) -> OpError {
+pub(crate) fn op_error(status: &Status) -> OpError {
     OpError {
         code: status.code() as i32,
         message: status.message().to_string(),

@@ -1,16 +1,16 @@
-//! The node's half of a pipeline.
+//! The node's half of a pipeline (see [`crate::pipeline`]).
 
 use kv_coordinator::batch::with_ready;
 use kv_core::{Partitioner, StorageEngine, Transport};
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
-use super::{MAX_PIPELINED_OPS, op_error};
+use super::{KvService, ReplyStream, stopped};
+use crate::pipeline::{MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
 use crate::proto::{PipelineReply, PipelineRequest, PipelinedOp, PipelinedResult};
 use crate::security::{Caller, Role};
-use crate::service::{KvService, ReplyStream, stopped};
 
 /// Whether the caller of a pipeline may write in it: the gate admitted it
 /// with the read role at least; a client credential must also carry the

@@ -1,5 +1,7 @@
 //! The gRPC services of a node.
 
+mod pipeline;
+
 use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
@@ -217,7 +219,7 @@ where
         &self,
         request: Request<tonic::Streaming<PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        Ok(Response::new(crate::pipeline::serve(self.clone(), request)))
+        Ok(Response::new(pipeline::serve(self.clone(), request)))
     }
 }
 
