@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: Option<u64>,
     /// `always`, `never` or `interval:<ms>` (always).
     pub durability: Option<String>,
+    /// How replica writes and reads reach peers: `grpc` (long-lived gRPC
+    /// streams) or `frames` (length-prefixed frames on plain TCP, only
+    /// with nothing authenticated). Every node serves both.
+    pub internode: Option<String>,
     /// Hints kept for other nodes at most (1,000,000).
     pub max_hints: Option<usize>,
     /// Between anti-entropy exchanges, in milliseconds (10,000).
@@ -239,6 +243,7 @@ impl ServerConfig {
             r: over.r.or(self.r),
             request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
             durability: over.durability.or(self.durability),
+            internode: over.internode.or(self.internode),
             max_hints: over.max_hints.or(self.max_hints),
             anti_entropy_interval_ms: over
                 .anti_entropy_interval_ms
@@ -325,6 +330,7 @@ impl ServerConfig {
                 replace: self.replace.map(NodeId),
                 coordinator,
                 durability,
+                internode_frames: self.internode_frames(&security)?,
                 vnodes,
                 memtable_bytes,
                 security,
@@ -520,6 +526,24 @@ impl ServerConfig {
             .validate()
             .map_err(|e| invalid("coordinator", e.to_string()))?;
         Ok(coordinator)
+    }
+
+    /// Whether replica batches go over framed connections: `internode`
+    /// set to `frames`, refused where the node authenticates (frames carry
+    /// no credentials).
+    fn internode_frames(&self, security: &Security) -> Result<bool, ConfigError> {
+        match self.internode.as_deref().unwrap_or("grpc") {
+            "grpc" => Ok(false),
+            "frames" if security.tls.is_some() || !security.tokens.is_empty() => Err(invalid(
+                "internode",
+                "internode = \"frames\" carries no certificate or token: it works only on an insecure node (use grpc with TLS or tokens)",
+            )),
+            "frames" => Ok(true),
+            other => Err(invalid(
+                "internode",
+                format!("internode {other:?}: use grpc or frames"),
+            )),
+        }
     }
 
     /// The node's TLS material and tokens, read from their files, and the
@@ -807,6 +831,26 @@ hedge_floor_ms = 20
     }
 
     #[test]
+    fn framed_internode_is_for_insecure_nodes_only() {
+        let framed = ServerConfig {
+            internode: Some("frames".into()),
+            ..good()
+        };
+        assert!(framed.validate().unwrap().0.internode_frames);
+        assert!(!good().validate().unwrap().0.internode_frames);
+        let security = Security {
+            tokens: TokenTable::from_toml(&format!(
+                "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            ))
+            .unwrap(),
+            ..Security::default()
+        };
+        let err = framed.internode_frames(&security).unwrap_err();
+        assert!(err.to_string().contains("insecure node"), "{err}");
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let cases: Vec<(ServerConfig, &str)> = vec![
             (
@@ -836,6 +880,13 @@ hedge_floor_ms = 20
                     ..good()
                 },
                 "weight",
+            ),
+            (
+                ServerConfig {
+                    internode: Some("pigeons".into()),
+                    ..good()
+                },
+                "use grpc or frames",
             ),
             (
                 ServerConfig {

@@ -52,6 +52,7 @@ pub mod client;
 pub mod cluster;
 mod config;
 pub mod endpoint;
+pub mod frames;
 #[cfg(feature = "test-util")]
 pub mod history;
 pub mod http;

@@ -73,6 +73,10 @@ pub struct NodeConfig {
     /// TLS between nodes and for clients, tokens, and the gate in front of
     /// the services (default: none of them: for tests and loopback only).
     pub security: crate::security::Security,
+    /// Sends replica writes and reads to peers over framed TCP connections
+    /// ([`crate::frames`]) instead of gRPC streams; only where nothing is
+    /// authenticated (no TLS, no tokens). Every node serves both.
+    pub internode_frames: bool,
 }
 
 impl NodeConfig {
@@ -103,6 +107,7 @@ impl NodeConfig {
             vnodes: 150,
             memtable_bytes: 64 << 20,
             security: crate::security::Security::default(),
+            internode_frames: false,
         }
     }
 
@@ -315,8 +320,22 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// or the configuration is refused.
 pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    start_on(config, addr, incoming, tcp_connect()).await
+    // Framed internode connections only where nothing is authenticated:
+    // they carry no certificate or token.
+    let frames_allowed = config.security.tls.is_none() && config.security.tokens.is_empty();
+    let (incoming, mut framed) = crate::frames::split_listener(listener, frames_allowed);
+    let node = start_on(config, addr, incoming, tcp_connect()).await?;
+    let replica = node.coordinator.replica().clone();
+    let stopping = node.stop_streams.subscribe();
+    tokio::spawn(async move {
+        while let Some(conn) = framed.recv().await {
+            let replica = replica.clone();
+            tokio::spawn(crate::frames::serve(conn, stopping.clone(), move |frame| {
+                crate::service::answer_frame(replica.clone(), frame)
+            }));
+        }
+    });
+    Ok(node)
 }
 
 /// [`start`] on any transport: serves the connections `incoming` yields
@@ -433,7 +452,8 @@ fn assemble(
     }));
     let transport = Arc::new(
         GrpcTransport::with_connect(config.coordinator.request_timeout, connect)
-            .with_tls(config.security.tls.clone()),
+            .with_tls(config.security.tls.clone())
+            .with_frames(config.internode_frames.then_some(config.id)),
     );
     for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::endpoint::{self, ConnectSettings};
+use crate::frames::{self, FramedPeer};
 use crate::security::NodeTls;
 use crate::wire;
 
@@ -48,9 +49,9 @@ const BATCHES_IN_FLIGHT: usize = 1;
 type BatchOutcome<O> =
     BoxFuture<'static, Result<Vec<Result<O, (RemoteFailure, String)>>, tonic::Status>>;
 
-/// Sends one batch to a peer over its stream `S`, waiting at most the
+/// Sends one batch to a peer over its link `S`, waiting at most the
 /// given time for the reply.
-type SendBatch<I, O, S> = fn(Arc<S>, InternalClient<Channel>, Vec<I>, Duration) -> BatchOutcome<O>;
+type SendBatch<I, O, S> = fn(Arc<S>, Vec<I>, Duration) -> BatchOutcome<O>;
 
 /// The queue of calls to one peer.
 type PeerBatcher<I, O> = Batcher<I, Result<O, TransportError>>;
@@ -63,7 +64,7 @@ struct Batchers<I, O, S> {
     timeout: Duration,
 }
 
-impl<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static> Batchers<I, O, S> {
+impl<I: Send + 'static, O: Send + 'static, S: Send + Sync + 'static> Batchers<I, O, S> {
     fn new(send: SendBatch<I, O, S>, timeout: Duration) -> Self {
         Batchers {
             queues: Mutex::new(HashMap::new()),
@@ -76,12 +77,12 @@ impl<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static> B
         self.queues.lock().remove(&node);
     }
 
-    /// Queues `item` for `node` (starting its batcher with `client` on
-    /// first use) and waits for its result.
+    /// Queues `item` for `node` (starting its batcher over the link
+    /// `link` makes on first use) and waits for its result.
     async fn call(
         &self,
         node: NodeId,
-        client: impl FnOnce() -> Result<InternalClient<Channel>, TransportError>,
+        link: impl FnOnce() -> Result<S, TransportError>,
         item: I,
     ) -> Result<O, TransportError> {
         let existing = self
@@ -96,7 +97,7 @@ impl<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static> B
                 let batcher = Batcher::spawn(
                     BATCH_MAX,
                     BATCHES_IN_FLIGHT,
-                    send_to(node, client()?, self.send, self.timeout),
+                    send_to(node, link()?, self.send, self.timeout),
                 );
                 self.queues.lock().insert(node, batcher.clone());
                 batcher
@@ -109,19 +110,19 @@ impl<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static> B
     }
 }
 
-/// Runs batches for `node` over one stream through `client`.
-fn send_to<I: Send + 'static, O: Send + 'static, S: Default + Send + Sync + 'static>(
+/// Runs batches for `node` over one link.
+fn send_to<I: Send + 'static, O: Send + 'static, S: Send + Sync + 'static>(
     node: NodeId,
-    client: InternalClient<Channel>,
+    link: S,
     send: SendBatch<I, O, S>,
     timeout: Duration,
 ) -> RunBatch<I, Result<O, TransportError>> {
-    let stream = Arc::new(S::default());
+    let link = Arc::new(link);
     Arc::new(move |items: Vec<I>| {
-        let (client, stream) = (client.clone(), stream.clone());
+        let link = link.clone();
         Box::pin(async move {
             let count = items.len();
-            match send(stream, client, items, timeout).await {
+            match send(link, items, timeout).await {
                 Ok(results) if results.len() == count => results
                     .into_iter()
                     .map(|r| {
@@ -228,8 +229,39 @@ impl<Req: Send + 'static, Rep: Send + 'static> PeerStream<Req, Rep> {
     }
 }
 
-type ReplicaStream = PeerStream<ReplicateBatchRequest, BatchReply>;
-type ReadStream = PeerStream<ReadBatchRequest, ReadBatchReply>;
+/// A peer's gRPC client, the long-lived stream over it, and how to open
+/// that stream.
+type GrpcLink<Req, Rep> = (
+    InternalClient<Channel>,
+    PeerStream<Req, Rep>,
+    Open<Req, Rep>,
+);
+
+/// How batches of one kind reach one peer: a long-lived gRPC stream, or
+/// a framed connection ([`crate::frames`]).
+enum Link<Req, Rep> {
+    Grpc(Box<GrpcLink<Req, Rep>>),
+    Frames(FramedPeer),
+}
+
+impl<Req, Rep> Link<Req, Rep>
+where
+    Req: frames::Request<Reply = Rep> + Send + 'static,
+    Rep: Send + 'static,
+{
+    async fn call(&self, request: Req, timeout: Duration) -> Result<Rep, tonic::Status> {
+        match self {
+            Link::Grpc(grpc) => {
+                let (client, stream, open) = &**grpc;
+                stream.call(client.clone(), *open, request, timeout).await
+            }
+            Link::Frames(peer) => peer.call(request, timeout).await,
+        }
+    }
+}
+
+type ReplicaLink = Link<ReplicateBatchRequest, BatchReply>;
+type ReadLink = Link<ReadBatchRequest, ReadBatchReply>;
 
 fn open_replicas(
     mut client: InternalClient<Channel>,
@@ -246,20 +278,12 @@ fn open_reads(
 }
 
 fn send_replicas(
-    stream: Arc<ReplicaStream>,
-    client: InternalClient<Channel>,
+    link: Arc<ReplicaLink>,
     items: Vec<ReplicateRequest>,
     timeout: Duration,
 ) -> BatchOutcome<()> {
     Box::pin(async move {
-        let reply = stream
-            .call(
-                client,
-                open_replicas,
-                ReplicateBatchRequest { items },
-                timeout,
-            )
-            .await?;
+        let reply = link.call(ReplicateBatchRequest { items }, timeout).await?;
         let kinds = reply.kinds;
         Ok(reply
             .errors
@@ -277,15 +301,12 @@ fn send_replicas(
 }
 
 fn send_reads(
-    stream: Arc<ReadStream>,
-    client: InternalClient<Channel>,
+    link: Arc<ReadLink>,
     keys: Vec<Vec<u8>>,
     timeout: Duration,
 ) -> BatchOutcome<Option<Vec<u8>>> {
     Box::pin(async move {
-        let reply = stream
-            .call(client, open_reads, ReadBatchRequest { keys }, timeout)
-            .await?;
+        let reply = link.call(ReadBatchRequest { keys }, timeout).await?;
         Ok(reply.items.into_iter().map(|r| Ok(r.state)).collect())
     })
 }
@@ -305,8 +326,11 @@ pub struct GrpcTransport {
     by_addr: Mutex<HashMap<String, InternalClient<Channel>>>,
     /// Replica writes and reads, batched per peer, each kind on its own
     /// long-lived stream.
-    replicas: Batchers<ReplicateRequest, (), ReplicaStream>,
-    reads: Batchers<Vec<u8>, Option<Vec<u8>>, ReadStream>,
+    replicas: Batchers<ReplicateRequest, (), ReplicaLink>,
+    reads: Batchers<Vec<u8>, Option<Vec<u8>>, ReadLink>,
+    /// Replica batches go over framed connections ([`crate::frames`])
+    /// instead of gRPC streams, this node naming itself by this id.
+    frames: Option<NodeId>,
     /// Per peer, a client whose calls have no deadline (the streams'
     /// exchanges are bounded one by one).
     stream_clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
@@ -390,6 +414,37 @@ impl GrpcTransport {
             timeout,
             connect,
             tls: None,
+            frames: None,
+        }
+    }
+
+    /// This transport, sending replica writes and reads over framed
+    /// connections as node `me` (plaintext only: with TLS set, the gRPC
+    /// streams stay).
+    #[must_use]
+    pub fn with_frames(mut self, me: Option<NodeId>) -> Self {
+        self.frames = me;
+        self
+    }
+
+    /// The link replica batches of one kind take to `node`.
+    fn link<Req, Rep>(
+        &self,
+        node: NodeId,
+        open: Open<Req, Rep>,
+    ) -> Result<Link<Req, Rep>, TransportError> {
+        match self.frames {
+            Some(me) if self.tls.is_none() => {
+                let addr = self
+                    .address(node)
+                    .ok_or(TransportError::Unreachable(node))?;
+                Ok(Link::Frames(FramedPeer::new(addr, me.0)))
+            }
+            _ => Ok(Link::Grpc(Box::new((
+                self.stream_client(node)?,
+                PeerStream::default(),
+                open,
+            )))),
         }
     }
 
@@ -510,12 +565,12 @@ impl Transport for GrpcTransport {
         // Through the peer's batcher: concurrent writes to one peer share
         // calls, and their engine writes share one sync there.
         self.replicas
-            .call(to, || self.stream_client(to), request)
+            .call(to, || self.link(to, open_replicas), request)
             .await
     }
 
     async fn read(&self, to: NodeId, key: Vec<u8>) -> Result<Option<Vec<u8>>, TransportError> {
-        self.reads.call(to, || self.stream_client(to), key).await
+        self.reads.call(to, || self.link(to, open_reads), key).await
     }
 
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {

@@ -95,6 +95,10 @@ struct Args {
     /// `always`, `never` or `interval:<ms>`.
     #[arg(long)]
     durability: Option<String>,
+    /// How replica writes and reads reach peers: `grpc` or `frames`
+    /// (plain TCP, insecure nodes only).
+    #[arg(long)]
+    internode: Option<String>,
     /// Hints kept for other nodes at most.
     #[arg(long)]
     max_hints: Option<usize>,
@@ -191,6 +195,7 @@ async fn run(args: Args) -> Result<(), String> {
         r: args.r,
         request_timeout_ms: args.request_timeout_ms,
         durability: args.durability,
+        internode: args.internode,
         max_hints: args.max_hints,
         anti_entropy_interval_ms: args.anti_entropy_interval_ms,
         repair_keys_per_sec: args.repair_keys_per_sec,

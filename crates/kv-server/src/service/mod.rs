@@ -278,6 +278,32 @@ async fn apply_replicas(
     Ok(reply)
 }
 
+/// Answers one request of the framed internode path ([`crate::frames`])
+/// as the matching gRPC stream would.
+pub(crate) async fn answer_frame(
+    replica: Arc<kv_coordinator::Replica<Engine>>,
+    frame: crate::frames::Frame,
+) -> Result<crate::frames::Frame, Status> {
+    use crate::frames::{Kind, reply, request};
+    match frame.kind {
+        Kind::Replicate => {
+            let batch = request::<ReplicateBatchRequest>(&frame)?;
+            Ok(reply::<ReplicateBatchRequest>(
+                &apply_replicas(replica, batch).await?,
+            ))
+        }
+        Kind::Read => {
+            let batch = request::<ReadBatchRequest>(&frame)?;
+            Ok(reply::<ReadBatchRequest>(
+                &read_states(replica, batch).await?,
+            ))
+        }
+        other => Err(Status::invalid_argument(format!(
+            "a {other:?} frame is not a request"
+        ))),
+    }
+}
+
 /// This replica's states of a batch of keys, in order.
 async fn read_states(
     replica: Arc<kv_coordinator::Replica<Engine>>,

@@ -337,3 +337,71 @@ async fn metrics_and_status_over_http() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Nodes that send replica writes and reads over framed connections: every
+/// write at W=3 and read at R=3 needs both peers over them (there is no
+/// fallback to gRPC), and a hand-made framed connection gets the node's
+/// hello back, then an error frame for a request that does not decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_talk_over_framed_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = kv_server::start_local(3, dir.path(), |config| NodeConfig {
+        internode_frames: true,
+        ..test_settings(config)
+    })
+    .await
+    .unwrap();
+    let mut c = client(&nodes[0]).await;
+    for i in 0..50u32 {
+        let key = format!("framed:{i}").into_bytes();
+        c.put(PutRequest {
+            key: key.clone(),
+            value: i.to_le_bytes().to_vec(),
+            w: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("write {i} at W=3: {e}"));
+        let got = c.get(GetRequest { key, r: 3 }).await.unwrap().into_inner();
+        assert_eq!(got.values, vec![i.to_le_bytes().to_vec()]);
+    }
+    let mut raw = tokio::net::TcpStream::connect(nodes[1].addr).await.unwrap();
+    let hello = kv_server::frames::Frame {
+        kind: kv_server::frames::Kind::Hello,
+        payload: [
+            kv_server::version::WIRE_VERSION.to_be_bytes().to_vec(),
+            9u64.to_be_bytes().to_vec(),
+        ]
+        .concat(),
+    };
+    raw.write_all(&kv_server::frames::MAGIC).await.unwrap();
+    raw.write_all(&hello.encode()).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = raw.read(&mut buf).await.unwrap();
+    let (answer, _) = kv_server::frames::Frame::decode(&buf[..n])
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.kind, kv_server::frames::Kind::Hello);
+    let garbage = kv_server::frames::Frame {
+        kind: kv_server::frames::Kind::Replicate,
+        payload: vec![0xff; 9],
+    };
+    raw.write_all(&garbage.encode()).await.unwrap();
+    let n = raw.read(&mut buf).await.unwrap();
+    let (answer, _) = kv_server::frames::Frame::decode(&buf[..n])
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.kind, kv_server::frames::Kind::Error);
+    // gRPC on the same port is unaffected.
+    assert_eq!(
+        get(&mut client(&nodes[1]).await, b"framed:0")
+            .await
+            .values
+            .len(),
+        1
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
