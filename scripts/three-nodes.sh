@@ -11,6 +11,8 @@
 #                                      # target/release (built here), or
 #                                      # $KV_BIN_DIR when set (binaries of
 #                                      # another commit, for before/after)
+#   KVD_ARGS                           # more kvd flags for every node, for
+#                                      # example "--internode frames"
 
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 pids=()
@@ -40,7 +42,7 @@ start_three_nodes() {
     for i in 1 2 3; do
         "$BIN"/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
             --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
-            --durability "$durability" --log warn "${tls[@]}" >"$dir/n$i.log" 2>&1 &
+            --durability "$durability" --log warn "${tls[@]}" ${KVD_ARGS:-} >"$dir/n$i.log" 2>&1 &
         pids+=($!)
     done
     for i in 1 2 3; do

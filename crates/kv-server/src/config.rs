@@ -71,8 +71,8 @@ pub struct ServerConfig {
     /// `always`, `never` or `interval:<ms>` (always).
     pub durability: Option<String>,
     /// How replica writes and reads reach peers: `grpc` (long-lived gRPC
-    /// streams) or `frames` (length-prefixed frames on plain TCP, only
-    /// with nothing authenticated). Every node serves both.
+    /// streams) or `frames` (length-prefixed frames on TCP, mutual TLS
+    /// when TLS is on). Every node serves both.
     pub internode: Option<String>,
     /// Hints kept for other nodes at most (1,000,000).
     pub max_hints: Option<usize>,
@@ -330,7 +330,7 @@ impl ServerConfig {
                 replace: self.replace.map(NodeId),
                 coordinator,
                 durability,
-                internode_frames: self.internode_frames(&security)?,
+                internode_frames: self.internode_frames()?,
                 vnodes,
                 memtable_bytes,
                 security,
@@ -529,15 +529,10 @@ impl ServerConfig {
     }
 
     /// Whether replica batches go over framed connections: `internode`
-    /// set to `frames`, refused where the node authenticates (frames carry
-    /// no credentials).
-    fn internode_frames(&self, security: &Security) -> Result<bool, ConfigError> {
+    /// set to `frames`.
+    fn internode_frames(&self) -> Result<bool, ConfigError> {
         match self.internode.as_deref().unwrap_or("grpc") {
             "grpc" => Ok(false),
-            "frames" if security.tls.is_some() || !security.tokens.is_empty() => Err(invalid(
-                "internode",
-                "internode = \"frames\" carries no certificate or token: it works only on an insecure node (use grpc with TLS or tokens)",
-            )),
             "frames" => Ok(true),
             other => Err(invalid(
                 "internode",
@@ -831,23 +826,13 @@ hedge_floor_ms = 20
     }
 
     #[test]
-    fn framed_internode_is_for_insecure_nodes_only() {
+    fn internode_chooses_frames_or_grpc() {
         let framed = ServerConfig {
             internode: Some("frames".into()),
             ..good()
         };
         assert!(framed.validate().unwrap().0.internode_frames);
         assert!(!good().validate().unwrap().0.internode_frames);
-        let security = Security {
-            tokens: TokenTable::from_toml(&format!(
-                "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
-                "0".repeat(64)
-            ))
-            .unwrap(),
-            ..Security::default()
-        };
-        let err = framed.internode_frames(&security).unwrap_err();
-        assert!(err.to_string().contains("insecure node"), "{err}");
     }
 
     #[test]

@@ -74,8 +74,8 @@ pub struct NodeConfig {
     /// the services (default: none of them: for tests and loopback only).
     pub security: crate::security::Security,
     /// Sends replica writes and reads to peers over framed TCP connections
-    /// ([`crate::frames`]) instead of gRPC streams; only where nothing is
-    /// authenticated (no TLS, no tokens). Every node serves both.
+    /// ([`crate::frames`], mutual TLS when `security.tls` is set) instead
+    /// of gRPC streams. Every node serves both.
     pub internode_frames: bool,
 }
 
@@ -320,19 +320,30 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// or the configuration is refused.
 pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
-    // Framed internode connections only where nothing is authenticated:
-    // they carry no certificate or token.
-    let frames_allowed = config.security.tls.is_none() && config.security.tokens.is_empty();
-    let (incoming, mut framed) = crate::frames::split_listener(listener, frames_allowed);
+    // Framed internode connections come in on the same port; TLS and the
+    // gate's policy admit them as they do gRPC calls.
+    let frame_tls = config
+        .security
+        .tls
+        .as_ref()
+        .map(crate::frames::FrameTls::new)
+        .transpose()
+        .map_err(NodeError::Tls)?;
+    let policy = Arc::new(config.security.policy());
+    let (incoming, mut framed) = crate::frames::split_listener(listener);
     let node = start_on(config, addr, incoming, tcp_connect()).await?;
     let replica = node.coordinator.replica().clone();
     let stopping = node.stop_streams.subscribe();
     tokio::spawn(async move {
         while let Some(conn) = framed.recv().await {
             let replica = replica.clone();
-            tokio::spawn(crate::frames::serve(conn, stopping.clone(), move |frame| {
-                crate::service::answer_frame(replica.clone(), frame)
-            }));
+            tokio::spawn(crate::frames::admit_and_serve(
+                conn,
+                frame_tls.clone(),
+                policy.clone(),
+                stopping.clone(),
+                move |frame| crate::service::answer_frame(replica.clone(), frame),
+            ));
         }
     });
     Ok(node)
@@ -453,7 +464,7 @@ fn assemble(
     let transport = Arc::new(
         GrpcTransport::with_connect(config.coordinator.request_timeout, connect)
             .with_tls(config.security.tls.clone())
-            .with_frames(config.internode_frames.then_some(config.id)),
+            .with_frames(config.internode_frames.then_some(config.id))?,
     );
     for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::endpoint::{self, ConnectSettings};
-use crate::frames::{self, FramedPeer};
+use crate::frames::{self, FrameTls, FramedPeer};
 use crate::security::NodeTls;
 use crate::wire;
 
@@ -329,8 +329,9 @@ pub struct GrpcTransport {
     replicas: Batchers<ReplicateRequest, (), ReplicaLink>,
     reads: Batchers<Vec<u8>, Option<Vec<u8>>, ReadLink>,
     /// Replica batches go over framed connections ([`crate::frames`])
-    /// instead of gRPC streams, this node naming itself by this id.
-    frames: Option<NodeId>,
+    /// instead of gRPC streams, this node naming itself by this id, over
+    /// TLS when `tls` is set.
+    frames: Option<(NodeId, Option<FrameTls>)>,
     /// Per peer, a client whose calls have no deadline (the streams'
     /// exchanges are bounded one by one).
     stream_clients: Mutex<HashMap<NodeId, InternalClient<Channel>>>,
@@ -419,12 +420,26 @@ impl GrpcTransport {
     }
 
     /// This transport, sending replica writes and reads over framed
-    /// connections as node `me` (plaintext only: with TLS set, the gRPC
-    /// streams stay).
-    #[must_use]
-    pub fn with_frames(mut self, me: Option<NodeId>) -> Self {
-        self.frames = me;
-        self
+    /// connections as node `me` (over mutual TLS with the certificates
+    /// [`with_tls`](Self::with_tls) gave, when it gave some).
+    ///
+    /// # Errors
+    ///
+    /// Why the TLS material does not make a TLS configuration.
+    pub fn with_frames(mut self, me: Option<NodeId>) -> Result<Self, crate::node::NodeError> {
+        self.frames = match me {
+            Some(me) => {
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .map(FrameTls::new)
+                    .transpose()
+                    .map_err(crate::node::NodeError::Tls)?;
+                Some((me, tls))
+            }
+            None => None,
+        };
+        Ok(self)
     }
 
     /// The link replica batches of one kind take to `node`.
@@ -433,12 +448,12 @@ impl GrpcTransport {
         node: NodeId,
         open: Open<Req, Rep>,
     ) -> Result<Link<Req, Rep>, TransportError> {
-        match self.frames {
-            Some(me) if self.tls.is_none() => {
+        match &self.frames {
+            Some((me, tls)) => {
                 let addr = self
                     .address(node)
                     .ok_or(TransportError::Unreachable(node))?;
-                Ok(Link::Frames(FramedPeer::new(addr, me.0)))
+                Ok(Link::Frames(FramedPeer::new(addr, node, *me, tls.clone())))
             }
             _ => Ok(Link::Grpc(Box::new((
                 self.stream_client(node)?,

@@ -192,11 +192,17 @@ impl Security {
 
     /// The gate in front of the node's services.
     pub fn gate(&self) -> GateLayer {
-        GateLayer::new(Arc::new(Policy {
+        GateLayer::new(Arc::new(self.policy()))
+    }
+
+    /// Who may call what: the rules of the [`gate`](Self::gate), also
+    /// applied to framed internode connections.
+    pub fn policy(&self) -> Policy {
+        Policy {
             tokens: self.tokens.clone(),
             clients_authenticate: self.authenticates(),
             nodes_authenticate: self.tls.is_some(),
-        }))
+        }
     }
 }
 

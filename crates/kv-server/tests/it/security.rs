@@ -568,3 +568,82 @@ async fn http_get(addr: &str, token: Option<&str>) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// A secured cluster whose nodes send replica batches over framed
+/// connections: they shake hands with their node certificates (writes at
+/// W=2 need a peer over them), and a stranger who opens a framed
+/// connection without TLS gets no hello and is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_replica_connections_are_mutual_tls_in_a_secured_cluster() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().unwrap();
+    let creds = make_creds(root.path(), 3);
+    let ports = free_ports(3);
+    let _nodes = Nodes(
+        (1..=3)
+            .map(|id| secured_kvd(id, &ports, root.path(), &creds, &["--internode", "frames"]))
+            .collect(),
+    );
+    let p = ports[0];
+    let admin = creds.token(&creds.admin);
+    eventually(30, "three alive members over TLS", || async {
+        let Ok(ch) = channel(&admin, p).await else {
+            return false;
+        };
+        AdminClient::new(ch).status(Empty {}).await.is_ok_and(|s| {
+            s.get_ref()
+                .members
+                .iter()
+                .filter(|m| m.state == "alive")
+                .count()
+                == 3
+        })
+    })
+    .await;
+    // W=3 and R=3: every write and read needs both peers of its
+    // coordinator, over framed TLS (there is no fallback to gRPC).
+    let writer = creds.token(&creds.write);
+    for (i, port) in ports.iter().enumerate() {
+        let mut kv = KvClient::new(channel(&writer, *port).await.unwrap());
+        let key = format!("framed-tls:{i}").into_bytes();
+        kv.put(PutRequest {
+            key: key.clone(),
+            value: b"v".to_vec(),
+            w: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("W=3 through {port}: {e}"));
+        let got = kv
+            .get(GetRequest { key, r: 3 })
+            .await
+            .unwrap_or_else(|e| panic!("R=3 through {port}: {e}"))
+            .into_inner();
+        assert_eq!(got.values, vec![b"v".to_vec()]);
+    }
+    // A plaintext framed connection to a TLS node: the node expects a TLS
+    // handshake after the magic, so a hello is never answered.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", p))
+        .await
+        .unwrap();
+    let hello = kv_server::frames::Frame {
+        kind: kv_server::frames::Kind::Hello,
+        payload: [
+            kv_server::version::WIRE_VERSION.to_be_bytes().to_vec(),
+            2u64.to_be_bytes().to_vec(),
+        ]
+        .concat(),
+    };
+    raw.write_all(&kv_server::frames::MAGIC).await.unwrap();
+    raw.write_all(&hello.encode()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await;
+    let answer = match read {
+        Ok(Ok(n)) => kv_server::frames::Frame::decode(&buf[..n]).ok().flatten(),
+        _ => None,
+    };
+    assert!(
+        !answer.is_some_and(|(f, _)| f.kind == kv_server::frames::Kind::Hello),
+        "a plaintext framed caller was greeted by a TLS node"
+    );
+}

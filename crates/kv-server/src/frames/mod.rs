@@ -19,11 +19,16 @@
 //! that do not decode are refused with an error, never a panic (fuzzed by
 //! `fuzz/fuzz_targets/internode_frame.rs`).
 //!
-//! Only a node that authenticates nobody (`--insecure`: no TLS, no tokens)
-//! serves or uses frames; a secure node keeps every peer on mutual TLS
-//! gRPC, and drops a connection that opens with the magic.
+//! With TLS on, the magic is followed by a mutual TLS handshake with the
+//! node certificates (`tls`) before the hello, and the caller is admitted
+//! by the gate's own policy, as a call to the internal service would be:
+//! a framed connection reaches no further than a gRPC one.
+
+mod tls;
 
 use std::time::Duration;
+
+use kv_core::NodeId;
 
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,7 +36,9 @@ use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
 use crate::proto::{BatchReply, ReadBatchReply, ReadBatchRequest, ReplicateBatchRequest};
+use crate::security::Policy;
 use crate::version::{Versions, WIRE_VERSION};
+pub(crate) use tls::FrameTls;
 
 /// What a framed connection opens with.
 pub const MAGIC: [u8; 4] = *b"KVF1";
@@ -238,20 +245,30 @@ impl Request for ReadBatchRequest {
     type Reply = ReadBatchReply;
 }
 
+/// A framed connection, plaintext or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// The caller's side: one connection to a peer, opened on first use and
 /// again after any failure, one request at a time.
 pub(crate) struct FramedPeer {
     addr: String,
-    me: u64,
-    conn: tokio::sync::Mutex<Option<TcpStream>>,
+    peer: NodeId,
+    me: NodeId,
+    tls: Option<FrameTls>,
+    conn: tokio::sync::Mutex<Option<Box<dyn Io>>>,
 }
 
 impl FramedPeer {
-    /// A peer at `addr`, called by node `me`.
-    pub(crate) fn new(addr: String, me: u64) -> Self {
+    /// Node `peer` at `addr`, called by node `me`, over mutual TLS when
+    /// `tls` is set.
+    pub(crate) fn new(addr: String, peer: NodeId, me: NodeId, tls: Option<FrameTls>) -> Self {
         FramedPeer {
             addr,
+            peer,
             me,
+            tls,
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -294,17 +311,24 @@ impl FramedPeer {
         result
     }
 
-    async fn connect(&self) -> Result<TcpStream, Status> {
-        let mut conn = TcpStream::connect(&self.addr)
+    async fn connect(&self) -> Result<Box<dyn Io>, Status> {
+        let mut tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| Status::unavailable(format!("connect to {}: {e}", self.addr)))?;
-        conn.set_nodelay(true).map_err(|e| unavailable(e.into()))?;
-        conn.write_all(&MAGIC)
+        tcp.set_nodelay(true).map_err(|e| unavailable(e.into()))?;
+        tcp.write_all(&MAGIC)
             .await
             .map_err(|e| unavailable(e.into()))?;
+        let mut conn: Box<dyn Io> =
+            match &self.tls {
+                Some(tls) => Box::new(tls.connect(tcp, self.peer).await.map_err(|e| {
+                    Status::unavailable(format!("TLS with node {}: {e}", self.peer))
+                })?),
+                None => Box::new(tcp),
+            };
         let hello = Frame {
             kind: Kind::Hello,
-            payload: hello_payload(self.me),
+            payload: hello_payload(self.me.0),
         };
         write_frame(&mut conn, &hello)
             .await
@@ -386,6 +410,43 @@ pub(crate) async fn serve<S, A, F>(
     }
 }
 
+/// The path a framed connection is admitted as: the gRPC stream it
+/// stands in for (the gate's rules for it: only nodes, when TLS is on).
+const ADMITTED_AS: &str = "/kv.v1.Internal/ReplicateStream";
+
+/// Takes a framed connection accepted by [`split_listener`] through TLS
+/// (when `tls` is set) and the gate's `policy`, then serves it with
+/// `answer`. A caller that fails the policy is told why in an error frame
+/// and dropped; one that fails the handshake is dropped.
+pub(crate) async fn admit_and_serve<A, F>(
+    conn: TcpStream,
+    tls: Option<FrameTls>,
+    policy: std::sync::Arc<Policy>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    answer: A,
+) where
+    A: Fn(Frame) -> F,
+    F: std::future::Future<Output = Result<Frame, Status>>,
+{
+    let (mut conn, cert): (Box<dyn Io>, Option<Vec<u8>>) = match tls {
+        Some(tls) => match tokio::time::timeout(CLASSIFY_TIMEOUT, tls.accept(conn)).await {
+            Ok(Ok((stream, cert))) => (Box::new(stream), cert),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "framed TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        None => (Box::new(conn), None),
+    };
+    if let Err(status) = policy.admit(ADMITTED_AS, cert.as_deref(), None) {
+        tracing::debug!(%status, "framed connection refused");
+        let _ = write_frame(&mut conn, &error_frame(&status)).await;
+        return;
+    }
+    serve(conn, stopping, answer).await;
+}
+
 /// Decodes a request frame of type `R`, or says why not.
 pub(crate) fn request<R: Request + Default>(frame: &Frame) -> Result<R, Status> {
     frame
@@ -408,12 +469,10 @@ const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepts connections on `listener` and sorts them by their first four
 /// bytes: framed ones (the magic read) to the second half, every other to
 /// the first, a stream of connections for gRPC. Each connection is sorted
-/// in a task of its own, so one that sends nothing holds up no other.
-/// With `frames_allowed` false, a framed connection is closed. The accept
-/// loop ends when the gRPC half is dropped.
+/// in a task of its own, so one that sends nothing holds up no other. The
+/// accept loop ends when the gRPC half is dropped.
 pub(crate) fn split_listener(
     listener: tokio::net::TcpListener,
-    frames_allowed: bool,
 ) -> (
     impl futures_util::Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
     tokio::sync::mpsc::Receiver<TcpStream>,
@@ -439,18 +498,14 @@ pub(crate) fn split_listener(
             let _ = conn.set_nodelay(true);
             let (grpc_tx, framed_tx) = (grpc_tx.clone(), framed_tx.clone());
             tokio::spawn(async move {
-                match opens_with_magic(&conn).await {
-                    true if frames_allowed => {
-                        let mut conn = conn;
-                        let mut magic = [0u8; 4];
-                        if conn.read_exact(&mut magic).await.is_ok() {
-                            let _ = framed_tx.send(conn).await;
-                        }
+                if opens_with_magic(&conn).await {
+                    let mut conn = conn;
+                    let mut magic = [0u8; 4];
+                    if conn.read_exact(&mut magic).await.is_ok() {
+                        let _ = framed_tx.send(conn).await;
                     }
-                    true => {}
-                    false => {
-                        let _ = grpc_tx.send(conn).await;
-                    }
+                } else {
+                    let _ = grpc_tx.send(conn).await;
                 }
             });
         }
