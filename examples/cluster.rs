@@ -120,6 +120,8 @@ async fn run(args: Args) -> Result<(), String> {
                 ..kv_coordinator::Config::default()
             },
             memtable_bytes: 16 << 20,
+            // Replica batches on framed connections, as kvd sends them.
+            internode_frames: true,
             ..NodeConfig::new(*id, data_dir.join(format!("n{}", id.0)))
         }
         .with_gossip_interval(Duration::from_millis(500));

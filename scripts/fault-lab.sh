@@ -10,7 +10,8 @@
 # fills node 4's disk (a small tmpfs) until its engine refuses writes, then
 # frees it and restarts the node, and a stranger tries the nodes' ports
 # (plaintext, another CA's certificate, a guessed token, a read token
-# writing, a write token making a node leave, /metrics without a token):
+# writing, a write token making a node leave, /metrics without a token,
+# a framed internode hello in plaintext and over TLS with another CA):
 # every attempt must be refused. The nodes run with mutual TLS and tokens
 # (a CA made for the run). At the end everything heals, kv-bench
 # waits until every written key is identical at all its replicas, and the
@@ -320,11 +321,36 @@ except Exception:
     sys.exit(0)
 sys.exit(1)
 " || got+=" metrics-without-token"
+    # Framed internode connections on the same port: a plaintext hello,
+    # and a TLS one with the stranger's own CA; a hello answered is a
+    # breach.
+    python3 - "$a" "$stranger_certs" <<'PY' || got+=" framed-hello"
+import socket, ssl, struct, sys
+host, port = sys.argv[1].rsplit(":", 1)
+certs = sys.argv[2]
+hello = struct.pack(">IB", 13, 1) + struct.pack(">IQ", 2, 2)
+def greeted(tls):
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"KVF1")
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.load_cert_chain(certs + "/client-mallory.pem", certs + "/client-mallory.key")
+            s = ctx.wrap_socket(s)
+        s.sendall(hello)
+        reply = s.recv(64)
+        return len(reply) >= 5 and reply[4] == 1
+    except Exception:
+        return False
+sys.exit(1 if greeted(False) or greeted(True) else 0)
+PY
     if [ -n "$got" ]; then
         breaches=$((breaches + 1))
         echo "$(date +%T) stranger on node $i's port got through:$got" >&2
     else
-        echo "$(date +%T) stranger on node $i's port: all 6 attempts refused"
+        echo "$(date +%T) stranger on node $i's port: all 7 attempts refused"
     fi
 }
 

@@ -70,9 +70,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: Option<u64>,
     /// `always`, `never` or `interval:<ms>` (always).
     pub durability: Option<String>,
-    /// How replica writes and reads reach peers: `grpc` (long-lived gRPC
-    /// streams) or `frames` (length-prefixed frames on TCP, mutual TLS
-    /// when TLS is on). Every node serves both.
+    /// How replica writes and reads reach peers: `frames` (the default:
+    /// length-prefixed frames on TCP, mutual TLS when TLS is on) or `grpc`
+    /// (long-lived gRPC streams). Every node serves both.
     pub internode: Option<String>,
     /// Hints kept for other nodes at most (1,000,000).
     pub max_hints: Option<usize>,
@@ -529,9 +529,10 @@ impl ServerConfig {
     }
 
     /// Whether replica batches go over framed connections: `internode`
-    /// set to `frames`.
+    /// `frames`, the default (measured ahead of the gRPC streams:
+    /// docs/benchmarks.md).
     fn internode_frames(&self) -> Result<bool, ConfigError> {
-        match self.internode.as_deref().unwrap_or("grpc") {
+        match self.internode.as_deref().unwrap_or("frames") {
             "grpc" => Ok(false),
             "frames" => Ok(true),
             other => Err(invalid(
@@ -832,7 +833,12 @@ hedge_floor_ms = 20
             ..good()
         };
         assert!(framed.validate().unwrap().0.internode_frames);
-        assert!(!good().validate().unwrap().0.internode_frames);
+        assert!(good().validate().unwrap().0.internode_frames, "the default");
+        let grpc = ServerConfig {
+            internode: Some("grpc".into()),
+            ..good()
+        };
+        assert!(!grpc.validate().unwrap().0.internode_frames);
     }
 
     #[test]

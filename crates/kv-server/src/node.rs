@@ -75,7 +75,10 @@ pub struct NodeConfig {
     pub security: crate::security::Security,
     /// Sends replica writes and reads to peers over framed TCP connections
     /// ([`crate::frames`], mutual TLS when `security.tls` is set) instead
-    /// of gRPC streams. Every node serves both.
+    /// of gRPC streams. Every node started with [`start`] serves both.
+    /// Off by default here, since a node on another network
+    /// ([`start_on`], a simulation) dials frames over real TCP; `kvd`'s
+    /// configuration turns it on by default.
     pub internode_frames: bool,
 }
 

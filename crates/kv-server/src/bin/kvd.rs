@@ -95,8 +95,8 @@ struct Args {
     /// `always`, `never` or `interval:<ms>`.
     #[arg(long)]
     durability: Option<String>,
-    /// How replica writes and reads reach peers: `grpc` or `frames`
-    /// (plain TCP, insecure nodes only).
+    /// How replica writes and reads reach peers: `frames` (the default;
+    /// mutual TLS when TLS is on) or `grpc`.
     #[arg(long)]
     internode: Option<String>,
     /// Hints kept for other nodes at most.
