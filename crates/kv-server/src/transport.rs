@@ -241,7 +241,9 @@ type GrpcLink<Req, Rep> = (
 /// a framed connection ([`crate::frames`]).
 enum Link<Req, Rep> {
     Grpc(Box<GrpcLink<Req, Rep>>),
-    Frames(FramedPeer),
+    /// Frames, and the gRPC stream for a peer that does not speak them
+    /// (a release before them, during a rolling upgrade).
+    Frames(FramedPeer, Box<GrpcLink<Req, Rep>>),
 }
 
 impl<Req, Rep> Link<Req, Rep>
@@ -255,7 +257,18 @@ where
                 let (client, stream, open) = &**grpc;
                 stream.call(client.clone(), *open, request, timeout).await
             }
-            Link::Frames(peer) => peer.call(request, timeout).await,
+            Link::Frames(peer, grpc) => {
+                if peer.speaks_frames() {
+                    match peer.call(&request, timeout).await {
+                        Err(status) if status.code() == tonic::Code::Unimplemented => {
+                            tracing::info!(%status, "framed connection refused; using gRPC");
+                        }
+                        other => return other,
+                    }
+                }
+                let (client, stream, open) = &**grpc;
+                stream.call(client.clone(), *open, request, timeout).await
+            }
         }
     }
 }
@@ -453,7 +466,10 @@ impl GrpcTransport {
                 let addr = self
                     .address(node)
                     .ok_or(TransportError::Unreachable(node))?;
-                Ok(Link::Frames(FramedPeer::new(addr, node, *me, tls.clone())))
+                Ok(Link::Frames(
+                    FramedPeer::new(addr, node, *me, tls.clone()),
+                    Box::new((self.stream_client(node)?, PeerStream::default(), open)),
+                ))
             }
             _ => Ok(Link::Grpc(Box::new((
                 self.stream_client(node)?,

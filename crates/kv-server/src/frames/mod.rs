@@ -258,7 +258,15 @@ pub(crate) struct FramedPeer {
     me: NodeId,
     tls: Option<FrameTls>,
     conn: tokio::sync::Mutex<Option<Box<dyn Io>>>,
+    /// Until when the peer is taken not to speak frames (it closed or
+    /// garbled a framed connection before its hello: a release before
+    /// them), so its gRPC streams are used.
+    no_frames_until: parking_lot::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How long a peer found not to speak frames is left on gRPC before the
+/// next try (it may have been upgraded meanwhile).
+const NO_FRAMES_RETRY: Duration = Duration::from_secs(60);
 
 impl FramedPeer {
     /// Node `peer` at `addr`, called by node `me`, over mutual TLS when
@@ -270,14 +278,30 @@ impl FramedPeer {
             me,
             tls,
             conn: tokio::sync::Mutex::new(None),
+            no_frames_until: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether to try frames with this peer now.
+    pub(crate) fn speaks_frames(&self) -> bool {
+        let mut until = self.no_frames_until.lock();
+        match *until {
+            Some(t) if tokio::time::Instant::now() < t => false,
+            Some(_) => {
+                *until = None;
+                true
+            }
+            None => true,
         }
     }
 
     /// Sends `request` and waits at most `timeout` for its reply. A
-    /// failure or a late reply closes the connection.
+    /// failure or a late reply closes the connection. `Unimplemented`
+    /// when the peer does not speak frames (nothing was sent; see
+    /// [`speaks_frames`](Self::speaks_frames)).
     pub(crate) async fn call<R: Request>(
         &self,
-        request: R,
+        request: &R,
         timeout: Duration,
     ) -> Result<R::Reply, Status> {
         let mut slot = self.conn.lock().await;
@@ -305,8 +329,11 @@ impl FramedPeer {
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded("no framed reply in time")),
         };
-        if result.is_err() {
+        if let Err(status) = &result {
             *slot = None;
+            if status.code() == Code::Unimplemented {
+                *self.no_frames_until.lock() = Some(tokio::time::Instant::now() + NO_FRAMES_RETRY);
+            }
         }
         result
     }
@@ -319,21 +346,31 @@ impl FramedPeer {
         tcp.write_all(&MAGIC)
             .await
             .map_err(|e| unavailable(e.into()))?;
-        let mut conn: Box<dyn Io> =
-            match &self.tls {
-                Some(tls) => Box::new(tls.connect(tcp, self.peer).await.map_err(|e| {
-                    Status::unavailable(format!("TLS with node {}: {e}", self.peer))
-                })?),
-                None => Box::new(tcp),
-            };
+        // From here, a peer that closes or answers garbage is taken for
+        // one that does not speak frames (its gRPC server saw a bad
+        // preface or TLS record).
+        let peer = self.peer;
+        let no_frames = |e: &dyn std::fmt::Display| {
+            Status::unimplemented(format!(
+                "node {peer} did not take a framed connection ({e}); its gRPC streams are used"
+            ))
+        };
+        let mut conn: Box<dyn Io> = match &self.tls {
+            Some(tls) => Box::new(
+                tls.connect(tcp, self.peer)
+                    .await
+                    .map_err(|e| no_frames(&e))?,
+            ),
+            None => Box::new(tcp),
+        };
         let hello = Frame {
             kind: Kind::Hello,
             payload: hello_payload(self.me.0),
         };
         write_frame(&mut conn, &hello)
             .await
-            .map_err(|e| unavailable(e.into()))?;
-        let answer = read_frame(&mut conn).await.map_err(unavailable)?;
+            .map_err(|e| no_frames(&e))?;
+        let answer = read_frame(&mut conn).await.map_err(|e| no_frames(&e))?;
         match answer.kind {
             Kind::Hello => Ok(conn),
             Kind::Error => Err(status_of(&answer)),

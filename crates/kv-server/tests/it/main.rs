@@ -405,3 +405,60 @@ async fn replicas_talk_over_framed_connections() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A rolling upgrade: node 1 serves no framed connections (as a release
+/// before them), nodes 2 and 3 send frames. Their framed connections to
+/// node 1 are refused at the hello, and they fall back to node 1's gRPC
+/// streams: writes at W=3 through node 2 still reach all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_frames_is_reached_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let members: Vec<(NodeId, String)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (NodeId(i as u64 + 1), l.local_addr().unwrap().to_string()))
+        .collect();
+    let mut starts = Vec::new();
+    for ((id, _), listener) in members.clone().into_iter().zip(listeners) {
+        let config = NodeConfig {
+            members: members.clone(),
+            internode_frames: id != NodeId(1),
+            ..node_config(id, dir.path())
+        };
+        starts.push(tokio::spawn(async move {
+            if id == NodeId(1) {
+                // gRPC only: the listener is not split by first bytes.
+                let addr = listener.local_addr().unwrap();
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                kv_server::start_on(config, addr, incoming, kv_server::tcp_connect()).await
+            } else {
+                kv_server::start(config, listener).await
+            }
+        }));
+    }
+    let mut nodes = Vec::new();
+    for s in starts {
+        nodes.push(s.await.unwrap().unwrap());
+    }
+    let mut c = client(&nodes[1]).await;
+    for i in 0..20u32 {
+        let key = format!("upgrade:{i}").into_bytes();
+        c.put(PutRequest {
+            key: key.clone(),
+            value: b"v".to_vec(),
+            w: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("write {i} at W=3: {e}"));
+        let got = c.get(GetRequest { key, r: 3 }).await.unwrap().into_inner();
+        assert_eq!(got.values, vec![b"v".to_vec()]);
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
