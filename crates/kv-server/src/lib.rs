@@ -64,6 +64,7 @@ pub mod ring_state;
 pub mod security;
 mod service;
 mod status;
+mod stopping;
 mod transport;
 pub mod version;
 mod wire;

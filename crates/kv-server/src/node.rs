@@ -467,7 +467,8 @@ fn assemble(
     let transport = Arc::new(
         GrpcTransport::with_connect(config.coordinator.request_timeout, connect)
             .with_tls(config.security.tls.clone())
-            .with_frames(config.internode_frames.then_some(config.id))?,
+            .with_frames(config.internode_frames.then_some(config.id))
+            .map_err(NodeError::Tls)?,
     );
     for (id, member_addr) in &config.members {
         transport.set_address(*id, member_addr.clone());

@@ -439,15 +439,10 @@ impl GrpcTransport {
     /// # Errors
     ///
     /// Why the TLS material does not make a TLS configuration.
-    pub fn with_frames(mut self, me: Option<NodeId>) -> Result<Self, crate::node::NodeError> {
+    pub fn with_frames(mut self, me: Option<NodeId>) -> Result<Self, String> {
         self.frames = match me {
             Some(me) => {
-                let tls = self
-                    .tls
-                    .as_ref()
-                    .map(FrameTls::new)
-                    .transpose()
-                    .map_err(crate::node::NodeError::Tls)?;
+                let tls = self.tls.as_ref().map(FrameTls::new).transpose()?;
                 Some((me, tls))
             }
             None => None,

@@ -181,6 +181,17 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io
     w.flush().await
 }
 
+impl Frame {
+    /// The hello a caller opens with, naming node `node` and this
+    /// release's wire version.
+    pub fn hello(node: u64) -> Frame {
+        Frame {
+            kind: Kind::Hello,
+            payload: hello_payload(node),
+        }
+    }
+}
+
 fn hello_payload(node: u64) -> Vec<u8> {
     let mut out = WIRE_VERSION.to_be_bytes().to_vec();
     out.extend_from_slice(&node.to_be_bytes());
@@ -363,10 +374,7 @@ impl FramedPeer {
             ),
             None => Box::new(tcp),
         };
-        let hello = Frame {
-            kind: Kind::Hello,
-            payload: hello_payload(self.me.0),
-        };
+        let hello = Frame::hello(self.me.0);
         write_frame(&mut conn, &hello)
             .await
             .map_err(|e| no_frames(&e))?;
@@ -400,7 +408,7 @@ pub(crate) async fn serve<S, A, F>(
 {
     let hello = tokio::select! {
         frame = read_frame(&mut conn) => frame,
-        () = crate::service::stopped(&mut stopping) => return,
+        () = crate::stopping::stopped(&mut stopping) => return,
     };
     let greeting = match hello.and_then(|f| {
         if f.kind == Kind::Hello {
@@ -421,17 +429,14 @@ pub(crate) async fn serve<S, A, F>(
         let _ = write_frame(&mut conn, &error_frame(&status)).await;
         return;
     }
-    let ours = Frame {
-        kind: Kind::Hello,
-        payload: hello_payload(0),
-    };
+    let ours = Frame::hello(0);
     if write_frame(&mut conn, &ours).await.is_err() {
         return;
     }
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut conn) => frame,
-            () = crate::service::stopped(&mut stopping) => return,
+            () = crate::stopping::stopped(&mut stopping) => return,
         };
         let (reply, fatal) = match frame {
             Ok(frame) => match answer(frame).await {

@@ -26,6 +26,7 @@ use crate::proto::{
 };
 use crate::security::calling_node;
 use crate::status::to_status;
+use crate::stopping::stopped;
 use crate::transport::GrpcTransport;
 use crate::version::Versions;
 use crate::wire;
@@ -226,14 +227,6 @@ where
 /// The replies of a long-lived internal stream.
 pub(crate) type ReplyStream<T> =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// Completes once `stopping` is true (never, if its sender is gone
-/// without saying so).
-pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
-    if stopping.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// The most items one batch (or one message of a stream) of replica
 /// writes or reads may carry: peers send at most 256 (the transport's

@@ -5,12 +5,13 @@ use kv_core::{Partitioner, StorageEngine, Transport};
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
-use super::{KvService, ReplyStream, stopped};
+use super::{KvService, ReplyStream};
 use crate::pipeline::{MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
 use crate::proto::{PipelineReply, PipelineRequest, PipelinedOp, PipelinedResult};
 use crate::security::{Caller, Role};
+use crate::stopping::stopped;
 
 /// Whether the caller of a pipeline may write in it: the gate admitted it
 /// with the read role at least; a client credential must also carry the

@@ -366,23 +366,9 @@ async fn replicas_talk_over_framed_connections() {
         let got = c.get(GetRequest { key, r: 3 }).await.unwrap().into_inner();
         assert_eq!(got.values, vec![i.to_le_bytes().to_vec()]);
     }
-    let mut raw = tokio::net::TcpStream::connect(nodes[1].addr).await.unwrap();
-    let hello = kv_server::frames::Frame {
-        kind: kv_server::frames::Kind::Hello,
-        payload: [
-            kv_server::version::WIRE_VERSION.to_be_bytes().to_vec(),
-            9u64.to_be_bytes().to_vec(),
-        ]
-        .concat(),
-    };
-    raw.write_all(&kv_server::frames::MAGIC).await.unwrap();
-    raw.write_all(&hello.encode()).await.unwrap();
+    let (mut raw, answer) = framed_hello(nodes[1].addr).await;
+    assert_eq!(answer.map(|f| f.kind), Some(kv_server::frames::Kind::Hello));
     let mut buf = vec![0u8; 64];
-    let n = raw.read(&mut buf).await.unwrap();
-    let (answer, _) = kv_server::frames::Frame::decode(&buf[..n])
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer.kind, kv_server::frames::Kind::Hello);
     let garbage = kv_server::frames::Frame {
         kind: kv_server::frames::Kind::Replicate,
         payload: vec![0xff; 9],
@@ -461,4 +447,28 @@ async fn a_peer_without_frames_is_reached_over_grpc() {
     for n in nodes {
         n.shutdown().await.unwrap();
     }
+}
+
+/// Opens a framed connection to `addr` in plaintext and sends a hello;
+/// the connection and the first frame that came back, if any came within
+/// 10 s and decoded.
+pub(crate) async fn framed_hello(
+    addr: std::net::SocketAddr,
+) -> (tokio::net::TcpStream, Option<kv_server::frames::Frame>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&kv_server::frames::MAGIC).await.unwrap();
+    raw.write_all(&kv_server::frames::Frame::hello(9).encode())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf)).await;
+    let answer = match read {
+        Ok(Ok(n)) => kv_server::frames::Frame::decode(&buf[..n])
+            .ok()
+            .flatten()
+            .map(|(f, _)| f),
+        _ => None,
+    };
+    (raw, answer)
 }

@@ -198,6 +198,25 @@ async fn gossip_code(
     }
 }
 
+/// Waits until the node on port `p` sees three alive members (the
+/// cluster formed over mutual TLS).
+async fn three_alive(admin: &ClientCredentials, p: u16) {
+    eventually(30, "three alive members over TLS", || async {
+        let Ok(ch) = channel(admin, p).await else {
+            return false;
+        };
+        AdminClient::new(ch).status(Empty {}).await.is_ok_and(|s| {
+            s.get_ref()
+                .members
+                .iter()
+                .filter(|m| m.state == "alive")
+                .count()
+                == 3
+        })
+    })
+    .await;
+}
+
 fn secured_kvd(
     id: usize,
     ports: &[u16],
@@ -225,20 +244,7 @@ async fn a_secured_cluster_refuses_strangers_forgers_and_roles_beyond_their_righ
     let p = ports[0];
     let admin = creds.token(&creds.admin);
     // The cluster forms over mutual TLS: every node sees three alive.
-    eventually(30, "three alive members over TLS", || async {
-        let Ok(ch) = channel(&admin, p).await else {
-            return false;
-        };
-        AdminClient::new(ch).status(Empty {}).await.is_ok_and(|s| {
-            s.get_ref()
-                .members
-                .iter()
-                .filter(|m| m.state == "alive")
-                .count()
-                == 3
-        })
-    })
-    .await;
+    three_alive(&admin, p).await;
     let status = AdminClient::new(channel(&admin, p).await.unwrap())
         .status(Empty {})
         .await
@@ -575,7 +581,6 @@ async fn http_get(addr: &str, token: Option<&str>) -> String {
 /// connection without TLS gets no hello and is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framed_replica_connections_are_mutual_tls_in_a_secured_cluster() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let root = tempfile::tempdir().unwrap();
     let creds = make_creds(root.path(), 3);
     let ports = free_ports(3);
@@ -586,20 +591,7 @@ async fn framed_replica_connections_are_mutual_tls_in_a_secured_cluster() {
     );
     let p = ports[0];
     let admin = creds.token(&creds.admin);
-    eventually(30, "three alive members over TLS", || async {
-        let Ok(ch) = channel(&admin, p).await else {
-            return false;
-        };
-        AdminClient::new(ch).status(Empty {}).await.is_ok_and(|s| {
-            s.get_ref()
-                .members
-                .iter()
-                .filter(|m| m.state == "alive")
-                .count()
-                == 3
-        })
-    })
-    .await;
+    three_alive(&admin, p).await;
     // W=3 and R=3: every write and read needs both peers of its
     // coordinator, over framed TLS (there is no fallback to gRPC).
     let writer = creds.token(&creds.write);
@@ -623,27 +615,9 @@ async fn framed_replica_connections_are_mutual_tls_in_a_secured_cluster() {
     }
     // A plaintext framed connection to a TLS node: the node expects a TLS
     // handshake after the magic, so a hello is never answered.
-    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", p))
-        .await
-        .unwrap();
-    let hello = kv_server::frames::Frame {
-        kind: kv_server::frames::Kind::Hello,
-        payload: [
-            kv_server::version::WIRE_VERSION.to_be_bytes().to_vec(),
-            2u64.to_be_bytes().to_vec(),
-        ]
-        .concat(),
-    };
-    raw.write_all(&kv_server::frames::MAGIC).await.unwrap();
-    raw.write_all(&hello.encode()).await.unwrap();
-    let mut buf = vec![0u8; 256];
-    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await;
-    let answer = match read {
-        Ok(Ok(n)) => kv_server::frames::Frame::decode(&buf[..n]).ok().flatten(),
-        _ => None,
-    };
+    let (_raw, answer) = crate::framed_hello(([127, 0, 0, 1], p).into()).await;
     assert!(
-        !answer.is_some_and(|(f, _)| f.kind == kv_server::frames::Kind::Hello),
+        !answer.is_some_and(|f| f.kind == kv_server::frames::Kind::Hello),
         "a plaintext framed caller was greeted by a TLS node"
     );
 }
