@@ -229,21 +229,16 @@ impl<Req: Send + 'static, Rep: Send + 'static> PeerStream<Req, Rep> {
     }
 }
 
-/// A peer's gRPC client, the long-lived stream over it, and how to open
-/// that stream.
-type GrpcLink<Req, Rep> = (
-    InternalClient<Channel>,
-    PeerStream<Req, Rep>,
-    Open<Req, Rep>,
-);
-
-/// How batches of one kind reach one peer: a long-lived gRPC stream, or
-/// a framed connection ([`crate::frames`]).
-enum Link<Req, Rep> {
-    Grpc(Box<GrpcLink<Req, Rep>>),
-    /// Frames, and the gRPC stream for a peer that does not speak them
-    /// (a release before them, during a rolling upgrade).
-    Frames(FramedPeer, Box<GrpcLink<Req, Rep>>),
+/// How batches of one kind reach one peer: its gRPC client, the
+/// long-lived stream over it and how to open that stream, and, when this
+/// node sends frames, a framed connection ([`crate::frames`]) tried first.
+/// The stream also serves a peer that does not speak frames (a release
+/// before them, during a rolling upgrade).
+struct Link<Req, Rep> {
+    client: InternalClient<Channel>,
+    stream: PeerStream<Req, Rep>,
+    open: Open<Req, Rep>,
+    frames: Option<FramedPeer>,
 }
 
 impl<Req, Rep> Link<Req, Rep>
@@ -252,24 +247,17 @@ where
     Rep: Send + 'static,
 {
     async fn call(&self, request: Req, timeout: Duration) -> Result<Rep, tonic::Status> {
-        match self {
-            Link::Grpc(grpc) => {
-                let (client, stream, open) = &**grpc;
-                stream.call(client.clone(), *open, request, timeout).await
-            }
-            Link::Frames(peer, grpc) => {
-                if peer.speaks_frames() {
-                    match peer.call(&request, timeout).await {
-                        Err(status) if status.code() == tonic::Code::Unimplemented => {
-                            tracing::info!(%status, "framed connection refused; using gRPC");
-                        }
-                        other => return other,
-                    }
+        if let Some(peer) = self.frames.as_ref().filter(|p| p.speaks_frames()) {
+            match peer.call(&request, timeout).await {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(%status, "framed connection refused; using gRPC");
                 }
-                let (client, stream, open) = &**grpc;
-                stream.call(client.clone(), *open, request, timeout).await
+                other => return other,
             }
         }
+        self.stream
+            .call(self.client.clone(), self.open, request, timeout)
+            .await
     }
 }
 
@@ -456,22 +444,21 @@ impl GrpcTransport {
         node: NodeId,
         open: Open<Req, Rep>,
     ) -> Result<Link<Req, Rep>, TransportError> {
-        match &self.frames {
+        let frames = match &self.frames {
             Some((me, tls)) => {
                 let addr = self
                     .address(node)
                     .ok_or(TransportError::Unreachable(node))?;
-                Ok(Link::Frames(
-                    FramedPeer::new(addr, node, *me, tls.clone()),
-                    Box::new((self.stream_client(node)?, PeerStream::default(), open)),
-                ))
+                Some(FramedPeer::new(addr, node, *me, tls.clone()))
             }
-            _ => Ok(Link::Grpc(Box::new((
-                self.stream_client(node)?,
-                PeerStream::default(),
-                open,
-            )))),
-        }
+            None => None,
+        };
+        Ok(Link {
+            client: self.stream_client(node)?,
+            stream: PeerStream::default(),
+            open,
+            frames,
+        })
     }
 
     /// This transport, speaking mutual TLS with `tls` (none: plaintext).
