@@ -693,6 +693,16 @@ impl<E: StorageEngine> Replica<E> {
         &self.engine
     }
 
+    /// Whether a change written now (a coordinated write, a merge, a
+    /// received state or hint) would finish in microseconds, so an async
+    /// caller may make it inline instead of on a blocking pool: both the
+    /// data engine and the hints' engine say so
+    /// ([`StorageEngine::inline_writes`]). The key locks a change takes
+    /// are then never held across a sync either.
+    pub fn inline_writes(&self) -> bool {
+        self.engine.inline_writes() && self.hints.engine().inline_writes()
+    }
+
     /// Clock entries removed by pruning since start.
     pub fn clock_entries_pruned(&self) -> u64 {
         self.clock_entries_pruned.load(Ordering::Relaxed)

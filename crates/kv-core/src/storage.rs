@@ -200,6 +200,18 @@ pub trait StorageEngine: Send + Sync {
         false
     }
 
+    /// Whether a [`write`](Self::write) made now would finish in
+    /// microseconds: it does not wait for a sync (the durability policy
+    /// acknowledges before the disk has the write) nor for a stall or a
+    /// switch of in-memory tables the engine sees coming. An async caller
+    /// may then write inline on its executor instead of handing the write
+    /// to a blocking thread pool. Asked before each write; the answer is a
+    /// forecast, so a write may still, rarely, wait a few milliseconds.
+    /// `false` unless an engine says otherwise.
+    fn inline_writes(&self) -> bool {
+        false
+    }
+
     /// Whether the engine still accepts writes: `Err` with the reason once
     /// it refuses them for good (poisoned by a failed write or sync, a
     /// full disk), so that a node can step aside instead of failing every
@@ -243,6 +255,10 @@ impl<E: StorageEngine + ?Sized> StorageEngine for std::sync::Arc<E> {
 
     fn inline_reads(&self) -> bool {
         (**self).inline_reads()
+    }
+
+    fn inline_writes(&self) -> bool {
+        (**self).inline_writes()
     }
 
     fn health(&self) -> Result<(), StorageError> {

@@ -273,7 +273,7 @@ where
                         return Vec::new();
                     };
                     let (updates, announce): (Vec<Update>, Vec<_>) = writes.into_iter().unzip();
-                    tokio::task::spawn_blocking(move || {
+                    let write = move |replica: &Replica<E>| {
                         replica.coordinate_many_announced(updates, max, &prune, |made| {
                             for (made, to) in made.iter().zip(announce) {
                                 if let Ok(made) = made {
@@ -281,9 +281,15 @@ where
                                 }
                             }
                         })
-                    })
-                    .await
-                    .unwrap_or_default()
+                    };
+                    // Inline when the engine neither syncs nor stalls:
+                    // two thread switches fewer per batch.
+                    if replica.inline_writes() {
+                        return write(&replica);
+                    }
+                    tokio::task::spawn_blocking(move || write(&replica))
+                        .await
+                        .unwrap_or_default()
                 })
             });
         let batcher = Batcher::spawn(LOCAL_BATCH_MAX, LOCAL_BATCHES_IN_FLIGHT, run);

@@ -410,6 +410,13 @@ impl StorageEngine for LsmEngine {
         true
     }
 
+    /// Writes finish in microseconds unless they sync (`Always`), stall,
+    /// or switch the memtable (which syncs and creates a log segment):
+    /// `true` only when none of those is due.
+    fn inline_writes(&self) -> bool {
+        self.inner.opts.durability != Durability::Always && !self.inner.write_may_wait()
+    }
+
     /// Poisoned once a commit, flush or compaction failed (a full disk, a
     /// failed fsync): the engine refuses writes until it is reopened.
     fn health(&self) -> std::result::Result<(), StorageError> {

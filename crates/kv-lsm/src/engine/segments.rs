@@ -15,6 +15,17 @@ impl Inner {
     /// Freezes the memtable when it is full (or `force` and not empty),
     /// waiting first while too many frozen memtables or level-0 tables
     /// pile up (back-pressure).
+    /// Whether a write now might wait: the memtable is nearly full (its
+    /// switch syncs the log and creates a segment), or the switch would
+    /// stall on too many level-0 tables or frozen memtables.
+    pub(super) fn write_may_wait(&self) -> bool {
+        let sv = self.sv.read();
+        let nearly_full = sv.mem.approximate_bytes() >= self.opts.memtable_bytes / 8 * 7;
+        nearly_full
+            || sv.version.levels[0].len() >= self.opts.l0_stop_writes_trigger
+            || sv.imms.len() >= self.opts.max_immutable_memtables
+    }
+
     pub(super) fn make_room(&self, log: &mut LogState, mut force: bool) -> Result<()> {
         loop {
             self.check_open()?;

@@ -78,3 +78,44 @@ fn no_lost_or_phantom_keys_under_concurrent_flush_and_compaction() {
         }
     }
 }
+
+/// `inline_writes` tells an async caller when a write cannot wait: never
+/// under `Always` (each write syncs), and not once the memtable is nearly
+/// full (its switch syncs the log and creates a segment).
+#[test]
+fn inline_writes_only_when_a_write_cannot_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let always = crate::small(&dir.path().join("always"))
+        .durability(kv_lsm::Durability::Always)
+        .open()
+        .unwrap();
+    assert!(!always.inline_writes());
+    always.put(b"k", b"v").unwrap();
+    assert!(!always.inline_writes());
+
+    let interval = crate::small(&dir.path().join("interval"))
+        .durability(kv_lsm::Durability::Interval(
+            std::time::Duration::from_millis(100),
+        ))
+        .open()
+        .unwrap();
+    assert!(interval.inline_writes());
+
+    // 64 KiB memtable (see `small`): fill it past seven eighths.
+    let engine = crate::small(&dir.path().join("never")).open().unwrap();
+    assert!(engine.inline_writes());
+    let mut i = 0u32;
+    while engine.stats().memtable_bytes < (64 << 10) / 8 * 7 {
+        assert!(
+            engine.inline_writes(),
+            "refused at {} bytes",
+            engine.stats().memtable_bytes
+        );
+        engine.put(&key(0, i), &[7u8; 200]).unwrap();
+        i += 1;
+    }
+    assert!(!engine.inline_writes());
+    // Once the memtable is switched and flushed, writes are inline again.
+    engine.flush().unwrap();
+    assert!(engine.inline_writes());
+}

@@ -256,9 +256,15 @@ async fn apply_replicas(
         .into_iter()
         .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
         .collect();
-    let results = off_runtime(move || Ok(replica.receive_many(&items)))
-        .await
-        .map_err(|e| to_status(&e))?;
+    // Inline when the engines neither sync nor stall (two thread switches
+    // fewer per batch), else on the blocking pool.
+    let results = if replica.inline_writes() {
+        replica.receive_many(&items)
+    } else {
+        off_runtime(move || Ok(replica.receive_many(&items)))
+            .await
+            .map_err(|e| to_status(&e))?
+    };
     let mut reply = BatchReply::default();
     for result in results {
         let (error, kind) = match result {
