@@ -36,6 +36,38 @@ pub struct Update {
 /// whether the state after holds only tombstones.
 type BeforeAfter = (Option<Vec<u8>>, Vec<u8>, bool);
 
+/// Changes made at this replica whose engine write may not be durable yet
+/// ([`StorageEngine::write_deferred`]): [`finish`](Self::finish) awaits
+/// it and gives each change's result, a failed sync failing them all.
+#[derive(Debug)]
+#[must_use = "changes are acknowledged only once finished"]
+pub struct Pending<T> {
+    results: Vec<Result<T>>,
+    durable: Option<kv_core::Durable>,
+}
+
+impl<T> Pending<T> {
+    /// Each change's result, once the engine write is durable.
+    pub async fn finish(self) -> Vec<Result<T>> {
+        match self.durable {
+            None => self.results,
+            Some(durable) => match durable.await {
+                Ok(()) => self.results,
+                Err(e) => failed_with(self.results, &e),
+            },
+        }
+    }
+}
+
+/// Every change that succeeded fails with the engine's own error, its
+/// kind kept (a poisoned engine is not a passing I/O error).
+fn failed_with<T>(results: Vec<Result<T>>, e: &kv_core::StorageError) -> Vec<Result<T>> {
+    results
+        .into_iter()
+        .map(|r| r.and_then(|_| Err(Error::Storage(e.clone()))))
+        .collect()
+}
+
 /// Locks that serialise read-modify-write of one key.
 const STRIPES: usize = 256;
 
@@ -532,6 +564,32 @@ impl<E: StorageEngine> Replica<E> {
     /// engine batch (one commit-log record, one sync). Returns one result
     /// per item, in order.
     pub fn receive_many(&self, items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)]) -> Vec<Result<()>> {
+        self.receive_changes(items, false).results
+    }
+
+    /// [`receive_many`](Self::receive_many) for an async caller that the
+    /// engine lets write inline ([`inline_writes`](Self::inline_writes)):
+    /// the merges are made at once and acknowledged when the returned
+    /// [`Pending`] finishes, with no blocking thread waiting for their
+    /// sync. `None` when an item is a hint for another node (the hint
+    /// store writes with a blocking sync): use `receive_many` on a
+    /// blocking thread then.
+    pub fn receive_many_deferred(
+        &self,
+        items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)],
+    ) -> Option<Pending<()>> {
+        let hint = |item: &(Vec<u8>, Vec<u8>, Option<NodeId>)| item.2.is_some_and(|o| o != self.id);
+        if items.iter().any(hint) {
+            return None;
+        }
+        Some(self.receive_changes(items, true))
+    }
+
+    fn receive_changes(
+        &self,
+        items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)],
+        deferred: bool,
+    ) -> Pending<()> {
         let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
         let mut merges: Vec<(usize, Siblings)> = Vec::new();
         for (i, (key, state, hint_for)) in items.iter().enumerate() {
@@ -553,21 +611,28 @@ impl<E: StorageEngine> Replica<E> {
             }
         }
         if merges.is_empty() {
-            return results;
+            return Pending {
+                results,
+                durable: None,
+            };
         }
         let keys: Vec<&[u8]> = merges.iter().map(|(i, _)| items[*i].0.as_slice()).collect();
-        let merged = self.apply_many(
+        let merged = self.apply_changes(
             &keys,
             |j, state| {
                 state.sync(&merges[j].1);
                 Ok(())
             },
             |_| {},
+            deferred,
         );
-        for ((i, _), result) in merges.iter().zip(merged) {
+        for ((i, _), result) in merges.iter().zip(merged.results) {
             results[*i] = result;
         }
-        results
+        Pending {
+            results,
+            durable: merged.durable,
+        }
     }
 
     /// Applies `change` to the stored state of each of `keys` in order,
@@ -583,9 +648,24 @@ impl<E: StorageEngine> Replica<E> {
     fn apply_many<T>(
         &self,
         keys: &[&[u8]],
-        mut change: impl FnMut(usize, &mut Siblings) -> Result<T>,
+        change: impl FnMut(usize, &mut Siblings) -> Result<T>,
         announce: impl FnOnce(&[Result<T>]),
     ) -> Vec<Result<T>> {
+        self.apply_changes(keys, change, announce, false).results
+    }
+
+    /// [`apply_many`](Self::apply_many), the engine write made with
+    /// [`StorageEngine::write_deferred`] when `deferred`: the changes are
+    /// made (a later change of the same keys builds on them, read with
+    /// [`StorageEngine::get_latest`]) but acknowledged only once the
+    /// returned [`Pending`] has finished.
+    fn apply_changes<T>(
+        &self,
+        keys: &[&[u8]],
+        mut change: impl FnMut(usize, &mut Siblings) -> Result<T>,
+        announce: impl FnOnce(&[Result<T>]),
+        deferred: bool,
+    ) -> Pending<T> {
         let mut stripes: Vec<usize> = keys.iter().map(|k| stripe(k)).collect();
         stripes.sort_unstable();
         stripes.dedup();
@@ -598,9 +678,11 @@ impl<E: StorageEngine> Replica<E> {
         for (i, &key) in keys.iter().enumerate() {
             let loaded = match current.get(key) {
                 Some((_, now, _)) => decode(Some(now)).map(|s| (Some(now.clone()), s)),
+                // Including writes not yet durable: they are made, and
+                // this change builds on them.
                 None => self
                     .engine
-                    .get(key)
+                    .get_latest(key)
                     .map_err(Error::from)
                     .and_then(|b| self.load(key, b)),
             };
@@ -644,16 +726,22 @@ impl<E: StorageEngine> Replica<E> {
                 changes.push((key, before, after, deletes_only));
             }
         }
-        if !changes.is_empty()
-            && let Err(e) = self.engine.write(batch)
-        {
-            // Every item the batch carried fails with the engine's own
-            // error, its kind kept (a poisoned engine is not a passing
-            // I/O error).
-            return results
-                .into_iter()
-                .map(|r| r.and_then(|_| Err(Error::Storage(e.clone()))))
-                .collect();
+        let mut durable = None;
+        if !changes.is_empty() {
+            let written = if deferred {
+                self.engine.write_deferred(batch).map(Some)
+            } else {
+                self.engine.write(batch).map(|()| None)
+            };
+            match written {
+                Ok(d) => durable = d,
+                Err(e) => {
+                    return Pending {
+                        results: failed_with(results, &e),
+                        durable: None,
+                    };
+                }
+            }
         }
         if !changes.is_empty() {
             let mut tombstones = self.tombstones.lock();
@@ -668,7 +756,7 @@ impl<E: StorageEngine> Replica<E> {
         for (key, before, after, _) in changes {
             self.track(key, before.as_deref(), Some(&after));
         }
-        results
+        Pending { results, durable }
     }
 
     /// The keys whose stored state holds only tombstones: the candidates
@@ -693,14 +781,15 @@ impl<E: StorageEngine> Replica<E> {
         &self.engine
     }
 
-    /// Whether a change written now (a coordinated write, a merge, a
-    /// received state or hint) would finish in microseconds, so an async
-    /// caller may make it inline instead of on a blocking pool: both the
-    /// data engine and the hints' engine say so
-    /// ([`StorageEngine::inline_writes`]). The key locks a change takes
-    /// are then never held across a sync either.
+    /// Whether a change written now through the deferred calls
+    /// ([`receive_many_deferred`](Self::receive_many_deferred), the
+    /// coordinator's local writes) returns in microseconds, so an async
+    /// caller may make it inline and await its sync instead of using a
+    /// blocking thread ([`StorageEngine::inline_writes`] of the data
+    /// engine). The key locks a change takes are then never held across a
+    /// sync either.
     pub fn inline_writes(&self) -> bool {
-        self.engine.inline_writes() && self.hints.engine().inline_writes()
+        self.engine.inline_writes()
     }
 
     /// Clock entries removed by pruning since start.
@@ -779,6 +868,31 @@ impl<E: StorageEngine> Replica<E> {
         prune: &kv_clock::PrunePolicy,
         announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
     ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
+        self.coordinate_changes(updates, max_siblings, prune, announce, false)
+            .results
+    }
+
+    /// [`coordinate_many_announced`](Self::coordinate_many_announced) with
+    /// the engine write deferred (see [`Pending`]), for an async caller
+    /// that the engine lets write inline.
+    pub(crate) fn coordinate_many_deferred(
+        &self,
+        updates: Vec<Update>,
+        max_siblings: usize,
+        prune: &kv_clock::PrunePolicy,
+        announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
+    ) -> Pending<(Siblings, kv_clock::Dot)> {
+        self.coordinate_changes(updates, max_siblings, prune, announce, true)
+    }
+
+    fn coordinate_changes(
+        &self,
+        updates: Vec<Update>,
+        max_siblings: usize,
+        prune: &kv_clock::PrunePolicy,
+        announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
+        deferred: bool,
+    ) -> Pending<(Siblings, kv_clock::Dot)> {
         let mut owned = Vec::with_capacity(updates.len());
         let mut writes = Vec::with_capacity(updates.len());
         for u in updates {
@@ -787,7 +901,7 @@ impl<E: StorageEngine> Replica<E> {
         }
         let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let now = now_secs();
-        self.apply_many(
+        self.apply_changes(
             &keys,
             |i, state| {
             let (value, context, write) = &mut writes[i];
@@ -825,6 +939,7 @@ impl<E: StorageEngine> Replica<E> {
             Ok((state.clone(), dot))
             },
             announce,
+            deferred,
         )
     }
 

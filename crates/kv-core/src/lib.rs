@@ -31,6 +31,7 @@
 //! ```
 
 pub mod codec;
+mod durable;
 pub mod files;
 mod ids;
 mod partitioner;
@@ -38,6 +39,7 @@ mod range;
 mod replication;
 mod storage;
 
+pub use durable::{Durable, DurableSignal};
 pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;

@@ -2,6 +2,8 @@
 
 use std::ops::Bound;
 
+use crate::Durable;
+
 /// A sequence number: every write applied to an engine gets the next one,
 /// and a read at sequence `s` sees exactly the writes numbered `<= s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -169,6 +171,38 @@ pub trait StorageEngine: Send + Sync {
     /// again can help.
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
 
+    /// Applies `batch` atomically and returns once it is applied, leaving
+    /// the wait for durability to the returned [`Durable`]: an engine that
+    /// syncs on a thread of its own lets an async caller await the sync
+    /// instead of parking a blocking thread on it. The batch is invisible
+    /// to [`get`](Self::get) and scans until it is durable, but
+    /// [`get_latest`](Self::get_latest) sees it at once, so a
+    /// read-modify-write serialised by the caller's own locks stays
+    /// correct. Whether this call itself may wait: see
+    /// [`inline_writes`](Self::inline_writes). The default writes with
+    /// [`write`](Self::write) and returns a finished `Durable`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write) for a batch that was not applied; a
+    /// failed sync resolves the `Durable` with the error instead.
+    fn write_deferred(&self, batch: WriteBatch) -> Result<Durable, StorageError> {
+        self.write(batch)?;
+        Ok(Durable::ready(Ok(())))
+    }
+
+    /// The value of `key` including writes made with
+    /// [`write_deferred`](Self::write_deferred) that are not durable yet:
+    /// what a writer's read-modify-write must start from. Readers that
+    /// answer clients use [`get`](Self::get). The default is `get`.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    fn get_latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(key)
+    }
+
     /// The pairs with keys in `(start, end)`, in ascending key order, as of
     /// the moment of the call: writes made while iterating are not seen.
     ///
@@ -200,14 +234,15 @@ pub trait StorageEngine: Send + Sync {
         false
     }
 
-    /// Whether a [`write`](Self::write) made now would finish in
-    /// microseconds: it does not wait for a sync (the durability policy
-    /// acknowledges before the disk has the write) nor for a stall or a
-    /// switch of in-memory tables the engine sees coming. An async caller
-    /// may then write inline on its executor instead of handing the write
-    /// to a blocking thread pool. Asked before each write; the answer is a
-    /// forecast, so a write may still, rarely, wait a few milliseconds.
-    /// `false` unless an engine says otherwise.
+    /// Whether a [`write_deferred`](Self::write_deferred) made now would
+    /// return in microseconds: it does not wait for a sync (the policy
+    /// acknowledges before the disk has the write, or the sync is left to
+    /// the returned [`Durable`]) nor for a stall or a switch of in-memory
+    /// tables the engine sees coming. An async caller may then write inline
+    /// on its executor instead of handing the write to a blocking thread
+    /// pool. Asked before each write; the answer is a forecast, so a write
+    /// may still, rarely, wait a few milliseconds. `false` unless an engine
+    /// says otherwise.
     fn inline_writes(&self) -> bool {
         false
     }
@@ -243,6 +278,14 @@ impl<E: StorageEngine + ?Sized> StorageEngine for std::sync::Arc<E> {
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         (**self).write(batch)
+    }
+
+    fn write_deferred(&self, batch: WriteBatch) -> Result<Durable, StorageError> {
+        (**self).write_deferred(batch)
+    }
+
+    fn get_latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).get_latest(key)
     }
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<ScanIter<'_>, StorageError> {

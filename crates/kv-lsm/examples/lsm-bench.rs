@@ -16,8 +16,11 @@
 //! - `scan`: fill and flush, then scan every key (ops are keys).
 //! - `fillsync`: insert with every write fsynced before it is acknowledged
 //!   (kv-lsm `Durability::Always`; fjall `persist(SyncAll)` per write).
+//! - `filldeferred`: as `fillsync`, through kv-lsm's `write_deferred` (the
+//!   syncer thread syncs; the writer waits on the returned `Durable`);
+//!   fjall has no such call and runs `fillsync`.
 //!
-//! Writes other than `fillsync` are acknowledged once in the operating
+//! Writes other than `fillsync` and `filldeferred` are acknowledged once in the operating
 //! system's cache (kv-lsm `Durability::Never`, fjall's default). Work is
 //! split over `--threads`. Each run prints one line:
 //!
@@ -40,7 +43,7 @@ use std::time::Instant;
 use kv_core::StorageEngine;
 use kv_lsm::{Durability, LsmEngine};
 
-const USAGE: &str = "usage: lsm-bench --workload <fillseq|fillrandom|overwrite|readrandom|readmissing|scan|fillsync>\n\
+const USAGE: &str = "usage: lsm-bench --workload <fillseq|fillrandom|overwrite|readrandom|readmissing|scan|fillsync|filldeferred>\n\
   [--num N (1000000)] [--value-size B (100)] [--threads T (1)] [--engine kv-lsm|fjall] [--dir PATH]";
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,7 @@ fn parse() -> Result<Args, String> {
         "readmissing",
         "scan",
         "fillsync",
+        "filldeferred",
     ];
     if !known.contains(&args.workload.as_str()) {
         return Err(format!(
@@ -106,6 +110,10 @@ fn parse() -> Result<Args, String> {
 trait Bench: Sync {
     fn put(&self, key: &[u8], value: &[u8]);
     fn put_synced(&self, key: &[u8], value: &[u8]);
+    /// A synced put through the engine's deferred write, if it has one.
+    fn put_deferred(&self, key: &[u8], value: &[u8]) {
+        self.put_synced(key, value);
+    }
     fn get(&self, key: &[u8]) -> bool;
     fn scan_all(&self) -> u64;
     /// Flushes memtables and waits for compactions.
@@ -124,6 +132,11 @@ impl Bench for Lsm {
     }
     fn put_synced(&self, key: &[u8], value: &[u8]) {
         self.0.put(key, value).unwrap();
+    }
+    fn put_deferred(&self, key: &[u8], value: &[u8]) {
+        let mut batch = kv_core::WriteBatch::new();
+        batch.put(key.to_vec(), value.to_vec());
+        self.0.write_deferred(batch).unwrap().wait().unwrap();
     }
     fn get(&self, key: &[u8]) -> bool {
         self.0.get(key).unwrap().is_some()
@@ -319,7 +332,7 @@ fn main() -> ExitCode {
         eprintln!("cannot create {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }
-    let sync = args.workload == "fillsync";
+    let sync = args.workload == "fillsync" || args.workload == "filldeferred";
     let engine = match open(&args, &dir, sync) {
         Ok(e) => e,
         Err(msg) => {
@@ -351,6 +364,11 @@ fn main() -> ExitCode {
         "fillsync" => {
             let order = fill_order(true);
             let (s, l) = run(args.threads, &order, &|i| e.put_synced(&key(i), &value));
+            (s, l, n)
+        }
+        "filldeferred" => {
+            let order = fill_order(true);
+            let (s, l) = run(args.threads, &order, &|i| e.put_deferred(&key(i), &value));
             (s, l, n)
         }
         "overwrite" => {

@@ -273,23 +273,27 @@ where
                         return Vec::new();
                     };
                     let (updates, announce): (Vec<Update>, Vec<_>) = writes.into_iter().unzip();
-                    let write = move |replica: &Replica<E>| {
-                        replica.coordinate_many_announced(updates, max, &prune, |made| {
-                            for (made, to) in made.iter().zip(announce) {
-                                if let Ok(made) = made {
-                                    let _ = to.send(made.clone());
-                                }
+                    let announce = move |made: &[Result<(Siblings, kv_clock::Dot)>]| {
+                        for (made, to) in made.iter().zip(announce) {
+                            if let Ok(made) = made {
+                                let _ = to.send(made.clone());
                             }
-                        })
+                        }
                     };
-                    // Inline when the engine neither syncs nor stalls:
-                    // two thread switches fewer per batch.
+                    // Inline when the engine's write returns at once (its
+                    // sync, if any, is awaited here): no blocking thread
+                    // per batch.
                     if replica.inline_writes() {
-                        return write(&replica);
+                        return replica
+                            .coordinate_many_deferred(updates, max, &prune, announce)
+                            .finish()
+                            .await;
                     }
-                    tokio::task::spawn_blocking(move || write(&replica))
-                        .await
-                        .unwrap_or_default()
+                    tokio::task::spawn_blocking(move || {
+                        replica.coordinate_many_announced(updates, max, &prune, announce)
+                    })
+                    .await
+                    .unwrap_or_default()
                 })
             });
         let batcher = Batcher::spawn(LOCAL_BATCH_MAX, LOCAL_BATCHES_IN_FLIGHT, run);

@@ -203,7 +203,8 @@ impl Inner {
             }
         }
         log.last_seq = seq;
-        self.visible_seq.store(seq, Ordering::Release);
+        // `fetch_max`: the deferred writes' syncer publishes too.
+        self.visible_seq.fetch_max(seq, Ordering::Release);
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ pub use checkpoint::Checkpoint;
 mod builder;
 mod checkpoint;
 mod compaction;
+mod deferred;
 mod flush;
 mod group_commit;
 mod read;
@@ -113,6 +114,9 @@ pub(crate) struct Inner {
     _lock: File,
     queue: Mutex<Queue>,
     log: Mutex<LogState>,
+    /// Deferred writes (under `Always`) waiting for the log syncer.
+    deferred: Mutex<deferred::Waiting>,
+    deferred_cond: Condvar,
     visible_seq: AtomicU64,
     pub(crate) sv: RwLock<Arc<SuperVersion>>,
     /// Guards background wake-ups and stalls.
@@ -177,8 +181,10 @@ impl LsmEngine {
         };
         threads.push(spawn("lsm-flush", Inner::flush_loop)?);
         threads.push(spawn("lsm-compact", compaction::compaction_loop)?);
-        if let Durability::Interval(_) = inner.opts.durability {
-            threads.push(spawn("lsm-sync", Inner::sync_loop)?);
+        match inner.opts.durability {
+            Durability::Interval(_) => threads.push(spawn("lsm-sync", Inner::sync_loop)?),
+            Durability::Always => threads.push(spawn("lsm-syncer", Inner::deferred_sync_loop)?),
+            Durability::Never => {}
         }
         Ok(LsmEngine {
             inner,
@@ -352,6 +358,10 @@ impl LsmEngine {
             let _bg = self.inner.bg.lock();
             self.inner.bg_cond.notify_all();
         }
+        {
+            let _waiting = self.inner.deferred.lock();
+            self.inner.deferred_cond.notify_all();
+        }
         for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
         }
@@ -387,6 +397,20 @@ impl StorageEngine for LsmEngine {
         Ok(self.write_batch(batch)?)
     }
 
+    /// Appended to the log and the memtable at once; under `Always` the
+    /// engine's syncer thread syncs it (with whatever else waits) and then
+    /// makes it visible and resolves the `Durable`.
+    fn write_deferred(
+        &self,
+        batch: WriteBatch,
+    ) -> std::result::Result<kv_core::Durable, StorageError> {
+        Ok(self.inner.write_deferred(batch)?)
+    }
+
+    fn get_latest(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.get_at(key, u64::MAX)?)
+    }
+
     fn scan(
         &self,
         start: Bound<&[u8]>,
@@ -410,11 +434,12 @@ impl StorageEngine for LsmEngine {
         true
     }
 
-    /// Writes finish in microseconds unless they sync (`Always`), stall,
-    /// or switch the memtable (which syncs and creates a log segment):
-    /// `true` only when none of those is due.
+    /// A deferred write finishes in microseconds (its sync, under
+    /// `Always`, is the syncer thread's) unless it stalls or switches the
+    /// memtable (which syncs and creates a log segment): `true` when
+    /// neither is due.
     fn inline_writes(&self) -> bool {
-        self.inner.opts.durability != Durability::Always && !self.inner.write_may_wait()
+        !self.inner.write_may_wait()
     }
 
     /// Poisoned once a commit, flush or compaction failed (a full disk, a

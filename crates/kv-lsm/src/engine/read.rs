@@ -25,7 +25,12 @@ impl UserIter {
 
 impl Inner {
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let seq = self.visible_seq.load(Ordering::Acquire);
+        self.get_at(key, self.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// The newest version of `key` at or below `seq` (`u64::MAX`: every
+    /// version in the memtables, durable or not).
+    pub(super) fn get_at(&self, key: &[u8], seq: u64) -> Result<Option<Vec<u8>>> {
         let sv = self.sv.read().clone();
         if let Some(found) = sv.mem.get(key, seq) {
             return Ok(found);

@@ -59,6 +59,8 @@ impl Inner {
             _lock: lock,
             queue: Mutex::new(Queue::default()),
             log: Mutex::new(LogState { writer, last_seq }),
+            deferred: Mutex::new(deferred::Waiting::default()),
+            deferred_cond: Condvar::new(),
             visible_seq: AtomicU64::new(last_seq),
             sv: RwLock::new(Arc::new(SuperVersion {
                 mem: Arc::new(Memtable::new(log_number)),

@@ -119,3 +119,42 @@ fn failed_periodic_log_fsync_poisons() {
     assert!(err.to_string().contains("injected fsync failure"), "{err}");
     assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
 }
+
+/// A deferred write (`Always`) whose sync fails resolves with the error,
+/// stays invisible to readers (it was never acknowledged), and poisons the
+/// engine; a writer's `get_latest` saw it meanwhile, as its
+/// read-modify-write must.
+#[test]
+fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let engine = LsmEngine::builder(dir.path())
+        .durability(Durability::Always)
+        .fs(Arc::new(fs.clone()))
+        .open()
+        .unwrap();
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(b"before".to_vec(), b"1".to_vec());
+    engine.write_deferred(batch).unwrap().wait().unwrap();
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+
+    fs.fail_syncs_after(0);
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(b"during".to_vec(), b"2".to_vec());
+    let durable = engine.write_deferred(batch).unwrap();
+    assert_eq!(engine.get_latest(b"during").unwrap(), Some(b"2".to_vec()));
+    let err = durable.wait().unwrap_err();
+    assert!(err.to_string().contains("injected fsync failure"), "{err}");
+    assert_eq!(engine.get(b"during").unwrap(), None, "never acknowledged");
+    assert!(matches!(
+        engine.health().unwrap_err(),
+        StorageError::Poisoned(_)
+    ));
+    fs.heal();
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(b"after".to_vec(), b"3".to_vec());
+    assert!(matches!(
+        engine.write_deferred(batch).unwrap_err(),
+        StorageError::Poisoned(_)
+    ));
+}

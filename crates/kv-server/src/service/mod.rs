@@ -256,14 +256,19 @@ async fn apply_replicas(
         .into_iter()
         .map(|r| (r.key, r.state, r.hint_for.map(NodeId)))
         .collect();
-    // Inline when the engines neither sync nor stall (two thread switches
-    // fewer per batch), else on the blocking pool.
-    let results = if replica.inline_writes() {
-        replica.receive_many(&items)
+    // Inline when the engine's write returns at once (its sync, if any,
+    // awaited here): no blocking thread per batch. Else, and for hints
+    // (written with a blocking sync), on the blocking pool.
+    let pending = if replica.inline_writes() {
+        replica.receive_many_deferred(&items)
     } else {
-        off_runtime(move || Ok(replica.receive_many(&items)))
+        None
+    };
+    let results = match pending {
+        Some(pending) => pending.finish().await,
+        None => off_runtime(move || Ok(replica.receive_many(&items)))
             .await
-            .map_err(|e| to_status(&e))?
+            .map_err(|e| to_status(&e))?,
     };
     let mut reply = BatchReply::default();
     for result in results {
