@@ -205,6 +205,39 @@ pub fn sequence_numbers_advance<E: StorageEngine + ?Sized>(engine: &E) {
     assert_eq!(engine.last_sequence(), s2);
 }
 
+/// A deferred write is seen by `get_latest` as soon as `write_deferred`
+/// returns (a read-modify-write builds on it), by `get` once its `Durable`
+/// resolves, the latest of several deferred writes of a key winning.
+///
+/// # Panics
+///
+/// Where the engine falls short of the [`StorageEngine`] contract, with a
+/// message naming what it got wrong: these are test cases.
+pub fn deferred_writes_are_seen_by_get_latest_at_once_and_by_get_once_durable<
+    E: StorageEngine + ?Sized,
+>(
+    engine: &E,
+) {
+    let mut pending = Vec::new();
+    for round in 0..3u8 {
+        let mut batch = WriteBatch::new();
+        batch.put(b"k", [round]).put([b'x', round], b"v");
+        pending.push(engine.write_deferred(batch).unwrap());
+        assert_eq!(
+            engine.get_latest(b"k").unwrap(),
+            Some(vec![round]),
+            "get_latest misses a deferred write"
+        );
+    }
+    for durable in pending {
+        durable.wait().unwrap();
+    }
+    assert_eq!(engine.get(b"k").unwrap(), Some(vec![2]));
+    for round in 0..3u8 {
+        assert_eq!(engine.get(&[b'x', round]).unwrap(), Some(b"v".to_vec()));
+    }
+}
+
 /// A flush changes nothing a reader can see.
 ///
 /// # Panics

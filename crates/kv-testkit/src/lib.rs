@@ -47,6 +47,7 @@ macro_rules! engine_conformance {
                 flush_keeps_everything,
                 matches_a_model_over_many_keys,
                 concurrent_writers_lose_nothing,
+                deferred_writes_are_seen_by_get_latest_at_once_and_by_get_once_durable,
             );
         }
     };

@@ -43,7 +43,7 @@ fn engine(dir: &std::path::Path) -> LsmEngine {
 
 /// The child: write until killed. Keys are `c{cycle}-t{thread}-{i}`; every
 /// fourth write is a batch of three keys (`/a`, `/b`, `/c`), acknowledged
-/// as one line.
+/// as one line (deferred writes on even threads).
 fn child(dir: &str, cycle: u32) {
     let engine = engine(std::path::Path::new(dir));
     std::thread::scope(|s| {
@@ -59,7 +59,14 @@ fn child(dir: &str, cycle: u32) {
                             let k = format!("{base}{part}");
                             batch.put(k.as_bytes(), value_for(&k));
                         }
-                        engine.write(batch).unwrap();
+                        // Half the threads defer their batches to the
+                        // syncer thread and acknowledge once it resolves
+                        // them; the others commit as a group.
+                        if t % 2 == 0 {
+                            engine.write_deferred(batch).unwrap().wait().unwrap();
+                        } else {
+                            engine.write(batch).unwrap();
+                        }
                         writeln!(stdout.lock(), "batch {base}").unwrap();
                     } else {
                         engine.put(base.as_bytes(), &value_for(&base)).unwrap();
