@@ -24,6 +24,16 @@ pub(super) struct Waiting {
     writes: Vec<(u64, DurableSignal)>,
 }
 
+/// A failed commit as its writers see it: the engine is poisoned by it
+/// (the group commit answers the same), except that a closed engine is
+/// closed.
+fn poisoning(err: Error) -> Error {
+    match err {
+        Error::Closed | Error::Poisoned(_) => err,
+        other => Error::Poisoned(other.to_string()),
+    }
+}
+
 impl Inner {
     /// Appends `batch` to the log and the memtable; returns a `Durable`
     /// that resolves once the batch is as durable as the policy promises
@@ -43,7 +53,7 @@ impl Inner {
             log.writer.add_batch(base + 1, &batch);
             if let Err(err) = log.writer.write_buffered() {
                 self.poison(&err);
-                return Err(err);
+                return Err(poisoning(err));
             }
             let mem = self.sv.read().mem.clone();
             let mut seq = base;
@@ -92,7 +102,7 @@ impl Inner {
             } else {
                 self.sync_deferred(&mut handle)
             };
-            let result = result.map_err(StorageError::from);
+            let result = result.map_err(|err| StorageError::from(poisoning(err)));
             for (_, signal) in writes {
                 signal.complete(result.clone());
             }

@@ -144,6 +144,8 @@ fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
     let durable = engine.write_deferred(batch).unwrap();
     assert_eq!(engine.get_latest(b"during").unwrap(), Some(b"2".to_vec()));
     let err = durable.wait().unwrap_err();
+    assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
+    assert!(!err.is_retryable());
     assert!(err.to_string().contains("injected fsync failure"), "{err}");
     assert_eq!(engine.get(b"during").unwrap(), None, "never acknowledged");
     assert!(matches!(
