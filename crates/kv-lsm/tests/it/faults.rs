@@ -5,15 +5,21 @@ use std::sync::Arc;
 use kv_core::{StorageEngine, StorageError};
 use kv_lsm::{Durability, Error, FaultFs, LsmEngine};
 
+/// An engine in `dir` on a fault-injecting file layer (`None`: the default
+/// durability), and the layer.
+fn on_faulty_fs(dir: &std::path::Path, durability: Option<Durability>) -> (FaultFs, LsmEngine) {
+    let fs = FaultFs::new();
+    let mut builder = LsmEngine::builder(dir).fs(Arc::new(fs.clone()));
+    if let Some(durability) = durability {
+        builder = builder.durability(durability);
+    }
+    (fs, builder.open().unwrap())
+}
+
 #[test]
 fn failed_log_fsync_poisons_until_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let engine = LsmEngine::builder(dir.path())
-        .durability(Durability::Always)
-        .fs(Arc::new(fs.clone()))
-        .open()
-        .unwrap();
+    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
     engine.put(b"before", b"1").unwrap();
     fs.fail_syncs_after(0);
     let err = engine.put(b"during", b"2").unwrap_err();
@@ -43,12 +49,7 @@ fn failed_log_fsync_poisons_until_reopen() {
 #[test]
 fn failed_table_fsync_during_flush_poisons() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let engine = LsmEngine::builder(dir.path())
-        .durability(Durability::Never)
-        .fs(Arc::new(fs.clone()))
-        .open()
-        .unwrap();
+    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Never));
     for i in 0..1000u32 {
         engine.put(&i.to_be_bytes(), b"value").unwrap();
     }
@@ -76,11 +77,7 @@ fn failed_table_fsync_during_flush_poisons() {
 #[test]
 fn failed_write_poisons() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let engine = LsmEngine::builder(dir.path())
-        .fs(Arc::new(fs.clone()))
-        .open()
-        .unwrap();
+    let (fs, engine) = on_faulty_fs(dir.path(), None);
     fs.fail_writes(true);
     assert!(engine.put(b"k", b"v").is_err());
     fs.fail_writes(false);
@@ -95,12 +92,10 @@ fn failed_periodic_log_fsync_poisons() {
     // Under `Interval` the sync runs on its own handle, outside the log
     // lock; its failure must still poison the engine.
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let engine = LsmEngine::builder(dir.path())
-        .durability(Durability::Interval(std::time::Duration::from_millis(5)))
-        .fs(Arc::new(fs.clone()))
-        .open()
-        .unwrap();
+    let (fs, engine) = on_faulty_fs(
+        dir.path(),
+        Some(Durability::Interval(std::time::Duration::from_millis(5))),
+    );
     engine.put(b"before", b"1").unwrap();
     fs.fail_syncs_after(0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -127,12 +122,7 @@ fn failed_periodic_log_fsync_poisons() {
 #[test]
 fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let engine = LsmEngine::builder(dir.path())
-        .durability(Durability::Always)
-        .fs(Arc::new(fs.clone()))
-        .open()
-        .unwrap();
+    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
     let mut batch = kv_core::WriteBatch::new();
     batch.put(b"before".to_vec(), b"1".to_vec());
     engine.write_deferred(batch).unwrap().wait().unwrap();
