@@ -79,6 +79,18 @@ impl Inner {
         Ok(durable)
     }
 
+    /// A deferred write's failure as this crate's error: the engine is
+    /// closed, or poisoned (for the reason it keeps).
+    pub(super) fn failed_sync(&self, err: StorageError) -> Error {
+        match err {
+            StorageError::Closed => Error::Closed,
+            other => match self.check_poison() {
+                Err(poisoned) => poisoned,
+                Ok(()) => Error::Poisoned(other.to_string()),
+            },
+        }
+    }
+
     /// The syncer thread (under `Always`): until shutdown, and after it
     /// until nothing waits, syncs the log through every deferred write
     /// waiting and resolves them.

@@ -1,6 +1,9 @@
 //! The write path: requests queue, the first writer leads, and the
-//! leader appends the whole group to the commit log with one write (and
-//! one sync, as durability asks) before applying it to the memtable.
+//! leader appends the whole group to the commit log with one write before
+//! applying it to the memtable. Under `Durability::Always` writes take
+//! the deferred path instead (`deferred.rs`: the syncer thread syncs every
+//! waiting write at once, and no writer holds the log lock across a
+//! sync); this queue then carries only memtable switches.
 
 use super::*;
 

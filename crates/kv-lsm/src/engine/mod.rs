@@ -204,6 +204,12 @@ impl LsmEngine {
         if batch.is_empty() {
             return self.inner.check_open();
         }
+        if self.inner.opts.durability == Durability::Always {
+            // Synced by the syncer thread with every other write waiting,
+            // so no writer holds the log lock across a sync.
+            let durable = self.inner.write_deferred(batch)?;
+            return durable.wait().map_err(|e| self.inner.failed_sync(e));
+        }
         self.inner.submit(SlotOp::Batch(batch))
     }
 
@@ -241,6 +247,14 @@ impl LsmEngine {
                 len: value_bytes.len(),
                 limit: limits.max_value_bytes,
             });
+        }
+        if self.inner.opts.durability == Durability::Always {
+            let mut batch = WriteBatch::new();
+            match value {
+                Some(v) => batch.put(key, v),
+                None => batch.delete(key),
+            };
+            return self.write_batch(batch);
         }
         let mut data = Vec::with_capacity(key.len() + value_bytes.len());
         data.extend_from_slice(key);
