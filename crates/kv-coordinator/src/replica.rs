@@ -51,11 +51,26 @@ impl<T> Pending<T> {
     pub async fn finish(self) -> Vec<Result<T>> {
         match self.durable {
             None => self.results,
-            Some(durable) => match durable.await {
-                Ok(()) => self.results,
-                Err(e) => failed_with(self.results, &e),
-            },
+            Some(durable) => settle(self.results, durable.await),
         }
+    }
+
+    /// As [`finish`](Self::finish), blocking the calling thread.
+    pub fn wait(self) -> Vec<Result<T>> {
+        match self.durable {
+            None => self.results,
+            Some(durable) => settle(self.results, durable.wait()),
+        }
+    }
+}
+
+fn settle<T>(
+    results: Vec<Result<T>>,
+    durable: std::result::Result<(), kv_core::StorageError>,
+) -> Vec<Result<T>> {
+    match durable {
+        Ok(()) => results,
+        Err(e) => failed_with(results, &e),
     }
 }
 
@@ -564,32 +579,29 @@ impl<E: StorageEngine> Replica<E> {
     /// engine batch (one commit-log record, one sync). Returns one result
     /// per item, in order.
     pub fn receive_many(&self, items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)]) -> Vec<Result<()>> {
-        self.receive_changes(items, false).results
+        self.receive_changes(items).wait()
     }
 
     /// [`receive_many`](Self::receive_many) for an async caller that the
     /// engine lets write inline ([`inline_writes`](Self::inline_writes)):
     /// the merges are made at once and acknowledged when the returned
     /// [`Pending`] finishes, with no blocking thread waiting for their
-    /// sync. `None` when an item is a hint for another node (the hint
-    /// store writes with a blocking sync): use `receive_many` on a
-    /// blocking thread then.
+    /// sync. `None` when the engine's write may wait
+    /// ([`inline_writes`](Self::inline_writes) is false) or an item is a
+    /// hint for another node (the hint store writes with a blocking sync):
+    /// use `receive_many` on a blocking thread then.
     pub fn receive_many_deferred(
         &self,
         items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)],
     ) -> Option<Pending<()>> {
         let hint = |item: &(Vec<u8>, Vec<u8>, Option<NodeId>)| item.2.is_some_and(|o| o != self.id);
-        if items.iter().any(hint) {
+        if !self.inline_writes() || items.iter().any(hint) {
             return None;
         }
-        Some(self.receive_changes(items, true))
+        Some(self.receive_changes(items))
     }
 
-    fn receive_changes(
-        &self,
-        items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)],
-        deferred: bool,
-    ) -> Pending<()> {
+    fn receive_changes(&self, items: &[(Vec<u8>, Vec<u8>, Option<NodeId>)]) -> Pending<()> {
         let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
         let mut merges: Vec<(usize, Siblings)> = Vec::new();
         for (i, (key, state, hint_for)) in items.iter().enumerate() {
@@ -624,7 +636,6 @@ impl<E: StorageEngine> Replica<E> {
                 Ok(())
             },
             |_| {},
-            deferred,
         );
         for ((i, _), result) in merges.iter().zip(merged.results) {
             results[*i] = result;
@@ -651,20 +662,20 @@ impl<E: StorageEngine> Replica<E> {
         change: impl FnMut(usize, &mut Siblings) -> Result<T>,
         announce: impl FnOnce(&[Result<T>]),
     ) -> Vec<Result<T>> {
-        self.apply_changes(keys, change, announce, false).results
+        self.apply_changes(keys, change, announce).wait()
     }
 
-    /// [`apply_many`](Self::apply_many), the engine write made with
-    /// [`StorageEngine::write_deferred`] when `deferred`: the changes are
-    /// made (a later change of the same keys builds on them, read with
-    /// [`StorageEngine::get_latest`]) but acknowledged only once the
-    /// returned [`Pending`] has finished.
+    /// [`apply_many`](Self::apply_many) up to the engine write, made with
+    /// [`StorageEngine::write_deferred`]: the changes are made (a later
+    /// change of the same keys builds on them, read with
+    /// [`StorageEngine::get_latest`], so the key locks need not span the
+    /// sync) but acknowledged only once the returned [`Pending`] has
+    /// finished or been waited for.
     fn apply_changes<T>(
         &self,
         keys: &[&[u8]],
         mut change: impl FnMut(usize, &mut Siblings) -> Result<T>,
         announce: impl FnOnce(&[Result<T>]),
-        deferred: bool,
     ) -> Pending<T> {
         let mut stripes: Vec<usize> = keys.iter().map(|k| stripe(k)).collect();
         stripes.sort_unstable();
@@ -728,13 +739,8 @@ impl<E: StorageEngine> Replica<E> {
         }
         let mut durable = None;
         if !changes.is_empty() {
-            let written = if deferred {
-                self.engine.write_deferred(batch).map(Some)
-            } else {
-                self.engine.write(batch).map(|()| None)
-            };
-            match written {
-                Ok(d) => durable = d,
+            match self.engine.write_deferred(batch) {
+                Ok(d) => durable = Some(d),
                 Err(e) => {
                     return Pending {
                         results: failed_with(results, &e),
@@ -851,7 +857,8 @@ impl<E: StorageEngine> Replica<E> {
         max_siblings: usize,
         prune: &kv_clock::PrunePolicy,
     ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
-        self.coordinate_many_announced(updates, max_siblings, prune, |_| {})
+        self.coordinate_many_pending(updates, max_siblings, prune, |_| {})
+            .wait()
     }
 
     /// As [`coordinate_many`](Self::coordinate_many), giving `announce`
@@ -861,37 +868,15 @@ impl<E: StorageEngine> Replica<E> {
     /// dots: each one's counter is already below this actor's `issued`
     /// mark, so a local write that then fails never lets the counter be
     /// issued again, and a crash before the sync restarts in a new epoch.
-    pub(crate) fn coordinate_many_announced(
+    /// The writes are acknowledged once the returned [`Pending`] finishes
+    /// (async, when [`inline_writes`](Self::inline_writes) allows) or is
+    /// waited for (on a blocking thread).
+    pub(crate) fn coordinate_many_pending(
         &self,
         updates: Vec<Update>,
         max_siblings: usize,
         prune: &kv_clock::PrunePolicy,
         announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
-    ) -> Vec<Result<(Siblings, kv_clock::Dot)>> {
-        self.coordinate_changes(updates, max_siblings, prune, announce, false)
-            .results
-    }
-
-    /// [`coordinate_many_announced`](Self::coordinate_many_announced) with
-    /// the engine write deferred (see [`Pending`]), for an async caller
-    /// that the engine lets write inline.
-    pub(crate) fn coordinate_many_deferred(
-        &self,
-        updates: Vec<Update>,
-        max_siblings: usize,
-        prune: &kv_clock::PrunePolicy,
-        announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
-    ) -> Pending<(Siblings, kv_clock::Dot)> {
-        self.coordinate_changes(updates, max_siblings, prune, announce, true)
-    }
-
-    fn coordinate_changes(
-        &self,
-        updates: Vec<Update>,
-        max_siblings: usize,
-        prune: &kv_clock::PrunePolicy,
-        announce: impl FnOnce(&[Result<(Siblings, kv_clock::Dot)>]),
-        deferred: bool,
     ) -> Pending<(Siblings, kv_clock::Dot)> {
         let mut owned = Vec::with_capacity(updates.len());
         let mut writes = Vec::with_capacity(updates.len());
@@ -939,7 +924,6 @@ impl<E: StorageEngine> Replica<E> {
             Ok((state.clone(), dot))
             },
             announce,
-            deferred,
         )
     }
 

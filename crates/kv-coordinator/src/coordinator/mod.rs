@@ -285,12 +285,14 @@ where
                     // per batch.
                     if replica.inline_writes() {
                         return replica
-                            .coordinate_many_deferred(updates, max, &prune, announce)
+                            .coordinate_many_pending(updates, max, &prune, announce)
                             .finish()
                             .await;
                     }
                     tokio::task::spawn_blocking(move || {
-                        replica.coordinate_many_announced(updates, max, &prune, announce)
+                        replica
+                            .coordinate_many_pending(updates, max, &prune, announce)
+                            .wait()
                     })
                     .await
                     .unwrap_or_default()

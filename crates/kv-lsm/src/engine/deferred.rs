@@ -7,10 +7,10 @@
 //! deferred write waiting, syncs the log once through the newest of them,
 //! makes them visible and resolves their [`Durable`]s, so an async caller
 //! awaits the sync without a blocking thread of its own, and one sync
-//! covers whatever arrived while the previous one ran. Writes made through
-//! [`submit`](Inner::submit) (the blocking group commit) interleave with
-//! them in the same log: a sync of either kind covers everything appended
-//! before it, which is why both publish visibility with `fetch_max`.
+//! covers whatever arrived while the previous one ran. Blocking writes
+//! under `Always` are deferred writes whose caller waits on the `Durable`
+//! (`LsmEngine::write_batch`), so this thread is the one place that syncs
+//! a write, and no writer holds the log lock across a sync.
 
 use kv_core::{Durable, DurableSignal};
 
@@ -108,7 +108,8 @@ impl Inner {
                 std::mem::take(&mut waiting.writes)
             };
             let newest = writes.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
-            // A group commit's sync may already have covered them all.
+            // The previous sync read its target after these were appended
+            // (they waited while it ran) and may already cover them all.
             let result = if self.visible_seq.load(Ordering::Acquire) >= newest {
                 Ok(())
             } else {

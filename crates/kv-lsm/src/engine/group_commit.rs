@@ -138,8 +138,8 @@ impl Inner {
         own
     }
 
-    /// Writes a group to the log (one write, one fsync under `Always`),
-    /// then to the memtable, then makes it visible.
+    /// Writes a group to the log (one write), then to the memtable, then
+    /// makes it visible.
     pub(super) fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(Error::Closed);
@@ -175,11 +175,8 @@ impl Inner {
         if !any {
             return Ok(());
         }
+        // Writes under `Always` take the deferred path, never this one.
         log.writer.write_buffered()?;
-        if self.opts.durability == Durability::Always {
-            log.writer.sync()?;
-            self.counters.log_syncs.fetch_add(1, Ordering::Relaxed);
-        }
         self.counters.write_groups.fetch_add(1, Ordering::Relaxed);
         let mem = self.sv.read().mem.clone();
         let mut next = log.last_seq;
@@ -206,7 +203,7 @@ impl Inner {
             }
         }
         log.last_seq = seq;
-        // `fetch_max`: the deferred writes' syncer publishes too.
+        // `fetch_max`: deferred writes publish too.
         self.visible_seq.fetch_max(seq, Ordering::Release);
         Ok(())
     }

@@ -12,9 +12,6 @@ pub(super) fn prepare_segment(writer: &mut LogWriter, opts: &Options) {
 }
 
 impl Inner {
-    /// Freezes the memtable when it is full (or `force` and not empty),
-    /// waiting first while too many frozen memtables or level-0 tables
-    /// pile up (back-pressure).
     /// Whether a write now might wait: the memtable is nearly full (its
     /// switch syncs the log and creates a segment), or the switch would
     /// stall on too many level-0 tables or frozen memtables.
@@ -26,6 +23,9 @@ impl Inner {
             || sv.imms.len() >= self.opts.max_immutable_memtables
     }
 
+    /// Freezes the memtable when it is full (or `force` and not empty),
+    /// waiting first while too many frozen memtables or level-0 tables
+    /// pile up (back-pressure).
     pub(super) fn make_room(&self, log: &mut LogState, mut force: bool) -> Result<()> {
         loop {
             self.check_open()?;

@@ -59,9 +59,9 @@ fn child(dir: &str, cycle: u32) {
                             let k = format!("{base}{part}");
                             batch.put(k.as_bytes(), value_for(&k));
                         }
-                        // Half the threads defer their batches to the
-                        // syncer thread and acknowledge once it resolves
-                        // them; the others commit as a group.
+                        // Half the threads wait on the `Durable` of a
+                        // deferred batch themselves; the others call
+                        // `write`, which does the same inside the engine.
                         if t % 2 == 0 {
                             engine.write_deferred(batch).unwrap().wait().unwrap();
                         } else {

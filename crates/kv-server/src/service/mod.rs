@@ -259,12 +259,7 @@ async fn apply_replicas(
     // Inline when the engine's write returns at once (its sync, if any,
     // awaited here): no blocking thread per batch. Else, and for hints
     // (written with a blocking sync), on the blocking pool.
-    let pending = if replica.inline_writes() {
-        replica.receive_many_deferred(&items)
-    } else {
-        None
-    };
-    let results = match pending {
+    let results = match replica.receive_many_deferred(&items) {
         Some(pending) => pending.finish().await,
         None => off_runtime(move || Ok(replica.receive_many(&items)))
             .await
