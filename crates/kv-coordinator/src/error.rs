@@ -61,6 +61,10 @@ pub enum Error {
     /// A peer failed during anti-entropy or hint delivery.
     #[error("peer: {0}")]
     Peer(String),
+    /// This node declines the work for now (it is busy with work that
+    /// covers it); the same request may succeed later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A stored state failed to decode.
     #[error("stored state of a key is corrupt: {0}")]
     Corrupt(String),
@@ -110,6 +114,7 @@ impl Error {
             | Error::NotReplica(_)
             | Error::Forwarded { .. }
             | Error::Peer(_)
+            | Error::Busy(_)
             | Error::Placement(PartitionerError::EmptyRing) => ErrorKind::Unavailable,
             Error::Placement(_) => ErrorKind::Internal,
             Error::Storage(StorageError::Corruption(_)) | Error::Corrupt(_) => ErrorKind::Corrupt,
@@ -131,9 +136,13 @@ impl Error {
     /// operation served for `node` (what a transport reports when this
     /// node's replica fails a peer's request).
     pub fn to_transport(&self, node: NodeId) -> TransportError {
+        let kind = match self {
+            Error::Busy(_) => RemoteFailure::Busy,
+            _ => self.kind().remote(),
+        };
         TransportError::Remote {
             node,
-            kind: self.kind().remote(),
+            kind,
             message: self.to_string(),
         }
     }

@@ -78,4 +78,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use hints::{Hint, HintLimits, HintStore};
 pub use latency::RecentLatency;
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};
-pub use replica::{MAX_COUNTER, Pending, Replica, ReplicaSettings, Siblings, Update, Value};
+pub use replica::{
+    MAX_COUNTER, Pending, RepairRunning, Replica, ReplicaSettings, Siblings, Update, Value,
+};

@@ -1,6 +1,6 @@
 //! The local versioned store: each key's sibling set as the engine value.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kv_clock::VectorClock;
 use kv_core::{ActorId, NodeId, StorageEngine};
@@ -120,6 +120,19 @@ pub struct Replica<E> {
     clock_entries_pruned: AtomicU64,
     /// Keys whose state holds only tombstones (see `tombstone_keys`).
     tombstones: Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    /// Operator repairs of this replica running (see `begin_repair`).
+    repairs: Arc<AtomicUsize>,
+}
+
+/// An operator's repair of a replica, running until this is dropped
+/// ([`Replica::begin_repair`]).
+#[derive(Debug)]
+pub struct RepairRunning(Arc<AtomicUsize>);
+
+impl Drop for RepairRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<E: std::fmt::Debug> std::fmt::Debug for Replica<E> {
@@ -277,6 +290,7 @@ impl<E: StorageEngine> Replica<E> {
             siblings_dropped: AtomicU64::new(0),
             clock_entries_pruned: AtomicU64::new(0),
             tombstones: Mutex::new(std::collections::BTreeSet::new()),
+            repairs: Arc::default(),
         };
         replica.fill_trees()?;
         Ok(replica)
@@ -449,8 +463,16 @@ impl<E: StorageEngine> Replica<E> {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a request that does not decode or a peer
-    /// this node shares no tree with.
+    /// this node shares no tree with; [`Error::Busy`] while an operator's
+    /// repair of this replica runs ([`begin_repair`](Self::begin_repair)).
     pub fn answer_exchange(&self, peer: NodeId, request: &[u8]) -> Result<Vec<u8>> {
+        if self.repair_running() {
+            return Err(Error::Busy(format!(
+                "node {} is running an operator repair, which exchanges with every peer; \
+                 exchanges it did not start wait until it is done",
+                self.id
+            )));
+        }
         let message =
             kv_merkle::Message::decode(request).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let kv_merkle::Message::Compare(compare) = message else {
@@ -556,6 +578,22 @@ impl<E: StorageEngine> Replica<E> {
     /// Leaf buckets of the anti-entropy trees.
     pub fn merkle_leaves(&self) -> u32 {
         self.trees.leaves()
+    }
+
+    /// Marks an operator's repair of this replica as running until the
+    /// returned guard is dropped. Meanwhile the replica answers no peer's
+    /// anti-entropy exchange ([`Error::Busy`]) and its own background
+    /// exchanges pause: the repair reconciles with every peer in turn, and
+    /// an exchange started beside it would move the same keys a second
+    /// time, on the same two cores.
+    pub fn begin_repair(&self) -> RepairRunning {
+        self.repairs.fetch_add(1, Ordering::AcqRel);
+        RepairRunning(self.repairs.clone())
+    }
+
+    /// Whether an operator's repair of this replica is running.
+    pub fn repair_running(&self) -> bool {
+        self.repairs.load(Ordering::Acquire) > 0
     }
 
     /// A state sent by a coordinator: merged here, or, when it is meant for

@@ -12,7 +12,9 @@ where
     /// Starts the background maintenance of this node: every
     /// `maintenance_interval` it delivers hints and collects tombstones;
     /// every `anti_entropy_interval` it runs one anti-entropy exchange with
-    /// the next live peer, round robin (so repair traffic stays bounded).
+    /// the next live peer, round robin (so repair traffic stays bounded),
+    /// except while an operator's repair of this replica runs
+    /// ([`Replica::begin_repair`]), which exchanges with every peer itself.
     /// The task ends when the coordinator is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
@@ -32,7 +34,7 @@ where
                 if let Err(e) = this.collect_tombstones(wall_clock_secs()).await {
                     warn_failed("tombstone collection", None, &e);
                 }
-                if Instant::now() >= next_ae {
+                if Instant::now() >= next_ae && !this.replica.repair_running() {
                     next_ae = Instant::now() + ae_every;
                     let me = this.replica.id();
                     let peers: Vec<NodeId> = this

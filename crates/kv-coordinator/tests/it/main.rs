@@ -1233,6 +1233,78 @@ async fn maintenance_delivers_hints_and_repairs_without_clients() {
     }
 }
 
+/// While an operator's repair of a node runs, exchanges it did not start
+/// are declined (the peers' and its own background ones): the repair
+/// reconciles with every peer, and a second exchange beside it would move
+/// the same keys again. Afterwards background anti-entropy resumes.
+#[tokio::test(start_paused = true)]
+async fn an_operator_repair_runs_alone() {
+    let config = Config {
+        anti_entropy_interval: Duration::from_secs(1),
+        maintenance_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let c = Cluster::new(3, config);
+    let wiped = NodeId(3);
+    c.network.set_down(wiped, true);
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("r:{i}").into_bytes()).collect();
+    for key in &keys {
+        c.healthy_coordinator(key)
+            .put(key, b"v", b"", None)
+            .await
+            .unwrap();
+    }
+    c.network.set_down(wiped, false);
+    let missing = |c: &Cluster| {
+        keys.iter()
+            .filter(|k| c.stored(wiped, k).is_empty())
+            .count()
+    };
+    assert_eq!(missing(&c), keys.len());
+
+    let running = c.node(wiped).replica().begin_repair();
+    let tasks: Vec<_> = c.nodes.iter().map(|n| n.spawn_maintenance()).collect();
+    // A peer's exchange is declined, with the reason.
+    let err = c
+        .node(NodeId(1))
+        .anti_entropy_with(wiped, 64)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("operator repair"), "{err}");
+    let peers = c.node(NodeId(1)).anti_entropy_peers();
+    assert!(
+        peers[&wiped]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("operator repair"))
+    );
+    // Ten background intervals pass: nothing moves to the repairing node.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(missing(&c), keys.len(), "background exchanges paused");
+    assert!(
+        c.node(wiped).anti_entropy_peers().is_empty(),
+        "its own never started"
+    );
+    // The repair itself exchanges with its peers.
+    let report = c
+        .node(wiped)
+        .anti_entropy_with(NodeId(1), 64)
+        .await
+        .unwrap();
+    assert_eq!(report.keys_changed, keys.len());
+    assert_eq!(missing(&c), 0);
+
+    // Done: the peers' exchanges with it are answered again.
+    drop(running);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let peers = c.node(NodeId(2)).anti_entropy_peers();
+    assert!(peers[&wiped].last_complete_unix.is_some(), "{peers:?}");
+    assert_eq!(peers[&wiped].last_error, None);
+    for t in tasks {
+        t.abort();
+    }
+}
+
 /// Node 1's replica of a three-node ring, on `engine`.
 fn replica_of_node_1(engine: Arc<MemEngine>) -> Replica<Arc<MemEngine>> {
     let ring: Arc<dyn Partitioner + Send + Sync> = Arc::new(

@@ -13,7 +13,9 @@ impl Cluster {
     /// repairing both sides. Progress arrives on the returned channel as
     /// pages complete (dropped when the reader is slow; the last message
     /// of each peer never is), and the channel closes when the repair is
-    /// done or its reader went away.
+    /// done or its reader went away. Meanwhile this node declines the
+    /// exchanges its peers start and starts none in the background
+    /// (`Replica::begin_repair`): they would move the same keys again.
     ///
     /// # Errors
     ///
@@ -38,7 +40,11 @@ impl Cluster {
         }
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
+        // From here until the task ends (done, or its reader gone), peers'
+        // exchanges with this node and its own background ones wait.
+        let running = self.coordinator.replica().begin_repair();
         tokio::spawn(async move {
+            let _running = running;
             let total = peers.len() as u32;
             let fanout = this.coordinator.config().anti_entropy_fanout;
             for (done, peer) in peers.into_iter().enumerate() {
