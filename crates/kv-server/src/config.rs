@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub http: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// The directory `kvctl snapshot DIR` must write below (an absolute
+    /// path on the node's machine; none: anywhere the node can write).
+    pub snapshot_root: Option<PathBuf>,
     /// The initial ring's members as `id@host:port` (used on the first
     /// start of a cluster; later the ring lives in the data directory).
     pub members: Option<Vec<String>>,
@@ -228,6 +231,7 @@ impl ServerConfig {
             listen: over.listen.or(self.listen),
             http: over.http.or(self.http),
             data_dir: over.data_dir.or(self.data_dir),
+            snapshot_root: over.snapshot_root.or(self.snapshot_root),
             members: over.members.or(self.members),
             seeds: over.seeds.or(self.seeds),
             advertise: over.advertise.or(self.advertise),
@@ -444,6 +448,15 @@ impl ServerConfig {
         }
         if let Some(ms) = self.ring_sync_ms {
             node.ring_sync = Duration::from_millis(ms.max(10));
+        }
+        if let Some(root) = &self.snapshot_root {
+            if !root.is_absolute() {
+                return Err(invalid(
+                    "snapshot_root",
+                    format!("snapshot_root {}: give an absolute path", root.display()),
+                ));
+            }
+            node.snapshot_root = Some(root.clone());
         }
         Ok(node)
     }

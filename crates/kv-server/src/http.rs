@@ -449,6 +449,10 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
             escape(r.last_error.as_deref().unwrap_or("-")),
         );
     }
+    let outside = cluster
+        .outside_ring()
+        .map(|w| format!("<p><b>NOT IN THE RING</b>: {}</p>", escape(&w)))
+        .unwrap_or_default();
     let posture = cluster.posture();
     let security = if posture.insecure {
         "<p><b>INSECURE</b>: started with --insecure: no TLS, no authentication; anyone who reaches this node can read, write and change the cluster.</p>".to_string()
@@ -469,7 +473,7 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
     };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kv node {me}</title></head><body>\
-         <h1>kv node {me}</h1>{health}{security}\
+         <h1>kv node {me}</h1>{health}{outside}{security}\
          <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
          <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\

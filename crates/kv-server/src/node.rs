@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub gossip_seed: Option<u64>,
     /// Where the node keeps its data (`data/` and `hints/` below it).
     pub data_dir: PathBuf,
+    /// The directory snapshots must be written below (`None`: anywhere the
+    /// node can write; `kvctl snapshot` needs the admin role either way).
+    pub snapshot_root: Option<PathBuf>,
     /// Replication settings.
     pub coordinator: kv_coordinator::Config,
     /// Commit-log durability.
@@ -105,6 +108,7 @@ impl NodeConfig {
             max_in_flight: 4096,
             gossip_seed: None,
             data_dir: data_dir.into(),
+            snapshot_root: None,
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
             vnodes: 150,
@@ -511,6 +515,7 @@ fn assemble(
             tick: config.gossip_tick,
             ring_sync: config.ring_sync,
             data_dir: config.data_dir.clone(),
+            snapshot_root: config.snapshot_root.clone(),
             seed: config.gossip_seed,
             posture: config.security.posture(),
         },

@@ -407,6 +407,11 @@ fn render_status(json: bool, s: &StatusReply) -> String {
                 (false, false, false) => "no TLS, no authentication (loopback)",
             }
         );
+        let owner = s.members.iter().any(|m| m.id == s.node && m.in_ring);
+        if !owner && s.members.iter().any(|m| m.in_ring) {
+            let warning = kv_server::cluster::outside_ring_warning(s.node, s.ring_epoch);
+            let _ = writeln!(out, "WARNING: {warning}");
+        }
         let _ = writeln!(
             out,
             "{:>6}  {:<22} {:<8} {:<8} {:>8}  {:<9} {:<9} ring",

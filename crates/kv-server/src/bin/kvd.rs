@@ -36,6 +36,9 @@ struct Args {
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The directory `kvctl snapshot DIR` must write below (absolute).
+    #[arg(long)]
+    snapshot_root: Option<PathBuf>,
     /// A member of the initial ring, as id@host:port (repeat for each).
     #[arg(long = "member")]
     members: Vec<String>,
@@ -176,6 +179,7 @@ async fn run(args: Args) -> Result<(), String> {
         listen: args.listen,
         http: args.http,
         data_dir: args.data_dir,
+        snapshot_root: args.snapshot_root,
         members: (!args.members.is_empty()).then_some(args.members),
         seeds: (!args.seeds.is_empty()).then_some(args.seeds),
         advertise: args.advertise,

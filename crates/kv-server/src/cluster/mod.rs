@@ -54,6 +54,7 @@ mod backup;
 mod error;
 mod membership;
 mod operator;
+pub use operator::outside_ring_warning;
 mod proposal;
 mod rebalance;
 mod recovery;
@@ -127,6 +128,8 @@ pub struct ClusterSettings {
     pub ring_sync: Duration,
     /// Where the ring file lives.
     pub data_dir: PathBuf,
+    /// The directory snapshots must be written below (`None`: anywhere).
+    pub snapshot_root: Option<PathBuf>,
     /// Seeds gossip's random choices (`None`: from the clock).
     pub seed: Option<u64>,
     /// How the node protects its services (shown in status and metrics).

@@ -9,6 +9,20 @@ impl Cluster {
         self.settings.posture
     }
 
+    /// A warning in plain words when this node owns no range of the ring
+    /// it holds (and the ring has members): it left, was removed or
+    /// replaced by another node and was started again on its old
+    /// directory, or its join is not done yet. It then serves no key of
+    /// its own and only forwards requests.
+    pub fn outside_ring(&self) -> Option<String> {
+        let state = self.state.lock();
+        let me = self.settings.id.0;
+        if state.members.is_empty() || state.members.iter().any(|m| m.id == me) {
+            return None;
+        }
+        Some(outside_ring_warning(me, state.epoch))
+    }
+
     /// `kvctl status`.
     ///
     /// # Errors
@@ -104,4 +118,16 @@ impl Cluster {
             delivered: hints.delivered(),
         })
     }
+}
+
+/// What a node outside the ring tells its operator (logs, status page;
+/// `kvctl status` says the same from the status it is sent).
+pub fn outside_ring_warning(node: u64, epoch: u64) -> String {
+    format!(
+        "node {node} owns no range in ring epoch {epoch}: it holds no keys of its own and \
+         only forwards requests. If it is joining, this ends when the join is done. If it \
+         left, or was removed (kvctl remove) or replaced (kvd --replace) and then started \
+         again on its old data directory, it will not rejoin by itself: stop it, and to \
+         bring the host back start kvd on an empty data directory with --join"
+    )
 }

@@ -63,8 +63,13 @@ impl Cluster {
             members = state.members.len(),
             "ring installed"
         );
+        let me = self.settings.id;
+        let was_member = self.in_ring(me);
         self.ring.set(ring);
         *self.state.lock() = state;
+        if was_member && let Some(warning) = self.outside_ring() {
+            tracing::warn!(node = me.0, "{warning}");
+        }
         let replica = self.coordinator.replica().clone();
         off_runtime(move || replica.rebuild_trees()).await?;
         self.handoff_pending.store(true, Ordering::Relaxed);

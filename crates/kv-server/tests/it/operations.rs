@@ -99,7 +99,7 @@ async fn hints_for(port: u16, owner: u64) -> u64 {
 async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_owners() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(4);
-    let (mut children, _) = start_cluster(&ports, 4, dir.path(), 600000).await;
+    let (mut children, extra) = start_cluster(&ports, 4, dir.path(), 600000).await;
     let mut writer = connect(ports[0]).await;
     let before = write_keys(&mut writer, "rm", 3).await;
     // Node 4 dies for good; writes go on (W=2), hinted for it.
@@ -153,6 +153,21 @@ async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_ow
             assert!(stores(p, key, &value).await, "port {p} holds key {i}");
         }
     }
+    // The removed node's host comes back on its old directory: it learns
+    // the ring without it, says so to its operator, and does not rejoin.
+    children[3] = kvd(4, &ports, dir.path(), &extra);
+    connect(ports[3]).await;
+    eventually(30, "node 4 says it is outside the ring", || async {
+        let (out, _, ok) = kvctl(ports[3], &["status"]);
+        ok && out.contains("WARNING: node 4 owns no range in ring epoch 2")
+            && out.contains("start kvd on an empty data directory")
+    })
+    .await;
+    let (out, _, _) = kvctl(ports[0], &["status"]);
+    assert!(!out.contains("WARNING"), "members are not warned: {out}");
+    let s = status(ports[0]).await;
+    assert_eq!(s.ring_epoch, 2);
+    assert!(!s.members.iter().any(|m| m.id == 4 && m.in_ring));
     drop(children);
 }
 
@@ -273,7 +288,12 @@ async fn a_snapshot_restores_a_node_that_lost_its_disk_and_the_cluster_converges
     let n3 = dir.path().join("n3");
     std::fs::remove_dir_all(&n3).unwrap();
     std::fs::rename(&backup, &n3).unwrap();
-    children[2] = kvd(3, &ports, dir.path(), &extra);
+    // Restarted with a snapshot root this time (checked at the end).
+    let root = dir.path().join("backups");
+    std::fs::create_dir(&root).unwrap();
+    let mut with_root = extra.clone();
+    with_root.extend(["--snapshot-root".to_string(), root.display().to_string()]);
+    children[2] = kvd(3, &ports, dir.path(), &with_root);
     connect(ports[2]).await;
     // What the snapshot held is there at once.
     for (i, key) in early.iter().enumerate() {
@@ -305,6 +325,17 @@ async fn a_snapshot_restores_a_node_that_lost_its_disk_and_the_cluster_converges
             .into_inner();
         assert_eq!(got.values, vec![((i % 200) as u32).to_le_bytes().to_vec()]);
     }
+    // With a snapshot root, a snapshot goes below it and nowhere else.
+    let outside = dir.path().join("elsewhere").display().to_string();
+    let (_, err, ok) = kvctl(ports[2], &["snapshot", &outside]);
+    assert!(!ok && err.contains("snapshot_root"), "{err}");
+    assert!(!dir.path().join("elsewhere").exists(), "nothing written");
+    let escape = root.join("../escape").display().to_string();
+    let (_, err, ok) = kvctl(ports[2], &["snapshot", &escape]);
+    assert!(!ok && err.contains(".."), "{err}");
+    let inside = root.join("tuesday").display().to_string();
+    let (out, err, ok) = kvctl(ports[2], &["snapshot", &inside]);
+    assert!(ok && out.contains("snapshot in"), "{out}{err}");
     drop(children);
 }
 
@@ -383,6 +414,26 @@ fn deploy_files_validate() {
         })
         .collect();
     assert_eq!(commands.len(), 2, "{unit}");
+    // The unit lets the node write its data directory and its snapshot
+    // root, as every host's TOML names them (ProtectSystem=strict makes
+    // every other path read-only).
+    let writable: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for id in 1..=5 {
+        let text =
+            std::fs::read_to_string(root.join(format!("deploy/five-hosts/n{id}.toml"))).unwrap();
+        let config = kv_server::ServerConfig::from_toml(&text).unwrap();
+        for dir in [config.data_dir, config.snapshot_root] {
+            let dir = dir.unwrap().display().to_string();
+            assert!(
+                writable.contains(&dir.as_str()),
+                "n{id}: {dir} not in {writable:?}"
+            );
+        }
+    }
     let toml = root.join("deploy/five-hosts/n1.toml").display().to_string();
     for line in commands {
         let mut words = line.split_whitespace();
