@@ -2,7 +2,8 @@
 //! replaced repaired on demand (`kvctl repair`); a dead node removed from
 //! another (`kvctl remove`), its ranges and hints finding new owners; a new
 //! machine taking a dead node's place (`kvd --replace`); a node restored
-//! from a snapshot (`kvctl snapshot`) after it lost its disk.
+//! from a snapshot (`kvctl snapshot`) after it lost its disk; two removals
+//! of one node at once through two nodes.
 
 use std::process::Command;
 
@@ -168,6 +169,91 @@ async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_ow
     let s = status(ports[0]).await;
     assert_eq!(s.ring_epoch, 2);
     assert!(!s.members.iter().any(|m| m.id == 4 && m.in_ring));
+    drop(children);
+}
+
+/// Two operators remove the same dead node at once, through two different
+/// nodes, with two `kvctl` processes: at most one installs the next ring
+/// epoch, the other is refused (the epoch is promised to the winner, or
+/// the node is gone by the time it asks), and every node ends on one ring
+/// at that epoch with every key readable from all replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kvctl_removes_at_once_install_one_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(4);
+    let (children, _) = start_cluster(&ports, 4, dir.path(), 600000).await;
+    let mut children = children;
+    let mut writer = connect(ports[0]).await;
+    let keys = write_keys(&mut writer, "twice", 2).await;
+    children[3].kill().unwrap();
+    children[3].wait().unwrap();
+    eventually(30, "nodes 1 and 2 see node 4 dead", || async {
+        let mut dead = true;
+        for &p in &ports[..2] {
+            dead &= status(p)
+                .await
+                .members
+                .iter()
+                .any(|m| m.id == 4 && m.state == "dead");
+        }
+        dead
+    })
+    .await;
+    let spawn = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .arg("--node")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["remove", "4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(ports[0]), spawn(ports[1]));
+    let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let won: Vec<_> = outputs.iter().filter(|o| o.status.success()).collect();
+    assert!(won.len() <= 1, "both removals succeeded: {outputs:?}");
+    for o in &outputs {
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        if o.status.success() {
+            assert!(out.contains("n4 removed: ring epoch 2"), "{out}");
+        } else {
+            assert!(
+                err.contains("promised to another change") || err.contains("node 4"),
+                "a refusal names why: {err}"
+            );
+        }
+    }
+    if won.is_empty() {
+        // Both lost the race to each other: the epoch is free again once
+        // the promises lapse or are released.
+        eventually(60, "a later removal succeeds", || async {
+            kvctl(ports[2], &["remove", "4"]).2
+        })
+        .await;
+    }
+    eventually(30, "every node on ring epoch 2 without node 4", || async {
+        let mut all = true;
+        for &p in &ports[..3] {
+            let s = status(p).await;
+            all &= s.ring_epoch == 2 && !s.members.iter().any(|m| m.id == 4 && m.in_ring);
+        }
+        all
+    })
+    .await;
+    let ring = status(ports[0]).await.ring;
+    for &p in &ports[1..3] {
+        assert_eq!(status(p).await.ring, ring, "port {p} holds the same ring");
+    }
+    for &p in &ports[..3] {
+        for (i, key) in keys.iter().enumerate() {
+            let value = ((i % 200) as u32).to_le_bytes();
+            assert!(stores(p, key, &value).await, "port {p} holds key {i}");
+        }
+    }
     drop(children);
 }
 
