@@ -20,6 +20,13 @@ use crate::proto::OpError;
 /// The most operations one pipeline message may carry (either way).
 pub const MAX_PIPELINED_OPS: usize = 1024;
 
+/// The most operations one `Batch` call may carry.
+pub const MAX_BATCH_OPS: usize = 1024;
+
+/// The most bytes of keys and values one `Batch` call may carry, and of
+/// values and contexts its reply may (results past it fail on their own).
+pub const MAX_BATCH_BYTES: usize = 32 << 20;
+
 /// A failed operation as it travels in a pipeline.
 pub(crate) fn op_error(status: &Status) -> OpError {
     OpError {

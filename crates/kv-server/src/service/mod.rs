@@ -16,13 +16,13 @@ use crate::proto::admin_server::Admin;
 use crate::proto::internal_server::Internal;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    Ack, BatchReply, BucketReply, BucketRequest, ChangeReply, DeleteRequest, Empty, FailureKind,
-    FetchReply, FetchRequest, ForwardReply, ForwardRequest, GetReply, GetRequest, GossipRequest,
-    HintsReply, InstallReply, KeyState, MerkleReply, MerkleRequest, PipelineReply, PipelineRequest,
-    ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest,
-    ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest,
-    RingProposal, RingQuery, RingState, SnapshotReply, SnapshotRequest, StatusReply,
-    TransferRequest,
+    Ack, BatchOpsReply, BatchOpsRequest, BatchReply, BucketReply, BucketRequest, ChangeReply,
+    DeleteRequest, Empty, FailureKind, FetchReply, FetchRequest, ForwardReply, ForwardRequest,
+    GetReply, GetRequest, GossipRequest, HintsReply, InstallReply, KeyState, MerkleReply,
+    MerkleRequest, PipelineReply, PipelineRequest, ProposalReply, PutReply, PutRequest,
+    ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest,
+    RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest, RingProposal, RingQuery,
+    RingState, SnapshotReply, SnapshotRequest, StatusReply, TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -221,6 +221,13 @@ where
         request: Request<tonic::Streaming<PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         Ok(Response::new(pipeline::serve(self.clone(), request)))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<BatchOpsRequest>,
+    ) -> Result<Response<BatchOpsReply>, Status> {
+        Ok(Response::new(pipeline::batch(self, request).await?))
     }
 }
 

@@ -6,10 +6,12 @@ use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
 use super::{KvService, ReplyStream};
-use crate::pipeline::{MAX_PIPELINED_OPS, op_error};
+use crate::pipeline::{MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
-use crate::proto::{PipelineReply, PipelineRequest, PipelinedOp, PipelinedResult};
+use crate::proto::{
+    BatchOpsReply, BatchOpsRequest, PipelineReply, PipelineRequest, PipelinedOp, PipelinedResult,
+};
 use crate::security::{Caller, Role};
 use crate::stopping::stopped;
 
@@ -76,6 +78,80 @@ where
             Some((Ok(PipelineReply { results: ready }), results))
         },
     ))
+}
+
+/// Serves one `Batch` call: every operation at once, as its own unary call
+/// would run; one result per operation in the request's order.
+///
+/// # Errors
+///
+/// `InvalidArgument` for more than [`MAX_BATCH_OPS`] operations or more
+/// than [`MAX_BATCH_BYTES`] of keys and values (nothing runs).
+pub(crate) async fn batch<E, T, P>(
+    service: &KvService<E, T, P>,
+    request: Request<BatchOpsRequest>,
+) -> Result<BatchOpsReply, Status>
+where
+    E: StorageEngine + 'static,
+    T: Transport + 'static,
+    P: Partitioner + Send + Sync + 'static,
+{
+    let writes = may_write(request.extensions().get::<Caller>());
+    let ops = request.into_inner().ops;
+    if ops.len() > MAX_BATCH_OPS {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {} operations, above the limit of {MAX_BATCH_OPS}: split it",
+            ops.len()
+        )));
+    }
+    let bytes: usize = ops.iter().map(op_bytes).sum();
+    if bytes > MAX_BATCH_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {bytes} bytes of keys and values, above the limit of \
+             {MAX_BATCH_BYTES}: split it"
+        )));
+    }
+    let results =
+        futures_util::future::join_all(ops.into_iter().map(|op| run(service, op, writes))).await;
+    // The reply stays within the limit: results past it fail on their own.
+    let mut left = MAX_BATCH_BYTES;
+    let results = results
+        .into_iter()
+        .map(|result| {
+            let size = result_bytes(&result);
+            if size > left {
+                let status = Status::resource_exhausted(format!(
+                    "the batch's reply reached {MAX_BATCH_BYTES} bytes before this result: \
+                     ask for fewer keys at a time"
+                ));
+                failed(result.id, &status)
+            } else {
+                left -= size;
+                result
+            }
+        })
+        .collect();
+    Ok(BatchOpsReply { results })
+}
+
+/// Bytes of keys, values and contexts an operation carries.
+fn op_bytes(op: &PipelinedOp) -> usize {
+    match &op.op {
+        Some(Op::Get(r)) => r.key.len(),
+        Some(Op::Put(r)) => r.key.len() + r.value.len() + r.context.len(),
+        Some(Op::Delete(r)) => r.key.len() + r.context.len(),
+        None => 0,
+    }
+}
+
+/// Bytes of values and contexts a result carries.
+fn result_bytes(result: &PipelinedResult) -> usize {
+    match &result.result {
+        Some(Outcome::Get(r)) => r.values.iter().map(Vec::len).sum::<usize>() + r.context.len(),
+        Some(Outcome::Put(r)) => r.context.len(),
+        Some(Outcome::Error(e)) => e.message.len(),
+        None => 0,
+    }
 }
 
 fn failed(id: u64, status: &Status) -> PipelinedResult {

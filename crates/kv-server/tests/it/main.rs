@@ -7,6 +7,7 @@
     clippy::print_stdout
 )]
 
+mod batch;
 mod membership;
 mod operations;
 mod process;
