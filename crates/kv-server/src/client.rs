@@ -45,6 +45,48 @@ use crate::proto::{DeleteRequest, GetReply, GetRequest, PutReply, PutRequest};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Context(pub Vec<u8>);
 
+/// Operations of one [`Client::get_many`] or [`Client::write_many`] in
+/// flight at a time: enough to fill pipeline messages to every node, few
+/// enough that a large batch does not push its own requests past the
+/// cluster's request timeout (1,024 at once did, on a debug build).
+pub const MANY_IN_FLIGHT: usize = 64;
+
+/// One item of [`Client::write_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value to put; `None` deletes.
+    pub value: Option<Vec<u8>>,
+    /// What the write supersedes (from a read); `None` supersedes nothing
+    /// (a put then makes a sibling of what exists).
+    pub context: Option<Context>,
+}
+
+impl BatchWrite {
+    /// A put of `value` at `key`, superseding what `context` covers.
+    pub fn put(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        context: Option<Context>,
+    ) -> Self {
+        BatchWrite {
+            key: key.into(),
+            value: Some(value.into()),
+            context,
+        }
+    }
+
+    /// A delete of what `context` covers at `key`.
+    pub fn delete(key: impl Into<Vec<u8>>, context: Context) -> Self {
+        BatchWrite {
+            key: key.into(),
+            value: None,
+            context: Some(context),
+        }
+    }
+}
+
 /// Lower-case hexadecimal of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -782,6 +824,38 @@ impl Client {
     /// [`ClientError`] as the cluster reports it.
     pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
         self.write(key, None, &context.0).await
+    }
+
+    /// Reads many keys at once: one result per key, in the order given; a
+    /// key that fails fails only itself. Each read is routed, hedged and
+    /// retried as [`get`](Self::get) is, and at most [`MANY_IN_FLIGHT`]
+    /// are in flight at a time (they share pipeline messages to each
+    /// node).
+    pub async fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Vec<Result<Versioned, ClientError>> {
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(keys.iter().map(|k| self.get(k.as_ref())))
+            .buffered(MANY_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
+    /// Writes many keys at once (puts and deletes, [`BatchWrite`]): one
+    /// result per item, in the order given; an item that fails fails only
+    /// itself. Each write has its own tag, so a retried item is stored
+    /// once, as with [`put`](Self::put); at most [`MANY_IN_FLIGHT`] are in
+    /// flight at a time.
+    pub async fn write_many(&self, items: Vec<BatchWrite>) -> Vec<Result<Written, ClientError>> {
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(items.into_iter().map(|item| async move {
+            let context = item.context.map(|c| c.0).unwrap_or_default();
+            self.write(&item.key, item.value, &context).await
+        }))
+        .buffered(MANY_IN_FLIGHT)
+        .collect()
+        .await
     }
 
     /// Reads `key`; when it has siblings, merges them with `resolve` and

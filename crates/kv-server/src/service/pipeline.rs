@@ -80,8 +80,12 @@ where
     ))
 }
 
-/// Serves one `Batch` call: every operation at once, as its own unary call
-/// would run; one result per operation in the request's order.
+/// Operations of one `Batch` call under way at a time.
+const BATCH_WINDOW: usize = 64;
+
+/// Serves one `Batch` call: every operation as its own unary call would
+/// run, [`BATCH_WINDOW`] at a time; one result per operation in the
+/// request's order.
 ///
 /// # Errors
 ///
@@ -111,8 +115,15 @@ where
              {MAX_BATCH_BYTES}: split it"
         )));
     }
-    let results =
-        futures_util::future::join_all(ops.into_iter().map(|op| run(service, op, writes))).await;
+    // A window of operations at a time, not all 1,024 at once: one call
+    // must not push its own operations past the request timeout.
+    let results: Vec<PipelinedResult> = {
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(ops.into_iter().map(|op| run(service, op, writes)))
+            .buffered(BATCH_WINDOW)
+            .collect()
+            .await
+    };
     // The reply stays within the limit: results past it fail on their own.
     let mut left = MAX_BATCH_BYTES;
     let results = results

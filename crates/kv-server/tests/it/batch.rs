@@ -46,8 +46,9 @@ async fn a_batch_answers_each_operation_in_order_and_fails_only_what_fails() {
     let nodes = cluster(3, dir.path()).await;
     let mut c = client(&nodes[0]).await;
 
-    // A multi-put with one bad item: the others are written.
-    let ops: Vec<PipelinedOp> = (0..100u64)
+    // A multi-put as large as a batch may be, with one bad item: the
+    // others are written.
+    let ops: Vec<PipelinedOp> = (0..MAX_BATCH_OPS as u64)
         .map(|i| {
             let key = if i == 50 {
                 Vec::new() // an empty key is refused, alone
@@ -58,7 +59,7 @@ async fn a_batch_answers_each_operation_in_order_and_fails_only_what_fails() {
         })
         .collect();
     let reply = c.batch(BatchOpsRequest { ops }).await.unwrap().into_inner();
-    assert_eq!(reply.results.len(), 100);
+    assert_eq!(reply.results.len(), MAX_BATCH_OPS);
     let mut contexts = Vec::new();
     for (i, r) in reply.results.iter().enumerate() {
         assert_eq!(r.id, i as u64, "results in request order");
@@ -71,12 +72,12 @@ async fn a_batch_answers_each_operation_in_order_and_fails_only_what_fails() {
             other => panic!("item {i}: {other:?}"),
         }
     }
-    assert_eq!(contexts.len(), 99);
+    assert_eq!(contexts.len(), MAX_BATCH_OPS - 1);
 
     // A mix read from another node: reads, a delete with a read's context,
     // an overwrite; each as its own call would answer.
     let mut c2 = client(&nodes[1]).await;
-    let ops: Vec<PipelinedOp> = (0..100u64)
+    let ops: Vec<PipelinedOp> = (0..MAX_BATCH_OPS as u64)
         .map(|i| get(i, format!("b:{i}").as_bytes()))
         .collect();
     let reply = c2
@@ -86,7 +87,11 @@ async fn a_batch_answers_each_operation_in_order_and_fails_only_what_fails() {
         .into_inner();
     for (i, r) in reply.results.iter().enumerate() {
         if i == 50 {
-            assert_eq!(values(r), Vec::<Vec<u8>>::new(), "the refused put wrote nothing");
+            assert_eq!(
+                values(r),
+                Vec::<Vec<u8>>::new(),
+                "the refused put wrote nothing"
+            );
         } else {
             assert_eq!(
                 values(r),

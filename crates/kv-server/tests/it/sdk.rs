@@ -475,3 +475,66 @@ async fn a_pipeline_ends_when_its_node_stops_and_opens_again_to_the_node_restart
     client.put(b"k2", b"v2".to_vec(), None).await.unwrap();
     node.shutdown().await.unwrap();
 }
+
+/// `get_many` and `write_many`: one result per item in order, an item
+/// failing alone, deletes and overwrites with contexts, more items than
+/// one batch holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_at_once_with_a_result_per_item() {
+    use kv_server::client::BatchWrite;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let client = Client::new(&addrs, ClientConfig::default()).unwrap();
+
+    // More than one batch's worth (1,024), one bad key among them.
+    let count = 1_500usize;
+    let items: Vec<BatchWrite> = (0..count)
+        .map(|i| {
+            let key = if i == 700 {
+                Vec::new()
+            } else {
+                format!("many:{i}").into_bytes()
+            };
+            BatchWrite::put(key, i.to_le_bytes().to_vec(), None)
+        })
+        .collect();
+    let written = client.write_many(items).await;
+    assert_eq!(written.len(), count);
+    for (i, w) in written.iter().enumerate() {
+        match (i, w) {
+            (700, Err(ClientError::InvalidArgument(m))) => assert!(m.contains("empty key"), "{m}"),
+            (700, other) => panic!("the empty key: {other:?}"),
+            (_, w) => assert!(w.is_ok(), "item {i}: {w:?}"),
+        }
+    }
+    let keys: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("many:{i}").into_bytes())
+        .collect();
+    let read = client.get_many(&keys).await;
+    for (i, r) in read.iter().enumerate() {
+        let values = &r.as_ref().unwrap().values;
+        if i == 700 {
+            assert!(values.is_empty());
+        } else {
+            assert_eq!(values, &vec![i.to_le_bytes().to_vec()], "key {i}");
+        }
+    }
+    // Delete one, overwrite another, with the contexts read.
+    let context = |i: usize| read[i].as_ref().unwrap().context.clone();
+    let results = client
+        .write_many(vec![
+            BatchWrite::delete(keys[1].clone(), context(1)),
+            BatchWrite::put(keys[2].clone(), b"two".to_vec(), Some(context(2))),
+        ])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let after = client.get_many(&keys[..3]).await;
+    let values: Vec<Vec<Vec<u8>>> = after.into_iter().map(|r| r.unwrap().values).collect();
+    assert_eq!(values[0], vec![0usize.to_le_bytes().to_vec()]);
+    assert!(values[1].is_empty(), "deleted");
+    assert_eq!(values[2], vec![b"two".to_vec()], "superseded, no sibling");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -113,12 +113,17 @@ async fn put_code(creds: &ClientCredentials, port: u16) -> Result<Code, String> 
 
 /// The codes of one pipeline message through `creds`, in order: a get, a
 /// put, and an operation without an operation; or the code that refused
-/// the pipeline itself (`Err`).
+/// the pipeline itself (`Err`). A `Batch` call of the same operations
+/// answers the same codes (checked here).
 async fn pipeline_codes(creds: &ClientCredentials, port: u16) -> Result<Vec<Code>, Code> {
+    let codes = pipeline_codes_alone(creds, port).await;
+    assert_eq!(batch_codes(creds, port).await, codes, "Batch as a pipeline");
+    codes
+}
+
+fn three_ops() -> Vec<kv_server::proto::PipelinedOp> {
+    use kv_server::proto::PipelinedOp;
     use kv_server::proto::pipelined_op::Op;
-    use kv_server::proto::pipelined_result::Result as Outcome;
-    use kv_server::proto::{PipelineRequest, PipelinedOp};
-    let mut kv = KvClient::new(channel(creds, port).await.unwrap());
     let op = |id, op| PipelinedOp { id, op };
     let get = Op::Get(GetRequest {
         key: b"k".to_vec(),
@@ -130,9 +135,32 @@ async fn pipeline_codes(creds: &ClientCredentials, port: u16) -> Result<Vec<Code
         w: 1,
         ..Default::default()
     });
-    let message = PipelineRequest {
-        ops: vec![op(1, Some(get)), op(2, Some(put)), op(3, None)],
-    };
+    vec![op(1, Some(get)), op(2, Some(put)), op(3, None)]
+}
+
+fn result_code(result: &kv_server::proto::PipelinedResult) -> Code {
+    use kv_server::proto::pipelined_result::Result as Outcome;
+    match &result.result {
+        Some(Outcome::Error(e)) => Code::from_i32(e.code),
+        Some(_) => Code::Ok,
+        None => Code::Internal,
+    }
+}
+
+async fn batch_codes(creds: &ClientCredentials, port: u16) -> Result<Vec<Code>, Code> {
+    let mut kv = KvClient::new(channel(creds, port).await.unwrap());
+    let reply = kv
+        .batch(kv_server::proto::BatchOpsRequest { ops: three_ops() })
+        .await
+        .map_err(|s| s.code())?
+        .into_inner();
+    Ok(reply.results.iter().map(result_code).collect())
+}
+
+async fn pipeline_codes_alone(creds: &ClientCredentials, port: u16) -> Result<Vec<Code>, Code> {
+    use kv_server::proto::PipelineRequest;
+    let mut kv = KvClient::new(channel(creds, port).await.unwrap());
+    let message = PipelineRequest { ops: three_ops() };
     let mut replies = kv
         .pipeline(futures_util::stream::iter([message]))
         .await
@@ -141,11 +169,7 @@ async fn pipeline_codes(creds: &ClientCredentials, port: u16) -> Result<Vec<Code
     let mut codes = vec![None; 3];
     while let Some(reply) = replies.message().await.map_err(|s| s.code())? {
         for result in reply.results {
-            codes[(result.id - 1) as usize] = Some(match result.result {
-                Some(Outcome::Error(e)) => Code::from_i32(e.code),
-                Some(_) => Code::Ok,
-                None => Code::Internal,
-            });
+            codes[(result.id - 1) as usize] = Some(result_code(&result));
         }
     }
     Ok(codes
