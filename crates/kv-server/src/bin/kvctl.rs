@@ -134,6 +134,25 @@ enum Command {
         #[arg(long)]
         r: Option<u32>,
     },
+    /// Read many keys in one go: a line per key, in order (exits non-zero
+    /// if any read failed; the others are still printed).
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Read quorum for each read.
+        #[arg(long)]
+        r: Option<u32>,
+    },
+    /// Write many KEY=VALUE pairs in one go, each a blind write (it
+    /// supersedes nothing: an existing value stays as a sibling); a line
+    /// per item, in order (exits non-zero if any write failed).
+    Mput {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        items: Vec<String>,
+        /// Write quorum for each write.
+        #[arg(long)]
+        w: Option<u32>,
+    },
     /// Delete a key (send the context of a read).
     Delete {
         key: String,
@@ -364,6 +383,8 @@ async fn admin(
         }
         Command::Put { .. }
         | Command::Get { .. }
+        | Command::Mget { .. }
+        | Command::Mput { .. }
         | Command::Delete { .. }
         | Command::Certs { .. }
         | Command::Token { .. } => {
@@ -669,7 +690,11 @@ async fn run_command(args: Args) -> Result<String, String> {
     let credentials = credentials(&args)?;
     if !matches!(
         args.command,
-        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. }
+        Command::Put { .. }
+            | Command::Get { .. }
+            | Command::Mget { .. }
+            | Command::Mput { .. }
+            | Command::Delete { .. }
     ) {
         return admin(&args.node, args.json, &credentials, args.command).await;
     }
@@ -737,9 +762,93 @@ async fn run_command(args: Args) -> Result<String, String> {
             }
             out
         }
+        Command::Mget { keys, r } => {
+            let client = client.with_quorums(None, r);
+            let results = client.get_many(&keys).await;
+            return many(args.json, &keys, results, |read| {
+                let values: Vec<String> = read
+                    .values
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                let text = match values.len() {
+                    0 => "(not found)".to_string(),
+                    1 => values[0].clone(),
+                    n => format!("{n} siblings: {}", values.join(" | ")),
+                };
+                let json =
+                    serde_json::json!({ "values": values, "context": read.context.to_hex() });
+                (text, json)
+            });
+        }
+        Command::Mput { items, w } => {
+            let mut writes = Vec::with_capacity(items.len());
+            let mut keys = Vec::with_capacity(items.len());
+            for item in &items {
+                let (key, value) = item
+                    .split_once('=')
+                    .ok_or_else(|| format!("{item:?}: give each item as KEY=VALUE"))?;
+                keys.push(key.to_string());
+                writes.push(kv_server::client::BatchWrite::put(key, value, None));
+            }
+            let client = client.with_quorums(w, None);
+            let results = client.write_many(writes).await;
+            return many(args.json, &keys, results, |written| {
+                let context = written.context.to_hex();
+                (
+                    format!("ok (context {context})"),
+                    serde_json::json!({ "ok": true, "context": context }),
+                )
+            });
+        }
         other => return admin(&args.node, args.json, &credentials, other).await,
     };
     Ok(output)
+}
+
+/// A line per item of an mget or mput (`key: what happened`), or a JSON
+/// object per line; `Err` with every line and a count when any failed.
+fn many<T>(
+    json: bool,
+    keys: &[String],
+    results: Vec<Result<T, ClientError>>,
+    show: impl Fn(&T) -> (String, serde_json::Value),
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut failed = 0;
+    for (key, result) in keys.iter().zip(&results) {
+        match result {
+            Ok(item) => {
+                let (text, value) = show(item);
+                if json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "key": key, "result": value })
+                    );
+                } else {
+                    let _ = writeln!(out, "{key}: {text}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "key": key, "error": e.to_string() })
+                    );
+                } else {
+                    let _ = writeln!(out, "{key}: error: {e}");
+                }
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(out)
+    } else {
+        Err(format!("{out}{failed} of {} failed", keys.len()))
+    }
 }
 
 fn main() -> ExitCode {

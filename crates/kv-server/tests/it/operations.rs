@@ -535,3 +535,39 @@ fn deploy_files_validate() {
         ]));
     }
 }
+
+/// `kvctl mput` and `kvctl mget` against real nodes: a line per item in
+/// order, a failing item reported with the rest and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_mput_and_mget_answer_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let (children, _) = start_cluster(&ports, 3, dir.path(), 600000).await;
+    let (out, err, ok) = kvctl(ports[0], &["mput", "a=1", "b=two=2", "c=3"]);
+    assert!(ok, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("a: ok (context ") && lines[1].starts_with("b: ok"),
+        "{out}"
+    );
+    // An empty key fails alone; the others are written.
+    let (out, err, ok) = kvctl(ports[1], &["mput", "d=4", "=5"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("d: ok") && err.contains(": error: invalid argument"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 failed"), "{err}");
+    let (_, err, ok) = kvctl(ports[1], &["mput", "novalue"]);
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+    let (out, err, ok) = kvctl(ports[2], &["mget", "a", "b", "missing", "d"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "a: 1\nb: two=2\nmissing: (not found)\nd: 4\n");
+    let (out, _, ok) = kvctl(ports[2], &["--json", "mget", "c"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["key"], "c");
+    assert_eq!(v["result"]["values"][0], "3");
+    drop(children);
+}
