@@ -96,6 +96,24 @@ async fn hints_for(port: u16, owner: u64) -> u64 {
         .sum()
 }
 
+/// Waits until every node on `ports` holds ring `epoch`, without `gone`.
+async fn removed_everywhere(ports: &[u16], gone: u64, epoch: u64) {
+    eventually(
+        30,
+        "every node on the new ring without the node",
+        || async {
+            let mut all = true;
+            for &p in ports {
+                let s = status(p).await;
+                all &=
+                    s.ring_epoch == epoch && !s.members.iter().any(|m| m.id == gone && m.in_ring);
+            }
+            all
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_owners() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,15 +146,7 @@ async fn kvctl_remove_takes_a_dead_node_out_and_its_ranges_and_hints_find_new_ow
     let (out, err, ok) = kvctl(ports[1], &["remove", "4"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("n4 removed: ring epoch 2"), "{out}");
-    eventually(30, "every node without node 4 in its ring", || async {
-        let mut all = true;
-        for &p in &ports[..3] {
-            let s = status(p).await;
-            all &= s.ring_epoch == 2 && !s.members.iter().any(|m| m.id == 4 && m.in_ring);
-        }
-        all
-    })
-    .await;
+    removed_everywhere(&ports[..3], 4, 2).await;
     // Three nodes, N=3: every node replicates every key, and holds it
     // (the ranges were copied from the survivors; hints went to the new
     // replicas and are gone).
@@ -235,15 +245,7 @@ async fn two_kvctl_removes_at_once_install_one_ring() {
         })
         .await;
     }
-    eventually(30, "every node on ring epoch 2 without node 4", || async {
-        let mut all = true;
-        for &p in &ports[..3] {
-            let s = status(p).await;
-            all &= s.ring_epoch == 2 && !s.members.iter().any(|m| m.id == 4 && m.in_ring);
-        }
-        all
-    })
-    .await;
+    removed_everywhere(&ports[..3], 4, 2).await;
     let ring = status(ports[0]).await.ring;
     for &p in &ports[1..3] {
         assert_eq!(status(p).await.ring, ring, "port {p} holds the same ring");
