@@ -93,6 +93,10 @@ pub enum ErrorKind {
     Corrupt,
     /// A bug or a failed task of this node.
     Internal,
+    /// This node declines the work for now, being busy with work that
+    /// covers it (an operator's repair); the same request may succeed
+    /// later.
+    Busy,
 }
 
 impl Error {
@@ -114,8 +118,8 @@ impl Error {
             | Error::NotReplica(_)
             | Error::Forwarded { .. }
             | Error::Peer(_)
-            | Error::Busy(_)
             | Error::Placement(PartitionerError::EmptyRing) => ErrorKind::Unavailable,
+            Error::Busy(_) => ErrorKind::Busy,
             Error::Placement(_) => ErrorKind::Internal,
             Error::Storage(StorageError::Corruption(_)) | Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Storage(_) => ErrorKind::LocalStorage,
@@ -128,7 +132,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::LocalStorage
+            ErrorKind::Unavailable
+                | ErrorKind::TimedOut
+                | ErrorKind::LocalStorage
+                | ErrorKind::Busy
         )
     }
 
@@ -136,27 +143,24 @@ impl Error {
     /// operation served for `node` (what a transport reports when this
     /// node's replica fails a peer's request).
     pub fn to_transport(&self, node: NodeId) -> TransportError {
-        let kind = match self {
-            Error::Busy(_) => RemoteFailure::Busy,
-            _ => self.kind().remote(),
-        };
         TransportError::Remote {
             node,
-            kind,
+            kind: self.kind().remote(),
             message: self.to_string(),
         }
     }
 }
 
 impl ErrorKind {
-    /// The kind a peer reports to the node that asked: bad input and
-    /// damaged data as themselves, a failed engine as storage, anything
-    /// else (a replica operation misses no quorum) as internal.
+    /// The kind a peer reports to the node that asked: bad input, damaged
+    /// data and a busy node as themselves, a failed engine as storage,
+    /// anything else (a replica operation misses no quorum) as internal.
     pub fn remote(self) -> RemoteFailure {
         match self {
             ErrorKind::Invalid => RemoteFailure::Invalid,
             ErrorKind::LocalStorage => RemoteFailure::Storage,
             ErrorKind::Corrupt => RemoteFailure::Corrupt,
+            ErrorKind::Busy => RemoteFailure::Busy,
             ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::Internal => {
                 RemoteFailure::Internal
             }

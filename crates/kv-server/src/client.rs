@@ -45,12 +45,6 @@ use crate::proto::{DeleteRequest, GetReply, GetRequest, PutReply, PutRequest};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Context(pub Vec<u8>);
 
-/// Operations of one [`Client::get_many`] or [`Client::write_many`] in
-/// flight at a time: enough to fill pipeline messages to every node, few
-/// enough that a large batch does not push its own requests past the
-/// cluster's request timeout (1,024 at once did, on a debug build).
-pub const MANY_IN_FLIGHT: usize = 64;
-
 /// One item of [`Client::write_many`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchWrite {
@@ -828,7 +822,7 @@ impl Client {
 
     /// Reads many keys at once: one result per key, in the order given; a
     /// key that fails fails only itself. Each read is routed, hedged and
-    /// retried as [`get`](Self::get) is, and at most [`MANY_IN_FLIGHT`]
+    /// retried as [`get`](Self::get) is, and at most [`BATCH_WINDOW`](crate::pipeline::BATCH_WINDOW)
     /// are in flight at a time (they share pipeline messages to each
     /// node).
     pub async fn get_many<K: AsRef<[u8]>>(
@@ -837,7 +831,7 @@ impl Client {
     ) -> Vec<Result<Versioned, ClientError>> {
         use futures_util::StreamExt as _;
         futures_util::stream::iter(keys.iter().map(|k| self.get(k.as_ref())))
-            .buffered(MANY_IN_FLIGHT)
+            .buffered(crate::pipeline::BATCH_WINDOW)
             .collect()
             .await
     }
@@ -845,7 +839,7 @@ impl Client {
     /// Writes many keys at once (puts and deletes, [`BatchWrite`]): one
     /// result per item, in the order given; an item that fails fails only
     /// itself. Each write has its own tag, so a retried item is stored
-    /// once, as with [`put`](Self::put); at most [`MANY_IN_FLIGHT`] are in
+    /// once, as with [`put`](Self::put); at most [`BATCH_WINDOW`](crate::pipeline::BATCH_WINDOW) are in
     /// flight at a time.
     pub async fn write_many(&self, items: Vec<BatchWrite>) -> Vec<Result<Written, ClientError>> {
         use futures_util::StreamExt as _;
@@ -853,7 +847,7 @@ impl Client {
             let context = item.context.map(|c| c.0).unwrap_or_default();
             self.write(&item.key, item.value, &context).await
         }))
-        .buffered(MANY_IN_FLIGHT)
+        .buffered(crate::pipeline::BATCH_WINDOW)
         .collect()
         .await
     }

@@ -10,8 +10,10 @@ use tonic::{Code, Status};
 /// quorums (with how many acknowledged) and for a node whose engine cannot
 /// serve (the client tries another), `DeadlineExceeded` when replicas did
 /// not answer in time, `DataLoss` for damaged stored data, `Internal` for
-/// bugs. (Overload, `ResourceExhausted`, is decided before a request
-/// reaches the coordinator: [`InFlight`](crate::InFlight).)
+/// bugs, `ResourceExhausted` for work declined while other work covers
+/// it (an exchange during an operator's repair). (Client overload, also
+/// `ResourceExhausted`, is decided before a request reaches the
+/// coordinator: [`InFlight`](crate::InFlight).)
 pub fn to_status(err: &Error) -> Status {
     let code = match err.kind() {
         ErrorKind::Invalid => Code::InvalidArgument,
@@ -19,6 +21,8 @@ pub fn to_status(err: &Error) -> Status {
         ErrorKind::TimedOut => Code::DeadlineExceeded,
         ErrorKind::Corrupt => Code::DataLoss,
         ErrorKind::Internal => Code::Internal,
+        // The peer's transport reads it back as busy (`wire::status_failure`).
+        ErrorKind::Busy => Code::ResourceExhausted,
     };
     Status::new(code, err.to_string())
 }
@@ -89,6 +93,21 @@ mod tests {
         assert_eq!(to_status(&panicked).code(), Code::Internal);
         let bad = Error::Storage(kv_core::StorageError::InvalidInput("key too long".into()));
         assert_eq!(to_status(&bad).code(), Code::InvalidArgument);
+        // A busy refusal reaches the asking peer as busy over gRPC, as it
+        // does through a transport that keeps the error (the simulation).
+        let busy = Error::Busy("an operator repair runs".into());
+        assert_eq!(
+            crate::wire::status_failure(to_status(&busy).code()),
+            kv_core::RemoteFailure::Busy
+        );
+        assert!(matches!(
+            busy.to_transport(NodeId(3)),
+            kv_core::TransportError::Remote {
+                kind: kv_core::RemoteFailure::Busy,
+                ..
+            }
+        ));
+        assert!(busy.is_retryable());
     }
 
     #[test]

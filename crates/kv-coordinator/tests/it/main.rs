@@ -1200,14 +1200,19 @@ async fn clock_pruning_is_applied_and_counted() {
     assert!(state.context().get(c.node(replicas[1]).replica().actor()) >= 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn maintenance_delivers_hints_and_repairs_without_clients() {
-    let config = Config {
+/// Settings whose maintenance timer does something within seconds of
+/// simulated time: hints every 200 ms, anti-entropy every second.
+fn fast_maintenance() -> Config {
+    Config {
         anti_entropy_interval: Duration::from_secs(1),
         maintenance_interval: Duration::from_millis(200),
         ..Config::default()
-    };
-    let c = Cluster::new(5, config);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_delivers_hints_and_repairs_without_clients() {
+    let c = Cluster::new(5, fast_maintenance());
     let tasks: Vec<_> = c.nodes.iter().map(|n| n.spawn_maintenance()).collect();
     let down = NodeId(2);
     c.network.set_down(down, true);
@@ -1239,12 +1244,7 @@ async fn maintenance_delivers_hints_and_repairs_without_clients() {
 /// the same keys again. Afterwards background anti-entropy resumes.
 #[tokio::test(start_paused = true)]
 async fn an_operator_repair_runs_alone() {
-    let config = Config {
-        anti_entropy_interval: Duration::from_secs(1),
-        maintenance_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let c = Cluster::new(3, config);
+    let c = Cluster::new(3, fast_maintenance());
     let wiped = NodeId(3);
     c.network.set_down(wiped, true);
     let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("r:{i}").into_bytes()).collect();

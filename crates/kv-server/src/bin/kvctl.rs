@@ -817,31 +817,23 @@ fn many<T>(
     let mut out = String::new();
     let mut failed = 0;
     for (key, result) in keys.iter().zip(&results) {
-        match result {
+        let (text, json_line) = match result {
             Ok(item) => {
                 let (text, value) = show(item);
-                if json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "key": key, "result": value })
-                    );
-                } else {
-                    let _ = writeln!(out, "{key}: {text}");
-                }
+                (text, serde_json::json!({ "key": key, "result": value }))
             }
             Err(e) => {
                 failed += 1;
-                if json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "key": key, "error": e.to_string() })
-                    );
-                } else {
-                    let _ = writeln!(out, "{key}: error: {e}");
-                }
+                (
+                    format!("error: {e}"),
+                    serde_json::json!({ "key": key, "error": e.to_string() }),
+                )
             }
+        };
+        if json {
+            let _ = writeln!(out, "{json_line}");
+        } else {
+            let _ = writeln!(out, "{key}: {text}");
         }
     }
     if failed == 0 {

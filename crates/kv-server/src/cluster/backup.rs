@@ -47,7 +47,8 @@ impl Cluster {
     /// # Errors
     ///
     /// `InvalidArgument` for a relative path, a directory that holds
-    /// anything, or one outside the node's `snapshot_root` when it has one; `Internal` for I/O errors (a partial copy may be left).
+    /// anything, or one outside the node's `snapshot_root` when it has
+    /// one; `Internal` for I/O errors (a partial copy may be left).
     pub async fn snapshot(&self, dir: &str) -> Result<SnapshotReply, ClusterError> {
         let dest = PathBuf::from(dir);
         if !dest.is_absolute() {

@@ -20,6 +20,13 @@ use crate::proto::OpError;
 /// The most operations one pipeline message may carry (either way).
 pub const MAX_PIPELINED_OPS: usize = 1024;
 
+/// Operations of one batch under way at a time, on the node (a `Batch`
+/// call) and in the SDK (`Client::get_many`, `Client::write_many`): enough
+/// to fill pipeline messages to every node, few enough that one batch does
+/// not push its own operations past the request timeout (1,024 at once
+/// did, on a debug build).
+pub const BATCH_WINDOW: usize = 64;
+
 /// The most operations one `Batch` call may carry.
 pub const MAX_BATCH_OPS: usize = 1024;
 

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
 use super::{KvService, ReplyStream};
-use crate::pipeline::{MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_PIPELINED_OPS, op_error};
+use crate::pipeline::{BATCH_WINDOW, MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
 use crate::proto::{
@@ -80,9 +80,6 @@ where
     ))
 }
 
-/// Operations of one `Batch` call under way at a time.
-const BATCH_WINDOW: usize = 64;
-
 /// Serves one `Batch` call: every operation as its own unary call would
 /// run, [`BATCH_WINDOW`] at a time; one result per operation in the
 /// request's order.
@@ -115,8 +112,6 @@ where
              {MAX_BATCH_BYTES}: split it"
         )));
     }
-    // A window of operations at a time, not all 1,024 at once: one call
-    // must not push its own operations past the request timeout.
     let results: Vec<PipelinedResult> = {
         use futures_util::StreamExt as _;
         futures_util::stream::iter(ops.into_iter().map(|op| run(service, op, writes)))
