@@ -95,10 +95,14 @@ impl Cluster {
     }
 
     pub(super) async fn ask_ring(&self, addr: &str) -> Option<RingState> {
+        self.ask_ring_above(addr, self.epoch()).await
+    }
+
+    /// The peer's ring, whole if its epoch is above `known_epoch` (only
+    /// the epoch otherwise).
+    async fn ask_ring_above(&self, addr: &str, known_epoch: u64) -> Option<RingState> {
         let mut client = self.transport.bulk(addr).ok()?;
-        let query = RingQuery {
-            known_epoch: self.epoch(),
-        };
+        let query = RingQuery { known_epoch };
         let reply = tokio::time::timeout(Duration::from_secs(2), client.get_ring(query))
             .await
             .ok()?
@@ -149,7 +153,19 @@ impl Cluster {
                 .ok()?
                 .ok()?
                 .into_inner();
-                (!reply.accepted && reply.epoch >= state.epoch).then_some(addr)
+                if reply.accepted || reply.epoch < state.epoch {
+                    return None;
+                }
+                if reply.epoch == state.epoch {
+                    // The peer holds this epoch already: ring sync may
+                    // have brought it this very ring from here. Only a
+                    // different ring at the epoch is a conflict.
+                    let theirs = self
+                        .ask_ring_above(&addr, state.epoch.saturating_sub(1))
+                        .await;
+                    return theirs.is_some_and(|t| t != state).then_some(addr);
+                }
+                Some(addr)
             }
         });
         let mut conflicts = Vec::new();
