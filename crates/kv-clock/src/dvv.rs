@@ -210,6 +210,22 @@ impl<V> DvvSet<V> {
             })
     }
 
+    /// Marks write `id`'s copy (or the memory of its superseded copy) as
+    /// met by a retry: another attempt of it may be stored elsewhere, so
+    /// once superseded it is remembered for the grace period.
+    fn met_retry(&mut self, id: u64) {
+        for s in &mut self.siblings {
+            if let Some(tag) = &mut s.write
+                && tag.id == id
+            {
+                tag.retry = true;
+            }
+        }
+        if let Ok(i) = self.retired.binary_search_by_key(&id, |r| r.id) {
+            self.retired[i].lasting = true;
+        }
+    }
+
     /// How many siblings survive.
     pub fn len(&self) -> usize {
         self.siblings.len()
@@ -269,6 +285,9 @@ impl<V> DvvSet<V> {
     /// write (an earlier attempt reached this replica), or remembers that
     /// a copy of it was superseded, nothing new is stored: the context is
     /// folded in as the first attempt did, and the dot it got is returned.
+    /// A later attempt (`retry`) marks the copy as met by a retry, so that
+    /// it is remembered for the grace period once superseded (an attempt
+    /// elsewhere may have left another copy).
     ///
     /// # Errors
     ///
@@ -285,6 +304,9 @@ impl<V> DvvSet<V> {
         if let Some(tag) = write
             && let Some(dot) = self.find_write(tag.id)
         {
+            if tag.retry {
+                self.met_retry(tag.id);
+            }
             self.discard(client_context, now);
             return Ok(dot);
         }

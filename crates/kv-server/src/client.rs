@@ -388,6 +388,17 @@ fn never_sent(message: &str) -> bool {
         || message.contains("error trying to connect")
 }
 
+/// Whether a failed write attempt may nevertheless have been stored by
+/// the node (it timed out or lost its connection after it was sent).
+fn may_have_stored(status: &tonic::Status) -> bool {
+    match classify(status) {
+        ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
+            !never_sent(&message)
+        }
+        _ => false,
+    }
+}
+
 /// Whether `status` is this client's transport failing rather than an
 /// answer from the node.
 fn broken_connection(status: &tonic::Status) -> bool {
@@ -672,11 +683,24 @@ impl Client {
                             // `tried` of them were sent.
                             let mut waiting: Vec<usize> =
                                 (n + 1..tried).filter(|m| !finished.contains(m)).collect();
+                            let mut stray = false;
                             while settle
                                 && !waiting.is_empty()
-                                && let Some((m, ..)) = pending.next().await
+                                && let Some((m, _, later, _)) = pending.next().await
                             {
                                 waiting.retain(|&x| x != m);
+                                stray |= later.as_ref().is_err_and(may_have_stored);
+                            }
+                            if stray && n == 0 {
+                                // A hedge failed without saying whether it
+                                // was stored: a copy of this write may sit
+                                // on a node that is cut off. Telling the
+                                // winner it met a retry makes the replicas
+                                // remember the write for the tombstone
+                                // grace once it is overwritten, so that
+                                // copy cannot come back later. Best effort:
+                                // the write itself is acknowledged already.
+                                let _ = call(index, tried).await;
                             }
                             return Ok(value);
                         }

@@ -55,10 +55,19 @@ fn an_attempt_that_finds_its_write_stores_nothing_new() {
     let mut key = DvvSet::new();
     let dot = key.update_tagged(&empty, A, 0, 1, first(9), 0).unwrap();
     let before = key.clone();
+    // The first attempt again (its answer was lost on the way) changes
+    // nothing.
+    let same = key.update_tagged(&empty, A, 0, 1, first(9), 0).unwrap();
+    assert_eq!(same, dot);
+    assert_eq!(key, before);
     // The retry reaches the same replica (or one the first copy reached).
     let again_dot = key.update_tagged(&empty, B, 0, 1, again(9), 0).unwrap();
     assert_eq!(again_dot, dot, "the first attempt's dot is the answer");
-    assert_eq!(key, before);
+    assert_eq!(values(&key), [1]);
+    assert_eq!(key.context(), before.context());
+    // ...and marks the copy as met by a retry: another attempt of the
+    // write may be stored elsewhere.
+    assert!(key.siblings()[0].write.unwrap().retry);
     // A different write with the same context is a sibling as always.
     key.update_tagged(&empty, B, 0, 2, first(10), 0).unwrap();
     assert_eq!(values(&key), [1, 2]);
@@ -149,6 +158,37 @@ fn a_hedged_copy_stored_after_the_first_was_overwritten_does_not_return() {
     let merged = at_a.synced(&at_b);
     assert_eq!(values(&merged), [2]);
     assert_eq!(merged, at_b.synced(&at_a));
+}
+
+#[test]
+fn a_stranded_hedge_does_not_return_once_the_winner_met_a_retry() {
+    let empty = VectorClock::new();
+    // The first attempt, at A, is acknowledged; the hedge is stored at C,
+    // which is cut off before it can answer or replicate.
+    let mut at_c = DvvSet::new();
+    at_c.update_tagged(&empty, C, 0, 1, again(5), 10).unwrap();
+    let acknowledged = |pinned: bool| {
+        let mut at_a = DvvSet::new();
+        at_a.update_tagged(&empty, A, 0, 1, first(5), 10).unwrap();
+        if pinned {
+            // The client saw the hedge fail and sends the write to A
+            // again as a retry.
+            at_a.update_tagged(&empty, A, 0, 1, again(5), 10).unwrap();
+        }
+        // The key is overwritten more often than brief memory holds.
+        for id in 100..100 + 2 * BRIEF_CAP as u64 {
+            let read = at_a.context().clone();
+            at_a.update_tagged(&read, A, 0, 2, first(id), 11).unwrap();
+        }
+        at_a
+    };
+    // Unpinned, the hedge's copy comes back when C heals: the gap the
+    // client's retry closes.
+    assert_eq!(values(&acknowledged(false).synced(&at_c)), [1, 2]);
+    let pinned = acknowledged(true);
+    assert!(pinned.retired().iter().any(|r| r.id == 5 && r.lasting));
+    assert_eq!(values(&pinned.synced(&at_c)), [2]);
+    assert_eq!(values(&at_c.synced(&pinned)), [2]);
 }
 
 #[test]

@@ -239,16 +239,53 @@ async fn a_read_sent_to_a_node_that_never_answers_is_answered_by_another() {
     }
 }
 
-/// A TCP proxy to `target` that, once `swallow` is set, still delivers
-/// what clients send but drops every byte of the answers: a coordinator
-/// that stores a write and whose answer never arrives (a broken return
-/// path, or a node killed right after storing).
-async fn answer_swallowing_proxy(
+/// What a [`faulty_proxy`] does to the bytes it carries.
+mod fault {
+    /// Passes both ways.
+    pub(super) const PASS: u8 = 0;
+    /// Delivers what clients send but drops every byte of the answers: a
+    /// coordinator that stores a write and whose answer never arrives (a
+    /// broken return path, or a node killed right after storing).
+    pub(super) const SWALLOW_ANSWERS: u8 = 1;
+    /// Drops what clients send: the node never sees the request.
+    pub(super) const DROP_REQUESTS: u8 = 2;
+    /// Holds every chunk of the answers back for [`SLOW`] first.
+    pub(super) const SLOW_ANSWERS: u8 = 3;
+    /// How long a slow answer is held.
+    pub(super) const SLOW: std::time::Duration = std::time::Duration::from_millis(300);
+}
+
+/// A TCP proxy to `target` that does to the bytes what `mode` (a
+/// [`fault`] constant) says at the moment they pass.
+async fn faulty_proxy(
     target: std::net::SocketAddr,
-    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
 ) -> String {
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+    async fn pipe(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+        drop_when: u8,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let now = mode.load(Ordering::SeqCst);
+            if now == drop_when {
+                continue;
+            }
+            if now == fault::SLOW_ANSWERS && drop_when == fault::SWALLOW_ANSWERS {
+                tokio::time::sleep(fault::SLOW).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -256,25 +293,20 @@ async fn answer_swallowing_proxy(
             let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                 continue;
             };
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-            });
-            let swallow = swallow.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = server_read.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    if !swallow.load(Ordering::SeqCst)
-                        && client_write.write_all(&buf[..n]).await.is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pipe(
+                client_read,
+                server_write,
+                mode.clone(),
+                fault::DROP_REQUESTS,
+            ));
+            tokio::spawn(pipe(
+                server_read,
+                client_write,
+                mode.clone(),
+                fault::SWALLOW_ANSWERS,
+            ));
         }
     });
     addr
@@ -282,11 +314,11 @@ async fn answer_swallowing_proxy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_is_lost_is_taken_by_another_node_and_stored_once() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU8, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(3, dir.path()).await;
-    let swallow = std::sync::Arc::new(AtomicBool::new(false));
-    let proxy = answer_swallowing_proxy(nodes[0].addr, swallow.clone()).await;
+    let swallow = std::sync::Arc::new(AtomicU8::new(fault::PASS));
+    let proxy = faulty_proxy(nodes[0].addr, swallow.clone()).await;
     let client = Client::new(
         [proxy.as_str(), &nodes[1].addr.to_string()],
         ClientConfig {
@@ -300,7 +332,7 @@ async fn a_write_whose_answer_is_lost_is_taken_by_another_node_and_stored_once()
     // the write below starts at the proxy.
     client.get(b"warm").await.unwrap();
     client.get(b"warm").await.unwrap();
-    swallow.store(true, Ordering::SeqCst);
+    swallow.store(fault::SWALLOW_ANSWERS, Ordering::SeqCst);
     // A key that the node behind the proxy coordinates (it stores the
     // first attempt itself rather than forwarding it).
     let owned_by_first = |k: &Vec<u8>| {
@@ -361,6 +393,69 @@ async fn a_write_whose_answer_is_lost_is_taken_by_another_node_and_stored_once()
         reader.get(key).await.unwrap().values,
         vec![b"once".to_vec()]
     );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_hedge_was_lost_is_remembered_as_retried() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let first_mode = std::sync::Arc::new(AtomicU8::new(fault::PASS));
+    let hedge_mode = std::sync::Arc::new(AtomicU8::new(fault::PASS));
+    let first = faulty_proxy(nodes[0].addr, first_mode.clone()).await;
+    let hedge = faulty_proxy(nodes[1].addr, hedge_mode.clone()).await;
+    let client = Client::new(
+        [first.as_str(), hedge.as_str()],
+        ClientConfig {
+            attempts: 2,
+            route_by_key: false,
+            request_timeout: Duration::from_secs(3),
+            hedge_floor: Duration::from_millis(20),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    // Two reads open both connections; the write below starts at the
+    // first proxy, whose answer comes too late, so the write is hedged to
+    // the second, which loses it: the client cannot know whether that
+    // node stored a copy (cut off from its peers, it would keep it).
+    client.get(b"warm").await.unwrap();
+    client.get(b"warm").await.unwrap();
+    first_mode.store(fault::SLOW_ANSWERS, Ordering::SeqCst);
+    hedge_mode.store(fault::DROP_REQUESTS, Ordering::SeqCst);
+    let key = b"hedge-lost".as_slice();
+    let written = client.put(key, b"once".to_vec(), None).await.unwrap();
+    // (Only the first attempt can have been stored: the hedge never
+    // reached its node.)
+    // The first attempt's copy is marked as met by a retry on every
+    // replica, so when it is overwritten the replicas remember the write
+    // for the tombstone grace, not briefly: a stranded hedge copy cannot
+    // come back as a sibling of the write that superseded it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let states: Vec<_> = nodes
+            .iter()
+            .map(|n| n.coordinator().replica().state(key).unwrap())
+            .collect();
+        let marked = states.iter().all(|s| {
+            s.len() == 1
+                && s.siblings()[0]
+                    .write
+                    .is_some_and(|w| w.id == written.write_id && w.retry)
+        });
+        if marked {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acknowledged copy was not marked as retried everywhere: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for n in nodes {
         n.shutdown().await.unwrap();
     }
