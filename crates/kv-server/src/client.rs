@@ -201,6 +201,16 @@ pub enum ClientError {
     /// The node is overloaded; back off and retry.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A conditional write was refused: the key did not hold what the
+    /// condition asked. `context` is the key's current one (read the key,
+    /// decide, write again with it).
+    #[error("precondition failed: {message}")]
+    PreconditionFailed {
+        /// Why.
+        message: String,
+        /// The key's current context.
+        context: Context,
+    },
     /// Any other failure reported by the node.
     #[error("{code:?}: {message}")]
     Other {
@@ -421,6 +431,10 @@ fn classify(status: &tonic::Status) -> ClientError {
         Code::InvalidArgument => ClientError::InvalidArgument(message),
         Code::DeadlineExceeded | Code::Cancelled => ClientError::Timeout(message),
         Code::ResourceExhausted => ClientError::Overloaded(message),
+        Code::FailedPrecondition => ClientError::PreconditionFailed {
+            message,
+            context: Context(crate::pipeline::status_context(status)),
+        },
         Code::Unavailable => ClientError::Unavailable { tried: 1, message },
         code => ClientError::Other { code, message },
     }
@@ -784,37 +798,54 @@ impl Client {
         value: Option<Vec<u8>>,
         context: &[u8],
     ) -> Result<Written, ClientError> {
+        self.write_if(key, value, context, (false, false)).await
+    }
+
+    /// [`write`](Self::write) with a condition, `(if_none_match,
+    /// if_not_modified)`. A conditional write is sent once, neither hedged
+    /// nor retried: an attempt whose first copy was stored would find its
+    /// own write and be refused, so a lost answer is reported as
+    /// [`ClientError::Timeout`] (outcome unknown) instead.
+    async fn write_if(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &[u8],
+        (if_none_match, if_not_modified): (bool, bool),
+    ) -> Result<Written, ClientError> {
         let w = self.config.w.unwrap_or(0);
         let write_id = self.write_ids.next();
+        let attempts = if if_none_match || if_not_modified {
+            1
+        } else {
+            self.config.attempts
+        };
         let reply = self
-            .hedged(
-                key,
-                self.config.attempts,
-                &self.write_latency,
-                true,
-                |node, retry| {
-                    let (key, context) = (key.to_vec(), context.to_vec());
-                    let op = match value.clone() {
-                        Some(value) => Op::Put(PutRequest {
-                            key,
-                            value,
-                            context,
-                            w,
-                            write_id,
-                            retry,
-                        }),
-                        None => Op::Delete(DeleteRequest {
-                            key,
-                            context,
-                            w,
-                            write_id,
-                            retry,
-                        }),
-                    };
-                    let timeout = self.config.request_timeout;
-                    async move { node.write(op, timeout).await }
-                },
-            )
+            .hedged(key, attempts, &self.write_latency, true, |node, retry| {
+                let (key, context) = (key.to_vec(), context.to_vec());
+                let op = match value.clone() {
+                    Some(value) => Op::Put(PutRequest {
+                        key,
+                        value,
+                        context,
+                        w,
+                        write_id,
+                        retry,
+                        if_none_match,
+                        if_not_modified,
+                    }),
+                    None => Op::Delete(DeleteRequest {
+                        key,
+                        context,
+                        w,
+                        write_id,
+                        retry,
+                        if_not_modified,
+                    }),
+                };
+                let timeout = self.config.request_timeout;
+                async move { node.write(op, timeout).await }
+            })
             .await?;
         Ok(written(reply, write_id))
     }
@@ -842,6 +873,48 @@ impl Client {
     /// [`ClientError`] as the cluster reports it.
     pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Written, ClientError> {
         self.write(key, None, &context.0).await
+    }
+
+    /// Creates `key` with `value` only if a read at R finds it absent (or
+    /// deleted); otherwise [`ClientError::PreconditionFailed`] with its
+    /// current context. Not atomic with concurrent writers: see
+    /// docs/api.md, "Conditional writes".
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Written, ClientError> {
+        self.write_if(key, Some(value), &[], (true, false)).await
+    }
+
+    /// Writes `value` only if nothing was written to `key` since the read
+    /// `context` came from (a read at R finds nothing it does not cover);
+    /// otherwise [`ClientError::PreconditionFailed`] with the current
+    /// context. See docs/api.md, "Conditional writes".
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn put_if_unchanged(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: &Context,
+    ) -> Result<Written, ClientError> {
+        self.write_if(key, Some(value), &context.0, (false, true))
+            .await
+    }
+
+    /// Deletes `key` only if nothing was written to it since the read
+    /// `context` came from; otherwise
+    /// [`ClientError::PreconditionFailed`].
+    ///
+    /// # Errors
+    /// [`ClientError`] as the cluster reports it.
+    pub async fn delete_if_unchanged(
+        &self,
+        key: &[u8],
+        context: &Context,
+    ) -> Result<Written, ClientError> {
+        self.write_if(key, None, &context.0, (false, true)).await
     }
 
     /// Reads many keys at once: one result per key, in the order given; a

@@ -34,18 +34,49 @@ pub const MAX_BATCH_OPS: usize = 1024;
 /// values and contexts its reply may (results past it fail on their own).
 pub const MAX_BATCH_BYTES: usize = 32 << 20;
 
+/// The metadata key of a refused conditional write's status that carries
+/// the key's current context.
+pub const CONTEXT_METADATA: &str = "kv-context-bin";
+
+/// A refused conditional write: `FailedPrecondition` carrying the key's
+/// current `context`.
+pub(crate) fn precondition_failed(message: String, context: &[u8]) -> Status {
+    let mut status = Status::failed_precondition(message);
+    status.metadata_mut().insert_bin(
+        CONTEXT_METADATA,
+        tonic::metadata::MetadataValue::from_bytes(context),
+    );
+    status
+}
+
+/// The current context a refused conditional write's status carries
+/// (empty for any other status).
+pub(crate) fn status_context(status: &Status) -> Vec<u8> {
+    status
+        .metadata()
+        .get_bin(CONTEXT_METADATA)
+        .and_then(|v| v.to_bytes().ok())
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
+}
+
 /// A failed operation as it travels in a pipeline.
 pub(crate) fn op_error(status: &Status) -> OpError {
     OpError {
         code: status.code() as i32,
         message: status.message().to_string(),
+        context: status_context(status),
     }
 }
 
 /// The status a pipelined operation failed with, as the unary call would
 /// have failed.
 fn op_status(error: &OpError) -> Status {
-    Status::new(tonic::Code::from_i32(error.code), error.message.clone())
+    let code = tonic::Code::from_i32(error.code);
+    if code == tonic::Code::FailedPrecondition {
+        return precondition_failed(error.message.clone(), &error.context);
+    }
+    Status::new(code, error.message.clone())
 }
 
 #[cfg(test)]
@@ -68,7 +99,13 @@ mod tests {
         let odd = op_status(&OpError {
             code: 99,
             message: "what".into(),
+            context: Vec::new(),
         });
         assert_eq!(odd.code(), tonic::Code::Unknown);
+        // A refused conditional write keeps its current context.
+        let refused = precondition_failed("modified".into(), b"\x01ctx");
+        let back = op_status(&op_error(&refused));
+        assert_eq!(back.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status_context(&back), b"\x01ctx".to_vec());
     }
 }

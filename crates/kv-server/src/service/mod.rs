@@ -156,7 +156,9 @@ where
     }
 
     /// A put (`value`) or a delete (`None`), whether it came as a call of
-    /// its own or in a pipeline.
+    /// its own or in a pipeline; with a `condition`, only once a read at R
+    /// finds it holds.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write(
         &self,
         key: &[u8],
@@ -165,8 +167,10 @@ where
         w: u32,
         write_id: u64,
         retry: bool,
+        condition: Condition,
     ) -> Result<PutReply, Status> {
         let _slot = self.in_flight.enter()?;
+        self.check_condition(key, context, condition).await?;
         let put = self
             .coordinator
             .write_once(
@@ -179,6 +183,57 @@ where
             .await
             .map_err(|e| to_status(&e))?;
         Ok(put_reply(put))
+    }
+
+    /// Reads `key` at the cluster's R and refuses the write unless
+    /// `condition` holds (docs/api.md, "Conditional writes").
+    async fn check_condition(
+        &self,
+        key: &[u8],
+        context: &[u8],
+        condition: Condition,
+    ) -> Result<(), Status> {
+        if condition == Condition::None {
+            return Ok(());
+        }
+        let current = self
+            .coordinator
+            .get(key, None)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let refusal = match condition {
+            Condition::None => None,
+            Condition::IfNoneMatch => (!current.values.is_empty()).then(|| {
+                format!(
+                    "if-none-match: the key holds {} live value(s)",
+                    current.values.len()
+                )
+            }),
+            Condition::IfNotModified => {
+                let clock = |bytes: &[u8]| {
+                    if bytes.is_empty() {
+                        Ok(kv_clock::VectorClock::new())
+                    } else {
+                        kv_clock::VectorClock::from_bytes(bytes).map_err(|e| {
+                            Status::invalid_argument(format!("context does not decode: {e}"))
+                        })
+                    }
+                };
+                let (given, now) = (clock(context)?, clock(&current.context)?);
+                (!given.descends(&now)).then(|| {
+                    "if-not-modified: the key was written since the read the context came \
+                     from; read it again"
+                        .to_string()
+                })
+            }
+        };
+        match refusal {
+            Some(message) => Err(crate::pipeline::precondition_failed(
+                message,
+                &current.context,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Becomes true when the node stops: pipelines then end.
@@ -201,7 +256,15 @@ where
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let r = request.into_inner();
         let reply = self
-            .write(&r.key, Some(&r.value), &r.context, r.w, r.write_id, r.retry)
+            .write(
+                &r.key,
+                Some(&r.value),
+                &r.context,
+                r.w,
+                r.write_id,
+                r.retry,
+                Condition::of_put(&r),
+            )
             .await?;
         Ok(Response::new(reply))
     }
@@ -209,7 +272,15 @@ where
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
         let r = request.into_inner();
         let reply = self
-            .write(&r.key, None, &r.context, r.w, r.write_id, r.retry)
+            .write(
+                &r.key,
+                None,
+                &r.context,
+                r.w,
+                r.write_id,
+                r.retry,
+                Condition::of_delete(&r),
+            )
             .await?;
         Ok(Response::new(reply))
     }
@@ -228,6 +299,40 @@ where
         request: Request<BatchOpsRequest>,
     ) -> Result<Response<BatchOpsReply>, Status> {
         Ok(Response::new(pipeline::batch(self, request).await?))
+    }
+}
+
+/// What a conditional write requires of the key's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Condition {
+    /// Nothing: an ordinary write.
+    None,
+    /// No live value (absent or deleted).
+    IfNoneMatch,
+    /// Nothing the write's context does not cover.
+    IfNotModified,
+}
+
+impl Condition {
+    /// A put's condition (if-none-match wins when both are set: it is the
+    /// stricter of the two for a key that exists).
+    pub(crate) fn of_put(r: &PutRequest) -> Self {
+        if r.if_none_match {
+            Condition::IfNoneMatch
+        } else if r.if_not_modified {
+            Condition::IfNotModified
+        } else {
+            Condition::None
+        }
+    }
+
+    /// A delete's condition.
+    pub(crate) fn of_delete(r: &DeleteRequest) -> Self {
+        if r.if_not_modified {
+            Condition::IfNotModified
+        } else {
+            Condition::None
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use kv_core::{Partitioner, StorageEngine, Transport};
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
-use super::{KvService, ReplyStream};
+use super::{Condition, KvService, ReplyStream};
 use crate::pipeline::{BATCH_WINDOW, MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
@@ -187,11 +187,27 @@ where
         Some(Op::Get(r)) => service.read(r).await.map(Outcome::Get),
         Some(Op::Put(_) | Op::Delete(_)) if !writes => Err(refused()),
         Some(Op::Put(r)) => service
-            .write(&r.key, Some(&r.value), &r.context, r.w, r.write_id, r.retry)
+            .write(
+                &r.key,
+                Some(&r.value),
+                &r.context,
+                r.w,
+                r.write_id,
+                r.retry,
+                Condition::of_put(&r),
+            )
             .await
             .map(Outcome::Put),
         Some(Op::Delete(r)) => service
-            .write(&r.key, None, &r.context, r.w, r.write_id, r.retry)
+            .write(
+                &r.key,
+                None,
+                &r.context,
+                r.w,
+                r.write_id,
+                r.retry,
+                Condition::of_delete(&r),
+            )
             .await
             .map(Outcome::Put),
         None => Err(Status::invalid_argument(

@@ -169,3 +169,49 @@ async fn a_batch_answers_each_operation_in_order_and_fails_only_what_fails() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A refused conditional write answers FAILED_PRECONDITION with the key's
+/// current context: in the status metadata of a unary call, in the
+/// result of a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_conditional_write_carries_the_current_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let mut c = client(&nodes[0]).await;
+    let create = || PutRequest {
+        key: b"cond".to_vec(),
+        value: b"v".to_vec(),
+        if_none_match: true,
+        ..PutRequest::default()
+    };
+    let made = c.put(create()).await.unwrap().into_inner();
+    let status = c.put(create()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let carried = status
+        .metadata()
+        .get_bin(kv_server::pipeline::CONTEXT_METADATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(carried.as_ref(), made.context.as_slice());
+    let reply = c
+        .batch(BatchOpsRequest {
+            ops: vec![PipelinedOp {
+                id: 1,
+                op: Some(Op::Put(create())),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match &reply.results[0].result {
+        Some(Outcome::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::FailedPrecondition as i32);
+            assert_eq!(e.context, made.context);
+        }
+        other => panic!("{other:?}"),
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

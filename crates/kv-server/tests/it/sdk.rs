@@ -633,3 +633,84 @@ async fn many_keys_at_once_with_a_result_per_item() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Conditional writes through the SDK: create-only, write-if-unchanged and
+/// delete-if-unchanged, each refused with the key's current context when
+/// its condition does not hold, and storing nothing then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_hold_or_are_refused_with_the_current_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let client = Client::new(&addrs, ClientConfig::default()).unwrap();
+    let refused_context = |e: ClientError| match e {
+        ClientError::PreconditionFailed { context, .. } => context,
+        other => panic!("not a refusal: {other:?}"),
+    };
+
+    // Create only.
+    client.put_if_absent(b"c", b"first".to_vec()).await.unwrap();
+    let err = client
+        .put_if_absent(b"c", b"second".to_vec())
+        .await
+        .unwrap_err();
+    let current = refused_context(err);
+    let read = client.get(b"c").await.unwrap();
+    assert_eq!(
+        read.values,
+        vec![b"first".to_vec()],
+        "the refused create stored nothing"
+    );
+    assert_eq!(
+        current, read.context,
+        "the refusal carries the current context"
+    );
+
+    // Write if unchanged: a stale context is refused, the current one holds.
+    let stale = read.context.clone();
+    client
+        .put(b"c", b"other".to_vec(), Some(&read.context))
+        .await
+        .unwrap();
+    let err = client
+        .put_if_unchanged(b"c", b"mine".to_vec(), &stale)
+        .await
+        .unwrap_err();
+    let current = refused_context(err);
+    assert_eq!(
+        client.get(b"c").await.unwrap().values,
+        vec![b"other".to_vec()]
+    );
+    client
+        .put_if_unchanged(b"c", b"mine".to_vec(), &current)
+        .await
+        .unwrap();
+    let read = client.get(b"c").await.unwrap();
+    assert_eq!(
+        read.values,
+        vec![b"mine".to_vec()],
+        "superseded, no sibling"
+    );
+
+    // Delete if unchanged, then the key may be created again.
+    let err = client.delete_if_unchanged(b"c", &stale).await.unwrap_err();
+    assert!(matches!(err, ClientError::PreconditionFailed { .. }));
+    client
+        .delete_if_unchanged(b"c", &read.context)
+        .await
+        .unwrap();
+    assert!(client.get(b"c").await.unwrap().values.is_empty());
+    client.put_if_absent(b"c", b"again".to_vec()).await.unwrap();
+    assert_eq!(
+        client.get(b"c").await.unwrap().values,
+        vec![b"again".to_vec()]
+    );
+    // A blind if-not-modified on an absent key holds (nothing to cover).
+    client
+        .put_if_unchanged(b"new", b"v".to_vec(), &kv_server::client::Context::empty())
+        .await
+        .unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
