@@ -126,6 +126,13 @@ enum Command {
         /// Write quorum for this request.
         #[arg(long)]
         w: Option<u32>,
+        /// Create only: refused if the key holds a value.
+        #[arg(long, conflicts_with_all = ["if_not_modified", "context"])]
+        if_none_match: bool,
+        /// Refused if the key was written since the read --context came
+        /// from.
+        #[arg(long, requires = "context")]
+        if_not_modified: bool,
     },
     /// Read a key: its value or every sibling, and the context.
     Get {
@@ -160,6 +167,10 @@ enum Command {
         context: String,
         #[arg(long)]
         w: Option<u32>,
+        /// Refused if the key was written since the read --context came
+        /// from.
+        #[arg(long, requires = "context")]
+        if_not_modified: bool,
     },
     /// Members with their state, zone and share of the data.
     Status,
@@ -705,32 +716,48 @@ async fn run_command(args: Args) -> Result<String, String> {
         ..ClientConfig::default()
     };
     let client = Client::new([&args.node], config).map_err(|e| e.to_string())?;
-    let fail = |e: ClientError| e.to_string();
+    // A refused conditional write also says the key's current context.
+    let fail = |e: ClientError| match &e {
+        ClientError::PreconditionFailed { context, .. } => {
+            format!("{e}\ncurrent context: {}", context.to_hex())
+        }
+        _ => e.to_string(),
+    };
     let output = match args.command {
         Command::Put {
             key,
             value,
             context,
             w,
+            if_none_match,
+            if_not_modified,
         } => {
             let context = Context::from_hex(&context).map_err(fail)?;
             let client = client.with_quorums(w, None);
-            let written_context = client
-                .put(key.as_bytes(), value.into_bytes(), Some(&context))
-                .await
-                .map_err(fail)?
-                .context;
-            written(args.json, "ok", &written_context)
+            let (key, value) = (key.as_bytes(), value.into_bytes());
+            let result = if if_none_match {
+                client.put_if_absent(key, value).await
+            } else if if_not_modified {
+                client.put_if_unchanged(key, value, &context).await
+            } else {
+                client.put(key, value, Some(&context)).await
+            };
+            written(args.json, "ok", &result.map_err(fail)?.context)
         }
-        Command::Delete { key, context, w } => {
+        Command::Delete {
+            key,
+            context,
+            w,
+            if_not_modified,
+        } => {
             let context = Context::from_hex(&context).map_err(fail)?;
             let client = client.with_quorums(w, None);
-            let written_context = client
-                .delete(key.as_bytes(), &context)
-                .await
-                .map_err(fail)?
-                .context;
-            written(args.json, "deleted", &written_context)
+            let result = if if_not_modified {
+                client.delete_if_unchanged(key.as_bytes(), &context).await
+            } else {
+                client.delete(key.as_bytes(), &context).await
+            };
+            written(args.json, "deleted", &result.map_err(fail)?.context)
         }
         Command::Get { key, r } => {
             let client = client.with_quorums(None, r);

@@ -573,3 +573,43 @@ async fn kvctl_mput_and_mget_answer_per_item() {
     assert_eq!(v["result"]["values"][0], "3");
     drop(children);
 }
+
+/// `kvctl put --if-none-match` and `--if-not-modified` against real
+/// nodes: a refusal exits non-zero and prints the current context, which
+/// then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_conditional_puts_refuse_with_the_current_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let (children, _) = start_cluster(&ports, 3, dir.path(), 600000).await;
+    let (out, err, ok) = kvctl(ports[0], &["put", "--if-none-match", "k", "one"]);
+    assert!(ok, "{out}{err}");
+    let (_, err, ok) = kvctl(ports[1], &["put", "--if-none-match", "k", "two"]);
+    assert!(!ok && err.contains("precondition failed"), "{err}");
+    let current = err
+        .lines()
+        .find_map(|l| l.strip_prefix("current context: "))
+        .unwrap_or_else(|| panic!("{err}"))
+        .trim()
+        .to_string();
+    let (_, err, ok) = kvctl(
+        ports[2],
+        &["put", "--if-not-modified", "--context", "", "k", "three"],
+    );
+    assert!(!ok && err.contains("precondition failed"), "{err}");
+    let (out, err, ok) = kvctl(
+        ports[2],
+        &[
+            "put",
+            "--if-not-modified",
+            "--context",
+            &current,
+            "k",
+            "three",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (out, _, ok) = kvctl(ports[0], &["get", "k"]);
+    assert!(ok && out.starts_with("three\n"), "{out}");
+    drop(children);
+}
