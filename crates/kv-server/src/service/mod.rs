@@ -159,7 +159,7 @@ where
     /// its own or in a pipeline; with a `condition`, only once a read at R
     /// finds it holds.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write(
+    async fn write(
         &self,
         key: &[u8],
         value: Option<&[u8]>,
@@ -183,6 +183,30 @@ where
             .await
             .map_err(|e| to_status(&e))?;
         Ok(put_reply(put))
+    }
+
+    /// A put, as a call of its own or in a pipeline or batch.
+    pub(crate) async fn put_op(&self, r: &PutRequest) -> Result<PutReply, Status> {
+        let condition = Condition::of_put(r);
+        self.write(
+            &r.key,
+            Some(&r.value),
+            &r.context,
+            r.w,
+            r.write_id,
+            r.retry,
+            condition,
+        )
+        .await
+    }
+
+    /// A delete, as a call of its own or in a pipeline or batch.
+    pub(crate) async fn delete_op(&self, r: &DeleteRequest) -> Result<PutReply, Status> {
+        let condition = Condition::of_delete(r);
+        self.write(
+            &r.key, None, &r.context, r.w, r.write_id, r.retry, condition,
+        )
+        .await
     }
 
     /// Reads `key` at the cluster's R and refuses the write unless
@@ -255,34 +279,12 @@ where
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let r = request.into_inner();
-        let reply = self
-            .write(
-                &r.key,
-                Some(&r.value),
-                &r.context,
-                r.w,
-                r.write_id,
-                r.retry,
-                Condition::of_put(&r),
-            )
-            .await?;
-        Ok(Response::new(reply))
+        Ok(Response::new(self.put_op(&r).await?))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<PutReply>, Status> {
         let r = request.into_inner();
-        let reply = self
-            .write(
-                &r.key,
-                None,
-                &r.context,
-                r.w,
-                r.write_id,
-                r.retry,
-                Condition::of_delete(&r),
-            )
-            .await?;
-        Ok(Response::new(reply))
+        Ok(Response::new(self.delete_op(&r).await?))
     }
 
     type PipelineStream = ReplyStream<PipelineReply>;

@@ -5,7 +5,7 @@ use kv_core::{Partitioner, StorageEngine, Transport};
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
 
-use super::{Condition, KvService, ReplyStream};
+use super::{KvService, ReplyStream};
 use crate::pipeline::{BATCH_WINDOW, MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_PIPELINED_OPS, op_error};
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
@@ -186,30 +186,8 @@ where
     let result = match op.op {
         Some(Op::Get(r)) => service.read(r).await.map(Outcome::Get),
         Some(Op::Put(_) | Op::Delete(_)) if !writes => Err(refused()),
-        Some(Op::Put(r)) => service
-            .write(
-                &r.key,
-                Some(&r.value),
-                &r.context,
-                r.w,
-                r.write_id,
-                r.retry,
-                Condition::of_put(&r),
-            )
-            .await
-            .map(Outcome::Put),
-        Some(Op::Delete(r)) => service
-            .write(
-                &r.key,
-                None,
-                &r.context,
-                r.w,
-                r.write_id,
-                r.retry,
-                Condition::of_delete(&r),
-            )
-            .await
-            .map(Outcome::Put),
+        Some(Op::Put(r)) => service.put_op(&r).await.map(Outcome::Put),
+        Some(Op::Delete(r)) => service.delete_op(&r).await.map(Outcome::Put),
         None => Err(Status::invalid_argument(
             "a pipelined operation without an operation",
         )),
