@@ -65,6 +65,18 @@ pub enum Error {
     /// covers it); the same request may succeed later.
     #[error("busy: {0}")]
     Busy(String),
+    /// A key listing could not hear from any replica of `range`: the page
+    /// would miss its keys, so none is given.
+    #[error(
+        "key listing needs an answer from a replica of every range; no replica of range {range} answered (silent: {})",
+        silent.join("; ")
+    )]
+    ListingIncomplete {
+        /// A range none of whose replicas answered.
+        range: kv_core::TokenRange,
+        /// The nodes that did not answer, each with why.
+        silent: Vec<String>,
+    },
     /// A stored state failed to decode.
     #[error("stored state of a key is corrupt: {0}")]
     Corrupt(String),
@@ -118,6 +130,7 @@ impl Error {
             | Error::NotReplica(_)
             | Error::Forwarded { .. }
             | Error::Peer(_)
+            | Error::ListingIncomplete { .. }
             | Error::Placement(PartitionerError::EmptyRing) => ErrorKind::Unavailable,
             Error::Busy(_) => ErrorKind::Busy,
             Error::Placement(_) => ErrorKind::Internal,

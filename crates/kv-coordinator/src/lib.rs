@@ -79,5 +79,6 @@ pub use hints::{Hint, HintLimits, HintStore};
 pub use latency::RecentLatency;
 pub use metrics::{BUCKETS, Histogram, Metrics, OpMetrics};
 pub use replica::{
-    MAX_COUNTER, Pending, RepairRunning, Replica, ReplicaSettings, Siblings, Update, Value,
+    KEY_PAGE_BYTES, MAX_COUNTER, Pending, RepairRunning, Replica, ReplicaSettings, Siblings,
+    Update, Value,
 };

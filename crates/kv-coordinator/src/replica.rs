@@ -218,6 +218,23 @@ fn only_tombstones(state: &Siblings) -> bool {
     !state.is_empty() && state.values().all(Option::is_none)
 }
 
+/// About how many bytes of keys one page of key listing holds (at least
+/// one key).
+pub const KEY_PAGE_BYTES: usize = 1 << 20;
+
+/// The first key after every key that starts with `prefix`; `None` when
+/// there is none (an empty prefix, or one of only 0xff bytes).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -455,6 +472,54 @@ impl<E: StorageEngine> Replica<E> {
             }
         }
         Ok((out, None))
+    }
+
+    /// One page of key listing: the keys stored here that this node
+    /// replicates, start with `query.prefix`, come after `query.after`
+    /// and hold a live value, in key order; at most `query.limit` of
+    /// them and about [`KEY_PAGE_BYTES`] of keys, looking at no more than
+    /// `query.max_scanned` stored keys.
+    /// The page's `next` is the last key it covers when a budget ended
+    /// it, `None` when it reached the end of the prefix.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; [`Error::Corrupt`] for a stored state that does not
+    /// decode.
+    pub fn key_page(&self, query: &kv_core::KeyQuery) -> Result<kv_core::KeyPage> {
+        let end_key = prefix_end(&query.prefix);
+        let start = match query.after.as_deref() {
+            Some(after) if after >= query.prefix.as_slice() => Bound::Excluded(after),
+            _ if query.prefix.is_empty() => Bound::Unbounded,
+            _ => Bound::Included(query.prefix.as_slice()),
+        };
+        let mut page = kv_core::KeyPage::default();
+        if let (Bound::Excluded(after), Some(end)) = (start, end_key.as_deref())
+            && after >= end
+        {
+            return Ok(page);
+        }
+        let end = end_key.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let (limit, budget) = (query.limit.max(1) as usize, query.max_scanned.max(1));
+        let (mut scanned, mut bytes) = (0u32, 0usize);
+        for item in self.engine.scan(start, end)? {
+            let (key, state) = item?;
+            scanned += 1;
+            if self.replicates(&key) {
+                let state = Siblings::from_bytes(&state).map_err(|e| {
+                    Error::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&key)))
+                })?;
+                if state.values().any(Option::is_some) {
+                    bytes += key.len();
+                    page.keys.push(key.clone());
+                }
+            }
+            if page.keys.len() >= limit || scanned >= budget || bytes >= KEY_PAGE_BYTES {
+                page.next = Some(key);
+                return Ok(page);
+            }
+        }
+        Ok(page)
     }
 
     /// Anti-entropy, responder side: answers an encoded exchange request

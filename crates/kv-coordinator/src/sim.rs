@@ -233,6 +233,17 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
             .map_err(|e| e.to_transport(to))
     }
 
+    async fn list_keys(
+        &self,
+        to: NodeId,
+        query: kv_core::KeyQuery,
+    ) -> Result<kv_core::KeyPage, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        in_flight(delay).await;
+        let replica = self.network.replica(to)?;
+        replica.key_page(&query).map_err(|e| e.to_transport(to))
+    }
+
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
         let delay = self.network.admit(self.me, to)?;
         in_flight(delay).await;

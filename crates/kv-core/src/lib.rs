@@ -44,7 +44,7 @@ pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;
 pub use replication::{
-    BucketPage, BucketQuery, ClientOp, ClientReply, MembershipView, RemoteFailure, Transport,
-    TransportError,
+    BucketPage, BucketQuery, ClientOp, ClientReply, KeyPage, KeyQuery, MembershipView,
+    RemoteFailure, Transport, TransportError,
 };
 pub use storage::{BatchOp, KvPair, ScanIter, SeqNo, StorageEngine, StorageError, WriteBatch};

@@ -193,6 +193,9 @@ pub trait Transport: Send + Sync {
         from: NodeId,
         query: BucketQuery,
     ) -> Result<BucketPage, TransportError>;
+
+    /// Key listing: one page of `to`'s live keys (see [`KeyQuery`]).
+    async fn list_keys(&self, to: NodeId, query: KeyQuery) -> Result<KeyPage, TransportError>;
 }
 
 /// Which page of a replica's anti-entropy bucket states to send: the keys
@@ -220,6 +223,32 @@ pub struct BucketPage {
     /// Keys and their encoded states, in key order.
     pub states: Vec<(Vec<u8>, Vec<u8>)>,
     /// The last key this page covers; `None` when the scan reached the end.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Which page of a replica's keys to list (key listing): the keys it
+/// replicates that start with `prefix`, come after `after` in key order
+/// (from the first when `None`) and hold a live value; at most `limit` of
+/// them, looking at no more than `max_scanned` stored keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyQuery {
+    /// Keys that start with these bytes (all keys when empty).
+    pub prefix: Vec<u8>,
+    /// Continue after this key.
+    pub after: Option<Vec<u8>>,
+    /// Most keys in the page (at least one is asked for).
+    pub limit: u32,
+    /// Most stored keys the replica looks at for the page.
+    pub max_scanned: u32,
+}
+
+/// One page of listed keys: every matching key in (`after`, `next`] of
+/// the query, or in (`after`, end of the prefix) when `next` is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys, ascending.
+    pub keys: Vec<Vec<u8>>,
+    /// The last key this page covers; `None` when it reached the end.
     pub next: Option<Vec<u8>>,
 }
 

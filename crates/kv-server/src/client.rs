@@ -38,12 +38,26 @@ use crate::pipeline::Pipe;
 use crate::proto::kv_client::KvClient;
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
-use crate::proto::{DeleteRequest, GetReply, GetRequest, PutReply, PutRequest};
+use crate::proto::{DeleteRequest, GetReply, GetRequest, ListRequest, PutReply, PutRequest};
 
 /// The causal context of a read or write: opaque bytes to send back with
 /// the next write of the key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Context(pub Vec<u8>);
+
+/// A page of a key listing ([`Client::list`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyList {
+    /// The keys, ascending.
+    pub keys: Vec<Vec<u8>>,
+    /// Pass as `after` to continue; `None` when the listing reached the
+    /// end of the prefix's keys.
+    pub next: Option<Vec<u8>>,
+}
+
+/// How long a listing waits for each page at least (a page asks every
+/// node of the cluster).
+const LIST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One item of [`Client::write_many`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -947,6 +961,92 @@ impl Client {
         .buffered(crate::pipeline::BATCH_WINDOW)
         .collect()
         .await
+    }
+
+    /// Lists the keys that start with `prefix`, after `after` (from the
+    /// first when `None`), in key order: at most `limit` of them (all when
+    /// 0). The node streams pages of keys, asking every node of the
+    /// cluster for each (docs/api.md, "Key listing", for the cost); when
+    /// the node fails or stops mid-way, the listing resumes after the last
+    /// page received on the next node, so it survives a node restart.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an oversize prefix or cursor;
+    /// [`ClientError::Unavailable`] when no node could finish it (some
+    /// range had no replica answering, or every node tried failed).
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyList, ClientError> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        let wait = self.config.request_timeout.max(LIST_MESSAGE_TIMEOUT);
+        let (mut tried, mut last) = (0, String::new());
+        for index in self
+            .order(prefix)
+            .into_iter()
+            .take(self.config.attempts.max(2))
+        {
+            tried += 1;
+            let node = &self.nodes[index];
+            let request = ListRequest {
+                prefix: prefix.to_vec(),
+                after: cursor.clone().unwrap_or_default(),
+                limit: if limit == 0 {
+                    0
+                } else {
+                    limit - keys.len() as u32
+                },
+            };
+            let failed = |status: tonic::Status| match classify(&status) {
+                ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
+                    Ok(format!("{}: {message}", node.addr))
+                }
+                other => Err(other),
+            };
+            let mut stream = match tokio::time::timeout(wait, node.kv.clone().list(request)).await {
+                Ok(Ok(reply)) => reply.into_inner(),
+                Ok(Err(status)) => {
+                    last = failed(status)?;
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("{}: no answer within {wait:?}", node.addr);
+                    continue;
+                }
+            };
+            loop {
+                match tokio::time::timeout(wait, stream.message()).await {
+                    Ok(Ok(Some(page))) => {
+                        keys.extend(page.keys);
+                        if !page.more {
+                            return Ok(KeyList { keys, next: None });
+                        }
+                        cursor = Some(page.cursor);
+                        if limit != 0 && keys.len() >= limit as usize {
+                            return Ok(KeyList { keys, next: cursor });
+                        }
+                    }
+                    // The node ended the stream with keys left (it says
+                    // so in `more`): the caller continues from `next`.
+                    Ok(Ok(None)) => return Ok(KeyList { keys, next: cursor }),
+                    Ok(Err(status)) => {
+                        last = failed(status)?;
+                        break;
+                    }
+                    Err(_) => {
+                        last = format!("{}: no page within {wait:?}", node.addr);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            tried,
+            message: last,
+        })
     }
 
     /// Reads `key`; when it has siblings, merges them with `resolve` and

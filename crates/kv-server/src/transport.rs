@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use kv_coordinator::batch::{Batcher, RunBatch};
 use kv_core::{
-    BucketPage, BucketQuery, ClientOp, ClientReply, NodeId, RemoteFailure, Transport,
-    TransportError,
+    BucketPage, BucketQuery, ClientOp, ClientReply, KeyPage, KeyQuery, NodeId, RemoteFailure,
+    Transport, TransportError,
 };
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -21,8 +21,8 @@ use crate::proto::internal_client::InternalClient;
 use futures_util::future::BoxFuture;
 
 use crate::proto::{
-    BatchReply, BucketRequest, MerkleRequest, ReadBatchReply, ReadBatchRequest, ReapRequest,
-    ReplicateBatchRequest, ReplicateRequest,
+    BatchReply, BucketRequest, ListKeysRequest, MerkleRequest, ReadBatchReply, ReadBatchRequest,
+    ReapRequest, ReplicateBatchRequest, ReplicateRequest,
 };
 
 pub use crate::endpoint::MAX_MESSAGE_BYTES;
@@ -634,6 +634,24 @@ impl Transport for GrpcTransport {
             .into_inner();
         Ok(BucketPage {
             states: reply.states.into_iter().map(|s| (s.key, s.state)).collect(),
+            next: reply.next,
+        })
+    }
+
+    async fn list_keys(&self, to: NodeId, query: KeyQuery) -> Result<KeyPage, TransportError> {
+        let reply = self
+            .client(to)?
+            .list_keys(ListKeysRequest {
+                prefix: query.prefix,
+                after: query.after,
+                limit: query.limit,
+                max_scanned: query.max_scanned,
+            })
+            .await
+            .map_err(unreachable(to))?
+            .into_inner();
+        Ok(KeyPage {
+            keys: reply.keys,
             next: reply.next,
         })
     }

@@ -4,6 +4,7 @@
 //! `routing` (who coordinates, forwarding), `write` (the write quorum,
 //! sloppy quorum, hedging), `read` (the read quorum and read repair),
 //! `handoff` (hint delivery), `anti_entropy`, `gc` (tombstone collection),
+//! `listing` (key listing),
 //! `maintenance` (the timer that runs the last three).
 
 use kv_clock::VectorClock;
@@ -24,6 +25,7 @@ mod anti_entropy;
 mod decide;
 mod gc;
 mod handoff;
+mod listing;
 mod maintenance;
 mod read;
 mod routing;

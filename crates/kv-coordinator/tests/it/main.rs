@@ -20,6 +20,7 @@ use kv_testkit::MemEngine;
 
 mod dots;
 mod health;
+mod listing;
 mod retries;
 
 type Engine = Arc<MemEngine>;

@@ -160,6 +160,20 @@ enum Command {
         #[arg(long)]
         w: Option<u32>,
     },
+    /// List keys in key order (every node is asked for each page of
+    /// 1,000: docs/api.md, "Key listing"); one key per line, and on
+    /// standard error where to continue when keys remain.
+    List {
+        /// Keys that start with this (all keys when empty).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Continue after this key (as a listing that stopped says).
+        #[arg(long)]
+        after: Option<String>,
+        /// Most keys to list; 0 for every one.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Delete a key (send the context of a read).
     Delete {
         key: String,
@@ -396,6 +410,7 @@ async fn admin(
         | Command::Get { .. }
         | Command::Mget { .. }
         | Command::Mput { .. }
+        | Command::List { .. }
         | Command::Delete { .. }
         | Command::Certs { .. }
         | Command::Token { .. } => {
@@ -705,6 +720,7 @@ async fn run_command(args: Args) -> Result<String, String> {
             | Command::Get { .. }
             | Command::Mget { .. }
             | Command::Mput { .. }
+            | Command::List { .. }
             | Command::Delete { .. }
     ) {
         return admin(&args.node, args.json, &credentials, args.command).await;
@@ -786,6 +802,38 @@ async fn run_command(args: Args) -> Result<String, String> {
                     }
                 }
                 let _ = writeln!(out, "context: {}", reply.context.to_hex());
+            }
+            out
+        }
+        Command::List {
+            prefix,
+            after,
+            limit,
+        } => {
+            let list = client
+                .list(
+                    prefix.as_bytes(),
+                    after.as_deref().map(str::as_bytes),
+                    limit,
+                )
+                .await
+                .map_err(fail)?;
+            let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+            let keys: Vec<String> = list.keys.iter().map(|k| text(k)).collect();
+            let next = list.next.as_deref().map(text);
+            let mut out = String::new();
+            if args.json {
+                let _ = writeln!(out, "{}", serde_json::json!({ "keys": keys, "next": next }));
+            } else {
+                for key in &keys {
+                    let _ = writeln!(out, "{key}");
+                }
+                if let Some(next) = &next {
+                    eprintln!(
+                        "{} keys listed; more follow: continue with --after {next:?}",
+                        keys.len()
+                    );
+                }
             }
             out
         }

@@ -1,11 +1,12 @@
 //! The gRPC services of a node.
 
+mod listing;
 mod pipeline;
 
 use std::sync::Arc;
 
 use kv_coordinator::Coordinator;
-use kv_core::{BucketQuery, NodeId, Partitioner, StorageEngine, Transport};
+use kv_core::{BucketQuery, KeyQuery, NodeId, Partitioner, StorageEngine, Transport};
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
@@ -18,11 +19,12 @@ use crate::proto::kv_server::Kv;
 use crate::proto::{
     Ack, BatchOpsReply, BatchOpsRequest, BatchReply, BucketReply, BucketRequest, ChangeReply,
     DeleteRequest, Empty, FailureKind, FetchReply, FetchRequest, ForwardReply, ForwardRequest,
-    GetReply, GetRequest, GossipRequest, HintsReply, InstallReply, KeyState, MerkleReply,
-    MerkleRequest, PipelineReply, PipelineRequest, ProposalReply, PutReply, PutRequest,
-    ReadBatchReply, ReadBatchRequest, ReadReply, ReadRequest, ReapReply, ReapRequest,
-    RemoveRequest, RepairProgress, RepairRequest, ReplicateBatchRequest, RingProposal, RingQuery,
-    RingState, SnapshotReply, SnapshotRequest, StatusReply, TransferRequest,
+    GetReply, GetRequest, GossipRequest, HintsReply, InstallReply, KeyState, ListKeysReply,
+    ListKeysRequest, ListReply, ListRequest, MerkleReply, MerkleRequest, PipelineReply,
+    PipelineRequest, ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest,
+    ReadReply, ReadRequest, ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest,
+    ReplicateBatchRequest, RingProposal, RingQuery, RingState, SnapshotReply, SnapshotRequest,
+    StatusReply, TransferRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -302,6 +304,18 @@ where
     ) -> Result<Response<BatchOpsReply>, Status> {
         Ok(Response::new(pipeline::batch(self, request).await?))
     }
+
+    type ListStream = ReplyStream<ListReply>;
+
+    async fn list(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        Ok(Response::new(listing::serve(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
 }
 
 /// What a conditional write requires of the key's current state.
@@ -453,6 +467,9 @@ const MAX_REPLY_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES - (1 << 20);
 const MAX_PAGE_BYTES: u32 = 16 << 20;
 /// The most stored keys one such page looks at.
 const MAX_PAGE_SCAN: u32 = 1 << 20;
+
+/// The most keys a peer may ask for in one page of key listing.
+const MAX_LIST_PAGE_KEYS: u32 = 10_000;
 
 /// A page budget a peer asked for: its default when it named none (0, as
 /// a peer that predates pages sends), and never above `cap`.
@@ -628,6 +645,25 @@ impl Internal for InternalService {
                 .into_iter()
                 .map(|(key, state)| KeyState { key, state })
                 .collect(),
+            next: page.next,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysReply>, Status> {
+        let r = request.into_inner();
+        let replica = self.coordinator.replica().clone();
+        let query = KeyQuery {
+            prefix: r.prefix,
+            after: r.after,
+            limit: r.limit.clamp(1, MAX_LIST_PAGE_KEYS),
+            max_scanned: page_budget(r.max_scanned, 1 << 16, MAX_PAGE_SCAN),
+        };
+        let page = blocking(move || replica.key_page(&query)).await?;
+        Ok(Response::new(ListKeysReply {
+            keys: page.keys,
             next: page.next,
         }))
     }

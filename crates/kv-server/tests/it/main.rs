@@ -8,6 +8,7 @@
 )]
 
 mod batch;
+mod listing;
 mod membership;
 mod operations;
 mod process;
