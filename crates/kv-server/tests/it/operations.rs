@@ -571,6 +571,23 @@ async fn kvctl_mput_and_mget_answer_per_item() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["key"], "c");
     assert_eq!(v["result"]["values"][0], "3");
+    // Listing: the keys in order; with a limit, where to continue (on
+    // standard error, so standard output holds only keys).
+    let (out, err, ok) = kvctl(ports[0], &["list"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "a\nb\nc\nd\n");
+    let (out, err, ok) = kvctl(ports[1], &["list", "--limit", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "a\nb\n");
+    assert!(err.contains("--after \"b\""), "{err}");
+    let (out, _, ok) = kvctl(ports[2], &["list", "--after", "b"]);
+    assert!(ok);
+    assert_eq!(out, "c\nd\n");
+    let (out, _, ok) = kvctl(ports[2], &["--json", "list", "--prefix", "c"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["keys"], serde_json::json!(["c"]));
+    assert!(v["next"].is_null());
     drop(children);
 }
 
