@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import pathlib
 import secrets
@@ -151,6 +152,7 @@ class Put:
     key: Key
     value: Value
     context: bytes = b""
+    ttl: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,16 @@ def _written(reply, write_id: int) -> Written:
         counter=reply.dot_counter,
         write_id=write_id,
     )
+
+
+def _ttl_secs(ttl: Optional[float]) -> int:
+    """A time to live in whole seconds (rounded up); 0 for none."""
+    if ttl is None:
+        return 0
+    secs = math.ceil(ttl)
+    if not 0 < secs < 2**32:
+        raise ValueError(f"a time to live must be 1 s to {2**32 - 1} s, not {ttl!r}")
+    return secs
 
 
 def _write_id() -> int:
@@ -297,10 +309,20 @@ class Client:
         written = self.put(key, merged, context=read.context)
         return Versioned(values=[merged], context=written.context)
 
-    def put(self, key: Key, value: Value, context: bytes = b"", *, w: int = 0) -> Written:
+    def put(
+        self,
+        key: Key,
+        value: Value,
+        context: bytes = b"",
+        *,
+        w: int = 0,
+        ttl: Optional[float] = None,
+    ) -> Written:
         """Writes `value`, superseding what `context` (from a read)
-        covers; without a context an existing value stays as a sibling."""
-        return self._put(key, value, context, w=w)
+        covers; without a context an existing value stays as a sibling.
+        With `ttl` (seconds, rounded up), the value lapses that long from
+        now on every replica and is collected like a tombstone."""
+        return self._put(key, value, context, w=w, ttl_secs=_ttl_secs(ttl))
 
     def delete(self, key: Key, context: bytes, *, w: int = 0) -> Written:
         """Deletes what `context` (from a read) covers: a tombstone
@@ -324,7 +346,9 @@ class Client:
         came from; otherwise raises PreconditionFailed."""
         return self._delete(key, context, w=w, if_not_modified=True)
 
-    def _put(self, key, value, context, *, w, if_none_match=False, if_not_modified=False):
+    def _put(
+        self, key, value, context, *, w, if_none_match=False, if_not_modified=False, ttl_secs=0
+    ):
         write_id = _write_id()
         conditional = if_none_match or if_not_modified
         reply = self._call(
@@ -338,6 +362,7 @@ class Client:
                 retry=retry,
                 if_none_match=if_none_match,
                 if_not_modified=if_not_modified,
+                ttl_secs=ttl_secs,
             ),
             attempts=1 if conditional else None,
         )
@@ -418,6 +443,7 @@ class Client:
                     value=_bytes(item.value),
                     context=item.context,
                     write_id=write_id,
+                    ttl_secs=_ttl_secs(item.ttl),
                 )
                 ops.append(kv_pb2.PipelinedOp(put=request))
             elif isinstance(item, Delete):

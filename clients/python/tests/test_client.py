@@ -1,6 +1,7 @@
 """The Python client against real nodes: every call through gRPC."""
 
 import os
+import time
 
 import pytest
 
@@ -151,6 +152,28 @@ def test_keys_are_listed_by_prefix_in_pages_that_resume(kv, key):
     rest = kv.list(prefix, after=page.next)
     assert rest.keys == expected[50:] and rest.next is None
     assert kv.list(prefix + "nothing-here").keys == []
+
+
+def test_a_value_with_a_time_to_live_lapses_on_every_replica(kv, addrs, key):
+    k, in_batch = key("ttl"), key("ttl-batch")
+    kv.put(k, b"forever")
+    kv.put(k, b"brief", ttl=1)  # no context: a sibling of the other
+    assert isinstance(kv.write_many([Put(in_batch, b"brief", ttl=1)])[0], Written)
+    assert sorted(kv.get(k).values) == [b"brief", b"forever"]
+    assert kv.get(in_batch).values == [b"brief"]
+    # The node stamped the version with its clock plus a second: the value
+    # lapses within a few seconds (clock steps are whole seconds).
+    deadline = time.monotonic() + 10
+    while b"brief" in kv.get(k).values or kv.get(in_batch).values:
+        assert time.monotonic() < deadline, "the value did not lapse"
+        time.sleep(0.2)
+    for addr in addrs:
+        with Client([addr]) as one:
+            assert one.get(k).values == [b"forever"]
+            assert one.get(in_batch).values == []
+    assert kv.list(in_batch).keys == []
+    with pytest.raises(ValueError):
+        kv.put(k, b"x", ttl=0)
 
 
 def test_a_stranger_without_the_token_is_refused(addrs):

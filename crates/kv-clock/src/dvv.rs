@@ -48,9 +48,21 @@ pub struct Sibling<V> {
     /// covers any of them has seen the write, so supersedes this sibling
     /// as it would the copy it saw.
     pub copies: Vec<Dot>,
+    /// When the value lapses (seconds since the Unix epoch), for a write
+    /// given a time to live; `None` for one that never does. Part of the
+    /// version, so every replica holds the same time: from then on every
+    /// replica reads the value as absent, and it is collected like a
+    /// tombstone.
+    pub expires: Option<u64>,
 }
 
 impl<V> Sibling<V> {
+    /// Whether the value has lapsed at `now` (seconds since the Unix
+    /// epoch).
+    pub fn lapsed(&self, now: u64) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+
     /// Whether `context` covers this sibling's dot or the dot of any
     /// other copy of its write.
     pub fn covered_by(&self, context: &VectorClock) -> bool {
@@ -167,6 +179,7 @@ const DVV_VERSION_UNTAGGED: u8 = 1;
 const HAS_WRITE_ID: u8 = 1;
 const IS_RETRY: u8 = 2;
 const HAS_COPIES: u8 = 4;
+const HAS_EXPIRY: u8 = 8;
 
 impl<V> DvvSet<V> {
     /// A key with no versions.
@@ -183,6 +196,15 @@ impl<V> DvvSet<V> {
     /// The surviving values, in dot order.
     pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + '_ {
         self.siblings.iter().map(|s| &s.value)
+    }
+
+    /// The values that have not lapsed at `now` (seconds since the Unix
+    /// epoch), in dot order: what a read at `now` answers.
+    pub fn live_values(&self, now: u64) -> impl Iterator<Item = &V> + '_ {
+        self.siblings
+            .iter()
+            .filter(move |s| !s.lapsed(now))
+            .map(|s| &s.value)
     }
 
     /// The surviving siblings with their dots, in dot order.
@@ -301,6 +323,27 @@ impl<V> DvvSet<V> {
         write: Option<WriteTag>,
         now: u64,
     ) -> std::result::Result<Dot, CounterOverflow> {
+        self.update_expiring(client_context, actor, floor, value, write, None, now)
+    }
+
+    /// [`update_tagged`](Self::update_tagged) for a value that lapses at
+    /// `expires` (seconds since the Unix epoch; `None`: never). An attempt
+    /// that finds its write keeps the first attempt's time.
+    ///
+    /// # Errors
+    ///
+    /// As [`update_above`](Self::update_above).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_expiring(
+        &mut self,
+        client_context: &VectorClock,
+        actor: impl Into<ActorId>,
+        floor: u64,
+        value: V,
+        write: Option<WriteTag>,
+        expires: Option<u64>,
+        now: u64,
+    ) -> std::result::Result<Dot, CounterOverflow> {
         if let Some(tag) = write
             && let Some(dot) = self.find_write(tag.id)
         {
@@ -338,6 +381,7 @@ impl<V> DvvSet<V> {
                 value,
                 write,
                 copies: Vec::new(),
+                expires,
             },
         );
         Ok(dot)
@@ -460,6 +504,7 @@ impl<V> DvvSet<V> {
                     value: f(s.value),
                     write: s.write,
                     copies: s.copies,
+                    expires: s.expires,
                 })
                 .collect(),
             retired: self.retired,
@@ -547,6 +592,12 @@ impl<V: Clone> DvvSet<V> {
                     if let (Some(mine), Some(theirs)) = (&mut s.write, b[j].write) {
                         mine.retry |= theirs.retry;
                     }
+                    // One dot is one write, with one time; should two
+                    // copies ever disagree, both sides keep the earlier.
+                    s.expires = match (s.expires, b[j].expires) {
+                        (Some(x), Some(y)) => Some(x.min(y)),
+                        (x, y) => x.or(y),
+                    };
                     merge_dots(&mut s.copies, &b[j].copies);
                     merged.push(s);
                     i += 1;
@@ -663,24 +714,33 @@ impl<V: ValueCodec> DvvSet<V> {
         for sibling in &self.siblings {
             put_varint(out, sibling.dot.actor.0);
             put_varint(out, sibling.dot.counter);
-            match sibling.write {
-                None => out.push(0),
-                Some(tag) => {
-                    let copies = if sibling.copies.is_empty() {
-                        0
-                    } else {
-                        HAS_COPIES
-                    };
-                    out.push(HAS_WRITE_ID | copies | if tag.retry { IS_RETRY } else { 0 });
-                    out.extend_from_slice(&tag.id.to_le_bytes());
-                    if !sibling.copies.is_empty() {
-                        put_varint(out, sibling.copies.len() as u64);
-                        for d in &sibling.copies {
-                            put_varint(out, d.actor.0);
-                            put_varint(out, d.counter);
-                        }
+            let mut flags = if sibling.expires.is_some() {
+                HAS_EXPIRY
+            } else {
+                0
+            };
+            if let Some(tag) = sibling.write {
+                flags |= HAS_WRITE_ID;
+                if tag.retry {
+                    flags |= IS_RETRY;
+                }
+                if !sibling.copies.is_empty() {
+                    flags |= HAS_COPIES;
+                }
+            }
+            out.push(flags);
+            if let Some(tag) = sibling.write {
+                out.extend_from_slice(&tag.id.to_le_bytes());
+                if !sibling.copies.is_empty() {
+                    put_varint(out, sibling.copies.len() as u64);
+                    for d in &sibling.copies {
+                        put_varint(out, d.actor.0);
+                        put_varint(out, d.counter);
                     }
                 }
+            }
+            if let Some(at) = sibling.expires {
+                put_varint(out, at);
             }
             sibling.value.encode_value(out);
         }
@@ -736,10 +796,10 @@ impl<V: ValueCodec> DvvSet<V> {
                     what: "sibling order (dots must ascend)",
                 });
             }
-            let (write, copies) = if tagged {
+            let (write, copies, expires) = if tagged {
                 decode_tag(&mut reader, &context, dot)?
             } else {
-                (None, Vec::new())
+                (None, Vec::new(), None)
             };
             if let Some(tag) = write
                 && siblings
@@ -757,6 +817,7 @@ impl<V: ValueCodec> DvvSet<V> {
                 value,
                 write,
                 copies,
+                expires,
             });
         }
         let mut retired: Vec<Retired> = Vec::new();
@@ -806,25 +867,31 @@ impl<V: ValueCodec> DvvSet<V> {
     }
 }
 
-/// Reads a sibling's write tag and its other copies' dots (a flags byte,
-/// then the id and the dots when present); `dot` is the sibling's own.
-fn decode_tag(
-    reader: &mut Reader<'_>,
-    context: &VectorClock,
-    dot: Dot,
-) -> Result<(Option<WriteTag>, Vec<Dot>)> {
+/// A sibling's write tag, its other copies' dots and when it lapses.
+type SiblingMeta = (Option<WriteTag>, Vec<Dot>, Option<u64>);
+
+/// Reads a sibling's write tag, its other copies' dots and its expiry (a
+/// flags byte, then the id, the dots and the time when present); `dot` is
+/// the sibling's own.
+fn decode_tag(reader: &mut Reader<'_>, context: &VectorClock, dot: Dot) -> Result<SiblingMeta> {
     let at = reader.position();
     let flags = reader.u8("sibling flags")?;
-    if flags & !(HAS_WRITE_ID | IS_RETRY | HAS_COPIES) != 0
-        || (flags != 0 && flags & HAS_WRITE_ID == 0)
+    if flags & !(HAS_WRITE_ID | IS_RETRY | HAS_COPIES | HAS_EXPIRY) != 0
+        || (flags & (IS_RETRY | HAS_COPIES) != 0 && flags & HAS_WRITE_ID == 0)
     {
         return Err(DecodeError::Invalid {
             offset: at,
             what: "sibling flags",
         });
     }
+    let expiry = |reader: &mut Reader<'_>| -> Result<Option<u64>> {
+        if flags & HAS_EXPIRY == 0 {
+            return Ok(None);
+        }
+        Ok(Some(reader.varint("sibling expiry")?))
+    };
     if flags & HAS_WRITE_ID == 0 {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), expiry(reader)?));
     }
     let id = read_id(reader, "sibling write id")?;
     let mut copies = Vec::new();
@@ -856,7 +923,7 @@ fn decode_tag(
         id,
         retry: flags & IS_RETRY != 0,
     };
-    Ok((Some(tag), copies))
+    Ok((Some(tag), copies, expiry(reader)?))
 }
 
 /// The tagged writes that one side of a merge has superseded through any

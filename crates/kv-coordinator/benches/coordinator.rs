@@ -104,6 +104,7 @@ fn bench_coordinator(c: &mut Criterion) {
                     value: Some(vec![3u8; 100]),
                     context: kv_clock::VectorClock::new(),
                     write: None,
+                    expires: None,
                 })
                 .collect();
             i = (i + 64) & 1023;

@@ -30,6 +30,8 @@ pub struct Update {
     /// The client's name for the write, when it may send it again: an
     /// attempt that finds its write already here stores nothing new.
     pub write: Option<kv_core::WriteTag>,
+    /// When the value lapses (seconds since the Unix epoch); `None`: never.
+    pub expires: Option<u64>,
 }
 
 /// A key's stored state before a batch (`None`: absent), after it, and
@@ -213,9 +215,14 @@ fn check_context(context: &VectorClock, actor: ActorId, issued: u64) -> Result<(
     Ok(())
 }
 
-/// Whether a state holds versions and all of them are deletes.
+/// Whether a state holds versions and every one is a delete or a value
+/// that lapses: a candidate for collection (see `tombstone_keys`).
 fn only_tombstones(state: &Siblings) -> bool {
-    !state.is_empty() && state.values().all(Option::is_none)
+    !state.is_empty()
+        && state
+            .siblings()
+            .iter()
+            .all(|s| s.value.is_none() || s.expires.is_some())
 }
 
 /// About how many bytes of keys one page of key listing holds (at least
@@ -502,6 +509,7 @@ impl<E: StorageEngine> Replica<E> {
         let end = end_key.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let (limit, budget) = (query.limit.max(1) as usize, query.max_scanned.max(1));
         let (mut scanned, mut bytes) = (0u32, 0usize);
+        let now = now_secs();
         for item in self.engine.scan(start, end)? {
             let (key, state) = item?;
             scanned += 1;
@@ -509,7 +517,7 @@ impl<E: StorageEngine> Replica<E> {
                 let state = Siblings::from_bytes(&state).map_err(|e| {
                     Error::Corrupt(format!("{}: {e}", String::from_utf8_lossy(&key)))
                 })?;
-                if state.values().any(Option::is_some) {
+                if state.live_values(now).any(Option::is_some) {
                     bytes += key.len();
                     page.keys.push(key.clone());
                 }
@@ -943,6 +951,7 @@ impl<E: StorageEngine> Replica<E> {
             value,
             context: context.clone(),
             write: None,
+            expires: None,
         };
         self.coordinate_many(vec![update], max_siblings, prune)
             .pop()
@@ -985,25 +994,26 @@ impl<E: StorageEngine> Replica<E> {
         let mut writes = Vec::with_capacity(updates.len());
         for u in updates {
             owned.push(u.key);
-            writes.push((Some(u.value), u.context, u.write));
+            writes.push((Some(u.value), u.context, u.write, u.expires));
         }
         let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let now = now_secs();
         self.apply_changes(
             &keys,
             |i, state| {
-            let (value, context, write) = &mut writes[i];
+            let (value, context, write, expires) = &mut writes[i];
             // Under the key's lock: every counter this actor issued for
             // the key is at most `issued`, whatever the state remembers.
             let issued = self.issued.load(Ordering::SeqCst);
             check_context(context, self.actor, issued)?;
             let dot = state
-                .update_tagged(
+                .update_expiring(
                     context,
                     self.actor,
                     issued,
                     value.take().flatten(),
                     *write,
+                    *expires,
                     now,
                 )
                 .map_err(|e| Error::InvalidInput(e.to_string()))?;

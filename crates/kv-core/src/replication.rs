@@ -101,6 +101,9 @@ pub enum ClientOp {
         /// The client's name for the write, when it may send it again
         /// (see [`WriteTag`](crate::WriteTag)).
         write: Option<crate::WriteTag>,
+        /// When the value lapses (seconds since the Unix epoch); `None`:
+        /// never.
+        expires: Option<u64>,
     },
     /// A read.
     Get {

@@ -69,6 +69,9 @@ pub struct BatchWrite {
     /// What the write supersedes (from a read); `None` supersedes nothing
     /// (a put then makes a sibling of what exists).
     pub context: Option<Context>,
+    /// A put's time to live (see [`Client::put_with_ttl`]); `None`: the
+    /// value never lapses.
+    pub ttl: Option<Duration>,
 }
 
 impl BatchWrite {
@@ -82,6 +85,16 @@ impl BatchWrite {
             key: key.into(),
             value: Some(value.into()),
             context,
+            ttl: None,
+        }
+    }
+
+    /// This put with a time to live (see [`Client::put_with_ttl`]).
+    #[must_use]
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        BatchWrite {
+            ttl: Some(ttl),
+            ..self
         }
     }
 
@@ -91,7 +104,43 @@ impl BatchWrite {
             key: key.into(),
             value: None,
             context: Some(context),
+            ttl: None,
         }
+    }
+}
+
+/// How a write is sent: its conditions and time to live.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriteOptions {
+    /// Create only.
+    if_none_match: bool,
+    /// Only if nothing was written since the context's read.
+    if_not_modified: bool,
+    /// Time to live in seconds; 0 for none.
+    ttl_secs: u32,
+}
+
+impl WriteOptions {
+    fn unchanged() -> Self {
+        WriteOptions {
+            if_not_modified: true,
+            ..WriteOptions::default()
+        }
+    }
+}
+
+/// A time to live in whole seconds, rounded up.
+fn ttl_secs(ttl: Duration) -> Result<u32, ClientError> {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    match u32::try_from(secs) {
+        Ok(0) => Err(ClientError::InvalidArgument(
+            "a time to live must be positive".into(),
+        )),
+        Ok(secs) => Ok(secs),
+        Err(_) => Err(ClientError::InvalidArgument(format!(
+            "a time to live of {secs} s is beyond {} s",
+            u32::MAX
+        ))),
     }
 }
 
@@ -812,21 +861,27 @@ impl Client {
         value: Option<Vec<u8>>,
         context: &[u8],
     ) -> Result<Written, ClientError> {
-        self.write_if(key, value, context, (false, false)).await
+        self.write_if(key, value, context, WriteOptions::default())
+            .await
     }
 
-    /// [`write`](Self::write) with a condition, `(if_none_match,
-    /// if_not_modified)`. A conditional write is sent once, neither hedged
-    /// nor retried: an attempt whose first copy was stored would find its
-    /// own write and be refused, so a lost answer is reported as
-    /// [`ClientError::Timeout`] (outcome unknown) instead.
+    /// [`write`](Self::write) with [`WriteOptions`]. A conditional write
+    /// is sent once, neither hedged nor retried: an attempt whose first
+    /// copy was stored would find its own write and be refused, so a lost
+    /// answer is reported as [`ClientError::Timeout`] (outcome unknown)
+    /// instead.
     async fn write_if(
         &self,
         key: &[u8],
         value: Option<Vec<u8>>,
         context: &[u8],
-        (if_none_match, if_not_modified): (bool, bool),
+        options: WriteOptions,
     ) -> Result<Written, ClientError> {
+        let WriteOptions {
+            if_none_match,
+            if_not_modified,
+            ttl_secs,
+        } = options;
         let w = self.config.w.unwrap_or(0);
         let write_id = self.write_ids.next();
         let attempts = if if_none_match || if_not_modified {
@@ -847,6 +902,7 @@ impl Client {
                         retry,
                         if_none_match,
                         if_not_modified,
+                        ttl_secs,
                     }),
                     None => Op::Delete(DeleteRequest {
                         key,
@@ -881,6 +937,31 @@ impl Client {
         self.write(key, Some(value), context).await
     }
 
+    /// [`put`](Self::put) of a value that lapses `ttl` from now (whole
+    /// seconds, rounded up): from then on every replica reads the key as
+    /// absent (unless another version of it is live), and the version is
+    /// collected like a tombstone. The node the write reaches stamps it
+    /// with its clock plus `ttl`, so nodes' clocks should agree (NTP):
+    /// docs/api.md, "Time to live".
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a zero `ttl` or one beyond
+    /// `u32::MAX` seconds; otherwise as [`put`](Self::put).
+    pub async fn put_with_ttl(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        context: Option<&Context>,
+        ttl: Duration,
+    ) -> Result<Written, ClientError> {
+        let context = context.map(|c| c.0.as_slice()).unwrap_or_default();
+        let options = WriteOptions {
+            ttl_secs: ttl_secs(ttl)?,
+            ..WriteOptions::default()
+        };
+        self.write_if(key, Some(value), context, options).await
+    }
+
     /// Deletes what `context` covers (a tombstone, itself a version).
     ///
     /// # Errors
@@ -897,7 +978,11 @@ impl Client {
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
     pub async fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Written, ClientError> {
-        self.write_if(key, Some(value), &[], (true, false)).await
+        let options = WriteOptions {
+            if_none_match: true,
+            ..WriteOptions::default()
+        };
+        self.write_if(key, Some(value), &[], options).await
     }
 
     /// Writes `value` only if nothing was written to `key` since the read
@@ -913,7 +998,7 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
     ) -> Result<Written, ClientError> {
-        self.write_if(key, Some(value), &context.0, (false, true))
+        self.write_if(key, Some(value), &context.0, WriteOptions::unchanged())
             .await
     }
 
@@ -928,7 +1013,8 @@ impl Client {
         key: &[u8],
         context: &Context,
     ) -> Result<Written, ClientError> {
-        self.write_if(key, None, &context.0, (false, true)).await
+        self.write_if(key, None, &context.0, WriteOptions::unchanged())
+            .await
     }
 
     /// Reads many keys at once: one result per key, in the order given; a
@@ -956,7 +1042,12 @@ impl Client {
         use futures_util::StreamExt as _;
         futures_util::stream::iter(items.into_iter().map(|item| async move {
             let context = item.context.map(|c| c.0).unwrap_or_default();
-            self.write(&item.key, item.value, &context).await
+            let options = WriteOptions {
+                ttl_secs: item.ttl.map(ttl_secs).transpose()?.unwrap_or(0),
+                ..WriteOptions::default()
+            };
+            self.write_if(&item.key, item.value, &context, options)
+                .await
         }))
         .buffered(crate::pipeline::BATCH_WINDOW)
         .collect()

@@ -70,6 +70,7 @@ pub(crate) fn forward_request(op: ClientOp) -> ForwardRequest {
             context,
             w,
             write,
+            expires,
         } => ForwardRequest {
             key,
             put: Some(PutOp {
@@ -77,6 +78,7 @@ pub(crate) fn forward_request(op: ClientOp) -> ForwardRequest {
                 context,
                 write_id: write.map_or(0, |t| t.id),
                 retry: write.is_some_and(|t| t.retry),
+                expires: expires.unwrap_or(0),
             }),
             quorum: w.unwrap_or(0),
         },
@@ -97,6 +99,7 @@ pub(crate) fn client_op(request: ForwardRequest) -> ClientOp {
             context: put.context,
             w: quorum(request.quorum),
             write: write_tag(put.write_id, put.retry),
+            expires: (put.expires != 0).then_some(put.expires),
         },
         None => ClientOp::Get {
             key: request.key,
@@ -199,6 +202,7 @@ mod tests {
                 context: b"ctx".to_vec(),
                 w: Some(3),
                 write: tag(7, true),
+                expires: Some(1_800_000_000),
             },
             ClientOp::Put {
                 key: b"k".to_vec(),
@@ -206,6 +210,7 @@ mod tests {
                 context: Vec::new(),
                 w: None,
                 write: tag(9, false),
+                expires: None,
             },
             // A delete: no value, and no tag.
             ClientOp::Put {
@@ -214,6 +219,7 @@ mod tests {
                 context: b"ctx".to_vec(),
                 w: None,
                 write: None,
+                expires: None,
             },
         ];
         for op in ops {

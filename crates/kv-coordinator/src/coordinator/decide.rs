@@ -160,29 +160,35 @@ pub(crate) fn stale_replicas(
     stale
 }
 
-/// When the newest tombstone of a state that holds only tombstones was
-/// written (seconds since the Unix epoch, from its dot's entry in the
-/// context); `None` for a state that holds a value or nothing.
+/// From when a state that holds only tombstones and values that lapse
+/// counts as deleted (seconds since the Unix epoch): the latest of its
+/// tombstones' writes (from their dots' entries in the context) and its
+/// values' expiries; `None` for a state that holds a value that never
+/// lapses, or nothing. The grace runs from there.
 pub(crate) fn tombstone_time(state: &Siblings) -> Option<u64> {
-    if state.is_empty() || state.values().any(Option::is_some) {
+    let lasting = |s: &kv_clock::Sibling<crate::Value>| s.value.is_some() && s.expires.is_none();
+    if state.is_empty() || state.siblings().iter().any(lasting) {
         return None;
     }
-    Some(
+    let written = |s: &kv_clock::Sibling<crate::Value>| {
         state
-            .siblings()
+            .context()
+            .entries()
             .iter()
-            .filter_map(|s| {
-                state
-                    .context()
-                    .entries()
-                    .iter()
-                    .find(|e| e.actor == s.dot.actor)
-                    .map(|e| e.timestamp)
-            })
-            .max()
+            .find(|e| e.actor == s.dot.actor)
+            .map(|e| e.timestamp)
             // No time known: never old enough.
-            .unwrap_or(u64::MAX),
-    )
+            .unwrap_or(u64::MAX)
+    };
+    state
+        .siblings()
+        .iter()
+        .map(|s| match (&s.value, s.expires) {
+            // A value that lapses counts from when it lapses.
+            (Some(_), Some(at)) => at,
+            _ => written(s),
+        })
+        .max()
 }
 
 /// Whether a tombstone written at `written` may be collected at `now` by

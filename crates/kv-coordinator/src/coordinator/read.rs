@@ -103,7 +103,11 @@ where
         let (merged, answers) = tally.finish()?;
         self.read_repair(key, &merged, &answers, &unasked).await;
         Ok(GetResult {
-            values: merged.values().flatten().cloned().collect(),
+            values: merged
+                .live_values(wall_clock_secs())
+                .flatten()
+                .cloned()
+                .collect(),
             context: encode_context(&merged),
         })
     }

@@ -49,8 +49,31 @@ where
         w: Option<usize>,
         write: Option<kv_core::WriteTag>,
     ) -> Result<PutResult> {
+        self.write_expiring(key, value, context, w, write, None)
+            .await
+    }
+
+    /// [`write_once`](Self::write_once) of a value that lapses at
+    /// `expires` (seconds since the Unix epoch; `None`: never): from then
+    /// on every replica reads it as absent, and it is collected like a
+    /// tombstone once the grace has passed (`Sibling::expires`).
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn write_expiring(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &[u8],
+        w: Option<usize>,
+        write: Option<kv_core::WriteTag>,
+        expires: Option<u64>,
+    ) -> Result<PutResult> {
         let started = Instant::now();
-        let result = self.routed_write(key, value, context, w, write).await;
+        let result = self
+            .routed_write(key, value, context, w, write, expires)
+            .await;
         self.write_histogram(value.is_some())
             .observe(started.elapsed(), &result);
         self.count_quorum(&result);
@@ -66,6 +89,7 @@ where
         context: &[u8],
         w: Option<usize>,
         write: Option<kv_core::WriteTag>,
+        expires: Option<u64>,
     ) -> Result<PutResult> {
         let op = || ClientOp::Put {
             key: key.to_vec(),
@@ -73,6 +97,7 @@ where
             context: context.to_vec(),
             w: w.map(|w| w as u32),
             write,
+            expires,
         };
         // An attempt the client sent again may have been stored by the
         // coordinator it tried first, which may be paused or cut off:
@@ -86,7 +111,8 @@ where
                     retry: t.retry || after_forward,
                     ..t
                 });
-                self.local_write(key, value, context, w, write).await
+                self.local_write(key, value, context, w, write, expires)
+                    .await
             }
             Dispatched::There(node, reply) => written(node, reply),
         }
@@ -180,6 +206,7 @@ where
         context: &[u8],
         w: Option<usize>,
         write: Option<kv_core::WriteTag>,
+        expires: Option<u64>,
     ) -> Result<PutResult> {
         if let Some(value) = value
             && value.len() > self.config.max_value_bytes
@@ -190,7 +217,7 @@ where
                 self.config.max_value_bytes
             )));
         }
-        self.write(key, value.map(<[u8]>::to_vec), context, w, write)
+        self.write(key, value.map(<[u8]>::to_vec), context, w, write, expires)
             .await
     }
 
@@ -298,6 +325,7 @@ where
                 context,
                 w,
                 write,
+                expires,
             } => {
                 let started = Instant::now();
                 let result = self
@@ -307,6 +335,7 @@ where
                         &context,
                         w.map(|w| w as usize),
                         write,
+                        expires,
                     )
                     .await;
                 self.write_histogram(value.is_some())

@@ -62,6 +62,7 @@ where
         context: &[u8],
         w: Option<usize>,
         write: Option<kv_core::WriteTag>,
+        expires: Option<u64>,
     ) -> Result<PutResult> {
         self.check_key(key)?;
         let w = w.unwrap_or(self.config.w);
@@ -80,6 +81,7 @@ where
             value,
             context,
             write,
+            expires,
         };
         // The new version goes to the other replicas as soon as it is made,
         // while this node stores (and syncs) its own copy: the two waits

@@ -216,18 +216,21 @@ fn forged_contexts_are_refused_and_never_give_two_siblings_one_dot() {
             value: Some(b"1".to_vec()),
             context: empty.clone(),
             write: None,
+            expires: None,
         },
         kv_coordinator::Update {
             key: b"y".to_vec(),
             value: Some(b"2".to_vec()),
             context: ahead.clone(),
             write: None,
+            expires: None,
         },
         kv_coordinator::Update {
             key: b"z".to_vec(),
             value: Some(b"3".to_vec()),
             context: empty,
             write: None,
+            expires: None,
         },
     ];
     let results = node.coordinate_many(updates, 10, &prune);

@@ -19,6 +19,7 @@ use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 
 mod dots;
+mod expiry;
 mod health;
 mod listing;
 mod retries;
@@ -1057,6 +1058,7 @@ impl PutContext for Node {
                 context: context.to_vec(),
                 w: None,
                 write: None,
+                expires: None,
             })
             .await
         {
@@ -1400,6 +1402,7 @@ fn coordinating_many_writes_equals_coordinating_them_one_by_one() {
             value,
             context,
             write: None,
+            expires: None,
         });
     }
     let singles: Vec<_> = updates

@@ -133,6 +133,10 @@ enum Command {
         /// from.
         #[arg(long, requires = "context")]
         if_not_modified: bool,
+        /// Time to live in seconds: the value lapses then, on every
+        /// replica.
+        #[arg(long, conflicts_with_all = ["if_none_match", "if_not_modified"])]
+        ttl: Option<u64>,
     },
     /// Read a key: its value or every sibling, and the context.
     Get {
@@ -747,11 +751,15 @@ async fn run_command(args: Args) -> Result<String, String> {
             w,
             if_none_match,
             if_not_modified,
+            ttl,
         } => {
             let context = Context::from_hex(&context).map_err(fail)?;
             let client = client.with_quorums(w, None);
             let (key, value) = (key.as_bytes(), value.into_bytes());
-            let result = if if_none_match {
+            let result = if let Some(ttl) = ttl {
+                let ttl = std::time::Duration::from_secs(ttl);
+                client.put_with_ttl(key, value, Some(&context), ttl).await
+            } else if if_none_match {
                 client.put_if_absent(key, value).await
             } else if if_not_modified {
                 client.put_if_unchanged(key, value, &context).await

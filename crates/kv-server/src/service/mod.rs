@@ -159,7 +159,7 @@ where
 
     /// A put (`value`) or a delete (`None`), whether it came as a call of
     /// its own or in a pipeline; with a `condition`, only once a read at R
-    /// finds it holds.
+    /// finds it holds; with `expires`, a value that lapses then.
     #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
@@ -170,17 +170,19 @@ where
         write_id: u64,
         retry: bool,
         condition: Condition,
+        expires: Option<u64>,
     ) -> Result<PutReply, Status> {
         let _slot = self.in_flight.enter()?;
         self.check_condition(key, context, condition).await?;
         let put = self
             .coordinator
-            .write_once(
+            .write_expiring(
                 key,
                 value,
                 context,
                 quorum(w),
                 wire::write_tag(write_id, retry),
+                expires,
             )
             .await
             .map_err(|e| to_status(&e))?;
@@ -190,6 +192,8 @@ where
     /// A put, as a call of its own or in a pipeline or batch.
     pub(crate) async fn put_op(&self, r: &PutRequest) -> Result<PutReply, Status> {
         let condition = Condition::of_put(r);
+        // The value lapses `ttl_secs` after this node's clock now.
+        let expires = (r.ttl_secs > 0).then(|| unix_secs() + u64::from(r.ttl_secs));
         self.write(
             &r.key,
             Some(&r.value),
@@ -198,6 +202,7 @@ where
             r.write_id,
             r.retry,
             condition,
+            expires,
         )
         .await
     }
@@ -206,7 +211,7 @@ where
     pub(crate) async fn delete_op(&self, r: &DeleteRequest) -> Result<PutReply, Status> {
         let condition = Condition::of_delete(r);
         self.write(
-            &r.key, None, &r.context, r.w, r.write_id, r.retry, condition,
+            &r.key, None, &r.context, r.w, r.write_id, r.retry, condition, None,
         )
         .await
     }
@@ -470,6 +475,13 @@ const MAX_PAGE_SCAN: u32 = 1 << 20;
 
 /// The most keys a peer may ask for in one page of key listing.
 const MAX_LIST_PAGE_KEYS: u32 = 10_000;
+
+/// Seconds since the Unix epoch by this node's clock.
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A page budget a peer asked for: its default when it named none (0, as
 /// a peer that predates pages sends), and never above `cap`.

@@ -8,6 +8,7 @@
 )]
 
 mod batch;
+mod expiry;
 mod listing;
 mod membership;
 mod operations;

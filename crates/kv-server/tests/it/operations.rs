@@ -588,6 +588,17 @@ async fn kvctl_mput_and_mget_answer_per_item() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["keys"], serde_json::json!(["c"]));
     assert!(v["next"].is_null());
+    // A time to live: the value is there until it lapses; not together
+    // with a condition.
+    let (_, err, ok) = kvctl(ports[0], &["put", "--ttl", "3600", "t", "brief"]);
+    assert!(ok, "{err}");
+    let (out, _, ok) = kvctl(ports[1], &["get", "t"]);
+    assert!(ok && out.starts_with("brief\n"), "{out}");
+    let (_, err, ok) = kvctl(
+        ports[0],
+        &["put", "--ttl", "5", "--if-none-match", "t", "x"],
+    );
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
     drop(children);
 }
 
