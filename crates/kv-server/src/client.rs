@@ -712,7 +712,11 @@ impl Client {
     /// attempt wins against its hedge, the hedge's copy is then stored
     /// before anyone can read the acknowledged one and overwrite it, so
     /// the two copies meet (and become one) instead of the hedge's copy
-    /// arriving after the overwrite.
+    /// arriving after the overwrite. And when the first attempt wins
+    /// while another may have stored a copy (a hedge that answered, or
+    /// failed without saying), the winner gets the request once more as a
+    /// retry, so that the replicas remember the write for the tombstone
+    /// grace once it is overwritten, not briefly (docs/architecture.md).
     async fn hedged<T, F, Fut>(
         &self,
         key: &[u8],
@@ -745,6 +749,9 @@ impl Client {
         }
         let mut last = String::new();
         let mut finished: Vec<usize> = Vec::new();
+        // Whether an attempt other than the one that wins may have stored
+        // a copy (see `settle`).
+        let mut other_copy = false;
         loop {
             let hedge = tokio::time::sleep(self.hedge_delay(latency));
             tokio::select! {
@@ -760,29 +767,33 @@ impl Client {
                             // `tried` of them were sent.
                             let mut waiting: Vec<usize> =
                                 (n + 1..tried).filter(|m| !finished.contains(m)).collect();
-                            let mut stray = false;
                             while settle
                                 && !waiting.is_empty()
                                 && let Some((m, _, later, _)) = pending.next().await
                             {
                                 waiting.retain(|&x| x != m);
-                                stray |= later.as_ref().is_err_and(may_have_stored);
+                                // A hedge that was stored (answered or not)
+                                // is another copy of this write.
+                                other_copy |= later.as_ref().map_or_else(may_have_stored, |_| true);
                             }
-                            if stray && n == 0 {
-                                // A hedge failed without saying whether it
-                                // was stored: a copy of this write may sit
-                                // on a node that is cut off. Telling the
-                                // winner it met a retry makes the replicas
-                                // remember the write for the tombstone
-                                // grace once it is overwritten, so that
-                                // copy cannot come back later. Best effort:
-                                // the write itself is acknowledged already.
+                            if settle && other_copy && n == 0 {
+                                // Another attempt may have left a copy of
+                                // this write on another coordinator, which
+                                // a partition or sloppy quorum may keep
+                                // from meeting this one for a long time.
+                                // Telling the winner it met a retry makes
+                                // the replicas remember the write for the
+                                // tombstone grace once it is overwritten
+                                // (a later attempt's own copy already is),
+                                // so the other copy cannot come back then.
+                                // Best effort: the write is stored already.
                                 let _ = call(index, tried).await;
                             }
                             return Ok(value);
                         }
                         Err(status) => status,
                     };
+                    other_copy |= may_have_stored(&status);
                     match classify(&status) {
                         ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
                             if never_sent(&message) {
