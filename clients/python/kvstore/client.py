@@ -386,9 +386,16 @@ class Client:
 
     # -- listing ------------------------------------------------------------
 
-    def list(self, prefix: Key = b"", after: Optional[Key] = None, limit: int = 0) -> "KeyList":
-        """Lists the keys that start with `prefix`, after `after`, in key
-        order: at most `limit` (every one when 0). The node streams pages
+    def list(
+        self,
+        prefix: Key = b"",
+        after: Optional[Key] = None,
+        limit: int = 0,
+        end: Optional[Key] = None,
+    ) -> "KeyList":
+        """Lists the keys that start with `prefix`, after `after` and
+        before `end` (when given), in key order: at most `limit` (every
+        one when 0). The node streams pages
         and asks every node for each (docs/api.md, "Key listing"); when a
         node fails mid-way the listing resumes after the last page on the
         next node. Returns the keys and `next`, the key to continue after
@@ -401,6 +408,7 @@ class Client:
                 prefix=_bytes(prefix),
                 after=cursor,
                 limit=0 if limit == 0 else limit - len(keys),
+                end=_bytes(end) if end is not None else b"",
             )
             try:
                 for page in self._stubs[i].List(

@@ -152,6 +152,8 @@ def test_keys_are_listed_by_prefix_in_pages_that_resume(kv, key):
     rest = kv.list(prefix, after=page.next)
     assert rest.keys == expected[50:] and rest.next is None
     assert kv.list(prefix + "nothing-here").keys == []
+    # A range: after one key, before another.
+    assert kv.list(after=expected[10], end=expected[20]).keys == expected[11:20]
 
 
 def test_a_value_with_a_time_to_live_lapses_on_every_replica(kv, addrs, key):

@@ -483,7 +483,7 @@ impl<E: StorageEngine> Replica<E> {
 
     /// One page of key listing: the keys stored here that this node
     /// replicates, start with `query.prefix`, come after `query.after`
-    /// and hold a live value, in key order; at most `query.limit` of
+    /// and before `query.end`, and hold a live value, in key order; at most `query.limit` of
     /// them and about [`KEY_PAGE_BYTES`] of keys, looking at no more than
     /// `query.max_scanned` stored keys.
     /// The page's `next` is the last key it covers when a budget ended
@@ -494,7 +494,10 @@ impl<E: StorageEngine> Replica<E> {
     /// Storage errors; [`Error::Corrupt`] for a stored state that does not
     /// decode.
     pub fn key_page(&self, query: &kv_core::KeyQuery) -> Result<kv_core::KeyPage> {
-        let end_key = prefix_end(&query.prefix);
+        let end_key = match (prefix_end(&query.prefix), &query.end) {
+            (Some(a), Some(b)) => Some(a.min(b.clone())),
+            (a, b) => a.or_else(|| b.clone()),
+        };
         let start = match query.after.as_deref() {
             Some(after) if after >= query.prefix.as_slice() => Bound::Excluded(after),
             _ if query.prefix.is_empty() => Bound::Unbounded,

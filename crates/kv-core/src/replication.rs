@@ -231,14 +231,17 @@ pub struct BucketPage {
 
 /// Which page of a replica's keys to list (key listing): the keys it
 /// replicates that start with `prefix`, come after `after` in key order
-/// (from the first when `None`) and hold a live value; at most `limit` of
-/// them, looking at no more than `max_scanned` stored keys.
+/// (from the first when `None`) and before `end`, and hold a live value;
+/// at most `limit` of them, looking at no more than `max_scanned` stored
+/// keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyQuery {
     /// Keys that start with these bytes (all keys when empty).
     pub prefix: Vec<u8>,
     /// Continue after this key.
     pub after: Option<Vec<u8>>,
+    /// Stop before this key (`None`: at the end of the prefix's keys).
+    pub end: Option<Vec<u8>>,
     /// Most keys in the page (at least one is asked for).
     pub limit: u32,
     /// Most stored keys the replica looks at for the page.

@@ -1082,6 +1082,31 @@ impl Client {
         after: Option<&[u8]>,
         limit: u32,
     ) -> Result<KeyList, ClientError> {
+        self.list_within(prefix, after, None, limit).await
+    }
+
+    /// The keys in the range after `after` (from the first key when
+    /// `None`) and before `end` (to the last when `None`), in key order:
+    /// at most `limit` (all when 0). As [`list`](Self::list) otherwise.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub async fn list_range(
+        &self,
+        after: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyList, ClientError> {
+        self.list_within(b"", after, end, limit).await
+    }
+
+    async fn list_within(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyList, ClientError> {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
         let wait = self.config.request_timeout.max(LIST_MESSAGE_TIMEOUT);
@@ -1101,6 +1126,7 @@ impl Client {
                 } else {
                     limit - keys.len() as u32
                 },
+                end: end.map(<[u8]>::to_vec).unwrap_or_default(),
             };
             let failed = |status: tonic::Status| match classify(&status) {
                 ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {

@@ -644,6 +644,7 @@ impl Transport for GrpcTransport {
             .list_keys(ListKeysRequest {
                 prefix: query.prefix,
                 after: query.after,
+                end: query.end,
                 limit: query.limit,
                 max_scanned: query.max_scanned,
             })

@@ -32,9 +32,10 @@ where
     /// answered (its keys would be missing from the page).
     pub async fn list_keys(&self, query: KeyQuery) -> Result<KeyPage> {
         let max = self.config.max_key_bytes;
-        if query.prefix.len() > max || query.after.as_ref().is_some_and(|a| a.len() > max) {
+        let too_long = |k: &Option<Vec<u8>>| k.as_ref().is_some_and(|k| k.len() > max);
+        if query.prefix.len() > max || too_long(&query.after) || too_long(&query.end) {
             return Err(Error::InvalidInput(format!(
-                "a listing's prefix and cursor are keys: at most {max} bytes"
+                "a listing's prefix, cursor and end are keys: at most {max} bytes"
             )));
         }
         let me = self.replica.id();
@@ -110,6 +111,9 @@ fn check_key_page(query: &KeyQuery, page: &KeyPage) -> std::result::Result<(), S
         }
         if previous.is_some_and(|p| key.as_slice() <= p) {
             return Err("listed keys are not ascending after the cursor".into());
+        }
+        if query.end.as_ref().is_some_and(|end| key >= end) {
+            return Err("a listed key lies past the end".into());
         }
         previous = Some(key);
     }
@@ -202,6 +206,7 @@ mod tests {
         let query = KeyQuery {
             prefix: b"p".to_vec(),
             after: Some(b"p1".to_vec()),
+            end: Some(b"p9".to_vec()),
             limit: 2,
             max_scanned: 10,
         };
@@ -217,6 +222,10 @@ mod tests {
         assert!(
             check_key_page(&query, &page(&["q"], None)).is_err(),
             "without the prefix"
+        );
+        assert!(
+            check_key_page(&query, &page(&["p9"], None)).is_err(),
+            "past the end"
         );
         assert!(
             check_key_page(&query, &page(&["p2", "p3", "p4"], None)).is_err(),

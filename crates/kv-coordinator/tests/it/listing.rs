@@ -21,6 +21,7 @@ async fn list_all(
             .list_keys(KeyQuery {
                 prefix: prefix.to_vec(),
                 after: after.clone(),
+                end: None,
                 limit,
                 max_scanned: 64,
             })

@@ -177,6 +177,9 @@ enum Command {
         /// Most keys to list; 0 for every one.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// Stop before this key (with --after, a range of keys).
+        #[arg(long, conflicts_with = "prefix")]
+        end: Option<String>,
     },
     /// Delete a key (send the context of a read).
     Delete {
@@ -817,15 +820,14 @@ async fn run_command(args: Args) -> Result<String, String> {
             prefix,
             after,
             limit,
+            end,
         } => {
-            let list = client
-                .list(
-                    prefix.as_bytes(),
-                    after.as_deref().map(str::as_bytes),
-                    limit,
-                )
-                .await
-                .map_err(fail)?;
+            let after = after.as_deref().map(str::as_bytes);
+            let list = match end {
+                Some(end) => client.list_range(after, Some(end.as_bytes()), limit).await,
+                None => client.list(prefix.as_bytes(), after, limit).await,
+            }
+            .map_err(fail)?;
             let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
             let keys: Vec<String> = list.keys.iter().map(|k| text(k)).collect();
             let next = list.next.as_deref().map(text);

@@ -22,6 +22,7 @@ struct Listing<E, T, P> {
     service: KvService<E, T, P>,
     prefix: Vec<u8>,
     after: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
     limit: u32,
     sent: u32,
     finished: bool,
@@ -44,6 +45,7 @@ where
         service,
         prefix: request.prefix,
         after: (!request.after.is_empty()).then_some(request.after),
+        end: (!request.end.is_empty()).then_some(request.end),
         limit: request.limit,
         sent: 0,
         finished: false,
@@ -70,6 +72,7 @@ where
         let query = KeyQuery {
             prefix: at.prefix.clone(),
             after: at.after.clone(),
+            end: at.end.clone(),
             limit: want,
             max_scanned: LIST_PAGE_SCAN,
         };

@@ -670,6 +670,7 @@ impl Internal for InternalService {
         let query = KeyQuery {
             prefix: r.prefix,
             after: r.after,
+            end: r.end,
             limit: r.limit.clamp(1, MAX_LIST_PAGE_KEYS),
             max_scanned: page_budget(r.max_scanned, 1 << 16, MAX_PAGE_SCAN),
         };

@@ -40,6 +40,7 @@ async fn keys_are_listed_by_prefix_in_pages_with_cursors_that_resume() {
             prefix: b"l:".to_vec(),
             after: Vec::new(),
             limit: 0,
+            end: Vec::new(),
         })
         .await
         .unwrap()
@@ -76,6 +77,19 @@ async fn keys_are_listed_by_prefix_in_pages_with_cursors_that_resume() {
         expected.len() + 30
     );
     assert!(sdk.list(b"zz", None, 0).await.unwrap().keys.is_empty());
+    // A range: after one key and before another, across prefixes.
+    let range = sdk
+        .list_range(Some(b"l:02490"), Some(b"m:1"), 0)
+        .await
+        .unwrap();
+    let mut wanted: Vec<Vec<u8>> = expected
+        .iter()
+        .filter(|k| k.as_slice() > b"l:02490".as_slice())
+        .cloned()
+        .collect();
+    wanted.push(b"m:0".to_vec());
+    assert_eq!(range.keys, wanted);
+    assert_eq!(range.next, None);
 
     // A node down: the listing goes to the next node and is complete
     // (with three nodes and N=3, every node replicates every range).

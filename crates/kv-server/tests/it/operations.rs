@@ -583,6 +583,9 @@ async fn kvctl_mput_and_mget_answer_per_item() {
     let (out, _, ok) = kvctl(ports[2], &["list", "--after", "b"]);
     assert!(ok);
     assert_eq!(out, "c\nd\n");
+    let (out, _, ok) = kvctl(ports[2], &["list", "--after", "a", "--end", "d"]);
+    assert!(ok);
+    assert_eq!(out, "b\nc\n");
     let (out, _, ok) = kvctl(ports[2], &["--json", "list", "--prefix", "c"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
