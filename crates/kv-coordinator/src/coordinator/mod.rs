@@ -19,7 +19,7 @@ use crate::batch::{Batcher, RunBatch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::replica::{Replica, Siblings, Update, Value};
+use crate::replica::{Replica, Siblings, Update};
 
 mod anti_entropy;
 mod decide;
@@ -198,6 +198,21 @@ pub struct Coordinator<E, T, P> {
     repair_peers: parking_lot::Mutex<std::collections::BTreeMap<NodeId, PeerRepair>>,
     /// The keys per second repair may move, shared by every exchange.
     repair_pace: anti_entropy::Pace,
+}
+
+/// One client write as this node takes it (no value: a delete), from
+/// routing to the local write.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WriteSpec<'a> {
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+    context: &'a [u8],
+    /// Per-request W.
+    w: Option<usize>,
+    /// The client's name for the write (see [`kv_core::WriteTag`]).
+    tag: Option<kv_core::WriteTag>,
+    /// When the value lapses (seconds since the Unix epoch).
+    expires: Option<u64>,
 }
 
 /// The batcher of writes coordinated at this node.

@@ -71,9 +71,15 @@ where
         expires: Option<u64>,
     ) -> Result<PutResult> {
         let started = Instant::now();
-        let result = self
-            .routed_write(key, value, context, w, write, expires)
-            .await;
+        let spec = WriteSpec {
+            key,
+            value,
+            context,
+            w,
+            tag: write,
+            expires,
+        };
+        let result = self.routed_write(spec).await;
         self.write_histogram(value.is_some())
             .observe(started.elapsed(), &result);
         self.count_quorum(&result);
@@ -82,37 +88,28 @@ where
 
     /// A write (`None`: a delete) coordinated here, or forwarded to the
     /// key's coordinator.
-    pub(super) async fn routed_write(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        context: &[u8],
-        w: Option<usize>,
-        write: Option<kv_core::WriteTag>,
-        expires: Option<u64>,
-    ) -> Result<PutResult> {
+    pub(super) async fn routed_write(&self, spec: WriteSpec<'_>) -> Result<PutResult> {
         let op = || ClientOp::Put {
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-            context: context.to_vec(),
-            w: w.map(|w| w as u32),
-            write,
-            expires,
+            key: spec.key.to_vec(),
+            value: spec.value.map(<[u8]>::to_vec),
+            context: spec.context.to_vec(),
+            w: spec.w.map(|w| w as u32),
+            write: spec.tag,
+            expires: spec.expires,
         };
         // An attempt the client sent again may have been stored by the
         // coordinator it tried first, which may be paused or cut off:
         // this node takes it itself when it can (the copies are one write).
-        let here = write.is_some_and(|t| t.retry);
-        match self.dispatch(key, here, op).await? {
+        let here = spec.tag.is_some_and(|t| t.retry);
+        match self.dispatch(spec.key, here, op).await? {
             Dispatched::Here { after_forward } => {
                 // A forwarded attempt that went unanswered may have been
                 // stored there: this one is a retry of it.
-                let write = write.map(|t| kv_core::WriteTag {
+                let tag = spec.tag.map(|t| kv_core::WriteTag {
                     retry: t.retry || after_forward,
                     ..t
                 });
-                self.local_write(key, value, context, w, write, expires)
-                    .await
+                self.local_write(WriteSpec { tag, ..spec }).await
             }
             Dispatched::There(node, reply) => written(node, reply),
         }
@@ -199,16 +196,8 @@ where
     }
 
     /// A write coordinated by this node.
-    pub(super) async fn local_write(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        context: &[u8],
-        w: Option<usize>,
-        write: Option<kv_core::WriteTag>,
-        expires: Option<u64>,
-    ) -> Result<PutResult> {
-        if let Some(value) = value
+    pub(super) async fn local_write(&self, spec: WriteSpec<'_>) -> Result<PutResult> {
+        if let Some(value) = spec.value
             && value.len() > self.config.max_value_bytes
         {
             return Err(Error::InvalidInput(format!(
@@ -217,8 +206,7 @@ where
                 self.config.max_value_bytes
             )));
         }
-        self.write(key, value.map(<[u8]>::to_vec), context, w, write, expires)
-            .await
+        self.write(spec).await
     }
 
     /// Where a request for `key` should be coordinated: `None` for here
@@ -329,14 +317,14 @@ where
             } => {
                 let started = Instant::now();
                 let result = self
-                    .local_write(
-                        &key,
-                        value.as_deref(),
-                        &context,
-                        w.map(|w| w as usize),
-                        write,
+                    .local_write(WriteSpec {
+                        key: &key,
+                        value: value.as_deref(),
+                        context: &context,
+                        w: w.map(|w| w as usize),
+                        tag: write,
                         expires,
-                    )
+                    })
                     .await;
                 self.write_histogram(value.is_some())
                     .observe(started.elapsed(), &result);

@@ -55,15 +55,15 @@ where
         }
     }
 
-    pub(super) async fn write(
-        &self,
-        key: &[u8],
-        value: Value,
-        context: &[u8],
-        w: Option<usize>,
-        write: Option<kv_core::WriteTag>,
-        expires: Option<u64>,
-    ) -> Result<PutResult> {
+    pub(super) async fn write(&self, spec: WriteSpec<'_>) -> Result<PutResult> {
+        let WriteSpec {
+            key,
+            value,
+            context,
+            w,
+            tag,
+            expires,
+        } = spec;
         self.check_key(key)?;
         let w = w.unwrap_or(self.config.w);
         self.config.check_quorum("w", w)?;
@@ -78,9 +78,9 @@ where
         let deadline = Instant::now() + self.config.request_timeout;
         let update = Update {
             key: key.to_vec(),
-            value,
+            value: value.map(<[u8]>::to_vec),
             context,
-            write,
+            write: tag,
             expires,
         };
         // The new version goes to the other replicas as soon as it is made,
