@@ -349,11 +349,9 @@ class Client:
     def _put(
         self, key, value, context, *, w, if_none_match=False, if_not_modified=False, ttl_secs=0
     ):
-        write_id = _write_id()
-        conditional = if_none_match or if_not_modified
-        reply = self._call(
+        return self._write(
             "Put",
-            lambda retry: kv_pb2.PutRequest(
+            lambda write_id, retry: kv_pb2.PutRequest(
                 key=_bytes(key),
                 value=_bytes(value),
                 context=context,
@@ -364,15 +362,13 @@ class Client:
                 if_not_modified=if_not_modified,
                 ttl_secs=ttl_secs,
             ),
-            attempts=1 if conditional else None,
+            conditional=if_none_match or if_not_modified,
         )
-        return _written(reply, write_id)
 
     def _delete(self, key, context, *, w, if_not_modified=False):
-        write_id = _write_id()
-        reply = self._call(
+        return self._write(
             "Delete",
-            lambda retry: kv_pb2.DeleteRequest(
+            lambda write_id, retry: kv_pb2.DeleteRequest(
                 key=_bytes(key),
                 context=context,
                 w=w,
@@ -380,7 +376,18 @@ class Client:
                 retry=retry,
                 if_not_modified=if_not_modified,
             ),
-            attempts=1 if if_not_modified else None,
+            conditional=if_not_modified,
+        )
+
+    def _write(self, method, make, *, conditional):
+        """One write under a fresh write id for all its attempts; a
+        conditional one is sent once (a second attempt could be refused
+        by its own first)."""
+        write_id = _write_id()
+        reply = self._call(
+            method,
+            lambda retry: make(write_id, retry),
+            attempts=1 if conditional else None,
         )
         return _written(reply, write_id)
 
