@@ -147,12 +147,16 @@ class KeyList:
 @dataclass(frozen=True)
 class Put:
     """A write in a batch (`context` from a read; empty for a blind
-    write)."""
+    write), with a time to live or a condition as `put`, `put_if_absent`
+    (`if_none_match`) and `put_if_unchanged` (`if_not_modified`) have
+    them; a refused item gives PreconditionFailed in its place."""
 
     key: Key
     value: Value
     context: bytes = b""
     ttl: Optional[float] = None
+    if_none_match: bool = False
+    if_not_modified: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class Delete:
 
     key: Key
     context: bytes
+    if_not_modified: bool = False
 
 
 def _versioned(reply) -> Versioned:
@@ -459,11 +464,16 @@ class Client:
                     context=item.context,
                     write_id=write_id,
                     ttl_secs=_ttl_secs(item.ttl),
+                    if_none_match=item.if_none_match,
+                    if_not_modified=item.if_not_modified,
                 )
                 ops.append(kv_pb2.PipelinedOp(put=request))
             elif isinstance(item, Delete):
                 request = kv_pb2.DeleteRequest(
-                    key=_bytes(item.key), context=item.context, write_id=write_id
+                    key=_bytes(item.key),
+                    context=item.context,
+                    write_id=write_id,
+                    if_not_modified=item.if_not_modified,
                 )
                 ops.append(kv_pb2.PipelinedOp(delete=request))
             else:

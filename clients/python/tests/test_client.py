@@ -137,6 +137,22 @@ def test_conditional_writes_hold_or_are_refused_with_the_current_context(kv, key
     assert kv.get(k).values == []
     kv.put_if_absent(k, b"again")
     assert kv.get(k).values == [b"again"]
+    # In a batch, each item's condition holds or fails alone.
+    fresh = key("fresh")
+    current = kv.get(k)
+    results = kv.write_many(
+        [
+            Put(fresh, b"1", if_none_match=True),
+            Put(k, b"2", if_none_match=True),
+            Put(k, b"3", created.context, if_not_modified=True),
+            Delete(k, created.context, if_not_modified=True),
+        ]
+    )
+    assert isinstance(results[0], Written)
+    for refused in results[1:]:
+        assert isinstance(refused, PreconditionFailed)
+        assert refused.context == current.context
+    assert kv.get(fresh).values == [b"1"] and kv.get(k).values == [b"again"]
 
 
 def test_keys_are_listed_by_prefix_in_pages_that_resume(kv, key):

@@ -72,6 +72,26 @@ pub struct BatchWrite {
     /// A put's time to live (see [`Client::put_with_ttl`]); `None`: the
     /// value never lapses.
     pub ttl: Option<Duration>,
+    /// What the key must be like for the write to be stored.
+    pub condition: WriteCondition,
+}
+
+/// A condition on a write in [`Client::write_many`], as the single-key
+/// calls have them (docs/api.md, "Conditional writes"). A refused item
+/// fails alone with [`ClientError::PreconditionFailed`] and the key's
+/// current context; a conditional item is sent once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// None: an ordinary write.
+    #[default]
+    Always,
+    /// Create only: stored if a read at R finds no live value
+    /// ([`Client::put_if_absent`]).
+    IfAbsent,
+    /// Stored if nothing was written since the read the item's context
+    /// came from ([`Client::put_if_unchanged`],
+    /// [`Client::delete_if_unchanged`]).
+    IfUnchanged,
 }
 
 impl BatchWrite {
@@ -86,6 +106,25 @@ impl BatchWrite {
             value: Some(value.into()),
             context,
             ttl: None,
+            condition: WriteCondition::Always,
+        }
+    }
+
+    /// A create of `key` with `value`, only if it holds no live value.
+    pub fn put_if_absent(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        BatchWrite {
+            condition: WriteCondition::IfAbsent,
+            ..BatchWrite::put(key, value, None)
+        }
+    }
+
+    /// This write only if nothing was written since the read its context
+    /// came from.
+    #[must_use]
+    pub fn if_unchanged(self) -> Self {
+        BatchWrite {
+            condition: WriteCondition::IfUnchanged,
+            ..self
         }
     }
 
@@ -105,6 +144,7 @@ impl BatchWrite {
             value: None,
             context: Some(context),
             ttl: None,
+            condition: WriteCondition::Always,
         }
     }
 }
@@ -1055,7 +1095,8 @@ impl Client {
             let context = item.context.map(|c| c.0).unwrap_or_default();
             let options = WriteOptions {
                 ttl_secs: item.ttl.map(ttl_secs).transpose()?.unwrap_or(0),
-                ..WriteOptions::default()
+                if_none_match: item.condition == WriteCondition::IfAbsent,
+                if_not_modified: item.condition == WriteCondition::IfUnchanged,
             };
             self.write_if(&item.key, item.value, &context, options)
                 .await

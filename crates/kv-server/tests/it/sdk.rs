@@ -2,7 +2,7 @@
 //! resolved by a user function, read-modify-write, and retry on another
 //! node when one is unavailable.
 
-use kv_server::client::{Client, ClientConfig, ClientError};
+use kv_server::client::{BatchWrite, Client, ClientConfig, ClientError, Context};
 
 use crate::cluster;
 
@@ -710,6 +710,30 @@ async fn conditional_writes_hold_or_are_refused_with_the_current_context() {
         .put_if_unchanged(b"new", b"v".to_vec(), &kv_server::client::Context::empty())
         .await
         .unwrap();
+    // In a batch, each item's condition holds or fails alone, a refusal
+    // with the key's current context.
+    let current = client.get(b"c").await.unwrap();
+    let results = client
+        .write_many(vec![
+            BatchWrite::put_if_absent("fresh", "1"),
+            BatchWrite::put_if_absent("c", "2"),
+            BatchWrite::put("c", "3", Some(stale.clone())).if_unchanged(),
+            BatchWrite::delete("new", Context::empty()).if_unchanged(),
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let mut results = results.into_iter();
+    results.next();
+    for refused in results.by_ref().take(2) {
+        assert_eq!(refused_context(refused.unwrap_err()), current.context);
+    }
+    assert!(matches!(
+        results.next(),
+        Some(Err(ClientError::PreconditionFailed { .. }))
+    ));
+    assert_eq!(client.get(b"fresh").await.unwrap().values, [b"1".to_vec()]);
+    assert_eq!(client.get(b"c").await.unwrap().values, [b"again".to_vec()]);
+    assert_eq!(client.get(b"new").await.unwrap().values, [b"v".to_vec()]);
     for n in nodes {
         n.shutdown().await.unwrap();
     }
