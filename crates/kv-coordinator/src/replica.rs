@@ -242,12 +242,6 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl<E> Replica<E> {
     /// The node this replica belongs to.
     pub fn id(&self) -> NodeId {
@@ -512,7 +506,7 @@ impl<E: StorageEngine> Replica<E> {
         let end = end_key.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let (limit, budget) = (query.limit.max(1) as usize, query.max_scanned.max(1));
         let (mut scanned, mut bytes) = (0u32, 0usize);
-        let now = now_secs();
+        let now = kv_core::unix_secs();
         for item in self.engine.scan(start, end)? {
             let (key, state) = item?;
             scanned += 1;
@@ -683,7 +677,9 @@ impl<E: StorageEngine> Replica<E> {
         let incoming = Siblings::from_bytes(state)
             .map_err(|e| Error::InvalidInput(format!("peer state: {e}")))?;
         match hint_for {
-            Some(owner) if owner != self.id => self.hints.add(owner, key, &incoming, now_secs()),
+            Some(owner) if owner != self.id => {
+                self.hints.add(owner, key, &incoming, kv_core::unix_secs())
+            }
             _ => self.merge(key, &incoming).map(|_| ()),
         }
     }
@@ -728,7 +724,7 @@ impl<E: StorageEngine> Replica<E> {
             };
             match hint_for {
                 Some(owner) if *owner != self.id => {
-                    results.push(self.hints.add(*owner, key, &incoming, now_secs()));
+                    results.push(self.hints.add(*owner, key, &incoming, kv_core::unix_secs()));
                 }
                 _ => {
                     results.push(Ok(()));
@@ -1000,7 +996,7 @@ impl<E: StorageEngine> Replica<E> {
             writes.push((Some(u.value), u.context, u.write, u.expires));
         }
         let keys: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-        let now = now_secs();
+        let now = kv_core::unix_secs();
         self.apply_changes(
             &keys,
             |i, state| {

@@ -30,6 +30,7 @@
 //! assert_eq!(wrapping.width(), 7);
 //! ```
 
+mod clock;
 pub mod codec;
 mod durable;
 pub mod files;
@@ -39,6 +40,7 @@ mod range;
 mod replication;
 mod storage;
 
+pub use clock::unix_secs;
 pub use durable::{Durable, DurableSignal};
 pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};

@@ -431,9 +431,7 @@ pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String
             escape(&e.to_string())
         ),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = kv_core::unix_secs();
     let mut repairs = String::new();
     for (peer, r) in coordinator.anti_entropy_peers() {
         let _ = write!(

@@ -407,9 +407,7 @@ async fn fresh_epoch(config: &NodeConfig) -> Result<u32, NodeError> {
     // A fresh epoch, durable before anything is coordinated: the dots this
     // start issues can collide with none issued before, whatever the data
     // directory lost or was restored from.
-    let wall_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let wall_secs = kv_core::unix_secs();
     let identity = crate::identity::take_epoch(&config.data_dir, config.id, wall_secs)?;
     // Not one dot before the clock passed the epoch. On a multi-threaded
     // runtime the wait runs off the workers; on a current-thread runtime

@@ -70,12 +70,6 @@ impl Pace {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl<E, T, P> Coordinator<E, T, P>
 where
     E: StorageEngine + 'static,
@@ -131,7 +125,7 @@ where
         entry.keys_repaired += report.keys_changed as u64 + report.keys_pushed as u64;
         match &result {
             Ok(()) => {
-                entry.last_complete_unix = Some(unix_now());
+                entry.last_complete_unix = Some(kv_core::unix_secs());
                 entry.exchanges += 1;
                 entry.last_error = None;
             }

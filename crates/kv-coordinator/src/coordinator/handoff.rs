@@ -25,7 +25,7 @@ where
     /// Storage errors from the hint store; unreachable owners are not errors
     /// (their hints stay).
     pub async fn deliver_hints(&self, batch: usize) -> Result<usize> {
-        self.deliver_hints_at(batch, wall_clock_secs()).await
+        self.deliver_hints_at(batch, kv_core::unix_secs()).await
     }
 
     /// [`deliver_hints`](Self::deliver_hints) at `now_secs` (seconds since

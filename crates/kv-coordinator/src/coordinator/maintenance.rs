@@ -31,7 +31,7 @@ where
                 if let Err(e) = this.deliver_hints(10_000).await {
                     warn_failed("hint delivery", None, &e);
                 }
-                if let Err(e) = this.collect_tombstones(wall_clock_secs()).await {
+                if let Err(e) = this.collect_tombstones(kv_core::unix_secs()).await {
                     warn_failed("tombstone collection", None, &e);
                 }
                 if Instant::now() >= next_ae && !this.replica.repair_running() {

@@ -94,12 +94,6 @@ async fn engine_read<E: StorageEngine + 'static, T: Send + 'static>(
     }
 }
 
-fn wall_clock_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A write's result from a forwarded reply.
 fn written(node: NodeId, reply: ClientReply) -> Result<PutResult> {
     match reply {

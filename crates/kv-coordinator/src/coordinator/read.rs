@@ -104,7 +104,7 @@ where
         self.read_repair(key, &merged, &answers, &unasked).await;
         Ok(GetResult {
             values: merged
-                .live_values(wall_clock_secs())
+                .live_values(kv_core::unix_secs())
                 .flatten()
                 .cloned()
                 .collect(),

@@ -11,7 +11,7 @@ use kv_ring::ConsistentHashRing;
 use kv_testkit::MemEngine;
 use proptest::prelude::*;
 
-use super::{Cluster, now_secs, seeded};
+use super::{Cluster, seeded};
 
 /// Node 1's replica of a one-node ring on `engine` and `hints`, with
 /// `settings` (N is set to 1).
@@ -303,7 +303,7 @@ async fn cluster_run(seed: u64, ops: usize) -> (usize, usize) {
     let mut backups: BTreeMap<u64, (MemEngine, MemEngine)> = BTreeMap::new();
     let (mut written, mut collected) = (0, 0);
     // Collections run at a clock past every tombstone's grace.
-    let later = now_secs() + 10;
+    let later = kv_core::unix_secs() + 10;
     for op in 0..ops {
         let id = 1 + next(4);
         match next(20) {

@@ -8,12 +8,12 @@ use std::time::Duration;
 use kv_coordinator::Config;
 use kv_core::StorageEngine;
 
-use super::{Cluster, now_secs};
+use super::Cluster;
 
 #[tokio::test(start_paused = true)]
 async fn a_lapsed_value_is_absent_everywhere_and_collected_like_a_tombstone() {
     let c = Cluster::new(5, Config::default());
-    let now = now_secs();
+    let now = kv_core::unix_secs();
     let (lapsed, lasting, sibling) = (&b"ttl:lapsed"[..], &b"ttl:lasting"[..], &b"ttl:sibling"[..]);
     // An old value superseded by a write that has already lapsed.
     let coordinator = c.coordinator(lapsed);

@@ -608,7 +608,7 @@ async fn hints_for_a_node_that_left_the_ring_go_to_the_current_replicas() {
     c.node(holder)
         .replica()
         .hints()
-        .add(NodeId(99), key, &state, now_secs())
+        .add(NodeId(99), key, &state, kv_core::unix_secs())
         .unwrap();
     assert_eq!(c.hints_pending(), 1);
     // One replica is down: the hint stays until all of them took it.
@@ -895,7 +895,7 @@ async fn random_history(seed: u64, ops: usize) {
     check_history(&c, &keys, &contexts, &written, seed, "after healing");
     // Collect every tombstone past its grace period, then run repair
     // again: no delete may come undone and no value may change.
-    let later = now_secs() + 2 * Config::default().tombstone_grace.as_secs();
+    let later = kv_core::unix_secs() + 2 * Config::default().tombstone_grace.as_secs();
     let mut collected = 0;
     for node in &c.nodes {
         collected += node.collect_tombstones(later).await.unwrap().1;
@@ -1068,13 +1068,6 @@ impl PutContext for Node {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[tokio::test(start_paused = true)]
 async fn tombstones_are_collected_only_once_every_replica_holds_them() {
     let c = Cluster::new(5, Config::default());
@@ -1093,7 +1086,7 @@ async fn tombstones_are_collected_only_once_every_replica_holds_them() {
         vec![b"v".to_vec()],
         "the stale replica still has the value"
     );
-    let now = now_secs();
+    let now = kv_core::unix_secs();
     let after_grace = now + 2 * Config::default().tombstone_grace.as_secs();
     // Within the grace period: never.
     assert_eq!(coordinator.collect_tombstones(now).await.unwrap(), (1, 0));

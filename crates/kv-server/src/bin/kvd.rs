@@ -252,9 +252,7 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     if let Some(expires) = security.posture().cert_expires {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = kv_core::unix_secs();
         let days = expires.saturating_sub(now) / 86_400;
         if days < 14 {
             eprintln!(

@@ -193,7 +193,7 @@ where
     pub(crate) async fn put_op(&self, r: &PutRequest) -> Result<PutReply, Status> {
         let condition = Condition::of_put(r);
         // The value lapses `ttl_secs` after this node's clock now.
-        let expires = (r.ttl_secs > 0).then(|| unix_secs() + u64::from(r.ttl_secs));
+        let expires = (r.ttl_secs > 0).then(|| kv_core::unix_secs() + u64::from(r.ttl_secs));
         self.write(
             &r.key,
             Some(&r.value),
@@ -475,13 +475,6 @@ const MAX_PAGE_SCAN: u32 = 1 << 20;
 
 /// The most keys a peer may ask for in one page of key listing.
 const MAX_LIST_PAGE_KEYS: u32 = 10_000;
-
-/// Seconds since the Unix epoch by this node's clock.
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// A page budget a peer asked for: its default when it named none (0, as
 /// a peer that predates pages sends), and never above `cap`.
