@@ -149,22 +149,19 @@ impl BatchWrite {
     }
 }
 
-/// How a write is sent: its conditions and time to live.
+/// How a write is sent: its condition and time to live.
 #[derive(Debug, Clone, Copy, Default)]
 struct WriteOptions {
-    /// Create only.
-    if_none_match: bool,
-    /// Only if nothing was written since the context's read.
-    if_not_modified: bool,
+    condition: WriteCondition,
     /// Time to live in seconds; 0 for none.
     ttl_secs: u32,
 }
 
-impl WriteOptions {
-    fn unchanged() -> Self {
+impl From<WriteCondition> for WriteOptions {
+    fn from(condition: WriteCondition) -> Self {
         WriteOptions {
-            if_not_modified: true,
-            ..WriteOptions::default()
+            condition,
+            ttl_secs: 0,
         }
     }
 }
@@ -929,16 +926,17 @@ impl Client {
         options: WriteOptions,
     ) -> Result<Written, ClientError> {
         let WriteOptions {
-            if_none_match,
-            if_not_modified,
+            condition,
             ttl_secs,
         } = options;
+        let if_none_match = condition == WriteCondition::IfAbsent;
+        let if_not_modified = condition == WriteCondition::IfUnchanged;
         let w = self.config.w.unwrap_or(0);
         let write_id = self.write_ids.next();
-        let attempts = if if_none_match || if_not_modified {
-            1
-        } else {
+        let attempts = if condition == WriteCondition::Always {
             self.config.attempts
+        } else {
+            1
         };
         let reply = self
             .hedged(key, attempts, &self.write_latency, true, |node, retry| {
@@ -1029,11 +1027,8 @@ impl Client {
     /// # Errors
     /// [`ClientError`] as the cluster reports it.
     pub async fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Written, ClientError> {
-        let options = WriteOptions {
-            if_none_match: true,
-            ..WriteOptions::default()
-        };
-        self.write_if(key, Some(value), &[], options).await
+        self.write_if(key, Some(value), &[], WriteCondition::IfAbsent.into())
+            .await
     }
 
     /// Writes `value` only if nothing was written to `key` since the read
@@ -1049,8 +1044,13 @@ impl Client {
         value: Vec<u8>,
         context: &Context,
     ) -> Result<Written, ClientError> {
-        self.write_if(key, Some(value), &context.0, WriteOptions::unchanged())
-            .await
+        self.write_if(
+            key,
+            Some(value),
+            &context.0,
+            WriteCondition::IfUnchanged.into(),
+        )
+        .await
     }
 
     /// Deletes `key` only if nothing was written to it since the read
@@ -1064,7 +1064,7 @@ impl Client {
         key: &[u8],
         context: &Context,
     ) -> Result<Written, ClientError> {
-        self.write_if(key, None, &context.0, WriteOptions::unchanged())
+        self.write_if(key, None, &context.0, WriteCondition::IfUnchanged.into())
             .await
     }
 
@@ -1094,9 +1094,8 @@ impl Client {
         futures_util::stream::iter(items.into_iter().map(|item| async move {
             let context = item.context.map(|c| c.0).unwrap_or_default();
             let options = WriteOptions {
+                condition: item.condition,
                 ttl_secs: item.ttl.map(ttl_secs).transpose()?.unwrap_or(0),
-                if_none_match: item.condition == WriteCondition::IfAbsent,
-                if_not_modified: item.condition == WriteCondition::IfUnchanged,
             };
             self.write_if(&item.key, item.value, &context, options)
                 .await
