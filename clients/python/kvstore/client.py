@@ -168,6 +168,33 @@ class Delete:
     if_not_modified: bool = False
 
 
+def _request(item: Union[Put, Delete], write_id: int, *, retry: bool = False, w: int = 0):
+    """The PutRequest or DeleteRequest that carries `item`, single or in a
+    batch."""
+    if isinstance(item, Put):
+        return kv_pb2.PutRequest(
+            key=_bytes(item.key),
+            value=_bytes(item.value),
+            context=item.context,
+            w=w,
+            write_id=write_id,
+            retry=retry,
+            if_none_match=item.if_none_match,
+            if_not_modified=item.if_not_modified,
+            ttl_secs=_ttl_secs(item.ttl),
+        )
+    if isinstance(item, Delete):
+        return kv_pb2.DeleteRequest(
+            key=_bytes(item.key),
+            context=item.context,
+            w=w,
+            write_id=write_id,
+            retry=retry,
+            if_not_modified=item.if_not_modified,
+        )
+    raise TypeError(f"a write is a Put or a Delete, not {type(item).__name__}")
+
+
 def _versioned(reply) -> Versioned:
     return Versioned(values=list(reply.values), context=bytes(reply.context))
 
@@ -327,71 +354,39 @@ class Client:
         covers; without a context an existing value stays as a sibling.
         With `ttl` (seconds, rounded up), the value lapses that long from
         now on every replica and is collected like a tombstone."""
-        return self._put(key, value, context, w=w, ttl_secs=_ttl_secs(ttl))
+        return self._write(Put(key, value, context, ttl=ttl), w)
 
     def delete(self, key: Key, context: bytes, *, w: int = 0) -> Written:
         """Deletes what `context` (from a read) covers: a tombstone
         version, replicated like a write."""
-        return self._delete(key, context, w=w)
+        return self._write(Delete(key, context), w)
 
     def put_if_absent(self, key: Key, value: Value, *, w: int = 0) -> Written:
         """Creates `key`: stored only if a read at the cluster's R finds no
         live value; otherwise raises PreconditionFailed with the current
         context. Not a lock: see docs/api.md, "Conditional writes"."""
-        return self._put(key, value, b"", w=w, if_none_match=True)
+        return self._write(Put(key, value, if_none_match=True), w)
 
     def put_if_unchanged(self, key: Key, value: Value, context: bytes, *, w: int = 0) -> Written:
         """Writes only if nothing was written to `key` since the read
         `context` came from; otherwise raises PreconditionFailed with the
         current context."""
-        return self._put(key, value, context, w=w, if_not_modified=True)
+        return self._write(Put(key, value, context, if_not_modified=True), w)
 
     def delete_if_unchanged(self, key: Key, context: bytes, *, w: int = 0) -> Written:
         """Deletes only if nothing was written since the read `context`
         came from; otherwise raises PreconditionFailed."""
-        return self._delete(key, context, w=w, if_not_modified=True)
+        return self._write(Delete(key, context, if_not_modified=True), w)
 
-    def _put(
-        self, key, value, context, *, w, if_none_match=False, if_not_modified=False, ttl_secs=0
-    ):
-        return self._write(
-            "Put",
-            lambda write_id, retry: kv_pb2.PutRequest(
-                key=_bytes(key),
-                value=_bytes(value),
-                context=context,
-                w=w,
-                write_id=write_id,
-                retry=retry,
-                if_none_match=if_none_match,
-                if_not_modified=if_not_modified,
-                ttl_secs=ttl_secs,
-            ),
-            conditional=if_none_match or if_not_modified,
-        )
-
-    def _delete(self, key, context, *, w, if_not_modified=False):
-        return self._write(
-            "Delete",
-            lambda write_id, retry: kv_pb2.DeleteRequest(
-                key=_bytes(key),
-                context=context,
-                w=w,
-                write_id=write_id,
-                retry=retry,
-                if_not_modified=if_not_modified,
-            ),
-            conditional=if_not_modified,
-        )
-
-    def _write(self, method, make, *, conditional):
+    def _write(self, item: Union["Put", "Delete"], w: int) -> Written:
         """One write under a fresh write id for all its attempts; a
         conditional one is sent once (a second attempt could be refused
         by its own first)."""
         write_id = _write_id()
+        conditional = item.if_not_modified or getattr(item, "if_none_match", False)
         reply = self._call(
-            method,
-            lambda retry: make(write_id, retry),
+            "Put" if isinstance(item, Put) else "Delete",
+            lambda retry: _request(item, write_id, retry=retry, w=w),
             attempts=1 if conditional else None,
         )
         return _written(reply, write_id)
@@ -457,27 +452,11 @@ class Client:
         for item in writes:
             write_id = _write_id()
             ids.append(write_id)
+            request = _request(item, write_id)
             if isinstance(item, Put):
-                request = kv_pb2.PutRequest(
-                    key=_bytes(item.key),
-                    value=_bytes(item.value),
-                    context=item.context,
-                    write_id=write_id,
-                    ttl_secs=_ttl_secs(item.ttl),
-                    if_none_match=item.if_none_match,
-                    if_not_modified=item.if_not_modified,
-                )
                 ops.append(kv_pb2.PipelinedOp(put=request))
-            elif isinstance(item, Delete):
-                request = kv_pb2.DeleteRequest(
-                    key=_bytes(item.key),
-                    context=item.context,
-                    write_id=write_id,
-                    if_not_modified=item.if_not_modified,
-                )
-                ops.append(kv_pb2.PipelinedOp(delete=request))
             else:
-                raise TypeError(f"write_many takes Put and Delete items, not {type(item).__name__}")
+                ops.append(kv_pb2.PipelinedOp(delete=request))
         return self._batch(ops, ids)
 
     def _batch(self, ops, ids):
