@@ -501,11 +501,16 @@ fn never_sent(message: &str) -> bool {
 /// Whether a failed write attempt may nevertheless have been stored by
 /// the node (it timed out or lost its connection after it was sent).
 fn may_have_stored(status: &tonic::Status) -> bool {
+    try_elsewhere(status).is_ok_and(|message| !never_sent(&message))
+}
+
+/// A failure that another node may not have (down, cut off, too slow):
+/// its message, to try the next node with; any other failure is the
+/// answer.
+fn try_elsewhere(status: &tonic::Status) -> Result<String, ClientError> {
     match classify(status) {
-        ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
-            !never_sent(&message)
-        }
-        _ => false,
+        ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => Ok(message),
+        other => Err(other),
     }
 }
 
@@ -830,20 +835,18 @@ impl Client {
                         }
                         Err(status) => status,
                     };
-                    other_copy |= may_have_stored(&status);
-                    match classify(&status) {
-                        ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
-                            if never_sent(&message) {
-                                counted -= 1;
-                            }
-                            last = format!("{}: {message}", self.nodes[index].addr);
-                            if counted < budget && let Some(next) = order.next() {
-                                pending.push(call(next, tried));
-                                counted += 1;
-                                tried += 1;
-                            }
-                        }
-                        other => return Err(other),
+                    let message = try_elsewhere(&status)?;
+                    if never_sent(&message) {
+                        counted -= 1;
+                    } else {
+                        // Sent, then lost: it may have been stored.
+                        other_copy = true;
+                    }
+                    last = format!("{}: {message}", self.nodes[index].addr);
+                    if counted < budget && let Some(next) = order.next() {
+                        pending.push(call(next, tried));
+                        counted += 1;
+                        tried += 1;
                     }
                 }
                 () = hedge, if self.config.hedge_factor > 0 && counted < budget && !pending.is_empty() => {
@@ -1168,11 +1171,8 @@ impl Client {
                 },
                 end: end.map(<[u8]>::to_vec).unwrap_or_default(),
             };
-            let failed = |status: tonic::Status| match classify(&status) {
-                ClientError::Unavailable { message, .. } | ClientError::Timeout(message) => {
-                    Ok(format!("{}: {message}", node.addr))
-                }
-                other => Err(other),
+            let failed = |status: tonic::Status| {
+                try_elsewhere(&status).map(|message| format!("{}: {message}", node.addr))
             };
             let mut stream = match tokio::time::timeout(wait, node.kv.clone().list(request)).await {
                 Ok(Ok(reply)) => reply.into_inner(),
