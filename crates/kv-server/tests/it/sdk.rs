@@ -267,19 +267,17 @@ async fn faulty_proxy(
         mut from: impl AsyncRead + Unpin,
         mut to: impl AsyncWrite + Unpin,
         mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
-        drop_when: u8,
+        answers: bool,
     ) {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n) = from.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            let now = mode.load(Ordering::SeqCst);
-            if now == drop_when {
-                continue;
-            }
-            if now == fault::SLOW_ANSWERS && drop_when == fault::SWALLOW_ANSWERS {
-                tokio::time::sleep(fault::SLOW).await;
+            match (mode.load(Ordering::SeqCst), answers) {
+                (fault::SWALLOW_ANSWERS, true) | (fault::DROP_REQUESTS, false) => continue,
+                (fault::SLOW_ANSWERS, true) => tokio::time::sleep(fault::SLOW).await,
+                _ => {}
             }
             if to.write_all(&buf[..n]).await.is_err() {
                 break;
@@ -295,18 +293,8 @@ async fn faulty_proxy(
             };
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
-            tokio::spawn(pipe(
-                client_read,
-                server_write,
-                mode.clone(),
-                fault::DROP_REQUESTS,
-            ));
-            tokio::spawn(pipe(
-                server_read,
-                client_write,
-                mode.clone(),
-                fault::SWALLOW_ANSWERS,
-            ));
+            tokio::spawn(pipe(client_read, server_write, mode.clone(), false));
+            tokio::spawn(pipe(server_read, client_write, mode.clone(), true));
         }
     });
     addr
