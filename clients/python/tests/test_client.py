@@ -32,7 +32,7 @@ def test_a_write_is_read_back_through_every_node(kv, addrs, key):
             assert read.context
 
 
-def test_an_absent_key_has_no_value_and_an_empty_read_context_writes_blind(kv, key):
+def test_an_absent_key_reads_as_no_value(kv, key):
     read = kv.get(key())
     assert read.values == [] and read.value is None
 
