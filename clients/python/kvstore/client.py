@@ -171,28 +171,24 @@ class Delete:
 def _request(item: Union[Put, Delete], write_id: int, *, retry: bool = False, w: int = 0):
     """The PutRequest or DeleteRequest that carries `item`, single or in a
     batch."""
-    if isinstance(item, Put):
-        return kv_pb2.PutRequest(
-            key=_bytes(item.key),
-            value=_bytes(item.value),
-            context=item.context,
-            w=w,
-            write_id=write_id,
-            retry=retry,
-            if_none_match=item.if_none_match,
-            if_not_modified=item.if_not_modified,
-            ttl_secs=_ttl_secs(item.ttl),
-        )
+    if not isinstance(item, (Put, Delete)):
+        raise TypeError(f"a write is a Put or a Delete, not {type(item).__name__}")
+    common = dict(
+        key=_bytes(item.key),
+        context=item.context,
+        w=w,
+        write_id=write_id,
+        retry=retry,
+        if_not_modified=item.if_not_modified,
+    )
     if isinstance(item, Delete):
-        return kv_pb2.DeleteRequest(
-            key=_bytes(item.key),
-            context=item.context,
-            w=w,
-            write_id=write_id,
-            retry=retry,
-            if_not_modified=item.if_not_modified,
-        )
-    raise TypeError(f"a write is a Put or a Delete, not {type(item).__name__}")
+        return kv_pb2.DeleteRequest(**common)
+    return kv_pb2.PutRequest(
+        value=_bytes(item.value),
+        if_none_match=item.if_none_match,
+        ttl_secs=_ttl_secs(item.ttl),
+        **common,
+    )
 
 
 def _versioned(reply) -> Versioned:
