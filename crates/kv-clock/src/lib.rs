@@ -43,11 +43,13 @@
 mod codec;
 mod dvv;
 mod error;
+mod feed;
 mod prune;
 mod vclock;
 
 pub use codec::ValueCodec;
 pub use dvv::{BRIEF_CAP, BRIEF_SECS, Dot, DvvSet, Retired, Sibling};
+pub use feed::CausalFilter;
 pub use error::{CounterOverflow, DecodeError, Result};
 pub use kv_core::codec::Reader;
 pub use prune::{PrunePolicy, PrunePolicyError};

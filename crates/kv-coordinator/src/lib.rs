@@ -63,6 +63,7 @@ pub mod batch;
 mod config;
 mod coordinator;
 mod error;
+mod feed;
 mod hints;
 mod latency;
 mod metrics;
@@ -73,7 +74,10 @@ mod trees;
 mod versions;
 
 pub use config::Config;
-pub use coordinator::{ClientHandler, Coordinator, GetResult, PeerRepair, PutResult, RepairReport};
+pub use coordinator::{
+    ClientHandler, Coordinator, GetResult, PeerRepair, PutResult, RepairReport, Watch, WatchBatch,
+    WatchChange,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use hints::{Hint, HintLimits, HintStore};
 pub use latency::RecentLatency;

@@ -124,6 +124,8 @@ pub struct Replica<E> {
     tombstones: Mutex<std::collections::BTreeSet<Vec<u8>>>,
     /// Operator repairs of this replica running (see `begin_repair`).
     repairs: Arc<AtomicUsize>,
+    /// The changes of stored states, while someone watches.
+    feed: crate::feed::ChangeLog,
 }
 
 /// An operator's repair of a replica, running until this is dropped
@@ -262,6 +264,11 @@ impl<E> Replica<E> {
     pub fn hints(&self) -> &HintStore<E> {
         &self.hints
     }
+
+    /// The log of changes kept for watchers.
+    pub(crate) fn change_log(&self) -> &crate::feed::ChangeLog {
+        &self.feed
+    }
 }
 
 impl<E: StorageEngine> Replica<E> {
@@ -309,6 +316,7 @@ impl<E: StorageEngine> Replica<E> {
             clock_entries_pruned: AtomicU64::new(0),
             tombstones: Mutex::new(std::collections::BTreeSet::new()),
             repairs: Arc::default(),
+            feed: crate::feed::ChangeLog::new(settings.epoch),
         };
         replica.fill_trees()?;
         Ok(replica)
@@ -871,6 +879,7 @@ impl<E: StorageEngine> Replica<E> {
         }
         for (key, before, after, _) in changes {
             self.track(key, before.as_deref(), Some(&after));
+            self.feed.record(key, &after);
         }
         Pending { results, durable }
     }

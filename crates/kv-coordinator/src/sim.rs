@@ -244,6 +244,22 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         replica.key_page(&query).map_err(|e| e.to_transport(to))
     }
 
+    async fn changes(
+        &self,
+        to: NodeId,
+        query: kv_core::FeedQuery,
+    ) -> Result<kv_core::FeedPage, TransportError> {
+        let delay = self.network.admit(self.me, to)?;
+        in_flight(delay).await;
+        let replica = self.network.replica(to)?;
+        let page = replica.changes(query).await.map_err(|e| e.to_transport(to))?;
+        // The answer crosses the network after a wait: a cut made
+        // meanwhile loses it.
+        let delay = self.network.admit(to, self.me)?;
+        in_flight(delay).await;
+        Ok(page)
+    }
+
     async fn forward(&self, to: NodeId, op: ClientOp) -> Result<ClientReply, TransportError> {
         let delay = self.network.admit(self.me, to)?;
         in_flight(delay).await;

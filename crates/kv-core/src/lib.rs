@@ -33,6 +33,7 @@
 mod clock;
 pub mod codec;
 mod durable;
+mod feed;
 pub mod files;
 mod ids;
 mod partitioner;
@@ -42,6 +43,7 @@ mod storage;
 
 pub use clock::unix_secs;
 pub use durable::{Durable, DurableSignal};
+pub use feed::{FeedCursor, FeedPage, FeedPosition, FeedQuery};
 pub use ids::{ActorId, NodeId, Token, WriteTag};
 pub use partitioner::{Partitioner, PartitionerError};
 pub use range::TokenRange;

@@ -199,6 +199,15 @@ pub trait Transport: Send + Sync {
 
     /// Key listing: one page of `to`'s live keys (see [`KeyQuery`]).
     async fn list_keys(&self, to: NodeId, query: KeyQuery) -> Result<KeyPage, TransportError>;
+
+    /// Change feed: the changes of `to`'s stored states after the query's
+    /// position, waiting up to the query's `wait_ms` for one (see
+    /// [`FeedQuery`](crate::FeedQuery)).
+    async fn changes(
+        &self,
+        to: NodeId,
+        query: crate::FeedQuery,
+    ) -> Result<crate::FeedPage, TransportError>;
 }
 
 /// Which page of a replica's anti-entropy bucket states to send: the keys

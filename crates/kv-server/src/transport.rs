@@ -657,6 +657,34 @@ impl Transport for GrpcTransport {
         })
     }
 
+    async fn changes(
+        &self,
+        to: NodeId,
+        query: kv_core::FeedQuery,
+    ) -> Result<kv_core::FeedPage, TransportError> {
+        // A long poll: the stream client has no deadline of its own; the
+        // node answers within the query's wait.
+        let limit = Duration::from_millis(u64::from(query.wait_ms)) + self.timeout;
+        let request = crate::proto::ChangesRequest {
+            prefix: query.prefix,
+            exact: query.exact,
+            at: query.at.map(wire::feed_position),
+            wait_ms: query.wait_ms,
+            max_bytes: query.max_bytes,
+        };
+        let mut client = self.stream_client(to)?;
+        let reply = tokio::time::timeout(limit, client.changes(request))
+            .await
+            .map_err(|_| TransportError::Timeout(to))?
+            .map_err(unreachable(to))?
+            .into_inner();
+        Ok(kv_core::FeedPage {
+            changes: reply.changes.into_iter().map(|s| (s.key, s.state)).collect(),
+            resync: reply.resync,
+            position: wire::position_of(reply.position.unwrap_or_default()),
+        })
+    }
+
     async fn reap(
         &self,
         to: NodeId,

@@ -266,3 +266,21 @@ mod tests {
         assert_eq!(write_tag(3, true), Some(WriteTag { id: 3, retry: true }));
     }
 }
+
+/// A change-feed position as the wire carries it.
+pub(crate) fn feed_position(p: kv_core::FeedPosition) -> crate::proto::FeedPosition {
+    crate::proto::FeedPosition {
+        log: p.log,
+        seq: p.seq,
+        resync_after: p.resync_after,
+    }
+}
+
+/// A change-feed position from the wire.
+pub(crate) fn position_of(p: crate::proto::FeedPosition) -> kv_core::FeedPosition {
+    kv_core::FeedPosition {
+        log: p.log,
+        seq: p.seq,
+        resync_after: p.resync_after,
+    }
+}

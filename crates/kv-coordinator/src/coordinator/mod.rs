@@ -29,9 +29,11 @@ mod listing;
 mod maintenance;
 mod read;
 mod routing;
+mod watch;
 mod write;
 
 pub use anti_entropy::PeerRepair;
+pub use watch::{Watch, WatchBatch, WatchChange};
 
 /// What a read returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +73,7 @@ impl std::ops::AddAssign for RepairReport {
 /// Runs a call into the storage engine on tokio's blocking pool, so that
 /// engine work (an fsync under `Durability::Always`) never stalls the
 /// threads that serve requests.
-async fn off_runtime<T: Send + 'static>(
+pub(crate) async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)

@@ -23,6 +23,7 @@ mod expiry;
 mod health;
 mod listing;
 mod retries;
+mod watch;
 
 type Engine = Arc<MemEngine>;
 type Node = Coordinator<Engine, SimTransport<Engine>, ConsistentHashRing>;

@@ -2,6 +2,7 @@
 
 mod listing;
 mod pipeline;
+mod watch;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use crate::proto::{
     PipelineRequest, ProposalReply, PutReply, PutRequest, ReadBatchReply, ReadBatchRequest,
     ReadReply, ReadRequest, ReapReply, ReapRequest, RemoveRequest, RepairProgress, RepairRequest,
     ReplicateBatchRequest, RingProposal, RingQuery, RingState, SnapshotReply, SnapshotRequest,
-    StatusReply, TransferRequest,
+    StatusReply, TransferRequest, WatchReply, WatchRequest,
 };
 use crate::security::calling_node;
 use crate::status::to_status;
@@ -103,6 +104,7 @@ pub struct KvService<E = Engine, T = GrpcTransport, P = LiveRing> {
     /// Becomes true when the node stops (never, unless set with
     /// [`KvService::stop_streams_on`]).
     stopping: tokio::sync::watch::Receiver<bool>,
+    watches: watch::WatchSlots,
 }
 
 impl<E, T, P> Clone for KvService<E, T, P> {
@@ -111,6 +113,7 @@ impl<E, T, P> Clone for KvService<E, T, P> {
             coordinator: self.coordinator.clone(),
             in_flight: self.in_flight.clone(),
             stopping: self.stopping.clone(),
+            watches: self.watches.clone(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl<E, T, P> KvService<E, T, P> {
             in_flight: InFlight::new(max_in_flight),
             // The sender is gone: never stopping.
             stopping: tokio::sync::watch::channel(false).1,
+            watches: watch::WatchSlots::default(),
         }
     }
 
@@ -320,6 +324,17 @@ where
             self.clone(),
             request.into_inner(),
         )))
+    }
+
+    type WatchStream = ReplyStream<WatchReply>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(
+            watch::serve(self, request.into_inner()).await?,
+        ))
     }
 }
 
@@ -671,6 +686,35 @@ impl Internal for InternalService {
         Ok(Response::new(ListKeysReply {
             keys: page.keys,
             next: page.next,
+        }))
+    }
+
+    async fn changes(
+        &self,
+        request: Request<crate::proto::ChangesRequest>,
+    ) -> Result<Response<crate::proto::ChangesReply>, Status> {
+        let r = request.into_inner();
+        let query = kv_core::FeedQuery {
+            prefix: r.prefix,
+            exact: r.exact,
+            at: r.at.map(crate::wire::position_of),
+            wait_ms: r.wait_ms,
+            max_bytes: r.max_bytes.clamp(1, MAX_REPLY_BYTES as u32),
+        };
+        let page = self
+            .coordinator
+            .replica()
+            .changes(query)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(crate::proto::ChangesReply {
+            changes: page
+                .changes
+                .into_iter()
+                .map(|(key, state)| KeyState { key, state })
+                .collect(),
+            resync: page.resync,
+            position: Some(crate::wire::feed_position(page.position)),
         }))
     }
 
