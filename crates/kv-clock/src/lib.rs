@@ -49,8 +49,8 @@ mod vclock;
 
 pub use codec::ValueCodec;
 pub use dvv::{BRIEF_CAP, BRIEF_SECS, Dot, DvvSet, Retired, Sibling};
-pub use feed::CausalFilter;
 pub use error::{CounterOverflow, DecodeError, Result};
+pub use feed::CausalFilter;
 pub use kv_core::codec::Reader;
 pub use prune::{PrunePolicy, PrunePolicyError};
 pub use vclock::{Causality, Entry, VectorClock};

@@ -86,7 +86,10 @@ impl ChangeLog {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let made = LOGS_MADE.fetch_add(1, Ordering::Relaxed);
-        let low = u64::from(nanos).wrapping_mul(0x9e37_79b9).wrapping_add(made) & 0xffff_ffff;
+        let low = u64::from(nanos)
+            .wrapping_mul(0x9e37_79b9)
+            .wrapping_add(made)
+            & 0xffff_ffff;
         ChangeLog {
             // Never 0, which names no log.
             log: (u64::from(epoch) << 32 | low).max(1),
@@ -317,7 +320,13 @@ impl<E: StorageEngine + 'static> Replica<E> {
                 true => self.engine().get(&query.prefix)?,
                 false => None,
             };
-            return Ok((state.map(|s| (query.prefix.clone(), s)).into_iter().collect(), None));
+            return Ok((
+                state
+                    .map(|s| (query.prefix.clone(), s))
+                    .into_iter()
+                    .collect(),
+                None,
+            ));
         }
         let start = if after >= query.prefix.as_slice() && !after.is_empty() {
             Bound::Excluded(after)
@@ -367,14 +376,23 @@ mod tests {
         log.record(b"a", b"4");
         assert_eq!(
             log.read(&start, |k| k == b"a", 1 << 20),
-            Step::Changes(vec![(b"a".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"4".to_vec())], 3)
+            Step::Changes(
+                vec![
+                    (b"a".to_vec(), b"2".to_vec()),
+                    (b"a".to_vec(), b"4".to_vec())
+                ],
+                3
+            )
         );
         // A page that fills stops at its last change.
         assert_eq!(
             log.read(&start, |_| true, 1),
             Step::Changes(vec![(b"a".to_vec(), b"2".to_vec())], 1)
         );
-        assert_eq!(log.read(&at(&log, 3), |_| true, 1), Step::Changes(vec![], 3));
+        assert_eq!(
+            log.read(&at(&log, 3), |_| true, 1),
+            Step::Changes(vec![], 3)
+        );
     }
 
     #[test]
@@ -386,12 +404,22 @@ mod tests {
         assert_ne!(other.log(), log.log());
         assert_eq!(log.read(&other.watched(), |_| true, 1 << 20), Step::Gap);
         assert_eq!(log.read(&at(&log, 2), |_| true, 1 << 20), Step::Gap);
-        assert_eq!(log.read(&FeedPosition::resync(), |_| true, 1 << 20), Step::Gap);
+        assert_eq!(
+            log.read(&FeedPosition::resync(), |_| true, 1 << 20),
+            Step::Gap
+        );
         for i in 0..MAX_CHANGES {
             log.record(b"k", &i.to_le_bytes());
         }
-        assert_eq!(log.read(&start, |_| true, 1 << 20), Step::Gap, "the first change was dropped");
-        assert!(matches!(log.read(&at(&log, 1), |_| true, 1 << 20), Step::Changes(..)));
+        assert_eq!(
+            log.read(&start, |_| true, 1 << 20),
+            Step::Gap,
+            "the first change was dropped"
+        );
+        assert!(matches!(
+            log.read(&at(&log, 1), |_| true, 1 << 20),
+            Step::Changes(..)
+        ));
     }
 
     #[test]
@@ -408,7 +436,11 @@ mod tests {
         log.record(b"k", b"2");
         assert_eq!(log.read(&start, |_| true, 1 << 20), Step::Gap);
         let again = log.watched();
-        assert_eq!(log.read(&start, |_| true, 1 << 20), Step::Gap, "a change went unrecorded");
+        assert_eq!(
+            log.read(&start, |_| true, 1 << 20),
+            Step::Gap,
+            "a change went unrecorded"
+        );
         log.record(b"k", b"3");
         assert_eq!(
             log.read(&again, |_| true, 1 << 20),

@@ -252,7 +252,10 @@ impl<E: StorageEngine + 'static> Transport for SimTransport<E> {
         let delay = self.network.admit(self.me, to)?;
         in_flight(delay).await;
         let replica = self.network.replica(to)?;
-        let page = replica.changes(query).await.map_err(|e| e.to_transport(to))?;
+        let page = replica
+            .changes(query)
+            .await
+            .map_err(|e| e.to_transport(to))?;
         // The answer crosses the network after a wait: a cut made
         // meanwhile loses it.
         let delay = self.network.admit(to, self.me)?;

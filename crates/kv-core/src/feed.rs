@@ -233,7 +233,10 @@ mod tests {
     fn every_cut_and_every_flipped_byte_is_an_error_or_a_cursor_never_a_panic() {
         let bytes = sample().to_bytes();
         for cut in 0..bytes.len() {
-            assert!(FeedCursor::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                FeedCursor::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         for i in 0..bytes.len() {
             for bit in 0..8 {

@@ -679,7 +679,11 @@ impl Transport for GrpcTransport {
             .map_err(unreachable(to))?
             .into_inner();
         Ok(kv_core::FeedPage {
-            changes: reply.changes.into_iter().map(|s| (s.key, s.state)).collect(),
+            changes: reply
+                .changes
+                .into_iter()
+                .map(|s| (s.key, s.state))
+                .collect(),
             resync: reply.resync,
             position: wire::position_of(reply.position.unwrap_or_default()),
         })

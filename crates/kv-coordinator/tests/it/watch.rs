@@ -19,7 +19,11 @@ type Delivered = Arc<Mutex<Vec<WatchChange>>>;
 /// Collects what `watch` delivers until aborted; keeps the last cursor.
 fn collect(
     mut watch: kv_coordinator::Watch,
-) -> (Delivered, Arc<Mutex<FeedCursor>>, tokio::task::JoinHandle<()>) {
+) -> (
+    Delivered,
+    Arc<Mutex<FeedCursor>>,
+    tokio::task::JoinHandle<()>,
+) {
     let delivered: Delivered = Arc::default();
     let cursor = Arc::new(Mutex::new(watch.cursor().clone()));
     let (d, c) = (delivered.clone(), cursor.clone());
@@ -88,7 +92,11 @@ async fn every_acknowledged_write_is_delivered_in_causal_order_through_faults() 
         .watch(b"w/".to_vec(), false, None)
         .await
         .unwrap();
-    assert_eq!(watch.cursor().positions().count(), 5, "every node's log end");
+    assert_eq!(
+        watch.cursor().positions().count(),
+        5,
+        "every node's log end"
+    );
     let (delivered, cursor, task) = collect(watch);
     let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("w/{i:02}").into_bytes()).collect();
     let mut contexts: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -117,7 +125,10 @@ async fn every_acknowledged_write_is_delivered_in_causal_order_through_faults() 
             }
         }
         // Writes of other prefixes are not delivered.
-        c.coordinator(b"other").put(b"other", b"x", b"", None).await.unwrap();
+        c.coordinator(b"other")
+            .put(b"other", b"x", b"", None)
+            .await
+            .unwrap();
     }
     assert!(acked.len() >= 150, "most writes succeed: {}", acked.len());
     wait_until_delivered(&acked, &delivered, "through faults").await;
@@ -143,7 +154,11 @@ async fn a_cursor_resumes_on_another_node_and_missing_positions_resync() {
     let mut acked = Vec::new();
     for i in 0..10 {
         let key = format!("r/{i}").into_bytes();
-        let put = c.coordinator(&key).put(&key, b"1", b"", None).await.unwrap();
+        let put = c
+            .coordinator(&key)
+            .put(&key, b"1", b"", None)
+            .await
+            .unwrap();
         acked.push((key, put.dot));
     }
     wait_until_delivered(&acked, &first, "first watch").await;
@@ -165,7 +180,11 @@ async fn a_cursor_resumes_on_another_node_and_missing_positions_resync() {
     let bytes = resume.to_bytes();
     let watch = c
         .node(NodeId(3))
-        .watch(b"r/".to_vec(), false, Some(FeedCursor::from_bytes(&bytes).unwrap()))
+        .watch(
+            b"r/".to_vec(),
+            false,
+            Some(FeedCursor::from_bytes(&bytes).unwrap()),
+        )
         .await
         .unwrap();
     let (delivered, _, task) = collect(watch);
@@ -204,7 +223,11 @@ async fn a_cursor_resumes_on_another_node_and_missing_positions_resync() {
     let mut one = Vec::new();
     for key in [b"r/1".to_vec(), b"r/10".to_vec()] {
         let read = c.coordinator(&key).get(&key, None).await.unwrap();
-        let put = c.coordinator(&key).put(&key, b"3", &read.context, None).await.unwrap();
+        let put = c
+            .coordinator(&key)
+            .put(&key, b"3", &read.context, None)
+            .await
+            .unwrap();
         one.push((key, put.dot));
     }
     wait_until_delivered(&one[..1], &delivered, "one key").await;
@@ -212,7 +235,12 @@ async fn a_cursor_resumes_on_another_node_and_missing_positions_resync() {
     assert!(delivered.lock().iter().all(|d| d.key == b"r/1"));
     task.abort();
     // Bad requests are refused.
-    assert!(c.node(NodeId(1)).watch(Vec::new(), true, None).await.is_err());
+    assert!(
+        c.node(NodeId(1))
+            .watch(Vec::new(), true, None)
+            .await
+            .is_err()
+    );
     assert!(
         c.node(NodeId(1))
             .watch(vec![b'k'; (64 << 10) + 1], false, None)

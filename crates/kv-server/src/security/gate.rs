@@ -58,10 +58,7 @@ fn need(path: &str) -> Option<Need> {
     Some(match path {
         // A pipeline or a batch carries reads and writes: each write in it
         // is checked for the write role (`pipeline::serve`, `batch`).
-        "/kv.v1.Kv/Get"
-        | "/kv.v1.Kv/Pipeline"
-        | "/kv.v1.Kv/Batch"
-        | "/kv.v1.Kv/List"
+        "/kv.v1.Kv/Get" | "/kv.v1.Kv/Pipeline" | "/kv.v1.Kv/Batch" | "/kv.v1.Kv/List"
         | "/kv.v1.Kv/Watch" => Need::Role(Role::Read),
         "/kv.v1.Kv/Put" | "/kv.v1.Kv/Delete" => Need::Role(Role::Write),
         "/kv.v1.Admin/Status" => Need::Role(Role::Read),

@@ -80,7 +80,13 @@ where
             if at.start {
                 at.start = false;
                 let cursor = at.watch.cursor().to_bytes();
-                return Some((Ok(WatchReply { changes: Vec::new(), cursor }), at));
+                return Some((
+                    Ok(WatchReply {
+                        changes: Vec::new(),
+                        cursor,
+                    }),
+                    at,
+                ));
             }
             let batch = tokio::select! {
                 batch = at.watch.next() => batch,

@@ -16,6 +16,7 @@ mod process;
 mod sdk;
 mod security;
 mod sim;
+mod watch;
 
 use kv_core::NodeId;
 use kv_lsm::Durability;

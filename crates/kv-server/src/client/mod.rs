@@ -22,6 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+mod watch;
+
+pub use watch::{Change, Watcher};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
