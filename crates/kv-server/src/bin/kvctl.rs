@@ -4,6 +4,7 @@
 //! kvctl --node 127.0.0.1:7001 put <key> <value> [--context <hex>]
 //! kvctl --node 127.0.0.1:7001 get <key>
 //! kvctl --node 127.0.0.1:7001 delete <key> --context <hex>
+//! kvctl --node 127.0.0.1:7001 watch --prefix user/ [--count N] [--for SECS]
 //! kvctl --node 127.0.0.1:7001 status | ring [--ranges] | hints
 //! kvctl --node 127.0.0.1:7004 join     # make this node an owner
 //! kvctl --node 127.0.0.1:7004 leave    # hand its ranges away and stop it
@@ -180,6 +181,27 @@ enum Command {
         /// Stop before this key (with --after, a range of keys).
         #[arg(long, conflicts_with = "prefix")]
         end: Option<String>,
+    },
+    /// Watch the keys with a prefix (or one key) and print their changes
+    /// as they come: a line per change, `KEY<TAB>VALUE` (siblings joined
+    /// with ` | `, `(deleted)` for a delete, ` (resync)` after a resent
+    /// state). On exit, standard error says the cursor to resume from.
+    Watch {
+        /// Keys that start with this (all keys when empty).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only this key.
+        #[arg(long, conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Resume after what an earlier watch printed (its cursor, hex).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long = "for", value_name = "SECS")]
+        for_secs: Option<u64>,
     },
     /// Delete a key (send the context of a read).
     Delete {
@@ -418,6 +440,7 @@ async fn admin(
         | Command::Mget { .. }
         | Command::Mput { .. }
         | Command::List { .. }
+        | Command::Watch { .. }
         | Command::Delete { .. }
         | Command::Certs { .. }
         | Command::Token { .. } => {
@@ -425,6 +448,74 @@ async fn admin(
         }
     };
     Ok(out)
+}
+
+/// `kvctl watch`: prints changes as they come, until `count` changes,
+/// `until`, or Ctrl-C; then the cursor to resume from, on standard error.
+async fn watch(
+    mut watcher: kv_server::client::Watcher,
+    json: bool,
+    count: Option<usize>,
+    until: Option<tokio::time::Instant>,
+) -> Result<String, String> {
+    eprintln!(
+        "watching from cursor {}",
+        kv_server::client::hex(watcher.cursor())
+    );
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    let outcome = loop {
+        if count.is_some_and(|c| printed >= c) {
+            break Ok(());
+        }
+        let deadline = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let changes = tokio::select! {
+            changes = watcher.next() => changes,
+            () = deadline => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        };
+        let changes = match changes {
+            Ok(changes) => changes,
+            Err(e) => break Err(e.to_string()),
+        };
+        for change in changes {
+            let key = String::from_utf8_lossy(&change.key).into_owned();
+            let values: Vec<String> = change
+                .values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            let line = if json {
+                serde_json::json!({
+                    "key": key,
+                    "values": values,
+                    "context": change.context.to_hex(),
+                    "resync": change.resync,
+                })
+                .to_string()
+            } else {
+                let shown = match values.len() {
+                    0 => "(deleted)".to_string(),
+                    _ => values.join(" | "),
+                };
+                let resync = if change.resync { " (resync)" } else { "" };
+                format!("{key}\t{shown}{resync}")
+            };
+            let _ = writeln!(stdout, "{line}");
+            printed += 1;
+        }
+        let _ = stdout.flush();
+    };
+    eprintln!(
+        "{printed} changes; resume with --cursor {}",
+        kv_server::client::hex(watcher.cursor())
+    );
+    outcome.map(|()| String::new())
 }
 
 /// `kvctl status`: the members as one node sees them.
@@ -728,6 +819,7 @@ async fn run_command(args: Args) -> Result<String, String> {
             | Command::Mget { .. }
             | Command::Mput { .. }
             | Command::List { .. }
+            | Command::Watch { .. }
             | Command::Delete { .. }
     ) {
         return admin(&args.node, args.json, &credentials, args.command).await;
@@ -846,6 +938,27 @@ async fn run_command(args: Args) -> Result<String, String> {
                 }
             }
             out
+        }
+        Command::Watch {
+            prefix,
+            key,
+            cursor,
+            count,
+            for_secs,
+        } => {
+            let cursor = kv_server::client::unhex(cursor.as_deref().unwrap_or_default())
+                .map_err(|e| format!("--cursor: {e}"))?;
+            let (watched, exact) = match &key {
+                Some(key) => (key.as_bytes(), true),
+                None => (prefix.as_bytes(), false),
+            };
+            let watcher = client
+                .watch_from(watched, exact, &cursor)
+                .await
+                .map_err(fail)?;
+            let until =
+                for_secs.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+            watch(watcher, args.json, count, until).await?
         }
         Command::Mget { keys, r } => {
             let client = client.with_quorums(None, r);
