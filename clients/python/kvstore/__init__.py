@@ -25,9 +25,11 @@ from kvstore.client import (
     Versioned,
     Written,
 )
+from kvstore.watch import Change, Watch
 
 __all__ = [
     "CONTEXT_METADATA",
+    "Change",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_OPS",
     "Client",
@@ -42,5 +44,6 @@ __all__ = [
     "SiblingsError",
     "Unavailable",
     "Versioned",
+    "Watch",
     "Written",
 ]

@@ -431,6 +431,25 @@ class Client:
         assert last is not None
         raise last
 
+    # -- watching -----------------------------------------------------------
+
+    def watch(
+        self,
+        prefix: Key = b"",
+        *,
+        key: Optional[Key] = None,
+        cursor: bytes = b"",
+    ) -> "Watch":
+        """Watches the keys that start with `prefix` (or only `key`) from
+        now on, or after what an earlier watch delivered (its `cursor`).
+        Returns once a node has asked every node where its log ends: a
+        write acknowledged after that is delivered. See `Watch`."""
+        from kvstore.watch import Watch
+
+        if key is not None:
+            return Watch(self, _bytes(key), True, bytes(cursor))
+        return Watch(self, _bytes(prefix), False, bytes(cursor))
+
     # -- batches ------------------------------------------------------------
 
     def get_many(self, keys: Iterable[Key]) -> List[Union[Versioned, KvError]]:

@@ -211,3 +211,54 @@ def test_a_stranger_without_the_token_is_refused(addrs):
 def test_a_client_needs_an_address():
     with pytest.raises(ValueError):
         Client([])
+
+
+def _changes_until(watch, want, timeout=30.0):
+    """Changes from `watch` until `want(changes)` holds; fails after
+    `timeout` seconds."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while not want(got):
+        left = deadline - time.monotonic()
+        assert left > 0, f"the watch gave only {got}"
+        change = watch.next(timeout=left)
+        if change is not None:
+            got.append(change)
+    return got
+
+
+def test_a_watch_delivers_changes_in_order_and_resumes_from_its_cursor(kv, addrs, key):
+    prefix = key("watch") + "/"
+    with kv.watch(prefix) as watch:
+        assert watch.serving in addrs and watch.cursor
+        first = kv.put(prefix + "a", b"1")
+        kv.put(prefix + "b", b"2")
+        kv.put(prefix + "a", b"3", context=first.context)
+        kv.delete(prefix + "b", kv.get(prefix + "b").context)
+        kv.put(key("elsewhere"), b"x")
+        got = _changes_until(
+            watch,
+            lambda got: any(c.values == [b"3"] for c in got)
+            and any(c.key.endswith(b"/b") and c.values == [] for c in got),
+        )
+        assert all(c.key.startswith(prefix.encode()) and not c.resync for c in got)
+        # Per key, never backwards: "1" (if delivered) before "3", and
+        # nothing of a after "3"; b's write before its delete.
+        a = [c.values for c in got if c.key.endswith(b"/a")]
+        assert a[-1] == [b"3"] and a.count([b"3"]) == 1 and [b"3"] not in a[:-1]
+        b = [c.values for c in got if c.key.endswith(b"/b")]
+        assert b[-1] == [] and b.count([]) == 1
+        cursor = watch.cursor
+    kv.put(prefix + "c", b"4")
+    # Resumed (through any node) after what was delivered.
+    with Client(list(reversed(addrs))) as other, other.watch(prefix, cursor=cursor) as again:
+        got = _changes_until(again, lambda got: any(c.values == [b"4"] for c in got))
+        assert all(c.values in ([b"1"], [b"2"], [b"3"], [], [b"4"]) for c in got)
+    # One key only.
+    with kv.watch(key=prefix + "a") as one:
+        kv.put(prefix + "ab", b"5")
+        kv.put(prefix + "a", b"6", context=kv.get(prefix + "a").context)
+        got = _changes_until(one, lambda got: any(c.values == [b"6"] for c in got))
+        assert all(c.key == (prefix + "a").encode() for c in got)
+    with pytest.raises(InvalidArgument):
+        kv.watch(prefix, cursor=b"not a cursor")
