@@ -1,6 +1,7 @@
 //! The change feed: every acknowledged write delivered (or a state that
 //! covers it), in causal order per key, through a node that goes down, a
-//! node that restarts and a cut between the watching node and another;
+//! node that restarts, a replaced disk and a cut between the watching
+//! node and another;
 //! a cursor resumes on another node.
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ async fn every_acknowledged_write_is_delivered_in_causal_order_through_faults() 
             }
             6 => c.network.set_down(NodeId(3), false),
             7 => c.network.set_cut(NodeId(1), NodeId(2), true),
+            // An operator replaces node 5's disk: it starts empty, with a
+            // new log (the watch resyncs from it, finding nothing).
+            8 => c.wipe(NodeId(5)),
             9 => c.network.set_cut(NodeId(1), NodeId(2), false),
             _ => {}
         }
