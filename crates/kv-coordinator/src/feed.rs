@@ -42,6 +42,9 @@ const RESYNC_SCAN: usize = 1 << 16;
 /// without restarting the process).
 static LOGS_MADE: AtomicU64 = AtomicU64::new(0);
 
+/// Keys and their states, and the last key looked at when more follow.
+type StatesPage = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
 struct Change {
     seq: u64,
     key: Vec<u8>,
@@ -220,9 +223,9 @@ impl ChangeLog {
 impl<E: StorageEngine + 'static> Replica<E> {
     /// Answers a watcher (see [`FeedQuery`]): the changes of the watched
     /// keys after its position, waiting up to `wait_ms` (at most
-    /// [`MAX_WAIT`]) for one; a page of a resync when the position cannot
+    /// 30 s) for one; a page of a resync when the position cannot
     /// be served or a resync is under way; the log's end for a watcher
-    /// without a position. Asking keeps the log recording for [`LINGER`].
+    /// without a position. Asking keeps the log recording for 60 s.
     ///
     /// # Errors
     ///
@@ -314,7 +317,7 @@ impl<E: StorageEngine + 'static> Replica<E> {
         query: &FeedQuery,
         after: &[u8],
         max_bytes: usize,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+    ) -> Result<StatesPage> {
         if query.exact {
             let state = match after.is_empty() {
                 true => self.engine().get(&query.prefix)?,

@@ -155,6 +155,24 @@ pub(crate) fn client_reply(reply: ForwardReply) -> ClientReply {
     }
 }
 
+/// A change-feed position as the wire carries it.
+pub(crate) fn feed_position(p: kv_core::FeedPosition) -> crate::proto::FeedPosition {
+    crate::proto::FeedPosition {
+        log: p.log,
+        seq: p.seq,
+        resync_after: p.resync_after,
+    }
+}
+
+/// A change-feed position from the wire.
+pub(crate) fn position_of(p: crate::proto::FeedPosition) -> kv_core::FeedPosition {
+    kv_core::FeedPosition {
+        log: p.log,
+        seq: p.seq,
+        resync_after: p.resync_after,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,23 +282,5 @@ mod tests {
         assert_eq!(quorum(2), Some(2));
         assert_eq!(write_tag(0, true), None);
         assert_eq!(write_tag(3, true), Some(WriteTag { id: 3, retry: true }));
-    }
-}
-
-/// A change-feed position as the wire carries it.
-pub(crate) fn feed_position(p: kv_core::FeedPosition) -> crate::proto::FeedPosition {
-    crate::proto::FeedPosition {
-        log: p.log,
-        seq: p.seq,
-        resync_after: p.resync_after,
-    }
-}
-
-/// A change-feed position from the wire.
-pub(crate) fn position_of(p: crate::proto::FeedPosition) -> kv_core::FeedPosition {
-    kv_core::FeedPosition {
-        log: p.log,
-        seq: p.seq,
-        resync_after: p.resync_after,
     }
 }
