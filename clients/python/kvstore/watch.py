@@ -169,7 +169,7 @@ class Watch:
     def _subscribe(self) -> None:
         """Opens the watch on the next node that takes it, from the last
         cursor received; raises the last error when none does."""
-        from kvstore.client import _from_rpc, _retryable
+        from kvstore.client import Unavailable, _from_rpc, _retryable
 
         last = None
         for _ in range(len(self._order)):
@@ -184,8 +184,15 @@ class Watch:
             try:
                 first = next(call)
             except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    # Our timer: the node did not start the watch in time.
+                    last = Unavailable(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{self._client._nodes[i]}: the watch did not start in time",
+                    )
+                    continue
                 last = _from_rpc(e)
-                if not _retryable(last) and e.code() != grpc.StatusCode.CANCELLED:
+                if not _retryable(last):
                     raise last from None
                 continue
             except StopIteration:
@@ -199,8 +206,6 @@ class Watch:
                 self._call = call
             self.serving = self._client._nodes[i]
             return
-        from kvstore.client import Unavailable
-
         raise last or Unavailable(grpc.StatusCode.UNAVAILABLE, "no node took the watch")
 
     def _read(self) -> None:

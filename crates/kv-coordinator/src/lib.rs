@@ -63,7 +63,6 @@ pub mod batch;
 mod config;
 mod coordinator;
 mod error;
-mod feed;
 mod hints;
 mod latency;
 mod metrics;

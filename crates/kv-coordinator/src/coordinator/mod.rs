@@ -19,7 +19,7 @@ use crate::batch::{Batcher, RunBatch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::replica::{Replica, Siblings, Update};
+use crate::replica::{Replica, Siblings, Update, off_runtime};
 
 mod anti_entropy;
 mod decide;
@@ -68,17 +68,6 @@ impl std::ops::AddAssign for RepairReport {
         self.keys_pushed += other.keys_pushed;
         self.exchange_bytes += other.exchange_bytes;
     }
-}
-
-/// Runs a call into the storage engine on tokio's blocking pool, so that
-/// engine work (an fsync under `Durability::Always`) never stalls the
-/// threads that serve requests.
-pub(crate) async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Task(format!("the engine task: {e}")))?
 }
 
 /// Runs a read of the storage engine: inline when the engine says its

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use kv_core::Partitioner;
 
+mod feed;
+
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::trees::{Trees, digest};
@@ -85,6 +87,17 @@ fn failed_with<T>(results: Vec<Result<T>>, e: &kv_core::StorageError) -> Vec<Res
         .collect()
 }
 
+/// Runs a call into the storage engine on tokio's blocking pool, so that
+/// engine work (an fsync under `Durability::Always`) never stalls the
+/// threads that serve requests.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(format!("the engine task: {e}")))?
+}
+
 /// Locks that serialise read-modify-write of one key.
 const STRIPES: usize = 256;
 
@@ -125,7 +138,7 @@ pub struct Replica<E> {
     /// Operator repairs of this replica running (see `begin_repair`).
     repairs: Arc<AtomicUsize>,
     /// The changes of stored states, while someone watches.
-    feed: crate::feed::ChangeLog,
+    feed: feed::ChangeLog,
 }
 
 /// An operator's repair of a replica, running until this is dropped
@@ -266,7 +279,7 @@ impl<E> Replica<E> {
     }
 
     /// The log of changes kept for watchers.
-    pub(crate) fn change_log(&self) -> &crate::feed::ChangeLog {
+    pub(crate) fn change_log(&self) -> &feed::ChangeLog {
         &self.feed
     }
 }
@@ -316,7 +329,7 @@ impl<E: StorageEngine> Replica<E> {
             clock_entries_pruned: AtomicU64::new(0),
             tombstones: Mutex::new(std::collections::BTreeSet::new()),
             repairs: Arc::default(),
-            feed: crate::feed::ChangeLog::new(settings.epoch),
+            feed: feed::ChangeLog::new(settings.epoch),
         };
         replica.fill_trees()?;
         Ok(replica)

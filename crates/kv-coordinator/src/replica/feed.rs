@@ -18,8 +18,8 @@ use std::sync::Arc;
 use kv_core::{FeedPage, FeedPosition, FeedQuery, StorageEngine};
 use parking_lot::Mutex;
 
+use super::{Replica, off_runtime, prefix_end};
 use crate::error::Result;
-use crate::replica::{Replica, prefix_end};
 
 /// How long the log keeps recording after the last watcher asked: longer
 /// than a watcher's poll, so a watcher that re-subscribes elsewhere finds
@@ -295,10 +295,8 @@ impl<E: StorageEngine + 'static> Replica<E> {
         let replica = self.clone();
         let after = at.resync_after.clone().unwrap_or_default();
         let max_bytes = (query.max_bytes as usize).max(1);
-        let (changes, more) = crate::coordinator::off_runtime(move || {
-            replica.states_after(&query, &after, max_bytes)
-        })
-        .await?;
+        let (changes, more) =
+            off_runtime(move || replica.states_after(&query, &after, max_bytes)).await?;
         Ok(FeedPage {
             changes,
             resync: true,
