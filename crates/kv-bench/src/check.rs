@@ -26,12 +26,17 @@ pub struct CheckReport {
     pub reads_checked: usize,
     /// Reads that broke a strict-quorum rule.
     pub read_violations: Vec<String>,
+    /// Changes the run's watch delivered (runs with a watch).
+    pub changes: usize,
+    /// Where the watch broke its guarantees: an acknowledged write no
+    /// delivered change covers, or a change that moved its key backwards.
+    pub feed_violations: Vec<String>,
 }
 
 impl CheckReport {
     /// Every violation found.
     pub fn violations(&self) -> usize {
-        self.history.violations.len() + self.read_violations.len()
+        self.history.violations.len() + self.read_violations.len() + self.feed_violations.len()
     }
 }
 
@@ -53,6 +58,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
         strict,
         value_size,
         max_siblings,
+        watched,
         ..
     }) = events.first()
     else {
@@ -62,6 +68,7 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
     let mut finals = BTreeMap::new();
     let mut per_key: BTreeMap<Vec<u8>, Vec<WriteInfo>> = BTreeMap::new();
     let mut reads = Vec::new();
+    let mut changes = Vec::new();
     for event in &events[1..] {
         match event {
             Event::Meta { .. } => return Err("a second meta line".into()),
@@ -111,6 +118,16 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
             } => reads.push((unhex(key)?, values, *invoke_us, *complete_us)),
             // A failed read says nothing about the data.
             Event::ReadFailed { .. } => {}
+            Event::Change {
+                key,
+                context,
+                at_us,
+                ..
+            } => {
+                let clock = VectorClock::from_bytes(&unhex(context)?)
+                    .map_err(|e| format!("a change's context does not decode: {e}"))?;
+                changes.push((unhex(key)?, clock, *at_us));
+            }
             Event::Final { key, replicas } => {
                 let mut states = Vec::new();
                 for (node, state) in replicas {
@@ -124,6 +141,10 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
         history: history::check(&writes, &finals, *max_siblings),
         ..CheckReport::default()
     };
+    if *watched {
+        report.changes = changes.len();
+        report.feed_violations = check_feed(&per_key, &changes);
+    }
     if *strict {
         for (key, values, invoke, complete) in reads {
             report.reads_checked += 1;
@@ -168,6 +189,46 @@ pub fn check(events: &[Event]) -> Result<CheckReport, String> {
     Ok(report)
 }
 
+/// The change feed's guarantees over a run's writes and the changes its
+/// watch delivered (in the order delivered): per key, no change that the
+/// join of the key's earlier changes covers (causal order), and every
+/// acknowledged write covered by some change of its key (at least once).
+fn check_feed(
+    writes: &BTreeMap<Vec<u8>, Vec<WriteInfo>>,
+    changes: &[(Vec<u8>, VectorClock, u64)],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut joined: BTreeMap<&[u8], VectorClock> = BTreeMap::new();
+    for (key, clock, at) in changes {
+        let seen = joined.entry(key).or_default();
+        if !seen.is_empty() && seen.descends(clock) {
+            violations.push(format!(
+                "the watch moved {} backwards at {at} us: a change it had already covered",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        seen.merge(clock);
+    }
+    for (key, known) in writes {
+        for w in known {
+            let Some((actor, counter)) = w.dot else {
+                continue;
+            };
+            if !joined
+                .get(key.as_slice())
+                .is_some_and(|c| c.covers(actor, counter))
+            {
+                violations.push(format!(
+                    "the watch never delivered the write of {} acknowledged at {} us (dot {actor}:{counter})",
+                    String::from_utf8_lossy(key),
+                    w.complete_us
+                ));
+            }
+        }
+    }
+    violations
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +244,7 @@ mod tests {
             value_size: 32,
             max_siblings: 100,
             started_unix_ms: None,
+            watched: false,
         }
     }
 
@@ -267,6 +329,57 @@ mod tests {
         let mut lost = good.clone();
         *lost.last_mut().unwrap() = final_line(&only_first);
         assert!(!check(&lost).unwrap().history.violations.is_empty());
+    }
+
+    fn change(context: &[u8], at: u64) -> Event {
+        Event::Change {
+            key: hex(b"k"),
+            values: Vec::new(),
+            context: hex(context),
+            resync: false,
+            at_us: at,
+        }
+    }
+
+    #[test]
+    fn a_watch_must_deliver_every_acknowledged_write_and_never_go_backwards() {
+        let (state, contexts) = state_of(&[10, 11]);
+        // The context after 10, and after 11.
+        let (_, after) = state_of(&[10, 11, 12]);
+        let watched = |mut events: Vec<Event>| {
+            if let Event::Meta { watched, .. } = &mut events[0] {
+                *watched = true;
+            }
+            check(&events).unwrap()
+        };
+        let good = vec![
+            meta(false),
+            write(10, &contexts[0], 1, 0),
+            change(&after[1], 3),
+            write(11, &contexts[1], 2, 10),
+            change(&after[2], 12),
+            final_line(&state),
+        ];
+        let report = watched(good.clone());
+        assert_eq!((report.violations(), report.changes), (0, 2), "{report:?}");
+        // 10 only covered by the change after 11: still delivered.
+        let mut covered = good.clone();
+        covered.remove(2);
+        assert_eq!(watched(covered).violations(), 0);
+        // The change of 11 never came: 11 was not delivered.
+        let mut missing = good.clone();
+        missing.remove(4);
+        let report = watched(missing);
+        assert_eq!(report.feed_violations.len(), 1, "{report:?}");
+        assert!(report.feed_violations[0].contains("never delivered"));
+        // The change of 10 after the change of 11: backwards.
+        let mut backwards = good.clone();
+        backwards.insert(5, change(&after[1], 20));
+        let report = watched(backwards.clone());
+        assert_eq!(report.feed_violations.len(), 1, "{report:?}");
+        assert!(report.feed_violations[0].contains("backwards"));
+        // Without a watch, changes are not judged.
+        assert_eq!(check(&backwards).unwrap().violations(), 0);
     }
 
     #[test]

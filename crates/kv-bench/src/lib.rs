@@ -32,4 +32,5 @@
 pub mod check;
 pub mod record;
 pub mod run;
+mod watching;
 pub mod workload;

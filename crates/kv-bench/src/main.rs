@@ -98,6 +98,10 @@ struct Args {
     /// One call per operation instead of the SDK's pipeline per node.
     #[arg(long)]
     no_pipeline: bool,
+    /// With --history: watch every workload key through the run and have
+    /// the checker hold the change feed to every acknowledged write.
+    #[arg(long, requires = "history")]
+    watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +127,12 @@ fn check(path: &std::path::Path) -> Result<bool, String> {
     for v in &report.read_violations {
         println!("violation: {v}");
     }
+    if !report.feed_violations.is_empty() || report.changes > 0 {
+        println!("watch: {} changes delivered", report.changes);
+    }
+    for v in &report.feed_violations {
+        println!("violation: {v}");
+    }
     println!("violations: {}", report.violations());
     Ok(report.violations() == 0)
 }
@@ -138,6 +148,7 @@ async fn bench(args: Args) -> Result<bool, String> {
     };
     let config = RunConfig {
         pipeline: !args.no_pipeline,
+        watch: args.watch,
         credentials,
         nodes: args.nodes,
         workload: args.workload,

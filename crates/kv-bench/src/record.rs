@@ -1,5 +1,6 @@
 //! The history file: one JSON object per line. A `meta` line first, then
-//! every operation as it completes (`write`, `read`), then the converged
+//! every operation as it completes (`write`, `read`) and, in runs with a
+//! watch, every change it delivered (`change`), then the converged
 //! state of every key written (`final`). Keys and states are hex; values
 //! are named by their id (see [`crate::workload::value`]).
 
@@ -33,6 +34,10 @@ pub enum Event {
         /// line operations up with a fault log; absent in older files.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         started_unix_ms: Option<u64>,
+        /// Whether a watch of every key ran alongside (its changes are
+        /// `change` lines); absent in older files.
+        #[serde(default, skip_serializing_if = "is_false")]
+        watched: bool,
     },
     /// A put or delete.
     Write {
@@ -78,6 +83,19 @@ pub enum Event {
         invoke_us: u64,
         /// ... and at completion.
         complete_us: u64,
+    },
+    /// A change the run's watch delivered (runs with a watch).
+    Change {
+        /// The key, hex.
+        key: String,
+        /// The ids of its live values (none for a delete).
+        values: Vec<u64>,
+        /// The change's context, hex.
+        context: String,
+        /// Whether it was a resent current state.
+        resync: bool,
+        /// Microseconds since the run began, when it arrived.
+        at_us: u64,
     },
     /// A key's converged state at each of its replicas.
     Final {
@@ -136,6 +154,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Whether a flag is off (fields serialised only when set).
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Reads a history file; a line that does not parse is an error naming it.
 ///
 /// # Errors
@@ -174,6 +198,7 @@ mod tests {
                 value_size: 100,
                 max_siblings: 100,
                 started_unix_ms: Some(1_800_000_000_000),
+                watched: true,
             },
             Event::Write {
                 key: hex(b"k"),
@@ -206,6 +231,13 @@ mod tests {
                 values: vec![7],
                 invoke_us: 10,
                 complete_us: 12,
+            },
+            Event::Change {
+                key: hex(b"k"),
+                values: vec![7],
+                context: "0100".into(),
+                resync: false,
+                at_us: 13,
             },
             Event::Final {
                 key: hex(b"k"),

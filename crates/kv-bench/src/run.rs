@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::record::{Event, Recorder, hex};
-use crate::workload::{Distribution, KeyChooser, Op, Workload, key, value, value_id};
+use crate::watching::{RunWatch, Sink};
+use crate::workload::{Distribution, KEY_PREFIX, KeyChooser, Op, Workload, key, value, value_id};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -76,6 +77,10 @@ pub struct RunConfig {
     /// Send operations on one pipeline per node instead of one call each
     /// (the SDK's default).
     pub pipeline: bool,
+    /// With a history: watch every workload key from before the load, and
+    /// record each change delivered (the checker then holds the change
+    /// feed to every acknowledged write).
+    pub watch: bool,
 }
 
 /// Latencies and errors of one kind of operation.
@@ -270,6 +275,8 @@ struct Shared {
     written: Mutex<BTreeSet<u64>>,
     /// When the measured phase must stop, if bounded in time.
     deadline: Mutex<Option<Instant>>,
+    /// The run's watch, when it has one.
+    watch: std::sync::OnceLock<RunWatch>,
 }
 
 impl Shared {
@@ -336,6 +343,9 @@ impl Shared {
             });
         }
         let written = result?;
+        if let Some(watch) = self.watch.get() {
+            watch.acked(&k, written.version.actor, written.version.counter);
+        }
         self.remember(record, written.context);
         Ok(())
     }
@@ -555,6 +565,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         started: Instant::now(),
         written: Mutex::new(BTreeSet::new()),
         deadline: Mutex::new(None),
+        watch: std::sync::OnceLock::new(),
         config: config.clone(),
     });
     shared.record(Event::Meta {
@@ -568,7 +579,17 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_millis() as u64),
+        watched: config.watch && shared.recorder.is_some(),
     });
+    if config.watch && shared.recorder.is_some() {
+        let sink: Sink = {
+            let shared = shared.clone();
+            Arc::new(move |event| shared.record(event))
+        };
+        let watch = RunWatch::start(&shared.client, KEY_PREFIX, shared.started, sink).await?;
+        let _ = shared.watch.set(watch);
+        eprintln!("watching every key");
+    }
     if config.load {
         let b = bar(config.progress, config.records, "load");
         let stats = closed_loop(&shared, config.records, &b, |_, i| (Op::Update, i)).await;
@@ -630,6 +651,12 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         let waited = Instant::now();
         final_states(&shared, &records).await?;
         converged_in = Some(waited.elapsed());
+        if let Some(watch) = shared.watch.get() {
+            let missing = watch.finish(shared.config.converge).await;
+            if missing > 0 {
+                eprintln!("kv-bench: {missing} acknowledged writes never came through the watch");
+            }
+        }
         if let Some(r) = &shared.recorder {
             r.flush().map_err(|e| format!("writing the history: {e}"))?;
         }

@@ -187,6 +187,9 @@ pub fn key(i: u64) -> Vec<u8> {
     format!("user{i:012}").into_bytes()
 }
 
+/// What every key of a workload starts with.
+pub const KEY_PREFIX: &[u8] = b"user";
+
 /// A value of `size` bytes (at least 16) that starts with the unique
 /// `id`, as 16 hex digits, so a history can name it.
 pub fn value(id: u64, size: usize) -> Vec<u8> {

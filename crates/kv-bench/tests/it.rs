@@ -55,6 +55,7 @@ fn config(
         progress: false,
         credentials: Default::default(),
         pipeline: true,
+        watch: false,
     }
 }
 
@@ -63,9 +64,11 @@ async fn a_recorded_run_passes_the_checker() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path()).await;
     let path = dir.path().join("history.jsonl");
-    let report = run(config(&nodes, Workload::F, Some(path.clone())))
-        .await
-        .unwrap();
+    // With a watch of every key: the checker holds the change feed to
+    // every acknowledged write.
+    let mut watched = config(&nodes, Workload::F, Some(path.clone()));
+    watched.watch = true;
+    let report = run(watched).await.unwrap();
     assert_eq!(report.ops(), 2_000);
     assert_eq!(report.errors(), 0);
     assert!(report.per_op[Op::ReadModifyWrite.index()].latency.len() > 800);
@@ -88,6 +91,7 @@ async fn a_recorded_run_passes_the_checker() {
     assert_eq!(checked.violations(), 0, "{checked:?}");
     assert!(checked.reads_checked > 1_000);
     assert!(checked.history.acked > 1_000);
+    assert!(checked.changes >= checked.history.keys, "{checked:?}");
 
     // The same without pipelines: one call per operation.
     let mut unary = config(&nodes, Workload::A, None);
