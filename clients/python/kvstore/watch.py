@@ -92,6 +92,7 @@ class Watch:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._call = None
+        self._last_reply = time.monotonic()
         self._order = client._order()
         self.serving: Optional[str] = None
         self._subscribe()
@@ -213,21 +214,17 @@ class Watch:
         stream breaks, goes silent or ends, until closed."""
         from kvstore.client import KvError, Unavailable
 
+        watchdog = threading.Thread(target=self._watchdog, name="kv-watch-silence", daemon=True)
+        watchdog.start()
         while not self._closed.is_set():
-            call = self._call
-            silent = threading.Timer(SILENCE, call.cancel)
-            silent.start()
+            self._last_reply = time.monotonic()
             try:
-                for reply in call:
-                    silent.cancel()
+                for reply in self._call:
+                    self._last_reply = time.monotonic()
                     self._received = bytes(reply.cursor)
                     self._replies.put(reply)
-                    silent = threading.Timer(SILENCE, call.cancel)
-                    silent.start()
             except grpc.RpcError:
                 pass
-            finally:
-                silent.cancel()
             while not self._closed.is_set():
                 try:
                     self._subscribe()
@@ -237,3 +234,13 @@ class Watch:
                 except KvError as e:
                     self._replies.put(e)
                     return
+
+    def _watchdog(self) -> None:
+        """Cancels a stream silent for `SILENCE` seconds (a node paused or
+        cut off), which makes the reader move to another node."""
+        while not self._closed.wait(1.0):
+            if time.monotonic() - self._last_reply > SILENCE:
+                self._last_reply = time.monotonic()
+                with self._lock:
+                    if self._call is not None:
+                        self._call.cancel()
