@@ -139,6 +139,59 @@ fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The space of the file system that holds a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+    /// The file system's size in bytes.
+    pub total: u64,
+}
+
+/// The space of the file system holding `path` (`statvfs`).
+///
+/// # Errors
+///
+/// The operating system's error (a path that does not exist, say).
+#[cfg(unix)]
+pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: statvfs writes only into `stats`, which it is given whole,
+    // and reads the NUL-terminated path that outlives the call.
+    #[allow(unsafe_code)]
+    let (rc, stats) = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        let rc = libc::statvfs(c_path.as_ptr(), &mut stats);
+        (rc, stats)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The fields are 64-bit here, narrower on some platforms.
+    #[allow(clippy::useless_conversion)]
+    let (block, available, total) = (
+        u64::from(stats.f_frsize),
+        u64::from(stats.f_bavail),
+        u64::from(stats.f_blocks),
+    );
+    Ok(DiskSpace {
+        available: available.saturating_mul(block),
+        total: total.saturating_mul(block),
+    })
+}
+
+/// The space of the file system holding `path` (not known off Unix).
+///
+/// # Errors
+///
+/// Always `Unsupported`.
+#[cfg(not(unix))]
+pub fn disk_space(_path: &Path) -> io::Result<DiskSpace> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "statvfs"))
+}
+
 impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let file = kv_core::files::private_file()
@@ -306,5 +359,22 @@ impl FileSystem for FaultFs {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         self.faults.sync()?;
         StdFs.truncate(path, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_space_is_the_file_systems_and_a_missing_path_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = disk_space(dir.path()).unwrap();
+        assert!(
+            space.total > 0 && space.available <= space.total,
+            "{space:?}"
+        );
+        assert!(disk_space(&dir.path().join("missing")).is_err());
+        assert!(disk_space(Path::new("a\0b")).is_err());
     }
 }

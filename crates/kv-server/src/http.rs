@@ -256,6 +256,20 @@ fn health(out: &mut String, replica: &Replica<Engine>) {
 
 /// The storage engine: memtables, tables and bytes per level, stalls, syncs.
 fn engine(out: &mut String, engine: &Engine) {
+    if let Ok(space) = engine.disk_space() {
+        gauge(
+            out,
+            "kv_disk_available_bytes",
+            "Bytes still usable on the file system of the node's data directory (when it fills, the engine refuses writes and the node steps aside).",
+            space.available,
+        );
+        gauge(
+            out,
+            "kv_disk_size_bytes",
+            "Size of the file system of the node's data directory.",
+            space.total,
+        );
+    }
     let stats = engine.stats();
     gauge(
         out,

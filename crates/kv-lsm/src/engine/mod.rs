@@ -355,6 +355,16 @@ impl LsmEngine {
         &self.inner.dir
     }
 
+    /// The space left on the file system of the engine's directory (a
+    /// full disk makes the engine refuse writes: watch it before).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    pub fn disk_space(&self) -> std::io::Result<crate::DiskSpace> {
+        crate::disk_space(&self.inner.dir)
+    }
+
     /// Stops the background threads and makes the log durable. Dropping the
     /// engine does the same but cannot report a failure.
     ///

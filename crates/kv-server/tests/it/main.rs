@@ -11,6 +11,7 @@ mod batch;
 mod expiry;
 mod listing;
 mod membership;
+mod monitoring;
 mod operations;
 mod process;
 mod sdk;

@@ -24,15 +24,15 @@ use crate::process::{Nodes, eventually, free_ports, kvd, members};
 /// The credentials of a test cluster: its CA and node certificates, one
 /// token per role, a read-only client certificate, and the same for a
 /// stranger's CA.
-struct Creds {
+pub(crate) struct Creds {
     dir: CertsDir,
-    read: String,
+    pub(crate) read: String,
     write: String,
-    admin: String,
+    pub(crate) admin: String,
     ca: String,
 }
 
-fn make_creds(root: &Path, nodes: u64) -> Creds {
+pub(crate) fn make_creds(root: &Path, nodes: u64) -> Creds {
     let dir = CertsDir(root.join("certs"));
     dir.init(1).unwrap();
     for id in 1..=nodes {
@@ -55,7 +55,7 @@ fn make_creds(root: &Path, nodes: u64) -> Creds {
 }
 
 impl Creds {
-    fn token(&self, token: &str) -> ClientCredentials {
+    pub(crate) fn token(&self, token: &str) -> ClientCredentials {
         ClientCredentials {
             ca_pem: Some(self.ca.clone()),
             identity: None,
@@ -224,7 +224,7 @@ async fn gossip_code(
 
 /// Waits until the node on port `p` sees three alive members (the
 /// cluster formed over mutual TLS).
-async fn three_alive(admin: &ClientCredentials, p: u16) {
+pub(crate) async fn three_alive(admin: &ClientCredentials, p: u16) {
     eventually(30, "three alive members over TLS", || async {
         let Ok(ch) = channel(admin, p).await else {
             return false;
@@ -241,7 +241,7 @@ async fn three_alive(admin: &ClientCredentials, p: u16) {
     .await;
 }
 
-fn secured_kvd(
+pub(crate) fn secured_kvd(
     id: usize,
     ports: &[u16],
     root: &Path,
@@ -587,7 +587,7 @@ async fn a_node_off_loopback_without_tls_refuses_to_start_and_insecure_says_so()
     );
 }
 
-async fn http_get(addr: &str, token: Option<&str>) -> String {
+pub(crate) async fn http_get(addr: &str, token: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
