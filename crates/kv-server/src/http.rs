@@ -1,4 +1,5 @@
-//! Metrics (Prometheus text format) and a status page over HTTP.
+//! Metrics (Prometheus text format), the status page and its JSON over
+//! HTTP.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
+use crate::page::activity::Activity;
+use crate::page::{render_status, status_json};
 use crate::security::{Posture, Security, TokenTable};
 use crate::service::{Engine, NodeCoordinator};
 
@@ -407,109 +410,6 @@ fn membership(out: &mut String, cluster: &Cluster) {
     );
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The status page: members, ring ownership, hints, anti-entropy figures.
-pub fn render_status(coordinator: &NodeCoordinator, cluster: &Cluster) -> String {
-    let me = coordinator.replica().id();
-    let ring = coordinator.ring().current();
-    let primary = ring.ownership();
-    let m = coordinator.metrics();
-    let mut rows = String::new();
-    let status = cluster.status().ok();
-    for member in status.iter().flat_map(|s| &s.members) {
-        let node = kv_core::NodeId(member.id);
-        let _ = write!(
-            rows,
-            "<tr><td>{node}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
-            if node == me { " (this node)" } else { "" },
-            escape(&member.addr),
-            escape(&member.state),
-            escape(member.zone.as_deref().unwrap_or("-")),
-            primary.get(&node).copied().unwrap_or(0.0) * 100.0,
-            member.owned * 100.0,
-        );
-    }
-    let health = match coordinator.replica().health() {
-        Ok(()) => format!(
-            "<p>healthy; epoch {}</p>",
-            coordinator.replica().actor().epoch()
-        ),
-        Err(e) => format!(
-            "<p><b>UNHEALTHY</b>: {}. This node coordinates nothing and takes no replica writes until it is restarted with its storage fixed; its peers route around it.</p>",
-            escape(&e.to_string())
-        ),
-    };
-    let now = kv_core::unix_secs();
-    let mut repairs = String::new();
-    for (peer, r) in coordinator.anti_entropy_peers() {
-        let _ = write!(
-            repairs,
-            "<tr><td>{peer}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.last_complete_unix
-                .map_or("never".to_string(), |t| format!(
-                    "{} s ago",
-                    now.saturating_sub(t)
-                )),
-            r.divergent_buckets,
-            r.keys_repaired,
-            escape(r.last_error.as_deref().unwrap_or("-")),
-        );
-    }
-    let outside = cluster
-        .outside_ring()
-        .map(|w| format!("<p><b>NOT IN THE RING</b>: {}</p>", escape(&w)))
-        .unwrap_or_default();
-    let posture = cluster.posture();
-    let security = if posture.insecure {
-        "<p><b>INSECURE</b>: started with --insecure: no TLS, no authentication; anyone who reaches this node can read, write and change the cluster.</p>".to_string()
-    } else {
-        format!(
-            "<p>TLS {}; clients {}</p>",
-            if posture.tls {
-                "on"
-            } else {
-                "off (loopback only)"
-            },
-            if posture.authenticates {
-                "authenticated"
-            } else {
-                "not authenticated"
-            }
-        )
-    };
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kv node {me}</title></head><body>\
-         <h1>kv node {me}</h1>{health}{outside}{security}\
-         <h2>Members</h2><p>ring epoch {}, N={}</p><table border=\"1\"><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
-         <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
-         <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
-         <table border=\"1\"><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
-         <h2>Requests</h2><p>{} gets, {} puts, {} deletes, {} quorum failures</p>\
-         <p><a href=\"/metrics\">metrics</a></p></body></html>",
-        cluster.epoch(),
-        coordinator.config().n,
-        coordinator.replica().hints().len(),
-        coordinator.replica().hints().bytes(),
-        coordinator.replica().hints().stored(),
-        Metrics::get(&m.hints_delivered),
-        coordinator.replica().hints().expired(),
-        coordinator.replica().hints().quarantined(),
-        Metrics::get(&m.keys_repaired),
-        Metrics::get(&m.read_repairs),
-        cluster.handed_off(),
-        Metrics::get(&m.get.requests),
-        Metrics::get(&m.put.requests),
-        Metrics::get(&m.delete.requests),
-        Metrics::get(&m.quorum_failures),
-    )
-}
-
 /// How the HTTP endpoint protects itself.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -521,6 +421,9 @@ pub struct HttpSettings {
     /// Time a connection has to send a request's headers (5 s); a client
     /// that trickles them is disconnected.
     pub header_read_timeout: Duration,
+    /// How often the status page's history samples the request counters
+    /// (5 s).
+    pub sample_every: Duration,
 }
 
 impl Default for HttpSettings {
@@ -529,6 +432,7 @@ impl Default for HttpSettings {
             tokens: None,
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
+            sample_every: crate::page::activity::SAMPLE_EVERY,
         }
     }
 }
@@ -578,6 +482,10 @@ pub fn serve(
     let (for_metrics, cluster_for_metrics) = (coordinator.clone(), cluster.clone());
     let tokens = settings.tokens.clone();
     let tokens_for_metrics = tokens.clone();
+    let tokens_for_json = tokens.clone();
+    let activity = Arc::new(parking_lot::Mutex::new(Activity::default()));
+    let for_json = (coordinator.clone(), cluster.clone(), activity.clone());
+    let sampled = (coordinator.clone(), activity.clone());
     let app = Router::new()
         .route(
             "/metrics",
@@ -599,20 +507,52 @@ pub fn serve(
         .route(
             "/",
             get(move |headers: HeaderMap| {
-                let (c, k) = (coordinator.clone(), cluster.clone());
+                let (c, k, a) = (coordinator.clone(), cluster.clone(), activity.clone());
                 let tokens = tokens.clone();
                 async move {
                     if !admitted(tokens.as_ref(), &headers) {
                         return refused();
                     }
-                    Html(render_status(&c, &k)).into_response()
+                    let intervals = a.lock().intervals();
+                    Html(render_status(&c, &k, &intervals)).into_response()
+                }
+            }),
+        )
+        .route(
+            "/status.json",
+            get(move |headers: HeaderMap| {
+                let (c, k, a) = (for_json.0.clone(), for_json.1.clone(), for_json.2.clone());
+                let tokens = tokens_for_json.clone();
+                async move {
+                    if !admitted(tokens.as_ref(), &headers) {
+                        return refused();
+                    }
+                    let intervals = a.lock().intervals();
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        status_json(&c, &k, &intervals).to_string(),
+                    )
+                        .into_response()
                 }
             }),
         );
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        let mut samples =
+            tokio::time::interval(settings.sample_every.max(Duration::from_millis(10)));
         loop {
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = samples.tick() => {
+                    let (c, a) = &sampled;
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    a.lock().sample(c.metrics(), now_ms);
+                    continue;
+                }
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, or a connection that died

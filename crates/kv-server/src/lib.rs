@@ -59,6 +59,7 @@ pub mod http;
 pub mod identity;
 mod local;
 mod node;
+pub mod page;
 pub mod pipeline;
 pub mod ring_state;
 pub mod security;

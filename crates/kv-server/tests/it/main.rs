@@ -260,14 +260,17 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(3, dir.path()).await;
+    let mut nodes = cluster(3, dir.path()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = listener.local_addr().unwrap();
     let http = kv_server::http::serve(
         nodes[0].coordinator().clone(),
         nodes[0].cluster().clone(),
         listener,
-        kv_server::http::HttpSettings::default(),
+        kv_server::http::HttpSettings {
+            sample_every: std::time::Duration::from_millis(100),
+            ..kv_server::http::HttpSettings::default()
+        },
     );
     let mut c = client(&nodes[0]).await;
     put(&mut c, b"m", b"v", b"").await;
@@ -337,6 +340,72 @@ async fn metrics_and_status_over_http() {
             .ends_with(" s ago"),
         "{status}"
     );
+    // The status page's data: members, requests, and the last minutes'
+    // rates, sampled every 100 ms here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let json = loop {
+        let response = http_get(http_addr, "/status.json").await;
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let busy = json["activity"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["put"]["per_sec"].as_f64() > Some(0.0)));
+        if busy {
+            assert!(response.contains("application/json"), "{response}");
+            break json;
+        }
+        // Requests after the first sample make a busy interval.
+        let _ = get(&mut c, b"m").await;
+        put(&mut c, b"m2", b"v", b"").await;
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(json["node"], 1);
+    assert_eq!(json["healthy"], true);
+    let members = json["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["state"] == "alive"), "{json}");
+    assert!(
+        json["requests"]["put"]["total"].as_u64() >= Some(3),
+        "{json}"
+    );
+    assert_eq!(json["requests"]["put"]["errors"], 1);
+    assert!(
+        json["storage"]["disk_size_bytes"].as_u64() > Some(0),
+        "{json}"
+    );
+    assert_eq!(json["warnings"].as_array().map(Vec::len), Some(0), "{json}");
+    let busy = json["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["put"]["per_sec"].as_f64() > Some(0.0))
+        .unwrap();
+    assert!(busy["put"]["p99_us"].as_u64() > Some(0), "{busy}");
+    // The page draws them: a line for puts, and no warnings.
+    let page = http_get(http_addr, "/").await;
+    assert!(
+        page.contains("<h2>Recent activity</h2>") && page.contains("<polyline"),
+        "{page}"
+    );
+    assert!(page.contains("No warnings."), "{page}");
+    assert!(page.contains("http-equiv=\"refresh\""));
+    // A node that goes down shows as a warning once gossip says so.
+    let down = nodes.pop().unwrap();
+    down.shutdown().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = http_get(http_addr, "/").await;
+        if page.contains("Node 3 (") && page.contains("down") || page.contains("suspected down") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     http.abort();
     for n in nodes {
         n.shutdown().await.unwrap();

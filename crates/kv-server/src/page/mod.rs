@@ -1,0 +1,336 @@
+//! A node's status page (`/`) and its data for scripts (`/status.json`):
+//! the cluster as this node sees it, warnings in plain words, the last
+//! minutes of requests as charts, hints, anti-entropy and storage. The page
+//! is self-contained (inline CSS and SVG, no script, nothing fetched) and
+//! reloads itself every few seconds.
+
+pub mod activity;
+
+use std::fmt::Write as _;
+
+use kv_coordinator::Metrics;
+
+use crate::cluster::Cluster;
+use crate::proto::StatusReply;
+use crate::service::NodeCoordinator;
+use activity::{Interval, OPS};
+
+pub(crate) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A disk with less than this share left is worth a warning.
+const DISK_LOW: f64 = 0.2;
+
+/// What an operator should look at on this node now, in plain words (none
+/// when all is well).
+pub fn warnings(
+    coordinator: &NodeCoordinator,
+    cluster: &Cluster,
+    status: Option<&StatusReply>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Err(e) = coordinator.replica().health() {
+        out.push(format!(
+            "This node's storage refuses writes ({e}): it coordinates nothing until it is restarted with its storage fixed; its peers route around it."
+        ));
+    }
+    if let Some(w) = cluster.outside_ring() {
+        out.push(w);
+    }
+    if cluster.posture().insecure {
+        out.push("This node runs with --insecure: no TLS and no authentication; anyone who reaches it can read, write and change the cluster.".into());
+    }
+    for m in status.iter().flat_map(|s| &s.members) {
+        match m.state.as_str() {
+            "dead" => out.push(format!(
+                "Node {} ({}) is down as gossip sees it: writes for its ranges wait in hints.",
+                m.id, m.addr
+            )),
+            "suspect" => out.push(format!(
+                "Node {} ({}) is suspected down: it missed its gossip rounds.",
+                m.id, m.addr
+            )),
+            _ => {}
+        }
+        if m.unhealthy {
+            out.push(format!(
+                "Node {} ({}) says its storage refuses writes.",
+                m.id, m.addr
+            ));
+        }
+    }
+    let hints = coordinator.replica().hints();
+    if !hints.is_empty() {
+        out.push(format!(
+            "{} hints are held here for nodes that were unreachable (kvctl hints shows for whom); hints older than the grace period are dropped.",
+            hints.len()
+        ));
+    }
+    for (peer, r) in coordinator.anti_entropy_peers() {
+        if let Some(e) = &r.last_error {
+            out.push(format!("Anti-entropy with node {peer} fails: {e}"));
+        }
+    }
+    let engine = coordinator.replica().engine();
+    if let Ok(space) = engine.disk_space()
+        && space.total > 0
+        && (space.available as f64) < DISK_LOW * space.total as f64
+    {
+        out.push(format!(
+            "The data disk has {:.0}% left: compaction needs headroom, and a full disk makes the node refuse writes.",
+            100.0 * space.available as f64 / space.total as f64
+        ));
+    }
+    let stats = engine.stats();
+    if stats.immutable_memtables > 1 {
+        out.push(format!(
+            "{} memtables wait for a flush: the disk is not keeping up with writes.",
+            stats.immutable_memtables
+        ));
+    }
+    out
+}
+
+/// The status page.
+pub fn render_status(
+    coordinator: &NodeCoordinator,
+    cluster: &Cluster,
+    intervals: &[Interval],
+) -> String {
+    let me = coordinator.replica().id();
+    let ring = coordinator.ring().current();
+    let primary = ring.ownership();
+    let m = coordinator.metrics();
+    let status = cluster.status().ok();
+    let mut rows = String::new();
+    for member in status.iter().flat_map(|s| &s.members) {
+        let node = kv_core::NodeId(member.id);
+        let class = match member.state.as_str() {
+            "alive" if !member.unhealthy => "ok",
+            "alive" | "suspect" => "warn",
+            _ => "bad",
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{node}{}</td><td>{}</td><td class=\"{class}\">{}{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
+            if node == me { " (this node)" } else { "" },
+            escape(&member.addr),
+            escape(&member.state),
+            if member.unhealthy {
+                ", storage failing"
+            } else {
+                ""
+            },
+            escape(member.zone.as_deref().unwrap_or("-")),
+            primary.get(&node).copied().unwrap_or(0.0) * 100.0,
+            member.owned * 100.0,
+        );
+    }
+    let warnings = warnings(coordinator, cluster, status.as_ref());
+    let warned = if warnings.is_empty() {
+        "<p class=\"ok\">No warnings.</p>".to_string()
+    } else {
+        let items: String = warnings
+            .iter()
+            .map(|w| format!("<li>{}</li>", escape(w)))
+            .collect();
+        format!("<ul class=\"warnings\">{items}</ul>")
+    };
+    let health = match coordinator.replica().health() {
+        Ok(()) => format!("healthy; epoch {}", coordinator.replica().actor().epoch()),
+        Err(e) => format!("<b>UNHEALTHY</b>: {}", escape(&e.to_string())),
+    };
+    let now = kv_core::unix_secs();
+    let mut repairs = String::new();
+    for (peer, r) in coordinator.anti_entropy_peers() {
+        let _ = write!(
+            repairs,
+            "<tr><td>n{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            peer.0,
+            r.last_complete_unix
+                .map_or("never".to_string(), |t| format!(
+                    "{} s ago",
+                    now.saturating_sub(t)
+                )),
+            r.divergent_buckets,
+            r.keys_repaired,
+            escape(r.last_error.as_deref().unwrap_or("-")),
+        );
+    }
+    let posture = cluster.posture();
+    let security = if posture.insecure {
+        "INSECURE (--insecure)".to_string()
+    } else {
+        format!(
+            "TLS {}; clients {}",
+            if posture.tls {
+                "on"
+            } else {
+                "off (loopback only)"
+            },
+            if posture.authenticates {
+                "authenticated"
+            } else {
+                "not authenticated"
+            }
+        )
+    };
+    let engine = coordinator.replica().engine();
+    let stats = engine.stats();
+    let disk = engine.disk_space().map_or("unknown".to_string(), |s| {
+        format!(
+            "{:.1} of {:.1} GiB free",
+            s.available as f64 / f64::from(1u32 << 30),
+            s.total as f64 / f64::from(1u32 << 30)
+        )
+    });
+    let levels: Vec<String> = stats
+        .tables_per_level
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    let hints = coordinator.replica().hints();
+    let requests: Vec<String> = [(&m.get, OPS[0]), (&m.put, OPS[1]), (&m.delete, OPS[2])]
+        .iter()
+        .map(|(op, name)| {
+            format!(
+                "{} {name}s ({} failed)",
+                Metrics::get(&op.requests),
+                Metrics::get(&op.errors)
+            )
+        })
+        .collect();
+    let charts = activity::charts(intervals);
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>kv node {me}</title><style>{STYLE}</style></head><body>\
+         <h1>kv node {me}</h1><p>{health}; {security}; ring epoch {}, N={}</p>\
+         <h2>Warnings</h2>{warned}\
+         <h2>Recent activity</h2><p class=\"s\">{}; requests this node coordinated</p><div class=\"charts\">{charts}</div>\
+         <p>{}; {} quorum failures</p>\
+         <h2>Members</h2><table><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
+         <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
+         <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
+         <table><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
+         <h2>Storage</h2><p>memtable {} KiB, {} waiting for flush; tables per level [{}]; {} flushes, {} compactions, {} write stalls; disk {disk}</p>\
+         <p><a href=\"/metrics\">metrics</a> · <a href=\"/status.json\">status.json</a></p></body></html>",
+        cluster.epoch(),
+        coordinator.config().n,
+        match (intervals.first(), intervals.last()) {
+            (Some(first), Some(last)) if intervals.len() > 1 => format!(
+                "{} intervals over the last {:.0} s",
+                intervals.len(),
+                (last.at_ms - first.at_ms) as f64 / 1000.0
+            ),
+            (Some(_), _) => "one interval so far".to_string(),
+            _ =>
+                "no interval yet (the first comes a few seconds after the node starts)".to_string(),
+        },
+        requests.join(", "),
+        Metrics::get(&m.quorum_failures),
+        hints.len(),
+        hints.bytes(),
+        hints.stored(),
+        Metrics::get(&m.hints_delivered),
+        hints.expired(),
+        hints.quarantined(),
+        Metrics::get(&m.keys_repaired),
+        Metrics::get(&m.read_repairs),
+        cluster.handed_off(),
+        stats.memtable_bytes / 1024,
+        stats.immutable_memtables,
+        levels.join(", "),
+        stats.flushes,
+        stats.compactions,
+        stats.stalls,
+    )
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}\
+.ok{color:#2a7a2a}.warn{color:#b36b00}.bad{color:#c00;font-weight:bold}\
+.warnings li{color:#b00}.charts{display:flex;flex-wrap:wrap;gap:12px}\
+.chart{border:1px solid #ddd;background:#fafafa}.chart .t{font-size:11px;font-weight:bold}\
+.chart .s,.s{font-size:10px;color:#666}.axis{stroke:#bbb}";
+
+/// The page's data for scripts.
+pub fn status_json(
+    coordinator: &NodeCoordinator,
+    cluster: &Cluster,
+    intervals: &[Interval],
+) -> serde_json::Value {
+    use serde_json::json;
+    let status = cluster.status().ok();
+    let m = coordinator.metrics();
+    let ring = coordinator.ring().current();
+    let primary = ring.ownership();
+    let members: Vec<_> = status
+        .iter()
+        .flat_map(|s| &s.members)
+        .map(|mb| {
+            json!({
+                "id": mb.id, "addr": mb.addr, "state": mb.state, "zone": mb.zone,
+                "in_ring": mb.in_ring, "unhealthy": mb.unhealthy,
+                "primary_share": primary.get(&kv_core::NodeId(mb.id)).copied().unwrap_or(0.0),
+                "replicated_share": mb.owned,
+            })
+        })
+        .collect();
+    let peers: Vec<_> = coordinator
+        .anti_entropy_peers()
+        .into_iter()
+        .map(|(peer, r)| {
+            json!({
+                "peer": peer.0, "last_complete_unix": r.last_complete_unix,
+                "divergent_buckets": r.divergent_buckets, "keys_repaired": r.keys_repaired,
+                "last_error": r.last_error,
+            })
+        })
+        .collect();
+    let engine = coordinator.replica().engine();
+    let stats = engine.stats();
+    let disk = engine.disk_space().ok();
+    let hints = coordinator.replica().hints();
+    let op = |o: &kv_coordinator::OpMetrics| json!({"total": Metrics::get(&o.requests), "errors": Metrics::get(&o.errors)});
+    let activity: Vec<_> = intervals
+        .iter()
+        .map(|i| {
+            let mut entry = json!({ "at_unix_ms": i.at_ms });
+            for (name, r) in OPS.iter().zip(i.ops.iter()) {
+                entry[*name] = json!({
+                    "per_sec": r.per_sec, "errors_per_sec": r.errors_per_sec,
+                    "p50_us": r.p50_us, "p99_us": r.p99_us,
+                });
+            }
+            entry
+        })
+        .collect();
+    json!({
+        "node": coordinator.replica().id().0,
+        "epoch": coordinator.replica().actor().epoch(),
+        "healthy": coordinator.replica().health().is_ok(),
+        "warnings": warnings(coordinator, cluster, status.as_ref()),
+        "ring_epoch": cluster.epoch(),
+        "n": coordinator.config().n,
+        "members": members,
+        "requests": {"get": op(&m.get), "put": op(&m.put), "delete": op(&m.delete), "quorum_failures": Metrics::get(&m.quorum_failures)},
+        "activity": activity,
+        "hints": {
+            "pending": hints.len(), "bytes": hints.bytes(), "stored": hints.stored(),
+            "delivered": Metrics::get(&m.hints_delivered), "expired": hints.expired(),
+            "quarantined": hints.quarantined(),
+        },
+        "anti_entropy": peers,
+        "storage": {
+            "memtable_bytes": stats.memtable_bytes, "immutable_memtables": stats.immutable_memtables,
+            "tables_per_level": stats.tables_per_level, "flushes": stats.flushes,
+            "compactions": stats.compactions, "write_stalls": stats.stalls,
+            "disk_available_bytes": disk.map(|d| d.available), "disk_size_bytes": disk.map(|d| d.total),
+        },
+        "security": {"tls": cluster.posture().tls, "authenticates": cluster.posture().authenticates, "insecure": cluster.posture().insecure},
+    })
+}
