@@ -30,6 +30,7 @@
 //! ```
 
 pub mod check;
+pub mod plot;
 pub mod record;
 pub mod run;
 mod watching;

@@ -102,6 +102,10 @@ struct Args {
     /// the checker hold the change feed to every acknowledged write.
     #[arg(long, requires = "history")]
     watch: bool,
+    /// Draw the run to this SVG file: operations per second over time,
+    /// and latency by percentile for each kind of operation.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +177,11 @@ async fn bench(args: Args) -> Result<bool, String> {
     };
     let report = run(config).await?;
     print!("{}", report.render());
+    if let Some(path) = &args.plot {
+        std::fs::write(path, kv_bench::plot::plot(&report, "kv-bench"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
     match &args.history {
         Some(path) => {
             println!(

@@ -94,6 +94,12 @@ pub struct OpStats {
     pub error_classes: BTreeMap<&'static str, u64>,
 }
 
+impl Default for OpStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl OpStats {
     fn new() -> Self {
         OpStats {
@@ -176,6 +182,8 @@ pub struct RunReport {
     /// How long the replicas took to agree after the measured phase
     /// (history runs), reads of every replica included.
     pub converged_in: Option<Duration>,
+    /// Operations completed in each second of the measured phase.
+    pub timeline: Vec<u64>,
 }
 
 impl RunReport {
@@ -277,6 +285,9 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     /// The run's watch, when it has one.
     watch: std::sync::OnceLock<RunWatch>,
+    /// When the measured phase began, and operations completed in each
+    /// of its seconds.
+    timeline: Mutex<(Option<Instant>, Vec<u64>)>,
 }
 
 impl Shared {
@@ -296,6 +307,20 @@ impl Shared {
         self.contexts[(record as usize) % self.contexts.len()]
             .lock()
             .insert(record, context);
+    }
+
+    /// Counts one operation completed now in the measured phase's
+    /// timeline (nothing before it begins).
+    fn completed(&self) {
+        let mut timeline = self.timeline.lock();
+        let (start, seconds) = &mut *timeline;
+        if let Some(start) = start {
+            let i = start.elapsed().as_secs() as usize;
+            if seconds.len() <= i {
+                seconds.resize(i + 1, 0);
+            }
+            seconds[i] += 1;
+        }
     }
 
     fn micros(&self) -> u64 {
@@ -431,6 +456,7 @@ async fn closed_loop(
                 let started = Instant::now();
                 let result = shared.op(op, record).await;
                 stats[op.index()].count(&result, started.elapsed().as_micros() as u64);
+                shared.completed();
                 bar.inc(1);
             }
         }));
@@ -493,6 +519,8 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                         if let Some(s) = stats.get_mut(op.index()) {
                             s.count(&result, due.elapsed().as_micros() as u64);
                         }
+                        drop(stats);
+                        shared.completed();
                         bar.inc(1);
                     }
                     if outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -566,6 +594,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         written: Mutex::new(BTreeSet::new()),
         deadline: Mutex::new(None),
         watch: std::sync::OnceLock::new(),
+        timeline: Mutex::new((None, Vec::new())),
         config: config.clone(),
     });
     shared.record(Event::Meta {
@@ -618,6 +647,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     let b = bar(config.progress, config.ops, "run");
     let started = Instant::now();
     *shared.deadline.lock() = config.duration.map(|d| started + d);
+    shared.timeline.lock().0 = Some(started);
     // Ctrl-C (SIGINT) ends the measured phase now; what was measured is
     // reported as if the duration had run out.
     let interrupt = {
@@ -641,6 +671,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         }
     };
     let elapsed = started.elapsed();
+    let timeline = std::mem::take(&mut *shared.timeline.lock()).1;
     interrupt.abort();
     b.finish_and_clear();
     let mut final_keys = 0;
@@ -666,6 +697,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         per_op,
         final_keys,
         converged_in,
+        timeline,
     })
 }
 
@@ -805,6 +837,7 @@ mod tests {
             per_op,
             final_keys: 0,
             converged_in: None,
+            timeline: Vec::new(),
         };
         let text = report.render();
         // 997 + 0 of 1001 writes; every read.

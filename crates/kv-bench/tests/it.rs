@@ -71,6 +71,13 @@ async fn a_recorded_run_passes_the_checker() {
     let report = run(watched).await.unwrap();
     assert_eq!(report.ops(), 2_000);
     assert_eq!(report.errors(), 0);
+    // Every measured operation is in the timeline, and the plot draws it.
+    assert_eq!(report.timeline.iter().sum::<u64>(), 2_000);
+    let svg = kv_bench::plot::plot(&report, "f");
+    assert!(
+        svg.contains(">rmw<") && svg.matches("<polyline").count() >= 2,
+        "{svg}"
+    );
     assert!(report.per_op[Op::ReadModifyWrite.index()].latency.len() > 800);
     assert!(
         report.final_keys > 150,
@@ -108,6 +115,7 @@ async fn a_recorded_run_passes_the_checker() {
     open.ops = 500;
     let report = run(open).await.unwrap();
     assert_eq!(report.ops(), 500);
+    assert_eq!(report.timeline.iter().sum::<u64>(), 500);
     assert!(
         report.elapsed >= Duration::from_millis(240),
         "paced: {:?}",

@@ -1,0 +1,259 @@
+//! Plots of a run, as one self-contained SVG: throughput over time, and
+//! the latency percentile distribution of each kind of operation (the
+//! x axis in "nines", as HdrHistogram's plots draw it, so the tail shows).
+
+use std::fmt::Write as _;
+
+use crate::run::RunReport;
+use crate::workload::Op;
+
+const W: f64 = 720.0;
+const H: f64 = 260.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 16.0;
+const TOP: f64 = 28.0;
+const BOTTOM: f64 = 36.0;
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A round step for about `ticks` ticks up to `max`.
+fn step(max: f64, ticks: f64) -> f64 {
+    let raw = (max / ticks).max(f64::MIN_POSITIVE);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude)
+}
+
+/// One panel at vertical offset `y0`: axes, `x_ticks` (position in 0..=1,
+/// label), y ticks up to the largest value, and one line per series of
+/// (x in 0..=1, y) points.
+fn panel(
+    out: &mut String,
+    y0: f64,
+    title: &str,
+    y_label: &str,
+    x_ticks: &[(f64, String)],
+    series: &[(&str, Vec<(f64, f64)>)],
+) {
+    let (x0, x1, top, bottom) = (LEFT, W - RIGHT, y0 + TOP, y0 + H - BOTTOM);
+    let max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .fold(0.0f64, f64::max);
+    let unit = step(max.max(1e-9), 5.0);
+    let y_max = (max / unit).ceil().max(1.0) * unit;
+    let sx = |x: f64| x0 + x.clamp(0.0, 1.0) * (x1 - x0);
+    let sy = |y: f64| bottom - (y / y_max) * (bottom - top);
+    let _ = write!(
+        out,
+        "<text x=\"{x0}\" y=\"{}\" class=\"title\">{}</text>",
+        y0 + 18.0,
+        escape(title)
+    );
+    let mut tick = 0.0;
+    while tick <= y_max * 1.0001 {
+        let y = sy(tick);
+        let _ = write!(
+            out,
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" class=\"grid\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" class=\"tick\">{}</text>",
+            x0 - 6.0,
+            y + 4.0,
+            trim(tick)
+        );
+        tick += unit;
+    }
+    for (x, label) in x_ticks {
+        let anchor = if *x >= 1.0 { "end" } else { "middle" };
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\" class=\"tick\">{}</text>",
+            sx(*x),
+            bottom + 16.0,
+            escape(label)
+        );
+    }
+    let _ = write!(
+        out,
+        "<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\" class=\"tick\">{}</text>\
+         <line x1=\"{x0}\" y1=\"{bottom}\" x2=\"{x1}\" y2=\"{bottom}\" class=\"axis\"/>",
+        (top + bottom) / 2.0,
+        (top + bottom) / 2.0,
+        escape(y_label)
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let _ = write!(
+            out,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\" class=\"tick\">{}</text>",
+            x1 - 90.0 * (series.len() - i) as f64,
+            y0 + 18.0,
+            escape(name)
+        );
+        if points.len() >= 2 {
+            let coords: Vec<String> = points
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+                .collect();
+            let _ = write!(
+                out,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                coords.join(" ")
+            );
+        }
+    }
+}
+
+fn trim(v: f64) -> String {
+    if v >= 1000.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+/// The largest "nines" drawn: 99.999%.
+const NINES: f64 = 5.0;
+
+/// Where percentile `q` (0..1) lies on the nines axis, 0..=1.
+fn nines(q: f64) -> f64 {
+    (-(1.0 - q).max(10f64.powf(-NINES)).log10() / NINES).clamp(0.0, 1.0)
+}
+
+/// The run's plots: throughput per second of the measured phase, and for
+/// each kind of operation that ran, latency (ms) by percentile.
+pub fn plot(report: &RunReport, title: &str) -> String {
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\
+         <style>.title{{font:bold 13px sans-serif}}.tick{{font:11px sans-serif;fill:#444}}\
+         .grid{{stroke:#eee}}.axis{{stroke:#888}}</style><rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
+        2.0 * H,
+        2.0 * H
+    );
+    let seconds = report.timeline.len();
+    // The last second is usually cut short by the end of the run: its
+    // count is over the part that ran.
+    let last_part =
+        (report.elapsed.as_secs_f64() - seconds.saturating_sub(1) as f64).clamp(0.05, 1.0);
+    // Less than half a second is the drain after the end: not drawn.
+    let drawn = if last_part < 0.5 {
+        seconds.saturating_sub(1)
+    } else {
+        seconds
+    };
+    let throughput: Vec<(f64, f64)> = report
+        .timeline
+        .iter()
+        .take(drawn)
+        .enumerate()
+        .map(|(i, n)| {
+            let part = if i + 1 == seconds { last_part } else { 1.0 };
+            (i as f64 / (drawn.max(2) - 1) as f64, *n as f64 / part)
+        })
+        .collect();
+    let seconds = drawn;
+    let time_ticks: Vec<(f64, String)> = (0..=4)
+        .map(|i| {
+            (
+                f64::from(i) / 4.0,
+                format!(
+                    "{:.0} s",
+                    f64::from(i) / 4.0 * seconds.saturating_sub(1) as f64
+                ),
+            )
+        })
+        .collect();
+    panel(
+        &mut out,
+        0.0,
+        &format!("{title}: operations per second"),
+        "ops/s",
+        &time_ticks,
+        &[("all operations", throughput)],
+    );
+    let quantiles: Vec<f64> = (0..=50)
+        .map(|i| 1.0 - 10f64.powf(-NINES * f64::from(i) / 50.0))
+        .collect();
+    let mut series = Vec::new();
+    for op in Op::ALL {
+        let h = &report.per_op[op.index()].latency;
+        if h.is_empty() {
+            continue;
+        }
+        let points = quantiles
+            .iter()
+            .map(|q| (nines(*q), h.value_at_quantile(*q) as f64 / 1000.0))
+            .collect();
+        series.push((op.name(), points));
+    }
+    let nine_ticks: Vec<(f64, String)> = [0.0, 0.9, 0.99, 0.999, 0.9999, 0.99999]
+        .iter()
+        .map(|q| (nines(*q), format!("{}%", trim(q * 100.0))))
+        .collect();
+    panel(
+        &mut out,
+        H,
+        &format!("{title}: latency by percentile"),
+        "ms",
+        &nine_ticks,
+        &series,
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::OpStats;
+
+    #[test]
+    fn a_plot_draws_throughput_and_a_percentile_line_per_operation_that_ran() {
+        let mut per_op: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::default()).collect();
+        for v in 1..=1000u64 {
+            let _ = per_op[Op::Read.index()].latency.record(v * 10);
+        }
+        let _ = per_op[Op::Update.index()].latency.record(5_000);
+        let _ = per_op[Op::Update.index()].latency.record(7_000);
+        let report = RunReport {
+            // The third second ran for half of it (a shorter tail would
+            // be the drain, not drawn).
+            elapsed: std::time::Duration::from_millis(2_500),
+            per_op,
+            final_keys: 0,
+            converged_in: None,
+            timeline: vec![100, 300, 100],
+        };
+        let svg = plot(&report, "a<b");
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        // Throughput, reads and updates: three lines; deletes did not run.
+        assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
+        assert!(svg.contains(">read<") && svg.contains(">update<") && !svg.contains(">delete<"));
+        assert!(svg.contains(">99.9%<") && svg.contains(">0%<"), "{svg}");
+        assert!(svg.contains("a&lt;b: operations per second"));
+        // The 300 ops/s seconds (the last one half long) top a 300 scale.
+        assert!(svg.contains(">300<") && !svg.contains(">400<"), "{svg}");
+        assert!(svg.contains(">99.999%<"), "{svg}");
+    }
+
+    #[test]
+    fn the_nines_axis_spreads_the_tail() {
+        assert_eq!(nines(0.0), 0.0);
+        assert!((nines(0.9) - 0.2).abs() < 1e-9);
+        assert!((nines(0.999) - 0.6).abs() < 1e-9);
+        assert_eq!(nines(1.0), 1.0);
+        assert_eq!(step(300.0, 5.0), 100.0);
+        assert_eq!(step(7.0, 5.0), 2.0);
+    }
+}
