@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use kv_server::page::escape;
+
 use crate::run::RunReport;
 use crate::workload::Op;
 
@@ -14,12 +16,6 @@ const RIGHT: f64 = 16.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 36.0;
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
 
 /// A round step for about `ticks` ticks up to `max`.
 fn step(max: f64, ticks: f64) -> f64 {

@@ -71,8 +71,8 @@ type Nodes = Arc<dyn Fn() -> Vec<NodeId> + Send + Sync>;
 
 /// A running watch (see [`Coordinator::watch`]); dropping it stops it.
 pub struct Watch {
-    prefix: Vec<u8>,
-    exact: bool,
+    /// What every node is asked (the position and the wait aside).
+    watched: FeedQuery,
     poll: Poll,
     nodes: Nodes,
     pages: mpsc::Receiver<(NodeId, FeedPage)>,
@@ -87,8 +87,8 @@ pub struct Watch {
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("prefix", &String::from_utf8_lossy(&self.prefix))
-            .field("exact", &self.exact)
+            .field("prefix", &String::from_utf8_lossy(&self.watched.prefix))
+            .field("exact", &self.watched.exact)
             .field("polled", &self.polled)
             .finish_non_exhaustive()
     }
@@ -125,6 +125,14 @@ where
                 "a watched key or prefix is at most {max} bytes, and an exact key is not empty"
             )));
         }
+        // Without a position, a node answers at once with its log's end.
+        let watched = FeedQuery {
+            prefix,
+            exact,
+            at: None,
+            wait_ms: 0,
+            max_bytes: POLL_BYTES,
+        };
         let me = self.replica.id();
         let (replica, transport) = (self.replica.clone(), self.transport.clone());
         let timeout = self.config.anti_entropy_timeout;
@@ -146,12 +154,11 @@ where
         let nodes: Nodes = Arc::new(move || ring.nodes());
         let cursor = match cursor {
             Some(cursor) => cursor,
-            None => log_ends(&poll, &nodes(), &prefix, exact).await,
+            None => log_ends(&poll, &nodes(), &watched).await,
         };
         let (sender, pages) = mpsc::channel(16);
         let mut watch = Watch {
-            prefix,
-            exact,
+            watched,
             poll,
             nodes,
             pages,
@@ -169,17 +176,10 @@ where
 
 /// Where every node's log ends now; nodes that do not answer are left out
 /// (they resync when reached).
-async fn log_ends(poll: &Poll, nodes: &[NodeId], prefix: &[u8], exact: bool) -> FeedCursor {
+async fn log_ends(poll: &Poll, nodes: &[NodeId], watched: &FeedQuery) -> FeedCursor {
     let mut asks = tokio::task::JoinSet::new();
     for &node in nodes {
-        let query = FeedQuery {
-            prefix: prefix.to_vec(),
-            exact,
-            at: None,
-            wait_ms: 0,
-            max_bytes: POLL_BYTES,
-        };
-        let ask = poll(node, query);
+        let ask = poll(node, watched.clone());
         asks.spawn(async move { (node, ask.await) });
     }
     let mut cursor = FeedCursor::new();
@@ -264,9 +264,9 @@ impl Watch {
                 .cloned()
                 .unwrap_or_else(FeedPosition::resync);
             let (poll, sender) = (self.poll.clone(), self.sender.clone());
-            let (prefix, exact) = (self.prefix.clone(), self.exact);
+            let watched = self.watched.clone();
             self.pollers
-                .spawn(poll_node(node, start, prefix, exact, poll, sender));
+                .spawn(poll_node(node, start, watched, poll, sender));
         }
     }
 }
@@ -276,19 +276,16 @@ impl Watch {
 async fn poll_node(
     node: NodeId,
     mut at: FeedPosition,
-    prefix: Vec<u8>,
-    exact: bool,
+    watched: FeedQuery,
     poll: Poll,
     pages: mpsc::Sender<(NodeId, FeedPage)>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let query = FeedQuery {
-            prefix: prefix.clone(),
-            exact,
             at: Some(at.clone()),
             wait_ms: POLL_WAIT.as_millis() as u32,
-            max_bytes: POLL_BYTES,
+            ..watched.clone()
         };
         match poll(node, query).await {
             Ok(page) => {

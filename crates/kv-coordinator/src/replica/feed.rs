@@ -134,8 +134,9 @@ impl ChangeLog {
 
     /// Records that `key` now holds `state` (the caller holds the key's
     /// lock, so one key's changes are recorded in the order they were
-    /// made).
-    pub(crate) fn record(&self, key: &[u8], state: &[u8]) {
+    /// made). Takes the state the caller has stored: while watched, the
+    /// log keeps it without a copy.
+    pub(crate) fn record(&self, key: &[u8], state: Vec<u8>) {
         if !self.recording.load(Ordering::SeqCst) {
             return;
         }
@@ -153,7 +154,7 @@ impl ChangeLog {
         inner.changes.push_back(Change {
             seq,
             key: key.to_vec(),
-            state: state.to_vec(),
+            state,
         });
         while inner.changes.len() > MAX_CHANGES || inner.bytes > MAX_BYTES {
             let Some(old) = inner.changes.pop_front() else {
@@ -174,12 +175,8 @@ impl ChangeLog {
         matches: impl Fn(&[u8]) -> bool,
         max_bytes: usize,
     ) -> Step {
-        if !self.serves(at) {
-            return Step::Gap;
-        }
         let inner = self.inner.lock();
-        if at.seq + 1 < inner.complete_from {
-            // Dropped between the two looks.
+        if !self.serves_locked(&inner, at) {
             return Step::Gap;
         }
         let first = inner.changes.front().map_or(inner.next, |c| c.seq);
@@ -201,7 +198,10 @@ impl ChangeLog {
     /// Whether the log can serve `at` (it names this log, and every
     /// change after it is held).
     fn serves(&self, at: &FeedPosition) -> bool {
-        let inner = self.inner.lock();
+        self.serves_locked(&self.inner.lock(), at)
+    }
+
+    fn serves_locked(&self, inner: &Inner, at: &FeedPosition) -> bool {
         at.log == self.log
             && self.recording.load(Ordering::SeqCst)
             && at.seq + 1 >= inner.complete_from
@@ -217,6 +217,15 @@ impl ChangeLog {
     /// Wakes when a change is recorded.
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.tick.subscribe()
+    }
+}
+
+/// A resync from the first watched key, after which the log is read from
+/// `end` (where it stood before the resync began).
+fn resync_from(end: FeedPosition) -> FeedPosition {
+    FeedPosition {
+        resync_after: Some(Vec::new()),
+        ..end
     }
 }
 
@@ -243,15 +252,15 @@ impl<E: StorageEngine + 'static> Replica<E> {
             resync_after: None,
             ..at.clone()
         };
-        if !log.serves(&plain) {
-            let restart = FeedPosition {
-                resync_after: Some(Vec::new()),
-                ..end
-            };
-            return self.resync_page(query, restart).await;
-        }
+        // A resync under way goes on while the log still serves where it
+        // began; a position the log cannot serve starts one (below, too).
         if at.resync_after.is_some() {
-            return self.resync_page(query, at).await;
+            let from = if log.serves(&plain) {
+                at
+            } else {
+                resync_from(end)
+            };
+            return self.resync_page(query, from).await;
         }
         let wait = Duration::from_millis(u64::from(query.wait_ms)).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
@@ -259,13 +268,9 @@ impl<E: StorageEngine + 'static> Replica<E> {
         let mut woken = log.subscribe();
         loop {
             match log.read(&plain, |k| query.matches(k), max_bytes) {
-                Step::Gap => {
-                    let restart = FeedPosition {
-                        resync_after: Some(Vec::new()),
-                        ..log.watched()
-                    };
-                    return self.resync_page(query, restart).await;
-                }
+                // Where the log ends now: changes may have been dropped
+                // while this request waited.
+                Step::Gap => return self.resync_page(query, resync_from(log.watched())).await,
                 Step::Changes(changes, seq)
                     if !changes.is_empty() || tokio::time::Instant::now() >= deadline =>
                 {
@@ -369,12 +374,12 @@ mod tests {
     fn nothing_is_recorded_until_watched_and_then_in_order() {
         let log = ChangeLog::new(3);
         assert_eq!(log.log() >> 32, 3);
-        log.record(b"a", b"1");
+        log.record(b"a", b"1".to_vec());
         let start = log.watched();
         assert_eq!(start.seq, 0, "the unwatched change took no number");
-        log.record(b"a", b"2");
-        log.record(b"b", b"3");
-        log.record(b"a", b"4");
+        log.record(b"a", b"2".to_vec());
+        log.record(b"b", b"3".to_vec());
+        log.record(b"a", b"4".to_vec());
         assert_eq!(
             log.read(&start, |k| k == b"a", 1 << 20),
             Step::Changes(
@@ -400,7 +405,7 @@ mod tests {
     fn another_log_a_future_position_or_a_dropped_change_is_a_gap() {
         let log = ChangeLog::new(1);
         let start = log.watched();
-        log.record(b"k", b"v");
+        log.record(b"k", b"v".to_vec());
         let other = ChangeLog::new(1);
         assert_ne!(other.log(), log.log());
         assert_eq!(log.read(&other.watched(), |_| true, 1 << 20), Step::Gap);
@@ -410,7 +415,7 @@ mod tests {
             Step::Gap
         );
         for i in 0..MAX_CHANGES {
-            log.record(b"k", &i.to_le_bytes());
+            log.record(b"k", i.to_le_bytes().to_vec());
         }
         assert_eq!(
             log.read(&start, |_| true, 1 << 20),
@@ -431,10 +436,10 @@ mod tests {
             .checked_sub(Duration::from_secs(1))
             .unwrap_or(log.base);
         let start = log.watched();
-        log.record(b"k", b"1");
+        log.record(b"k", b"1".to_vec());
         // Nobody asked for longer than the linger.
         log.active_until.store(0, Ordering::SeqCst);
-        log.record(b"k", b"2");
+        log.record(b"k", b"2".to_vec());
         assert_eq!(log.read(&start, |_| true, 1 << 20), Step::Gap);
         let again = log.watched();
         assert_eq!(
@@ -442,7 +447,7 @@ mod tests {
             Step::Gap,
             "a change went unrecorded"
         );
-        log.record(b"k", b"3");
+        log.record(b"k", b"3".to_vec());
         assert_eq!(
             log.read(&again, |_| true, 1 << 20),
             Step::Changes(vec![(b"k".to_vec(), b"3".to_vec())], again.seq + 1)

@@ -892,7 +892,7 @@ impl<E: StorageEngine> Replica<E> {
         }
         for (key, before, after, _) in changes {
             self.track(key, before.as_deref(), Some(&after));
-            self.feed.record(key, &after);
+            self.feed.record(key, after);
         }
         Pending { results, durable }
     }

@@ -15,7 +15,8 @@ use crate::proto::StatusReply;
 use crate::service::NodeCoordinator;
 use activity::{Interval, OPS};
 
-pub(crate) fn escape(text: &str) -> String {
+/// `text` made safe inside HTML or SVG text and attribute values.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
