@@ -106,6 +106,12 @@ struct Args {
     /// and latency by percentile for each kind of operation.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Open-loop sweep: one run at each of these rates (ops/s,
+    /// comma-separated, ascending), each for --duration-secs (default
+    /// 10); prints latency and throughput per rate, and with --plot draws
+    /// them against the offered load.
+    #[arg(long, value_delimiter = ',', value_name = "RATES", conflicts_with_all = ["rate", "history"])]
+    sweep: Vec<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +181,15 @@ async fn bench(args: Args) -> Result<bool, String> {
         converge: Duration::from_secs(args.converge_secs),
         progress: std::io::stderr().is_terminal(),
     };
+    if !args.sweep.is_empty() {
+        return sweep(
+            config,
+            &args.sweep,
+            args.duration_secs,
+            args.plot.as_deref(),
+        )
+        .await;
+    }
     let report = run(config).await?;
     print!("{}", report.render());
     if let Some(path) = &args.plot {
@@ -196,6 +211,65 @@ async fn bench(args: Args) -> Result<bool, String> {
         }
         None => Ok(true),
     }
+}
+
+/// Runs the open loop at each rate of `rates` in turn (the records loaded
+/// once, before the first), prints a line per rate and draws the sweep.
+async fn sweep(
+    config: RunConfig,
+    rates: &[f64],
+    secs: Option<u64>,
+    plot: Option<&std::path::Path>,
+) -> Result<bool, String> {
+    if let Some(bad) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+        return Err(format!(
+            "--sweep: {bad} is not a rate in operations per second"
+        ));
+    }
+    if rates.windows(2).any(|w| w[1] <= w[0]) {
+        return Err("--sweep: give the rates in ascending order".into());
+    }
+    let secs = secs.unwrap_or(10).max(1);
+    let mut points = Vec::new();
+    println!("offered_ops_s achieved_ops_s p50_us p99_us p999_us errors");
+    for (i, &rate) in rates.iter().enumerate() {
+        let step = RunConfig {
+            rate: Some(rate),
+            load: config.load && i == 0,
+            // As many as the rate offers in the step; the duration ends it.
+            ops: (rate * secs as f64).ceil() as u64,
+            warmup_ops: (rate / 2.0).ceil() as u64,
+            duration: Some(Duration::from_secs(secs)),
+            history: None,
+            ..config.clone()
+        };
+        eprintln!(
+            "kv-bench: sweep step {} of {}: {rate:.0} ops/s for {secs} s",
+            i + 1,
+            rates.len()
+        );
+        let report = run(step).await?;
+        let all = report.overall();
+        let point = kv_bench::plot::SweepPoint {
+            offered: rate,
+            report,
+        };
+        println!(
+            "{rate:.0} {:.0} {} {} {} {}",
+            point.achieved(),
+            all.value_at_quantile(0.5),
+            all.value_at_quantile(0.99),
+            all.value_at_quantile(0.999),
+            point.report.errors()
+        );
+        points.push(point);
+    }
+    if let Some(path) = plot {
+        std::fs::write(path, kv_bench::plot::sweep(&points, "kv-bench sweep"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(true)
 }
 
 #[cfg(feature = "mimalloc")]

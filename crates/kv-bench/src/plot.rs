@@ -209,6 +209,84 @@ pub fn plot(report: &RunReport, title: &str) -> String {
     out
 }
 
+/// One step of a sweep: the rate offered and what the run measured.
+#[derive(Debug)]
+pub struct SweepPoint {
+    /// Operations per second offered (open loop).
+    pub offered: f64,
+    /// The step's run.
+    pub report: RunReport,
+}
+
+impl SweepPoint {
+    /// Operations per second completed.
+    pub fn achieved(&self) -> f64 {
+        self.report.ops() as f64 / self.report.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A sweep's plots: latency (p50, p99, p99.9 of every operation) against
+/// the offered load, and the throughput achieved against it (with the
+/// offered load as a line: where they part, the cluster is saturated).
+pub fn sweep(points: &[SweepPoint], title: &str) -> String {
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\
+         <style>.title{{font:bold 13px sans-serif}}.tick{{font:11px sans-serif;fill:#444}}\
+         .grid{{stroke:#eee}}.axis{{stroke:#888}}</style><rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
+        2.0 * H,
+        2.0 * H
+    );
+    let max = points.iter().map(|p| p.offered).fold(0.0f64, f64::max);
+    let unit = step(max.max(1.0), 5.0);
+    let x_max = (max / unit).ceil().max(1.0) * unit;
+    let x = |rate: f64| rate / x_max;
+    let mut ticks = Vec::new();
+    let mut tick = 0.0;
+    while tick <= x_max * 1.0001 {
+        ticks.push((x(tick), format!("{} ops/s", trim(tick))));
+        tick += unit;
+    }
+    let latency = |q: f64| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .filter(|p| p.report.ops() > p.report.errors())
+            .map(|p| {
+                (
+                    x(p.offered),
+                    p.report.overall().value_at_quantile(q) as f64 / 1000.0,
+                )
+            })
+            .collect()
+    };
+    panel(
+        &mut out,
+        0.0,
+        &format!("{title}: latency against offered load"),
+        "ms",
+        &ticks,
+        &[
+            ("p50", latency(0.5)),
+            ("p99", latency(0.99)),
+            ("p99.9", latency(0.999)),
+        ],
+    );
+    let offered: Vec<(f64, f64)> = points.iter().map(|p| (x(p.offered), p.offered)).collect();
+    let achieved: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (x(p.offered), p.achieved()))
+        .collect();
+    panel(
+        &mut out,
+        H,
+        &format!("{title}: throughput against offered load"),
+        "ops/s",
+        &ticks,
+        &[("offered", offered), ("achieved", achieved)],
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +319,43 @@ mod tests {
         // The 300 ops/s seconds (the last one half long) top a 300 scale.
         assert!(svg.contains(">300<") && !svg.contains(">400<"), "{svg}");
         assert!(svg.contains(">99.999%<"), "{svg}");
+    }
+
+    #[test]
+    fn a_sweep_draws_latency_and_throughput_against_offered_load() {
+        let step_at = |offered: f64, done: u64, latency_us: u64| {
+            let mut per_op: Vec<OpStats> = Op::ALL.iter().map(|_| OpStats::default()).collect();
+            for _ in 0..done {
+                let _ = per_op[Op::Read.index()].latency.record(latency_us);
+            }
+            SweepPoint {
+                offered,
+                report: RunReport {
+                    elapsed: std::time::Duration::from_secs(1),
+                    per_op,
+                    final_keys: 0,
+                    converged_in: None,
+                    timeline: vec![done],
+                },
+            }
+        };
+        // Saturated at the third step: 1,500 done of 3,000 offered.
+        let points = [
+            step_at(1_000.0, 1_000, 1_000),
+            step_at(2_000.0, 2_000, 2_000),
+            step_at(3_000.0, 1_500, 40_000),
+        ];
+        assert_eq!(points[2].achieved(), 1_500.0);
+        let svg = sweep(&points, "sweep");
+        // p50, p99, p99.9, offered and achieved.
+        assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
+        assert!(
+            svg.contains(">3000 ops/s<") && svg.contains(">0 ops/s<"),
+            "{svg}"
+        );
+        // The latency scale reaches the saturated step's 40 ms.
+        assert!(svg.contains(">40<"), "{svg}");
+        assert!(svg.contains("sweep: throughput against offered load"));
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Config {
     /// The shortest such wait (10 ms); the longest is half the request
     /// timeout.
     pub hedge_floor: Duration,
+    /// One client request in this many is traced: its spans
+    /// ([`crate::trace`]) are made (1, every one; 0, none). Spans cost
+    /// only when a `tracing` subscriber takes them; a node that logs slow
+    /// requests samples to bound that cost.
+    pub trace_every: u32,
 }
 
 impl Default for Config {
@@ -104,6 +109,7 @@ impl Default for Config {
             maintenance_interval: Duration::from_secs(1),
             hedge_factor: 4,
             hedge_floor: Duration::from_millis(10),
+            trace_every: 1,
         }
     }
 }

@@ -69,6 +69,7 @@ mod metrics;
 mod replica;
 #[cfg(feature = "test-util")]
 pub mod sim;
+pub mod trace;
 mod trees;
 mod versions;
 

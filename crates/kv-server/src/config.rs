@@ -88,6 +88,13 @@ pub struct ServerConfig {
     pub memtable_mib: Option<usize>,
     /// Log filter, as `info` or `warn,kv_server=debug`; `RUST_LOG` wins.
     pub log: Option<String>,
+    /// A client request that takes this long or longer (milliseconds) is
+    /// logged with its span tree and counted (100; 0: none).
+    pub slow_request_ms: Option<u64>,
+    /// One client request in this many is traced (its spans made, and
+    /// logged when slow): 10; 1, every one (costs about a tenth of the
+    /// node's CPU, docs/benchmarks.md); 0, none.
+    pub trace_every: Option<u32>,
     /// Client requests in flight at most; more are refused with
     /// ResourceExhausted (4096).
     pub max_in_flight: Option<usize>,
@@ -255,6 +262,8 @@ impl ServerConfig {
             repair_keys_per_sec: over.repair_keys_per_sec.or(self.repair_keys_per_sec),
             memtable_mib: over.memtable_mib.or(self.memtable_mib),
             log: over.log.or(self.log),
+            slow_request_ms: over.slow_request_ms.or(self.slow_request_ms),
+            trace_every: over.trace_every.or(self.trace_every),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             max_siblings: over.max_siblings.or(self.max_siblings),
             sloppy_quorum: over.sloppy_quorum.or(self.sloppy_quorum),
@@ -276,6 +285,15 @@ impl ServerConfig {
             tokens_file: over.tokens_file.or(self.tokens_file),
             insecure: over.insecure.or(self.insecure),
             http_token: over.http_token.or(self.http_token),
+        }
+    }
+
+    /// From how long a client request is logged as slow; `None` when
+    /// `slow_request_ms` is 0.
+    pub fn slow_request_threshold(&self) -> Option<std::time::Duration> {
+        match self.slow_request_ms.unwrap_or(100) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
         }
     }
 
@@ -522,6 +540,7 @@ impl ServerConfig {
         if let Some(ms) = self.hedge_floor_ms {
             coordinator.hedge_floor = Duration::from_millis(ms);
         }
+        coordinator.trace_every = self.trace_every.unwrap_or(10);
         // A state must travel between nodes in one message, and fit the
         // engine's value limit (1 GiB).
         let wire_room = crate::transport::MAX_MESSAGE_BYTES - coordinator.max_key_bytes - 4096;

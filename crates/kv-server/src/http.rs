@@ -59,10 +59,22 @@ fn histogram(out: &mut String, op: &str, h: &Histogram) {
 }
 
 /// The Prometheus text exposition of a node.
-pub fn render_metrics(coordinator: &NodeCoordinator, cluster: &Cluster) -> String {
+pub fn render_metrics(
+    coordinator: &NodeCoordinator,
+    cluster: &Cluster,
+    slow: &crate::trace::SlowLog,
+) -> String {
     let mut out = String::with_capacity(8 << 10);
     let m = coordinator.metrics();
     requests(&mut out, m);
+    if slow.threshold().is_some() {
+        counter(
+            &mut out,
+            "kv_slow_requests_total",
+            "Traced client requests (one in trace_every) that took the slow-request threshold or longer, each logged with its span tree.",
+            slow.total(),
+        );
+    }
     security(&mut out, &cluster.posture());
     replication(&mut out, m, coordinator.replica());
     anti_entropy(&mut out, coordinator);
@@ -424,6 +436,9 @@ pub struct HttpSettings {
     /// How often the status page's history samples the request counters
     /// (5 s).
     pub sample_every: Duration,
+    /// The slow requests the status page and `/metrics` show (none
+    /// recorded by default; `kvd` gives the one its log fills).
+    pub slow_requests: crate::trace::SlowLog,
 }
 
 impl Default for HttpSettings {
@@ -433,6 +448,7 @@ impl Default for HttpSettings {
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
             sample_every: crate::page::activity::SAMPLE_EVERY,
+            slow_requests: crate::trace::SlowLog::default(),
         }
     }
 }
@@ -480,6 +496,8 @@ pub fn serve(
     settings: HttpSettings,
 ) -> JoinHandle<()> {
     let (for_metrics, cluster_for_metrics) = (coordinator.clone(), cluster.clone());
+    let slow = settings.slow_requests.clone();
+    let (slow_for_metrics, slow_for_json) = (slow.clone(), slow.clone());
     let tokens = settings.tokens.clone();
     let tokens_for_metrics = tokens.clone();
     let tokens_for_json = tokens.clone();
@@ -492,13 +510,14 @@ pub fn serve(
             get(move |headers: HeaderMap| {
                 let (c, k) = (for_metrics.clone(), cluster_for_metrics.clone());
                 let tokens = tokens_for_metrics.clone();
+                let slow = slow_for_metrics.clone();
                 async move {
                     if !admitted(tokens.as_ref(), &headers) {
                         return refused();
                     }
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        render_metrics(&c, &k),
+                        render_metrics(&c, &k, &slow),
                     )
                         .into_response()
                 }
@@ -509,12 +528,13 @@ pub fn serve(
             get(move |headers: HeaderMap| {
                 let (c, k, a) = (coordinator.clone(), cluster.clone(), activity.clone());
                 let tokens = tokens.clone();
+                let slow = slow.clone();
                 async move {
                     if !admitted(tokens.as_ref(), &headers) {
                         return refused();
                     }
                     let intervals = a.lock().intervals();
-                    Html(render_status(&c, &k, &intervals)).into_response()
+                    Html(render_status(&c, &k, &intervals, &slow)).into_response()
                 }
             }),
         )
@@ -523,6 +543,7 @@ pub fn serve(
             get(move |headers: HeaderMap| {
                 let (c, k, a) = (for_json.0.clone(), for_json.1.clone(), for_json.2.clone());
                 let tokens = tokens_for_json.clone();
+                let slow = slow_for_json.clone();
                 async move {
                     if !admitted(tokens.as_ref(), &headers) {
                         return refused();
@@ -530,7 +551,7 @@ pub fn serve(
                     let intervals = a.lock().intervals();
                     (
                         [(header::CONTENT_TYPE, "application/json")],
-                        status_json(&c, &k, &intervals).to_string(),
+                        status_json(&c, &k, &intervals, &slow).to_string(),
                     )
                         .into_response()
                 }

@@ -66,6 +66,7 @@ pub mod security;
 mod service;
 mod status;
 mod stopping;
+pub mod trace;
 mod transport;
 pub mod version;
 mod wire;

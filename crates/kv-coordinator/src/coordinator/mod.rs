@@ -179,6 +179,8 @@ pub struct Coordinator<E, T, P> {
     local_writes: parking_lot::Mutex<Option<LocalWrites>>,
     /// How long replicas have recently taken to take a write.
     replica_latency: crate::RecentLatency,
+    /// Client requests begun, for the trace sampling.
+    requests_begun: std::sync::atomic::AtomicU32,
     /// What anti-entropy knows of each peer.
     repair_peers: parking_lot::Mutex<std::collections::BTreeMap<NodeId, PeerRepair>>,
     /// The keys per second repair may move, shared by every exchange.
@@ -198,6 +200,9 @@ pub(super) struct WriteSpec<'a> {
     tag: Option<kv_core::WriteTag>,
     /// When the value lapses (seconds since the Unix epoch).
     expires: Option<u64>,
+    /// The request's span (`crate::trace`): the write's steps are its
+    /// children.
+    span: &'a tracing::Span,
 }
 
 /// The batcher of writes coordinated at this node.
@@ -251,6 +256,7 @@ where
             metrics: Arc::new(Metrics::default()),
             local_writes: parking_lot::Mutex::new(None),
             replica_latency: crate::RecentLatency::default(),
+            requests_begun: std::sync::atomic::AtomicU32::new(0),
             repair_peers: parking_lot::Mutex::default(),
             repair_pace: anti_entropy::Pace::new(config.repair_keys_per_sec),
             config,
@@ -258,6 +264,31 @@ where
     }
 
     /// The batcher of local writes, started (again) if it is not running.
+    /// Whether the client request beginning now is traced: one in
+    /// `trace_every`, picked by a hash of the request's number rather than
+    /// every n-th, so a workload that alternates kinds of requests has each
+    /// kind traced.
+    pub(super) fn traced(&self) -> bool {
+        match self.config.trace_every {
+            0 => false,
+            1 => true,
+            every => {
+                let n = self
+                    .requests_begun
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Murmur3's 32-bit finaliser: every bit of n moves every
+                // bit of the result.
+                let mut h = n;
+                h ^= h >> 16;
+                h = h.wrapping_mul(0x85eb_ca6b);
+                h ^= h >> 13;
+                h = h.wrapping_mul(0xc2b2_ae35);
+                h ^= h >> 16;
+                h.is_multiple_of(every)
+            }
+        }
+    }
+
     fn local_writes(&self) -> LocalWrites {
         let mut slot = self.local_writes.lock();
         if let Some(batcher) = slot.as_ref().filter(|b| !b.is_stopped()) {

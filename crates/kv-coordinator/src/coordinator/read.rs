@@ -3,6 +3,9 @@
 
 use super::decide::{ReadTally, stale_replicas};
 use super::*;
+use crate::trace;
+use tracing::Span;
+use tracing::field::Empty;
 
 impl<E, T, P> Coordinator<E, T, P>
 where
@@ -18,6 +21,15 @@ where
     /// [`Error::ReadQuorum`] when fewer than R replicas answered in time;
     /// storage errors from this node's engine.
     pub async fn get(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+        // The request's steps are the span's children; it is never entered
+        // (an entered span costs at every poll).
+        let span = trace::request("get", || self.ring.token(key).0, false, self.traced());
+        let result = self.get_routed(key, r, &span).await;
+        trace::outcome(&span, &result);
+        result
+    }
+
+    async fn get_routed(&self, key: &[u8], r: Option<usize>, span: &Span) -> Result<GetResult> {
         let started = Instant::now();
         let op = || ClientOp::Get {
             key: key.to_vec(),
@@ -26,8 +38,8 @@ where
         // Any replica reads as well as the first (a read asks R of them
         // either way), and a read sent to a second replica because the
         // first was slow must not be forwarded back to it.
-        let result = match self.dispatch(key, true, op).await {
-            Ok(Dispatched::Here { .. }) => self.get_inner(key, r).await,
+        let result = match self.dispatch(key, true, op, span).await {
+            Ok(Dispatched::Here { .. }) => self.get_inner(key, r, span).await,
             Ok(Dispatched::There(_, ClientReply::Read { values, context })) => {
                 Ok(GetResult { values, context })
             }
@@ -48,15 +60,27 @@ where
         result
     }
 
-    pub(super) async fn get_inner(&self, key: &[u8], r: Option<usize>) -> Result<GetResult> {
+    pub(super) async fn get_inner(
+        &self,
+        key: &[u8],
+        r: Option<usize>,
+        span: &Span,
+    ) -> Result<GetResult> {
         self.check_key(key)?;
         let r = r.unwrap_or(self.config.r);
         self.config.check_quorum("r", r)?;
         let replicas = self.replicas(key)?;
+        if !span.is_disabled() {
+            span.record("r", r);
+            span.record("replicas", tracing::field::display(trace::nodes(&replicas)));
+        }
         let deadline = Instant::now() + self.config.request_timeout;
         let local = {
             let key = key.to_vec();
-            engine_read(&self.replica, move |r| r.state(&key)).await?
+            let step = trace::step!(span, "engine_read", outcome = Empty);
+            let read = engine_read(&self.replica, move |r| r.state(&key)).await;
+            trace::outcome(&step, &read);
+            read?
         };
         let others: Vec<NodeId> = replicas
             .into_iter()
@@ -65,8 +89,10 @@ where
         let (tx, mut rx) = mpsc::channel(others.len().max(1));
         let ask = |peer: NodeId| {
             let (transport, tx, key) = (self.transport.clone(), tx.clone(), key.to_vec());
+            let step = trace::step!(span, "ask", peer = peer.0, outcome = Empty);
             tokio::spawn(async move {
                 let result = transport.read(peer, key).await;
+                trace::outcome(&step, &result);
                 let _ = tx.send((peer, result)).await;
             });
         };
@@ -101,7 +127,8 @@ where
         }
         let unasked = tally.unasked().to_vec();
         let (merged, answers) = tally.finish()?;
-        self.read_repair(key, &merged, &answers, &unasked).await;
+        self.read_repair(key, &merged, &answers, &unasked, span)
+            .await;
         Ok(GetResult {
             values: merged
                 .live_values(kv_core::unix_secs())
@@ -122,10 +149,16 @@ where
         merged: &Siblings,
         answers: &[(NodeId, Siblings)],
         unasked: &[NodeId],
+        span: &Span,
     ) {
+        let stale = stale_replicas(merged, answers, unasked);
+        if stale.is_empty() {
+            return;
+        }
+        let repair = trace::step!(span, "read_repair", stale = %trace::nodes(&stale));
         let bytes = merged.to_bytes();
         let mut pending = Vec::new();
-        for node in stale_replicas(merged, answers, unasked) {
+        for node in stale {
             Metrics::add(&self.metrics.read_repairs, 1);
             if node == self.replica.id() {
                 let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());
@@ -134,8 +167,10 @@ where
             }
             let (transport, peer, key, bytes) =
                 (self.transport.clone(), node, key.to_vec(), bytes.clone());
+            let step = trace::step!(&repair, "replicate", peer = peer.0, outcome = Empty);
             pending.push(tokio::spawn(async move {
-                let _ = transport.replicate(peer, key, bytes, None).await;
+                let result = transport.replicate(peer, key, bytes, None).await;
+                trace::outcome(&step, &result);
             }));
         }
         if self.config.read_repair_blocking {

@@ -3,6 +3,8 @@
 //! lands), and a client request is answered from whichever path ran.
 
 use super::*;
+use crate::trace;
+use tracing::Span;
 
 /// The outcome of forwarding a request.
 enum Forwarded {
@@ -71,6 +73,14 @@ where
         expires: Option<u64>,
     ) -> Result<PutResult> {
         let started = Instant::now();
+        // The request's steps are the span's children; it is never entered
+        // (an entered span costs at every poll).
+        let span = trace::request(
+            trace::write_op(value),
+            || self.ring.token(key).0,
+            false,
+            self.traced(),
+        );
         let spec = WriteSpec {
             key,
             value,
@@ -78,8 +88,10 @@ where
             w,
             tag: write,
             expires,
+            span: &span,
         };
         let result = self.routed_write(spec).await;
+        trace::outcome(&span, &result);
         self.write_histogram(value.is_some())
             .observe(started.elapsed(), &result);
         self.count_quorum(&result);
@@ -101,7 +113,7 @@ where
         // coordinator it tried first, which may be paused or cut off:
         // this node takes it itself when it can (the copies are one write).
         let here = spec.tag.is_some_and(|t| t.retry);
-        match self.dispatch(spec.key, here, op).await? {
+        match self.dispatch(spec.key, here, op, spec.span).await? {
             Dispatched::Here { after_forward } => {
                 // A forwarded attempt that went unanswered may have been
                 // stored there: this one is a retry of it.
@@ -126,6 +138,7 @@ where
         key: &[u8],
         here: bool,
         op: impl FnOnce() -> ClientOp,
+        span: &Span,
     ) -> Result<Dispatched> {
         let route = if here && self.healthy_replica(key)? {
             None
@@ -138,7 +151,7 @@ where
             });
         };
         let op = op();
-        let message = match self.forward(coordinator, op.clone()).await {
+        let message = match self.forward(coordinator, op.clone(), span).await {
             Forwarded::Reply(reply) => return Ok(Dispatched::There(coordinator, reply)),
             Forwarded::Unreachable => {
                 return Ok(Dispatched::Here {
@@ -152,7 +165,7 @@ where
             Some(next) if next == self.replica.id() => Dispatched::Here {
                 after_forward: false,
             },
-            Some(next) => match self.forward(next, op).await {
+            Some(next) => match self.forward(next, op, span).await {
                 Forwarded::Reply(reply) => Dispatched::There(next, reply),
                 Forwarded::Unreachable => Dispatched::Here {
                     after_forward: true,
@@ -250,7 +263,7 @@ where
     }
 
     /// Sends a request to its coordinator (one hop).
-    async fn forward(&self, coordinator: NodeId, op: ClientOp) -> Forwarded {
+    async fn forward(&self, coordinator: NodeId, op: ClientOp, span: &Span) -> Forwarded {
         let me = self.replica.id();
         let could_coordinate = {
             let key = match &op {
@@ -261,6 +274,10 @@ where
                 .is_ok_and(|r| r.contains(&me))
                 && self.replica.health().is_ok()
         };
+        // The request names the node that coordinated it (the last one
+        // tried).
+        span.record("coordinator", coordinator.0);
+        let _hop = trace::step!(span, "forward", to = coordinator.0);
         match tokio::time::timeout(
             self.config.request_timeout,
             self.transport.forward(coordinator, op),
@@ -291,6 +308,33 @@ where
     /// Coordinates a request forwarded by another node: here, never
     /// forwarded again (one hop, no loops).
     pub async fn coordinate(&self, op: ClientOp) -> ClientReply {
+        // A node whose storage refuses writes takes none: the sender tries
+        // the next replica (it may not know yet, gossip takes a moment).
+        if let (ClientOp::Put { .. }, Err(e)) = (&op, self.replica.health()) {
+            return not_applied(format!("{} cannot take writes: {e}", self.replica.id()));
+        }
+        let span = match &op {
+            ClientOp::Put { key, value, .. } => trace::request(
+                trace::write_op(value.as_deref()),
+                || self.ring.token(key).0,
+                true,
+                self.traced(),
+            ),
+            ClientOp::Get { key, .. } => {
+                trace::request("get", || self.ring.token(key).0, true, self.traced())
+            }
+        };
+        let reply = self.coordinate_here(op, &span).await;
+        if !span.is_disabled() {
+            match &reply {
+                ClientReply::Failed { message, .. } => span.record("outcome", message.as_str()),
+                _ => span.record("outcome", "ok"),
+            };
+        }
+        reply
+    }
+
+    async fn coordinate_here(&self, op: ClientOp, span: &Span) -> ClientReply {
         // A forwarded request this node cannot coordinate (the sender's
         // ring is older or newer) is a routing failure, not bad input: the
         // client may retry elsewhere.
@@ -301,11 +345,6 @@ where
             not_applied: matches!(e, Error::Storage(_)),
             message: e.to_string(),
         };
-        // A node whose storage refuses writes takes none: the sender tries
-        // the next replica (it may not know yet, gossip takes a moment).
-        if let (ClientOp::Put { .. }, Err(e)) = (&op, self.replica.health()) {
-            return not_applied(format!("{} cannot take writes: {e}", self.replica.id()));
-        }
         match op {
             ClientOp::Put {
                 key,
@@ -324,6 +363,7 @@ where
                         w: w.map(|w| w as usize),
                         tag: write,
                         expires,
+                        span,
                     })
                     .await;
                 self.write_histogram(value.is_some())
@@ -332,7 +372,7 @@ where
             }
             ClientOp::Get { key, r } => {
                 let started = Instant::now();
-                let result = self.get_inner(&key, r.map(|r| r as usize)).await;
+                let result = self.get_inner(&key, r.map(|r| r as usize), span).await;
                 self.metrics.get.observe(started.elapsed(), &result);
                 result.map_or_else(failed, |g| ClientReply::Read {
                     values: g.values,

@@ -3,6 +3,9 @@
 
 use super::decide::{Delivery, WriteTally};
 use super::*;
+use crate::trace;
+use tracing::Span;
+use tracing::field::Empty;
 
 impl<E, T, P> Coordinator<E, T, P>
 where
@@ -63,6 +66,7 @@ where
             w,
             tag,
             expires,
+            span,
         } = spec;
         self.check_key(key)?;
         let w = w.unwrap_or(self.config.w);
@@ -75,6 +79,10 @@ where
                 .map_err(|e| Error::InvalidInput(format!("context does not decode: {e}")))?
         };
         let replicas = self.replicas(key)?;
+        if !span.is_disabled() {
+            span.record("w", w);
+            span.record("replicas", tracing::field::display(trace::nodes(&replicas)));
+        }
         let deadline = Instant::now() + self.config.request_timeout;
         let update = Update {
             key: key.to_vec(),
@@ -87,10 +95,13 @@ where
         // while this node stores (and syncs) its own copy: the two waits
         // overlap instead of adding up.
         let (announce, announced) = tokio::sync::oneshot::channel();
+        let engine = trace::step!(span, "engine_write", outcome = Empty);
         let local = self.local_writes().submit((update, announce));
         tokio::pin!(local);
         let local_done = |result: std::result::Result<_, crate::batch::Stopped>| {
-            result.map_err(|e| Error::Task(format!("the local write batch: {e}")))?
+            let result = result.map_err(|e| Error::Task(format!("the local write batch: {e}")))?;
+            trace::outcome(&engine, &result);
+            result
         };
         let mut stored = false;
         let (state, dot) = match announced.await {
@@ -121,6 +132,7 @@ where
         // Every replica gets the state, whether or not we wait for it.
         let (tx, mut rx) = mpsc::channel(2 * others.len().max(1));
         let fanout = Fanout {
+            span: span.clone(),
             transport: self.transport.clone(),
             tx,
             key: key.to_vec(),
@@ -211,6 +223,9 @@ type Answer = (Delivery, bool, std::time::Duration);
 /// back on `tx`, to the request while it waits for W and to a background
 /// task after.
 struct Fanout<T> {
+    /// The request's span: each delivery is its child (and keeps it open
+    /// until it ends).
+    span: Span,
     transport: Arc<T>,
     tx: mpsc::Sender<Answer>,
     key: Vec<u8>,
@@ -225,11 +240,19 @@ impl<T: Transport + 'static> Fanout<T> {
             self.key.clone(),
             self.bytes.clone(),
         );
+        let step = trace::step!(
+            &self.span,
+            "replicate",
+            peer = to.target.0,
+            hint_for = to.hint_for.map(|h| h.0),
+            outcome = Empty
+        );
         tokio::spawn(async move {
             let started = Instant::now();
             let result = transport
                 .replicate(to.target, key, bytes, to.hint_for)
                 .await;
+            trace::outcome(&step, &result);
             let _ = tx.send((to, result.is_ok(), started.elapsed())).await;
         });
     }

@@ -23,6 +23,7 @@ mod expiry;
 mod health;
 mod listing;
 mod retries;
+mod spans;
 mod watch;
 
 type Engine = Arc<MemEngine>;

@@ -80,6 +80,14 @@ struct Args {
     /// else the file's `log`, else info).
     #[arg(long)]
     log: Option<String>,
+    /// Log each client request that takes this many milliseconds or
+    /// longer, with its span tree (default 100; 0: none).
+    #[arg(long, value_name = "MS")]
+    slow_request_ms: Option<u64>,
+    /// Trace one client request in this many (default 10; 1: every one;
+    /// 0: none).
+    #[arg(long, value_name = "N")]
+    trace_every: Option<u32>,
     /// Virtual nodes per node.
     #[arg(long)]
     vnodes: Option<u32>,
@@ -190,6 +198,8 @@ async fn run(args: Args) -> Result<(), String> {
         gossip_interval_ms: args.gossip_interval_ms,
         ring_sync_ms: args.ring_sync_ms,
         log: args.log,
+        slow_request_ms: args.slow_request_ms,
+        trace_every: args.trace_every,
         max_in_flight: args.max_in_flight,
         max_siblings: args.max_siblings,
         sloppy_quorum: args.sloppy_quorum,
@@ -222,8 +232,12 @@ async fn run(args: Args) -> Result<(), String> {
         http_token: args.http_token.then_some(true),
     };
     let merged = file.overridden_by(flags);
+    let slow = merged
+        .slow_request_threshold()
+        .map(|t| kv_server::trace::SlowLog::new(t, merged.trace_every.unwrap_or(10)))
+        .unwrap_or_default();
     if !check {
-        init_logs(merged.log.as_deref())?;
+        init_logs(merged.log.as_deref(), &slow)?;
     }
     let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
     let http = merged.http_addr().map_err(|e| e.to_string())?;
@@ -274,7 +288,10 @@ async fn run(args: Args) -> Result<(), String> {
                 running.coordinator().clone(),
                 running.cluster().clone(),
                 listener,
-                kv_server::http::HttpSettings::of(&security),
+                kv_server::http::HttpSettings {
+                    slow_requests: slow.clone(),
+                    ..kv_server::http::HttpSettings::of(&security)
+                },
             ))
         }
         None => None,
@@ -295,8 +312,10 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// Logs to stderr through `tracing`: the filter from `RUST_LOG`, else the
-/// configured one, else `info`.
-fn init_logs(configured: Option<&str>) -> Result<(), String> {
+/// configured one, else `info`. Client requests' spans go only to the
+/// slow-request log (`slow`, when it has a threshold), which writes the
+/// slow ones out as `kv::slow` warnings.
+fn init_logs(configured: Option<&str>, slow: &kv_server::trace::SlowLog) -> Result<(), String> {
     let text = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.is_empty())
@@ -305,11 +324,26 @@ fn init_logs(configured: Option<&str>) -> Result<(), String> {
     let filter: tracing_subscriber::filter::Targets = text
         .parse()
         .map_err(|e| format!("log filter {text:?}: {e}"))?;
+    // Every request makes spans: formatting them for every log line would
+    // cost each request, so the log's own layer never sees them.
+    let filter = filter.with_target(
+        kv_coordinator::trace::TARGET,
+        tracing_subscriber::filter::LevelFilter::OFF,
+    );
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    let slow_layer = slow.threshold().map(|_| {
+        kv_server::trace::SlowRequests::new(slow.clone())
+            .with_filter(kv_server::trace::SlowRequests::filter())
+    });
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(slow_layer)
         .try_init()
         .map_err(|e| format!("logging: {e}"))
 }

@@ -13,6 +13,7 @@ use kv_coordinator::Metrics;
 use crate::cluster::Cluster;
 use crate::proto::StatusReply;
 use crate::service::NodeCoordinator;
+use crate::trace::SlowLog;
 use activity::{Interval, OPS};
 
 /// `text` made safe inside HTML or SVG text and attribute values.
@@ -101,6 +102,7 @@ pub fn render_status(
     coordinator: &NodeCoordinator,
     cluster: &Cluster,
     intervals: &[Interval],
+    slow: &SlowLog,
 ) -> String {
     let me = coordinator.replica().id();
     let ring = coordinator.ring().current();
@@ -206,6 +208,7 @@ pub fn render_status(
         })
         .collect();
     let charts = activity::charts(intervals);
+    let slow = slow_section(slow);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
          <title>kv node {me}</title><style>{STYLE}</style></head><body>\
@@ -218,6 +221,7 @@ pub fn render_status(
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <table><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
          <h2>Storage</h2><p>memtable {} KiB, {} waiting for flush; tables per level [{}]; {} flushes, {} compactions, {} write stalls; disk {disk}</p>\
+         <h2>Slow requests</h2>{slow}\
          <p><a href=\"/metrics\">metrics</a> · <a href=\"/status.json\">status.json</a></p></body></html>",
         cluster.epoch(),
         coordinator.config().n,
@@ -251,6 +255,39 @@ pub fn render_status(
     )
 }
 
+/// The slow requests: how many, and the last few with their span trees.
+fn slow_section(slow: &SlowLog) -> String {
+    let Some(threshold) = slow.threshold() else {
+        return "<p class=\"s\">Not recorded (slow_request_ms = 0).</p>".to_string();
+    };
+    let recent = slow.recent();
+    let traced = match slow.one_in() {
+        0 => "none of the requests are traced (trace_every = 0)".to_string(),
+        1 => "every request is traced".to_string(),
+        n => format!("one request in {n} is traced"),
+    };
+    let mut out = format!(
+        "<p>{} traced requests took {} ms or longer since the node started ({traced}){}</p>",
+        slow.total(),
+        threshold.as_millis(),
+        if recent.is_empty() {
+            "."
+        } else {
+            "; the last ones, newest first:"
+        }
+    );
+    let now_ms = kv_core::unix_secs() * 1000;
+    for s in recent.iter().take(5) {
+        let _ = write!(
+            out,
+            "<pre class=\"s\">{} s ago: {}</pre>",
+            now_ms.saturating_sub(s.at_unix_ms) / 1000,
+            escape(&s.tree)
+        );
+    }
+    out
+}
+
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}\
 .ok{color:#2a7a2a}.warn{color:#b36b00}.bad{color:#c00;font-weight:bold}\
@@ -263,6 +300,7 @@ pub fn status_json(
     coordinator: &NodeCoordinator,
     cluster: &Cluster,
     intervals: &[Interval],
+    slow: &SlowLog,
 ) -> serde_json::Value {
     use serde_json::json;
     let status = cluster.status().ok();
@@ -331,6 +369,15 @@ pub fn status_json(
             "tables_per_level": stats.tables_per_level, "flushes": stats.flushes,
             "compactions": stats.compactions, "write_stalls": stats.stalls,
             "disk_available_bytes": disk.map(|d| d.available), "disk_size_bytes": disk.map(|d| d.total),
+        },
+        "slow_requests": {
+            "threshold_ms": slow.threshold().map(|t| t.as_millis() as u64),
+            "trace_every": slow.one_in(),
+            "total": slow.total(),
+            "recent": slow.recent().iter().map(|s| json!({
+                "at_unix_ms": s.at_unix_ms, "op": s.op, "took_ms": s.took.as_secs_f64() * 1000.0,
+                "outcome": s.outcome, "tree": s.tree,
+            })).collect::<Vec<_>>(),
         },
         "security": {"tls": cluster.posture().tls, "authenticates": cluster.posture().authenticates, "insecure": cluster.posture().insecure},
     })

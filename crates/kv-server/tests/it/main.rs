@@ -17,6 +17,7 @@ mod process;
 mod sdk;
 mod security;
 mod sim;
+mod tracing;
 mod watch;
 
 use kv_core::NodeId;

@@ -29,6 +29,15 @@ pub(crate) fn free_ports(n: usize) -> Vec<u16> {
 /// Starts `kvd` as node `id` on `ports[id - 1]` with the cluster's test
 /// settings and `extra` flags.
 pub(crate) fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Child {
+    kvd_command(id, ports, dir, extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The command [`kvd`] runs (its output not yet directed), logging
+/// warnings and worse.
+pub(crate) fn kvd_command(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvd"));
     cmd.arg("--node-id")
         .arg(id.to_string())
@@ -49,11 +58,9 @@ pub(crate) fn kvd(id: usize, ports: &[u16], dir: &Path, extra: &[String]) -> Chi
             "300",
         ])
         .args(extra)
-        .env("RUST_LOG", "warn");
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    cmd
 }
 
 /// `--member` flags naming the first `count` ports as nodes 1..=count.
