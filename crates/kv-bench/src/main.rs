@@ -238,7 +238,9 @@ async fn sweep(
             load: config.load && i == 0,
             // As many as the rate offers in the step; the duration ends it.
             ops: (rate * secs as f64).ceil() as u64,
-            warmup_ops: (rate / 2.0).ceil() as u64,
+            // A second at the rate to settle (two before the first step:
+            // the cluster has just loaded the records).
+            warmup_ops: (rate * if i == 0 { 2.0 } else { 1.0 }).ceil() as u64,
             duration: Some(Duration::from_secs(secs)),
             history: None,
             ..config.clone()

@@ -28,6 +28,17 @@ fn step(max: f64, ticks: f64) -> f64 {
         .unwrap_or(10.0 * magnitude)
 }
 
+/// How a panel's y axis maps values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scale {
+    Linear,
+    /// Decades from 0.1 up (values below 0.1 drawn at 0.1).
+    Log,
+}
+
+/// The lowest value a log axis shows.
+const LOG_FLOOR: f64 = 0.1;
+
 /// One panel at vertical offset `y0`: axes, `x_ticks` (position in 0..=1,
 /// label), y ticks up to the largest value, and one line per series of
 /// (x in 0..=1, y) points.
@@ -39,22 +50,45 @@ fn panel(
     x_ticks: &[(f64, String)],
     series: &[(&str, Vec<(f64, f64)>)],
 ) {
+    panel_scaled(out, y0, (title, y_label), x_ticks, series, Scale::Linear);
+}
+
+fn panel_scaled(
+    out: &mut String,
+    y0: f64,
+    (title, y_label): (&str, &str),
+    x_ticks: &[(f64, String)],
+    series: &[(&str, Vec<(f64, f64)>)],
+    scale: Scale,
+) {
     let (x0, x1, top, bottom) = (LEFT, W - RIGHT, y0 + TOP, y0 + H - BOTTOM);
     let max = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
         .fold(0.0f64, f64::max);
-    let unit = step(max.max(1e-9), 5.0);
-    let y_max = (max / unit).ceil().max(1.0) * unit;
+    let (unit, y_max) = match scale {
+        Scale::Linear => {
+            let unit = step(max.max(1e-9), 5.0);
+            (unit, (max / unit).ceil().max(1.0) * unit)
+        }
+        // Ticks at each decade, up to the one above the largest value.
+        Scale::Log => (10.0, 10f64.powf(max.max(1.0).log10().ceil())),
+    };
     let sx = |x: f64| x0 + x.clamp(0.0, 1.0) * (x1 - x0);
-    let sy = |y: f64| bottom - (y / y_max) * (bottom - top);
+    let sy = |y: f64| match scale {
+        Scale::Linear => bottom - (y / y_max) * (bottom - top),
+        Scale::Log => {
+            let span = (y_max / LOG_FLOOR).log10();
+            bottom - ((y.max(LOG_FLOOR) / LOG_FLOOR).log10() / span) * (bottom - top)
+        }
+    };
     let _ = write!(
         out,
         "<text x=\"{x0}\" y=\"{}\" class=\"title\">{}</text>",
         y0 + 18.0,
         escape(title)
     );
-    let mut tick = 0.0;
+    let mut tick = if scale == Scale::Log { LOG_FLOOR } else { 0.0 };
     while tick <= y_max * 1.0001 {
         let y = sy(tick);
         let _ = write!(
@@ -65,7 +99,10 @@ fn panel(
             y + 4.0,
             trim(tick)
         );
-        tick += unit;
+        match scale {
+            Scale::Linear => tick += unit,
+            Scale::Log => tick *= unit,
+        }
     }
     for (x, label) in x_ticks {
         let anchor = if *x >= 1.0 { "end" } else { "middle" };
@@ -258,17 +295,22 @@ pub fn sweep(points: &[SweepPoint], title: &str) -> String {
             })
             .collect()
     };
-    panel(
+    // Log scale: past saturation latency grows by orders of magnitude,
+    // and the milliseconds below it must still show.
+    panel_scaled(
         &mut out,
         0.0,
-        &format!("{title}: latency against offered load"),
-        "ms",
+        (
+            &format!("{title}: latency against offered load"),
+            "ms (log)",
+        ),
         &ticks,
         &[
             ("p50", latency(0.5)),
             ("p99", latency(0.99)),
             ("p99.9", latency(0.999)),
         ],
+        Scale::Log,
     );
     let offered: Vec<(f64, f64)> = points.iter().map(|p| (x(p.offered), p.offered)).collect();
     let achieved: Vec<(f64, f64)> = points
@@ -353,8 +395,13 @@ mod tests {
             svg.contains(">3000 ops/s<") && svg.contains(">0 ops/s<"),
             "{svg}"
         );
-        // The latency scale reaches the saturated step's 40 ms.
-        assert!(svg.contains(">40<"), "{svg}");
+        // The log latency scale: decades from 0.1 ms to 100 ms (above
+        // the saturated step's 40 ms).
+        let latency = svg.split("throughput against").next().unwrap_or_default();
+        for decade in [">0.1<", ">1<", ">10<", ">100<"] {
+            assert!(latency.contains(decade), "{decade}: {svg}");
+        }
+        assert!(!latency.contains(">1000<"), "{svg}");
         assert!(svg.contains("sweep: throughput against offered load"));
     }
 
