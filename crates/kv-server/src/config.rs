@@ -95,6 +95,9 @@ pub struct ServerConfig {
     /// logged when slow): 10; 1, every one (costs about a tenth of the
     /// node's CPU, docs/benchmarks.md); 0, none.
     pub trace_every: Option<u32>,
+    /// Export the traced requests' spans to this OpenTelemetry collector
+    /// (OTLP/gRPC, `http://host:4317`; kvd built with the `otel` feature).
+    pub otlp_endpoint: Option<String>,
     /// Client requests in flight at most; more are refused with
     /// ResourceExhausted (4096).
     pub max_in_flight: Option<usize>,
@@ -264,6 +267,7 @@ impl ServerConfig {
             log: over.log.or(self.log),
             slow_request_ms: over.slow_request_ms.or(self.slow_request_ms),
             trace_every: over.trace_every.or(self.trace_every),
+            otlp_endpoint: over.otlp_endpoint.or(self.otlp_endpoint),
             max_in_flight: over.max_in_flight.or(self.max_in_flight),
             max_siblings: over.max_siblings.or(self.max_siblings),
             sloppy_quorum: over.sloppy_quorum.or(self.sloppy_quorum),

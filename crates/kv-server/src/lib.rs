@@ -59,6 +59,8 @@ pub mod http;
 pub mod identity;
 mod local;
 mod node;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod page;
 pub mod pipeline;
 pub mod ring_state;

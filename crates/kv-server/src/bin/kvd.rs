@@ -88,6 +88,11 @@ struct Args {
     /// 0: none).
     #[arg(long, value_name = "N")]
     trace_every: Option<u32>,
+    /// Export the traced requests' spans to this OpenTelemetry collector
+    /// (OTLP/gRPC, as http://127.0.0.1:4317; needs kvd built with
+    /// `--features otel`).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Virtual nodes per node.
     #[arg(long)]
     vnodes: Option<u32>,
@@ -200,6 +205,7 @@ async fn run(args: Args) -> Result<(), String> {
         log: args.log,
         slow_request_ms: args.slow_request_ms,
         trace_every: args.trace_every,
+        otlp_endpoint: args.otlp_endpoint,
         max_in_flight: args.max_in_flight,
         max_siblings: args.max_siblings,
         sloppy_quorum: args.sloppy_quorum,
@@ -236,10 +242,12 @@ async fn run(args: Args) -> Result<(), String> {
         .slow_request_threshold()
         .map(|t| kv_server::trace::SlowLog::new(t, merged.trace_every.unwrap_or(10)))
         .unwrap_or_default();
-    if !check {
-        init_logs(merged.log.as_deref(), &slow)?;
-    }
     let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
+    let export = if check {
+        None
+    } else {
+        init_logs(merged.log.as_deref(), &slow, merged.otlp_endpoint.as_deref(), node.id.0)?
+    };
     let http = merged.http_addr().map_err(|e| e.to_string())?;
     if check {
         eprintln!(
@@ -307,15 +315,64 @@ async fn run(args: Args) -> Result<(), String> {
         task.abort();
     }
     running.shutdown().await?;
+    if let Some(export) = export {
+        // The spans still buffered go to the collector.
+        match tokio::task::spawn_blocking(move || finish_export(export)).await {
+            Ok(Err(e)) => eprintln!("kvd: {e}"),
+            Err(e) => eprintln!("kvd: otlp export: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     eprintln!("kvd: node {id} stopped");
     Ok(())
+}
+
+/// The OpenTelemetry export (feature `otel`), or nothing.
+#[cfg(feature = "otel")]
+type Export = kv_server::otel::OtelExport;
+#[cfg(not(feature = "otel"))]
+type Export = std::convert::Infallible;
+
+/// Starts the export of request spans to `endpoint`, if one is given.
+#[cfg(feature = "otel")]
+fn start_export(endpoint: Option<&str>, node: u64) -> Result<Option<Export>, String> {
+    endpoint
+        .map(|e| kv_server::otel::OtelExport::start(e, node))
+        .transpose()
+}
+
+#[cfg(not(feature = "otel"))]
+fn start_export(endpoint: Option<&str>, _node: u64) -> Result<Option<Export>, String> {
+    match endpoint {
+        Some(e) => Err(format!(
+            "otlp_endpoint {e}: this kvd was built without OpenTelemetry export; build it with `cargo build --release -p kv-server --features otel`"
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Sends the spans still buffered (blocks: call it off the runtime).
+#[cfg(feature = "otel")]
+fn finish_export(export: Export) -> Result<(), String> {
+    export.shutdown()
+}
+
+#[cfg(not(feature = "otel"))]
+fn finish_export(export: Export) -> Result<(), String> {
+    match export {}
 }
 
 /// Logs to stderr through `tracing`: the filter from `RUST_LOG`, else the
 /// configured one, else `info`. Client requests' spans go only to the
 /// slow-request log (`slow`, when it has a threshold), which writes the
-/// slow ones out as `kv::slow` warnings.
-fn init_logs(configured: Option<&str>, slow: &kv_server::trace::SlowLog) -> Result<(), String> {
+/// slow ones out as `kv::slow` warnings, and to the OpenTelemetry export
+/// when `otlp_endpoint` is set (returned, to be shut down at the end).
+fn init_logs(
+    configured: Option<&str>,
+    slow: &kv_server::trace::SlowLog,
+    otlp_endpoint: Option<&str>,
+    node: u64,
+) -> Result<Option<Export>, String> {
     let text = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.is_empty())
@@ -337,6 +394,13 @@ fn init_logs(configured: Option<&str>, slow: &kv_server::trace::SlowLog) -> Resu
         kv_server::trace::SlowRequests::new(slow.clone())
             .with_filter(kv_server::trace::SlowRequests::filter())
     });
+    let export = start_export(otlp_endpoint, node)?;
+    #[cfg(feature = "otel")]
+    let otel_layer = export
+        .as_ref()
+        .map(|e| e.layer().with_filter(kv_server::trace::SlowRequests::filter()));
+    #[cfg(not(feature = "otel"))]
+    let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -344,8 +408,10 @@ fn init_logs(configured: Option<&str>, slow: &kv_server::trace::SlowLog) -> Resu
                 .with_filter(filter),
         )
         .with(slow_layer)
+        .with(otel_layer)
         .try_init()
-        .map_err(|e| format!("logging: {e}"))
+        .map_err(|e| format!("logging: {e}"))?;
+    Ok(export)
 }
 
 #[cfg(feature = "mimalloc")]

@@ -156,3 +156,22 @@ async fn try_get(addr: &str, path: &str) -> Option<String> {
     stream.read_to_string(&mut response).await.ok()?;
     Some(response)
 }
+
+/// A kvd built without the `otel` feature refuses an OTLP endpoint and
+/// says how to get one that exports, instead of ignoring it.
+#[cfg(not(feature = "otel"))]
+#[test]
+fn a_kvd_without_the_otel_feature_refuses_an_otlp_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(1);
+    let mut extra = members(&ports, 1);
+    extra.extend(["--otlp-endpoint", "http://127.0.0.1:4317"].map(String::from));
+    let out = kvd_command(1, &ports, dir.path(), &extra)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without OpenTelemetry export"), "{err}");
+    assert!(err.contains("--features otel"), "{err}");
+}
