@@ -135,8 +135,11 @@ mod tests {
                 .serve_with_incoming(tokio_stream_of(listener)),
         );
         let export = OtelExport::start(&format!("http://{addr}"), 7).unwrap();
-        let subscriber = tracing_subscriber::registry()
-            .with(export.layer().with_filter(crate::trace::SlowRequests::filter()));
+        let subscriber = tracing_subscriber::registry().with(
+            export
+                .layer()
+                .with_filter(crate::trace::SlowRequests::filter()),
+        );
         tracing::subscriber::with_default(subscriber, || {
             // The coordinator's shape: a request never entered, its steps
             // naming it as their parent.

@@ -246,7 +246,12 @@ async fn run(args: Args) -> Result<(), String> {
     let export = if check {
         None
     } else {
-        init_logs(merged.log.as_deref(), &slow, merged.otlp_endpoint.as_deref(), node.id.0)?
+        init_logs(
+            merged.log.as_deref(),
+            &slow,
+            merged.otlp_endpoint.as_deref(),
+            node.id.0,
+        )?
     };
     let http = merged.http_addr().map_err(|e| e.to_string())?;
     if check {
@@ -396,9 +401,10 @@ fn init_logs(
     });
     let export = start_export(otlp_endpoint, node)?;
     #[cfg(feature = "otel")]
-    let otel_layer = export
-        .as_ref()
-        .map(|e| e.layer().with_filter(kv_server::trace::SlowRequests::filter()));
+    let otel_layer = export.as_ref().map(|e| {
+        e.layer()
+            .with_filter(kv_server::trace::SlowRequests::filter())
+    });
     #[cfg(not(feature = "otel"))]
     let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
     tracing_subscriber::registry()

@@ -24,6 +24,20 @@ pub fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Hints counted per target on the page up to this many (the count
+/// scans them; `kvctl hints` counts any number).
+const HINTS_COUNTED: usize = 50_000;
+
+/// Hints pending per target node, when there are few enough to count
+/// on a page load; `None` otherwise.
+fn hints_per_target(coordinator: &NodeCoordinator) -> Option<Vec<(kv_core::NodeId, u64)>> {
+    let hints = coordinator.replica().hints();
+    if hints.len() > HINTS_COUNTED {
+        return None;
+    }
+    hints.counts().ok()
+}
+
 /// A disk with less than this share left is worth a warning.
 const DISK_LOW: f64 = 0.2;
 
@@ -197,6 +211,16 @@ pub fn render_status(
         .map(usize::to_string)
         .collect();
     let hints = coordinator.replica().hints();
+    let targets = match hints_per_target(coordinator) {
+        Some(counts) if counts.is_empty() => String::new(),
+        Some(counts) => {
+            let each: Vec<String> = counts.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+            format!("<p>held for {}</p>", each.join(", "))
+        }
+        None => format!(
+            "<p class=\"s\">More than {HINTS_COUNTED} hints: <code>kvctl hints</code> counts them per target.</p>"
+        ),
+    };
     let requests: Vec<String> = [(&m.get, OPS[0]), (&m.put, OPS[1]), (&m.delete, OPS[2])]
         .iter()
         .map(|(op, name)| {
@@ -217,7 +241,7 @@ pub fn render_status(
          <h2>Recent activity</h2><p class=\"s\">{}; requests this node coordinated</p><div class=\"charts\">{charts}</div>\
          <p>{}; {} quorum failures</p>\
          <h2>Members</h2><table><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
-         <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>\
+         <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>{targets}\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <table><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
          <h2>Storage</h2><p>memtable {} KiB, {} waiting for flush; tables per level [{}]; {} flushes, {} compactions, {} write stalls; disk {disk}</p>\
@@ -359,6 +383,7 @@ pub fn status_json(
         "requests": {"get": op(&m.get), "put": op(&m.put), "delete": op(&m.delete), "quorum_failures": Metrics::get(&m.quorum_failures)},
         "activity": activity,
         "hints": {
+            "per_target": hints_per_target(coordinator).map(|counts| counts.iter().map(|(n, c)| json!({"node": n.0, "pending": c})).collect::<Vec<_>>()),
             "pending": hints.len(), "bytes": hints.bytes(), "stored": hints.stored(),
             "delivered": Metrics::get(&m.hints_delivered), "expired": hints.expired(),
             "quarantined": hints.quarantined(),

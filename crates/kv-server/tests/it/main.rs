@@ -429,6 +429,70 @@ async fn metrics_and_status_over_http() {
     }
 }
 
+/// Hints held for a node that is down are counted per target on the
+/// status page of the node that holds them, and in its JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_counts_hints_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(4, dir.path()).await;
+    let mut pages = Vec::new();
+    for n in &nodes {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = kv_server::http::serve(
+            n.coordinator().clone(),
+            n.cluster().clone(),
+            listener,
+            kv_server::http::HttpSettings::default(),
+        );
+        pages.push((addr, task));
+    }
+    let mut c = client(&nodes[0]).await;
+    nodes.pop().unwrap().shutdown().await.unwrap();
+    // Writes for node 4's keys go to fallbacks, with hints for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut i = 0;
+    let holder = 'found: loop {
+        for _ in 0..20 {
+            // Until gossip says node 4 is down, a write forwarded to it
+            // fails: those are not what this counts.
+            let _ = c
+                .put(PutRequest {
+                    key: format!("h{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
+                .await;
+            i += 1;
+        }
+        for (addr, _) in &pages[..3] {
+            let response = http_get(*addr, "/status.json").await;
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let for_four = json["hints"]["per_target"]
+                .as_array()
+                .and_then(|t| t.iter().find(|e| e["node"] == 4))
+                .and_then(|e| e["pending"].as_u64());
+            if for_four > Some(0) {
+                assert_eq!(for_four, json["hints"]["pending"].as_u64(), "{json}");
+                break 'found *addr;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hints for node 4 after {i} writes"
+        );
+    };
+    let page = http_get(holder, "/").await;
+    assert!(page.contains("held for n4: "), "{page}");
+    for (_, task) in pages {
+        task.abort();
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Nodes that send replica writes and reads over framed connections: every
 /// write at W=3 and read at R=3 needs both peers over them (there is no
 /// fallback to gRPC), and a hand-made framed connection gets the node's
