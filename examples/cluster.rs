@@ -122,6 +122,11 @@ async fn run(args: Args) -> Result<(), String> {
             memtable_bytes: 16 << 20,
             // Replica batches on framed connections, as kvd sends them.
             internode_frames: true,
+            // Served below; the other nodes' pages link to it.
+            status_page: Some(format!(
+                "127.0.0.1:{}",
+                u64::from(args.base_port) + 1000 + id.0 - 1
+            )),
             ..NodeConfig::new(*id, data_dir.join(format!("n{}", id.0)))
         }
         .with_gossip_interval(Duration::from_millis(500));

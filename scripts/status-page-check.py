@@ -52,6 +52,9 @@ def problems(dom: str, members: int) -> list:
         found.append("the requests-per-second chart has no line (no requests in the last minutes?)")
     if "<h2>Warnings</h2>" not in dom:
         found.append("no warnings section")
+    links = len(re.findall(r'<td><a href="http://[^"]+/">', dom))
+    if links != members - 1:
+        found.append(f"{links} links to other nodes' pages, expected {members - 1}")
     return found
 
 
@@ -80,7 +83,7 @@ def main() -> int:
             failed = True
             print(f"{url}: " + "; ".join(found), file=sys.stderr)
         else:
-            print(f"{url}: {args.members} members alive, requests charted; screenshot {shot}")
+            print(f"{url}: {args.members} members alive, requests charted, the other pages linked; screenshot {shot}")
     return 1 if failed else 0
 
 

@@ -301,6 +301,26 @@ impl ServerConfig {
         }
     }
 
+    /// Where peers' pages link to this node's: the HTTP address, its host
+    /// taken from `advertise` (else the listen address) when it listens
+    /// on every interface; none without HTTP, or when no host is known.
+    fn status_page(&self, listen: SocketAddr) -> Result<Option<String>, ConfigError> {
+        let Some(http) = self.http_addr()? else {
+            return Ok(None);
+        };
+        if !http.ip().is_unspecified() {
+            return Ok(Some(http.to_string()));
+        }
+        let host = match self.advertise.as_deref() {
+            Some(a) => a.rsplit_once(':').map(|(host, _)| host.to_string()),
+            None => (!listen.ip().is_unspecified()).then(|| match listen {
+                SocketAddr::V4(v4) => v4.ip().to_string(),
+                SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+            }),
+        };
+        Ok(host.map(|h| format!("{h}:{}", http.port())))
+    }
+
     /// The HTTP address, if one is set and valid.
     ///
     /// # Errors
@@ -357,6 +377,7 @@ impl ServerConfig {
                 coordinator,
                 durability,
                 internode_frames: self.internode_frames()?,
+                status_page: self.status_page(listen)?,
                 vnodes,
                 memtable_bytes,
                 security,
@@ -968,5 +989,42 @@ hedge_floor_ms = 20
                 .to_string()
                 .contains("colour")
         );
+    }
+
+    #[test]
+    fn the_status_page_peers_link_to_has_a_host_they_can_reach() {
+        let page = |http: Option<&str>, advertise: Option<&str>, listen: &str| {
+            ServerConfig {
+                http: http.map(str::to_string),
+                advertise: advertise.map(str::to_string),
+                ..ServerConfig::default()
+            }
+            .status_page(listen.parse().unwrap())
+            .unwrap()
+        };
+        assert_eq!(page(None, None, "127.0.0.1:7001"), None);
+        assert_eq!(
+            page(Some("127.0.0.1:8001"), None, "127.0.0.1:7001").as_deref(),
+            Some("127.0.0.1:8001")
+        );
+        // Every interface: the advertised host, else the listen address's.
+        assert_eq!(
+            page(
+                Some("0.0.0.0:8001"),
+                Some("node-2.example:7001"),
+                "0.0.0.0:7001"
+            )
+            .as_deref(),
+            Some("node-2.example:8001")
+        );
+        assert_eq!(
+            page(Some("0.0.0.0:8001"), None, "10.0.0.5:7001").as_deref(),
+            Some("10.0.0.5:8001")
+        );
+        assert_eq!(
+            page(Some("[::]:8001"), None, "[fd00::5]:7001").as_deref(),
+            Some("[fd00::5]:8001")
+        );
+        assert_eq!(page(Some("0.0.0.0:8001"), None, "0.0.0.0:7001"), None);
     }
 }

@@ -83,6 +83,10 @@ pub struct NodeConfig {
     /// ([`start_on`], a simulation) dials frames over real TCP; `kvd`'s
     /// configuration turns it on by default.
     pub internode_frames: bool,
+    /// Where this node's status page is served (`host:port`), announced
+    /// on every call to peers so that their pages link to it (none: not
+    /// announced).
+    pub status_page: Option<String>,
 }
 
 impl NodeConfig {
@@ -115,6 +119,7 @@ impl NodeConfig {
             memtable_bytes: 64 << 20,
             security: crate::security::Security::default(),
             internode_frames: false,
+            status_page: None,
         }
     }
 
@@ -469,6 +474,7 @@ fn assemble(
     let transport = Arc::new(
         GrpcTransport::with_connect(config.coordinator.request_timeout, connect)
             .with_tls(config.security.tls.clone())
+            .with_status_page(config.status_page.as_deref())
             .with_frames(config.internode_frames.then_some(config.id))
             .map_err(NodeError::Tls)?,
     );

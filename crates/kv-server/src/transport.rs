@@ -340,6 +340,9 @@ pub struct GrpcTransport {
     connect: Connect,
     /// Mutual TLS with peers, when on.
     tls: Option<NodeTls>,
+    /// The user agent of every call: versions, and where this node's
+    /// status page is ([`crate::version::user_agent`]).
+    agent: String,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -368,8 +371,9 @@ fn internal_client(
     timeout: Duration,
     connect: &Connect,
     tls: Option<(&NodeTls, &str)>,
+    agent: &str,
 ) -> Option<InternalClient<Channel>> {
-    internal_endpoint(addr, timeout, connect, true, tls)
+    internal_endpoint(addr, timeout, connect, true, tls, agent)
 }
 
 /// A client for `addr`; calls time out after `timeout` when `deadline`.
@@ -381,6 +385,7 @@ fn internal_endpoint(
     connect: &Connect,
     deadline: bool,
     tls: Option<(&NodeTls, &str)>,
+    agent: &str,
 ) -> Option<InternalClient<Channel>> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = ConnectSettings::peer(timeout, deadline)
@@ -389,7 +394,7 @@ fn internal_endpoint(
             tls.map(|(tls, name)| tls.peer(name)),
         )
         .ok()?
-        .user_agent(crate::version::user_agent())
+        .user_agent(agent.to_string())
         .ok()?;
     Some(endpoint::internal_client(connect(endpoint)))
 }
@@ -417,7 +422,16 @@ impl GrpcTransport {
             connect,
             tls: None,
             frames: None,
+            agent: crate::version::user_agent(None),
         }
+    }
+
+    /// This transport, announcing to peers that this node's status page is
+    /// served at `page` (`host:port`), so theirs link to it.
+    #[must_use]
+    pub fn with_status_page(mut self, page: Option<&str>) -> Self {
+        self.agent = crate::version::user_agent(page);
+        self
     }
 
     /// This transport, sending replica writes and reads over framed
@@ -511,7 +525,7 @@ impl GrpcTransport {
             .ok_or(TransportError::Unreachable(node))?;
         let name = crate::security::certs::node_name(node);
         let tls = self.tls.as_ref().map(|t| (t, name.as_str()));
-        let client = internal_client(&addr, self.timeout, &self.connect, tls)
+        let client = internal_client(&addr, self.timeout, &self.connect, tls, &self.agent)
             .ok_or(TransportError::Unreachable(node))?;
         self.clients.lock().insert(node, client.clone());
         Ok(client)
@@ -526,7 +540,7 @@ impl GrpcTransport {
             .ok_or(TransportError::Unreachable(node))?;
         let name = crate::security::certs::node_name(node);
         let tls = self.tls.as_ref().map(|t| (t, name.as_str()));
-        let client = internal_endpoint(&addr, self.timeout, &self.connect, false, tls)
+        let client = internal_endpoint(&addr, self.timeout, &self.connect, false, tls, &self.agent)
             .ok_or(TransportError::Unreachable(node))?;
         self.stream_clients.lock().insert(node, client.clone());
         Ok(client)
@@ -542,7 +556,7 @@ impl GrpcTransport {
             .tls
             .as_ref()
             .map(|t| (t, crate::security::certs::ANY_NODE));
-        let client = internal_client(addr, BULK_TIMEOUT, &self.connect, tls)
+        let client = internal_client(addr, BULK_TIMEOUT, &self.connect, tls, &self.agent)
             .ok_or_else(|| tonic::Status::invalid_argument(format!("bad address {addr:?}")))?;
         let mut cached = self.by_addr.lock();
         if cached.len() >= MAX_CACHED_BY_ADDR {

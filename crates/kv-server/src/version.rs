@@ -82,20 +82,101 @@ impl Versions {
 }
 
 /// What this node announces on every call to a peer.
-pub fn user_agent() -> String {
-    format!(
+pub fn user_agent(page: Option<&str>) -> String {
+    let mut agent = format!(
         "kv-node/{} wire/{WIRE_VERSION} format/{FORMAT_VERSION}",
         env!("CARGO_PKG_VERSION")
-    )
+    );
+    if let Some(page) = page.filter(|p| is_host_port(p)) {
+        agent.push_str(" page/");
+        agent.push_str(page);
+    }
+    agent
+}
+
+/// Where a peer serves its status page (`host:port`), as its calls
+/// announce it (`page/host:port` in the user agent: a release that does
+/// not know the word ignores it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPage(pub String);
+
+impl PeerPage {
+    /// The page a user agent announces, if it names a plain host and port
+    /// (anything else is ignored: it ends up in links on the page).
+    pub fn from_user_agent(agent: Option<&[u8]>) -> Option<PeerPage> {
+        let text = std::str::from_utf8(agent?).ok()?;
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("page/"))
+            .filter(|p| is_host_port(p))
+            .map(|p| PeerPage(p.to_string()))
+    }
+}
+
+/// `host:port` with a host of letters, digits, dots, dashes (or an IPv6
+/// address in brackets) and a port number.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host_ok(host),
+    };
+    text.len() <= 255 && host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_user_agent_announces_the_status_page_when_it_is_a_host_and_port() {
+        let agent = user_agent(Some("10.0.0.5:8001"));
+        assert!(agent.ends_with(" page/10.0.0.5:8001"), "{agent}");
+        assert_eq!(
+            PeerPage::from_user_agent(Some(agent.as_bytes())),
+            Some(PeerPage("10.0.0.5:8001".into()))
+        );
+        assert_eq!(
+            Versions::from_user_agent(Some(agent.as_bytes())),
+            Versions::OURS
+        );
+        for page in ["[::1]:8001", "node-2.example:80"] {
+            let agent = user_agent(Some(page));
+            assert_eq!(
+                PeerPage::from_user_agent(Some(agent.as_bytes())),
+                Some(PeerPage(page.into()))
+            );
+        }
+        // Nothing that could not be a link's host and port.
+        for bad in [
+            "page/<script>:80",
+            "page/host",
+            "page/host:0",
+            "page/host:99999",
+            "page/:80",
+            "page/[zz]:80",
+            "page/a\"b:80",
+        ] {
+            assert_eq!(
+                PeerPage::from_user_agent(Some(bad.as_bytes())),
+                None,
+                "{bad}"
+            );
+        }
+        assert!(!user_agent(Some("<b>:1")).contains("page/"));
+        assert_eq!(PeerPage::from_user_agent(Some(&[0xff, 0xfe])), None);
+        assert_eq!(PeerPage::from_user_agent(None), None);
+    }
+
     use super::*;
 
     #[test]
     fn a_user_agent_announces_versions_and_silence_means_the_first() {
-        let ours = user_agent();
+        let ours = user_agent(None);
         assert_eq!(
             Versions::from_user_agent(Some(ours.as_bytes())),
             Versions::OURS

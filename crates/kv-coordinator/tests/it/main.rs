@@ -23,7 +23,6 @@ mod expiry;
 mod health;
 mod listing;
 mod retries;
-mod spans;
 mod watch;
 
 type Engine = Arc<MemEngine>;

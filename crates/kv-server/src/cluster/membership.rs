@@ -4,7 +4,13 @@
 use super::*;
 
 impl Cluster {
-    /// A gossip message from a peer, with the versions its call announced.
+    /// Where peer `id` said its status page is (`host:port`), if it said.
+    pub fn peer_page(&self, id: NodeId) -> Option<String> {
+        self.peer_pages.lock().get(&id).cloned()
+    }
+
+    /// A gossip message from a peer, with the versions (and the status
+    /// page) its call announced.
     ///
     /// # Errors
     ///
@@ -16,6 +22,7 @@ impl Cluster {
         bytes: &[u8],
         sender: Option<NodeId>,
         versions: Option<crate::version::Versions>,
+        page: Option<crate::version::PeerPage>,
     ) -> Result<(), ClusterError> {
         let message = kv_gossip::Message::decode(bytes)
             .map_err(|e| ClusterError::Invalid(format!("gossip message: {e}")))?;
@@ -29,6 +36,9 @@ impl Cluster {
         }
         if let Some(versions) = versions {
             self.peer_versions.lock().insert(message.from, versions);
+        }
+        if let Some(page) = page {
+            self.peer_pages.lock().insert(message.from, page.0);
         }
         let now = self.now();
         let (out, events) = {

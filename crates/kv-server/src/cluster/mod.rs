@@ -168,6 +168,8 @@ pub struct Cluster {
     promise: Mutex<Option<proposal::Promise>>,
     /// What each peer announced in its last gossip call.
     peer_versions: Mutex<HashMap<NodeId, crate::version::Versions>>,
+    /// Where each peer said its status page is, in its last gossip call.
+    peer_pages: Mutex<HashMap<NodeId, String>>,
 }
 
 pub use error::ClusterError;
@@ -231,6 +233,7 @@ impl Cluster {
             left,
             promise: Mutex::new(None),
             peer_versions: Mutex::new(HashMap::new()),
+            peer_pages: Mutex::new(HashMap::new()),
         };
         Ok(cluster)
     }

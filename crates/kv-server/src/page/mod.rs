@@ -131,9 +131,16 @@ pub fn render_status(
             "alive" | "suspect" => "warn",
             _ => "bad",
         };
+        let page = if node == me {
+            "<a href=\"/\">this page</a>".to_string()
+        } else {
+            cluster.peer_page(node).map_or("-".to_string(), |p| {
+                format!("<a href=\"http://{0}/\">{0}</a>", escape(&p))
+            })
+        };
         let _ = write!(
             rows,
-            "<tr><td>{node}{}</td><td>{}</td><td class=\"{class}\">{}{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
+            "<tr><td>{node}{}</td><td>{}</td><td class=\"{class}\">{}{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{page}</td></tr>",
             if node == me { " (this node)" } else { "" },
             escape(&member.addr),
             escape(&member.state),
@@ -240,7 +247,7 @@ pub fn render_status(
          <h2>Warnings</h2>{warned}\
          <h2>Recent activity</h2><p class=\"s\">{}; requests this node coordinated</p><div class=\"charts\">{charts}</div>\
          <p>{}; {} quorum failures</p>\
-         <h2>Members</h2><table><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th></tr>{rows}</table>\
+         <h2>Members</h2><table><tr><th>node</th><th>address</th><th>state</th><th>zone</th><th>primary share</th><th>replicated share</th><th>status page</th></tr>{rows}</table>\
          <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>{targets}\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <table><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
@@ -338,6 +345,7 @@ pub fn status_json(
             json!({
                 "id": mb.id, "addr": mb.addr, "state": mb.state, "zone": mb.zone,
                 "in_ring": mb.in_ring, "unhealthy": mb.unhealthy,
+                "page": cluster.peer_page(kv_core::NodeId(mb.id)).map(|p| format!("http://{p}/")),
                 "primary_share": primary.get(&kv_core::NodeId(mb.id)).copied().unwrap_or(0.0),
                 "replicated_share": mb.owned,
             })

@@ -238,6 +238,14 @@ where
                 )));
             }
             request.extensions_mut().insert(versions);
+            if let Some(page) = crate::version::PeerPage::from_user_agent(
+                request
+                    .headers()
+                    .get(http::header::USER_AGENT)
+                    .map(http::HeaderValue::as_bytes),
+            ) {
+                request.extensions_mut().insert(page);
+            }
         }
         let certs = request
             .extensions()

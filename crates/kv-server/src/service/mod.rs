@@ -728,8 +728,12 @@ impl Internal for InternalService {
     async fn gossip(&self, request: Request<GossipRequest>) -> Result<Response<Ack>, Status> {
         let sender = calling_node(&request);
         let versions = request.extensions().get::<Versions>().copied();
+        let page = request
+            .extensions()
+            .get::<crate::version::PeerPage>()
+            .cloned();
         self.cluster
-            .receive_gossip(&request.into_inner().message, sender, versions)?;
+            .receive_gossip(&request.into_inner().message, sender, versions, page)?;
         Ok(Response::new(Ack {}))
     }
 

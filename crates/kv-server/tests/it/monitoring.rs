@@ -172,3 +172,69 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_secured_node_exports() {
         }
     }
 }
+
+/// Each node's status page links to the other nodes' pages: a node
+/// announces where its page is on its calls to peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_status_page_links_to_the_other_nodes_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(6);
+    let (node_ports, http_ports) = ports.split_at(3);
+    let base = crate::process::members(node_ports, 3);
+    let _nodes = Nodes(
+        (1..=3)
+            .map(|id| {
+                let mut extra = base.clone();
+                extra.extend([
+                    "--http".to_string(),
+                    format!("127.0.0.1:{}", http_ports[id - 1]),
+                ]);
+                crate::process::kvd(id, node_ports, dir.path(), &extra)
+            })
+            .collect(),
+    );
+    let page_of = |port: u16| format!("http://127.0.0.1:{port}/");
+    for (me, &port) in http_ports.iter().enumerate() {
+        let addr = format!("127.0.0.1:{port}");
+        eventually(30, "links to both peers' pages", || {
+            let addr = addr.clone();
+            async move {
+                let Some(json) = status_json(&addr).await else {
+                    return false;
+                };
+                json["members"].as_array().is_some_and(|members| {
+                    members.len() == 3
+                        && members.iter().all(|m| {
+                            let id = m["id"].as_u64().unwrap_or(0) as usize;
+                            id == me + 1 || m["page"] == page_of(http_ports[id - 1]).as_str()
+                        })
+                })
+            }
+        })
+        .await;
+        let page = http_page(&addr, "/").await.unwrap();
+        for (other, &p) in http_ports.iter().enumerate() {
+            let link = format!("<a href=\"{}\">", page_of(p));
+            assert_eq!(page.contains(&link), other != me, "{page}");
+        }
+        assert!(page.contains("<a href=\"/\">this page</a>"), "{page}");
+    }
+}
+
+/// The body of `path` from the HTTP listener at `addr`; `None` while it
+/// does not answer.
+async fn http_page(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+async fn status_json(addr: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_page(addr, "/status.json").await?).ok()
+}

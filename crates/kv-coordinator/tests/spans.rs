@@ -1,5 +1,11 @@
 //! The spans of client requests (`kv_coordinator::trace`): one request in
 //! `trace_every` gets them, and each step is a child of its request.
+//!
+//! A test binary of its own: `tracing` caches per call site whether anyone
+//! listens, and a test elsewhere in the same process making the same spans
+//! with no subscriber can leave that cache saying no while this test's
+//! thread-local subscriber wants them.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +14,57 @@ use parking_lot::Mutex;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-use super::*;
+use std::time::Duration;
+
+use kv_coordinator::sim::{SimNetwork, SimTransport};
+use kv_coordinator::{ClientHandler, Config, Coordinator, Replica, ReplicaSettings};
+use kv_core::{NodeId, Partitioner as _};
+use kv_ring::ConsistentHashRing;
+use kv_testkit::MemEngine;
+
+type Engine = Arc<MemEngine>;
+type Node = Coordinator<Engine, SimTransport<Engine>, ConsistentHashRing>;
+
+/// Three nodes on the in-process network.
+fn three_nodes(config: &Config) -> (Arc<ConsistentHashRing>, Vec<Arc<Node>>) {
+    let network = SimNetwork::new(7);
+    let ring = Arc::new(
+        ConsistentHashRing::builder()
+            .vnodes(32)
+            .nodes((1..=3).map(NodeId))
+            .build()
+            .unwrap(),
+    );
+    let nodes = (1..=3)
+        .map(|id| {
+            let id = NodeId(id);
+            let settings = ReplicaSettings {
+                n: config.n,
+                epoch: 1,
+                ..ReplicaSettings::default()
+            };
+            let engines = (Arc::new(MemEngine::new()), Arc::new(MemEngine::new()));
+            let replica =
+                Arc::new(Replica::new(id, engines.0, engines.1, &settings, ring.clone()).unwrap());
+            network.attach(replica.clone());
+            let transport = Arc::new(SimTransport::new(id, network.clone()));
+            let node = Arc::new(
+                Coordinator::new(
+                    config.clone(),
+                    replica,
+                    transport,
+                    ring.clone(),
+                    network.clone(),
+                )
+                .unwrap(),
+            );
+            let handler: Arc<dyn ClientHandler> = node.clone();
+            network.attach_handler(id, Arc::downgrade(&handler));
+            node
+        })
+        .collect();
+    (ring, nodes)
+}
 
 /// A span made: its id, name and parent's id.
 type Made = (u64, &'static str, Option<u64>);
@@ -45,16 +101,15 @@ async fn one_request_in_trace_every_is_traced_with_its_steps_as_children() {
     for (every, traced) in [(1u32, 200..=200), (4, 25..=75), (0, 0..=0)] {
         let spans = Spans::default();
         let guard = tracing::subscriber::set_default(spans.clone());
-        let c = Cluster::new(
-            3,
-            Config {
-                trace_every: every,
-                ..Config::default()
-            },
-        );
+        let (ring, nodes) = three_nodes(&Config {
+            trace_every: every,
+            ..Config::default()
+        });
         for i in 0..100 {
             let key = format!("traced{i}").into_bytes();
-            let node = c.coordinator(&key);
+            // The key's first replica coordinates it (no forwarding).
+            let first = ring.preference_list(&key, 3).unwrap()[0];
+            let node = &nodes[(first.0 - 1) as usize];
             node.put(&key, b"v", b"", None).await.unwrap();
             node.get(&key, None).await.unwrap();
         }
