@@ -27,11 +27,7 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/three-nodes.sh
-work=$(mktemp -d /tmp/kv-cpu.XXXXXX)
-trap 'stop_nodes; rm -rf "$work"' EXIT
-start_three_nodes "$work" "$durability"
-"$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --ops 1 \
-    --concurrency 64 --value-size 100 "${extra[@]}" >/dev/null
+loaded_cluster cpu "$durability" "$workload" "$records" "${extra[@]}"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

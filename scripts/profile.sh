@@ -30,12 +30,8 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/three-nodes.sh
-work=$(mktemp -d /tmp/kv-profile.XXXXXX)
-trap 'stop_nodes; rm -rf "$work"' EXIT
-start_three_nodes "$work" "$durability"
+loaded_cluster profile "$durability" "$workload" 20000
 nodes=$NODES
-"$BIN"/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --ops 1 \
-    --concurrency 64 --value-size 100 >/dev/null
 "$BIN"/kv-bench --nodes "$nodes" --workload "$workload" --records 20000 --no-load \
     --duration-secs "$secs" --concurrency "$concurrency" --value-size 100 "${rate[@]}" \
     2>/dev/null | grep -E '^(throughput|latency|errors):' &

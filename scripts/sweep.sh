@@ -29,10 +29,6 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/three-nodes.sh
-work=$(mktemp -d /tmp/kv-sweep.XXXXXX)
-trap 'stop_nodes; rm -rf "$work"' EXIT
-start_three_nodes "$work" "$durability"
-"$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --ops 1 \
-    --concurrency 64 --value-size 100 >/dev/null
+loaded_cluster sweep "$durability" "$workload" "$records"
 "$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --no-load \
     --concurrency 64 --value-size 100 --sweep "$rates" --duration-secs "$secs" --plot "$plot"

@@ -21,11 +21,7 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 . scripts/three-nodes.sh
-work=$(mktemp -d /tmp/kv-syscalls.XXXXXX)
-trap 'stop_nodes; rm -rf "$work"' EXIT
-start_three_nodes "$work" "$durability"
-"$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records 20000 --ops 1 \
-    --concurrency 64 --value-size 100 >/dev/null
+loaded_cluster syscalls "$durability" "$workload" 20000
 "$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records 20000 --no-load \
     --duration-secs 12 --concurrency 64 --value-size 100 > "$work/bench.out" &
 bench=$!

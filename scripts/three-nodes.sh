@@ -6,6 +6,10 @@
 #                                      # admin token in DIR/certs, exported
 #                                      # as KV_CERTS_DIR for kvctl and kv-bench
 #   stop_nodes
+#   loaded_cluster NAME DURABILITY WORKLOAD RECORDS [kv-bench args]
+#                                      # three fresh nodes in a temporary
+#                                      # directory ($work, removed with the
+#                                      # nodes on exit), RECORDS loaded
 #   NODES                              # the kv-bench --nodes list
 #   BIN                                # where kvd, kvctl and kv-bench are:
 #                                      # target/release (built here), or
@@ -60,4 +64,17 @@ stop_nodes() {
         for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
     done
     pids=()
+}
+
+# Three fresh nodes in a temporary directory (kept in $work), stopped and
+# removed on exit, with RECORDS records of WORKLOAD loaded (100-byte values;
+# more kv-bench arguments after RECORDS).
+loaded_cluster() {
+    local name=$1 durability=$2 workload=$3 records=$4
+    shift 4
+    work=$(mktemp -d "/tmp/kv-$name.XXXXXX")
+    trap 'stop_nodes; rm -rf "$work"' EXIT
+    start_three_nodes "$work" "$durability"
+    "$BIN"/kv-bench --nodes "$NODES" --workload "$workload" --records "$records" --ops 1 \
+        --concurrency 64 --value-size 100 "$@" >/dev/null
 }

@@ -164,16 +164,21 @@ fn nines(q: f64) -> f64 {
     (-(1.0 - q).max(10f64.powf(-NINES)).log10() / NINES).clamp(0.0, 1.0)
 }
 
-/// The run's plots: throughput per second of the measured phase, and for
-/// each kind of operation that ran, latency (ms) by percentile.
-pub fn plot(report: &RunReport, title: &str) -> String {
-    let mut out = format!(
+/// The opening of a two-panel SVG: its size, styles and white ground.
+fn svg_open() -> String {
+    format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\
          <style>.title{{font:bold 13px sans-serif}}.tick{{font:11px sans-serif;fill:#444}}\
          .grid{{stroke:#eee}}.axis{{stroke:#888}}</style><rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
         2.0 * H,
         2.0 * H
-    );
+    )
+}
+
+/// The run's plots: throughput per second of the measured phase, and for
+/// each kind of operation that ran, latency (ms) by percentile.
+pub fn plot(report: &RunReport, title: &str) -> String {
+    let mut out = svg_open();
     let seconds = report.timeline.len();
     // The last second is usually cut short by the end of the run: its
     // count is over the part that ran.
@@ -266,13 +271,7 @@ impl SweepPoint {
 /// the offered load, and the throughput achieved against it (with the
 /// offered load as a line: where they part, the cluster is saturated).
 pub fn sweep(points: &[SweepPoint], title: &str) -> String {
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\
-         <style>.title{{font:bold 13px sans-serif}}.tick{{font:11px sans-serif;fill:#444}}\
-         .grid{{stroke:#eee}}.axis{{stroke:#888}}</style><rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
-        2.0 * H,
-        2.0 * H
-    );
+    let mut out = svg_open();
     let max = points.iter().map(|p| p.offered).fold(0.0f64, f64::max);
     let unit = step(max.max(1.0), 5.0);
     let x_max = (max / unit).ceil().max(1.0) * unit;

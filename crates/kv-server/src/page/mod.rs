@@ -289,7 +289,10 @@ pub fn render_status(
 /// The slow requests: how many, and the last few with their span trees.
 fn slow_section(slow: &SlowLog) -> String {
     let Some(threshold) = slow.threshold() else {
-        return "<p class=\"s\">Not recorded (slow_request_ms = 0).</p>".to_string();
+        return "<p class=\"s\">Not recorded by this node: kvd records them unless \
+                slow_request_ms is 0; a program that embeds the node installs \
+                kv_server::trace::SlowRequests.</p>"
+            .to_string();
     };
     let recent = slow.recent();
     let traced = match slow.one_in() {
