@@ -224,12 +224,7 @@ async fn each_status_page_links_to_the_other_nodes_pages() {
 /// The body of `path` from the HTTP listener at `addr`; `None` while it
 /// does not answer.
 async fn http_page(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    let response = crate::process::try_get(addr, path).await?;
     response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())

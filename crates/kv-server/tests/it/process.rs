@@ -731,3 +731,15 @@ async fn first_reply_error<T: std::fmt::Debug>(mut replies: tonic::Streaming<T>)
         other => panic!("expected an error reply, got {other:?}"),
     }
 }
+
+/// GET `path` from `addr`; `None` while nothing listens there (the node's
+/// HTTP listener opens a moment after its gRPC one).
+pub(crate) async fn try_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}

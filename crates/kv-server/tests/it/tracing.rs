@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kv_server::proto::{GetRequest, PutRequest};
 
-use crate::process::{Nodes, connect, eventually, free_ports, kvd, kvd_command, members};
+use crate::process::{Nodes, connect, eventually, free_ports, kvd, kvd_command, members, try_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_slowed_by_a_stopped_replica_is_logged_with_its_span_tree() {
@@ -143,18 +143,6 @@ async fn a_request_slowed_by_a_stopped_replica_is_logged_with_its_span_tree() {
         ),
         "{page}"
     );
-}
-
-/// GET `path` from `addr`; `None` while nothing listens there (the node's
-/// HTTP listener opens a moment after its gRPC one).
-async fn try_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
 }
 
 /// A kvd built without the `otel` feature refuses an OTLP endpoint and
