@@ -298,6 +298,12 @@ fn engine(out: &mut String, engine: &Engine) {
         "Memtables waiting for flush.",
         stats.immutable_memtables as u64,
     );
+    gauge(
+        out,
+        "kv_lsm_compaction_debt_bytes",
+        "Bytes waiting to be compacted down (a full level 0, and each level over its target).",
+        stats.compaction_debt_bytes,
+    );
     out.push_str("# HELP kv_lsm_tables Tables per level.\n# TYPE kv_lsm_tables gauge\n");
     for (level, n) in stats.tables_per_level.iter().enumerate() {
         let _ = writeln!(out, "kv_lsm_tables{{level=\"{level}\"}} {n}");

@@ -52,11 +52,33 @@ fn overlapping(version: &Version, level: usize, start: &[u8], end: &[u8]) -> Vec
 }
 
 fn target_bytes(inner: &Inner, level: usize) -> u64 {
-    let mut target = inner.opts.level1_bytes;
+    level_target(&inner.opts, level)
+}
+
+/// How many bytes level `level` (1 and up) may hold before it is due for
+/// compaction.
+fn level_target(opts: &crate::Options, level: usize) -> u64 {
+    let mut target = opts.level1_bytes;
     for _ in 1..level {
-        target = target.saturating_mul(u64::from(inner.opts.level_ratio));
+        target = target.saturating_mul(u64::from(opts.level_ratio));
     }
     target
+}
+
+/// The compaction debt of a tree with `l0_tables` tables in level 0 and
+/// `bytes_per_level`: the bytes waiting to be compacted down (all of level
+/// 0 once it has reached its trigger, and each deeper level's bytes over
+/// its target; the last level has no target).
+pub(crate) fn debt(opts: &crate::Options, l0_tables: usize, bytes_per_level: &[u64]) -> u64 {
+    let mut owed = 0u64;
+    if l0_tables >= opts.l0_compaction_trigger {
+        owed = bytes_per_level.first().copied().unwrap_or(0);
+    }
+    let last = bytes_per_level.len().saturating_sub(1);
+    for (level, &bytes) in bytes_per_level.iter().enumerate().take(last).skip(1) {
+        owed = owed.saturating_add(bytes.saturating_sub(level_target(opts, level)));
+    }
+    owed
 }
 
 /// The compaction due in `version`, if any.
@@ -299,4 +321,25 @@ fn install(
     let _bg = inner.bg.lock();
     inner.bg_cond.notify_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debt_counts_a_full_level_zero_and_each_level_over_its_target() {
+        let opts = crate::Options {
+            l0_compaction_trigger: 4,
+            level1_bytes: 100,
+            level_ratio: 10,
+            ..crate::Options::default()
+        };
+        // Under the trigger and the targets: nothing owed.
+        assert_eq!(debt(&opts, 3, &[500, 100, 1_000, 10_000]), 0);
+        // Level 0 at its trigger owes all of it; level 1 owes 50 over 100,
+        // level 2 owes 200 over 1,000; the last level owes nothing.
+        assert_eq!(debt(&opts, 4, &[500, 150, 1_200, 999_999]), 500 + 50 + 200);
+        assert_eq!(debt(&opts, 0, &[]), 0);
+    }
 }

@@ -97,6 +97,11 @@ pub struct EngineStats {
     pub compactions: u64,
     /// Bytes written by compactions since open.
     pub compaction_bytes_written: u64,
+    /// Bytes waiting to be compacted down: all of level 0 once it has
+    /// reached `l0_compaction_trigger` tables, and each deeper level's bytes
+    /// over its target (RocksDB's "pending compaction bytes"). Growing
+    /// means compaction does not keep up; writes stall when it does not.
+    pub compaction_debt_bytes: u64,
     /// Times a writer waited for flush or compaction.
     pub stalls: u64,
     /// Commit groups written (each shares one log write and fsync).
@@ -331,11 +336,17 @@ impl LsmEngine {
         let inner = &self.inner;
         let sv = inner.sv.read().clone();
         let c = &inner.counters;
+        let bytes_per_level: Vec<u64> = (0..sv.version.levels.len())
+            .map(|l| sv.version.level_bytes(l))
+            .collect();
         EngineStats {
             tables_per_level: sv.version.levels.iter().map(Vec::len).collect(),
-            bytes_per_level: (0..sv.version.levels.len())
-                .map(|l| sv.version.level_bytes(l))
-                .collect(),
+            compaction_debt_bytes: compaction::debt(
+                &inner.opts,
+                sv.version.levels.first().map_or(0, Vec::len),
+                &bytes_per_level,
+            ),
+            bytes_per_level,
             memtable_bytes: (sv.mem.approximate_bytes()
                 + sv.imms.iter().map(|m| m.approximate_bytes()).sum::<usize>())
                 as u64,

@@ -251,7 +251,7 @@ pub fn render_status(
          <h2>Hints</h2><p>{} pending ({} bytes), {} stored, {} delivered, {} expired; {} states quarantined</p>{targets}\
          <h2>Anti-entropy</h2><p>{} keys repaired; {} read repairs; {} keys handed off after ring changes</p>\
          <table><tr><th>peer</th><th>last complete exchange</th><th>buckets different then</th><th>keys repaired</th><th>last error</th></tr>{repairs}</table>\
-         <h2>Storage</h2><p>memtable {} KiB, {} waiting for flush; tables per level [{}]; {} flushes, {} compactions, {} write stalls; disk {disk}</p>\
+         <h2>Storage</h2><p>memtable {} KiB, {} waiting for flush; tables per level [{}]; compaction debt {} KiB; {} flushes, {} compactions, {} write stalls; disk {disk}</p>\
          <h2>Slow requests</h2>{slow}\
          <p><a href=\"/metrics\">metrics</a> · <a href=\"/status.json\">status.json</a></p></body></html>",
         cluster.epoch(),
@@ -280,6 +280,7 @@ pub fn render_status(
         stats.memtable_bytes / 1024,
         stats.immutable_memtables,
         levels.join(", "),
+        stats.compaction_debt_bytes / 1024,
         stats.flushes,
         stats.compactions,
         stats.stalls,
@@ -404,6 +405,7 @@ pub fn status_json(
             "memtable_bytes": stats.memtable_bytes, "immutable_memtables": stats.immutable_memtables,
             "tables_per_level": stats.tables_per_level, "flushes": stats.flushes,
             "compactions": stats.compactions, "write_stalls": stats.stalls,
+            "compaction_debt_bytes": stats.compaction_debt_bytes,
             "disk_available_bytes": disk.map(|d| d.available), "disk_size_bytes": disk.map(|d| d.total),
         },
         "slow_requests": {

@@ -306,6 +306,11 @@ async fn metrics_and_status_over_http() {
     assert!(metrics.contains("kv_ring_epoch 1"), "{metrics}");
     assert!(metrics.contains("kv_ring_members 3"));
     assert!(metrics.contains("kv_lsm_log_syncs_total"));
+    // A fresh engine owes no compaction.
+    assert!(
+        metrics.contains("kv_lsm_compaction_debt_bytes 0\n"),
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("kv_anti_entropy_last_complete_timestamp_seconds{"),
         "no exchange yet: {metrics}"
@@ -379,6 +384,7 @@ async fn metrics_and_status_over_http() {
         json["storage"]["disk_size_bytes"].as_u64() > Some(0),
         "{json}"
     );
+    assert_eq!(json["storage"]["compaction_debt_bytes"], 0, "{json}");
     // No warnings, unless the machine's disk is itself nearly full (the
     // page warns below a fifth left): then that one alone.
     let available = json["storage"]["disk_available_bytes"].as_f64().unwrap();
@@ -411,6 +417,7 @@ async fn metrics_and_status_over_http() {
     );
     assert_eq!(page.contains("No warnings."), !disk_low, "{page}");
     assert!(page.contains("http-equiv=\"refresh\""));
+    assert!(page.contains("compaction debt 0 KiB"), "{page}");
     // A node that goes down shows as a warning once gossip says so.
     let down = nodes.pop().unwrap();
     down.shutdown().await.unwrap();
