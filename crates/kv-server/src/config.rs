@@ -92,8 +92,8 @@ pub struct ServerConfig {
     /// logged with its span tree and counted (100; 0: none).
     pub slow_request_ms: Option<u64>,
     /// One client request in this many is traced (its spans made, and
-    /// logged when slow): 10; 1, every one (costs about a tenth of the
-    /// node's CPU, docs/benchmarks.md); 0, none.
+    /// logged when slow): 10; 1, every one (costs about a sixth of the
+    /// throughput, docs/benchmarks.md); 0, none.
     pub trace_every: Option<u32>,
     /// Export the traced requests' spans to this OpenTelemetry collector
     /// (OTLP/gRPC, `http://host:4317`; kvd built with the `otel` feature).

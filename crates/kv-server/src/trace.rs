@@ -7,11 +7,10 @@
 //! it) and logs each one as a `warn` event with target `kv::slow`:
 //!
 //! ```text
-//! slow request: put key_hash=5f0e13a9c4d27b61 took 212.4 ms outcome=ok
-//!   +0.0 ms     212.3 ms  write w=2 replicas=[NodeId(1), NodeId(2), NodeId(3)]
-//!   +0.0 ms     211.9 ms    engine_write outcome=ok
-//!   +0.1 ms       1.2 ms    replicate peer=2 outcome=ok
-//!   +0.1 ms     480.0 ms    replicate peer=3 outcome=timed out (after the reply)
+//! slow request: put key_hash=5f0e13a9c4d27b61 w=2 replicas=[n1, n2, n3] took 212.4 ms outcome=ok
+//!   +0.0 ms     211.9 ms  engine_write outcome=ok
+//!   +0.1 ms       1.2 ms  replicate peer=2 outcome=ok
+//!   +0.1 ms     480.0 ms  replicate peer=3 outcome=n3 did not answer in time (after the reply)
 //! ```
 //!
 //! A request's time is from its span's start to its outcome (the reply);
