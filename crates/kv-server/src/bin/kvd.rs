@@ -238,11 +238,12 @@ async fn run(args: Args) -> Result<(), String> {
         http_token: args.http_token.then_some(true),
     };
     let merged = file.overridden_by(flags);
+    let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
+    // The page says how many requests are traced: the node's setting.
     let slow = merged
         .slow_request_threshold()
-        .map(|t| kv_server::trace::SlowLog::new(t, merged.trace_every.unwrap_or(10)))
+        .map(|t| kv_server::trace::SlowLog::new(t, node.coordinator.trace_every))
         .unwrap_or_default();
-    let (node, listen) = merged.validate().map_err(|e| e.to_string())?;
     let export = if check {
         None
     } else {
