@@ -35,6 +35,11 @@ struct Cell {
 struct CellState {
     result: Option<Result<(), StorageError>>,
     waker: Option<Waker>,
+    /// A thread sleeps on `done` (`wait`). The standard condition variable
+    /// makes a system call on every notify, waiter or not, and most
+    /// waiters are tasks: the engine's syncer completes thousands of these
+    /// a second.
+    blocked: bool,
 }
 
 /// The engine's end of a [`Durable`]: [`complete`](Self::complete) it once
@@ -73,6 +78,7 @@ impl Durable {
                     if let Some(result) = state.result.take() {
                         return result;
                     }
+                    state.blocked = true;
                     state = cell
                         .done
                         .wait(state)
@@ -121,12 +127,14 @@ impl DurableSignal {
         let Some(cell) = self.0.take() else {
             return;
         };
-        let waker = {
+        let (waker, blocked) = {
             let mut state = cell.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.result = Some(result);
-            state.waker.take()
+            (state.waker.take(), state.blocked)
         };
-        cell.done.notify_all();
+        if blocked {
+            cell.done.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -186,5 +194,25 @@ mod tests {
         signal.complete(Ok(()));
         assert_eq!(waiter.join().ok(), Some(Ok(())));
         assert_eq!(Durable::ready(Ok(())).wait(), Ok(()));
+    }
+
+    #[test]
+    fn a_thread_already_asleep_in_wait_is_woken() {
+        let (durable, signal) = Durable::pending();
+        let Inner::Waiting(cell) = &durable.0 else {
+            panic!("a pending durable waits");
+        };
+        let cell = cell.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(durable.wait()));
+        // Complete only once the waiter is asleep on the condition variable
+        // (it marks itself under the lock the wait releases).
+        while !cell.state.lock().map(|s| s.blocked).unwrap_or(false) {
+            std::thread::yield_now();
+        }
+        signal.complete(Ok(()));
+        // Bounded so that a lost wake-up fails instead of hanging the suite.
+        let woken = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(woken, Ok(Ok(())));
     }
 }
