@@ -37,8 +37,8 @@ struct CellState {
     waker: Option<Waker>,
     /// A thread sleeps on `done` (`wait`). The standard condition variable
     /// makes a system call on every notify, waiter or not, and most
-    /// waiters are tasks: the engine's syncer completes thousands of these
-    /// a second.
+    /// waiters are tasks: the engine's syncer completes one of these per
+    /// batch it syncs, nearly all awaited by tasks.
     blocked: bool,
 }
 
