@@ -11,6 +11,8 @@
 #                                      # directory ($work, removed with the
 #                                      # nodes on exit), RECORDS loaded
 #   NODES                              # the kv-bench --nodes list
+#   HTTP                               # the nodes' status pages and metrics
+#                                      # (127.0.0.1:7101-7103), comma-separated
 #   BIN                                # where kvd, kvctl and kv-bench are:
 #                                      # target/release (built here), or
 #                                      # $KV_BIN_DIR when set (binaries of
@@ -19,6 +21,7 @@
 #                                      # example "--internode frames"
 
 NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+HTTP=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 pids=()
 
 if [ -n "${KV_BIN_DIR:-}" ]; then
@@ -45,7 +48,7 @@ start_three_nodes() {
     fi
     for i in 1 2 3; do
         "$BIN"/kvd --node-id "$i" --listen "127.0.0.1:$((7000 + i))" --data-dir "$dir/n$i" \
-            --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
+            --http "127.0.0.1:$((7100 + i))" --member 1@127.0.0.1:7001 --member 2@127.0.0.1:7002 --member 3@127.0.0.1:7003 \
             --durability "$durability" --log warn "${tls[@]}" ${KVD_ARGS:-} >"$dir/n$i.log" 2>&1 &
         pids+=($!)
     done

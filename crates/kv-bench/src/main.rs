@@ -106,11 +106,16 @@ struct Args {
     /// and latency by percentile for each kind of operation.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Write each second of the measured phase to this CSV file:
+    /// operations, errors, and p50, p99 and max latency of the operations
+    /// completed in it (to find when a run's tail happened).
+    #[arg(long, value_name = "FILE.csv")]
+    timeline: Option<PathBuf>,
     /// Open-loop sweep: one run at each of these rates (ops/s,
     /// comma-separated, ascending), each for --duration-secs (default
     /// 10); prints latency and throughput per rate, and with --plot draws
     /// them against the offered load.
-    #[arg(long, value_delimiter = ',', value_name = "RATES", conflicts_with_all = ["rate", "history"])]
+    #[arg(long, value_delimiter = ',', value_name = "RATES", conflicts_with_all = ["rate", "history", "timeline"])]
     sweep: Vec<f64>,
 }
 
@@ -196,6 +201,14 @@ async fn bench(args: Args) -> Result<bool, String> {
         std::fs::write(path, kv_bench::plot::plot(&report, "kv-bench"))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("plot: {}", path.display());
+    }
+    if let Some(path) = &args.timeline {
+        std::fs::write(
+            path,
+            kv_bench::run::timeline_csv(&report.timeline, report.started_unix_ms),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("timeline: {}", path.display());
     }
     match &args.history {
         Some(path) => {

@@ -195,9 +195,12 @@ pub fn plot(report: &RunReport, title: &str) -> String {
         .iter()
         .take(drawn)
         .enumerate()
-        .map(|(i, n)| {
+        .map(|(i, second)| {
             let part = if i + 1 == seconds { last_part } else { 1.0 };
-            (i as f64 / (drawn.max(2) - 1) as f64, *n as f64 / part)
+            (
+                i as f64 / (drawn.max(2) - 1) as f64,
+                second.ops as f64 / part,
+            )
         })
         .collect();
     let seconds = drawn;
@@ -331,7 +334,16 @@ pub fn sweep(points: &[SweepPoint], title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::OpStats;
+    use crate::run::{OpStats, Second};
+
+    fn seconds(ops: &[u64]) -> Vec<Second> {
+        ops.iter()
+            .map(|&ops| Second {
+                ops,
+                ..Second::new()
+            })
+            .collect()
+    }
 
     #[test]
     fn a_plot_draws_throughput_and_a_percentile_line_per_operation_that_ran() {
@@ -348,7 +360,8 @@ mod tests {
             per_op,
             final_keys: 0,
             converged_in: None,
-            timeline: vec![100, 300, 100],
+            timeline: seconds(&[100, 300, 100]),
+            started_unix_ms: 0,
         };
         let svg = plot(&report, "a<b");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
@@ -376,7 +389,8 @@ mod tests {
                     per_op,
                     final_keys: 0,
                     converged_in: None,
-                    timeline: vec![done],
+                    timeline: seconds(&[done]),
+                    started_unix_ms: 0,
                 },
             }
         };

@@ -182,8 +182,96 @@ pub struct RunReport {
     /// How long the replicas took to agree after the measured phase
     /// (history runs), reads of every replica included.
     pub converged_in: Option<Duration>,
-    /// Operations completed in each second of the measured phase.
-    pub timeline: Vec<u64>,
+    /// Each second of the measured phase: operations completed, and
+    /// their latencies.
+    pub timeline: Vec<Second>,
+    /// When the measured phase began, in milliseconds since the Unix
+    /// epoch (to line its seconds up with the nodes' logs and metrics).
+    pub started_unix_ms: u64,
+}
+
+/// One second of the measured phase.
+#[derive(Debug, Clone)]
+pub struct Second {
+    /// Operations completed in it, failed ones included.
+    pub ops: u64,
+    /// Of those, the ones that failed.
+    pub errors: u64,
+    /// Latencies (us) of the operations completed in it, failed ones
+    /// included (a timeout is a latency too), at two significant digits.
+    pub latency: Histogram<u64>,
+}
+
+impl Second {
+    /// An empty second.
+    pub fn new() -> Self {
+        Second {
+            ops: 0,
+            errors: 0,
+            latency: second_histogram(),
+        }
+    }
+}
+
+impl Default for Second {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A second's latencies, coarser than a run's: a long run keeps one for
+/// each of its seconds.
+#[allow(clippy::expect_used)]
+fn second_histogram() -> Histogram<u64> {
+    // Constant bounds that satisfy the constructor: it cannot fail.
+    let mut h = Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid constant bounds");
+    h.auto(true);
+    h
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counts one operation in second `i` of `seconds` (the seconds before it
+/// that saw none are added empty).
+fn count_in_second(seconds: &mut Vec<Second>, i: usize, micros: u64, failed: bool) {
+    if seconds.len() <= i {
+        seconds.resize_with(i + 1, Second::new);
+    }
+    let second = &mut seconds[i];
+    second.ops += 1;
+    second.errors += u64::from(failed);
+    let _ = second.latency.record(micros);
+}
+
+/// The timeline as CSV, one line per second: `second,unix_ms,ops,errors,
+/// p50_us,p99_us,max_us` (a header first), `unix_ms` the second's start
+/// given the phase's. The last second may be cut short by the end of the
+/// run.
+pub fn timeline_csv(timeline: &[Second], started_unix_ms: u64) -> String {
+    let mut out = String::from("second,unix_ms,ops,errors,p50_us,p99_us,max_us\n");
+    for (i, s) in timeline.iter().enumerate() {
+        let (p50, p99, max) = if s.latency.is_empty() {
+            (0, 0, 0)
+        } else {
+            (
+                s.latency.value_at_quantile(0.5),
+                s.latency.value_at_quantile(0.99),
+                s.latency.max(),
+            )
+        };
+        out.push_str(&format!(
+            "{i},{},{},{},{p50},{p99},{max}\n",
+            started_unix_ms + 1_000 * i as u64,
+            s.ops,
+            s.errors
+        ));
+    }
+    out
 }
 
 impl RunReport {
@@ -285,9 +373,8 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     /// The run's watch, when it has one.
     watch: std::sync::OnceLock<RunWatch>,
-    /// When the measured phase began, and operations completed in each
-    /// of its seconds.
-    timeline: Mutex<(Option<Instant>, Vec<u64>)>,
+    /// When the measured phase began, and each of its seconds so far.
+    timeline: Mutex<(Option<Instant>, Vec<Second>)>,
 }
 
 impl Shared {
@@ -309,17 +396,13 @@ impl Shared {
             .insert(record, context);
     }
 
-    /// Counts one operation completed now in the measured phase's
-    /// timeline (nothing before it begins).
-    fn completed(&self) {
+    /// Counts one operation completed now, after `micros`, in the
+    /// measured phase's timeline (nothing before it begins).
+    fn completed(&self, micros: u64, failed: bool) {
         let mut timeline = self.timeline.lock();
         let (start, seconds) = &mut *timeline;
         if let Some(start) = start {
-            let i = start.elapsed().as_secs() as usize;
-            if seconds.len() <= i {
-                seconds.resize(i + 1, 0);
-            }
-            seconds[i] += 1;
+            count_in_second(seconds, start.elapsed().as_secs() as usize, micros, failed);
         }
     }
 
@@ -455,8 +538,9 @@ async fn closed_loop(
                 let (op, record) = make(&mut rng, i);
                 let started = Instant::now();
                 let result = shared.op(op, record).await;
-                stats[op.index()].count(&result, started.elapsed().as_micros() as u64);
-                shared.completed();
+                let micros = started.elapsed().as_micros() as u64;
+                stats[op.index()].count(&result, micros);
+                shared.completed(micros, result.is_err());
                 bar.inc(1);
             }
         }));
@@ -515,12 +599,13 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                 runtime.spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
                         let result = shared.op(op, record).await;
+                        let micros = due.elapsed().as_micros() as u64;
                         let mut stats = stats.lock();
                         if let Some(s) = stats.get_mut(op.index()) {
-                            s.count(&result, due.elapsed().as_micros() as u64);
+                            s.count(&result, micros);
                         }
                         drop(stats);
-                        shared.completed();
+                        shared.completed(micros, result.is_err());
                         bar.inc(1);
                     }
                     if outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -604,10 +689,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         strict: config.strict,
         value_size: config.value_size,
         max_siblings: config.max_siblings,
-        started_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64),
+        started_unix_ms: Some(unix_ms()),
         watched: config.watch && shared.recorder.is_some(),
     });
     if config.watch && shared.recorder.is_some() {
@@ -646,6 +728,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     }
     let b = bar(config.progress, config.ops, "run");
     let started = Instant::now();
+    let started_unix_ms = unix_ms();
     *shared.deadline.lock() = config.duration.map(|d| started + d);
     shared.timeline.lock().0 = Some(started);
     // Ctrl-C (SIGINT) ends the measured phase now; what was measured is
@@ -698,6 +781,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         final_keys,
         converged_in,
         timeline,
+        started_unix_ms,
     })
 }
 
@@ -803,6 +887,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_timeline_keeps_each_seconds_latencies_apart() {
+        let mut seconds = Vec::new();
+        for micros in 1..=100u64 {
+            count_in_second(&mut seconds, 0, micros * 10, false);
+        }
+        // Second 1 saw nothing; second 2 one slow failure among fast ones.
+        for _ in 0..99 {
+            count_in_second(&mut seconds, 2, 500, false);
+        }
+        count_in_second(&mut seconds, 2, 2_000_000, true);
+        assert_eq!(seconds.len(), 3);
+        let csv = timeline_csv(&seconds, 1_700_000_000_000);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "second,unix_ms,ops,errors,p50_us,p99_us,max_us");
+        assert_eq!(lines[2], "1,1700000001000,0,0,0,0,0");
+        let fields = |line: &str| -> Vec<u64> {
+            line.split(',')
+                .map(|f| f.parse().unwrap_or(u64::MAX))
+                .collect()
+        };
+        let first = fields(lines[1]);
+        assert_eq!(&first[..4], &[0, 1_700_000_000_000, 100, 0]);
+        // Two significant digits: within 1% of 500 us and 990 us.
+        assert!(
+            first[4].abs_diff(500) <= 5 && first[5].abs_diff(990) <= 10,
+            "{csv}"
+        );
+        let third = fields(lines[3]);
+        assert_eq!(&third[..4], &[2, 1_700_000_002_000, 100, 1]);
+        assert!(third[5].abs_diff(500) <= 5, "{csv}");
+        // The one slow operation is the second's max, not its p99.
+        assert!(third[6].abs_diff(2_000_000) <= 20_000, "{csv}");
+    }
+
+    #[test]
     fn errors_are_classed_and_availability_is_reported_apart() {
         let unavailable = |message: &str| ClientError::Unavailable {
             tried: 1,
@@ -838,6 +957,7 @@ mod tests {
             final_keys: 0,
             converged_in: None,
             timeline: Vec::new(),
+            started_unix_ms: 0,
         };
         let text = report.render();
         // 997 + 0 of 1001 writes; every read.
