@@ -234,6 +234,11 @@ impl LogWriter {
         frame_into(&mut self.buffer, self.number, start);
     }
 
+    /// Bytes added and not yet written.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Writes the buffered records to the file (one system call).
     pub(crate) fn write_buffered(&mut self) -> Result<()> {
         if self.buffer.is_empty() {

@@ -2,15 +2,18 @@
 //! synced by the engine's syncer thread.
 //!
 //! Under `Durability::Always` a [`write_deferred`](Inner::write_deferred)
-//! returns as soon as its batch is in the log file (one `write`) and in
-//! the memtable, invisible to readers. The syncer thread takes every
-//! deferred write waiting, syncs the log once through the newest of them,
-//! makes them visible and resolves their [`Durable`]s, so an async caller
+//! returns as soon as its batch is in the log's buffer and in the
+//! memtable, invisible to readers. The syncer thread takes every deferred
+//! write waiting, writes the buffer (one `write` for all of them) and syncs
+//! the log once through the newest of them, makes them visible and
+//! resolves their [`Durable`]s, so an async caller
 //! awaits the sync without a blocking thread of its own, and one sync
 //! covers whatever arrived while the previous one ran. Blocking writes
 //! under `Always` are deferred writes whose caller waits on the `Durable`
 //! (`LsmEngine::write_batch`), so this thread is the one place that syncs
 //! a write, and no writer holds the log lock across a sync.
+
+use std::time::Instant;
 
 use kv_core::{Durable, DurableSignal};
 
@@ -22,7 +25,18 @@ use crate::log::LogSyncer;
 #[derive(Default)]
 pub(super) struct Waiting {
     writes: Vec<(u64, DurableSignal)>,
+    /// How many writes the syncer waits for before it is woken (0 or 1:
+    /// any; more during a commit delay).
+    want: usize,
 }
+
+/// The longest a sync waits for writers to come back (see
+/// [`Inner::deferred_sync_loop`]).
+const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
+
+/// Bytes of deferred records a writer leaves in the log's buffer for the
+/// syncer to write; past it the writer writes them itself.
+const DEFERRED_BUFFER: usize = 1 << 20;
 
 /// A failed commit as its writers see it: the engine is poisoned by it
 /// (the group commit answers the same), except that a closed engine is
@@ -32,6 +46,13 @@ fn poisoning(err: Error) -> Error {
         Error::Closed | Error::Poisoned(_) => err,
         other => Error::Poisoned(other.to_string()),
     }
+}
+
+/// How long the syncer waits for more writes when `waiting` wait and the
+/// last sync, which took `took`, released `released` (see
+/// [`Inner::deferred_sync_loop`]); `None`: sync now.
+fn commit_delay(waiting: usize, released: usize, took: Duration) -> Option<Duration> {
+    (waiting < released).then(|| (took / 2).min(MAX_COMMIT_DELAY))
 }
 
 impl Inner {
@@ -51,7 +72,12 @@ impl Inner {
             self.make_room(&mut log, false)?;
             let base = log.last_seq;
             log.writer.add_batch(base + 1, &batch);
-            if let Err(err) = log.writer.write_buffered() {
+            // Under `Always` the syncer writes what is buffered before it
+            // syncs: one `write` for every deferred write it covers, none
+            // by the writer under this lock.
+            let defer = self.opts.durability == Durability::Always
+                && log.writer.buffered() < DEFERRED_BUFFER;
+            if !defer && let Err(err) = log.writer.write_buffered() {
                 self.poison(&err);
                 return Err(poisoning(err));
             }
@@ -75,7 +101,9 @@ impl Inner {
         let (durable, signal) = Durable::pending();
         let mut waiting = self.deferred.lock();
         waiting.writes.push((seq, signal));
-        self.deferred_cond.notify_one();
+        if waiting.writes.len() >= waiting.want {
+            self.deferred_cond.notify_one();
+        }
         Ok(durable)
     }
 
@@ -94,19 +122,46 @@ impl Inner {
     /// The syncer thread (under `Always`): until shutdown, and after it
     /// until nothing waits, syncs the log through every deferred write
     /// waiting and resolves them.
+    ///
+    /// A commit delay sized by what it measured: writers that the last
+    /// sync released often write again at once (a thread's next write, a
+    /// batch's next message), and they come back while the syncer would
+    /// already be syncing the one or two that did not wait. So when fewer
+    /// writes wait than the last sync released, it waits for as many, at
+    /// most half as long as the last sync took (and at most
+    /// [`MAX_COMMIT_DELAY`]): a write waits at most half a sync longer, and
+    /// syncs cover more writes each when writers are many. A lone writer
+    /// never waits (the last sync released one, and one is waiting).
     pub(super) fn deferred_sync_loop(&self) {
         let mut handle: Option<(u64, LogSyncer)> = None;
+        let (mut released, mut took) = (0usize, Duration::ZERO);
         loop {
             let writes = {
                 let mut waiting = self.deferred.lock();
+                waiting.want = 1;
                 while waiting.writes.is_empty() && !self.shutdown.load(Ordering::SeqCst) {
                     self.deferred_cond.wait(&mut waiting);
                 }
                 if waiting.writes.is_empty() {
                     return;
                 }
+                if let Some(delay) = commit_delay(waiting.writes.len(), released, took)
+                    && !self.shutdown.load(Ordering::SeqCst)
+                {
+                    let until = Instant::now() + delay;
+                    waiting.want = released;
+                    while waiting.writes.len() < released
+                        && !self
+                            .deferred_cond
+                            .wait_until(&mut waiting, until)
+                            .timed_out()
+                    {}
+                    waiting.want = 1;
+                }
                 std::mem::take(&mut waiting.writes)
             };
+            released = writes.len();
+            let started = Instant::now();
             let newest = writes.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
             // The previous sync read its target after these were appended
             // (they waited while it ran) and may already cover them all.
@@ -115,6 +170,7 @@ impl Inner {
             } else {
                 self.sync_deferred(&mut handle)
             };
+            took = started.elapsed();
             let result = result.map_err(|err| StorageError::from(poisoning(err)));
             for (_, signal) in writes {
                 signal.complete(result.clone());
@@ -132,6 +188,10 @@ impl Inner {
         self.check_poison()?;
         let target = {
             let mut log = self.log.lock();
+            if let Err(err) = log.writer.write_buffered() {
+                self.poison(&err);
+                return Err(err);
+            }
             let number = log.writer.number();
             if handle.as_ref().map(|(n, _)| *n) != Some(number) {
                 *handle = log.writer.syncer().map(|h| (number, h));
@@ -155,5 +215,26 @@ impl Inner {
         self.counters.log_syncs.fetch_add(1, Ordering::Relaxed);
         self.visible_seq.fetch_max(target, Ordering::Release);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_delay_waits_only_for_writers_a_sync_released_and_half_a_sync_at_most() {
+        let sync = Duration::from_micros(200);
+        // A lone writer, or as many waiting as were released: sync now.
+        assert_eq!(commit_delay(1, 1, sync), None);
+        assert_eq!(commit_delay(16, 16, sync), None);
+        assert_eq!(commit_delay(20, 16, sync), None);
+        // Fewer than were released: half the last sync.
+        assert_eq!(commit_delay(3, 16, sync), Some(Duration::from_micros(100)));
+        // Never more than the bound, whatever the last sync took.
+        assert_eq!(
+            commit_delay(1, 2, Duration::from_millis(30)),
+            Some(MAX_COMMIT_DELAY)
+        );
     }
 }

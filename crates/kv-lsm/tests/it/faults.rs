@@ -115,6 +115,35 @@ fn failed_periodic_log_fsync_poisons() {
     assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
 }
 
+/// A deferred write (`Always`) whose record the syncer cannot write to the
+/// log resolves with the error, is never visible, and poisons the engine.
+#[test]
+fn a_deferred_write_whose_log_write_fails_is_never_acknowledged_nor_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(b"before".to_vec(), b"1".to_vec());
+    engine.write_deferred(batch).unwrap().wait().unwrap();
+
+    fs.fail_writes(true);
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(b"during".to_vec(), b"2".to_vec());
+    let err = engine.write_deferred(batch).unwrap().wait().unwrap_err();
+    assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
+    assert_eq!(engine.get(b"during").unwrap(), None, "never acknowledged");
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+    assert!(engine.health().is_err());
+    fs.fail_writes(false);
+    drop(engine);
+    // Reopened, the store holds what was acknowledged and nothing else.
+    let engine = LsmEngine::builder(dir.path())
+        .durability(Durability::Always)
+        .open()
+        .unwrap();
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(engine.get(b"during").unwrap(), None);
+}
+
 /// A deferred write (`Always`) whose sync fails resolves with the error,
 /// stays invisible to readers (it was never acknowledged), and poisons the
 /// engine; a writer's `get_latest` saw it meanwhile, as its
