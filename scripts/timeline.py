@@ -20,22 +20,16 @@ import sys
 import time
 import urllib.request
 
-COUNTERS = [
-    "kv_lsm_flushes_total",
-    "kv_lsm_compactions_total",
-    "kv_lsm_compaction_bytes_written_total",
-    "kv_lsm_write_stalls_total",
-    "kv_lsm_log_syncs_total",
-    "kv_anti_entropy_peer_keys_repaired_total",
+# The counters sampled, and the column each is shown under per second.
+COLUMNS = [
+    ("kv_lsm_flushes_total", "flush"),
+    ("kv_lsm_compactions_total", "comp"),
+    ("kv_lsm_write_stalls_total", "stall"),
+    ("kv_lsm_log_syncs_total", "syncs"),
+    ("kv_anti_entropy_peer_keys_repaired_total", "ae"),
 ]
-SHORT = {
-    "kv_lsm_flushes_total": "flush",
-    "kv_lsm_compactions_total": "compact",
-    "kv_lsm_compaction_bytes_written_total": "compact_mb",
-    "kv_lsm_write_stalls_total": "stall",
-    "kv_lsm_log_syncs_total": "syncs",
-    "kv_anti_entropy_peer_keys_repaired_total": "ae_keys",
-}
+COUNTERS = [name for name, _ in COLUMNS]
+BACKGROUND = ("kv_lsm_flushes_total", "kv_lsm_compactions_total")
 
 
 def usage(message):
@@ -115,7 +109,7 @@ def join(bench_path, samples_path, slow_ms):
     nodes = sorted(samples)
     header = f"{'s':>4} {'ops':>6} {'p99ms':>7} {'maxms':>7}"
     for node in nodes:
-        header += f" | n{node} cpu% flush comp stall syncs ae"
+        header += f" | n{node} cpu%" + "".join(f" {short:>5}" for _, short in COLUMNS)
     print(header)
     busy, quiet = [], []
     for s in seconds:
@@ -128,15 +122,8 @@ def join(bench_path, samples_path, slow_ms):
             span = max((b[0] - a[0]) / 1000, 1e-3)
             delta = {c: b[2][c] - a[2][c] for c in COUNTERS}
             cpu = 100 * (b[1] - a[1]) / span
-            if delta["kv_lsm_flushes_total"] or delta["kv_lsm_compactions_total"]:
-                background = True
-            line += (
-                f" | {cpu:>7.0f} {delta['kv_lsm_flushes_total']:>5.0f}"
-                f" {delta['kv_lsm_compactions_total']:>4.0f}"
-                f" {delta['kv_lsm_write_stalls_total']:>5.0f}"
-                f" {delta['kv_lsm_log_syncs_total']:>5.0f}"
-                f" {delta['kv_anti_entropy_peer_keys_repaired_total']:>3.0f}"
-            )
+            background = background or any(delta[c] for c in BACKGROUND)
+            line += f" | {cpu:>7.0f}" + "".join(f" {delta[c]:>5.0f}" for c in COUNTERS)
         if p99 > slow_ms:
             line += "  <- slow"
         print(line)

@@ -199,7 +199,7 @@ pub fn plot(report: &RunReport, title: &str) -> String {
             let part = if i + 1 == seconds { last_part } else { 1.0 };
             (
                 i as f64 / (drawn.max(2) - 1) as f64,
-                second.ops as f64 / part,
+                second.ops() as f64 / part,
             )
         })
         .collect();
@@ -338,9 +338,12 @@ mod tests {
 
     fn seconds(ops: &[u64]) -> Vec<Second> {
         ops.iter()
-            .map(|&ops| Second {
-                ops,
-                ..Second::new()
+            .map(|&ops| {
+                let mut second = Second::new();
+                for _ in 0..ops {
+                    let _ = second.latency.record(1_000);
+                }
+                second
             })
             .collect()
     }

@@ -193,9 +193,7 @@ pub struct RunReport {
 /// One second of the measured phase.
 #[derive(Debug, Clone)]
 pub struct Second {
-    /// Operations completed in it, failed ones included.
-    pub ops: u64,
-    /// Of those, the ones that failed.
+    /// Of the operations completed in it, the ones that failed.
     pub errors: u64,
     /// Latencies (us) of the operations completed in it, failed ones
     /// included (a timeout is a latency too), at two significant digits.
@@ -206,10 +204,14 @@ impl Second {
     /// An empty second.
     pub fn new() -> Self {
         Second {
-            ops: 0,
             errors: 0,
             latency: second_histogram(),
         }
+    }
+
+    /// Operations completed in it, failed ones included.
+    pub fn ops(&self) -> u64 {
+        self.latency.len()
     }
 }
 
@@ -243,7 +245,6 @@ fn count_in_second(seconds: &mut Vec<Second>, i: usize, micros: u64, failed: boo
         seconds.resize_with(i + 1, Second::new);
     }
     let second = &mut seconds[i];
-    second.ops += 1;
     second.errors += u64::from(failed);
     let _ = second.latency.record(micros);
 }
@@ -255,20 +256,16 @@ fn count_in_second(seconds: &mut Vec<Second>, i: usize, micros: u64, failed: boo
 pub fn timeline_csv(timeline: &[Second], started_unix_ms: u64) -> String {
     let mut out = String::from("second,unix_ms,ops,errors,p50_us,p99_us,max_us\n");
     for (i, s) in timeline.iter().enumerate() {
-        let (p50, p99, max) = if s.latency.is_empty() {
-            (0, 0, 0)
-        } else {
-            (
-                s.latency.value_at_quantile(0.5),
-                s.latency.value_at_quantile(0.99),
-                s.latency.max(),
-            )
-        };
+        // An empty second's quantiles and max are 0.
+        let h = &s.latency;
         out.push_str(&format!(
-            "{i},{},{},{},{p50},{p99},{max}\n",
+            "{i},{},{},{},{},{},{}\n",
             started_unix_ms + 1_000 * i as u64,
-            s.ops,
-            s.errors
+            s.ops(),
+            s.errors,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max()
         ));
     }
     out

@@ -25,8 +25,8 @@ use crate::log::LogSyncer;
 #[derive(Default)]
 pub(super) struct Waiting {
     writes: Vec<(u64, DurableSignal)>,
-    /// How many writes the syncer waits for before it is woken (0 or 1:
-    /// any; more during a commit delay).
+    /// How many writes the syncer waits for before it is woken (0: any;
+    /// more during a commit delay).
     want: usize,
 }
 
@@ -138,7 +138,6 @@ impl Inner {
         loop {
             let writes = {
                 let mut waiting = self.deferred.lock();
-                waiting.want = 1;
                 while waiting.writes.is_empty() && !self.shutdown.load(Ordering::SeqCst) {
                     self.deferred_cond.wait(&mut waiting);
                 }
@@ -156,7 +155,7 @@ impl Inner {
                             .wait_until(&mut waiting, until)
                             .timed_out()
                     {}
-                    waiting.want = 1;
+                    waiting.want = 0;
                 }
                 std::mem::take(&mut waiting.writes)
             };

@@ -16,6 +16,13 @@ fn on_faulty_fs(dir: &std::path::Path, durability: Option<Durability>) -> (Fault
     (fs, builder.open().unwrap())
 }
 
+/// A batch of one put.
+fn one_put(key: &[u8], value: &[u8]) -> kv_core::WriteBatch {
+    let mut batch = kv_core::WriteBatch::new();
+    batch.put(key.to_vec(), value.to_vec());
+    batch
+}
+
 #[test]
 fn failed_log_fsync_poisons_until_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,14 +128,18 @@ fn failed_periodic_log_fsync_poisons() {
 fn a_deferred_write_whose_log_write_fails_is_never_acknowledged_nor_visible() {
     let dir = tempfile::tempdir().unwrap();
     let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
-    let mut batch = kv_core::WriteBatch::new();
-    batch.put(b"before".to_vec(), b"1".to_vec());
-    engine.write_deferred(batch).unwrap().wait().unwrap();
+    engine
+        .write_deferred(one_put(b"before", b"1"))
+        .unwrap()
+        .wait()
+        .unwrap();
 
     fs.fail_writes(true);
-    let mut batch = kv_core::WriteBatch::new();
-    batch.put(b"during".to_vec(), b"2".to_vec());
-    let err = engine.write_deferred(batch).unwrap().wait().unwrap_err();
+    let err = engine
+        .write_deferred(one_put(b"during", b"2"))
+        .unwrap()
+        .wait()
+        .unwrap_err();
     assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
     assert_eq!(engine.get(b"during").unwrap(), None, "never acknowledged");
     assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
@@ -152,15 +163,15 @@ fn a_deferred_write_whose_log_write_fails_is_never_acknowledged_nor_visible() {
 fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
     let dir = tempfile::tempdir().unwrap();
     let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
-    let mut batch = kv_core::WriteBatch::new();
-    batch.put(b"before".to_vec(), b"1".to_vec());
-    engine.write_deferred(batch).unwrap().wait().unwrap();
+    engine
+        .write_deferred(one_put(b"before", b"1"))
+        .unwrap()
+        .wait()
+        .unwrap();
     assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
 
     fs.fail_syncs_after(0);
-    let mut batch = kv_core::WriteBatch::new();
-    batch.put(b"during".to_vec(), b"2".to_vec());
-    let durable = engine.write_deferred(batch).unwrap();
+    let durable = engine.write_deferred(one_put(b"during", b"2")).unwrap();
     assert_eq!(engine.get_latest(b"during").unwrap(), Some(b"2".to_vec()));
     let err = durable.wait().unwrap_err();
     assert!(matches!(err, StorageError::Poisoned(_)), "{err}");
@@ -172,10 +183,8 @@ fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
         StorageError::Poisoned(_)
     ));
     fs.heal();
-    let mut batch = kv_core::WriteBatch::new();
-    batch.put(b"after".to_vec(), b"3".to_vec());
     assert!(matches!(
-        engine.write_deferred(batch).unwrap_err(),
+        engine.write_deferred(one_put(b"after", b"3")).unwrap_err(),
         StorageError::Poisoned(_)
     ));
 }
