@@ -28,6 +28,23 @@
 //! fillrandom engine=kv-lsm ops_per_sec=123456 p50_us=3.1 p99_us=8.0 space_amp=1.12
 //! ```
 //!
+//! `--engine both --rounds R` (reads only, with `--features peers`) fills
+//! both engines in one process, then splits the reads into `R` rounds and
+//! runs each round on one engine and then the other, alternating which goes
+//! first: a machine whose speed drifts between runs (a shared virtual
+//! machine's does, by half from one hour to the next) then slows both
+//! alike. An unmeasured round on each engine comes first (first reads map
+//! pages or fill caches). It prints each round's figures and ratio on stderr, each
+//! engine's line as above, and the ratio over all rounds (each engine's
+//! reads over its time) with the rounds' minimum, median and maximum:
+//!
+//! ```text
+//! readmissing ratio kv-lsm/fjall overall=1.21 min=0.99 median=1.20 max=1.81 rounds=100
+//! ```
+//!
+//! Many short rounds (100 of 10,000 reads for a million keys) give the
+//! steadiest overall ratio; a single round's ratio swings with the machine.
+//!
 //! `space_amp` is the bytes the engine's directory takes on disk (every
 //! file's allocated blocks, as `du` counts them: tables, commit log
 //! segments with their reserved space and those kept for reuse, manifest)
@@ -44,7 +61,11 @@ use kv_core::StorageEngine;
 use kv_lsm::{Durability, LsmEngine};
 
 const USAGE: &str = "usage: lsm-bench --workload <fillseq|fillrandom|overwrite|readrandom|readmissing|scan|fillsync|filldeferred>\n\
-  [--num N (1000000)] [--value-size B (100)] [--threads T (1)] [--engine kv-lsm|fjall] [--dir PATH]";
+  [--num N (1000000)] [--value-size B (100)] [--threads T (1)] [--engine kv-lsm|fjall|both]\n\
+  [--rounds R (10; with --engine both)] [--dir PATH]";
+
+/// The engines `--engine both` compares, in this order.
+const BOTH: [&str; 2] = ["kv-lsm", "fjall"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -53,6 +74,7 @@ struct Args {
     value_size: usize,
     threads: usize,
     engine: String,
+    rounds: u64,
     dir: Option<PathBuf>,
 }
 
@@ -63,6 +85,7 @@ fn parse() -> Result<Args, String> {
         value_size: 100,
         threads: 1,
         engine: "kv-lsm".into(),
+        rounds: 10,
         dir: None,
     };
     let mut it = std::env::args().skip(1);
@@ -80,6 +103,7 @@ fn parse() -> Result<Args, String> {
             "--value-size" => args.value_size = number(&value)? as usize,
             "--threads" => args.threads = number(&value)? as usize,
             "--engine" => args.engine = value,
+            "--rounds" => args.rounds = number(&value)?,
             "--dir" => args.dir = Some(value.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -100,8 +124,22 @@ fn parse() -> Result<Args, String> {
             args.workload
         ));
     }
-    if args.num == 0 || args.threads == 0 {
-        return Err(format!("--num and --threads must be at least 1\n{USAGE}"));
+    if args.num == 0 || args.threads == 0 || args.rounds == 0 {
+        return Err(format!(
+            "--num, --threads and --rounds must be at least 1\n{USAGE}"
+        ));
+    }
+    if args.engine == "both" && !is_read(&args.workload) {
+        return Err(format!(
+            "--engine both compares reads only (readrandom, readmissing), not {}\n{USAGE}",
+            args.workload
+        ));
+    }
+    if args.rounds > args.num {
+        return Err(format!(
+            "--rounds {} is more than --num {}",
+            args.rounds, args.num
+        ));
     }
     Ok(args)
 }
@@ -212,8 +250,8 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn open(args: &Args, dir: &Path, sync: bool) -> Result<Box<dyn Bench>, String> {
-    match args.engine.as_str() {
+fn open(engine: &str, dir: &Path, sync: bool) -> Result<Box<dyn Bench>, String> {
+    match engine {
         "kv-lsm" => {
             let durability = if sync {
                 Durability::Always
@@ -254,6 +292,101 @@ fn missing_key(i: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k.copy_from_slice(format!("{:015}x", i / 10).as_bytes());
     k
+}
+
+fn is_read(workload: &str) -> bool {
+    workload == "readrandom" || workload == "readmissing"
+}
+
+/// The keys the read workloads read, by number: `n` drawn at random.
+fn read_order(n: u64) -> Vec<u64> {
+    let mut rng = Rng(9);
+    (0..n).map(|_| rng.next() % n).collect()
+}
+
+/// Reads key `i` (or the missing key beside it) and checks the answer.
+fn read(e: &dyn Bench, i: u64, missing: bool) {
+    let found = if missing {
+        e.get(&missing_key(i))
+    } else {
+        e.get(&key(i))
+    };
+    assert_eq!(found, !missing, "key {i}");
+}
+
+/// `--engine both`: fills each engine of [`BOTH`] in its own directory
+/// under `dir`, then runs the reads in rounds, each round on one engine
+/// and then the other (alternating which goes first).
+fn compare(args: &Args, dir: &Path) -> Result<(), String> {
+    let n = args.num;
+    let value = vec![b'v'; args.value_size];
+    let mut engines = Vec::new();
+    for name in BOTH {
+        let engine = open(name, &dir.join(name), false)?;
+        eprintln!("filling {name} with {n} keys");
+        run(args.threads, &shuffled(n, 42), &|i| {
+            engine.put(&key(i), &value)
+        });
+        engine.settle();
+        engines.push(engine);
+    }
+    let missing = args.workload == "readmissing";
+    let order = read_order(n);
+    let per_round = order.len().div_ceil(args.rounds as usize);
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); BOTH.len()];
+    let mut secs = vec![0.0; BOTH.len()];
+    let mut ratios = Vec::new();
+    // A first round unmeasured on each engine: the first reads of a table
+    // map its pages (kv-lsm) or fill a cache (fjall), and one engine's
+    // background work after its fill would otherwise slow the other.
+    for e in &engines {
+        run(args.threads, &order[..per_round], &|i| {
+            read(e.as_ref(), i, missing)
+        });
+    }
+    for (round, part) in order.chunks(per_round).enumerate() {
+        let mut rate = [0.0; 2];
+        for k in 0..BOTH.len() {
+            // Even rounds kv-lsm first, odd rounds fjall first.
+            let at = (k + round) % BOTH.len();
+            let e = engines[at].as_ref();
+            let (s, l) = run(args.threads, part, &|i| read(e, i, missing));
+            rate[at] = part.len() as f64 / s;
+            secs[at] += s;
+            latencies[at].extend(l);
+        }
+        let ratio = rate[0] / rate[1];
+        eprintln!(
+            "round {round}: {} {:.0} {} {:.0} ratio {ratio:.2}",
+            BOTH[0], rate[0], BOTH[1], rate[1]
+        );
+        ratios.push(ratio);
+    }
+    for (at, name) in BOTH.iter().enumerate() {
+        let lat = &mut latencies[at];
+        lat.sort_unstable();
+        println!(
+            "{} engine={name} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1}",
+            args.workload,
+            lat.len() as f64 / secs[at],
+            percentile(lat, 0.50),
+            percentile(lat, 0.99),
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    // Over all rounds: each engine's reads over its time.
+    let overall = secs[1] / secs[0];
+    println!(
+        "{} ratio {}/{} overall={overall:.2} min={:.2} median={:.2} max={:.2} rounds={}",
+        args.workload,
+        BOTH[0],
+        BOTH[1],
+        ratios[0],
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1],
+        ratios.len()
+    );
+    Ok(())
 }
 
 /// A seeded xorshift generator: the same sequence on every run.
@@ -333,7 +466,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let sync = args.workload == "fillsync" || args.workload == "filldeferred";
-    let engine = match open(&args, &dir, sync) {
+    if args.engine == "both" {
+        return match compare(&args, &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("{msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let engine = match open(&args.engine, &dir, sync) {
         Ok(e) => e,
         Err(msg) => {
             eprintln!("{msg}");
@@ -381,16 +523,7 @@ fn main() -> ExitCode {
         "readrandom" | "readmissing" => {
             fill(e);
             let missing = args.workload == "readmissing";
-            let mut rng = Rng(9);
-            let order: Vec<u64> = (0..n).map(|_| rng.next() % n).collect();
-            let (s, l) = run(args.threads, &order, &|i| {
-                let found = if missing {
-                    e.get(&missing_key(i))
-                } else {
-                    e.get(&key(i))
-                };
-                assert_eq!(found, !missing, "key {i}");
-            });
+            let (s, l) = run(args.threads, &read_order(n), &|i| read(e, i, missing));
             (s, l, n)
         }
         "scan" => {
