@@ -19,7 +19,7 @@ use crate::batch::{Batcher, RunBatch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::replica::{Replica, Siblings, Update, off_runtime};
+use crate::replica::{Replica, Siblings, Stored, Update, off_runtime};
 
 mod anti_entropy;
 mod decide;
@@ -205,8 +205,9 @@ pub(super) struct WriteSpec<'a> {
     span: &'a tracing::Span,
 }
 
-/// The batcher of writes coordinated at this node.
-type LocalWrites = Batcher<LocalWrite, Result<(Siblings, kv_clock::Dot)>>;
+/// The batcher of writes coordinated at this node: each write's new state
+/// and dot once made, and the wait for its batch's sync.
+type LocalWrites = Batcher<LocalWrite, Result<(Siblings, kv_clock::Dot, Stored)>>;
 
 /// A write for this node's replica, and where to announce its new state and
 /// dot as soon as they are made (before they are stored).
@@ -218,8 +219,9 @@ type LocalWrite = (
 /// Most writes stored in one engine batch.
 const LOCAL_BATCH_MAX: usize = 128;
 
-/// Engine batches of coordinated writes under way at once (one can be
-/// syncing while the next is built).
+/// Engine batches of coordinated writes being made at once. A batch is
+/// done once made (its writes await its sync on their own), so the next
+/// one is made while it syncs.
 const LOCAL_BATCHES_IN_FLIGHT: usize = 1;
 
 fn encode_context(state: &Siblings) -> Vec<u8> {
@@ -298,7 +300,7 @@ where
         // its engine at once.
         let replica = Arc::downgrade(&self.replica);
         let (max, prune) = (self.config.max_siblings, self.config.effective_prune());
-        let run: RunBatch<LocalWrite, Result<(Siblings, kv_clock::Dot)>> =
+        let run: RunBatch<LocalWrite, Result<(Siblings, kv_clock::Dot, Stored)>> =
             Arc::new(move |writes: Vec<LocalWrite>| {
                 let (replica, prune) = (replica.upgrade(), prune.clone());
                 Box::pin(async move {
@@ -313,22 +315,31 @@ where
                             }
                         }
                     };
-                    // Inline when the engine's write returns at once (its
-                    // sync, if any, is awaited here): no blocking thread
-                    // per batch.
+                    let with = |results: Vec<Result<(Siblings, kv_clock::Dot)>>, stored: Stored| {
+                        results
+                            .into_iter()
+                            .map(|r| r.map(|(state, dot)| (state, dot, stored.clone())))
+                            .collect()
+                    };
+                    // Inline when the engine's write returns at once: no
+                    // blocking thread per batch, and the batch ends here,
+                    // before its sync (under `always` the next batch is
+                    // then made and appended while this one syncs, where
+                    // awaiting the sync here queued it behind a whole one).
                     if replica.inline_writes() {
-                        return replica
+                        let (results, stored) = replica
                             .coordinate_many_pending(updates, max, &prune, announce)
-                            .finish()
-                            .await;
+                            .into_parts();
+                        return with(results, stored);
                     }
-                    tokio::task::spawn_blocking(move || {
+                    let results = tokio::task::spawn_blocking(move || {
                         replica
                             .coordinate_many_pending(updates, max, &prune, announce)
                             .wait()
                     })
                     .await
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                    with(results, Stored::done())
                 })
             });
         let batcher = Batcher::spawn(LOCAL_BATCH_MAX, LOCAL_BATCHES_IN_FLIGHT, run);

@@ -96,7 +96,14 @@ where
         // overlap instead of adding up.
         let (announce, announced) = tokio::sync::oneshot::channel();
         let engine = trace::step!(span, "engine_write", outcome = Empty);
-        let local = self.local_writes().submit((update, announce));
+        let submitted = self.local_writes().submit((update, announce));
+        // Stored once made and its batch synced.
+        let local = async move {
+            Ok(match submitted.await? {
+                Ok((state, dot, stored)) => stored.wait().await.map(|()| (state, dot)),
+                Err(e) => Err(e),
+            })
+        };
         tokio::pin!(local);
         let local_done = |result: std::result::Result<_, crate::batch::Stopped>| {
             let result = result.map_err(|e| Error::Task(format!("the local write batch: {e}")))?;

@@ -59,6 +59,17 @@ impl<T> Pending<T> {
         }
     }
 
+    /// Each change's result as made, not yet durable, and the wait for
+    /// the engine write to be: for callers that each wait on their own
+    /// (the coordinator's batch of writes ends when they are made, and
+    /// the next one is made while this one syncs).
+    pub(crate) fn into_parts(self) -> (Vec<Result<T>>, Stored) {
+        (
+            self.results,
+            Stored(self.durable.map(futures_util::FutureExt::shared)),
+        )
+    }
+
     /// As [`finish`](Self::finish), blocking the calling thread.
     pub fn wait(self) -> Vec<Result<T>> {
         match self.durable {
@@ -75,6 +86,27 @@ fn settle<T>(
     match durable {
         Ok(()) => results,
         Err(e) => failed_with(results, &e),
+    }
+}
+
+/// The sync of one engine batch of changes, which each of its changes
+/// awaits on its own ([`Pending::into_parts`]).
+#[derive(Clone)]
+pub(crate) struct Stored(Option<futures_util::future::Shared<kv_core::Durable>>);
+
+impl Stored {
+    /// Already durable (a write made on a blocking thread, which waited).
+    pub(crate) fn done() -> Self {
+        Stored(None)
+    }
+
+    /// Once the batch is durable; the engine's own error (as
+    /// [`Pending::finish`] gives it) if it could not be made so.
+    pub(crate) async fn wait(self) -> Result<()> {
+        match self.0 {
+            None => Ok(()),
+            Some(durable) => durable.await.map_err(Error::Storage),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod dots;
 mod expiry;
 mod health;
 mod listing;
+mod pipelined;
 mod retries;
 mod watch;
 
