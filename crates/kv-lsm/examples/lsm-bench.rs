@@ -294,6 +294,16 @@ fn missing_key(i: u64) -> [u8; 16] {
     k
 }
 
+/// Puts every key once, in a random order, then flushes and lets
+/// compactions settle: what the read workloads start from.
+fn fill(engine: &dyn Bench, args: &Args) {
+    let value = vec![b'v'; args.value_size];
+    run(args.threads, &shuffled(args.num, 42), &|i| {
+        engine.put(&key(i), &value)
+    });
+    engine.settle();
+}
+
 fn is_read(workload: &str) -> bool {
     workload == "readrandom" || workload == "readmissing"
 }
@@ -319,15 +329,11 @@ fn read(e: &dyn Bench, i: u64, missing: bool) {
 /// and then the other (alternating which goes first).
 fn compare(args: &Args, dir: &Path) -> Result<(), String> {
     let n = args.num;
-    let value = vec![b'v'; args.value_size];
     let mut engines = Vec::new();
     for name in BOTH {
         let engine = open(name, &dir.join(name), false)?;
         eprintln!("filling {name} with {n} keys");
-        run(args.threads, &shuffled(n, 42), &|i| {
-            engine.put(&key(i), &value)
-        });
-        engine.settle();
+        fill(engine.as_ref(), args);
         engines.push(engine);
     }
     let missing = args.workload == "readmissing";
@@ -491,11 +497,6 @@ fn main() -> ExitCode {
             (0..n).collect()
         }
     };
-    let fill = |engine: &dyn Bench| {
-        let order = fill_order(true);
-        run(args.threads, &order, &|i| engine.put(&key(i), &value));
-        engine.settle();
-    };
     let e: &dyn Bench = engine.as_ref();
     let (secs, lat, ops) = match args.workload.as_str() {
         "fillseq" | "fillrandom" => {
@@ -514,20 +515,20 @@ fn main() -> ExitCode {
             (s, l, n)
         }
         "overwrite" => {
-            fill(e);
+            fill(e, &args);
             let mut rng = Rng(7);
             let order: Vec<u64> = (0..n).map(|_| rng.next() % n).collect();
             let (s, l) = run(args.threads, &order, &|i| e.put(&key(i), &value));
             (s, l, n)
         }
         "readrandom" | "readmissing" => {
-            fill(e);
+            fill(e, &args);
             let missing = args.workload == "readmissing";
             let (s, l) = run(args.threads, &read_order(n), &|i| read(e, i, missing));
             (s, l, n)
         }
         "scan" => {
-            fill(e);
+            fill(e, &args);
             let started = Instant::now();
             let count = e.scan_all();
             assert_eq!(count, n, "scan saw every key");

@@ -161,11 +161,9 @@ where
         for node in stale {
             Metrics::add(&self.metrics.read_repairs, 1);
             if node == self.replica.id() {
-                // A synced write: like a peer's repair, it does not hold up
-                // the reply unless repairs are blocking. (Under `always`
-                // a hot key's local copy is often stale only because its
-                // own write waits for the sync: awaiting this made such
-                // reads wait for a second one.)
+                // A synced write (under `always`, a wait for the syncer):
+                // like a peer's repair, it holds up the reply only when
+                // repairs are blocking.
                 let (replica, key, merged) = (self.replica.clone(), key.to_vec(), merged.clone());
                 pending.push(tokio::spawn(async move {
                     let _ = off_runtime(move || replica.merge(&key, &merged)).await;
