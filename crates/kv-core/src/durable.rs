@@ -89,6 +89,24 @@ impl Durable {
     }
 }
 
+impl Durable {
+    /// The outcome, if the write is already as durable as it will be (a
+    /// ready `Durable`, or one whose sync has completed), without waiting
+    /// or registering a waker: a caller can then skip the machinery of
+    /// waiting.
+    pub fn outcome(&self) -> Option<Result<(), StorageError>> {
+        match &self.0 {
+            Inner::Ready(result) => Some(result.clone().unwrap_or(Ok(()))),
+            Inner::Waiting(cell) => cell
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .result
+                .clone(),
+        }
+    }
+}
+
 impl Future for Durable {
     type Output = Result<(), StorageError>;
 
@@ -178,6 +196,20 @@ mod tests {
             poll(&mut durable, &wakes),
             Poll::Ready(Err(StorageError::Io("fsync failed".into())))
         );
+    }
+
+    #[test]
+    fn the_outcome_is_known_once_ready_or_completed_and_not_before() {
+        assert_eq!(Durable::ready(Ok(())).outcome(), Some(Ok(())));
+        let closed = Durable::ready(Err(StorageError::Closed));
+        assert_eq!(closed.outcome(), Some(Err(StorageError::Closed)));
+        let (durable, signal) = Durable::pending();
+        assert_eq!(durable.outcome(), None);
+        signal.complete(Err(StorageError::Io("fsync failed".into())));
+        let failed = Err(StorageError::Io("fsync failed".into()));
+        assert_eq!(durable.outcome(), Some(failed.clone()));
+        // Asking does not consume it: the wait still gives the result.
+        assert_eq!(durable.wait(), failed);
     }
 
     #[test]

@@ -351,7 +351,7 @@ fn compare(args: &Args, dir: &Path) -> Result<(), String> {
         });
     }
     for (round, part) in order.chunks(per_round).enumerate() {
-        let mut rate = [0.0; 2];
+        let mut rate = [0.0; BOTH.len()];
         for k in 0..BOTH.len() {
             // Even rounds kv-lsm first, odd rounds fjall first.
             let at = (k + round) % BOTH.len();

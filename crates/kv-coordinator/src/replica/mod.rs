@@ -63,11 +63,19 @@ impl<T> Pending<T> {
     /// the engine write to be: for callers that each wait on their own
     /// (the coordinator's batch of writes ends when they are made, and
     /// the next one is made while this one syncs).
+    /// A write already durable (any policy but `Always`) is settled here,
+    /// with nothing to share.
     pub(crate) fn into_parts(self) -> (Vec<Result<T>>, Stored) {
-        (
-            self.results,
-            Stored(self.durable.map(futures_util::FutureExt::shared)),
-        )
+        match self.durable {
+            None => (self.results, Stored::done()),
+            Some(durable) => match durable.outcome() {
+                Some(outcome) => (settle(self.results, outcome), Stored::done()),
+                None => (
+                    self.results,
+                    Stored(Some(futures_util::FutureExt::shared(durable))),
+                ),
+            },
+        }
     }
 
     /// As [`finish`](Self::finish), blocking the calling thread.
@@ -95,7 +103,8 @@ fn settle<T>(
 pub(crate) struct Stored(Option<futures_util::future::Shared<kv_core::Durable>>);
 
 impl Stored {
-    /// Already durable (a write made on a blocking thread, which waited).
+    /// Already durable (a write made on a blocking thread, which waited,
+    /// or one whose policy does not wait for a sync).
     pub(crate) fn done() -> Self {
         Stored(None)
     }

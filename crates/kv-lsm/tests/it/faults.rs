@@ -23,6 +23,19 @@ fn one_put(key: &[u8], value: &[u8]) -> kv_core::WriteBatch {
     batch
 }
 
+/// An engine under `Always` on a faulty file system, holding `before` = `1`
+/// from a deferred write that was acknowledged (and is readable).
+fn with_a_deferred_write_acknowledged(dir: &std::path::Path) -> (FaultFs, LsmEngine) {
+    let (fs, engine) = on_faulty_fs(dir, Some(Durability::Always));
+    engine
+        .write_deferred(one_put(b"before", b"1"))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
+    (fs, engine)
+}
+
 #[test]
 fn failed_log_fsync_poisons_until_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,13 +140,7 @@ fn failed_periodic_log_fsync_poisons() {
 #[test]
 fn a_deferred_write_whose_log_write_fails_is_never_acknowledged_nor_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
-    engine
-        .write_deferred(one_put(b"before", b"1"))
-        .unwrap()
-        .wait()
-        .unwrap();
-
+    let (fs, engine) = with_a_deferred_write_acknowledged(dir.path());
     fs.fail_writes(true);
     let err = engine
         .write_deferred(one_put(b"during", b"2"))
@@ -162,14 +169,7 @@ fn a_deferred_write_whose_log_write_fails_is_never_acknowledged_nor_visible() {
 #[test]
 fn a_deferred_write_whose_sync_fails_is_never_acknowledged_nor_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let (fs, engine) = on_faulty_fs(dir.path(), Some(Durability::Always));
-    engine
-        .write_deferred(one_put(b"before", b"1"))
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(engine.get(b"before").unwrap(), Some(b"1".to_vec()));
-
+    let (fs, engine) = with_a_deferred_write_acknowledged(dir.path());
     fs.fail_syncs_after(0);
     let durable = engine.write_deferred(one_put(b"during", b"2")).unwrap();
     assert_eq!(engine.get_latest(b"during").unwrap(), Some(b"2".to_vec()));
