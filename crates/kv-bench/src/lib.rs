@@ -30,6 +30,7 @@
 //! ```
 
 pub mod check;
+mod pace;
 pub mod plot;
 pub mod record;
 pub mod run;

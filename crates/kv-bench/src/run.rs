@@ -22,6 +22,7 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 
+use crate::pace::PreciseTimer;
 use crate::record::{Event, Recorder, hex};
 use crate::watching::{RunWatch, Sink};
 use crate::workload::{Distribution, KEY_PREFIX, KeyChooser, Op, Workload, key, value, value_id};
@@ -559,17 +560,22 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     // that count reaches zero.
     let outstanding = Arc::new(AtomicU64::new(0));
     let idle = Arc::new(tokio::sync::Notify::new());
-    let runtime = tokio::runtime::Handle::current();
-    // The pacer is an OS thread that starts each operation as its own task:
-    // tokio's timer ticks in whole milliseconds (an operation started up to
-    // a millisecond late would count that as latency), and handing
-    // operations to a fixed set of workers through one queue serialises
-    // the dispatch, which then becomes the bottleneck.
+    // The pacer is a task that starts each operation as its own task, at
+    // its moment to the microsecond (`PreciseTimer`); handing operations to
+    // a fixed set of workers through one queue would serialise the
+    // dispatch, which then becomes the bottleneck.
     let pacer = {
         let (shared, stats, slots, bar) =
             (shared.clone(), stats.clone(), slots.clone(), bar.clone());
         let (outstanding, idle) = (outstanding.clone(), idle.clone());
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
+            let timer = match PreciseTimer::new() {
+                Ok(timer) => timer,
+                Err(err) => {
+                    eprintln!("kv-bench: cannot make the open loop's timer: {err}");
+                    return;
+                }
+            };
             let mut rng = SmallRng::seed_from_u64(shared.config.seed);
             let start = std::time::Instant::now();
             let tokio_start = Instant::now();
@@ -583,9 +589,9 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                 {
                     return;
                 }
-                let now = start.elapsed();
-                if offset > now {
-                    std::thread::sleep(offset - now);
+                if let Err(err) = timer.sleep_until(start + offset).await {
+                    eprintln!("kv-bench: the open loop's timer failed: {err}");
+                    return;
                 }
                 let op = shared.config.workload.pick(&mut rng);
                 let record = shared.keys.next(&mut rng);
@@ -593,7 +599,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                     (shared.clone(), stats.clone(), slots.clone(), bar.clone());
                 let (outstanding, idle) = (outstanding.clone(), idle.clone());
                 outstanding.fetch_add(1, Ordering::SeqCst);
-                runtime.spawn(async move {
+                tokio::spawn(async move {
                     if let Ok(_slot) = slots.acquire_owned().await {
                         let result = shared.op(op, record).await;
                         let micros = due.elapsed().as_micros() as u64;
@@ -612,7 +618,7 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
             }
         })
     };
-    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    let _ = pacer.await;
     // Wait until every operation the pacer started has finished (counting
     // them: a task not yet polled holds no slot, so waiting for the slots
     // alone could end early). A wake-up left from an earlier moment at
