@@ -41,6 +41,22 @@ fn hints_per_target(coordinator: &NodeCoordinator) -> Option<Vec<(kv_core::NodeI
 /// A disk with less than this share left is worth a warning.
 const DISK_LOW: f64 = 0.2;
 
+/// The warning for a member gossip holds dead, in a cluster of `members`
+/// nodes that keeps `n` replicas of each range: its writes go to fallback
+/// nodes with hints only where the ring has a node beyond a range's `n`.
+fn dead_member(m: &crate::proto::MemberStatus, members: usize, n: usize) -> String {
+    let (id, addr) = (m.id, &m.addr);
+    if members > n {
+        format!(
+            "Node {id} ({addr}) is down as gossip sees it: writes for its ranges go to their other replicas and to fallback nodes, which hold hints for it."
+        )
+    } else {
+        format!(
+            "Node {id} ({addr}) is down as gossip sees it: writes for its ranges go to their other replicas only (with {members} nodes for {n} replicas no node is left to hold hints); anti-entropy brings it up to date when it is back."
+        )
+    }
+}
+
 /// What an operator should look at on this node now, in plain words (none
 /// when all is well).
 pub fn warnings(
@@ -60,12 +76,10 @@ pub fn warnings(
     if cluster.posture().insecure {
         out.push("This node runs with --insecure: no TLS and no authentication; anyone who reaches it can read, write and change the cluster.".into());
     }
+    let (members, n) = status.map_or((0, 0), |s| (s.members.len(), s.n as usize));
     for m in status.iter().flat_map(|s| &s.members) {
         match m.state.as_str() {
-            "dead" => out.push(format!(
-                "Node {} ({}) is down as gossip sees it: writes for its ranges wait in hints.",
-                m.id, m.addr
-            )),
+            "dead" => out.push(dead_member(m, members, n)),
             "suspect" => out.push(format!(
                 "Node {} ({}) is suspected down: it missed its gossip rounds.",
                 m.id, m.addr
@@ -419,4 +433,35 @@ pub fn status_json(
         },
         "security": {"tls": cluster.posture().tls, "authenticates": cluster.posture().authenticates, "insecure": cluster.posture().insecure},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_member_is_said_to_have_hints_only_where_a_fallback_node_exists() {
+        let member = crate::proto::MemberStatus {
+            id: 4,
+            addr: "10.0.0.4:7001".into(),
+            state: "dead".into(),
+            ..Default::default()
+        };
+        let with_fallbacks = dead_member(&member, 4, 3);
+        assert!(with_fallbacks.starts_with("Node 4 (10.0.0.4:7001) is down"));
+        assert!(
+            with_fallbacks.contains("hold hints for it"),
+            "{with_fallbacks}"
+        );
+        for members in [2, 3] {
+            let without = dead_member(&member, members, 3);
+            assert!(!without.contains("hold hints for it"), "{without}");
+            assert!(
+                without.contains(&format!(
+                    "with {members} nodes for 3 replicas no node is left to hold hints"
+                )),
+                "{without}"
+            );
+        }
+    }
 }

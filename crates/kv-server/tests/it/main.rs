@@ -493,6 +493,20 @@ async fn the_status_page_counts_hints_per_target() {
     };
     let page = http_get(holder, "/").await;
     assert!(page.contains("held for n4: "), "{page}");
+    // Once gossip holds node 4 dead, the warning says fallback nodes hold
+    // hints for it (4 nodes for 3 replicas: there is a node beyond each
+    // range's replicas).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = http_get(holder, "/").await;
+        if page.contains("is down as gossip sees it") {
+            assert!(page.contains("Node 4 ("), "{page}");
+            assert!(page.contains("which hold hints for it"), "{page}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     for (_, task) in pages {
         task.abort();
     }
