@@ -549,7 +549,16 @@ async fn closed_loop(
 /// Runs `count` operations issued at `rate` per second whatever the
 /// latency (open loop); a latency counts from the operation's intended
 /// start, so queueing behind slow requests is measured.
-async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBar) -> Vec<OpStats> {
+///
+/// # Errors
+///
+/// The open loop's timer could not be made or failed (the run stops).
+async fn open_loop(
+    shared: &Arc<Shared>,
+    count: u64,
+    rate: f64,
+    bar: &ProgressBar,
+) -> Result<Vec<OpStats>, String> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let stats: Arc<Mutex<Vec<OpStats>>> =
         Arc::new(Mutex::new(Op::ALL.iter().map(|_| OpStats::new()).collect()));
@@ -564,35 +573,27 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     // its moment to the microsecond (`PreciseTimer`); handing operations to
     // a fixed set of workers through one queue would serialise the
     // dispatch, which then becomes the bottleneck.
+    let timer = PreciseTimer::new().map_err(|e| format!("the open loop's timer: {e}"))?;
     let pacer = {
         let (shared, stats, slots, bar) =
             (shared.clone(), stats.clone(), slots.clone(), bar.clone());
         let (outstanding, idle) = (outstanding.clone(), idle.clone());
         tokio::spawn(async move {
-            let timer = match PreciseTimer::new() {
-                Ok(timer) => timer,
-                Err(err) => {
-                    eprintln!("kv-bench: cannot make the open loop's timer: {err}");
-                    return;
-                }
-            };
             let mut rng = SmallRng::seed_from_u64(shared.config.seed);
-            let start = std::time::Instant::now();
-            let tokio_start = Instant::now();
+            let start = Instant::now();
             for i in 0..count {
-                let offset = interval.mul_f64(i as f64);
-                let due = tokio_start + offset;
+                let due = start + interval.mul_f64(i as f64);
                 if shared
                     .deadline
                     .lock()
                     .is_some_and(|d| due > d || Instant::now() >= d)
                 {
-                    return;
+                    return Ok(());
                 }
-                if let Err(err) = timer.sleep_until(start + offset).await {
-                    eprintln!("kv-bench: the open loop's timer failed: {err}");
-                    return;
-                }
+                timer
+                    .sleep_until(due.into_std())
+                    .await
+                    .map_err(|e| format!("the open loop's timer failed: {e}"))?;
                 let op = shared.config.workload.pick(&mut rng);
                 let record = shared.keys.next(&mut rng);
                 let (shared, stats, slots, bar) =
@@ -616,9 +617,13 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
                     }
                 });
             }
+            Ok(())
         })
     };
-    let _ = pacer.await;
+    let paced = pacer
+        .await
+        .map_err(|e| format!("the open loop's pacer: {e}"))
+        .and_then(|paced| paced);
     // Wait until every operation the pacer started has finished (counting
     // them: a task not yet polled holds no slot, so waiting for the slots
     // alone could end early). A wake-up left from an earlier moment at
@@ -626,7 +631,8 @@ async fn open_loop(shared: &Arc<Shared>, count: u64, rate: f64, bar: &ProgressBa
     while outstanding.load(Ordering::SeqCst) > 0 {
         idle.notified().await;
     }
-    std::mem::take(&mut *stats.lock())
+    paced?;
+    Ok(std::mem::take(&mut *stats.lock()))
 }
 
 async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<OpStats>>>) -> Vec<OpStats> {
@@ -746,7 +752,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
         })
     };
     let per_op = match config.rate {
-        Some(rate) => open_loop(&shared, config.ops, rate, &b).await,
+        Some(rate) => open_loop(&shared, config.ops, rate, &b).await?,
         None => {
             let chooser = shared.keys.clone();
             closed_loop(&shared, config.ops, &b, move |rng, i| {
