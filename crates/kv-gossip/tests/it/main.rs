@@ -234,6 +234,49 @@ fn left_members_stay_left() {
     }));
 }
 
+/// A departed member is remembered for `forget_after` (so its departure
+/// is not undone by stale news) and forgotten everywhere soon after.
+#[test]
+fn a_departed_member_is_forgotten_after_forget_after_and_not_before() {
+    let forget_after = Duration::from_secs(20);
+    let config = Config {
+        forget_after,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(8, config, Network::default(), 41).unwrap();
+    for i in 1..8 {
+        sim.join(i, 0);
+    }
+    assert!(
+        sim.run_until(Duration::from_secs(120), Sim::converged)
+            .is_some()
+    );
+    let others = |sim: &Sim| -> Vec<Option<Status>> {
+        (0..8).filter(|&i| i != 5).map(|i| sim.view(i, 5)).collect()
+    };
+    sim.leave(5);
+    // No observer learns of the departure before it happens, so none may
+    // forget it before `forget_after` has passed since.
+    let mut forgotten_early = false;
+    let all_left = sim.run_until(forget_after, |s| {
+        forgotten_early |= others(s).contains(&None);
+        others(s).iter().all(|v| *v == Some(Status::Left))
+    });
+    let all_left = all_left.expect("the departure reached everyone");
+    sim.run_for(forget_after - all_left, |s| {
+        forgotten_early |= others(s).contains(&None);
+    });
+    assert!(!forgotten_early, "a member forgot the departure too soon");
+    // Everyone learnt of it by `all_left`: by then plus `forget_after` and
+    // the forgetting walk's interval, everyone has forgotten it.
+    sim.run_for(all_left + Duration::from_secs(2), |_| {});
+    assert!(
+        others(&sim).iter().all(Option::is_none),
+        "{:?}",
+        others(&sim)
+    );
+}
+
 #[test]
 fn runs_replay_from_their_seed() {
     let run = |seed| {
