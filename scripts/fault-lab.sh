@@ -32,7 +32,8 @@
 # succeed (the report prints availability, reads and writes apart, and
 # where the failures came from: scripts/error-breakdown.py).
 #
-# 180 s by default (CI); --duration 600 for a soak. Needs root for the
+# KV_BIN_DIR=dir runs the binaries there instead of building them.
+# 180 s by default; --duration 600 for a soak. Needs root for the
 # namespaces; without them (or with --loopback) the nodes run on 127.0.0.1
 # and the nemesis only kills and pauses, and the report says so.
 set -euo pipefail
@@ -65,10 +66,17 @@ cd "$root"
 # One lab at a time: they share namespace names and addresses.
 exec 9>/tmp/kv-fault-lab.lock
 flock -n 9 || { echo "fault-lab: another fault lab is running" >&2; exit 2; }
-echo "fault-lab: building kvd and kv-bench (release)"
-cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
-kvd=$root/target/release/kvd
-bench=$root/target/release/kv-bench
+# KV_BIN_DIR: run the kvd, kvctl and kv-bench found there instead of
+# building them (CI builds them beside the example cluster, in one go).
+if [ -n "${KV_BIN_DIR:-}" ]; then
+    bin=$(cd "$KV_BIN_DIR" && pwd)
+else
+    echo "fault-lab: building kvd and kv-bench (release)"
+    cargo build --release -q -p kv-server -p kv-bench --bin kvd --bin kvctl --bin kv-bench
+    bin=$root/target/release
+fi
+kvd=$bin/kvd
+bench=$bin/kv-bench
 work=$(mktemp -d /tmp/kv-fault-lab.XXXXXX)
 nodes=5
 RANDOM=$seed
@@ -124,7 +132,7 @@ for i in $(seq 1 $nodes); do members+=(--member "$i@${addr[$i]}"); done
 
 # The cluster's CA, a certificate per node, and tokens: admin (kv-bench's
 # checker reads replicas; kvctl status), read and write (the stranger's).
-kvctl=$root/target/release/kvctl
+kvctl=$bin/kvctl
 certs=$work/certs
 lab_certs "$certs" "$nodes"
 "$kvctl" --certs-dir "$certs" token new --name reader --role read | head -1 >"$work/read.token"
