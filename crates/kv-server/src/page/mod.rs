@@ -41,20 +41,24 @@ fn hints_per_target(coordinator: &NodeCoordinator) -> Option<Vec<(kv_core::NodeI
 /// A disk with less than this share left is worth a warning.
 const DISK_LOW: f64 = 0.2;
 
-/// The warning for a member gossip holds dead, in a cluster of `members`
-/// nodes that keeps `n` replicas of each range: its writes go to fallback
-/// nodes with hints only where the ring has a node beyond a range's `n`.
-fn dead_member(m: &crate::proto::MemberStatus, members: usize, n: usize) -> String {
-    let (id, addr) = (m.id, &m.addr);
-    if members > n {
-        format!(
-            "Node {id} ({addr}) is down as gossip sees it: writes for its ranges go to their other replicas and to fallback nodes, which hold hints for it."
-        )
+/// The warning for member `m`, which gossip holds dead, in the cluster
+/// `status` describes: its writes go to fallback nodes with hints only
+/// where the ring has a node beyond a range's N (members that left count
+/// for nothing).
+fn dead_member(m: &crate::proto::MemberStatus, status: &StatusReply) -> String {
+    let members = status.members.iter().filter(|m| m.state != "left").count();
+    let n = status.n;
+    let fate = if members > n as usize {
+        "and to fallback nodes, which hold hints for it.".to_string()
     } else {
         format!(
-            "Node {id} ({addr}) is down as gossip sees it: writes for its ranges go to their other replicas only (with {members} nodes for {n} replicas no node is left to hold hints); anti-entropy brings it up to date when it is back."
+            "only (with {members} nodes for {n} replicas no node is left to hold hints); anti-entropy brings it up to date when it is back."
         )
-    }
+    };
+    format!(
+        "Node {} ({}) is down as gossip sees it: writes for its ranges go to their other replicas {fate}",
+        m.id, m.addr
+    )
 }
 
 /// What an operator should look at on this node now, in plain words (none
@@ -76,10 +80,12 @@ pub fn warnings(
     if cluster.posture().insecure {
         out.push("This node runs with --insecure: no TLS and no authentication; anyone who reaches it can read, write and change the cluster.".into());
     }
-    let (members, n) = status.map_or((0, 0), |s| (s.members.len(), s.n as usize));
-    for m in status.iter().flat_map(|s| &s.members) {
+    for (m, s) in status
+        .iter()
+        .flat_map(|s| s.members.iter().map(move |m| (m, s)))
+    {
         match m.state.as_str() {
-            "dead" => out.push(dead_member(m, members, n)),
+            "dead" => out.push(dead_member(m, s)),
             "suspect" => out.push(format!(
                 "Node {} ({}) is suspected down: it missed its gossip rounds.",
                 m.id, m.addr
@@ -441,20 +447,34 @@ mod tests {
 
     #[test]
     fn a_dead_member_is_said_to_have_hints_only_where_a_fallback_node_exists() {
-        let member = crate::proto::MemberStatus {
-            id: 4,
-            addr: "10.0.0.4:7001".into(),
-            state: "dead".into(),
+        let member = |id: u64, state: &str| crate::proto::MemberStatus {
+            id,
+            addr: format!("10.0.0.{id}:7001"),
+            state: state.into(),
             ..Default::default()
         };
-        let with_fallbacks = dead_member(&member, 4, 3);
+        let cluster = |states: &[&str]| StatusReply {
+            n: 3,
+            members: (1..)
+                .zip(states)
+                .map(|(id, state)| member(id, state))
+                .collect(),
+            ..Default::default()
+        };
+        let dead = member(4, "dead");
+        let with_fallbacks = dead_member(&dead, &cluster(&["alive", "alive", "alive", "dead"]));
         assert!(with_fallbacks.starts_with("Node 4 (10.0.0.4:7001) is down"));
         assert!(
             with_fallbacks.contains("hold hints for it"),
             "{with_fallbacks}"
         );
-        for members in [2, 3] {
-            let without = dead_member(&member, members, 3);
+        // Three members, or four of which one left: no node beyond N.
+        for (states, members) in [
+            (&["alive", "alive", "dead"][..], 3),
+            (&["alive", "alive", "left", "dead"][..], 3),
+            (&["alive", "dead"][..], 2),
+        ] {
+            let without = dead_member(&dead, &cluster(states));
             assert!(!without.contains("hold hints for it"), "{without}");
             assert!(
                 without.contains(&format!(
