@@ -122,6 +122,9 @@ pub(crate) struct Inner {
     /// Deferred writes (under `Always`) waiting for the log syncer.
     deferred: Mutex<deferred::Waiting>,
     deferred_cond: Condvar,
+    /// How far blocked writers' deferred writes are synced.
+    synced: std::sync::Mutex<deferred::Synced>,
+    synced_cond: std::sync::Condvar,
     visible_seq: AtomicU64,
     pub(crate) sv: RwLock<Arc<SuperVersion>>,
     /// Guards background wake-ups and stalls.
@@ -212,8 +215,7 @@ impl LsmEngine {
         if self.inner.opts.durability == Durability::Always {
             // Synced by the syncer thread with every other write waiting,
             // so no writer holds the log lock across a sync.
-            let durable = self.inner.write_deferred(batch)?;
-            return durable.wait().map_err(|e| self.inner.failed_sync(e));
+            return self.inner.write_blocking(batch);
         }
         self.inner.submit(SlotOp::Batch(batch))
     }

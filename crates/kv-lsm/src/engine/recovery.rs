@@ -61,6 +61,8 @@ impl Inner {
             log: Mutex::new(LogState { writer, last_seq }),
             deferred: Mutex::new(deferred::Waiting::default()),
             deferred_cond: Condvar::new(),
+            synced: std::sync::Mutex::default(),
+            synced_cond: std::sync::Condvar::new(),
             visible_seq: AtomicU64::new(last_seq),
             sv: RwLock::new(Arc::new(SuperVersion {
                 mem: Arc::new(Memtable::new(log_number)),

@@ -112,8 +112,9 @@ fn inline_writes_only_when_a_write_cannot_wait() {
 }
 
 /// Deferred writes from many threads, interleaved with blocking writes
-/// (which wait on a deferred write of their own) in the same log: every
-/// one acknowledged is visible at once and still there after a reopen.
+/// (which wait together for the log's synced position) in the same log:
+/// every one acknowledged is visible at once and still there after a
+/// reopen.
 #[test]
 fn deferred_and_blocking_writes_share_the_log_and_all_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
