@@ -28,12 +28,15 @@ pub trait WritableFile: Send + fmt::Debug {
     /// The operating system's error; the engine treats it as fatal (poisoned),
     /// since what reached the disk is unknown.
     fn sync_data(&mut self) -> io::Result<()>;
-    /// Reserves `len` bytes of disk for the file so later writes within it
-    /// change no file-system metadata (best effort: unsupported is fine).
+    /// Extends the file to `len` bytes of zeros written to disk (without
+    /// moving the append position), so later writes within them change no
+    /// file-system metadata and a data sync writes only the data. A file
+    /// already that long is left as it is.
     ///
     /// # Errors
     ///
-    /// The operating system's error (callers treat unsupported as fine).
+    /// The operating system's error (a full disk); the caller stops
+    /// reserving and lets the writes report it.
     fn preallocate(&mut self, len: u64) -> io::Result<()>;
 
     /// A second handle on the same open file, whose
@@ -108,36 +111,63 @@ impl WritableFile for StdFile {
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
-        preallocate(&self.0, len)
+        zero_fill(&self.0, len)
     }
 }
 
-#[cfg(target_os = "linux")]
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(len) else {
-        return Ok(());
-    };
-    // Mode 0 extends the file: later writes inside it change neither its
-    // size nor its block map, so fdatasync has no metadata to write.
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is
-    // owned by `file`, which outlives the call.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if rc == 0 {
-        return Ok(());
+/// Extends `file` to `len` bytes with written zeros and starts writing
+/// them back. Written, not merely reserved: ext4 (and XFS) mark blocks
+/// reserved by `fallocate` unwritten, and the first write into each block
+/// converts its extent, so a sync that reaches a new block writes the
+/// extent tree and the inode besides the data. Measured on this project's
+/// machine (ext4, a sync after every 2.4 KB appended): 285-320 us per
+/// sync in a `fallocate`d file, 210-226 us in a zero-filled one. The
+/// zeros cost one extra write of the log's bytes, which the kernel starts
+/// at once so that the next sync finds them written.
+#[cfg(unix)]
+fn zero_fill(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 64 << 10;
+    static ZEROS: [u8; CHUNK] = [0; CHUNK];
+    let size = file.metadata()?.len();
+    let mut at = size;
+    while at < len {
+        let n = usize::try_from(len - at).map_or(CHUNK, |left| left.min(CHUNK));
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
     }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(err),
+    if len > size {
+        start_writeback(file, size, len - size);
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn zero_fill(_file: &File, _len: u64) -> io::Result<()> {
+    Ok(())
+}
+
+/// Starts writing `len` bytes of `file` from `offset` to disk without
+/// waiting (`sync_file_range`; best effort: it makes nothing durable).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the
+    // descriptor is owned by `file`, which outlives the call.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
-    Ok(())
-}
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// The space of the file system that holds a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +345,7 @@ impl WritableFile for FaultFile {
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        self.faults.write()?;
         self.inner.preallocate(len)
     }
 
@@ -376,5 +407,113 @@ mod tests {
         );
         assert!(disk_space(&dir.path().join("missing")).is_err());
         assert!(disk_space(Path::new("a\0b")).is_err());
+    }
+
+    #[test]
+    fn reserved_space_is_written_zeros_behind_the_append_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut file = StdFs.create(&path).unwrap();
+        file.write_all(b"records").unwrap();
+        file.preallocate(1 << 20).unwrap();
+        // Appends go on where they were, inside the zeros.
+        file.write_all(b" more").unwrap();
+        file.sync_data().unwrap();
+        drop(file);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 1 << 20);
+        assert_eq!(&bytes[..12], b"records more");
+        assert!(bytes[12..].iter().all(|&b| b == 0));
+        // A file already longer (a recycled segment) is left as it is.
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        StdFs.overwrite(&path).unwrap().preallocate(4096).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 8192]);
+    }
+
+    /// The point of writing zeros rather than `fallocate`: no extent of the
+    /// reserved space is left unwritten (each would be converted, metadata
+    /// and all, by the sync that first reaches it). Checked with FIEMAP
+    /// where the file system has it (ext4, XFS, btrfs); tmpfs has none.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reserved_space_has_no_unwritten_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut file = StdFs.create(&path).unwrap();
+        file.write_all(b"records").unwrap();
+        file.preallocate(1 << 20).unwrap();
+        file.sync_data().unwrap();
+        drop(file);
+        match extent_flags(&path) {
+            Ok(extents) => {
+                let mapped: u64 = extents.iter().map(|&(len, _)| len).sum();
+                assert!(mapped >= 1 << 20, "{extents:?}");
+                assert!(
+                    extents.iter().all(|&(_, flags)| flags
+                        & (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_DELALLOC)
+                        == 0),
+                    "unwritten or unallocated extents: {extents:?}"
+                );
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                eprintln!("no FIEMAP on this file system: {err}");
+            }
+            Err(err) => panic!("FIEMAP: {err}"),
+        }
+    }
+
+    const FIEMAP_EXTENT_DELALLOC: u32 = 0x4;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+
+    /// The length and flags of each extent of the file at `path` (the
+    /// `FS_IOC_FIEMAP` ioctl, after syncing the file).
+    #[cfg(target_os = "linux")]
+    fn extent_flags(path: &Path) -> io::Result<Vec<(u64, u32)>> {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Extent {
+            logical: u64,
+            physical: u64,
+            length: u64,
+            reserved64: [u64; 2],
+            flags: u32,
+            reserved: [u32; 3],
+        }
+        #[repr(C)]
+        struct Fiemap {
+            start: u64,
+            length: u64,
+            flags: u32,
+            mapped_extents: u32,
+            extent_count: u32,
+            reserved: u32,
+            extents: [Extent; 64],
+        }
+        const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+        const FIEMAP_FLAG_SYNC: u32 = 0x1;
+        let file = File::open(path)?;
+        let mut map = Fiemap {
+            start: 0,
+            length: u64::MAX,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: 64,
+            reserved: 0,
+            extents: [Extent::default(); 64],
+        };
+        // SAFETY: the kernel writes at most `extent_count` extents into
+        // `map`, which is a `fiemap` header followed by that many extents
+        // and outlives the call; the descriptor is owned by `file`.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = (map.mapped_extents as usize).min(map.extents.len());
+        Ok(map.extents[..n]
+            .iter()
+            .map(|e| (e.length, e.flags))
+            .collect())
     }
 }

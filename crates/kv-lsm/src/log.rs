@@ -163,8 +163,9 @@ impl LogWriter {
         }
     }
 
-    /// Keeps `step` bytes reserved on disk ahead of the writes, one step at
-    /// a time, starting now: appends inside reserved space change neither
+    /// Keeps `step` bytes reserved on disk (written zeros, see
+    /// [`WritableFile::preallocate`]) ahead of the writes, one step at a
+    /// time, starting now: appends inside reserved space change neither
     /// the file's size nor its block map, so a data sync has no metadata
     /// to write but once per step, and the segment never takes more than
     /// one step beyond what it holds.

@@ -55,9 +55,9 @@ pub struct Options {
     pub max_immutable_memtables: usize,
     /// Flushed commit-log segments kept to be overwritten by later ones
     /// instead of deleted (0). A reused segment's blocks are allocated and
-    /// written already, so syncs while filling it write no metadata at
-    /// all; each one kept costs about a memtable of disk. A new segment
-    /// reserves its space a sixteenth of a memtable at a time either way.
+    /// written already, so no zeros are written ahead of its appends; each
+    /// one kept costs about a memtable of disk. A new segment reserves its
+    /// space (written zeros) a sixteenth of a memtable at a time.
     pub recycle_log_segments: usize,
     /// Largest key accepted (64 KiB).
     pub max_key_bytes: usize,
