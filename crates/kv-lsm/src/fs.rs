@@ -409,17 +409,23 @@ mod tests {
         assert!(disk_space(Path::new("a\0b")).is_err());
     }
 
-    #[test]
-    fn reserved_space_is_written_zeros_behind_the_append_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
+    /// A new file in `dir` holding `records` then `tail`, with 1 MiB
+    /// reserved in between, synced.
+    fn reserved_file(dir: &Path, tail: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("segment");
         let mut file = StdFs.create(&path).unwrap();
         file.write_all(b"records").unwrap();
         file.preallocate(1 << 20).unwrap();
-        // Appends go on where they were, inside the zeros.
-        file.write_all(b" more").unwrap();
+        file.write_all(tail).unwrap();
         file.sync_data().unwrap();
-        drop(file);
+        path
+    }
+
+    #[test]
+    fn reserved_space_is_written_zeros_behind_the_append_position() {
+        let dir = tempfile::tempdir().unwrap();
+        // Appends go on where they were, inside the zeros.
+        let path = reserved_file(dir.path(), b" more");
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 1 << 20);
         assert_eq!(&bytes[..12], b"records more");
@@ -438,12 +444,7 @@ mod tests {
     #[test]
     fn reserved_space_has_no_unwritten_extents() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
-        let mut file = StdFs.create(&path).unwrap();
-        file.write_all(b"records").unwrap();
-        file.preallocate(1 << 20).unwrap();
-        file.sync_data().unwrap();
-        drop(file);
+        let path = reserved_file(dir.path(), b"");
         match extent_flags(&path) {
             Ok(extents) => {
                 let mapped: u64 = extents.iter().map(|&(len, _)| len).sum();
