@@ -38,18 +38,17 @@ pub(super) struct Waiting {
     want: usize,
 }
 
-/// How far the syncer has made the log durable, for blocked writers (under
-/// `Always`). It lives under a `std` mutex and condition variable: on
-/// Linux `std`'s `notify_all` wakes every waiter with one system call,
-/// where `parking_lot`'s requeues them to be woken one at a time.
+/// Why writes the syncer has not made durable never will be, for blocked
+/// writers (under `Always`); how far it has is `visible_seq`, which it
+/// raises before it takes this lock to wake them. It lives under a `std`
+/// mutex and condition variable: on Linux `std`'s `notify_all` wakes
+/// every waiter with one system call, where `parking_lot`'s requeues them
+/// to be woken one at a time.
 #[derive(Default)]
 pub(super) struct Synced {
-    /// Every write through this sequence number is durable.
-    seq: u64,
-    /// The sync that failed (the engine is poisoned): writes beyond `seq`
-    /// never will be.
+    /// The sync that failed (the engine is poisoned).
     failed: Option<StorageError>,
-    /// The syncer has stopped: writes beyond `seq` never will be.
+    /// The syncer has stopped.
     stopped: bool,
 }
 
@@ -114,7 +113,7 @@ impl Inner {
         self.await_sync(seq, None);
         let mut synced = self.lock_synced();
         loop {
-            if synced.seq >= seq {
+            if self.visible_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
             if let Some(err) = &synced.failed {
@@ -187,14 +186,12 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Tells blocked writers the outcome of a sync through `newest`.
-    fn publish_synced(&self, newest: u64, result: &std::result::Result<(), StorageError>) {
+    /// Wakes blocked writers after a sync (`visible_seq` already covers
+    /// what it made durable), with its failure if it failed.
+    fn publish_synced(&self, result: &std::result::Result<(), StorageError>) {
         let mut synced = self.lock_synced();
-        match result {
-            Ok(()) => synced.seq = synced.seq.max(newest),
-            Err(err) => {
-                synced.failed.get_or_insert_with(|| err.clone());
-            }
+        if let Err(err) = result {
+            synced.failed.get_or_insert_with(|| err.clone());
         }
         drop(synced);
         self.synced_cond.notify_all();
@@ -266,7 +263,7 @@ impl Inner {
             took = started.elapsed();
             let result = result.map_err(|err| StorageError::from(poisoning(err)));
             if writes.iter().any(|(_, signal)| signal.is_none()) {
-                self.publish_synced(newest, &result);
+                self.publish_synced(&result);
             }
             for signal in writes.into_iter().filter_map(|(_, signal)| signal) {
                 signal.complete(result.clone());
