@@ -294,6 +294,14 @@ pub(crate) async fn stores(port: u16, key: &[u8], value: &[u8]) -> bool {
 
 /// Writes keys `<prefix>0000` to `<prefix>0199` (value: the index) with
 /// write quorum `w` (0: the cluster's); every write must succeed.
+///
+/// A write whose quorum timed out or whose node was unavailable is sent
+/// again as the client API asks (docs/api.md, "Retries are safe"): the same
+/// write id, `retry` set, at most five attempts. On a loaded machine the
+/// first write to a freshly started replica can miss the 200 ms request
+/// timeout (its connection opened on first use); the retry completes it,
+/// and since the store keeps one version per write id, the callers'
+/// checks that each key reads back as one value still hold.
 pub(crate) async fn write_keys(
     writer: &mut KvClient<Channel>,
     prefix: &str,
@@ -302,17 +310,38 @@ pub(crate) async fn write_keys(
     let keys: Vec<Vec<u8>> = (0..200u32)
         .map(|i| format!("{prefix}{i:04}").into_bytes())
         .collect();
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).unwrap();
+    let base = u64::from_le_bytes(nonce);
     for (i, key) in keys.iter().enumerate() {
-        writer
-            .put(PutRequest {
-                key: key.clone(),
-                value: (i as u32).to_le_bytes().to_vec(),
-                context: vec![],
-                w,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("write {i} (w={w}): {e}"));
+        let write_id = base.wrapping_add(i as u64).max(1);
+        let mut attempt = 0;
+        loop {
+            let sent = writer
+                .put(PutRequest {
+                    key: key.clone(),
+                    value: (i as u32).to_le_bytes().to_vec(),
+                    context: vec![],
+                    w,
+                    write_id,
+                    retry: attempt > 0,
+                    ..Default::default()
+                })
+                .await;
+            match sent {
+                Ok(_) => break,
+                Err(e)
+                    if attempt < 4
+                        && matches!(
+                            e.code(),
+                            tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+                        ) =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => panic!("write {i} (w={w}, attempt {}): {e}", attempt + 1),
+            }
+        }
     }
     keys
 }
