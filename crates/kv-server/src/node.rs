@@ -330,7 +330,21 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 ///
 /// [`NodeError`] if an engine cannot open, the ring cannot be built or loaded,
 /// or the configuration is refused.
-pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode, NodeError> {
+pub fn start(
+    config: NodeConfig,
+    listener: TcpListener,
+) -> futures_util::future::BoxFuture<'static, Result<RunningNode, NodeError>> {
+    // Boxed here, in this crate: the node's whole stack (coordinator,
+    // services, engines) is then compiled once, in this library, instead
+    // of again in every binary that awaits it (an `async fn`'s body is
+    // compiled where it is polled).
+    Box::pin(start_listening(config, listener))
+}
+
+async fn start_listening(
+    config: NodeConfig,
+    listener: TcpListener,
+) -> Result<RunningNode, NodeError> {
     let addr = listener.local_addr()?;
     // Framed internode connections come in on the same port; TLS and the
     // gate's policy admit them as they do gRPC calls.
