@@ -324,7 +324,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Opens the node's engines, builds its coordinator, joins gossip, and
 /// serves the client, internal and admin services on `listener` until shut
-/// down.
+/// down: all of it when the returned future is awaited.
 ///
 /// # Errors
 ///

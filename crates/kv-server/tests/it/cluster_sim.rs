@@ -454,18 +454,21 @@ fn seeds(half: usize) -> Vec<u64> {
     all.into_iter().skip(half).step_by(2).collect()
 }
 
-#[test]
-fn partitions_crashes_and_restarts_keep_every_acknowledged_write() {
-    for seed in seeds(0) {
+/// Runs the seeds of test `half`.
+fn run_seeds(half: usize) {
+    for seed in seeds(half) {
         run(seed, 600);
     }
+}
+
+#[test]
+fn partitions_crashes_and_restarts_keep_every_acknowledged_write() {
+    run_seeds(0);
 }
 
 /// The other half of the seeds, in a test of its own so that libtest runs
 /// it beside the first (each simulation runs on one thread).
 #[test]
 fn partitions_crashes_and_restarts_keep_every_acknowledged_write_more_seeds() {
-    for seed in seeds(1) {
-        run(seed, 600);
-    }
+    run_seeds(1);
 }
