@@ -113,7 +113,7 @@ async fn drive<I: Send + 'static, O: Send + 'static>(
             return;
         };
         // Whatever queued while waiting for a slot joins this batch.
-        let batch = with_ready(first, &mut queue, max_batch);
+        let batch = with_ready(first, &mut queue, max_batch).await;
         let run = run.clone();
         tokio::spawn(async move {
             let (items, done): (Vec<I>, Vec<_>) =
@@ -128,10 +128,20 @@ async fn drive<I: Send + 'static, O: Send + 'static>(
     }
 }
 
-/// `first` and whatever else `queue` holds right now, up to `max` in all:
-/// how every self-clocked batch here is gathered (no timer: a batch is
-/// whatever queued while the last one was under way).
-pub fn with_ready<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+/// `first` and whatever else `queue` holds once the tasks ready to run
+/// have run, up to `max` in all: how every self-clocked batch here is
+/// gathered (no timer: a batch is whatever queued while the last one was
+/// under way).
+///
+/// The yield matters on tokio's multi-threaded runtime: a task woken by
+/// the running one (the first item's sender) runs next, before the tasks
+/// already queued, so without it the batch would be taken while the
+/// items' other senders (callers woken together by the last reply, a
+/// pipeline message's operations) still wait to run, and go out one item
+/// at a time. Measured on three nodes under workload a: the client's
+/// pipeline messages carried 1.03 operations each without it, 3.7 with.
+pub async fn with_ready<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    tokio::task::yield_now().await;
     let mut batch = vec![first];
     while batch.len() < max {
         match queue.try_recv() {
@@ -190,14 +200,37 @@ mod tests {
         assert_eq!(*seen.lock(), vec![1, 2], "queued in submission order");
     }
 
-    #[test]
-    fn a_batch_takes_what_is_ready_up_to_its_bound() {
+    #[tokio::test]
+    async fn a_batch_takes_what_is_ready_up_to_its_bound() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         for i in 1..=5 {
             tx.send(i).unwrap();
         }
-        assert_eq!(with_ready(0, &mut rx, 3), vec![0, 1, 2]);
-        assert_eq!(with_ready(9, &mut rx, 10), vec![9, 3, 4, 5]);
+        assert_eq!(with_ready(0, &mut rx, 3).await, vec![0, 1, 2]);
+        assert_eq!(with_ready(9, &mut rx, 10).await, vec![9, 3, 4, 5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn callers_that_are_ready_together_share_one_batch() {
+        let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sizes = batches.clone();
+        // On the worker: the callers are spawned together, and the first
+        // one's submission wakes the driver, which the runtime runs next.
+        tokio::spawn(async move {
+            let batcher = Batcher::spawn(64, 1, doubling(batches));
+            let calls: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let b = batcher.clone();
+                    tokio::spawn(async move { b.call(i).await })
+                })
+                .collect();
+            for (i, call) in (0..8u32).zip(calls) {
+                assert_eq!(call.await.unwrap(), Ok(i * 2));
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*sizes.lock(), vec![8], "one batch for the eight callers");
     }
 
     #[tokio::test]

@@ -123,7 +123,8 @@ async fn drive(
                     out = None;
                     continue;
                 };
-                let batch = with_ready(first, &mut queued, MAX_PIPELINED_OPS);
+                // With the operations of callers woken by the last reply.
+                let batch = with_ready(first, &mut queued, MAX_PIPELINED_OPS).await;
                 let mut ops = Vec::with_capacity(batch.len());
                 for q in batch {
                     next_id += 1;

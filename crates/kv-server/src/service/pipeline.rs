@@ -74,7 +74,7 @@ where
         results,
         |mut results| async move {
             let first = results.recv().await?;
-            let ready = with_ready(first, &mut results, MAX_PIPELINED_OPS);
+            let ready = with_ready(first, &mut results, MAX_PIPELINED_OPS).await;
             Some((Ok(PipelineReply { results: ready }), results))
         },
     ))
