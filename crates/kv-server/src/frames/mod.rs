@@ -31,7 +31,7 @@ use std::time::Duration;
 use kv_core::NodeId;
 
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
@@ -256,7 +256,8 @@ impl Request for ReadBatchRequest {
     type Reply = ReadBatchReply;
 }
 
-/// A framed connection, plaintext or TLS.
+/// A framed connection, plaintext or TLS, read through a buffer (a
+/// frame's header and payload in one read from the socket, not two).
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -367,12 +368,12 @@ impl FramedPeer {
             ))
         };
         let mut conn: Box<dyn Io> = match &self.tls {
-            Some(tls) => Box::new(
+            Some(tls) => Box::new(BufReader::new(
                 tls.connect(tcp, self.peer)
                     .await
                     .map_err(|e| no_frames(&e))?,
-            ),
-            None => Box::new(tcp),
+            )),
+            None => Box::new(BufReader::new(tcp)),
         };
         let hello = Frame::hello(self.me.0);
         write_frame(&mut conn, &hello)
@@ -472,14 +473,14 @@ pub(crate) async fn admit_and_serve<A, F>(
 {
     let (mut conn, cert): (Box<dyn Io>, Option<Vec<u8>>) = match tls {
         Some(tls) => match tokio::time::timeout(CLASSIFY_TIMEOUT, tls.accept(conn)).await {
-            Ok(Ok((stream, cert))) => (Box::new(stream), cert),
+            Ok(Ok((stream, cert))) => (Box::new(BufReader::new(stream)), cert),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "framed TLS handshake failed");
                 return;
             }
             Err(_) => return,
         },
-        None => (Box::new(conn), None),
+        None => (Box::new(BufReader::new(conn)), None),
     };
     if let Err(status) = policy.admit(ADMITTED_AS, cert.as_deref(), None) {
         tracing::debug!(%status, "framed connection refused");
