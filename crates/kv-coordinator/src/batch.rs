@@ -142,7 +142,8 @@ async fn drive<I: Send + 'static, O: Send + 'static>(
 /// pipeline messages carried 1.03 operations each without it, 3.7 with.
 pub async fn with_ready<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
     tokio::task::yield_now().await;
-    let mut batch = vec![first];
+    let mut batch = Vec::with_capacity((queue.len() + 1).min(max));
+    batch.push(first);
     while batch.len() < max {
         match queue.try_recv() {
             Ok(next) => batch.push(next),

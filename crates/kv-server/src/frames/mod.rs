@@ -256,11 +256,16 @@ impl Request for ReadBatchRequest {
     type Reply = ReadBatchReply;
 }
 
-/// A framed connection, plaintext or TLS, read through a buffer (a
-/// frame's header and payload in one read from the socket, not two).
+/// A framed connection, plaintext or TLS (made by [`framed`]).
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// `stream` as a framed connection, read through a buffer: a frame's
+/// header and payload in one read from the socket, not two.
+fn framed<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) -> Box<dyn Io> {
+    Box::new(BufReader::new(stream))
+}
 
 /// The caller's side: one connection to a peer, opened on first use and
 /// again after any failure, one request at a time.
@@ -367,13 +372,13 @@ impl FramedPeer {
                 "node {peer} did not take a framed connection ({e}); its gRPC streams are used"
             ))
         };
-        let mut conn: Box<dyn Io> = match &self.tls {
-            Some(tls) => Box::new(BufReader::new(
+        let mut conn = match &self.tls {
+            Some(tls) => framed(
                 tls.connect(tcp, self.peer)
                     .await
                     .map_err(|e| no_frames(&e))?,
-            )),
-            None => Box::new(BufReader::new(tcp)),
+            ),
+            None => framed(tcp),
         };
         let hello = Frame::hello(self.me.0);
         write_frame(&mut conn, &hello)
@@ -473,14 +478,14 @@ pub(crate) async fn admit_and_serve<A, F>(
 {
     let (mut conn, cert): (Box<dyn Io>, Option<Vec<u8>>) = match tls {
         Some(tls) => match tokio::time::timeout(CLASSIFY_TIMEOUT, tls.accept(conn)).await {
-            Ok(Ok((stream, cert))) => (Box::new(BufReader::new(stream)), cert),
+            Ok(Ok((stream, cert))) => (framed(stream), cert),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "framed TLS handshake failed");
                 return;
             }
             Err(_) => return,
         },
-        None => (Box::new(BufReader::new(conn)), None),
+        None => (framed(conn), None),
     };
     if let Err(status) = policy.admit(ADMITTED_AS, cert.as_deref(), None) {
         tracing::debug!(%status, "framed connection refused");
