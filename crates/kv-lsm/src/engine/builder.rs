@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::LsmEngine;
 use crate::error::Result;
 use crate::fs::FileSystem;
-use crate::options::{Durability, Options, RecoveryMode};
+use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode};
 
 /// Configures and opens an [`LsmEngine`] (a consuming builder).
 ///
@@ -80,6 +80,8 @@ impl LsmEngineBuilder {
         table_target_bytes: u64);
     setter!(/// How recovery treats a bad log record.
         recovery: RecoveryMode);
+    setter!(/// The CPU priority of flushes and compactions.
+        background_priority: BackgroundPriority);
     setter!(/// The file layer.
         fs: Arc<dyn FileSystem>);
 

@@ -23,7 +23,7 @@ use crate::iter::{InternalIter, MergingIter, UserIter};
 use crate::log::{LogWriter, SegmentEnd, decode_batch, scan_segment, segment_name};
 use crate::manifest::{self, Manifest, ManifestState, VersionEdit};
 use crate::memtable::{MemIter, Memtable};
-use crate::options::{Durability, Options, RecoveryMode};
+use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode};
 use crate::table::{Table, TableBuilder, table_name};
 use crate::version::{TableHandle, Version};
 pub use builder::LsmEngineBuilder;
@@ -180,18 +180,27 @@ impl LsmEngine {
     pub(crate) fn open_with(dir: PathBuf, opts: Options) -> Result<Self> {
         let inner = Arc::new(Inner::open(dir, opts)?);
         let mut threads = Vec::new();
-        let spawn = |name: &str, f: fn(&Inner)| {
+        let spawn = |name: &str, f: fn(&Inner), background: bool| {
             let inner = inner.clone();
+            let lower = background && inner.opts.background_priority == BackgroundPriority::Low;
             std::thread::Builder::new()
                 .name(name.to_string())
-                .spawn(move || f(&inner))
+                .spawn(move || {
+                    if lower {
+                        lower_this_thread(BACKGROUND_NICE);
+                    }
+                    f(&inner)
+                })
                 .map_err(|e| Error::io("spawn thread", name.to_string(), e))
         };
-        threads.push(spawn("lsm-flush", Inner::flush_loop)?);
-        threads.push(spawn("lsm-compact", compaction::compaction_loop)?);
+        threads.push(spawn("lsm-flush", Inner::flush_loop, true)?);
+        threads.push(spawn("lsm-compact", compaction::compaction_loop, true)?);
+        // The syncers are the writers' own wait: never lowered.
         match inner.opts.durability {
-            Durability::Interval(_) => threads.push(spawn("lsm-sync", Inner::sync_loop)?),
-            Durability::Always => threads.push(spawn("lsm-syncer", Inner::deferred_sync_loop)?),
+            Durability::Interval(_) => threads.push(spawn("lsm-sync", Inner::sync_loop, false)?),
+            Durability::Always => {
+                threads.push(spawn("lsm-syncer", Inner::deferred_sync_loop, false)?);
+            }
             Durability::Never => {}
         }
         Ok(LsmEngine {
@@ -537,6 +546,27 @@ impl Inner {
         self.bg_cond.notify_all();
     }
 }
+
+/// Nice levels a flush or compaction thread runs below the thread that
+/// opened the engine ([`BackgroundPriority::Low`]).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by `levels` nice levels (at
+/// most to 19). On Linux a thread's nice value is its own, so the rest
+/// of the process keeps its priority. Best effort: a failure leaves the
+/// thread as it was.
+#[cfg(target_os = "linux")]
+fn lower_this_thread(levels: i32) {
+    // SAFETY: nice(2) takes an integer and changes only the calling
+    // thread's scheduling; it touches no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::nice(levels);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_thread(_levels: i32) {}
 
 /// Writes the newest version of every key of `mem` to level-0 table
 /// `number`. `None` for an empty memtable.
