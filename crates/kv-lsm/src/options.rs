@@ -41,9 +41,9 @@ pub enum BackgroundPriority {
     /// Ten nice levels below the thread that opened the engine (at most
     /// 19; Linux, where a thread has a nice value of its own): a flush or a
     /// compaction takes the CPU that reads and writes leave, instead of a
-    /// fair share beside them. The default: a node of this project at half
-    /// its peak load saw its p99 go from 24-93 ms to 8-17 ms over a run,
-    /// the flushes' seconds from 50-133 ms to 13-47 ms (docs/benchmarks.md).
+    /// fair share beside them. The default: this project's three-node
+    /// cluster at half its peak load had a p99 of 41-85 ms over a run
+    /// without it, 9-26 ms with it (docs/benchmarks.md).
     #[default]
     Low,
     /// As the thread that opened the engine.
