@@ -91,14 +91,23 @@ impl Index {
     }
 
     /// Takes every entry's prefix after the bytes all keys share, once
-    /// every entry is in. (The keys are in order, so what the first and
-    /// the last share, every key between them shares.)
+    /// every entry is in. The shared bytes are counted over every key,
+    /// not only the first and the last: an index read from a damaged or
+    /// crafted file need not be in order, and must not make this slice
+    /// past a key's end.
     fn seal(&mut self) {
-        let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) else {
+        let Some(first) = self.entries.first() else {
             return;
         };
-        let (first, last) = (self.key(first), self.key(last));
-        self.shared = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        let first = self.key(first);
+        self.shared = self.entries.iter().fold(first.len(), |shared, e| {
+            let key = self.key(e);
+            first[..shared]
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
         for i in 0..self.entries.len() {
             let e = &self.entries[i];
             let prefix = key_prefix(&self.keys[e.key_start + self.shared..e.key_end]);
@@ -470,6 +479,22 @@ impl InternalIter for TableIter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_index_out_of_order_seals_without_slicing_past_a_key() {
+        // As a damaged or crafted file may hold: the first and the last
+        // key share four bytes, the one between them only one.
+        let mut index = Index::default();
+        for (i, key) in [&b"abcd1"[..], b"a", b"abcd2"].iter().enumerate() {
+            index.push(key, 0, i as u64, 1);
+        }
+        index.seal();
+        assert_eq!(index.shared, 1);
+        // Searches answer (whatever the order made of them) without panicking.
+        for probe in [&b""[..], b"a", b"abcd", b"b", b"zz"] {
+            assert!(index.search(probe, 0) <= 3);
+        }
+    }
 
     proptest! {
         /// The search finds what a linear scan with the full comparison
