@@ -43,7 +43,8 @@ pub enum BackgroundPriority {
     /// compaction takes the CPU that reads and writes leave, instead of a
     /// fair share beside them. The default: this project's three-node
     /// cluster at half its peak load had a p99 of 41-85 ms over a run
-    /// without it, 9-26 ms with it (docs/benchmarks.md).
+    /// without it, 9-26 ms with it, in four alternated runs
+    /// (docs/benchmarks.md).
     #[default]
     Low,
     /// As the thread that opened the engine.
