@@ -31,22 +31,13 @@ fn threads_named(name: &str) -> Vec<i32> {
     found
 }
 
-/// The engine's threads as they run: the started ones may not have set
-/// their priority yet, so wait (bounded) until `want` holds for them.
-fn settle(want: impl Fn(&str, &[i32]) -> bool) -> Vec<(String, Vec<i32>)> {
-    let names = ["lsm-flush", "lsm-compact", "lsm-syncer"];
-    let mut seen = Vec::new();
-    for _ in 0..500 {
-        seen = names
-            .iter()
-            .map(|n| (n.to_string(), threads_named(n)))
-            .collect();
-        if seen.iter().all(|(n, nice)| want(n, nice)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    seen
+/// The engine's threads by name, each with the nice value of every
+/// thread of that name.
+fn engine_threads() -> Vec<(String, Vec<i32>)> {
+    ["lsm-flush", "lsm-compact", "lsm-syncer"]
+        .iter()
+        .map(|n| (n.to_string(), threads_named(n)))
+        .collect()
 }
 
 #[test]
@@ -59,12 +50,10 @@ fn flushes_and_compactions_run_ten_nice_levels_below_the_opener_and_the_syncer_d
         .durability(Durability::Always)
         .open()
         .unwrap();
-    let seen = settle(|name, nice| {
-        let expected = if name == "lsm-syncer" { base } else { low };
-        nice.len() == 1 && nice[0] == expected
-    });
+    // Read as soon as `open` returns: the threads have their priority
+    // by then.
     assert_eq!(
-        seen,
+        engine_threads(),
         vec![
             ("lsm-flush".to_string(), vec![low]),
             ("lsm-compact".to_string(), vec![low]),
@@ -79,10 +68,14 @@ fn flushes_and_compactions_run_ten_nice_levels_below_the_opener_and_the_syncer_d
         .background_priority(BackgroundPriority::Normal)
         .open()
         .unwrap();
-    let seen = settle(|_, nice| nice.len() == 1 && nice[0] == base);
-    assert!(
-        seen.iter().all(|(_, nice)| nice == &vec![base]),
-        "Normal leaves every thread at the opener's priority: {seen:?}"
+    assert_eq!(
+        engine_threads(),
+        vec![
+            ("lsm-flush".to_string(), vec![base]),
+            ("lsm-compact".to_string(), vec![base]),
+            ("lsm-syncer".to_string(), vec![base]),
+        ],
+        "Normal leaves every thread at the opener's priority"
     );
     drop(engine);
 }

@@ -180,18 +180,24 @@ impl LsmEngine {
     pub(crate) fn open_with(dir: PathBuf, opts: Options) -> Result<Self> {
         let inner = Arc::new(Inner::open(dir, opts)?);
         let mut threads = Vec::new();
+        // Each thread has its priority once `open` returns: it says so
+        // before it starts its loop.
         let spawn = |name: &str, f: fn(&Inner), background: bool| {
             let inner = inner.clone();
             let lower = background && inner.opts.background_priority == BackgroundPriority::Low;
-            std::thread::Builder::new()
+            let (ready, started) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || {
                     if lower {
                         lower_this_thread(BACKGROUND_NICE);
                     }
+                    let _ = ready.send(());
                     f(&inner)
                 })
-                .map_err(|e| Error::io("spawn thread", name.to_string(), e))
+                .map_err(|e| Error::io("spawn thread", name.to_string(), e))?;
+            let _ = started.recv();
+            Ok::<_, Error>(thread)
         };
         threads.push(spawn("lsm-flush", Inner::flush_loop, true)?);
         threads.push(spawn("lsm-compact", compaction::compaction_loop, true)?);

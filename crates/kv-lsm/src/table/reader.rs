@@ -108,10 +108,9 @@ impl Index {
                 .take_while(|(a, b)| a == b)
                 .count()
         });
-        for i in 0..self.entries.len() {
-            let e = &self.entries[i];
-            let prefix = key_prefix(&self.keys[e.key_start + self.shared..e.key_end]);
-            self.entries[i].prefix = prefix;
+        let (keys, shared) = (&self.keys, self.shared);
+        for e in &mut self.entries {
+            e.prefix = key_prefix(&keys[e.key_start + shared..e.key_end]);
         }
     }
 
