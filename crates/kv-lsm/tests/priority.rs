@@ -40,44 +40,43 @@ fn engine_threads() -> Vec<(String, Vec<i32>)> {
         .collect()
 }
 
+/// The nice value of each engine thread (flush, compaction, syncer) just
+/// after `open` returns with `priority`: the threads have theirs by then.
+fn opened_with(dir: &std::path::Path, priority: BackgroundPriority) -> Vec<(String, Vec<i32>)> {
+    let engine = LsmEngine::builder(dir)
+        .durability(Durability::Always)
+        .background_priority(priority)
+        .open()
+        .unwrap();
+    let seen = engine_threads();
+    drop(engine);
+    seen
+}
+
+/// The engine threads as [`engine_threads`] lists them, one of each.
+fn one_each(flush: i32, compact: i32, syncer: i32) -> Vec<(String, Vec<i32>)> {
+    vec![
+        ("lsm-flush".to_string(), vec![flush]),
+        ("lsm-compact".to_string(), vec![compact]),
+        ("lsm-syncer".to_string(), vec![syncer]),
+    ]
+}
+
 #[test]
 fn flushes_and_compactions_run_ten_nice_levels_below_the_opener_and_the_syncer_does_not() {
     let base = nice_of(&this_thread_id().to_string());
     let low = (base + 10).min(19);
     let dir = tempfile::tempdir().unwrap();
-
-    let engine = LsmEngine::builder(dir.path().join("low"))
-        .durability(Durability::Always)
-        .open()
-        .unwrap();
-    // Read as soon as `open` returns: the threads have their priority
-    // by then.
     assert_eq!(
-        engine_threads(),
-        vec![
-            ("lsm-flush".to_string(), vec![low]),
-            ("lsm-compact".to_string(), vec![low]),
-            ("lsm-syncer".to_string(), vec![base]),
-        ],
+        opened_with(&dir.path().join("low"), BackgroundPriority::default()),
+        one_each(low, low, base),
         "the default lowers the background threads only"
     );
-    drop(engine);
-
-    let engine = LsmEngine::builder(dir.path().join("normal"))
-        .durability(Durability::Always)
-        .background_priority(BackgroundPriority::Normal)
-        .open()
-        .unwrap();
     assert_eq!(
-        engine_threads(),
-        vec![
-            ("lsm-flush".to_string(), vec![base]),
-            ("lsm-compact".to_string(), vec![base]),
-            ("lsm-syncer".to_string(), vec![base]),
-        ],
+        opened_with(&dir.path().join("normal"), BackgroundPriority::Normal),
+        one_each(base, base, base),
         "Normal leaves every thread at the opener's priority"
     );
-    drop(engine);
 }
 
 /// This thread's id, from /proc (no system call of our own).
