@@ -279,6 +279,9 @@ impl Inner {
         // sync that succeeds proves nothing of it (fsync reports a lost
         // write once).
         self.check_poison()?;
+        // A switch's syncs, before the lock (under it, writing the buffer
+        // to the new segment would do them).
+        self.settle_switch()?;
         let target = {
             let mut log = self.log.lock();
             if let Err(err) = log.writer.write_buffered() {
@@ -297,8 +300,8 @@ impl Inner {
             }
             log.last_seq
         };
-        // A segment switched since the handle was taken was synced whole
-        // by the switch: syncing the old handle still covers `target`.
+        // A segment switched since the handle was taken was written whole
+        // before the switch: syncing the old handle still covers `target`.
         if let Some((_, h)) = handle.as_mut()
             && let Err(err) = h.sync()
         {

@@ -39,6 +39,9 @@ impl Inner {
     }
 
     pub(super) fn flush_one(&self, imm: &Arc<Memtable>) -> Result<()> {
+        // A switch froze `imm`: a file ready for the next one, first (a
+        // few milliseconds; the flush takes a memtable's worth of CPU).
+        self.prepare_spare();
         let number = self.new_file_number();
         let meta = write_l0(&self.dir, &self.fs, &self.opts, imm, number)?;
         let handle = match &meta {

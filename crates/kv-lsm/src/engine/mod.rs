@@ -138,6 +138,11 @@ pub(crate) struct Inner {
     /// Serialises compactions (background and manual).
     pub(crate) compacting: Mutex<()>,
     recycled: Mutex<Vec<PathBuf>>,
+    /// A file ready to be the next segment (see `segments::spare_name`).
+    spare: Mutex<Option<segments::Spare>>,
+    /// The last switch's prerequisite, for the log syncer to do outside
+    /// the log lock (see `Inner::rotate`).
+    closing: Mutex<Option<crate::log::Prerequisite>>,
     pub(crate) counters: Counters,
 }
 
@@ -417,6 +422,7 @@ impl LsmEngine {
         for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
         }
+        self.inner.remove_spare();
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Ok(());
         }

@@ -78,6 +78,8 @@ impl Inner {
             shutdown: AtomicBool::new(false),
             compacting: Mutex::new(()),
             recycled: Mutex::new(Vec::new()),
+            spare: Mutex::new(None),
+            closing: Mutex::new(None),
             counters: Counters::default(),
             opts,
         })
@@ -102,8 +104,9 @@ pub(super) fn list_numbered(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     Ok(numbers)
 }
 
-/// Removes tables the manifest does not list, logs it no longer needs and
-/// old manifests (left by a crash between writing and recording them).
+/// Removes tables the manifest does not list, logs it no longer needs, old
+/// manifests (left by a crash between writing and recording them) and
+/// spare segment files.
 pub(super) fn remove_strays(
     dir: &Path,
     fs: &dyn FileSystem,
@@ -131,7 +134,10 @@ pub(super) fn remove_strays(
                 .strip_prefix("MANIFEST-")
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|n| n != manifest_number);
-            if stale_manifest || name == "CURRENT.tmp" {
+            let spare = name
+                .strip_suffix(".spare")
+                .is_some_and(|n| n.parse::<u64>().is_ok());
+            if stale_manifest || spare || name == "CURRENT.tmp" {
                 let _ = fs.remove_file(&entry.path());
             }
         }
@@ -204,9 +210,17 @@ struct Replayed {
 }
 
 /// Replays the commit-log segments the manifest still needs into level-0
-/// tables: a torn tail of the last segment is cut off; damage before it
-/// fails a strict open, or, when recovery may skip, ends the replay there
-/// (the later segments are dropped).
+/// tables: a torn tail of the last segment holding records is cut off;
+/// damage before it fails a strict open, or, when recovery may skip, ends
+/// the replay there (the later segments are dropped).
+///
+/// The last segment *holding records*, not the last file: a memtable
+/// switch names the next segment before the old one is synced through its
+/// terminator, and nothing is written to the new one until it is (see
+/// `log::Prerequisite`). A crash between the two leaves a new segment of
+/// zeros (or of a recycled file's earlier life) after an old one that may
+/// end torn; once any record of a segment is on disk, the one before it is
+/// whole, so a torn segment followed by records is damage.
 fn replay_logs(
     dir: &Path,
     fs: &Arc<dyn FileSystem>,
@@ -219,15 +233,34 @@ fn replay_logs(
     let mut mem = Memtable::new(0);
     let mut last_seq = state.last_seq;
     let mut added = Vec::new();
+    let read = |number: u64| {
+        let path = dir.join(segment_name(number));
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read commit log", &path, e))?;
+        let contents = scan_segment(&bytes, number);
+        Ok::<_, Error>((path, bytes, contents))
+    };
+    // The last segment holding anything; the one found is read once.
+    let mut last_written = 0;
+    let mut found = None;
+    for (i, &number) in logs.iter().enumerate().rev() {
+        let segment = read(number)?;
+        let blank = segment.2.records.is_empty() && segment.2.end == SegmentEnd::Clean;
+        if !blank {
+            last_written = i;
+            found = Some(segment);
+            break;
+        }
+    }
     let mut discard_from = None;
     for (i, &number) in logs.iter().enumerate() {
         if discard_from.is_some() {
             break;
         }
-        let path = dir.join(segment_name(number));
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read commit log", &path, e))?;
-        let contents = scan_segment(&bytes, number);
-        let is_last = i + 1 == logs.len();
+        let (path, bytes, contents) = match found.take_if(|_| i == last_written) {
+            Some(segment) => segment,
+            None => read(number)?,
+        };
+        let is_last = i >= last_written;
         let cut = match &contents.end {
             SegmentEnd::Clean => None,
             SegmentEnd::Torn { offset, reason } if is_last => {

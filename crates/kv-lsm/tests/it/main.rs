@@ -13,6 +13,7 @@ mod crash;
 mod decoders;
 mod faults;
 mod model;
+mod power;
 mod recovery;
 
 use std::path::Path;
