@@ -723,26 +723,11 @@ mod tests {
     fn single_operation_records_match_batches_of_one() {
         let path = PathBuf::from("unused");
         for value in [Some(&b"value"[..]), None] {
-            let mut single = LogWriter::new(Box::new(NullFile), path.clone(), 3);
+            let mut single = LogWriter::new(Box::new(MemFile::default()), path.clone(), 3);
             single.add_single(9, b"key", value);
-            let mut batched = LogWriter::new(Box::new(NullFile), path.clone(), 3);
+            let mut batched = LogWriter::new(Box::new(MemFile::default()), path.clone(), 3);
             batched.add_batch(9, &batch(&[(b"key", value)]));
             assert_eq!(single.buffer, batched.buffer);
-        }
-    }
-
-    #[derive(Debug)]
-    struct NullFile;
-
-    impl WritableFile for NullFile {
-        fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn sync_data(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn preallocate(&mut self, _: u64) -> std::io::Result<()> {
-            Ok(())
         }
     }
 
@@ -838,6 +823,15 @@ mod tests {
         (bytes, starts)
     }
 
+    /// Scans `bytes` from [`three_records`]: the first record only, its
+    /// end where the second starts. How the segment ends.
+    fn ends_at_the_second(bytes: &[u8], starts: &[usize]) -> SegmentEnd {
+        let contents = scan_segment(bytes, 4);
+        assert_eq!(contents.records.len(), 1);
+        assert_eq!(contents.valid_len, starts[1] as u64);
+        contents.end
+    }
+
     #[test]
     fn damage_in_what_was_never_synced_is_a_torn_tail_whatever_follows() {
         // A power cut keeps any subset of the unsynced pages: the second
@@ -846,14 +840,8 @@ mod tests {
         let torn: fn(&mut [u8]) = |b| b[30..].fill(0);
         for damage in [lost, torn] {
             let (bytes, starts) = three_records(None, damage);
-            let contents = scan_segment(&bytes, 4);
-            assert_eq!(contents.records.len(), 1);
-            assert_eq!(contents.valid_len, starts[1] as u64);
-            assert!(
-                matches!(contents.end, SegmentEnd::Torn { offset, .. } if offset == starts[1] as u64),
-                "{:?}",
-                contents.end
-            );
+            let end = ends_at_the_second(&bytes, &starts);
+            assert!(matches!(end, SegmentEnd::Torn { .. }), "{end:?}");
         }
     }
 
@@ -864,13 +852,8 @@ mod tests {
         for by_writer in [true, false] {
             for damage in [flip, lost] {
                 let (bytes, starts) = three_records(Some(by_writer), damage);
-                let contents = scan_segment(&bytes, 4);
-                assert_eq!(contents.records.len(), 1);
-                assert!(
-                    matches!(contents.end, SegmentEnd::Corrupt { offset, .. } if offset == starts[1] as u64),
-                    "{:?}",
-                    contents.end
-                );
+                let end = ends_at_the_second(&bytes, &starts);
+                assert!(matches!(end, SegmentEnd::Corrupt { .. }), "{end:?}");
             }
         }
     }

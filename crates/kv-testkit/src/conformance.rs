@@ -24,19 +24,6 @@ fn collect<E: StorageEngine + ?Sized>(
         .collect()
 }
 
-/// A small deterministic generator (SplitMix64), so cases replay exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Put, overwrite, get, delete, delete of an absent key.
 ///
 /// # Panics
@@ -272,7 +259,7 @@ pub fn flush_keeps_everything<E: StorageEngine + ?Sized>(engine: &E) {
 /// Where the engine falls short of the [`StorageEngine`] contract, with a
 /// message naming what it got wrong: these are test cases.
 pub fn matches_a_model_over_many_keys<E: StorageEngine + ?Sized>(engine: &E) {
-    let mut rng = Rng(7);
+    let mut rng = crate::Rng::new(7);
     let mut model = BTreeMap::new();
     for round in 0..5_000u32 {
         let key = (rng.next() % 1_000).to_be_bytes().to_vec();

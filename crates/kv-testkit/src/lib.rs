@@ -6,6 +6,7 @@
 //! one standard (TiKV's `engine_traits_tests`, raft-rs's `MemStorage`).
 //!
 //! - [`MemEngine`]: a `BTreeMap` storage engine.
+//! - [`Rng`]: a seeded generator for tests that must replay.
 //! - [`engine_conformance!`]: expands to one `#[test]` per case of the
 //!   storage-engine conformance suite ([`conformance`]).
 //!
@@ -22,6 +23,38 @@ pub mod conformance;
 mod mem_engine;
 
 pub use mem_engine::MemEngine;
+
+/// A small deterministic generator (SplitMix64), so that a test's cases
+/// replay exactly from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator that starts from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A fair coin.
+    pub fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
 
 /// Expands to a module `conformance` with one `#[test]` per case of the
 /// storage-engine conformance suite. `$make` is a closure returning

@@ -16,30 +16,10 @@ use std::sync::Arc;
 
 use kv_core::{StorageEngine, WriteBatch};
 use kv_lsm::{Durability, FileSystem, LsmEngine, StdFs, WritableFile};
+use kv_testkit::Rng;
 use parking_lot::Mutex;
 
 const SECTOR: usize = 512;
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-}
 
 /// A file's contents: what the page cache holds and what a sync put on disk.
 #[derive(Default, Clone)]
@@ -188,6 +168,15 @@ impl WritableFile for PowerFile {
 }
 
 impl PowerFs {
+    /// Does `real` and records `op`, not yet durable.
+    fn dir_op(&self, op: DirOp, real: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let mut cell = self.model.lock();
+        real()?;
+        apply(&mut cell.0.names, &op);
+        cell.0.pending.push(op);
+        Ok(())
+    }
+
     fn open_file(&self, inner: Box<dyn WritableFile>, inode: usize) -> Box<dyn WritableFile> {
         Box::new(PowerFile {
             inner,
@@ -229,21 +218,14 @@ impl FileSystem for PowerFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut cell = self.model.lock();
-        StdFs.rename(from, to)?;
         let op = DirOp::Rename(from.to_path_buf(), to.to_path_buf());
-        apply(&mut cell.0.names, &op);
-        cell.0.pending.push(op);
-        Ok(())
+        self.dir_op(op, || StdFs.rename(from, to))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut cell = self.model.lock();
-        StdFs.remove_file(path)?;
-        let op = DirOp::Unlink(path.to_path_buf());
-        apply(&mut cell.0.names, &op);
-        cell.0.pending.push(op);
-        Ok(())
+        self.dir_op(DirOp::Unlink(path.to_path_buf()), || {
+            StdFs.remove_file(path)
+        })
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -292,7 +274,7 @@ fn cut_the_power(seed: u64, durability: Durability, recycle: usize, cuts: usize)
         .unwrap();
     let acknowledged = Mutex::new(0u64);
     let done = std::sync::atomic::AtomicBool::new(false);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     std::thread::scope(|s| {
         s.spawn(|| {
             // Up to 16 writes in flight, as a node keeps them: switches
