@@ -395,3 +395,36 @@ fn without_recycling_only_the_live_log_segment_stays() {
         "a bound on kept segments"
     );
 }
+
+#[test]
+fn a_spare_segment_file_is_ready_after_a_flush_and_gone_after_a_close_or_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = crate::small(dir.path()).open().unwrap();
+    assert!(
+        files(dir.path(), ".spare").is_empty(),
+        "none before a switch"
+    );
+    write_keys(&engine, 0..2_000);
+    engine.flush().unwrap();
+    // The flush made the next segment's file ready.
+    let first = files(dir.path(), ".spare");
+    assert_eq!(first.len(), 1);
+    write_keys(&engine, 2_000..4_000);
+    engine.flush().unwrap();
+    // The switches renamed it into a segment; a new one is ready.
+    let second = files(dir.path(), ".spare");
+    assert_eq!(second.len(), 1);
+    assert_ne!(first, second);
+    drop(engine);
+    assert!(files(dir.path(), ".spare").is_empty(), "a close removes it");
+    // One left by a crash (or copied with a backup) is removed at open;
+    // a name that only looks like one is not the engine's to remove.
+    fs::write(dir.path().join("000999.spare"), [0u8; 4096]).unwrap();
+    fs::write(dir.path().join("notes.spare"), b"mine").unwrap();
+    let engine = crate::small(dir.path()).open().unwrap();
+    assert_eq!(count(&engine), 4_000);
+    assert_eq!(
+        files(dir.path(), ".spare"),
+        vec![dir.path().join("notes.spare")]
+    );
+}
