@@ -1,4 +1,5 @@
-//! Engine operations: put, get (hit and miss), scan.
+//! Engine operations: put, get (hit in a large memtable, hit and miss in
+//! tables), scan.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -44,6 +45,27 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 engine.put(&key(i), &[1u8; 100]).unwrap();
+            })
+        });
+    }
+    {
+        // A node's usual read: its key among the recent writes still in a
+        // large memtable (300,000 entries, about 50 MB), not in a table.
+        const RESIDENT: u64 = 300_000;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = LsmEngine::builder(dir.path())
+            .durability(Durability::Never)
+            .open()
+            .unwrap();
+        for i in 0..RESIDENT {
+            engine.put(&key(i), &[7u8; 100]).unwrap();
+        }
+        assert_eq!(engine.stats().flushes, 0, "all in the memtable");
+        let mut i = 0u64;
+        group.bench_function("get_hit_memtable", |b| {
+            b.iter(|| {
+                i = (i + 7919) % RESIDENT;
+                black_box(engine.get(&key(i)).unwrap())
             })
         });
     }
