@@ -284,15 +284,6 @@ impl LogWriter {
         self.after = Some(work);
     }
 
-    /// Does this segment's prerequisite, if it is not done yet.
-    fn settle(&mut self) -> Result<()> {
-        if let Some(work) = &self.after {
-            work.settle()?;
-            self.after = None;
-        }
-        Ok(())
-    }
-
     /// Bytes in the segment, written or buffered.
     pub(crate) fn len(&self) -> u64 {
         self.offset + self.buffer.len() as u64
@@ -345,7 +336,7 @@ impl LogWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.settle()?;
+        settle(&mut self.after)?;
         self.reserve(self.len());
         let result = self.file.write_all(&self.buffer);
         // A failed write leaves an unknown prefix on disk; the caller
@@ -367,14 +358,12 @@ impl LogWriter {
 
     /// Makes everything written so far durable.
     pub(crate) fn sync(&mut self) -> Result<()> {
-        self.settle()?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fsync commit log", &self.path, e))?;
-        self.progress
-            .synced
-            .fetch_max(self.offset, Ordering::Release);
-        Ok(())
+        sync_segment(
+            self.file.as_mut(),
+            &self.path,
+            &mut self.after,
+            &self.progress,
+        )
     }
 
     /// A handle that makes everything written so far durable without this
@@ -398,6 +387,33 @@ pub(crate) struct LogSyncer {
     progress: Arc<Progress>,
 }
 
+/// Does a segment's prerequisite (see [`Prerequisite`]), if it has one
+/// not yet done.
+fn settle(after: &mut Option<Prerequisite>) -> Result<()> {
+    if let Some(work) = after {
+        work.settle()?;
+        *after = None;
+    }
+    Ok(())
+}
+
+/// Makes what was written to a segment through `file` (or another handle
+/// on it) durable, its prerequisite first, and records how far.
+fn sync_segment(
+    file: &mut dyn WritableFile,
+    path: &std::path::Path,
+    after: &mut Option<Prerequisite>,
+    progress: &Progress,
+) -> Result<()> {
+    settle(after)?;
+    // What was written before the sync starts is what it covers.
+    let through = progress.written.load(Ordering::Acquire);
+    file.sync_data()
+        .map_err(|e| Error::io("fsync commit log", path, e))?;
+    progress.synced.fetch_max(through, Ordering::Release);
+    Ok(())
+}
+
 /// How far a segment is written and how far it is known durable.
 #[derive(Debug, Default)]
 struct Progress {
@@ -415,17 +431,12 @@ impl LogSyncer {
     /// Makes what the segment's writer wrote before the handle was taken
     /// durable (and the segment's prerequisite done).
     pub(crate) fn sync(&mut self) -> Result<()> {
-        if let Some(work) = &self.after {
-            work.settle()?;
-            self.after = None;
-        }
-        // What was written before the sync starts is what it covers.
-        let through = self.progress.written.load(Ordering::Acquire);
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fsync commit log", &self.path, e))?;
-        self.progress.synced.fetch_max(through, Ordering::Release);
-        Ok(())
+        sync_segment(
+            self.file.as_mut(),
+            &self.path,
+            &mut self.after,
+            &self.progress,
+        )
     }
 }
 

@@ -137,9 +137,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: AtomicBool,
     /// Serialises compactions (background and manual).
     pub(crate) compacting: Mutex<()>,
-    recycled: Mutex<Vec<PathBuf>>,
-    /// A file ready to be the next segment (see `segments::spare_name`).
-    spare: Mutex<Option<segments::Spare>>,
+    /// Files ready to be the next segment: flushed segments kept for
+    /// reuse (`recycle_log_segments`), or else a spare made ahead (see
+    /// `segments::spare_name`).
+    ready: Mutex<Vec<PathBuf>>,
     /// The last switch's prerequisite, for the log syncer to do outside
     /// the log lock (see `Inner::rotate`).
     closing: Mutex<Option<crate::log::Prerequisite>>,
@@ -422,7 +423,7 @@ impl LsmEngine {
         for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
         }
-        self.inner.remove_spare();
+        self.inner.remove_ready();
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Ok(());
         }

@@ -20,29 +20,23 @@ pub(super) fn prepare_segment(writer: &mut LogWriter, opts: &Options) {
     writer.reserve_in_steps(reserve_step(opts));
 }
 
-/// The name of a spare segment file: made ready (created, its first step
-/// reserved and synced) by the flush thread, renamed to the next segment's
-/// name by the memtable switch; one left by a crash or a close is removed
-/// at the next open.
+/// The name of a spare segment file: without `recycle_log_segments`, the
+/// flush thread makes one ready (created, its first step reserved and
+/// synced) as each flush starts, and the next memtable switch renames it
+/// to the new segment's name as it would a recycled segment. One left by
+/// a crash or a copied backup is removed at the next open.
 pub(super) fn spare_name(number: u64) -> String {
     format!("{number:06}.spare")
 }
 
-/// A file ready to become the next segment (see [`spare_name`]).
-pub(super) struct Spare {
-    file: Box<dyn WritableFile>,
-    path: PathBuf,
-}
-
 impl Inner {
     /// Whether a write now might wait: the memtable is nearly full and
-    /// its switch would create a segment file (no spare or recycled one is
-    /// ready), or the switch would stall on too many level-0 tables or
-    /// frozen memtables.
+    /// its switch would create a segment file (none is ready), or the
+    /// switch would stall on too many level-0 tables or frozen memtables.
     pub(super) fn write_may_wait(&self) -> bool {
         let sv = self.sv.read();
         let nearly_full = sv.mem.approximate_bytes() >= self.opts.memtable_bytes / 8 * 7;
-        (nearly_full && self.spare.lock().is_none() && self.recycled.lock().is_empty())
+        (nearly_full && self.ready.lock().is_empty())
             || sv.version.levels[0].len() >= self.opts.l0_stop_writes_trigger
             || sv.imms.len() >= self.opts.max_immutable_memtables
     }
@@ -107,8 +101,8 @@ impl Inner {
             return Err(err);
         }
         let mut writer = LogWriter::new(file, path, number);
-        // A recycled segment's or the spare's blocks are already allocated
-        // up to its size: reserving within them changes nothing.
+        // A ready file's blocks are already allocated up to its size:
+        // reserving within them changes nothing.
         prepare_segment(&mut writer, &self.opts);
         let mut old = std::mem::replace(&mut log.writer, writer);
         let (fs, dir) = (self.fs.clone(), self.dir.clone());
@@ -138,25 +132,18 @@ impl Inner {
         Ok(())
     }
 
-    /// The file of the new segment at `path`: a recycled segment or the
-    /// spare renamed, or a new file.
+    /// The file of the new segment at `path`: a ready one (a recycled
+    /// segment or a spare) renamed, or a new file.
     fn segment_file(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        let recycled = self.recycled.lock().pop();
-        if let Some(old) = recycled {
+        let ready = self.ready.lock().pop();
+        if let Some(old) = ready {
             self.fs
                 .rename(&old, path)
-                .map_err(|e| Error::io("recycle commit log", &old, e))?;
+                .map_err(|e| Error::io("reuse commit log file", &old, e))?;
             return self
                 .fs
                 .overwrite(path)
                 .map_err(|e| Error::io("open commit log", path, e));
-        }
-        let spare = self.spare.lock().take();
-        if let Some(spare) = spare {
-            self.fs
-                .rename(&spare.path, path)
-                .map_err(|e| Error::io("rename spare commit log", &spare.path, e))?;
-            return Ok(spare.file);
         }
         self.fs
             .create(path)
@@ -177,40 +164,41 @@ impl Inner {
         }
     }
 
-    /// Makes a spare segment file ready for the next switch, unless one is
-    /// (or a recycled segment is). On the flush thread; a failure (a full
-    /// disk) leaves none, and the switch then creates the file itself.
+    /// Makes a spare segment file ready for the next switch (see
+    /// [`spare_name`]), unless segments are recycled or a file is ready.
+    /// On the flush thread; a failure (a full disk) leaves none, and the
+    /// switch then creates the file itself.
     pub(super) fn prepare_spare(&self) {
-        if self.spare.lock().is_some() || !self.recycled.lock().is_empty() {
+        if self.opts.recycle_log_segments > 0 || !self.ready.lock().is_empty() {
             return;
         }
         let path = self.dir.join(spare_name(self.new_file_number()));
         let made = self.fs.create(&path).and_then(|mut file| {
             file.preallocate(reserve_step(&self.opts))?;
-            file.sync_data()?;
-            Ok(file)
+            file.sync_data()
         });
         match made {
-            Ok(file) => *self.spare.lock() = Some(Spare { file, path }),
+            Ok(()) => self.ready.lock().push(path),
             Err(_) => {
                 let _ = self.fs.remove_file(&path);
             }
         }
     }
 
-    /// Removes the spare segment file (when the engine closes).
-    pub(super) fn remove_spare(&self) {
-        if let Some(spare) = self.spare.lock().take() {
-            let _ = self.fs.remove_file(&spare.path);
+    /// Removes the files kept ready for the next segment (when the engine
+    /// closes; the next open would remove them).
+    pub(super) fn remove_ready(&self) {
+        for path in self.ready.lock().drain(..) {
+            let _ = self.fs.remove_file(&path);
         }
     }
 
     /// A flushed memtable's segment is kept for reuse or deleted.
     pub(super) fn retire_segment(&self, number: u64) {
         let path = self.dir.join(segment_name(number));
-        let mut recycled = self.recycled.lock();
-        if recycled.len() < self.opts.recycle_log_segments {
-            recycled.push(path);
+        let mut ready = self.ready.lock();
+        if ready.len() < self.opts.recycle_log_segments {
+            ready.push(path);
         } else if self.fs.remove_file(&path).is_ok() {
             // A deletion lost in a crash leaves a segment below the log
             // number, which the next open removes; the sync is best effort.
