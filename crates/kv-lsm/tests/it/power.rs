@@ -36,6 +36,8 @@ enum DirOp {
     Rename(PathBuf, PathBuf),
 }
 
+/// What the page cache and the disk hold (`Debug` prints only the name:
+/// the file layer must be `Debug`, its contents are too long to print).
 #[derive(Default)]
 struct Model {
     inodes: Vec<Inode>,
@@ -57,6 +59,12 @@ fn apply(names: &mut BTreeMap<PathBuf, usize>, op: &DirOp) {
                 names.insert(to.clone(), inode);
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Model")
     }
 }
 
@@ -102,22 +110,13 @@ impl Inode {
 /// every change mirrored in the model.
 #[derive(Debug, Clone, Default)]
 struct PowerFs {
-    model: Arc<Mutex<ModelCell>>,
-}
-
-#[derive(Default)]
-struct ModelCell(Model);
-
-impl std::fmt::Debug for ModelCell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Model")
-    }
+    model: Arc<Mutex<Model>>,
 }
 
 #[derive(Debug)]
 struct PowerFile {
     inner: Box<dyn WritableFile>,
-    model: Arc<Mutex<ModelCell>>,
+    model: Arc<Mutex<Model>>,
     inode: usize,
     position: usize,
 }
@@ -126,7 +125,7 @@ impl WritableFile for PowerFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut model = self.model.lock();
         self.inner.write_all(buf)?;
-        let live = &mut model.0.inodes[self.inode].live;
+        let live = &mut model.inodes[self.inode].live;
         let end = self.position + buf.len();
         if live.len() < end {
             live.resize(end, 0);
@@ -141,7 +140,7 @@ impl WritableFile for PowerFile {
         // wait for the lock: what it copies is at most what reached disk.
         let mut model = self.model.lock();
         self.inner.sync_data()?;
-        let inode = &mut model.0.inodes[self.inode];
+        let inode = &mut model.inodes[self.inode];
         inode.durable = inode.live.clone();
         Ok(())
     }
@@ -149,7 +148,7 @@ impl WritableFile for PowerFile {
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         let mut model = self.model.lock();
         self.inner.preallocate(len)?;
-        let live = &mut model.0.inodes[self.inode].live;
+        let live = &mut model.inodes[self.inode].live;
         let len = usize::try_from(len).unwrap();
         if live.len() < len {
             live.resize(len, 0);
@@ -172,8 +171,8 @@ impl PowerFs {
     fn dir_op(&self, op: DirOp, real: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         let mut cell = self.model.lock();
         real()?;
-        apply(&mut cell.0.names, &op);
-        cell.0.pending.push(op);
+        apply(&mut cell.names, &op);
+        cell.pending.push(op);
         Ok(())
     }
 
@@ -191,7 +190,7 @@ impl FileSystem for PowerFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let mut cell = self.model.lock();
         let inner = StdFs.create(path)?;
-        let model = &mut cell.0;
+        let model = &mut *cell;
         let inode = match model.names.get(path) {
             Some(&inode) => {
                 model.inodes[inode].live.clear();
@@ -212,7 +211,7 @@ impl FileSystem for PowerFs {
     fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let cell = self.model.lock();
         let inner = StdFs.overwrite(path)?;
-        let inode = cell.0.names[path];
+        let inode = cell.names[path];
         drop(cell);
         Ok(self.open_file(inner, inode))
     }
@@ -231,7 +230,7 @@ impl FileSystem for PowerFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut cell = self.model.lock();
         StdFs.sync_dir(dir)?;
-        let model = &mut cell.0;
+        let model = &mut *cell;
         model.durable_names = model.names.clone();
         model.pending.clear();
         Ok(())
@@ -240,8 +239,8 @@ impl FileSystem for PowerFs {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut cell = self.model.lock();
         StdFs.truncate(path, len)?;
-        let number = cell.0.names[path];
-        let inode = &mut cell.0.inodes[number];
+        let number = cell.names[path];
+        let inode = &mut cell.inodes[number];
         inode.live.truncate(usize::try_from(len).unwrap());
         inode.durable = inode.live.clone();
         Ok(())
@@ -316,7 +315,7 @@ fn cut_the_power(seed: u64, durability: Durability, recycle: usize, cuts: usize)
                 continue;
             }
             last = acked;
-            let image = fs.model.lock().0.cut(&mut rng);
+            let image = fs.model.lock().cut(&mut rng);
             check(&image, dir.path(), acked, durability, seed, checked);
             checked += 1;
         }
