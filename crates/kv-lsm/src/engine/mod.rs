@@ -185,40 +185,40 @@ impl LsmEngine {
 
     pub(crate) fn open_with(dir: PathBuf, opts: Options) -> Result<Self> {
         let inner = Arc::new(Inner::open(dir, opts)?);
-        let mut threads = Vec::new();
+        // The threads go into the engine as they start: if a later one
+        // cannot, dropping the engine stops and joins those started (they
+        // hold the directory's lock, which a retried open needs).
+        let engine = LsmEngine {
+            inner,
+            threads: Mutex::new(Vec::new()),
+        };
         // Each thread has its priority once `open` returns: it says so
         // before it starts its loop.
-        let spawn = |name: &str, f: fn(&Inner), background: bool| {
-            let inner = inner.clone();
+        let spawn = |name: &'static str, f: fn(&Inner), background: bool| {
+            let inner = engine.inner.clone();
             let lower = background && inner.opts.background_priority == BackgroundPriority::Low;
             let (ready, started) = std::sync::mpsc::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(name.to_string())
-                .spawn(move || {
-                    if lower {
-                        lower_this_thread(BACKGROUND_NICE);
-                    }
-                    let _ = ready.send(());
-                    f(&inner)
-                })
-                .map_err(|e| Error::io("spawn thread", name.to_string(), e))?;
+            let thread = spawn_thread(name, move || {
+                if lower {
+                    lower_this_thread(BACKGROUND_NICE);
+                }
+                let _ = ready.send(());
+                f(&inner)
+            })
+            .map_err(|e| Error::io("spawn thread", name.to_string(), e))?;
             let _ = started.recv();
-            Ok::<_, Error>(thread)
+            engine.threads.lock().push(thread);
+            Ok::<_, Error>(())
         };
-        threads.push(spawn("lsm-flush", Inner::flush_loop, true)?);
-        threads.push(spawn("lsm-compact", compaction::compaction_loop, true)?);
+        spawn("lsm-flush", Inner::flush_loop, true)?;
+        spawn("lsm-compact", compaction::compaction_loop, true)?;
         // The syncers are the writers' own wait: never lowered.
-        match inner.opts.durability {
-            Durability::Interval(_) => threads.push(spawn("lsm-sync", Inner::sync_loop, false)?),
-            Durability::Always => {
-                threads.push(spawn("lsm-syncer", Inner::deferred_sync_loop, false)?);
-            }
+        match engine.inner.opts.durability {
+            Durability::Interval(_) => spawn("lsm-sync", Inner::sync_loop, false)?,
+            Durability::Always => spawn("lsm-syncer", Inner::deferred_sync_loop, false)?,
             Durability::Never => {}
         }
-        Ok(LsmEngine {
-            inner,
-            threads: Mutex::new(threads),
-        })
+        Ok(engine)
     }
 
     /// Applies `batch` atomically (see [`StorageEngine::write`]).
@@ -433,6 +433,26 @@ impl LsmEngine {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The name of an engine thread whose start fails on this thread's
+    /// opens, for tests of an open that fails part way.
+    static FAIL_SPAWN: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Starts the engine thread `name` running `f`.
+fn spawn_thread(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    #[cfg(test)]
+    if FAIL_SPAWN.get() == Some(name) {
+        return Err(std::io::Error::other("thread start refused by the test"));
+    }
+    std::thread::Builder::new().name(name.to_string()).spawn(f)
+}
+
 impl Drop for LsmEngine {
     fn drop(&mut self) {
         let _ = self.shutdown();
@@ -618,4 +638,31 @@ pub(crate) fn write_l0(
     fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(Some(meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An open whose last thread cannot start fails, stops the threads it
+    /// had started and lets go of the directory: the next open finds it
+    /// unlocked and every write made before.
+    #[test]
+    fn an_open_that_cannot_start_a_thread_leaves_nothing_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LsmEngine::builder(dir.path())
+                .durability(Durability::Always)
+                .open()
+        };
+        open().unwrap().put_value(b"k", b"v").unwrap();
+        for name in ["lsm-flush", "lsm-compact", "lsm-syncer"] {
+            FAIL_SPAWN.set(Some(name));
+            let err = open().unwrap_err();
+            FAIL_SPAWN.set(None);
+            assert!(err.to_string().contains(name), "{name}: {err}");
+            let engine = open().unwrap_or_else(|e| panic!("reopen after {name} failed: {e}"));
+            assert_eq!(engine.inner.get(b"k").unwrap(), Some(b"v".to_vec()));
+        }
+    }
 }
