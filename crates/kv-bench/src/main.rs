@@ -98,6 +98,11 @@ struct Args {
     /// One call per operation instead of the SDK's pipeline per node.
     #[arg(long)]
     no_pipeline: bool,
+    /// Runtime threads driving the requests. One (the default) costs the
+    /// least CPU where the client shares the machine with the nodes (no
+    /// wakes across threads); give it more when it has cores of its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
     /// With --history: watch every workload key through the run and have
     /// the checker hold the change feed to every acknowledged write.
     #[arg(long, requires = "history")]
@@ -291,11 +296,25 @@ async fn sweep(
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The runtime the requests run on: one thread, or `threads` workers.
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(threads))
+            .enable_all()
+            .build()
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
         Some(Command::Check { history }) => check(history),
-        None => match tokio::runtime::Runtime::new() {
+        None => match runtime(args.threads) {
             Ok(rt) => rt.block_on(bench(args)),
             Err(e) => Err(format!("cannot start the runtime: {e}")),
         },

@@ -128,3 +128,46 @@ async fn a_recorded_run_passes_the_checker() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// The binary on its default single-threaded runtime and on a
+/// multi-threaded one: each run completes every operation without an
+/// error, and a thread count of zero is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_on_one_thread_and_on_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path()).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let bench = |threads: &str| {
+        let args = [
+            "--nodes",
+            &addrs.join(","),
+            "--records",
+            "100",
+            "--ops",
+            "500",
+            "--concurrency",
+            "8",
+            "--threads",
+            threads,
+        ]
+        .map(String::from);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kv-bench"))
+                .args(args)
+                .env_remove("KV_CERTS_DIR")
+                .env_remove("KV_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    for threads in ["1", "3"] {
+        let out = bench(threads).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "--threads {threads}: {out:?}");
+        assert!(text.starts_with("throughput: "), "{text}");
+        assert!(text.contains("\nerrors: 0\n"), "{text}");
+    }
+    let refused = bench("0").await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--threads"));
+}
