@@ -644,9 +644,9 @@ pub(crate) fn write_l0(
 mod tests {
     use super::*;
 
-    /// An open whose last thread cannot start fails, stops the threads it
-    /// had started and lets go of the directory: the next open finds it
-    /// unlocked and every write made before.
+    /// An open that cannot start one of its threads (each in turn) fails,
+    /// stops the threads it had started and lets go of the directory: the
+    /// next open finds it unlocked and every write made before.
     #[test]
     fn an_open_that_cannot_start_a_thread_leaves_nothing_running() {
         let dir = tempfile::tempdir().unwrap();
