@@ -835,11 +835,18 @@ mod tests {
     }
 
     /// Scans `bytes` from [`three_records`]: the first record only, its
-    /// end where the second starts. How the segment ends.
+    /// end, and the damage the scan names, where the second starts. How
+    /// the segment ends.
     fn ends_at_the_second(bytes: &[u8], starts: &[usize]) -> SegmentEnd {
         let contents = scan_segment(bytes, 4);
         assert_eq!(contents.records.len(), 1);
         assert_eq!(contents.valid_len, starts[1] as u64);
+        match &contents.end {
+            SegmentEnd::Torn { offset, .. } | SegmentEnd::Corrupt { offset, .. } => {
+                assert_eq!(*offset, starts[1] as u64, "{:?}", contents.end);
+            }
+            SegmentEnd::Clean => panic!("the damage was not seen"),
+        }
         contents.end
     }
 

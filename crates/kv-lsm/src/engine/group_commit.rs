@@ -75,17 +75,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Queues `op` and returns its result. The first writer to find no
-    /// leader commits every queued request as one group (one log write,
-    /// one fsync), wakes the group's members, and hands leadership to the
-    /// next queued writer. A writer that finds no leader and nobody queued
-    /// commits its own request without queueing it (a lone writer's every
-    /// write: no slot to allocate, lock and wake).
+    /// Commits `op` and returns its result. A writer that finds no leader
+    /// leads: it commits its own request at once, then hands leadership to
+    /// the first writer that queued meanwhile. A writer that finds a leader
+    /// queues its request and waits until a leader committed it, or until
+    /// it is handed leadership; it then commits every queued request as
+    /// one group (one log write), wakes the group's members and hands
+    /// leadership on. No leader means nobody queued: leadership passes to
+    /// the first queued writer and is given up only with the queue empty.
     pub(super) fn submit(&self, op: SlotOp) -> Result<()> {
         self.check_open()?;
         let slot = {
             let mut queue = self.queue.lock();
-            if !queue.leader && queue.pending.is_empty() {
+            if !queue.leader {
+                debug_assert!(queue.pending.is_empty(), "writers queued without a leader");
                 queue.leader = true;
                 drop(queue);
                 let outcome = self.lead(&mut [Some(op)]);
@@ -98,22 +101,20 @@ impl Inner {
                 wake: Condvar::new(),
             });
             queue.pending.push_back(slot.clone());
-            if queue.leader {
-                drop(queue);
-                let mut state = slot.state.lock();
-                loop {
-                    match std::mem::replace(&mut *state, SlotState::Waiting) {
-                        SlotState::Done(result) => return result,
-                        SlotState::Lead => break,
-                        SlotState::Waiting => slot.wake.wait(&mut state),
-                    }
+            drop(queue);
+            let mut state = slot.state.lock();
+            loop {
+                match std::mem::replace(&mut *state, SlotState::Waiting) {
+                    SlotState::Done(result) => return result,
+                    SlotState::Lead => break,
+                    SlotState::Waiting => slot.wake.wait(&mut state),
                 }
-            } else {
-                queue.leader = true;
             }
+            drop(state);
             slot
         };
-        // Leader: our request is still queued; commit everything queued.
+        // Handed leadership: our request is still queued (first); commit
+        // everything queued.
         let group: Vec<Arc<Slot>> = self.queue.lock().pending.drain(..).collect();
         let mut ops: Vec<Option<SlotOp>> = group.iter().map(|s| s.op.lock().take()).collect();
         let outcome = self.lead(&mut ops);
@@ -231,5 +232,140 @@ fn member_result(outcome: &Result<()>) -> Result<()> {
         Ok(()) => Ok(()),
         Err(Error::Closed) => Err(Error::Closed),
         Err(err) => Err(Error::Poisoned(err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::Path;
+    use std::sync::Condvar as StdCondvar;
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::fs::{FileSystem, StdFs, WritableFile};
+
+    /// A file layer whose writes wait while its gate is closed, and say
+    /// when one is waiting.
+    #[derive(Debug, Default)]
+    struct Gate {
+        /// (closed, writes waiting)
+        state: StdMutex<(bool, usize)>,
+        changed: StdCondvar,
+    }
+
+    impl Gate {
+        fn set_closed(&self, closed: bool) {
+            self.state.lock().unwrap().0 = closed;
+            self.changed.notify_all();
+        }
+
+        fn until(&self, done: impl Fn(&(bool, usize)) -> bool) {
+            let state = self.state.lock().unwrap();
+            drop(self.changed.wait_while(state, |s| !done(s)).unwrap());
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFile {
+        inner: Box<dyn WritableFile>,
+        gate: Arc<Gate>,
+    }
+
+    impl WritableFile for GatedFile {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            let mut state = self.gate.state.lock().unwrap();
+            state.1 += 1;
+            self.gate.changed.notify_all();
+            state = self.gate.changed.wait_while(state, |s| s.0).unwrap();
+            state.1 -= 1;
+            drop(state);
+            self.inner.write_all(buf)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn preallocate(&mut self, len: u64) -> io::Result<()> {
+            self.inner.preallocate(len)
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFs(Arc<Gate>);
+
+    impl FileSystem for GatedFs {
+        fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            let inner = StdFs.create(path)?;
+            Ok(Box::new(GatedFile {
+                inner,
+                gate: self.0.clone(),
+            }))
+        }
+        fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            let inner = StdFs.overwrite(path)?;
+            Ok(Box::new(GatedFile {
+                inner,
+                gate: self.0.clone(),
+            }))
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdFs.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            StdFs.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            StdFs.sync_dir(dir)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            StdFs.truncate(path, len)
+        }
+    }
+
+    /// A writer that finds no leader commits alone; two that arrive while
+    /// it writes queue, and the first of them commits both as one group.
+    #[test]
+    fn writers_arriving_during_a_commit_are_committed_together_by_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let engine = crate::LsmEngine::builder(dir.path())
+            .durability(Durability::Never)
+            .fs(Arc::new(GatedFs(gate.clone())))
+            .open()
+            .unwrap();
+        let groups = || engine.stats().write_groups;
+        let before = groups();
+        gate.set_closed(true);
+        std::thread::scope(|s| {
+            let lone = s.spawn(|| engine.put_value(b"a", b"1"));
+            // The lone writer is inside its commit, writing the log.
+            gate.until(|&(_, waiting)| waiting == 1);
+            let queued: Vec<_> = [b"b", b"c"]
+                .map(|key| s.spawn(|| engine.put_value(key, b"2")))
+                .into();
+            // Both wait in the queue behind it (a guard, not a pace: they
+            // queue within microseconds).
+            let give_up = std::time::Instant::now() + Duration::from_secs(30);
+            while engine.inner.queue.lock().pending.len() < 2 {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "the writers never queued"
+                );
+                std::thread::yield_now();
+            }
+            gate.set_closed(false);
+            lone.join().unwrap().unwrap();
+            for writer in queued {
+                writer.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(
+            groups() - before,
+            2,
+            "the lone write, then one group of two"
+        );
+        for key in [&b"a"[..], b"b", b"c"] {
+            assert!(engine.inner.get(key).unwrap().is_some(), "{key:?}");
+        }
     }
 }
