@@ -10,7 +10,7 @@ use super::*;
 pub(super) enum SlotOp {
     Batch(WriteBatch),
     /// One put or delete, key and value in one buffer (the key is the first
-    /// `key_len` bytes), handed to the memtable without a copy.
+    /// `key_len` bytes).
     Single {
         data: Vec<u8>,
         key_len: usize,
@@ -213,7 +213,8 @@ impl Inner {
                     tombstone,
                 } => {
                     next += 1;
-                    mem.insert_owned(data, key_len, next, tombstone);
+                    let (key, value) = data.split_at(key_len);
+                    mem.insert(key, next, (!tombstone).then_some(value));
                 }
                 SlotOp::Rotate => {}
             }

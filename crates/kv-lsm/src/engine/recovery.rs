@@ -65,7 +65,7 @@ impl Inner {
             synced_cond: std::sync::Condvar::new(),
             visible_seq: AtomicU64::new(last_seq),
             sv: RwLock::new(Arc::new(SuperVersion {
-                mem: Arc::new(Memtable::new(log_number)),
+                mem: Arc::new(Memtable::new(log_number, opts.memtable_bytes)),
                 imms: Vec::new(),
                 version: Arc::new(version),
             })),
@@ -229,7 +229,7 @@ fn replay_logs(
     let mut logs = list_numbered(dir, ".log")?;
     logs.retain(|&n| n >= state.log_number);
     let mut next_file = state.next_file.max(logs.last().map_or(0, |n| n + 1));
-    let mut mem = Memtable::new(0);
+    let mut mem = Memtable::new(0, opts.memtable_bytes);
     let mut last_seq = state.last_seq;
     let mut added = Vec::new();
     let read = |number: u64| {
@@ -292,7 +292,7 @@ fn replay_logs(
                 let meta = write_l0(dir, fs, opts, &mem, next_file)?;
                 next_file += 1;
                 added.extend(meta);
-                mem = Memtable::new(0);
+                mem = Memtable::new(0, opts.memtable_bytes);
             }
         }
         if let Some(len) = cut {

@@ -122,7 +122,7 @@ impl Inner {
             imms.push(current.mem.clone());
             imms.extend(current.imms.iter().cloned());
             SuperVersion {
-                mem: Arc::new(Memtable::new(number)),
+                mem: Arc::new(Memtable::new(number, self.opts.memtable_bytes)),
                 imms,
                 version: current.version.clone(),
             }

@@ -1,40 +1,79 @@
-//! The memtable: a lock-free skip list of recent writes.
+//! The memtable: a lock-free skip list of recent writes, their bytes in
+//! an arena.
+
+mod arena;
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
+use std::fmt;
 use std::ops::Bound;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
 use crossbeam_skiplist::SkipMap;
 
 use crate::iter::{Entry, InternalIter, compare_versions};
+use arena::Arena;
 
 /// Bytes of bookkeeping counted per entry on top of key and value.
 const ENTRY_OVERHEAD: usize = 48;
 
-/// A version of a key, with its value in the same allocation: ordered by
-/// user key ascending, then sequence number descending.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A version of a key: ordered by user key ascending, then sequence number
+/// descending. Its key and value lie one after the other in its
+/// memtable's arena, and a `MemKey` is only read while that memtable is
+/// alive: in the memtable's own skip list, or cloned into a [`MemIter`],
+/// which holds the memtable.
+#[derive(Clone)]
 pub(crate) struct MemKey {
     /// The first 16 bytes of the user key, zero-padded, big-endian: most
-    /// comparisons end here, without touching `data` (a cache miss away).
+    /// comparisons end here, without touching the key's bytes (a cache
+    /// miss away).
     prefix: u128,
-    /// The user key followed by the value.
-    data: Box<[u8]>,
+    /// The user key followed by the value, in the memtable's arena.
+    data: NonNull<u8>,
+    len: usize,
     key_len: u32,
     pub(crate) seq: u64,
     tombstone: bool,
 }
 
+// SAFETY: `data` points to bytes of the memtable's arena, written once
+// before the key was built and never again; sharing or sending the key
+// only shares reads of them.
+#[allow(unsafe_code)]
+unsafe impl Send for MemKey {}
+#[allow(unsafe_code)]
+unsafe impl Sync for MemKey {}
+
 impl MemKey {
+    fn data(&self) -> &[u8] {
+        // SAFETY: `data .. data + len` was filled by `Arena::store`, whose
+        // arena lives as long as the memtable, which outlives every read
+        // of its keys (see the type's documentation).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.data.as_ptr(), self.len)
+        }
+    }
+
     pub(crate) fn user(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        &self.data()[..self.key_len as usize]
     }
 
     pub(crate) fn value(&self) -> Option<&[u8]> {
-        (!self.tombstone).then(|| &self.data[self.key_len as usize..])
+        (!self.tombstone).then(|| &self.data()[self.key_len as usize..])
+    }
+}
+
+impl fmt::Debug for MemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemKey")
+            .field("user", &self.user())
+            .field("seq", &self.seq)
+            .field("value_len", &self.value().map(<[u8]>::len))
+            .finish()
     }
 }
 
@@ -113,6 +152,12 @@ impl Ord for dyn KeyView + '_ {
     }
 }
 
+impl PartialEq for MemKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for MemKey {}
 impl PartialOrd for MemKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -141,7 +186,9 @@ impl<'a> Borrow<dyn KeyView + 'a> for MemKey {
 /// Recent writes, in memory, belonging to one commit-log segment.
 #[derive(Debug)]
 pub(crate) struct Memtable {
+    /// Its keys point into `arena`: declared first, dropped first.
     map: SkipMap<MemKey, ()>,
+    arena: Arena,
     bytes: AtomicUsize,
     /// The commit-log segment that holds these writes.
     log_number: u64,
@@ -150,9 +197,12 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    pub(crate) fn new(log_number: u64) -> Self {
+    /// An empty memtable for segment `log_number`, to be frozen at about
+    /// `memtable_bytes` (which sizes its arena's chunks).
+    pub(crate) fn new(log_number: u64, memtable_bytes: usize) -> Self {
         Memtable {
             map: SkipMap::new(),
+            arena: Arena::new(memtable_bytes),
             bytes: AtomicUsize::new(0),
             log_number,
             max_seq: AtomicU64::new(0),
@@ -176,26 +226,21 @@ impl Memtable {
         self.max_seq.load(AtomicOrdering::Acquire)
     }
 
-    /// Inserts one version (`None` is a tombstone).
+    /// Inserts one version (`None` is a tombstone), copying key and value
+    /// into the arena.
     pub(crate) fn insert(&self, key: &[u8], seq: u64, value: Option<&[u8]>) {
         let value_bytes = value.unwrap_or_default();
-        let mut data = Vec::with_capacity(key.len() + value_bytes.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value_bytes);
-        self.insert_owned(data, key.len(), seq, value.is_none());
-    }
-
-    /// Inserts one version whose key and value are already together in
-    /// `data` (the key is its first `key_len` bytes), without copying.
-    pub(crate) fn insert_owned(&self, data: Vec<u8>, key_len: usize, seq: u64, tombstone: bool) {
-        let size = data.len() + ENTRY_OVERHEAD;
+        let len = key.len() + value_bytes.len();
+        let size = len + ENTRY_OVERHEAD;
+        let data = self.arena.store(key, value_bytes);
         self.map.insert(
             MemKey {
-                prefix: prefix_of(&data[..key_len]),
-                data: data.into_boxed_slice(),
-                key_len: key_len as u32,
+                prefix: prefix_of(key),
+                data,
+                len,
+                key_len: key.len() as u32,
                 seq,
-                tombstone,
+                tombstone: value.is_none(),
             },
             (),
         );
@@ -318,7 +363,7 @@ mod tests {
 
     #[test]
     fn newest_version_at_or_below_the_read_sequence() {
-        let mem = Memtable::new(1);
+        let mem = Memtable::new(1, 1 << 20);
         mem.insert(b"k", 1, Some(b"v1"));
         mem.insert(b"k", 5, Some(b"v5"));
         mem.insert(b"k", 7, None);
@@ -330,6 +375,53 @@ mod tests {
         assert_eq!(mem.get(b"k", u64::MAX), Some(None));
         assert_eq!(mem.get(b"l", u64::MAX), None);
         assert_eq!(mem.max_seq(), 9);
+    }
+
+    /// Readers racing a writer see each version whole: the key and value
+    /// bytes a reader reaches through the skip list were in the arena
+    /// before the entry was linked, across many chunks.
+    #[test]
+    fn readers_racing_the_writer_read_whole_entries() {
+        // The key, the sequence number, then filler that depends on both.
+        fn value_of(i: u32, seq: u64) -> Vec<u8> {
+            let filler = vec![(i as u8) ^ (seq as u8); (i % 200) as usize];
+            [&i.to_be_bytes()[..], &seq.to_be_bytes(), &filler].concat()
+        }
+        let mem = Arc::new(Memtable::new(1, 64 << 10));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u32)
+            .map(|r| {
+                let (mem, done) = (mem.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let (mut i, mut reads) = (r, 0);
+                    while !done.load(AtomicOrdering::Acquire) || reads < 1000 {
+                        i = (i * 7919 + 1) % 5000;
+                        if let Some(Some(value)) = mem.get(&i.to_be_bytes(), u64::MAX) {
+                            let seq = u64::from_be_bytes(value[4..12].try_into().unwrap());
+                            assert_eq!(value, value_of(i, seq), "key {i}");
+                            reads += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for round in 0..4u64 {
+            for i in 0..5000u32 {
+                let seq = round * 5000 + u64::from(i) + 1;
+                mem.insert(&i.to_be_bytes(), seq, Some(&value_of(i, seq)));
+            }
+        }
+        done.store(true, AtomicOrdering::Release);
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        for i in 0..5000u32 {
+            let seq = 3 * 5000 + u64::from(i) + 1;
+            assert_eq!(
+                mem.get(&i.to_be_bytes(), u64::MAX),
+                Some(Some(value_of(i, seq)))
+            );
+        }
     }
 
     #[test]
@@ -353,7 +445,7 @@ mod tests {
 
     #[test]
     fn iterator_crosses_chunks_in_order() {
-        let mem = Arc::new(Memtable::new(1));
+        let mem = Arc::new(Memtable::new(1, 1 << 20));
         for i in 0..1000u32 {
             mem.insert(&i.to_be_bytes(), u64::from(i) + 1, Some(b"x"));
             mem.insert(&i.to_be_bytes(), u64::from(i) + 5000, None);
