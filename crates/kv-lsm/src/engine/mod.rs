@@ -624,6 +624,8 @@ pub(crate) fn write_l0(
         opts.block_bytes,
         opts.bloom_bits_per_key,
     );
+    // The previous entry's key (versions of one key are adjacent, newest
+    // first): one buffer reused, not a copy per entry.
     let mut last: Option<Vec<u8>> = None;
     let mut result = Ok(());
     mem.for_each(|key, seq, value| {
@@ -631,7 +633,9 @@ pub(crate) fn write_l0(
             return;
         }
         result = builder.add(key, seq, value);
-        last = Some(key.to_vec());
+        let last = last.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(key);
     });
     result?;
     let meta = builder.finish()?;
