@@ -7,17 +7,64 @@
 
 use super::*;
 
-pub(super) enum SlotOp {
+pub(super) enum SlotOp<'a> {
     Batch(WriteBatch),
-    /// One put or delete, key and value in one buffer (the key is the first
-    /// `key_len` bytes).
+    /// One put or delete (`value` `None`), borrowed from the writer: a
+    /// writer that leads commits its own request, copied only into the
+    /// log's buffer and the memtable's arena.
     Single {
+        key: &'a [u8],
+        value: Option<&'a [u8]>,
+    },
+    /// A `Single` that queued for another leader: key and value in one
+    /// buffer (the key is the first `key_len` bytes).
+    Queued {
         data: Vec<u8>,
         key_len: usize,
         tombstone: bool,
     },
     /// Freeze the memtable (for `flush`).
     Rotate,
+}
+
+impl SlotOp<'_> {
+    /// The request as a queue slot holds it, past its writer's borrow.
+    fn into_owned(self) -> SlotOp<'static> {
+        match self {
+            SlotOp::Batch(batch) => SlotOp::Batch(batch),
+            SlotOp::Single { key, value } => SlotOp::Queued {
+                data: [key, value.unwrap_or_default()].concat(),
+                key_len: key.len(),
+                tombstone: value.is_none(),
+            },
+            SlotOp::Queued {
+                data,
+                key_len,
+                tombstone,
+            } => SlotOp::Queued {
+                data,
+                key_len,
+                tombstone,
+            },
+            SlotOp::Rotate => SlotOp::Rotate,
+        }
+    }
+
+    /// The key and value (`None`: a delete) of a single put or delete.
+    fn single(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        match self {
+            SlotOp::Single { key, value } => Some((key, *value)),
+            SlotOp::Queued {
+                data,
+                key_len,
+                tombstone,
+            } => {
+                let (key, value) = data.split_at(*key_len);
+                Some((key, (!tombstone).then_some(value)))
+            }
+            SlotOp::Batch(_) | SlotOp::Rotate => None,
+        }
+    }
 }
 
 /// Where a queued request stands.
@@ -32,7 +79,7 @@ pub(super) enum SlotState {
 /// condition variable, so a commit wakes exactly the writers it finished
 /// and the next leader, not every writer waiting in the queue.
 pub(super) struct Slot {
-    op: Mutex<Option<SlotOp>>,
+    op: Mutex<Option<SlotOp<'static>>>,
     state: Mutex<SlotState>,
     wake: Condvar,
 }
@@ -83,7 +130,7 @@ impl Inner {
     /// one group (one log write), wakes the group's members and hands
     /// leadership on. No leader means nobody queued: leadership passes to
     /// the first queued writer and is given up only with the queue empty.
-    pub(super) fn submit(&self, op: SlotOp) -> Result<()> {
+    pub(super) fn submit(&self, op: SlotOp<'_>) -> Result<()> {
         self.check_open()?;
         let slot = {
             let mut queue = self.queue.lock();
@@ -96,7 +143,7 @@ impl Inner {
                 return member_result(&outcome);
             }
             let slot = Arc::new(Slot {
-                op: Mutex::new(Some(op)),
+                op: Mutex::new(Some(op.into_owned())),
                 state: Mutex::new(SlotState::Waiting),
                 wake: Condvar::new(),
             });
@@ -116,7 +163,8 @@ impl Inner {
         // Handed leadership: our request is still queued (first); commit
         // everything queued.
         let group: Vec<Arc<Slot>> = self.queue.lock().pending.drain(..).collect();
-        let mut ops: Vec<Option<SlotOp>> = group.iter().map(|s| s.op.lock().take()).collect();
+        let mut ops: Vec<Option<SlotOp<'static>>> =
+            group.iter().map(|s| s.op.lock().take()).collect();
         let outcome = self.lead(&mut ops);
         let mut own = Ok(());
         for member in &group {
@@ -136,7 +184,7 @@ impl Inner {
 
     /// Commits a leader's group; a failure other than closing poisons the
     /// engine.
-    fn lead(&self, ops: &mut [Option<SlotOp>]) -> Result<()> {
+    fn lead(&self, ops: &mut [Option<SlotOp<'_>>]) -> Result<()> {
         let outcome = self.commit_group(ops);
         if let Err(err) = &outcome
             && !matches!(err, Error::Closed | Error::Poisoned(_))
@@ -157,7 +205,7 @@ impl Inner {
 
     /// Writes a group to the log (one write), then to the memtable, then
     /// makes it visible. Takes the ops out of `ops`.
-    fn commit_group(&self, ops: &mut [Option<SlotOp>]) -> Result<()> {
+    fn commit_group(&self, ops: &mut [Option<SlotOp<'_>>]) -> Result<()> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -174,18 +222,14 @@ impl Inner {
                     seq += batch.len() as u64;
                     any = true;
                 }
-                SlotOp::Single {
-                    data,
-                    key_len,
-                    tombstone,
-                } => {
-                    let (key, value) = data.split_at(*key_len);
-                    log.writer
-                        .add_single(seq + 1, key, (!tombstone).then_some(value));
-                    seq += 1;
-                    any = true;
-                }
                 SlotOp::Rotate => {}
+                single => {
+                    if let Some((key, value)) = single.single() {
+                        log.writer.add_single(seq + 1, key, value);
+                        seq += 1;
+                        any = true;
+                    }
+                }
             }
         }
         if !any {
@@ -207,16 +251,13 @@ impl Inner {
                         }
                     }
                 }
-                SlotOp::Single {
-                    data,
-                    key_len,
-                    tombstone,
-                } => {
-                    next += 1;
-                    let (key, value) = data.split_at(key_len);
-                    mem.insert(key, next, (!tombstone).then_some(value));
-                }
                 SlotOp::Rotate => {}
+                single => {
+                    if let Some((key, value)) = single.single() {
+                        next += 1;
+                        mem.insert(key, next, value);
+                    }
+                }
             }
         }
         log.last_seq = seq;
@@ -335,19 +376,24 @@ mod tests {
             .open()
             .unwrap();
         let groups = || engine.stats().write_groups;
+        engine.put_value(b"d", b"0").unwrap();
         let before = groups();
         gate.set_closed(true);
         std::thread::scope(|s| {
             let lone = s.spawn(|| engine.put_value(b"a", b"1"));
             // The lone writer is inside its commit, writing the log.
             gate.until(|&(_, waiting)| waiting == 1);
-            let queued: Vec<_> = [b"b", b"c"]
-                .map(|key| s.spawn(|| engine.put_value(key, b"2")))
-                .into();
-            // Both wait in the queue behind it (a guard, not a pace: they
+            // Two puts and a delete, queued with their bytes copied out
+            // of the writers' borrows.
+            let queued = [
+                s.spawn(|| engine.put_value(b"b", b"2")),
+                s.spawn(|| engine.put_value(b"c", b"3")),
+                s.spawn(|| engine.delete_key(b"d")),
+            ];
+            // All wait in the queue behind it (a guard, not a pace: they
             // queue within microseconds).
             let give_up = std::time::Instant::now() + Duration::from_secs(30);
-            while engine.inner.queue.lock().pending.len() < 2 {
+            while engine.inner.queue.lock().pending.len() < 3 {
                 assert!(
                     std::time::Instant::now() < give_up,
                     "the writers never queued"
@@ -363,10 +409,15 @@ mod tests {
         assert_eq!(
             groups() - before,
             2,
-            "the lone write, then one group of two"
+            "the lone write, then one group of three"
         );
-        for key in [&b"a"[..], b"b", b"c"] {
-            assert!(engine.inner.get(key).unwrap().is_some(), "{key:?}");
+        for (key, value) in [
+            (&b"a"[..], Some(&b"1"[..])),
+            (b"b", Some(b"2")),
+            (b"c", Some(b"3")),
+            (b"d", None),
+        ] {
+            assert_eq!(engine.inner.get(key).unwrap().as_deref(), value, "{key:?}");
         }
     }
 }

@@ -284,14 +284,7 @@ impl LsmEngine {
             };
             return self.write_batch(batch);
         }
-        let mut data = Vec::with_capacity(key.len() + value_bytes.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value_bytes);
-        self.inner.submit(SlotOp::Single {
-            data,
-            key_len: key.len(),
-            tombstone: value.is_none(),
-        })
+        self.inner.submit(SlotOp::Single { key, value })
     }
 
     /// The value of `key`.
