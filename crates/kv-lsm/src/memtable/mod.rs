@@ -3,10 +3,10 @@
 
 mod arena;
 
-use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ const ENTRY_OVERHEAD: usize = 48;
 /// descending. Its key and value lie one after the other in its
 /// memtable's arena, and a `MemKey` is only read while that memtable is
 /// alive: in the memtable's own skip list, or cloned into a [`MemIter`],
-/// which holds the memtable.
+/// which holds the memtable. (A [`Probe`]'s key points at the bytes the
+/// probe borrows instead, and lives inside the probe.)
 #[derive(Clone)]
 pub(crate) struct MemKey {
     /// The first 16 bytes of the user key, zero-padded, big-endian: most
@@ -51,7 +52,9 @@ impl MemKey {
     fn data(&self) -> &[u8] {
         // SAFETY: `data .. data + len` was filled by `Arena::store`, whose
         // arena lives as long as the memtable, which outlives every read
-        // of its keys (see the type's documentation).
+        // of its keys; or it is a probe's borrowed key, read only while
+        // the probe (and so the borrow) lives (see the type's
+        // documentation).
         #[allow(unsafe_code)]
         unsafe {
             std::slice::from_raw_parts(self.data.as_ptr(), self.len)
@@ -101,54 +104,28 @@ fn compare_with_prefix(
         .then_with(|| compare_versions(a, a_seq, b, b_seq))
 }
 
-/// A borrowed view of a versioned key, so lookups need not allocate.
-pub(crate) trait KeyView {
-    fn user(&self) -> &[u8];
-    fn seq(&self) -> u64;
-    fn prefix(&self) -> u128 {
-        prefix_of(self.user())
-    }
+/// A key to search for: a [`MemKey`] that borrows the caller's key bytes
+/// for `'a`, so that a search compares it with the memtable's keys as one
+/// key type (statically dispatched, its prefix computed once) and
+/// allocates nothing.
+struct Probe<'a> {
+    key: MemKey,
+    _bytes: PhantomData<&'a [u8]>,
 }
 
-impl KeyView for MemKey {
-    fn user(&self) -> &[u8] {
-        MemKey::user(self)
-    }
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn prefix(&self) -> u128 {
-        self.prefix
-    }
-}
-
-impl KeyView for (&[u8], u64) {
-    fn user(&self) -> &[u8] {
-        self.0
-    }
-    fn seq(&self) -> u64 {
-        self.1
-    }
-}
-
-fn compare(a: &dyn KeyView, b: &dyn KeyView) -> Ordering {
-    compare_with_prefix(a.prefix(), a.user(), a.seq(), b.prefix(), b.user(), b.seq())
-}
-
-impl PartialEq for dyn KeyView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        compare(self, other) == Ordering::Equal
-    }
-}
-impl Eq for dyn KeyView + '_ {}
-impl PartialOrd for dyn KeyView + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for dyn KeyView + '_ {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare(self, other)
+impl<'a> Probe<'a> {
+    fn new(user: &'a [u8], seq: u64) -> Probe<'a> {
+        Probe {
+            key: MemKey {
+                prefix: prefix_of(user),
+                data: NonNull::from(user).cast(),
+                len: user.len(),
+                key_len: user.len() as u32,
+                seq,
+                tombstone: true,
+            },
+            _bytes: PhantomData,
+        }
     }
 }
 
@@ -174,12 +151,6 @@ impl Ord for MemKey {
             other.user(),
             other.seq,
         )
-    }
-}
-
-impl<'a> Borrow<dyn KeyView + 'a> for MemKey {
-    fn borrow(&self) -> &(dyn KeyView + 'a) {
-        self
     }
 }
 
@@ -251,8 +222,8 @@ impl Memtable {
     /// The newest version of `key` numbered `<= seq`: `Some(None)` for a
     /// tombstone, `None` if the memtable has no such version.
     pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<Option<Vec<u8>>> {
-        let probe: &dyn KeyView = &(key, seq);
-        let entry = self.map.lower_bound(Bound::Included(probe))?;
+        let probe = Probe::new(key, seq);
+        let entry = self.map.lower_bound(Bound::Included(&probe.key))?;
         if entry.key().user() != key {
             return None;
         }
@@ -297,15 +268,15 @@ impl MemIter {
 
     fn fill(&mut self, start: Bound<&[u8]>) {
         let probe;
-        let lower: Bound<&dyn KeyView> = match (&self.resume, start) {
-            (Some(key), _) => Bound::Excluded(key as &dyn KeyView),
+        let lower: Bound<&MemKey> = match (&self.resume, start) {
+            (Some(key), _) => Bound::Excluded(key),
             (None, Bound::Included(k)) => {
-                probe = (k, u64::MAX);
-                Bound::Included(&probe as &dyn KeyView)
+                probe = Probe::new(k, u64::MAX);
+                Bound::Included(&probe.key)
             }
             (None, Bound::Excluded(k)) => {
-                probe = (k, 0);
-                Bound::Excluded(&probe as &dyn KeyView)
+                probe = Probe::new(k, 0);
+                Bound::Excluded(&probe.key)
             }
             (None, Bound::Unbounded) => Bound::Unbounded,
         };
@@ -313,7 +284,7 @@ impl MemIter {
         for entry in self
             .mem
             .map
-            .range::<dyn KeyView, _>((lower, Bound::Unbounded))
+            .range::<MemKey, _>((lower, Bound::Unbounded))
             .take(CHUNK)
         {
             let k = entry.key();
@@ -375,6 +346,51 @@ mod tests {
         assert_eq!(mem.get(b"k", u64::MAX), Some(None));
         assert_eq!(mem.get(b"l", u64::MAX), None);
         assert_eq!(mem.max_seq(), 9);
+    }
+
+    /// Searches compare a probe's borrowed bytes past the 16-byte prefix:
+    /// keys that share it, or are prefixes of one another, are told apart,
+    /// by `get` and by an iterator's start.
+    #[test]
+    fn probes_tell_apart_keys_that_share_their_prefix() {
+        let keys: [&[u8]; 6] = [
+            b"",
+            b"abcdefghijklmno",
+            b"abcdefghijklmnop",
+            b"abcdefghijklmnop\x00",
+            b"abcdefghijklmnopq",
+            b"abcdefghijklmnopr",
+        ];
+        let mem = Arc::new(Memtable::new(1, 1 << 20));
+        for (i, key) in keys.iter().enumerate() {
+            let i = i as u64;
+            mem.insert(key, 10 * i + 1, Some(&[i as u8, 1]));
+            mem.insert(key, 10 * i + 2, Some(&[i as u8, 2]));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(
+                mem.get(key, u64::MAX),
+                Some(Some(vec![i as u8, 2])),
+                "{key:?}"
+            );
+            assert_eq!(
+                mem.get(key, 10 * i + 1),
+                Some(Some(vec![i as u8, 1])),
+                "{key:?}"
+            );
+            assert_eq!(mem.get(key, 10 * i), None, "{key:?} before its writes");
+        }
+        assert_eq!(mem.get(b"abcdefghijklmnop\x01", u64::MAX), None);
+        for (i, key) in keys.iter().enumerate() {
+            let from = MemIter::new(mem.clone(), Bound::Included(key));
+            assert_eq!((from.key(), from.seq()), (*key, 10 * i as u64 + 2));
+            let after = MemIter::new(mem.clone(), Bound::Excluded(key));
+            match keys.get(i + 1) {
+                Some(next) => assert_eq!(after.key(), *next),
+                None => assert!(!after.valid()),
+            }
+        }
     }
 
     /// Readers racing a writer see each version whole: the key and value
