@@ -223,7 +223,7 @@ impl Inner {
                     any = true;
                 }
                 SlotOp::Rotate => {}
-                single => {
+                single @ (SlotOp::Single { .. } | SlotOp::Queued { .. }) => {
                     if let Some((key, value)) = single.single() {
                         log.writer.add_single(seq + 1, key, value);
                         seq += 1;
@@ -252,7 +252,7 @@ impl Inner {
                     }
                 }
                 SlotOp::Rotate => {}
-                single => {
+                single @ (SlotOp::Single { .. } | SlotOp::Queued { .. }) => {
                     if let Some((key, value)) = single.single() {
                         next += 1;
                         mem.insert(key, next, value);
