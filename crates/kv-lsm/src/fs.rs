@@ -266,6 +266,9 @@ struct Faults {
     fail_writes: AtomicBool,
     /// Syncs that succeeded so far.
     syncs: AtomicU64,
+    /// Whether file writes wait (a stalled disk), and how many do.
+    stall: std::sync::Mutex<(bool, usize)>,
+    stall_changed: std::sync::Condvar,
 }
 
 impl Faults {
@@ -285,6 +288,27 @@ impl Faults {
             return Err(io::Error::other("injected write failure"));
         }
         Ok(())
+    }
+
+    fn lock_stall(&self) -> std::sync::MutexGuard<'_, (bool, usize)> {
+        self.stall
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits while writes are stalled, counted among those waiting.
+    fn pass_stall(&self) {
+        let mut stall = self.lock_stall();
+        if !stall.0 {
+            return;
+        }
+        stall.1 += 1;
+        self.stall_changed.notify_all();
+        stall = self
+            .stall_changed
+            .wait_while(stall, |s| s.0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stall.1 -= 1;
     }
 }
 
@@ -315,10 +339,29 @@ impl FaultFs {
         self.faults.fail_writes.store(fail, Ordering::SeqCst);
     }
 
+    /// Makes every file write wait, as on a stalled disk, until called
+    /// again with `false`.
+    pub fn stall_writes(&self, stall: bool) {
+        self.faults.lock_stall().0 = stall;
+        self.faults.stall_changed.notify_all();
+    }
+
+    /// Blocks until `n` file writes wait on a stall.
+    pub fn wait_for_stalled_writes(&self, n: usize) {
+        let stall = self.faults.lock_stall();
+        drop(
+            self.faults
+                .stall_changed
+                .wait_while(stall, |s| s.1 < n)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
     /// Stops injecting faults.
     pub fn heal(&self) {
         self.faults.sync_armed.store(false, Ordering::SeqCst);
         self.faults.fail_writes.store(false, Ordering::SeqCst);
+        self.stall_writes(false);
     }
 
     /// How many fsyncs have succeeded.
@@ -336,6 +379,7 @@ struct FaultFile {
 impl WritableFile for FaultFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.faults.write()?;
+        self.faults.pass_stall();
         self.inner.write_all(buf)
     }
 
@@ -407,6 +451,33 @@ mod tests {
         );
         assert!(disk_space(&dir.path().join("missing")).is_err());
         assert!(disk_space(Path::new("a\0b")).is_err());
+    }
+
+    /// A stalled write waits, counted, until the stall ends (`heal` ends
+    /// it too), and then lands.
+    #[test]
+    fn a_stalled_write_waits_until_the_stall_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let fs = FaultFs::new();
+        let mut file = fs.create(&path).unwrap();
+        fs.stall_writes(true);
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || file.write_all(b"late"));
+            fs.wait_for_stalled_writes(1);
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                b"",
+                "written during the stall"
+            );
+            fs.heal();
+            writer.join().unwrap().unwrap();
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), b"late");
+        // No stall: writes pass at once.
+        let mut file = fs.create(&path).unwrap();
+        file.write_all(b"now").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"now");
     }
 
     /// A new file in `dir` holding `records` then `tail`, with 1 MiB

@@ -9,22 +9,45 @@ use super::*;
 
 pub(super) enum SlotOp<'a> {
     Batch(WriteBatch),
-    /// One put or delete (`value` `None`), borrowed from the writer: a
-    /// writer that leads commits its own request, copied only into the
-    /// log's buffer and the memtable's arena.
-    Single {
+    /// One put or delete.
+    Single(Single<'a>),
+    /// Freeze the memtable (for `flush`).
+    Rotate,
+}
+
+/// One put or delete, as its writer holds it.
+pub(super) enum Single<'a> {
+    /// Borrowed from the writer (`value` `None`: a delete): a writer that
+    /// leads commits its own request, copied only into the log's buffer
+    /// and the memtable's arena.
+    Borrowed {
         key: &'a [u8],
         value: Option<&'a [u8]>,
     },
-    /// A `Single` that queued for another leader: key and value in one
-    /// buffer (the key is the first `key_len` bytes).
-    Queued {
+    /// Queued for another leader: key and value in one buffer (the key is
+    /// the first `key_len` bytes).
+    Owned {
         data: Vec<u8>,
         key_len: usize,
         tombstone: bool,
     },
-    /// Freeze the memtable (for `flush`).
-    Rotate,
+}
+
+impl Single<'_> {
+    /// The key and value (`None`: a delete).
+    fn parts(&self) -> (&[u8], Option<&[u8]>) {
+        match self {
+            Single::Borrowed { key, value } => (key, *value),
+            Single::Owned {
+                data,
+                key_len,
+                tombstone,
+            } => {
+                let (key, value) = data.split_at(*key_len);
+                (key, (!tombstone).then_some(value))
+            }
+        }
+    }
 }
 
 impl SlotOp<'_> {
@@ -32,37 +55,15 @@ impl SlotOp<'_> {
     fn into_owned(self) -> SlotOp<'static> {
         match self {
             SlotOp::Batch(batch) => SlotOp::Batch(batch),
-            SlotOp::Single { key, value } => SlotOp::Queued {
-                data: [key, value.unwrap_or_default()].concat(),
-                key_len: key.len(),
-                tombstone: value.is_none(),
-            },
-            SlotOp::Queued {
-                data,
-                key_len,
-                tombstone,
-            } => SlotOp::Queued {
-                data,
-                key_len,
-                tombstone,
-            },
-            SlotOp::Rotate => SlotOp::Rotate,
-        }
-    }
-
-    /// The key and value (`None`: a delete) of a single put or delete.
-    fn single(&self) -> Option<(&[u8], Option<&[u8]>)> {
-        match self {
-            SlotOp::Single { key, value } => Some((key, *value)),
-            SlotOp::Queued {
-                data,
-                key_len,
-                tombstone,
-            } => {
-                let (key, value) = data.split_at(*key_len);
-                Some((key, (!tombstone).then_some(value)))
+            SlotOp::Single(single) => {
+                let (key, value) = single.parts();
+                SlotOp::Single(Single::Owned {
+                    data: [key, value.unwrap_or_default()].concat(),
+                    key_len: key.len(),
+                    tombstone: value.is_none(),
+                })
             }
-            SlotOp::Batch(_) | SlotOp::Rotate => None,
+            SlotOp::Rotate => SlotOp::Rotate,
         }
     }
 }
@@ -223,12 +224,11 @@ impl Inner {
                     any = true;
                 }
                 SlotOp::Rotate => {}
-                single @ (SlotOp::Single { .. } | SlotOp::Queued { .. }) => {
-                    if let Some((key, value)) = single.single() {
-                        log.writer.add_single(seq + 1, key, value);
-                        seq += 1;
-                        any = true;
-                    }
+                SlotOp::Single(single) => {
+                    let (key, value) = single.parts();
+                    log.writer.add_single(seq + 1, key, value);
+                    seq += 1;
+                    any = true;
                 }
             }
         }
@@ -252,11 +252,10 @@ impl Inner {
                     }
                 }
                 SlotOp::Rotate => {}
-                single @ (SlotOp::Single { .. } | SlotOp::Queued { .. }) => {
-                    if let Some((key, value)) = single.single() {
-                        next += 1;
-                        mem.insert(key, next, value);
-                    }
+                SlotOp::Single(single) => {
+                    let (key, value) = single.parts();
+                    next += 1;
+                    mem.insert(key, next, value);
                 }
             }
         }
@@ -279,110 +278,29 @@ fn member_result(outcome: &Result<()>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::path::Path;
-    use std::sync::Condvar as StdCondvar;
-    use std::sync::Mutex as StdMutex;
-
     use super::*;
-    use crate::fs::{FileSystem, StdFs, WritableFile};
+    use crate::fs::FaultFs;
 
-    /// A file layer whose writes wait while its gate is closed, and say
-    /// when one is waiting.
-    #[derive(Debug, Default)]
-    struct Gate {
-        /// (closed, writes waiting)
-        state: StdMutex<(bool, usize)>,
-        changed: StdCondvar,
-    }
-
-    impl Gate {
-        fn set_closed(&self, closed: bool) {
-            self.state.lock().unwrap().0 = closed;
-            self.changed.notify_all();
-        }
-
-        fn until(&self, done: impl Fn(&(bool, usize)) -> bool) {
-            let state = self.state.lock().unwrap();
-            drop(self.changed.wait_while(state, |s| !done(s)).unwrap());
-        }
-    }
-
-    #[derive(Debug)]
-    struct GatedFile {
-        inner: Box<dyn WritableFile>,
-        gate: Arc<Gate>,
-    }
-
-    impl WritableFile for GatedFile {
-        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-            let mut state = self.gate.state.lock().unwrap();
-            state.1 += 1;
-            self.gate.changed.notify_all();
-            state = self.gate.changed.wait_while(state, |s| s.0).unwrap();
-            state.1 -= 1;
-            drop(state);
-            self.inner.write_all(buf)
-        }
-        fn sync_data(&mut self) -> io::Result<()> {
-            self.inner.sync_data()
-        }
-        fn preallocate(&mut self, len: u64) -> io::Result<()> {
-            self.inner.preallocate(len)
-        }
-    }
-
-    #[derive(Debug)]
-    struct GatedFs(Arc<Gate>);
-
-    impl FileSystem for GatedFs {
-        fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-            let inner = StdFs.create(path)?;
-            Ok(Box::new(GatedFile {
-                inner,
-                gate: self.0.clone(),
-            }))
-        }
-        fn overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-            let inner = StdFs.overwrite(path)?;
-            Ok(Box::new(GatedFile {
-                inner,
-                gate: self.0.clone(),
-            }))
-        }
-        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-            StdFs.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> io::Result<()> {
-            StdFs.remove_file(path)
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            StdFs.sync_dir(dir)
-        }
-        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-            StdFs.truncate(path, len)
-        }
-    }
-
-    /// A writer that finds no leader commits alone; two that arrive while
-    /// it writes queue, and the first of them commits both as one group.
+    /// A writer that finds no leader commits alone; writers that arrive
+    /// while it writes queue, and the first of them commits them all as
+    /// one group.
     #[test]
     fn writers_arriving_during_a_commit_are_committed_together_by_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
+        let fs = FaultFs::new();
         let engine = crate::LsmEngine::builder(dir.path())
             .durability(Durability::Never)
-            .fs(Arc::new(GatedFs(gate.clone())))
+            .fs(Arc::new(fs.clone()))
             .open()
             .unwrap();
         let groups = || engine.stats().write_groups;
         engine.put_value(b"d", b"0").unwrap();
         let before = groups();
-        gate.set_closed(true);
+        fs.stall_writes(true);
         std::thread::scope(|s| {
             let lone = s.spawn(|| engine.put_value(b"a", b"1"));
             // The lone writer is inside its commit, writing the log.
-            gate.until(|&(_, waiting)| waiting == 1);
+            fs.wait_for_stalled_writes(1);
             // Two puts and a delete, queued with their bytes copied out
             // of the writers' borrows.
             let queued = [
@@ -400,7 +318,7 @@ mod tests {
                 );
                 std::thread::yield_now();
             }
-            gate.set_closed(false);
+            fs.stall_writes(false);
             lone.join().unwrap().unwrap();
             for writer in queued {
                 writer.join().unwrap().unwrap();

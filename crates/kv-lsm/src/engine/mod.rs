@@ -39,7 +39,7 @@ mod read;
 mod recovery;
 mod segments;
 
-use group_commit::{Queue, SlotOp};
+use group_commit::{Queue, Single, SlotOp};
 use segments::prepare_segment;
 
 /// How long a stalled writer or idle thread waits before re-checking.
@@ -284,7 +284,8 @@ impl LsmEngine {
             };
             return self.write_batch(batch);
         }
-        self.inner.submit(SlotOp::Single { key, value })
+        self.inner
+            .submit(SlotOp::Single(Single::Borrowed { key, value }))
     }
 
     /// The value of `key`.
