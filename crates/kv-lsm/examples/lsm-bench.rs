@@ -58,11 +58,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use kv_core::StorageEngine;
-use kv_lsm::{Durability, LsmEngine};
+use kv_lsm::{Durability, LsmEngine, SyncerScheduling};
 
 const USAGE: &str = "usage: lsm-bench --workload <fillseq|fillrandom|overwrite|readrandom|readmissing|scan|fillsync|filldeferred>\n\
   [--num N (1000000)] [--value-size B (100)] [--threads T (1)] [--engine kv-lsm|fjall|both]\n\
-  [--rounds R (10; with --engine both)] [--dir PATH]";
+  [--rounds R (10; with --engine both)] [--dir PATH] [--syncer preempting|yielding (preempting)]";
 
 /// The engines `--engine both` compares, in this order.
 const BOTH: [&str; 2] = ["kv-lsm", "fjall"];
@@ -76,6 +76,8 @@ struct Args {
     engine: String,
     rounds: u64,
     dir: Option<PathBuf>,
+    /// kv-lsm's log syncer under `fillsync` and `filldeferred`.
+    syncer: SyncerScheduling,
 }
 
 fn parse() -> Result<Args, String> {
@@ -87,6 +89,7 @@ fn parse() -> Result<Args, String> {
         engine: "kv-lsm".into(),
         rounds: 10,
         dir: None,
+        syncer: SyncerScheduling::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +108,17 @@ fn parse() -> Result<Args, String> {
             "--engine" => args.engine = value,
             "--rounds" => args.rounds = number(&value)?,
             "--dir" => args.dir = Some(value.into()),
+            "--syncer" => {
+                args.syncer = match value.as_str() {
+                    "yielding" => SyncerScheduling::Yielding,
+                    "preempting" => SyncerScheduling::Preempting,
+                    other => {
+                        return Err(format!(
+                            "--syncer {other:?}: use preempting or yielding\n{USAGE}"
+                        ));
+                    }
+                }
+            }
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -250,7 +264,12 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn open(engine: &str, dir: &Path, sync: bool) -> Result<Box<dyn Bench>, String> {
+fn open(
+    engine: &str,
+    dir: &Path,
+    sync: bool,
+    syncer: SyncerScheduling,
+) -> Result<Box<dyn Bench>, String> {
     match engine {
         "kv-lsm" => {
             let durability = if sync {
@@ -260,6 +279,7 @@ fn open(engine: &str, dir: &Path, sync: bool) -> Result<Box<dyn Bench>, String> 
             };
             let engine = LsmEngine::builder(dir)
                 .durability(durability)
+                .syncer_scheduling(syncer)
                 .open()
                 .map_err(|e| e.to_string())?;
             Ok(Box::new(Lsm(engine)))
@@ -331,7 +351,7 @@ fn compare(args: &Args, dir: &Path) -> Result<(), String> {
     let n = args.num;
     let mut engines = Vec::new();
     for name in BOTH {
-        let engine = open(name, &dir.join(name), false)?;
+        let engine = open(name, &dir.join(name), false, args.syncer)?;
         eprintln!("filling {name} with {n} keys");
         fill(engine.as_ref(), args);
         engines.push(engine);
@@ -481,7 +501,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let engine = match open(&args.engine, &dir, sync) {
+    let engine = match open(&args.engine, &dir, sync, args.syncer) {
         Ok(e) => e,
         Err(msg) => {
             eprintln!("{msg}");

@@ -53,7 +53,7 @@ mod version;
 pub use engine::{Checkpoint, EngineStats, LsmEngine, LsmEngineBuilder};
 pub use error::{Error, Result};
 pub use fs::{DiskSpace, FaultFs, FileSystem, StdFs, WritableFile, disk_space};
-pub use options::{BackgroundPriority, Durability, Options, RecoveryMode};
+pub use options::{BackgroundPriority, Durability, Options, RecoveryMode, SyncerScheduling};
 
 /// The engine's interface and batch type, from `kv-core`, so a program
 /// that embeds the engine needs no other crate.

@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub request_timeout_ms: Option<u64>,
     /// `always`, `never` or `interval:<ms>` (always).
     pub durability: Option<String>,
+    /// How the commit log's syncer is woken (`always` only): `preempting`
+    /// (the default) or `yielding` (more writes per sync on nodes whose
+    /// CPUs are busy, at a higher p99 at half load; see
+    /// [`kv_lsm::SyncerScheduling`]).
+    pub syncer: Option<String>,
     /// How replica writes and reads reach peers: `frames` (the default:
     /// length-prefixed frames on TCP, mutual TLS when TLS is on) or `grpc`
     /// (long-lived gRPC streams). Every node serves both.
@@ -257,6 +262,7 @@ impl ServerConfig {
             r: over.r.or(self.r),
             request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
             durability: over.durability.or(self.durability),
+            syncer: over.syncer.or(self.syncer),
             internode: over.internode.or(self.internode),
             max_hints: over.max_hints.or(self.max_hints),
             anti_entropy_interval_ms: over
@@ -376,6 +382,7 @@ impl ServerConfig {
                 replace: self.replace.map(NodeId),
                 coordinator,
                 durability,
+                syncer: self.syncer()?,
                 internode_frames: self.internode_frames()?,
                 status_page: self.status_page(listen)?,
                 vnodes,
@@ -588,6 +595,17 @@ impl ServerConfig {
     /// Whether replica batches go over framed connections: `internode`
     /// `frames`, the default (measured ahead of the gRPC streams:
     /// docs/benchmarks.md).
+    fn syncer(&self) -> Result<kv_lsm::SyncerScheduling, ConfigError> {
+        match self.syncer.as_deref().unwrap_or("preempting") {
+            "preempting" => Ok(kv_lsm::SyncerScheduling::Preempting),
+            "yielding" => Ok(kv_lsm::SyncerScheduling::Yielding),
+            other => Err(invalid(
+                "syncer",
+                format!("syncer {other:?}: use preempting or yielding"),
+            )),
+        }
+    }
+
     fn internode_frames(&self) -> Result<bool, ConfigError> {
         match self.internode.as_deref().unwrap_or("frames") {
             "grpc" => Ok(false),
@@ -884,6 +902,24 @@ hedge_floor_ms = 20
     }
 
     #[test]
+    fn syncer_chooses_preempting_or_yielding() {
+        use kv_lsm::SyncerScheduling;
+        assert_eq!(
+            good().validate().unwrap().0.syncer,
+            SyncerScheduling::Preempting,
+            "the default"
+        );
+        let yielding = ServerConfig {
+            syncer: Some("yielding".into()),
+            ..good()
+        };
+        assert_eq!(
+            yielding.validate().unwrap().0.syncer,
+            SyncerScheduling::Yielding
+        );
+    }
+
+    #[test]
     fn internode_chooses_frames_or_grpc() {
         let framed = ServerConfig {
             internode: Some("frames".into()),
@@ -935,6 +971,13 @@ hedge_floor_ms = 20
                     ..good()
                 },
                 "use grpc or frames",
+            ),
+            (
+                ServerConfig {
+                    syncer: Some("sometimes".into()),
+                    ..good()
+                },
+                "use preempting or yielding",
             ),
             (
                 ServerConfig {

@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub coordinator: kv_coordinator::Config,
     /// Commit-log durability.
     pub durability: Durability,
+    /// How the engines' log syncers are woken (under `Always`).
+    pub syncer: kv_lsm::SyncerScheduling,
     /// Virtual nodes per node.
     pub vnodes: u32,
     /// Memtable size of the data engine.
@@ -115,6 +117,7 @@ impl NodeConfig {
             snapshot_root: None,
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
+            syncer: kv_lsm::SyncerScheduling::Preempting,
             vnodes: 150,
             memtable_bytes: 64 << 20,
             security: crate::security::Security::default(),
@@ -455,6 +458,7 @@ fn open_engines(config: &NodeConfig) -> Result<(Engine, Engine), NodeError> {
         Ok(Arc::new(
             LsmEngine::builder(config.data_dir.join(dir))
                 .durability(config.durability)
+                .syncer_scheduling(config.syncer)
                 .memtable_bytes(memtable)
                 .max_value_bytes(max_value)
                 .open()?,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::LsmEngine;
 use crate::error::Result;
 use crate::fs::FileSystem;
-use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode};
+use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode, SyncerScheduling};
 
 /// Configures and opens an [`LsmEngine`] (a consuming builder).
 ///
@@ -82,6 +82,8 @@ impl LsmEngineBuilder {
         recovery: RecoveryMode);
     setter!(/// The CPU priority of flushes and compactions.
         background_priority: BackgroundPriority);
+    setter!(/// How the log syncer is woken.
+        syncer_scheduling: SyncerScheduling);
     setter!(/// The file layer.
         fs: Arc<dyn FileSystem>);
 

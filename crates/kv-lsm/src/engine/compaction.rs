@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Inner, SuperVersion};
+use super::{BackgroundWork, Inner, SuperVersion};
 use crate::error::{Error, Result};
 use crate::iter::{InternalIter, MergingIter};
 use crate::manifest::{LEVELS, VersionEdit};
@@ -171,6 +171,7 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
 }
 
 fn run(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
+    let _running = BackgroundWork::start();
     if chosen.level > 0 && chosen.inputs.len() == 1 && chosen.overlapping.is_empty() {
         // Nothing to merge with: move the table down as it is.
         let table = chosen.inputs[0].clone();

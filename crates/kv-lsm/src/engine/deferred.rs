@@ -65,6 +65,78 @@ impl Drop for StopsSynced<'_> {
     }
 }
 
+/// The syncer thread's scheduling policy as it last set it (see
+/// [`SyncerScheduling`]): when yielding, `SCHED_BATCH` while it waits for
+/// writes and no flush or compaction runs, else the normal policy. A
+/// change is one system call; with writes arriving steadily the policy
+/// changes twice per sync (to wait, then to sync).
+pub(super) struct SyncerPolicy {
+    yielding: bool,
+    /// Whether the thread is (taken to be) in `SCHED_BATCH`.
+    batch: bool,
+}
+
+impl SyncerPolicy {
+    /// The policy of a thread not yet changed (the normal one).
+    pub(super) fn new(scheduling: SyncerScheduling) -> Self {
+        SyncerPolicy {
+            yielding: scheduling == SyncerScheduling::Yielding,
+            batch: false,
+        }
+    }
+
+    /// Before the syncer waits for writes, with flushes or compactions
+    /// running (`background`) or not: a yielding syncer does not preempt
+    /// to start a sync, unless lowered threads hold the CPUs.
+    pub(super) fn before_wait(&mut self, background: bool) {
+        self.set(self.yielding && !background);
+    }
+
+    /// Before the syncer syncs: the normal policy, so that the writes it
+    /// covers are released as soon as the sync ends.
+    fn before_sync(&mut self) {
+        self.set(false);
+    }
+
+    /// Sets the calling thread's policy, if it changed. Best effort: a
+    /// failure leaves the thread as it was, and is not retried until the
+    /// wanted policy changes again.
+    fn set(&mut self, batch: bool) {
+        if batch != self.batch {
+            self.batch = batch;
+            set_batch_policy(batch);
+        }
+    }
+
+    /// Whether the thread is (taken to be) in `SCHED_BATCH`.
+    #[cfg(test)]
+    fn is_batch(&self) -> bool {
+        self.batch
+    }
+}
+
+/// Puts the calling thread in `SCHED_BATCH` (`true`) or back in the
+/// normal policy, at the same nice value either way.
+#[cfg(target_os = "linux")]
+fn set_batch_policy(batch: bool) {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass by
+    // reference for the duration of the call and changes only the calling
+    // thread's (pid 0) scheduling; both policies are unprivileged.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sched_setscheduler(0, policy, &param);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_batch_policy(_batch: bool) {}
+
 /// The longest a sync waits for writers to come back (see
 /// [`Inner::deferred_sync_loop`]).
 const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
@@ -226,7 +298,10 @@ impl Inner {
         let _stops = StopsSynced(self);
         let mut handle: Option<(u64, LogSyncer)> = None;
         let (mut released, mut took) = (0usize, Duration::ZERO);
+        let mut policy = SyncerPolicy::new(self.opts.syncer_scheduling);
         loop {
+            // A wait's wake-up is where the policy counts.
+            policy.before_wait(BackgroundWork::running());
             let writes = {
                 let mut waiting = self.deferred.lock();
                 while waiting.writes.is_empty() && !self.shutdown.load(Ordering::SeqCst) {
@@ -251,6 +326,7 @@ impl Inner {
                 std::mem::take(&mut waiting.writes)
             };
             released = writes.len();
+            policy.before_sync();
             let started = Instant::now();
             let newest = writes.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
             // The previous sync read its target after these were appended
@@ -317,6 +393,24 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_yielding_syncer_batches_only_while_it_waits_and_no_background_work_runs() {
+        let mut policy = SyncerPolicy::new(SyncerScheduling::Yielding);
+        assert!(!policy.is_batch(), "a new thread has the normal policy");
+        policy.before_wait(false);
+        assert!(policy.is_batch(), "waiting for writes: no preemption");
+        policy.before_sync();
+        assert!(!policy.is_batch(), "syncing: released at once");
+        policy.before_wait(true);
+        assert!(!policy.is_batch(), "a flush or compaction runs: preempts");
+        policy.before_wait(false);
+        assert!(policy.is_batch());
+
+        let mut preempting = SyncerPolicy::new(SyncerScheduling::Preempting);
+        preempting.before_wait(false);
+        assert!(!preempting.is_batch(), "Preempting never batches");
+    }
 
     #[test]
     fn the_commit_delay_waits_only_for_writers_a_sync_released_and_half_a_sync_at_most() {

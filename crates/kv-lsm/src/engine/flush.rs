@@ -39,6 +39,7 @@ impl Inner {
     }
 
     pub(super) fn flush_one(&self, imm: &Arc<Memtable>) -> Result<()> {
+        let _running = BackgroundWork::start();
         // A switch froze `imm`: a file ready for the next one, first (a
         // few milliseconds; the flush takes a memtable's worth of CPU).
         self.prepare_spare();

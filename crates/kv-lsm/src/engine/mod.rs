@@ -10,7 +10,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::iter::{InternalIter, MergingIter, UserIter};
 use crate::log::{LogWriter, SegmentEnd, decode_batch, scan_segment, segment_name};
 use crate::manifest::{self, Manifest, ManifestState, VersionEdit};
 use crate::memtable::{MemIter, Memtable};
-use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode};
+use crate::options::{BackgroundPriority, Durability, Options, RecoveryMode, SyncerScheduling};
 use crate::table::{Table, TableBuilder, table_name};
 use crate::version::{TableHandle, Version};
 pub use builder::LsmEngineBuilder;
@@ -194,14 +194,11 @@ impl LsmEngine {
         };
         // Each thread has its priority once `open` returns: it says so
         // before it starts its loop.
-        let spawn = |name: &'static str, f: fn(&Inner), background: bool| {
+        let spawn = |name: &'static str, f: fn(&Inner), prepare: fn(&Inner)| {
             let inner = engine.inner.clone();
-            let lower = background && inner.opts.background_priority == BackgroundPriority::Low;
             let (ready, started) = std::sync::mpsc::channel::<()>();
             let thread = spawn_thread(name, move || {
-                if lower {
-                    lower_this_thread(BACKGROUND_NICE);
-                }
+                prepare(&inner);
                 let _ = ready.send(());
                 f(&inner)
             })
@@ -210,12 +207,20 @@ impl LsmEngine {
             engine.threads.lock().push(thread);
             Ok::<_, Error>(())
         };
-        spawn("lsm-flush", Inner::flush_loop, true)?;
-        spawn("lsm-compact", compaction::compaction_loop, true)?;
-        // The syncers are the writers' own wait: never lowered.
+        let lower = |inner: &Inner| {
+            if inner.opts.background_priority == BackgroundPriority::Low {
+                lower_this_thread(BACKGROUND_NICE);
+            }
+        };
+        spawn("lsm-flush", Inner::flush_loop, lower)?;
+        spawn("lsm-compact", compaction::compaction_loop, lower)?;
+        // The syncers are the writers' own wait: never lowered (the
+        // deferred one may yield, see [`SyncerScheduling`]).
         match engine.inner.opts.durability {
-            Durability::Interval(_) => spawn("lsm-sync", Inner::sync_loop, false)?,
-            Durability::Always => spawn("lsm-syncer", Inner::deferred_sync_loop, false)?,
+            Durability::Interval(_) => spawn("lsm-sync", Inner::sync_loop, |_| {})?,
+            Durability::Always => spawn("lsm-syncer", Inner::deferred_sync_loop, |inner| {
+                deferred::SyncerPolicy::new(inner.opts.syncer_scheduling).before_wait(false);
+            })?,
             Durability::Never => {}
         }
         Ok(engine)
@@ -571,6 +576,34 @@ impl Inner {
         self.poisoned.store(true, Ordering::SeqCst);
         let _bg = self.bg.lock();
         self.bg_cond.notify_all();
+    }
+}
+
+/// Flushes and compactions running now, in every engine of the process:
+/// a yielding syncer is scheduled normally while any runs (see
+/// [`SyncerScheduling::Yielding`]), since those threads are lowered
+/// whichever engine they belong to (three nodes in one process share the
+/// CPUs as much as one node's own threads do).
+static BACKGROUND_WORK: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a flush or compaction in [`BACKGROUND_WORK`] while it lives.
+pub(crate) struct BackgroundWork(());
+
+impl BackgroundWork {
+    pub(crate) fn start() -> Self {
+        BACKGROUND_WORK.fetch_add(1, Ordering::AcqRel);
+        BackgroundWork(())
+    }
+
+    /// Whether a flush or compaction runs anywhere in the process.
+    pub(crate) fn running() -> bool {
+        BACKGROUND_WORK.load(Ordering::Acquire) > 0
+    }
+}
+
+impl Drop for BackgroundWork {
+    fn drop(&mut self) {
+        BACKGROUND_WORK.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
