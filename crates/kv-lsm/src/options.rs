@@ -73,7 +73,7 @@ pub enum SyncerScheduling {
     /// For nodes whose CPUs requests keep busy: this project's three-node
     /// cluster on two cores made half as many syncs and 14-16% more
     /// operations a second at its peak, and its median latency at half
-    /// the peak fell by a third, but the p99 of those half-peak runs rose
+    /// the peak fell by a quarter, but the p99 of those half-peak runs rose
     /// (a sync waits for a CPU in the seconds a flush makes busy); synced
     /// writers that wait on their syncs, the CPUs idle meanwhile, see no
     /// difference (docs/benchmarks.md).
