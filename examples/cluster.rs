@@ -41,6 +41,11 @@ struct Args {
     /// No TLS and no tokens (to compare; loopback only).
     #[arg(long)]
     plaintext: bool,
+    /// How each node's commit-log syncer is woken: `preempting` (kvd's
+    /// default) or `yielding` (more writes per sync when the CPUs are busy;
+    /// kvd's `syncer` setting, docs/operations.md).
+    #[arg(long, default_value = "preempting", value_parser = kv_server::parse_syncer)]
+    syncer: kv_lsm::SyncerScheduling,
 }
 
 /// A fresh CA, a certificate per node and an admin token in `dir` (what a
@@ -120,6 +125,7 @@ async fn run(args: Args) -> Result<(), String> {
                 ..kv_coordinator::Config::default()
             },
             memtable_bytes: 16 << 20,
+            syncer: args.syncer,
             // Replica batches on framed connections, as kvd sends them.
             internode_frames: true,
             // Served below; the other nodes' pages link to it.

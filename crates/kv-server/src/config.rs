@@ -596,14 +596,7 @@ impl ServerConfig {
     /// `frames`, the default (measured ahead of the gRPC streams:
     /// docs/benchmarks.md).
     fn syncer(&self) -> Result<kv_lsm::SyncerScheduling, ConfigError> {
-        match self.syncer.as_deref().unwrap_or("preempting") {
-            "preempting" => Ok(kv_lsm::SyncerScheduling::Preempting),
-            "yielding" => Ok(kv_lsm::SyncerScheduling::Yielding),
-            other => Err(invalid(
-                "syncer",
-                format!("syncer {other:?}: use preempting or yielding"),
-            )),
-        }
+        parse_syncer(self.syncer.as_deref().unwrap_or("preempting"))
     }
 
     fn internode_frames(&self) -> Result<bool, ConfigError> {
@@ -720,6 +713,22 @@ fn parse_member(text: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
         .parse()
         .map_err(|e| invalid("members", format!("member {text:?}: {e}")))?;
     Ok((NodeId(id), addr))
+}
+
+/// `preempting` or `yielding` (see [`kv_lsm::SyncerScheduling`]).
+///
+/// # Errors
+///
+/// [`ConfigError`] for any other text.
+pub fn parse_syncer(text: &str) -> Result<kv_lsm::SyncerScheduling, ConfigError> {
+    match text {
+        "preempting" => Ok(kv_lsm::SyncerScheduling::Preempting),
+        "yielding" => Ok(kv_lsm::SyncerScheduling::Yielding),
+        other => Err(invalid(
+            "syncer",
+            format!("syncer {other:?}: use preempting or yielding"),
+        )),
+    }
 }
 
 /// `always`, `never` or `interval:<ms>`.

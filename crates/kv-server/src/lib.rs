@@ -73,7 +73,7 @@ mod transport;
 pub mod version;
 mod wire;
 
-pub use config::{ConfigError, ServerConfig, parse_durability};
+pub use config::{ConfigError, ServerConfig, parse_durability, parse_syncer};
 #[cfg(feature = "test-util")]
 pub use node::start_local;
 pub use node::{
