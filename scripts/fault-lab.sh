@@ -85,6 +85,9 @@ declare -A faults=([partition]=0 [kill9]=0 [pause]=0 [heal]=0 [wipe]=0 [backup]=
 # The node whose disk is wiped and restored, and the one whose disk fills.
 disk_node=5
 full_node=4
+# The node whose log syncer yields (kvd's `syncer = "yielding"`), so the
+# faults meet both ways of waking a syncer.
+yielding_node=2
 # Whether node $full_node's data directory is a small tmpfs of its own.
 small_disk=false
 # How many times the full node said its storage was failing.
@@ -154,6 +157,7 @@ start_node() {
     local i=$1
     local extra=()
     [ "$i" = "$full_node" ] && [ "$small_disk" = true ] && extra=(--memtable-mib 1)
+    [ "$i" = "$yielding_node" ] && extra+=(--syncer yielding)
     # shellcheck disable=SC2086
     # The five-host example's configuration (deploy/), with the lab's
     # addresses, directories and fault-friendly timings as flags on top.
