@@ -109,15 +109,9 @@ fn parse() -> Result<Args, String> {
             "--rounds" => args.rounds = number(&value)?,
             "--dir" => args.dir = Some(value.into()),
             "--syncer" => {
-                args.syncer = match value.as_str() {
-                    "yielding" => SyncerScheduling::Yielding,
-                    "preempting" => SyncerScheduling::Preempting,
-                    other => {
-                        return Err(format!(
-                            "--syncer {other:?}: use preempting or yielding\n{USAGE}"
-                        ));
-                    }
-                }
+                args.syncer = value
+                    .parse()
+                    .map_err(|e| format!("--syncer: {e}\n{USAGE}"))?;
             }
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }

@@ -80,6 +80,23 @@ pub enum SyncerScheduling {
     Yielding,
 }
 
+impl std::str::FromStr for SyncerScheduling {
+    type Err = Error;
+
+    /// `preempting` or `yielding`, as `kvd`'s `syncer` setting and
+    /// `lsm-bench --syncer` spell them.
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "preempting" => Ok(SyncerScheduling::Preempting),
+            "yielding" => Ok(SyncerScheduling::Yielding),
+            other => Err(invalid(
+                "syncer_scheduling",
+                format!("{other:?}: use preempting or yielding"),
+            )),
+        }
+    }
+}
+
 /// Every tunable of the engine. Built through [`LsmEngineBuilder`](crate::LsmEngineBuilder).
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -18,20 +18,30 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Field `n` (1-based, as proc(5) numbers them) of thread `tid`'s stat,
 /// counted after the parenthesised name (field 2).
-fn stat_field(tid: &str, n: usize) -> i64 {
+fn stat_field(tid: &str, n: usize) -> String {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    after_name.split(' ').nth(n - 3).unwrap().parse().unwrap()
+    after_name.split(' ').nth(n - 3).unwrap().to_string()
 }
 
 /// The nice value of thread `tid` of this process (field 19).
 fn nice_of(tid: &str) -> i32 {
-    stat_field(tid, 19) as i32
+    stat_field(tid, 19).parse().unwrap()
 }
 
 /// The scheduling policy of thread `tid` (field 41).
 fn policy_of(tid: &str) -> i32 {
-    stat_field(tid, 41) as i32
+    stat_field(tid, 41).parse().unwrap()
+}
+
+/// Waits (up to 10 s, then fails) until thread `tid` sleeps (state `S`,
+/// field 3).
+fn wait_until_asleep(tid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat_field(tid, 3) != "S" {
+        assert!(Instant::now() < deadline, "thread {tid} never slept");
+        std::thread::yield_now();
+    }
 }
 
 /// The ids of every live thread of this process named `name`.
@@ -109,6 +119,20 @@ fn this_thread_id() -> u64 {
     link.file_name().unwrap().to_str().unwrap().parse().unwrap()
 }
 
+/// Waits (up to 10 s, then fails) until thread `tid`'s policy is
+/// `policy`: a syncer sets its own before each wait for writes.
+fn wait_for_policy(tid: &str, policy: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy_of(tid) != policy {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: policy {}",
+            policy_of(tid)
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// The syncer of an engine opened with `scheduling` (under `Always`),
 /// writing through `fs`: the engine and the syncer thread's id.
 fn open_syncer(
@@ -133,11 +157,7 @@ fn a_yielding_syncer_waits_for_writes_in_sched_batch_and_syncs_in_the_normal_pol
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
     let (engine, syncer) = open_syncer(&dir.path().join("y"), SyncerScheduling::Yielding, &fs);
-    assert_eq!(
-        policy_of(&syncer),
-        libc::SCHED_BATCH,
-        "waiting for writes when open returns"
-    );
+    wait_for_policy(&syncer, libc::SCHED_BATCH, "waiting for the first writes");
 
     // A write the syncer takes: its sync's write of the log stalls, with
     // the syncer in the policy it syncs in. (A failed assertion ends the
@@ -159,22 +179,23 @@ fn a_yielding_syncer_waits_for_writes_in_sched_batch_and_syncs_in_the_normal_pol
     durable.wait().unwrap();
     assert_eq!(engine.get(b"k").unwrap(), Some(b"v".to_vec()));
 
-    // Back to waiting for writes, in SCHED_BATCH again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while policy_of(&syncer) != libc::SCHED_BATCH {
-        assert!(
-            Instant::now() < deadline,
-            "the syncer did not go back to SCHED_BATCH after its sync"
-        );
-        std::thread::yield_now();
-    }
+    wait_for_policy(
+        &syncer,
+        libc::SCHED_BATCH,
+        "waiting for writes after a sync",
+    );
     drop(engine);
 
+    // Preempting (the default): after a synced write, the syncer back in
+    // its wait for writes (asleep, nothing else to wait on) has the
+    // normal policy.
     let (engine, syncer) = open_syncer(&dir.path().join("p"), SyncerScheduling::Preempting, &fs);
+    engine.put(b"k", b"v").unwrap();
+    wait_until_asleep(&syncer);
     assert_eq!(
         policy_of(&syncer),
         libc::SCHED_OTHER,
-        "Preempting (the default) leaves the policy alone"
+        "Preempting leaves the policy alone"
     );
     drop(engine);
 }

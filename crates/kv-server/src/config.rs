@@ -382,7 +382,7 @@ impl ServerConfig {
                 replace: self.replace.map(NodeId),
                 coordinator,
                 durability,
-                syncer: self.syncer()?,
+                syncer: parse_syncer(self.syncer.as_deref().unwrap_or("preempting"))?,
                 internode_frames: self.internode_frames()?,
                 status_page: self.status_page(listen)?,
                 vnodes,
@@ -595,10 +595,6 @@ impl ServerConfig {
     /// Whether replica batches go over framed connections: `internode`
     /// `frames`, the default (measured ahead of the gRPC streams:
     /// docs/benchmarks.md).
-    fn syncer(&self) -> Result<kv_lsm::SyncerScheduling, ConfigError> {
-        parse_syncer(self.syncer.as_deref().unwrap_or("preempting"))
-    }
-
     fn internode_frames(&self) -> Result<bool, ConfigError> {
         match self.internode.as_deref().unwrap_or("frames") {
             "grpc" => Ok(false),
@@ -721,14 +717,12 @@ fn parse_member(text: &str) -> Result<(NodeId, SocketAddr), ConfigError> {
 ///
 /// [`ConfigError`] for any other text.
 pub fn parse_syncer(text: &str) -> Result<kv_lsm::SyncerScheduling, ConfigError> {
-    match text {
-        "preempting" => Ok(kv_lsm::SyncerScheduling::Preempting),
-        "yielding" => Ok(kv_lsm::SyncerScheduling::Yielding),
-        other => Err(invalid(
+    text.parse().map_err(|_| {
+        invalid(
             "syncer",
-            format!("syncer {other:?}: use preempting or yielding"),
-        )),
-    }
+            format!("syncer {text:?}: use preempting or yielding"),
+        )
+    })
 }
 
 /// `always`, `never` or `interval:<ms>`.

@@ -70,7 +70,7 @@ impl Drop for StopsSynced<'_> {
 /// writes and no flush or compaction runs, else the normal policy. A
 /// change is one system call; with writes arriving steadily the policy
 /// changes twice per sync (to wait, then to sync).
-pub(super) struct SyncerPolicy {
+struct SyncerPolicy {
     yielding: bool,
     /// Whether the thread is (taken to be) in `SCHED_BATCH`.
     batch: bool,
@@ -78,7 +78,7 @@ pub(super) struct SyncerPolicy {
 
 impl SyncerPolicy {
     /// The policy of a thread not yet changed (the normal one).
-    pub(super) fn new(scheduling: SyncerScheduling) -> Self {
+    fn new(scheduling: SyncerScheduling) -> Self {
         SyncerPolicy {
             yielding: scheduling == SyncerScheduling::Yielding,
             batch: false,
@@ -88,7 +88,7 @@ impl SyncerPolicy {
     /// Before the syncer waits for writes, with flushes or compactions
     /// running (`background`) or not: a yielding syncer does not preempt
     /// to start a sync, unless lowered threads hold the CPUs.
-    pub(super) fn before_wait(&mut self, background: bool) {
+    fn before_wait(&mut self, background: bool) {
         self.set(self.yielding && !background);
     }
 
@@ -114,28 +114,6 @@ impl SyncerPolicy {
         self.batch
     }
 }
-
-/// Puts the calling thread in `SCHED_BATCH` (`true`) or back in the
-/// normal policy, at the same nice value either way.
-#[cfg(target_os = "linux")]
-fn set_batch_policy(batch: bool) {
-    let policy = if batch {
-        libc::SCHED_BATCH
-    } else {
-        libc::SCHED_OTHER
-    };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass by
-    // reference for the duration of the call and changes only the calling
-    // thread's (pid 0) scheduling; both policies are unprivileged.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::sched_setscheduler(0, policy, &param);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_batch_policy(_batch: bool) {}
 
 /// The longest a sync waits for writers to come back (see
 /// [`Inner::deferred_sync_loop`]).

@@ -194,11 +194,14 @@ impl LsmEngine {
         };
         // Each thread has its priority once `open` returns: it says so
         // before it starts its loop.
-        let spawn = |name: &'static str, f: fn(&Inner), prepare: fn(&Inner)| {
+        let spawn = |name: &'static str, f: fn(&Inner), background: bool| {
             let inner = engine.inner.clone();
+            let lower = background && inner.opts.background_priority == BackgroundPriority::Low;
             let (ready, started) = std::sync::mpsc::channel::<()>();
             let thread = spawn_thread(name, move || {
-                prepare(&inner);
+                if lower {
+                    lower_this_thread(BACKGROUND_NICE);
+                }
                 let _ = ready.send(());
                 f(&inner)
             })
@@ -207,20 +210,14 @@ impl LsmEngine {
             engine.threads.lock().push(thread);
             Ok::<_, Error>(())
         };
-        let lower = |inner: &Inner| {
-            if inner.opts.background_priority == BackgroundPriority::Low {
-                lower_this_thread(BACKGROUND_NICE);
-            }
-        };
-        spawn("lsm-flush", Inner::flush_loop, lower)?;
-        spawn("lsm-compact", compaction::compaction_loop, lower)?;
+        spawn("lsm-flush", Inner::flush_loop, true)?;
+        spawn("lsm-compact", compaction::compaction_loop, true)?;
         // The syncers are the writers' own wait: never lowered (the
-        // deferred one may yield, see [`SyncerScheduling`]).
+        // deferred one may yield, see [`SyncerScheduling`]; its loop sets
+        // its policy before each wait).
         match engine.inner.opts.durability {
-            Durability::Interval(_) => spawn("lsm-sync", Inner::sync_loop, |_| {})?,
-            Durability::Always => spawn("lsm-syncer", Inner::deferred_sync_loop, |inner| {
-                deferred::SyncerPolicy::new(inner.opts.syncer_scheduling).before_wait(false);
-            })?,
+            Durability::Interval(_) => spawn("lsm-sync", Inner::sync_loop, false)?,
+            Durability::Always => spawn("lsm-syncer", Inner::deferred_sync_loop, false)?,
             Durability::Never => {}
         }
         Ok(engine)
@@ -627,6 +624,30 @@ fn lower_this_thread(levels: i32) {
 
 #[cfg(not(target_os = "linux"))]
 fn lower_this_thread(_levels: i32) {}
+
+/// Puts the calling thread in `SCHED_BATCH` (`true`: the same share of
+/// the CPU, no preemption on wake-up) or back in the normal policy, at the
+/// same nice value either way ([`SyncerScheduling::Yielding`]). Best
+/// effort, as [`lower_this_thread`].
+#[cfg(target_os = "linux")]
+pub(super) fn set_batch_policy(batch: bool) {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) reads the `sched_param` we pass by
+    // reference for the duration of the call and changes only the calling
+    // thread's (pid 0) scheduling; both policies are unprivileged.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sched_setscheduler(0, policy, &param);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn set_batch_policy(_batch: bool) {}
 
 /// Writes the newest version of every key of `mem` to level-0 table
 /// `number`. `None` for an empty memtable.
