@@ -357,12 +357,56 @@ impl RunReport {
     }
 }
 
+/// The context last seen for each record, in shards a record's number
+/// picks (`record % SHARDS`), each a table indexed by `record / SHARDS`
+/// and grown as far as the records used: a lookup is a lock and an index,
+/// where a map hashed every record on every operation.
+struct Contexts {
+    shards: Vec<Mutex<Vec<Context>>>,
+}
+
+impl Contexts {
+    const SHARDS: u64 = 64;
+
+    fn new() -> Self {
+        Contexts {
+            shards: (0..Self::SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    fn place(record: u64) -> (usize, usize) {
+        (
+            (record % Self::SHARDS) as usize,
+            (record / Self::SHARDS) as usize,
+        )
+    }
+
+    /// The context last set for `record` (empty if none was).
+    fn get(&self, record: u64) -> Context {
+        let (shard, slot) = Self::place(record);
+        self.shards[shard]
+            .lock()
+            .get(slot)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set(&self, record: u64, context: Context) {
+        let (shard, slot) = Self::place(record);
+        let mut table = self.shards[shard].lock();
+        if table.len() <= slot {
+            table.resize_with(slot + 1, Context::default);
+        }
+        table[slot] = context;
+    }
+}
+
 /// Shared by every worker.
 struct Shared {
     client: Client,
     config: RunConfig,
     keys: KeyChooser,
-    contexts: Vec<Mutex<HashMap<u64, Context>>>,
+    contexts: Contexts,
     next_value: AtomicU64,
     recorder: Option<Recorder>,
     started: Instant,
@@ -381,17 +425,11 @@ impl Shared {
     }
 
     fn context(&self, record: u64) -> Context {
-        self.contexts[(record as usize) % self.contexts.len()]
-            .lock()
-            .get(&record)
-            .cloned()
-            .unwrap_or_default()
+        self.contexts.get(record)
     }
 
     fn remember(&self, record: u64, context: Context) {
-        self.contexts[(record as usize) % self.contexts.len()]
-            .lock()
-            .insert(record, context);
+        self.contexts.set(record, context);
     }
 
     /// Counts one operation completed now, after `micros`, in the
@@ -681,7 +719,7 @@ pub async fn run(config: RunConfig) -> Result<RunReport, String> {
     let shared = Arc::new(Shared {
         client,
         keys: KeyChooser::new(config.records, config.distribution)?,
-        contexts: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+        contexts: Contexts::new(),
         next_value: AtomicU64::new(1),
         recorder,
         started: Instant::now(),
@@ -894,6 +932,31 @@ async fn final_states(shared: &Arc<Shared>, records: &[u64]) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_record_keeps_its_own_last_context() {
+        let contexts = Contexts::new();
+        // Never set: empty, even far past every table's end.
+        assert_eq!(contexts.get(7), Context::default());
+        // Records that share a shard (7 and 7 + 64) or a slot (7 and 8)
+        // are kept apart; a later set replaces an earlier one.
+        contexts.set(7, Context(vec![1]));
+        contexts.set(7 + Contexts::SHARDS, Context(vec![2]));
+        contexts.set(8, Context(vec![3]));
+        contexts.set(7, Context(vec![4]));
+        assert_eq!(contexts.get(7), Context(vec![4]));
+        assert_eq!(contexts.get(7 + Contexts::SHARDS), Context(vec![2]));
+        assert_eq!(contexts.get(8), Context(vec![3]));
+        // A record far out grows its table; the records below it that
+        // were never set stay empty.
+        contexts.set(1_000_007, Context(vec![5]));
+        assert_eq!(contexts.get(1_000_007), Context(vec![5]));
+        assert_eq!(
+            contexts.get(1_000_007 - Contexts::SHARDS),
+            Context::default()
+        );
+        assert_eq!(contexts.get(7), Context(vec![4]));
+    }
 
     #[test]
     fn the_timeline_keeps_each_seconds_latencies_apart() {

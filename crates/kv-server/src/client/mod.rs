@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attempts;
 mod watch;
 
 pub use watch::{Change, Watcher};
@@ -43,6 +44,7 @@ use crate::proto::kv_client::KvClient;
 use crate::proto::pipelined_op::Op;
 use crate::proto::pipelined_result::Result as Outcome;
 use crate::proto::{DeleteRequest, GetReply, GetRequest, ListRequest, PutReply, PutRequest};
+use attempts::Attempts;
 
 /// The causal context of a read or write: opaque bytes to send back with
 /// the next write of the key.
@@ -763,8 +765,8 @@ impl Client {
     /// failed without saying), the winner gets the request once more as a
     /// retry, so that the replicas remember the write for the tombstone
     /// grace once it is overwritten, not briefly (docs/architecture.md).
-    async fn hedged<T, F, Fut>(
-        &self,
+    async fn hedged<'a, T, F, Fut>(
+        &'a self,
         key: &[u8],
         budget: usize,
         latency: &kv_coordinator::RecentLatency,
@@ -772,22 +774,21 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Node, bool) -> Fut,
+        F: Fn(&'a Node, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        use futures_util::StreamExt as _;
         self.refresh_routes();
         let mut order = self.order(key).into_iter();
         let budget = budget.clamp(1, self.nodes.len());
         // Attempt `n` (from 0) to node `index`.
         let call = |index: usize, n: usize| {
-            let attempt = call(self.nodes[index].clone(), n > 0);
+            let attempt = call(&self.nodes[index], n > 0);
             async move {
                 let started = std::time::Instant::now();
                 (n, index, attempt.await, started.elapsed())
             }
         };
-        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut pending = Attempts::with_capacity(budget);
         let (mut counted, mut tried) = (0, 0);
         if let Some(first) = order.next() {
             pending.push(call(first, 0));
