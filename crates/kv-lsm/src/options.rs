@@ -138,6 +138,15 @@ pub struct Options {
     pub background_priority: BackgroundPriority,
     /// How the log syncer is woken ([`SyncerScheduling::Preempting`]).
     pub syncer_scheduling: SyncerScheduling,
+    /// Whether flushes and compactions pace their table writes (true):
+    /// each mebibyte written is handed to the disk and waited for, the
+    /// steps spread until the active memtable is half full at the rate
+    /// writes fill it, so that the log's syncs meet a step of table at a
+    /// time instead of a whole table at its sync. Full speed whenever
+    /// that could fall behind (a second memtable frozen, the active one
+    /// half full, a writer stalled, a flush or compaction waited for) or
+    /// protects nothing (writes not flowing).
+    pub pace_background_writes: bool,
     /// The file layer (the real one unless a test injects faults).
     pub fs: Arc<dyn FileSystem>,
 }
@@ -161,6 +170,7 @@ impl Default for Options {
             recovery: RecoveryMode::Strict,
             background_priority: BackgroundPriority::Low,
             syncer_scheduling: SyncerScheduling::Preempting,
+            pace_background_writes: true,
             fs: Arc::new(StdFs),
         }
     }

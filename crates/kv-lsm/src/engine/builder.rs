@@ -84,6 +84,8 @@ impl LsmEngineBuilder {
         background_priority: BackgroundPriority);
     setter!(/// How the log syncer is woken.
         syncer_scheduling: SyncerScheduling);
+    setter!(/// Whether flushes and compactions pace their table writes.
+        pace_background_writes: bool);
     setter!(/// The file layer.
         fs: Arc<dyn FileSystem>);
 

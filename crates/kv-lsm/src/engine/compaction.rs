@@ -144,6 +144,8 @@ pub(crate) fn compaction_loop(inner: &Inner) {
 
 /// Merges every level down into the deepest one that holds data.
 pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
+    // A background compaction under way hurries to let this one run.
+    let _hurry = super::pacing::Hurry::new(&inner.hurry);
     let _running = inner.compacting.lock();
     loop {
         inner.check_poison()?;
@@ -202,6 +204,13 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
         children.push(Box::new(table.table.iter(std::ops::Bound::Unbounded)?));
     }
     let mut merged = MergingIter::new(children);
+    let input_bytes: u64 = all.iter().map(|t| t.meta().size).sum();
+    let mut steps = super::pacing::Steps::new(
+        inner
+            .opts
+            .pace_background_writes
+            .then(|| super::pacing::Pacer::compaction(inner.opts.memtable_bytes, input_bytes)),
+    );
     let mut outputs: Vec<TableMeta> = Vec::new();
     let mut builder: Option<TableBuilder> = None;
     let mut last: Option<Vec<u8>> = None;
@@ -232,10 +241,14 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
         }
         let b = match &mut builder {
             Some(b) => b,
-            None => builder.insert(new_builder(inner)?),
+            None => {
+                steps.next_table();
+                builder.insert(new_builder(inner)?)
+            }
         };
         let seq = if bottom { 0 } else { merged.seq() };
         b.add(key, seq, value)?;
+        inner.pace(&mut steps, b)?;
         merged.advance()?;
     }
     if let Some(done) = builder.take()

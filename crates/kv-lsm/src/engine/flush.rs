@@ -5,6 +5,7 @@ use super::*;
 impl Inner {
     /// Waits (re-checking every [`WAIT`]) until `done` holds.
     pub(super) fn wait_for(&self, done: impl Fn(&SuperVersion) -> bool) -> Result<()> {
+        let _hurry = pacing::Hurry::new(&self.hurry);
         loop {
             self.check_poison()?;
             if done(&self.sv.read()) {
@@ -44,7 +45,14 @@ impl Inner {
         // few milliseconds; the flush takes a memtable's worth of CPU).
         self.prepare_spare();
         let number = self.new_file_number();
-        let meta = write_l0(&self.dir, &self.fs, &self.opts, imm, number)?;
+        let mut steps = pacing::Steps::new(
+            self.opts
+                .pace_background_writes
+                .then(|| pacing::Pacer::flush(self.opts.memtable_bytes, imm)),
+        );
+        let meta = write_l0(&self.dir, &self.fs, &self.opts, imm, number, |builder| {
+            self.pace(&mut steps, builder)
+        })?;
         let handle = match &meta {
             Some(meta) => {
                 let path = self.dir.join(table_name(meta.number));

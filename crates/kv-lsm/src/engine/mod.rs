@@ -35,6 +35,7 @@ mod compaction;
 mod deferred;
 mod flush;
 mod group_commit;
+mod pacing;
 mod read;
 mod recovery;
 mod segments;
@@ -135,6 +136,8 @@ pub(crate) struct Inner {
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
     pub(crate) shutdown: AtomicBool,
+    /// Who waits for background work (see `pacing::Hurry`).
+    pub(crate) hurry: AtomicUsize,
     /// Serialises compactions (background and manual).
     pub(crate) compacting: Mutex<()>,
     /// Files ready to be the next segment: flushed segments kept for
@@ -330,6 +333,7 @@ impl LsmEngine {
     /// The error that poisoned the engine, if a background flush or compaction
     /// failed.
     pub fn wait_for_compactions(&self) -> Result<()> {
+        let _hurry = pacing::Hurry::new(&self.inner.hurry);
         loop {
             self.inner.check_poison()?;
             let idle = {
@@ -657,6 +661,7 @@ pub(crate) fn write_l0(
     opts: &Options,
     mem: &Memtable,
     number: u64,
+    mut pace: impl FnMut(&mut TableBuilder) -> Result<()>,
 ) -> Result<Option<crate::table::TableMeta>> {
     if mem.is_empty() {
         return Ok(None);
@@ -680,7 +685,9 @@ pub(crate) fn write_l0(
         if result.is_err() || last.as_deref() == Some(key) {
             return;
         }
-        result = builder.add(key, seq, value);
+        result = builder
+            .add(key, seq, value)
+            .and_then(|()| pace(&mut builder));
         let last = last.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(key);

@@ -76,6 +76,7 @@ impl Inner {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            hurry: AtomicUsize::new(0),
             compacting: Mutex::new(()),
             ready: Mutex::new(Vec::new()),
             closing: Mutex::new(None),
@@ -289,7 +290,7 @@ fn replay_logs(
                 last_seq = last_seq.max(op.seq);
             }
             if mem.approximate_bytes() >= opts.memtable_bytes {
-                let meta = write_l0(dir, fs, opts, &mem, next_file)?;
+                let meta = write_l0(dir, fs, opts, &mem, next_file, |_| Ok(()))?;
                 next_file += 1;
                 added.extend(meta);
                 mem = Memtable::new(0, opts.memtable_bytes);
@@ -301,7 +302,7 @@ fn replay_logs(
         }
     }
     if !mem.is_empty() {
-        added.extend(write_l0(dir, fs, opts, &mem, next_file)?);
+        added.extend(write_l0(dir, fs, opts, &mem, next_file, |_| Ok(()))?);
         next_file += 1;
     }
     Ok(Replayed {

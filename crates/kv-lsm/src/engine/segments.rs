@@ -54,6 +54,8 @@ impl Inner {
             let too_many_imms = rotate && sv.imms.len() >= self.opts.max_immutable_memtables;
             if too_many_l0 || too_many_imms {
                 self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+                // A stalled writer: background work at full speed.
+                let _hurry = super::pacing::Hurry::new(&self.hurry);
                 let mut bg = self.bg.lock();
                 self.bg_cond.notify_all();
                 self.bg_cond.wait_for(&mut bg, WAIT);

@@ -11,6 +11,7 @@ use std::ops::Bound;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant};
 
 use crossbeam_skiplist::SkipMap;
 
@@ -165,6 +166,8 @@ pub(crate) struct Memtable {
     log_number: u64,
     /// Highest sequence number inserted.
     max_seq: AtomicU64,
+    /// When it was made (the rate it fills at paces flushes).
+    created: Instant,
 }
 
 impl Memtable {
@@ -177,7 +180,13 @@ impl Memtable {
             bytes: AtomicUsize::new(0),
             log_number,
             max_seq: AtomicU64::new(0),
+            created: Instant::now(),
         }
+    }
+
+    /// How long ago it was made.
+    pub(crate) fn age(&self) -> Duration {
+        self.created.elapsed()
     }
 
     pub(crate) fn log_number(&self) -> u64 {

@@ -10,8 +10,8 @@ use super::{FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION, TableMeta};
 use crate::error::{Error, Result};
 use crate::fs::WritableFile;
 
-/// Buffered bytes written out in one go.
-const WRITE_CHUNK: usize = 1 << 20;
+/// Buffered bytes written out in one go (and the step of a paced write).
+pub(crate) const WRITE_CHUNK: usize = 1 << 20;
 
 /// Writes entries, given in version order, into a new table file.
 #[derive(Debug)]
@@ -83,6 +83,21 @@ impl TableBuilder {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.entries == 0
+    }
+
+    /// Bytes written to the file so far (buffered ones not counted): they
+    /// grow a chunk at a time.
+    pub(crate) fn written(&self) -> u64 {
+        self.offset
+    }
+
+    /// Hands the bytes written from `from` on to the disk and waits for
+    /// them (see [`WritableFile::write_back`]).
+    pub(crate) fn write_back(&mut self, from: u64) -> Result<()> {
+        let len = self.offset.saturating_sub(from);
+        self.file
+            .write_back(from, len)
+            .map_err(|e| Error::io("write back table", &self.path, e))
     }
 
     /// Appends a block with its checksum; returns (offset, length).

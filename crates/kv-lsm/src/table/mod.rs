@@ -4,7 +4,7 @@
 
 mod block;
 mod bloom;
-mod builder;
+pub(crate) mod builder;
 mod reader;
 
 pub(crate) use bloom::KeyHash;
