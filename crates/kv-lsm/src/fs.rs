@@ -189,7 +189,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Writes `len` bytes of `file` from `offset` to disk and waits for them
 /// (`sync_file_range`, waiting before and after: it makes nothing
-/// durable).
+/// durable). Best effort: only an I/O error or a full disk is an error.
 #[cfg(target_os = "linux")]
 fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -204,9 +204,15 @@ fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
     #[allow(unsafe_code)]
     let done = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
     if done == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
+    }
+    // The disk failing (or full, for delayed allocation) fails the table
+    // now, as its sync would; anything else (a file system without the
+    // call) leaves the bytes to that sync.
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EIO | libc::ENOSPC) => Err(err),
+        _ => Ok(()),
     }
 }
 

@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// CPUs are busy, at a higher p99 at half load; see
     /// [`kv_lsm::SyncerScheduling`]).
     pub syncer: Option<String>,
+    /// Whether flushes and compactions pace their table writes so that the
+    /// log's syncs do not wait behind a whole table (true; see
+    /// [`kv_lsm::Options::pace_background_writes`]).
+    pub pace_background_writes: Option<bool>,
     /// How replica writes and reads reach peers: `frames` (the default:
     /// length-prefixed frames on TCP, mutual TLS when TLS is on) or `grpc`
     /// (long-lived gRPC streams). Every node serves both.
@@ -263,6 +267,7 @@ impl ServerConfig {
             request_timeout_ms: over.request_timeout_ms.or(self.request_timeout_ms),
             durability: over.durability.or(self.durability),
             syncer: over.syncer.or(self.syncer),
+            pace_background_writes: over.pace_background_writes.or(self.pace_background_writes),
             internode: over.internode.or(self.internode),
             max_hints: over.max_hints.or(self.max_hints),
             anti_entropy_interval_ms: over
@@ -383,6 +388,7 @@ impl ServerConfig {
                 coordinator,
                 durability,
                 syncer: parse_syncer(self.syncer.as_deref().unwrap_or("preempting"))?,
+                pace_background_writes: self.pace_background_writes.unwrap_or(true),
                 internode_frames: self.internode_frames()?,
                 status_page: self.status_page(listen)?,
                 vnodes,
@@ -797,6 +803,16 @@ durability = "interval:50"
         assert!(!node.coordinator.sloppy_quorum);
         assert_eq!(node.coordinator.max_siblings, 1000);
         assert!(good().validate().unwrap().0.coordinator.sloppy_quorum);
+    }
+
+    #[test]
+    fn paced_table_writes_are_on_unless_turned_off() {
+        assert!(good().validate().unwrap().0.pace_background_writes);
+        let off = ServerConfig {
+            pace_background_writes: Some(false),
+            ..good()
+        };
+        assert!(!off.validate().unwrap().0.pace_background_writes);
     }
 
     #[test]

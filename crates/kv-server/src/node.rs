@@ -71,6 +71,9 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// How the engines' log syncers are woken (under `Always`).
     pub syncer: kv_lsm::SyncerScheduling,
+    /// Whether the engines pace their flushes' and compactions' table
+    /// writes.
+    pub pace_background_writes: bool,
     /// Virtual nodes per node.
     pub vnodes: u32,
     /// Memtable size of the data engine.
@@ -118,6 +121,7 @@ impl NodeConfig {
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
             syncer: kv_lsm::SyncerScheduling::Preempting,
+            pace_background_writes: true,
             vnodes: 150,
             memtable_bytes: 64 << 20,
             security: crate::security::Security::default(),
@@ -459,6 +463,7 @@ fn open_engines(config: &NodeConfig) -> Result<(Engine, Engine), NodeError> {
             LsmEngine::builder(config.data_dir.join(dir))
                 .durability(config.durability)
                 .syncer_scheduling(config.syncer)
+                .pace_background_writes(config.pace_background_writes)
                 .memtable_bytes(memtable)
                 .max_value_bytes(max_value)
                 .open()?,

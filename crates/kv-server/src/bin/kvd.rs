@@ -116,6 +116,10 @@ struct Args {
     /// p99 at half load).
     #[arg(long)]
     syncer: Option<String>,
+    /// Flushes and compactions pace their table writes (true, the default)
+    /// or write at full speed (false).
+    #[arg(long)]
+    pace_background_writes: Option<bool>,
     /// How replica writes and reads reach peers: `frames` (the default;
     /// mutual TLS when TLS is on) or `grpc`.
     #[arg(long)]
@@ -221,6 +225,7 @@ async fn run(args: Args) -> Result<(), String> {
         request_timeout_ms: args.request_timeout_ms,
         durability: args.durability,
         syncer: args.syncer,
+        pace_background_writes: args.pace_background_writes,
         internode: args.internode,
         max_hints: args.max_hints,
         anti_entropy_interval_ms: args.anti_entropy_interval_ms,
