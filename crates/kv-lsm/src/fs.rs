@@ -165,53 +165,49 @@ fn zero_fill(_file: &File, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts writing `len` bytes of `file` from `offset` to disk without
-/// waiting (`sync_file_range`; best effort: it makes nothing durable).
+/// `sync_file_range(2)` of `len` bytes of `file` from `offset` with
+/// `flags`: writes them to disk, waiting or not, and makes nothing
+/// durable.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+fn sync_range(file: &File, offset: u64, len: u64, flags: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
+    let out_of_range = || io::Error::new(io::ErrorKind::InvalidInput, "range past i64");
+    let offset = libc::off64_t::try_from(offset).map_err(|_| out_of_range())?;
+    let len = libc::off64_t::try_from(len).map_err(|_| out_of_range())?;
     // SAFETY: sync_file_range only reads its integer arguments; the
     // descriptor is owned by `file`, which outlives the call.
     #[allow(unsafe_code)]
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    let done = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
+}
+
+/// Starts writing `len` bytes of `file` from `offset` to disk without
+/// waiting (best effort: it makes nothing durable).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let _ = sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Writes `len` bytes of `file` from `offset` to disk and waits for them
-/// (`sync_file_range`, waiting before and after: it makes nothing
-/// durable). Best effort: only an I/O error or a full disk is an error.
+/// (waiting before and after: it makes nothing durable). Best effort:
+/// only an I/O error or a full disk is an error.
 #[cfg(target_os = "linux")]
 fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let out_of_range = || io::Error::new(io::ErrorKind::InvalidInput, "range past i64");
-    let offset = libc::off64_t::try_from(offset).map_err(|_| out_of_range())?;
-    let len = libc::off64_t::try_from(len).map_err(|_| out_of_range())?;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: sync_file_range only reads its integer arguments; the
-    // descriptor is owned by `file`, which outlives the call.
-    #[allow(unsafe_code)]
-    let done = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
-    if done == 0 {
-        return Ok(());
-    }
-    // The disk failing (or full, for delayed allocation) fails the table
-    // now, as its sync would; anything else (a file system without the
-    // call) leaves the bytes to that sync.
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EIO | libc::ENOSPC) => Err(err),
+    match sync_range(file, offset, len, flags) {
+        // The disk failing (or full, for delayed allocation) fails the
+        // table now, as its sync would; anything else (a file system
+        // without the call) leaves the bytes to that sync.
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EIO | libc::ENOSPC)) => Err(err),
         _ => Ok(()),
     }
 }

@@ -388,7 +388,9 @@ impl ServerConfig {
                 coordinator,
                 durability,
                 syncer: parse_syncer(self.syncer.as_deref().unwrap_or("preempting"))?,
-                pace_background_writes: self.pace_background_writes.unwrap_or(true),
+                pace_background_writes: self
+                    .pace_background_writes
+                    .unwrap_or(node.pace_background_writes),
                 internode_frames: self.internode_frames()?,
                 status_page: self.status_page(listen)?,
                 vnodes,

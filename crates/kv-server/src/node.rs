@@ -121,7 +121,7 @@ impl NodeConfig {
             coordinator: kv_coordinator::Config::default(),
             durability: Durability::Always,
             syncer: kv_lsm::SyncerScheduling::Preempting,
-            pace_background_writes: true,
+            pace_background_writes: kv_lsm::Options::default().pace_background_writes,
             vnodes: 150,
             memtable_bytes: 64 << 20,
             security: crate::security::Security::default(),

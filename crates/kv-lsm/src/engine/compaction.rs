@@ -145,7 +145,7 @@ pub(crate) fn compaction_loop(inner: &Inner) {
 /// Merges every level down into the deepest one that holds data.
 pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
     // A background compaction under way hurries to let this one run.
-    let _hurry = super::pacing::Hurry::new(&inner.hurry);
+    let _hurry = super::Counted::new(&inner.hurry);
     let _running = inner.compacting.lock();
     loop {
         inner.check_poison()?;
@@ -205,12 +205,8 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
     }
     let mut merged = MergingIter::new(children);
     let input_bytes: u64 = all.iter().map(|t| t.meta().size).sum();
-    let mut steps = super::pacing::Steps::new(
-        inner
-            .opts
-            .pace_background_writes
-            .then(|| super::pacing::Pacer::compaction(inner.opts.memtable_bytes, input_bytes)),
-    );
+    let mut steps =
+        inner.steps(|| super::pacing::Pacer::compaction(inner.opts.memtable_bytes, input_bytes));
     let mut outputs: Vec<TableMeta> = Vec::new();
     let mut builder: Option<TableBuilder> = None;
     let mut last: Option<Vec<u8>> = None;
@@ -241,10 +237,7 @@ fn run_merge(inner: &Inner, version: &Version, chosen: Pick) -> Result<()> {
         }
         let b = match &mut builder {
             Some(b) => b,
-            None => {
-                steps.next_table();
-                builder.insert(new_builder(inner)?)
-            }
+            None => builder.insert(new_builder(inner)?),
         };
         let seq = if bottom { 0 } else { merged.seq() };
         b.add(key, seq, value)?;

@@ -5,7 +5,7 @@ use super::*;
 impl Inner {
     /// Waits (re-checking every [`WAIT`]) until `done` holds.
     pub(super) fn wait_for(&self, done: impl Fn(&SuperVersion) -> bool) -> Result<()> {
-        let _hurry = pacing::Hurry::new(&self.hurry);
+        let _hurry = Counted::new(&self.hurry);
         loop {
             self.check_poison()?;
             if done(&self.sv.read()) {
@@ -45,11 +45,7 @@ impl Inner {
         // few milliseconds; the flush takes a memtable's worth of CPU).
         self.prepare_spare();
         let number = self.new_file_number();
-        let mut steps = pacing::Steps::new(
-            self.opts
-                .pace_background_writes
-                .then(|| pacing::Pacer::flush(self.opts.memtable_bytes, imm)),
-        );
+        let mut steps = self.steps(|| pacing::Pacer::flush(self.opts.memtable_bytes, imm));
         let meta = write_l0(&self.dir, &self.fs, &self.opts, imm, number, |builder| {
             self.pace(&mut steps, builder)
         })?;

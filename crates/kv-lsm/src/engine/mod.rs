@@ -136,7 +136,8 @@ pub(crate) struct Inner {
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
     pub(crate) shutdown: AtomicBool,
-    /// Who waits for background work (see `pacing::Hurry`).
+    /// Who waits for background work: paced table writes go at full
+    /// speed while anyone does (see `pacing`).
     pub(crate) hurry: AtomicUsize,
     /// Serialises compactions (background and manual).
     pub(crate) compacting: Mutex<()>,
@@ -333,7 +334,7 @@ impl LsmEngine {
     /// The error that poisoned the engine, if a background flush or compaction
     /// failed.
     pub fn wait_for_compactions(&self) -> Result<()> {
-        let _hurry = pacing::Hurry::new(&self.inner.hurry);
+        let _hurry = Counted::new(&self.inner.hurry);
         loop {
             self.inner.check_poison()?;
             let idle = {
@@ -587,24 +588,35 @@ impl Inner {
 /// CPUs as much as one node's own threads do).
 static BACKGROUND_WORK: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts a flush or compaction in [`BACKGROUND_WORK`] while it lives.
-pub(crate) struct BackgroundWork(());
+/// Flushes and compactions in [`BACKGROUND_WORK`].
+pub(crate) struct BackgroundWork;
 
 impl BackgroundWork {
-    pub(crate) fn start() -> Self {
-        BACKGROUND_WORK.fetch_add(1, Ordering::AcqRel);
-        BackgroundWork(())
+    /// Counts a flush or compaction while the guard lives.
+    pub(crate) fn start() -> Counted<'static> {
+        Counted::new(&BACKGROUND_WORK)
     }
 
     /// Whether a flush or compaction runs anywhere in the process.
     pub(crate) fn running() -> bool {
-        BACKGROUND_WORK.load(Ordering::Acquire) > 0
+        BACKGROUND_WORK.load(Ordering::SeqCst) > 0
     }
 }
 
-impl Drop for BackgroundWork {
+/// Counts itself in a counter while it lives: background work running
+/// ([`BackgroundWork`]), or someone waiting for it (`Inner::hurry`).
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        BACKGROUND_WORK.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

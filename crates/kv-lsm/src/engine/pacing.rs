@@ -19,7 +19,6 @@
 //! background work (an explicit flush or compaction, a stalled writer, a
 //! close).
 
-use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use super::*;
@@ -73,14 +72,13 @@ pub(crate) struct Pacer {
 impl Pacer {
     /// The pace of a flush of `imm`.
     pub(crate) fn flush(memtable_bytes: usize, imm: &Memtable) -> Self {
-        let age = imm.age();
+        let (bytes, age) = (imm.approximate_bytes(), imm.age());
         Pacer {
             memtable_bytes,
-            expected: imm.approximate_bytes() as u64,
+            expected: bytes as u64,
             written: 0,
             frozen_allowed: 1,
-            inflow_before: (age >= MIN_AGE)
-                .then(|| imm.approximate_bytes() as f64 / age.as_secs_f64()),
+            inflow_before: (age >= MIN_AGE).then(|| bytes as f64 / age.as_secs_f64()),
         }
     }
 
@@ -118,28 +116,13 @@ impl Pacer {
     }
 }
 
-/// Counts who waits for background work (see [`Load::hurry`]) while it
-/// lives.
-pub(crate) struct Hurry<'a>(&'a AtomicUsize);
-
-impl<'a> Hurry<'a> {
-    pub(crate) fn new(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::SeqCst);
-        Hurry(waiting)
-    }
-}
-
-impl Drop for Hurry<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A paced write's progress through its current table.
+/// A paced write's progress through its tables.
 #[derive(Debug)]
 pub(crate) struct Steps {
     pacer: Option<Pacer>,
-    /// Where the current table's next step begins.
+    /// The table being written (its file number), and where its next
+    /// step begins.
+    table: u64,
     from: u64,
     /// When the last step ended.
     last: Instant,
@@ -150,18 +133,20 @@ impl Steps {
     pub(crate) fn new(pacer: Option<Pacer>) -> Self {
         Steps {
             pacer,
+            table: 0,
             from: 0,
             last: Instant::now(),
         }
     }
-
-    /// A new table begins.
-    pub(crate) fn next_table(&mut self) {
-        self.from = 0;
-    }
 }
 
 impl Inner {
+    /// The steps of a flush or compaction, paced by `pacer` if the options
+    /// say to pace.
+    pub(crate) fn steps(&self, pacer: impl FnOnce() -> Pacer) -> Steps {
+        Steps::new(self.opts.pace_background_writes.then(pacer))
+    }
+
     /// What a paced write looks at now.
     fn load(&self) -> Load {
         let sv = self.sv.read();
@@ -193,6 +178,11 @@ fn pace(
     load: impl Fn() -> Load,
     hurry: impl Fn() -> bool,
 ) -> Result<()> {
+    if builder.number() != steps.table {
+        // A compaction's next table: its steps start at its beginning.
+        steps.table = builder.number();
+        steps.from = 0;
+    }
     let written = builder.written();
     if written <= steps.from {
         return Ok(());
@@ -351,20 +341,20 @@ mod tests {
         }
     }
 
-    /// Writes `entries` entries of about 1 KiB through `pace` into a table
-    /// on `fs`; returns how many steps were written in all (each a little
-    /// over a mebibyte: a block past the chunk at most).
+    /// Writes `entries` entries of about 1 KiB through `pace` into table
+    /// `number` on `fs`; returns how many steps were written in all (each a
+    /// little over a mebibyte: a block past the chunk at most).
     fn write_table(
         fs: &FaultFs,
         dir: &Path,
-        steps: &mut Steps,
+        (steps, number): (&mut Steps, u64),
         entries: u32,
         load: impl Fn() -> Load,
         hurry: impl Fn() -> bool,
     ) -> u64 {
-        let path = dir.join("000001.sst");
+        let path = dir.join(format!("{number:06}.sst"));
         let file = fs.create(&path).expect("create");
-        let mut builder = TableBuilder::new(file, &path, 1, 4096, 10);
+        let mut builder = TableBuilder::new(file, &path, number, 4096, 10);
         let value = vec![7u8; 1000];
         for i in 0..entries {
             builder
@@ -383,14 +373,19 @@ mod tests {
         // full: paced, at a rate that keeps the test quick.
         let flowing = || load(30, 125);
         let mut steps = Steps::new(Some(flowing_pacer()));
-        let written = write_table(&fs, dir.path(), &mut steps, 5_000, flowing, || false);
-        assert!(written >= 4, "{written} steps");
-        assert_eq!(fs.write_backs(), written, "each step handed to the disk");
+        let first = write_table(&fs, dir.path(), (&mut steps, 1), 5_000, flowing, || false);
+        assert!(first >= 4, "{first} steps");
+        assert_eq!(fs.write_backs(), first, "each step handed to the disk");
+        // A compaction's next table, smaller than the first: its steps
+        // count from its own beginning.
+        let second = write_table(&fs, dir.path(), (&mut steps, 2), 3_000, flowing, || false);
+        assert!(second >= 2, "{second} steps");
+        assert_eq!(fs.write_backs(), first + second);
 
         // Unpaced: none.
         let fs = FaultFs::new();
         let mut steps = Steps::new(None);
-        write_table(&fs, dir.path(), &mut steps, 5_000, flowing, || false);
+        write_table(&fs, dir.path(), (&mut steps, 1), 5_000, flowing, || false);
         assert_eq!(fs.write_backs(), 0);
     }
 
@@ -421,7 +416,7 @@ mod tests {
             }
         };
         let mut steps = Steps::new(Some(flowing_pacer()));
-        let written = write_table(&fs, dir.path(), &mut steps, 5_000, load, hurry);
+        let written = write_table(&fs, dir.path(), (&mut steps, 1), 5_000, load, hurry);
         assert!(written >= 4, "{written} steps");
         // Only the first step was handed to the disk and waited on, and its
         // wait gave up at once.
@@ -432,7 +427,7 @@ mod tests {
     fn flowing_pacer() -> Pacer {
         Pacer {
             memtable_bytes: 64 * MIB,
-            expected: 8 << 20,
+            expected: 64 << 20,
             written: 0,
             frozen_allowed: 1,
             inflow_before: None,

@@ -55,7 +55,7 @@ impl Inner {
             if too_many_l0 || too_many_imms {
                 self.counters.stalls.fetch_add(1, Ordering::Relaxed);
                 // A stalled writer: background work at full speed.
-                let _hurry = super::pacing::Hurry::new(&self.hurry);
+                let _hurry = super::Counted::new(&self.hurry);
                 let mut bg = self.bg.lock();
                 self.bg_cond.notify_all();
                 self.bg_cond.wait_for(&mut bg, WAIT);

@@ -85,6 +85,11 @@ impl TableBuilder {
         self.entries == 0
     }
 
+    /// The table's file number.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
     /// Bytes written to the file so far (buffered ones not counted): they
     /// grow a chunk at a time.
     pub(crate) fn written(&self) -> u64 {

@@ -400,7 +400,6 @@ struct Routes {
     fetched: std::time::Instant,
 }
 
-#[derive(Clone)]
 struct Node {
     addr: String,
     kv: KvClient<AuthChannel>,
